@@ -1,0 +1,1577 @@
+//! The connection state machine: one client session across links.
+//!
+//! [`Connection`] holds everything that outlives a single TCP link (the subscription table,
+//! the outbound buffer, pending flushes) and the state of the current link (handshake
+//! stage, PINGs in flight, unconfirmed counts, timers). It does no I/O and reads no clock.
+//!
+//! # Call order
+//! The driver owns the socket and calls, in a loop:
+//! - [`Connection::handle_transport_connected`] once a TCP link is up;
+//! - [`Connection::handle_read`] with every chunk of bytes read;
+//! - [`Connection::poll_transmit`] for a chunk to write, then [`Connection::handle_written`]
+//!   with the number of bytes the socket accepted;
+//! - [`Connection::poll_timeout`] for the next deadline, and [`Connection::handle_timeout`]
+//!   when it passes;
+//! - [`Connection::handle_link_lost`] on EOF or an I/O error;
+//! - [`Connection::poll_event`] and [`Connection::poll_message`] to drain outputs.
+//!
+//! Handles call [`Connection::publish`], [`Connection::subscribe`],
+//! [`Connection::unsubscribe`] and [`Connection::flush`], then wake the driver.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::decode::{Decoder, DecoderLimits};
+use crate::encode;
+use crate::error::ProtocolError;
+use crate::headers::HeaderMap;
+use crate::info::{ConnectInfo, ServerInfo};
+use crate::op::{Msg, ServerOp};
+use crate::outbound::{BufferLimits, Counts, FrameKind, OutboundBuffer};
+
+/// Default for [`Config::ping_interval`]: a PING after 30 s without inbound bytes.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Upper bound of the default [`Config::pong_timeout`] (the smaller of this and the ping interval).
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Config::max_pings_outstanding`].
+pub const DEFAULT_MAX_PINGS_OUTSTANDING: usize = 2;
+/// Default for [`Config::write_stall_timeout`].
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Config::confirm_interval`].
+pub const DEFAULT_CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`Config::confirm_bytes`]: a confirm PING after 1 MiB written.
+pub const DEFAULT_CONFIRM_BYTES: usize = 1024 * 1024;
+/// Default byte bound of the outbound buffer (8 MiB).
+pub const DEFAULT_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Default message bound of the outbound buffer.
+pub const DEFAULT_BUFFER_MSGS: usize = 1_000_000;
+/// Default for [`Config::assumed_max_payload`], used until the first INFO.
+pub const DEFAULT_ASSUMED_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Default for [`Config::max_control_line`] (the server's default limit).
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+/// How long a link is read after a closing -ERR, so deliveries and PONGs already sent
+/// are not thrown away.
+pub const CLOSING_READ_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings of the state machine (the async client maps its options onto these).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A PING goes out after this long without inbound bytes.
+    pub ping_interval: Duration,
+    /// How long a written PING may wait for its PONG.
+    pub pong_timeout: Duration,
+    /// More unanswered PINGs than this is a stale link.
+    pub max_pings_outstanding: usize,
+    /// Data pending and no byte accepted by the socket for this long is a stale link.
+    pub write_stall_timeout: Duration,
+    /// While unconfirmed data exists, a confirm PING at least this often.
+    pub confirm_interval: Duration,
+    /// ... or after this many bytes written since the last PING.
+    pub confirm_bytes: usize,
+    /// Bounds of the outbound buffer.
+    pub buffer: BufferLimits,
+    /// Accept publishes while no link is up.
+    pub buffer_while_disconnected: bool,
+    /// Retain written, unconfirmed PUB/HPUB frames and resend them after a reconnect.
+    pub resend_unconfirmed: bool,
+    /// max_payload until the first INFO says otherwise.
+    pub assumed_max_payload: usize,
+    /// Outbound control lines longer than this are refused before they are buffered.
+    pub max_control_line: usize,
+    /// Inbound limits.
+    pub decoder: DecoderLimits,
+    /// Whether the server may deliver this connection's own publishes back to it.
+    pub echo: bool,
+    /// Connection name sent in CONNECT.
+    pub name: Option<String>,
+    /// Client version sent in CONNECT.
+    pub version: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+            max_pings_outstanding: DEFAULT_MAX_PINGS_OUTSTANDING,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
+            confirm_interval: DEFAULT_CONFIRM_INTERVAL,
+            confirm_bytes: DEFAULT_CONFIRM_BYTES,
+            buffer: BufferLimits {
+                max_bytes: DEFAULT_BUFFER_BYTES,
+                max_msgs: DEFAULT_BUFFER_MSGS,
+            },
+            buffer_while_disconnected: true,
+            resend_unconfirmed: false,
+            assumed_max_payload: DEFAULT_ASSUMED_MAX_PAYLOAD,
+            max_control_line: DEFAULT_MAX_CONTROL_LINE,
+            decoder: DecoderLimits::default(),
+            echo: true,
+            name: None,
+            version: String::from("0.0.0"),
+        }
+    }
+}
+
+/// Credentials sent in CONNECT for one link.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub pass: Option<String>,
+    /// Token.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("user", &self.user)
+            .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Where the current link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// No link.
+    Down,
+    /// TCP up, waiting for the server's INFO.
+    AwaitInfo,
+    /// CONNECT, PING, PING written; waiting for this many PONGs.
+    AwaitPongs(u8),
+    /// Handshake complete.
+    Up,
+    /// A closing -ERR arrived: no more writes, reading on until EOF or the grace ends.
+    Closing,
+}
+
+/// Why a link went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server closed the connection.
+    Eof,
+    /// A read or write failed.
+    Io(String),
+    /// The server sent bytes that are not the NATS protocol.
+    Protocol(ProtocolError),
+    /// The server sent an -ERR that closes the connection.
+    ServerError(String),
+    /// A PING went unanswered for pong_timeout.
+    PongTimeout {
+        /// The configured bound.
+        timeout: Duration,
+    },
+    /// More PINGs unanswered than max_pings_outstanding.
+    TooManyPingsOutstanding {
+        /// The configured bound.
+        max: usize,
+    },
+    /// Data pending and no byte accepted by the socket for write_stall_timeout.
+    WriteStall {
+        /// The configured bound.
+        timeout: Duration,
+    },
+    /// The link was closed on purpose (close, force_reconnect, a planned switch).
+    Requested,
+}
+
+impl DisconnectReason {
+    /// True when the link was found dead by tether's own liveness checks.
+    pub fn is_stale(&self) -> bool {
+        matches!(
+            self,
+            Self::PongTimeout { .. }
+                | Self::TooManyPingsOutstanding { .. }
+                | Self::WriteStall { .. }
+        )
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Eof => f.write_str("the server closed the connection"),
+            Self::Io(e) => write!(f, "i/o error: {e}"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::ServerError(e) => write!(f, "server error: {e}"),
+            Self::PongTimeout { timeout } => {
+                write!(f, "stale connection: no PONG within {timeout:?}")
+            }
+            Self::TooManyPingsOutstanding { max } => {
+                write!(f, "stale connection: more than {max} PINGs unanswered")
+            }
+            Self::WriteStall { timeout } => write!(
+                f,
+                "stale connection: write stalled, no byte accepted by the socket for {timeout:?}"
+            ),
+            Self::Requested => f.write_str("closed on request"),
+        }
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The server answered with an -ERR (authorization and the like).
+    Server(String),
+    /// The peer sent something that is not a NATS INFO.
+    NotNats {
+        /// The first bytes received, escaped.
+        excerpt: String,
+    },
+    /// The server sent malformed protocol.
+    Protocol(ProtocolError),
+    /// The server requires TLS, which this build does not support yet.
+    TlsRequired,
+    /// The peer closed the connection during the handshake.
+    Eof,
+    /// A read or write failed.
+    Io(String),
+    /// The handshake did not complete within connection_timeout.
+    Timeout {
+        /// The stage reached.
+        stage: &'static str,
+    },
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Server(e) => write!(f, "server refused the connection: {e}"),
+            Self::NotNats { excerpt } => write!(
+                f,
+                "not a NATS server: expected `INFO {{...}}`, got `{excerpt}`; check the URL and port"
+            ),
+            Self::Protocol(e) => write!(f, "protocol error during handshake: {e}"),
+            Self::TlsRequired => f.write_str(
+                "the server requires TLS, which this tether build does not support yet",
+            ),
+            Self::Eof => f.write_str("the peer closed the connection during the handshake"),
+            Self::Io(e) => write!(f, "i/o error during handshake: {e}"),
+            Self::Timeout { stage } => write!(f, "handshake timed out {stage}"),
+        }
+    }
+}
+
+/// Why a subscription ended on the server's or the protocol's account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubEndReason {
+    /// Its auto-unsubscribe count was reached.
+    MaxReached,
+    /// The server denied it: `Permissions Violation for Subscription to ...`.
+    PermissionDenied(String),
+    /// The server refused it: `maximum subscriptions exceeded`.
+    MaxSubscriptionsExceeded(String),
+}
+
+/// Why buffered or unconfirmed frames were removed and will never be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemovedReason {
+    /// An INFO lowered max_payload below their size.
+    MaxPayloadLowered {
+        /// The new limit.
+        max_payload: usize,
+    },
+    /// The server closed the link with an -ERR our own bytes caused (a poison frame):
+    /// the frames written since the last PONG are dropped so they cannot loop.
+    PoisonFrame,
+}
+
+/// What the state machine reports to the driver.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConnEvent {
+    /// The handshake completed; buffered frames and the subscription replay are queued.
+    Connected {
+        /// The server's INFO (the last one seen during the handshake).
+        info: Box<ServerInfo>,
+    },
+    /// The handshake failed; the driver closes the socket.
+    HandshakeFailed(HandshakeError),
+    /// The link went down. Buffered publish frames stay for the next link.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+        /// PUB/HPUB frames written after the last confirmed PING: possibly lost.
+        unconfirmed: Counts,
+        /// Requests whose frames are still buffered (they go out after reconnect).
+        buffered_requests: Vec<u64>,
+    },
+    /// An INFO arrived after the handshake.
+    InfoUpdated(Box<ServerInfo>),
+    /// The server entered lame duck mode.
+    LameDuck,
+    /// A flush was confirmed by its PONG.
+    FlushDone(u64),
+    /// A flush's link went down before its PONG.
+    FlushFailed {
+        /// The flush token.
+        token: u64,
+        /// What was unconfirmed when the link went down.
+        unconfirmed: Counts,
+    },
+    /// A non-fatal -ERR that matched nothing more specific.
+    ServerError(String),
+    /// `Permissions Violation for Publish to "subject"` (or `with Reply of "reply"`).
+    PublishDenied {
+        /// The subject, when the error names one.
+        subject: Option<String>,
+        /// The reply subject, when the error names one.
+        reply: Option<String>,
+        /// The server's text.
+        message: String,
+    },
+    /// A subscription ended (the driver ends its stream).
+    SubscriptionEnded {
+        /// Its sid.
+        sid: u64,
+        /// Why.
+        reason: SubEndReason,
+    },
+    /// Frames removed and never sent.
+    FramesRemoved {
+        /// Why.
+        reason: RemovedReason,
+        /// How many.
+        counts: Counts,
+    },
+    /// Room freed in the outbound buffer (publishers waiting may retry).
+    BufferSpace,
+}
+
+/// Why a publish was not buffered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishRefused {
+    /// The buffer is at one of its bounds.
+    BufferFull {
+        /// Bytes counted.
+        bytes: u64,
+        /// Frames counted.
+        msgs: u64,
+        /// Whether a link is up.
+        connected: bool,
+    },
+    /// The frame alone exceeds the byte bound.
+    TooLargeForBuffer {
+        /// Encoded frame size.
+        frame: usize,
+        /// The byte bound.
+        limit: usize,
+    },
+    /// Header block plus payload exceeds max_payload.
+    MaxPayload {
+        /// Header block plus payload.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The control line would exceed max_control_line.
+    ControlLineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The server does not support headers.
+    HeadersNotSupported,
+    /// No link is up and buffer_while_disconnected is off.
+    Disconnected,
+}
+
+/// What a PING was sent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingPurpose {
+    /// Inbound silence for ping_interval.
+    Keepalive,
+    /// Unconfirmed data exists.
+    Confirm,
+    /// A user flush (or drain, or close) with this token.
+    Flush(u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PingOut {
+    purpose: PingPurpose,
+    sent_at: Instant,
+    /// Cumulative PUB/HPUB frames written on this link when the PING was written.
+    written: Counts,
+    /// Cumulative retained (plain PUB) frames written when the PING was written.
+    retained: u64,
+}
+
+#[derive(Debug, Clone)]
+struct SubState {
+    subject: String,
+    queue: Option<String>,
+    max: Option<u64>,
+    delivered: u64,
+    /// UNSUB sent by drain; deliveries still accepted until [`Connection::forget`].
+    draining: bool,
+}
+
+/// Totals kept by the state machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Messages delivered by the server.
+    pub in_msgs: u64,
+    /// Payload bytes delivered (header block included).
+    pub in_bytes: u64,
+    /// Publish frames fully written.
+    pub out_msgs: u64,
+    /// Payload bytes of the publish frames written (header block included).
+    pub out_bytes: u64,
+    /// Messages for sids no longer subscribed.
+    pub unknown_sid: u64,
+    /// `Permissions Violation for Publish` errors that matched no request.
+    pub publish_denied: u64,
+    /// Frames removed (lowered max_payload, poison frames).
+    pub frames_removed: u64,
+    /// Handshakes completed.
+    pub connects: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    None,
+    Control,
+    Data,
+}
+
+/// The sans-IO connection. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Connection {
+    config: Config,
+    decoder: Decoder,
+    state: LinkState,
+    handshake_deadline: Option<Instant>,
+    closing: Option<(Instant, DisconnectReason)>,
+    auth: Auth,
+    info: Option<Box<ServerInfo>>,
+    max_payload: usize,
+    headers_supported: bool,
+
+    out: OutboundBuffer,
+    /// Handshake frames, written before any data while the link is not up.
+    control: BytesMut,
+    control_in_flight: Bytes,
+    control_pos: usize,
+    source: Source,
+    last_write_progress: Instant,
+
+    pings_queued: VecDeque<PingPurpose>,
+    pings_out: VecDeque<PingOut>,
+    written: Counts,
+    written_retained: u64,
+    confirmed: Counts,
+    confirmed_retained: u64,
+    /// When the first publish frame written since the last PING went out.
+    unpinged_since: Option<Instant>,
+    unpinged_bytes: usize,
+    last_inbound: Instant,
+    last_keepalive: Option<Instant>,
+    flush_waiting: Vec<u64>,
+
+    subs: HashMap<u64, SubState>,
+    sub_order: Vec<u64>,
+    subs_since_pong: Vec<u64>,
+    next_sid: u64,
+
+    events: VecDeque<ConnEvent>,
+    messages: VecDeque<Msg>,
+    stats: ConnStats,
+}
+
+impl Connection {
+    /// A session with no link yet.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let decoder = Decoder::new(config.decoder);
+        let max_payload = config.assumed_max_payload;
+        Self {
+            out: OutboundBuffer::new(config.buffer),
+            decoder,
+            state: LinkState::Down,
+            handshake_deadline: None,
+            closing: None,
+            auth: Auth::default(),
+            info: None,
+            max_payload,
+            headers_supported: true,
+            control: BytesMut::new(),
+            control_in_flight: Bytes::new(),
+            control_pos: 0,
+            source: Source::None,
+            last_write_progress: now,
+            pings_queued: VecDeque::new(),
+            pings_out: VecDeque::new(),
+            written: Counts::default(),
+            written_retained: 0,
+            confirmed: Counts::default(),
+            confirmed_retained: 0,
+            unpinged_since: None,
+            unpinged_bytes: 0,
+            last_inbound: now,
+            last_keepalive: None,
+            flush_waiting: Vec::new(),
+            subs: HashMap::new(),
+            sub_order: Vec::new(),
+            subs_since_pong: Vec::new(),
+            next_sid: 1,
+            events: VecDeque::new(),
+            messages: VecDeque::new(),
+            stats: ConnStats::default(),
+            config,
+        }
+    }
+
+    // ===== state =====
+
+    /// The current link state.
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    /// True when the handshake has completed on the current link.
+    pub fn is_up(&self) -> bool {
+        self.state == LinkState::Up
+    }
+
+    /// The last INFO seen.
+    pub fn server_info(&self) -> Option<&ServerInfo> {
+        self.info.as_deref()
+    }
+
+    /// The max_payload in force.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Totals.
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// PUB/HPUB frames counted against the buffer bounds.
+    pub fn buffered(&self) -> Counts {
+        self.out.counted()
+    }
+
+    /// PUB/HPUB frames not yet written.
+    pub fn unsent(&self) -> Counts {
+        self.out.unsent()
+    }
+
+    /// PUB/HPUB frames written on this link and not yet confirmed by a PONG.
+    pub fn unconfirmed(&self) -> Counts {
+        Counts {
+            msgs: self.written.msgs - self.confirmed.msgs,
+            bytes: self.written.bytes - self.confirmed.bytes,
+        }
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_write_idle(&self) -> bool {
+        self.out.is_idle() && self.control.is_empty() && self.source == Source::None
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    // ===== handle: inputs from the driver =====
+
+    /// A transport is connected; the handshake starts and must end by `deadline`.
+    pub fn handle_transport_connected(&mut self, now: Instant, deadline: Instant, auth: Auth) {
+        self.reset_link(now);
+        self.state = LinkState::AwaitInfo;
+        self.handshake_deadline = Some(deadline);
+        self.auth = auth;
+    }
+
+    /// Bytes read from the socket. Decodes every complete op in `buf` and leaves the
+    /// rest there for the next call.
+    pub fn handle_read(&mut self, now: Instant, buf: &mut BytesMut) {
+        if buf.is_empty() {
+            return;
+        }
+        self.last_inbound = now;
+        loop {
+            if matches!(self.state, LinkState::Down) {
+                buf.clear();
+                return;
+            }
+            match self.decoder.decode(buf) {
+                Ok(Some(op)) => self.handle_op(now, op),
+                Ok(None) => return,
+                Err(e) => {
+                    if self.state == LinkState::AwaitInfo {
+                        let excerpt = match &e {
+                            ProtocolError::UnknownOperation { excerpt } => excerpt.clone(),
+                            other => other.to_string(),
+                        };
+                        self.fail_handshake(HandshakeError::NotNats { excerpt });
+                    } else if self.is_handshaking() {
+                        self.fail_handshake(HandshakeError::Protocol(e));
+                    } else {
+                        self.link_down(DisconnectReason::Protocol(e));
+                    }
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn is_handshaking(&self) -> bool {
+        matches!(self.state, LinkState::AwaitInfo | LinkState::AwaitPongs(_))
+    }
+
+    fn handle_op(&mut self, now: Instant, op: ServerOp) {
+        match op {
+            ServerOp::Msg(msg) => self.handle_msg(msg),
+            ServerOp::Ping => self.queue_pong(),
+            ServerOp::Pong => self.handle_pong(now),
+            ServerOp::Info(info) => self.handle_info(info),
+            ServerOp::Ok => {}
+            ServerOp::Err(text) => self.handle_err(text),
+        }
+    }
+
+    fn handle_msg(&mut self, msg: Msg) {
+        if self.is_handshaking() {
+            // A server never delivers before CONNECT; ignore rather than fail.
+            return;
+        }
+        self.stats.in_msgs += 1;
+        self.stats.in_bytes += msg.wire_size as u64;
+        let sid = msg.sid;
+        let Some(sub) = self.subs.get_mut(&sid) else {
+            self.stats.unknown_sid += 1;
+            return;
+        };
+        sub.delivered += 1;
+        let done = sub.max.is_some_and(|m| sub.delivered >= m);
+        self.messages.push_back(msg);
+        if done {
+            self.remove_sub(sid);
+            self.events.push_back(ConnEvent::SubscriptionEnded {
+                sid,
+                reason: SubEndReason::MaxReached,
+            });
+        }
+    }
+
+    fn queue_pong(&mut self) {
+        match self.state {
+            LinkState::Up => {
+                let start = self.out.pending_mut().len();
+                encode::encode_pong(self.out.pending_mut());
+                let len = self.out.pending_mut().len() - start;
+                self.out.commit(len, 0, FrameKind::Pong);
+            }
+            LinkState::AwaitInfo | LinkState::AwaitPongs(_) => {
+                encode::encode_pong(&mut self.control);
+            }
+            LinkState::Down | LinkState::Closing => {}
+        }
+    }
+
+    fn handle_pong(&mut self, now: Instant) {
+        match self.state {
+            LinkState::AwaitPongs(n) => {
+                if n <= 1 {
+                    self.complete_handshake(now);
+                } else {
+                    self.state = LinkState::AwaitPongs(n - 1);
+                }
+            }
+            LinkState::Up | LinkState::Closing => {
+                self.subs_since_pong.clear();
+                let Some(ping) = self.pings_out.pop_front() else {
+                    return;
+                };
+                self.confirmed = ping.written;
+                if ping.retained > self.confirmed_retained {
+                    self.out
+                        .release_retained(ping.retained - self.confirmed_retained);
+                    self.confirmed_retained = ping.retained;
+                    self.events.push_back(ConnEvent::BufferSpace);
+                }
+                if let PingPurpose::Flush(token) = ping.purpose {
+                    self.events.push_back(ConnEvent::FlushDone(token));
+                }
+            }
+            LinkState::Down | LinkState::AwaitInfo => {}
+        }
+    }
+
+    fn handle_info(&mut self, info: Box<ServerInfo>) {
+        match self.state {
+            LinkState::AwaitInfo => {
+                if info.tls_required {
+                    self.info = Some(info);
+                    self.fail_handshake(HandshakeError::TlsRequired);
+                    return;
+                }
+                self.max_payload = info.max_payload;
+                self.headers_supported = info.headers;
+                let connect = ConnectInfo {
+                    verbose: false,
+                    pedantic: false,
+                    protocol: 1,
+                    lang: String::from("rust"),
+                    version: self.config.version.clone(),
+                    name: self.config.name.clone(),
+                    echo: self.config.echo,
+                    headers: info.headers,
+                    no_responders: info.headers,
+                    tls_required: false,
+                    user: self.auth.user.clone(),
+                    pass: self.auth.pass.clone(),
+                    auth_token: self.auth.token.clone(),
+                    ..ConnectInfo::default()
+                };
+                self.info = Some(info);
+                encode::encode_connect(&mut self.control, &connect);
+                encode::encode_ping(&mut self.control);
+                encode::encode_ping(&mut self.control);
+                self.state = LinkState::AwaitPongs(2);
+            }
+            LinkState::AwaitPongs(_) => {
+                // The INFO between the PONGs carries this connection's own limits.
+                self.max_payload = info.max_payload;
+                self.info = Some(info);
+            }
+            LinkState::Up | LinkState::Closing => {
+                let lowered = info.max_payload < self.max_payload;
+                self.max_payload = info.max_payload;
+                let ldm = info.ldm;
+                self.info = Some(info.clone());
+                if lowered {
+                    self.remove_over_max_payload();
+                }
+                self.events.push_back(ConnEvent::InfoUpdated(info));
+                if ldm {
+                    self.events.push_back(ConnEvent::LameDuck);
+                }
+            }
+            LinkState::Down => {}
+        }
+    }
+
+    fn remove_over_max_payload(&mut self) {
+        let limit = self.max_payload;
+        let removed = self.out.remove_pending(|f| f.payload_len as usize > limit);
+        if removed.msgs > 0 {
+            self.stats.frames_removed += removed.msgs;
+            self.events.push_back(ConnEvent::FramesRemoved {
+                reason: RemovedReason::MaxPayloadLowered { max_payload: limit },
+                counts: removed,
+            });
+            self.events.push_back(ConnEvent::BufferSpace);
+        }
+    }
+
+    fn handle_err(&mut self, text: String) {
+        if self.is_handshaking() {
+            self.fail_handshake(HandshakeError::Server(text));
+            return;
+        }
+        match classify_err(&text) {
+            ErrClass::Fatal { ours } => {
+                if ours {
+                    let removed = self.out.discard_retained();
+                    let unconfirmed = self.unconfirmed();
+                    let counts = Counts {
+                        msgs: unconfirmed.msgs.max(removed.msgs),
+                        bytes: unconfirmed.bytes.max(removed.bytes),
+                    };
+                    // They are reported as removed, not as unconfirmed.
+                    self.confirmed = self.written;
+                    self.confirmed_retained = self.written_retained;
+                    if counts.msgs > 0 {
+                        self.stats.frames_removed += counts.msgs;
+                        self.events.push_back(ConnEvent::FramesRemoved {
+                            reason: RemovedReason::PoisonFrame,
+                            counts,
+                        });
+                    }
+                }
+                self.begin_closing(DisconnectReason::ServerError(text));
+            }
+            ErrClass::SubPermission { subject, queue } => {
+                let sids: Vec<u64> = self
+                    .sub_order
+                    .iter()
+                    .copied()
+                    .filter(|sid| {
+                        self.subs.get(sid).is_some_and(|s| {
+                            s.subject == subject
+                                && (queue.is_none() || s.queue.as_deref() == queue.as_deref())
+                        })
+                    })
+                    .collect();
+                if sids.is_empty() {
+                    self.events.push_back(ConnEvent::ServerError(text.clone()));
+                }
+                for sid in sids {
+                    self.remove_sub(sid);
+                    self.events.push_back(ConnEvent::SubscriptionEnded {
+                        sid,
+                        reason: SubEndReason::PermissionDenied(text.clone()),
+                    });
+                }
+            }
+            ErrClass::PubPermission { subject, reply } => {
+                self.events.push_back(ConnEvent::PublishDenied {
+                    subject,
+                    reply,
+                    message: text,
+                });
+            }
+            ErrClass::MaxSubscriptions => {
+                if let Some(sid) = self.subs_since_pong.pop() {
+                    self.remove_sub(sid);
+                    self.events.push_back(ConnEvent::SubscriptionEnded {
+                        sid,
+                        reason: SubEndReason::MaxSubscriptionsExceeded(text),
+                    });
+                } else {
+                    self.events.push_back(ConnEvent::ServerError(text));
+                }
+            }
+            ErrClass::Other => self.events.push_back(ConnEvent::ServerError(text)),
+        }
+    }
+
+    /// The publisher's denied publish matched no request: count it.
+    pub fn note_publish_denied(&mut self) {
+        self.stats.publish_denied += 1;
+    }
+
+    fn begin_closing(&mut self, reason: DisconnectReason) {
+        if self.state == LinkState::Up {
+            self.state = LinkState::Closing;
+            // The deadline is set by the next handle_timeout/poll_timeout with a real now;
+            // use last_inbound, which is "now" for a read.
+            self.closing = Some((self.last_inbound + CLOSING_READ_GRACE, reason));
+        }
+    }
+
+    fn complete_handshake(&mut self, now: Instant) {
+        self.state = LinkState::Up;
+        self.handshake_deadline = None;
+        self.stats.connects += 1;
+        self.last_inbound = now;
+        // Frames over the server's limit are removed before anything is replayed.
+        self.remove_over_max_payload();
+        // Subscription replay (with remaining auto-unsubscribe counts) goes ahead of the
+        // buffered frames, in one pipelined write.
+        let mut replay = BytesMut::new();
+        let mut frames = Vec::new();
+        for sid in &self.sub_order {
+            let Some(s) = self.subs.get(sid) else {
+                continue;
+            };
+            let start = replay.len();
+            encode::encode_sub(&mut replay, &s.subject, s.queue.as_deref(), *sid);
+            if let Some(max) = s.max {
+                encode::encode_unsub(&mut replay, *sid, Some(max.saturating_sub(s.delivered)));
+            }
+            frames.push(crate::outbound::Frame {
+                len: (replay.len() - start) as u32,
+                payload_len: 0,
+                kind: FrameKind::Control,
+            });
+        }
+        if !replay.is_empty() {
+            self.out.prepend(&replay, frames);
+        }
+        for token in std::mem::take(&mut self.flush_waiting) {
+            self.queue_ping(PingPurpose::Flush(token));
+        }
+        let info = self.info.clone().unwrap_or_default();
+        self.events.push_back(ConnEvent::Connected { info });
+    }
+
+    fn fail_handshake(&mut self, error: HandshakeError) {
+        self.reset_link_state();
+        self.events.push_back(ConnEvent::HandshakeFailed(error));
+    }
+
+    /// The link ended (EOF or an I/O error). During a handshake this is a handshake failure.
+    pub fn handle_link_lost(&mut self, now: Instant, error: Option<String>) {
+        let _ = now;
+        if self.is_handshaking() {
+            self.fail_handshake(match error {
+                Some(e) => HandshakeError::Io(e),
+                None => HandshakeError::Eof,
+            });
+            return;
+        }
+        let reason = match self.closing.take() {
+            Some((_, reason)) => reason,
+            None => match error {
+                Some(e) => DisconnectReason::Io(e),
+                None => DisconnectReason::Eof,
+            },
+        };
+        self.link_down(reason);
+    }
+
+    /// Close the current link on purpose (close, force_reconnect). Reports like any loss.
+    pub fn handle_close_link(&mut self) {
+        if self.is_handshaking() {
+            self.reset_link_state();
+        } else if self.state != LinkState::Down {
+            self.link_down(DisconnectReason::Requested);
+        }
+    }
+
+    fn link_down(&mut self, reason: DisconnectReason) {
+        if self.state == LinkState::Down {
+            return;
+        }
+        let unconfirmed = self.unconfirmed();
+        // Retained frames (resend_unconfirmed) go first, then what was never written.
+        self.out.rewind(|f| f.kind.is_publish());
+        let buffered_requests: Vec<u64> = self.out.buffered_requests().collect();
+        // Flushes waiting for a PONG on this link.
+        let mut failed = Vec::new();
+        for p in self.pings_queued.drain(..) {
+            if let PingPurpose::Flush(t) = p {
+                failed.push(t);
+            }
+        }
+        for p in self.pings_out.drain(..) {
+            if let PingPurpose::Flush(t) = p.purpose {
+                failed.push(t);
+            }
+        }
+        if self.config.resend_unconfirmed {
+            // The frames are resent, so the flush re-arms on the next link.
+            self.flush_waiting.extend(failed);
+        } else {
+            for token in failed {
+                self.events
+                    .push_back(ConnEvent::FlushFailed { token, unconfirmed });
+            }
+        }
+        self.reset_link_state();
+        self.events.push_back(ConnEvent::Disconnected {
+            reason,
+            unconfirmed,
+            buffered_requests,
+        });
+    }
+
+    fn reset_link_state(&mut self) {
+        self.state = LinkState::Down;
+        self.handshake_deadline = None;
+        self.closing = None;
+        self.control.clear();
+        self.control_in_flight = Bytes::new();
+        self.control_pos = 0;
+        if self.source == Source::Data || self.out.has_in_flight() {
+            self.out.rewind(|f| f.kind.is_publish());
+        }
+        self.source = Source::None;
+        self.pings_queued.clear();
+        self.pings_out.clear();
+        self.written = Counts::default();
+        self.written_retained = 0;
+        self.confirmed = Counts::default();
+        self.confirmed_retained = 0;
+        self.unpinged_since = None;
+        self.unpinged_bytes = 0;
+        self.last_keepalive = None;
+        self.subs_since_pong.clear();
+        self.decoder = Decoder::new(self.config.decoder);
+    }
+
+    fn reset_link(&mut self, now: Instant) {
+        if self.state != LinkState::Down {
+            self.handle_close_link();
+        }
+        self.last_inbound = now;
+        self.last_write_progress = now;
+    }
+
+    /// A deadline from [`Self::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(d) = self.handshake_deadline {
+            if now >= d && self.is_handshaking() {
+                let stage = match self.state {
+                    LinkState::AwaitInfo => "waiting for the server's INFO",
+                    _ => "waiting for the PONG after CONNECT",
+                };
+                self.fail_handshake(HandshakeError::Timeout { stage });
+                return;
+            }
+        }
+        if self.state == LinkState::Closing {
+            if let Some((deadline, _)) = &self.closing {
+                if now >= *deadline {
+                    let reason = self
+                        .closing
+                        .take()
+                        .map_or(DisconnectReason::Eof, |(_, r)| r);
+                    self.link_down(reason);
+                }
+            }
+            return;
+        }
+        if self.state != LinkState::Up {
+            return;
+        }
+        // Write stall: data pending and no byte accepted for write_stall_timeout.
+        if self.source != Source::None
+            && now.duration_since(self.last_write_progress) >= self.config.write_stall_timeout
+        {
+            self.link_down(DisconnectReason::WriteStall {
+                timeout: self.config.write_stall_timeout,
+            });
+            return;
+        }
+        // A missing PONG.
+        if let Some(front) = self.pings_out.front() {
+            if now.duration_since(front.sent_at) >= self.config.pong_timeout {
+                self.link_down(DisconnectReason::PongTimeout {
+                    timeout: self.config.pong_timeout,
+                });
+                return;
+            }
+        }
+        // Keepalive after ping_interval of inbound silence (outbound traffic proves nothing).
+        let since = self
+            .last_keepalive
+            .map_or(self.last_inbound, |k| k.max(self.last_inbound));
+        if now.duration_since(since) >= self.config.ping_interval {
+            let outstanding = self.pings_out.len() + self.pings_queued.len();
+            if outstanding >= self.config.max_pings_outstanding {
+                self.link_down(DisconnectReason::TooManyPingsOutstanding {
+                    max: self.config.max_pings_outstanding,
+                });
+                return;
+            }
+            self.last_keepalive = Some(now);
+            self.queue_ping(PingPurpose::Keepalive);
+        }
+        self.maybe_confirm(now);
+    }
+
+    fn maybe_confirm(&mut self, now: Instant) {
+        if let Some(since) = self.unpinged_since {
+            if now.duration_since(since) >= self.config.confirm_interval
+                || self.unpinged_bytes >= self.config.confirm_bytes
+            {
+                self.queue_ping(PingPurpose::Confirm);
+            }
+        }
+    }
+
+    /// The next deadline, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| {
+            next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        };
+        if let Some(d) = self.handshake_deadline {
+            at(d);
+        }
+        match self.state {
+            LinkState::Closing => {
+                if let Some((d, _)) = &self.closing {
+                    at(*d);
+                }
+            }
+            LinkState::Up => {
+                if self.source != Source::None {
+                    at(self.last_write_progress + self.config.write_stall_timeout);
+                }
+                if let Some(front) = self.pings_out.front() {
+                    at(front.sent_at + self.config.pong_timeout);
+                }
+                let since = self
+                    .last_keepalive
+                    .map_or(self.last_inbound, |k| k.max(self.last_inbound));
+                at(since + self.config.ping_interval);
+                if let Some(s) = self.unpinged_since {
+                    at(s + self.config.confirm_interval);
+                }
+            }
+            _ => {}
+        }
+        next
+    }
+
+    /// True when [`Self::poll_transmit`] would return a chunk now.
+    pub fn has_transmit(&self) -> bool {
+        self.source == Source::None
+            && (!self.control.is_empty() || (self.state == LinkState::Up && !self.out.is_idle()))
+    }
+
+    /// The next chunk to write, if any. Returns `None` while a chunk is in flight.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if self.source != Source::None {
+            return None;
+        }
+        if !self.control.is_empty() {
+            self.control_in_flight = self.control.split().freeze();
+            self.control_pos = 0;
+            self.source = Source::Control;
+            self.last_write_progress = now;
+            return Some(self.control_in_flight.clone());
+        }
+        if self.state != LinkState::Up {
+            return None;
+        }
+        let chunk = self.out.take_chunk()?;
+        self.source = Source::Data;
+        self.last_write_progress = now;
+        Some(chunk)
+    }
+
+    /// The socket accepted `n` bytes of the chunk from [`Self::poll_transmit`].
+    pub fn handle_written(&mut self, now: Instant, n: usize) {
+        if n > 0 {
+            self.last_write_progress = now;
+        }
+        match self.source {
+            Source::None => {}
+            Source::Control => {
+                self.control_pos += n;
+                if self.control_pos >= self.control_in_flight.len() {
+                    self.control_in_flight = Bytes::new();
+                    self.control_pos = 0;
+                    self.source = Source::None;
+                }
+            }
+            Source::Data => {
+                let retain = self.config.resend_unconfirmed;
+                let mut freed = false;
+                let written = &mut self.written;
+                let written_retained = &mut self.written_retained;
+                let stats = &mut self.stats;
+                let unpinged_since = &mut self.unpinged_since;
+                let unpinged_bytes = &mut self.unpinged_bytes;
+                // PINGs are rare: this Vec allocates only when a chunk holds one.
+                let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
+                self.out.advance(n, retain, |w| match w.frame.kind {
+                    FrameKind::Pub | FrameKind::Request(_) => {
+                        written.msgs += 1;
+                        written.bytes += u64::from(w.frame.len);
+                        stats.out_msgs += 1;
+                        stats.out_bytes += u64::from(w.frame.payload_len);
+                        if retain && w.frame.kind == FrameKind::Pub {
+                            *written_retained += 1;
+                        } else {
+                            freed = true;
+                        }
+                        if unpinged_since.is_none() {
+                            *unpinged_since = Some(now);
+                        }
+                        *unpinged_bytes += w.frame.len as usize;
+                    }
+                    FrameKind::Ping => {
+                        ping_marks.push((*written, *written_retained));
+                        *unpinged_since = None;
+                        *unpinged_bytes = 0;
+                    }
+                    FrameKind::Control | FrameKind::Pong => {}
+                });
+                for (w, r) in ping_marks {
+                    let purpose = self
+                        .pings_queued
+                        .pop_front()
+                        .unwrap_or(PingPurpose::Confirm);
+                    self.pings_out.push_back(PingOut {
+                        purpose,
+                        sent_at: now,
+                        written: w,
+                        retained: r,
+                    });
+                }
+                if !self.out.has_in_flight() {
+                    self.source = Source::None;
+                }
+                if freed {
+                    self.events.push_back(ConnEvent::BufferSpace);
+                }
+                if self.unpinged_bytes >= self.config.confirm_bytes {
+                    self.queue_ping(PingPurpose::Confirm);
+                }
+            }
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next delivered message, if any.
+    pub fn poll_message(&mut self) -> Option<Msg> {
+        self.messages.pop_front()
+    }
+
+    // ===== operations from handles =====
+
+    /// Check that a publish could be buffered: size limits, header support, link state.
+    /// Returns the encoded frame length. Does not check the buffer bounds.
+    pub fn check_publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload_len: usize,
+    ) -> Result<usize, PublishRefused> {
+        let headers_len = headers.map(HeaderMap::encoded_len);
+        let size = headers_len.unwrap_or(0) + payload_len;
+        if size > self.max_payload {
+            return Err(PublishRefused::MaxPayload {
+                size,
+                limit: self.max_payload,
+            });
+        }
+        if headers.is_some() && !self.headers_supported {
+            return Err(PublishRefused::HeadersNotSupported);
+        }
+        let line = encode::pub_control_line_len(subject, reply, headers_len, payload_len);
+        if line > self.config.max_control_line {
+            return Err(PublishRefused::ControlLineTooLong {
+                len: line,
+                limit: self.config.max_control_line,
+            });
+        }
+        let frame = encode::pub_frame_len(subject, reply, headers_len, payload_len);
+        if frame > self.config.buffer.max_bytes {
+            return Err(PublishRefused::TooLargeForBuffer {
+                frame,
+                limit: self.config.buffer.max_bytes,
+            });
+        }
+        if !self.config.buffer_while_disconnected && !self.is_up() {
+            return Err(PublishRefused::Disconnected);
+        }
+        Ok(frame)
+    }
+
+    /// Buffer a PUB/HPUB frame. Subjects and headers must already be validated.
+    pub fn publish(
+        &mut self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        kind: FrameKind,
+    ) -> Result<(), PublishRefused> {
+        let frame = self.check_publish(subject, reply, headers, payload.len())?;
+        if !self.out.has_room(frame) {
+            let c = self.out.counted();
+            return Err(PublishRefused::BufferFull {
+                bytes: c.bytes,
+                msgs: c.msgs,
+                connected: self.is_up(),
+            });
+        }
+        let buf = self.out.pending_mut();
+        let start = buf.len();
+        let payload_len = match headers {
+            Some(h) => {
+                encode::encode_hpub(buf, subject, reply, h, payload);
+                h.encoded_len() + payload.len()
+            }
+            None => {
+                encode::encode_pub(buf, subject, reply, payload);
+                payload.len()
+            }
+        };
+        let len = buf.len() - start;
+        self.out.commit(len, payload_len, kind);
+        Ok(())
+    }
+
+    /// Start a subscription; its SUB is written now if a link is up, else at the next
+    /// handshake. Returns the sid.
+    pub fn subscribe(&mut self, subject: &str, queue: Option<&str>) -> Result<u64, PublishRefused> {
+        let sid = self.next_sid;
+        let line = encode::sub_control_line_len(subject, queue, sid);
+        if line > self.config.max_control_line {
+            return Err(PublishRefused::ControlLineTooLong {
+                len: line,
+                limit: self.config.max_control_line,
+            });
+        }
+        self.next_sid += 1;
+        self.subs.insert(
+            sid,
+            SubState {
+                subject: subject.to_owned(),
+                queue: queue.map(str::to_owned),
+                max: None,
+                delivered: 0,
+                draining: false,
+            },
+        );
+        self.sub_order.push(sid);
+        if self.state == LinkState::Up {
+            let buf = self.out.pending_mut();
+            let start = buf.len();
+            encode::encode_sub(buf, subject, queue, sid);
+            let len = buf.len() - start;
+            self.out.commit(len, 0, FrameKind::Control);
+            self.subs_since_pong.push(sid);
+        }
+        Ok(sid)
+    }
+
+    /// Unsubscribe now (`max` None) or after `max` messages in all.
+    pub fn unsubscribe(&mut self, sid: u64, max: Option<u64>) {
+        let Some(sub) = self.subs.get_mut(&sid) else {
+            return;
+        };
+        let remove = match max {
+            Some(m) if m > sub.delivered => {
+                sub.max = Some(m);
+                false
+            }
+            _ => true,
+        };
+        if remove {
+            self.remove_sub(sid);
+        }
+        if self.state == LinkState::Up {
+            let buf = self.out.pending_mut();
+            let start = buf.len();
+            encode::encode_unsub(buf, sid, if remove { None } else { max });
+            let len = buf.len() - start;
+            self.out.commit(len, 0, FrameKind::Control);
+        }
+    }
+
+    /// Send UNSUB for `sid` but keep accepting its deliveries (drain): messages the server
+    /// sent before it processed the UNSUB still arrive. End it with [`Self::forget`].
+    pub fn unsubscribe_draining(&mut self, sid: u64) {
+        let Some(sub) = self.subs.get_mut(&sid) else {
+            return;
+        };
+        sub.draining = true;
+        if self.state == LinkState::Up {
+            let buf = self.out.pending_mut();
+            let start = buf.len();
+            encode::encode_unsub(buf, sid, None);
+            let len = buf.len() - start;
+            self.out.commit(len, 0, FrameKind::Control);
+        }
+    }
+
+    /// Forget `sid` without writing anything (its UNSUB was already sent).
+    pub fn forget(&mut self, sid: u64) {
+        self.remove_sub(sid);
+    }
+
+    fn remove_sub(&mut self, sid: u64) {
+        if self.subs.remove(&sid).is_some() {
+            self.sub_order.retain(|s| *s != sid);
+            self.subs_since_pong.retain(|s| *s != sid);
+        }
+    }
+
+    /// The sids of every subscription, oldest first.
+    pub fn sids(&self) -> Vec<u64> {
+        self.sub_order.clone()
+    }
+
+    /// Ask for a PONG confirming every frame buffered or written so far. The answer is a
+    /// [`ConnEvent::FlushDone`] or [`ConnEvent::FlushFailed`] with this token. While no
+    /// link is up the PING is sent after the next handshake.
+    pub fn flush(&mut self, token: u64) {
+        if self.state == LinkState::Up {
+            self.queue_ping(PingPurpose::Flush(token));
+        } else {
+            self.flush_waiting.push(token);
+        }
+    }
+
+    /// Forget a flush (its caller timed out).
+    pub fn cancel_flush(&mut self, token: u64) {
+        self.flush_waiting.retain(|t| *t != token);
+        for p in self.pings_queued.iter_mut() {
+            if *p == PingPurpose::Flush(token) {
+                *p = PingPurpose::Confirm;
+            }
+        }
+        for p in &mut self.pings_out {
+            if p.purpose == PingPurpose::Flush(token) {
+                p.purpose = PingPurpose::Confirm;
+            }
+        }
+    }
+
+    fn queue_ping(&mut self, purpose: PingPurpose) {
+        if self.state != LinkState::Up {
+            return;
+        }
+        let buf = self.out.pending_mut();
+        let start = buf.len();
+        encode::encode_ping(buf);
+        let len = buf.len() - start;
+        self.out.commit(len, 0, FrameKind::Ping);
+        self.pings_queued.push_back(purpose);
+        // Once queued, the data before it is covered: no further confirm PING needed.
+        self.unpinged_since = None;
+        self.unpinged_bytes = 0;
+    }
+
+    /// Drop all buffered frames (the client is closing for good). Returns what was unsent.
+    pub fn clear_buffer(&mut self) -> Counts {
+        let unsent = self.out.unsent();
+        self.out.clear();
+        unsent
+    }
+}
+
+/// How an -ERR is handled (DESIGN semantics 7), matched case-insensitively by prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrClass {
+    /// The server closes the link. `ours` when our own bytes caused it (poison frame).
+    Fatal {
+        /// Caused by a frame we wrote.
+        ours: bool,
+    },
+    /// `Permissions Violation for Subscription to "S"[ using queue "Q"]`.
+    SubPermission {
+        /// The subject.
+        subject: String,
+        /// The queue group.
+        queue: Option<String>,
+    },
+    /// `Permissions Violation for Publish to "S"` or `... with Reply of "R"`.
+    PubPermission {
+        /// The subject.
+        subject: Option<String>,
+        /// The reply subject.
+        reply: Option<String>,
+    },
+    /// `maximum subscriptions exceeded`.
+    MaxSubscriptions,
+    /// Anything else: a ServerError, the link stays.
+    Other,
+}
+
+fn starts_with_ci(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len()
+        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn quoted(text: &str, after: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let i = lower.find(&after.to_ascii_lowercase())? + after.len();
+    let rest = text.get(i..)?;
+    let start = rest.find('"')? + 1;
+    let end = start + rest.get(start..)?.find('"')?;
+    rest.get(start..end).map(str::to_owned)
+}
+
+/// Classify an -ERR text (quotes already stripped).
+pub fn classify_err(text: &str) -> ErrClass {
+    const OURS: [&str; 3] = [
+        "maximum payload violation",
+        "maximum control line exceeded",
+        "unknown protocol operation",
+    ];
+    const FATAL: [&str; 14] = [
+        "authorization violation",
+        "authentication timeout",
+        "authorization timeout",
+        "user authentication expired",
+        "account authentication expired",
+        "user authentication revoked",
+        "maximum connections exceeded",
+        "maximum account active connections exceeded",
+        "stale connection",
+        "parser error",
+        "invalid client protocol",
+        "no responders requires headers support",
+        "secure connection - tls required",
+        "connection throttling is active",
+    ];
+    let t = text.trim();
+    if OURS.iter().any(|p| starts_with_ci(t, p)) {
+        return ErrClass::Fatal { ours: true };
+    }
+    if FATAL.iter().any(|p| starts_with_ci(t, p)) || starts_with_ci(t, "attempted to connect to") {
+        return ErrClass::Fatal { ours: false };
+    }
+    if starts_with_ci(t, "permissions violation for subscription") {
+        if let Some(subject) = quoted(t, "subscription to") {
+            return ErrClass::SubPermission {
+                subject,
+                queue: quoted(t, "using queue"),
+            };
+        }
+        return ErrClass::Other;
+    }
+    if starts_with_ci(t, "permissions violation for publish") {
+        return ErrClass::PubPermission {
+            subject: quoted(t, "publish to"),
+            reply: quoted(t, "reply of"),
+        };
+    }
+    if starts_with_ci(t, "maximum subscriptions exceeded") {
+        return ErrClass::MaxSubscriptions;
+    }
+    ErrClass::Other
+}
+
+/// Auth failure classes of DESIGN semantics 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthErrorClass {
+    /// `Authorization Violation`, `User Authentication Revoked`: a strike.
+    Strike,
+    /// `User/Account Authentication Expired`: re-read credentials, reconnect at once.
+    Expired,
+    /// Timeouts, connection limits, throttling: back off, no strike.
+    Transient,
+}
+
+/// Classify an -ERR as an auth failure, if it is one.
+pub fn classify_auth_err(text: &str) -> Option<AuthErrorClass> {
+    let t = text.trim();
+    if starts_with_ci(t, "authorization violation")
+        || starts_with_ci(t, "user authentication revoked")
+    {
+        Some(AuthErrorClass::Strike)
+    } else if starts_with_ci(t, "user authentication expired")
+        || starts_with_ci(t, "account authentication expired")
+    {
+        Some(AuthErrorClass::Expired)
+    } else if starts_with_ci(t, "authentication timeout")
+        || starts_with_ci(t, "authorization timeout")
+        || starts_with_ci(t, "maximum connections exceeded")
+        || starts_with_ci(t, "maximum account active connections exceeded")
+        || starts_with_ci(t, "connection throttling is active")
+    {
+        Some(AuthErrorClass::Transient)
+    } else {
+        None
+    }
+}

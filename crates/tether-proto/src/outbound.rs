@@ -1,0 +1,471 @@
+//! The outbound buffer: one byte stream with whole-frame boundaries.
+//!
+//! Publishers encode straight into [`OutboundBuffer::pending`]; the writer takes everything
+//! queued as one chunk ([`OutboundBuffer::take_chunk`]) and reports progress with
+//! [`OutboundBuffer::advance`]. Each frame carries its kind, so that when a link drops:
+//!
+//! - whole PUB/HPUB frames not yet written stay, in their original order;
+//! - a frame cut in half is put back whole (the server acts only on a frame's last byte,
+//!   so resending it never duplicates);
+//! - SUB, UNSUB, PING and PONG frames are dropped: they are regenerated from state.
+//!
+//! The bounds ([`BufferLimits`]) count PUB/HPUB frames and their encoded bytes only, and a
+//! frame counts until its last byte has been accepted by the socket. Frames written but
+//! not yet confirmed by a PONG can be retained for resending (`resend_unconfirmed`); those
+//! count against the bounds too.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+/// Bounds of the outbound buffer: whichever is reached first refuses a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimits {
+    /// Encoded bytes of PUB/HPUB frames.
+    pub max_bytes: usize,
+    /// Number of PUB/HPUB frames.
+    pub max_msgs: usize,
+}
+
+/// What a frame in the buffer is; decides what survives a disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A PUB or HPUB published by the user.
+    Pub,
+    /// A PUB or HPUB carrying a request; the id is the request mux token.
+    Request(u64),
+    /// SUB, UNSUB or CONNECT: regenerated from state after a reconnect.
+    Control,
+    /// A PING; the connection keeps what it was for.
+    Ping,
+    /// A PONG answering the server.
+    Pong,
+}
+
+impl FrameKind {
+    /// PUB/HPUB frames (including requests) survive a disconnect and count against the bounds.
+    pub fn is_publish(self) -> bool {
+        matches!(self, FrameKind::Pub | FrameKind::Request(_))
+    }
+}
+
+/// One frame's place in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Encoded length, control line and payload.
+    pub len: u32,
+    /// Header block plus payload length (PUB/HPUB only), checked against max_payload.
+    pub payload_len: u32,
+    /// The kind of frame.
+    pub kind: FrameKind,
+}
+
+/// Totals of PUB/HPUB frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Frames.
+    pub msgs: u64,
+    /// Encoded bytes.
+    pub bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, f: &Frame) {
+        self.msgs += 1;
+        self.bytes += u64::from(f.len);
+    }
+    fn sub(&mut self, f: &Frame) {
+        self.msgs = self.msgs.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(u64::from(f.len));
+    }
+}
+
+/// A frame whose last byte the socket just accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The frame.
+    pub frame: Frame,
+}
+
+/// The byte- and message-bounded outbound buffer.
+#[derive(Debug)]
+pub struct OutboundBuffer {
+    limits: BufferLimits,
+    /// Encoded frames not yet handed to the writer.
+    pending: BytesMut,
+    pending_frames: VecDeque<Frame>,
+    /// The chunk handed to the writer, and how much of it the socket accepted.
+    in_flight: Bytes,
+    in_flight_frames: VecDeque<Frame>,
+    in_flight_pos: usize,
+    /// Bytes of the first in-flight frame already written.
+    front_written: usize,
+    /// PUB/HPUB frames counted against the bounds (pending + in flight + retained).
+    counted: Counts,
+    /// Written PUB/HPUB frames kept for resending until a PONG confirms them.
+    retained: BytesMut,
+    retained_frames: VecDeque<Frame>,
+}
+
+impl OutboundBuffer {
+    /// An empty buffer with these bounds.
+    pub fn new(limits: BufferLimits) -> Self {
+        Self {
+            limits,
+            pending: BytesMut::with_capacity(64 * 1024),
+            pending_frames: VecDeque::with_capacity(1024),
+            in_flight: Bytes::new(),
+            in_flight_frames: VecDeque::new(),
+            in_flight_pos: 0,
+            front_written: 0,
+            counted: Counts::default(),
+            retained: BytesMut::new(),
+            retained_frames: VecDeque::new(),
+        }
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> BufferLimits {
+        self.limits
+    }
+
+    /// PUB/HPUB frames and bytes counted against the bounds.
+    pub fn counted(&self) -> Counts {
+        self.counted
+    }
+
+    /// True when a publish frame of `len` bytes fits within the bounds now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.counted.msgs < self.limits.max_msgs as u64
+            && self.counted.bytes + len as u64 <= self.limits.max_bytes as u64
+    }
+
+    /// The buffer frames are encoded into; follow every encode with [`Self::commit`].
+    pub fn pending_mut(&mut self) -> &mut BytesMut {
+        &mut self.pending
+    }
+
+    /// Record that the last `len` bytes of the pending buffer are one frame of `kind`.
+    pub fn commit(&mut self, len: usize, payload_len: usize, kind: FrameKind) {
+        let frame = Frame {
+            len: len as u32,
+            payload_len: payload_len as u32,
+            kind,
+        };
+        if kind.is_publish() {
+            self.counted.add(&frame);
+        }
+        self.pending_frames.push_back(frame);
+    }
+
+    /// True when nothing waits to be written (pending empty, chunk fully written).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.in_flight_pos >= self.in_flight.len()
+    }
+
+    /// True while a chunk handed to the writer is not fully written.
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight_pos < self.in_flight.len()
+    }
+
+    /// Bytes waiting to be written, pending and in flight.
+    pub fn unwritten_bytes(&self) -> usize {
+        self.pending.len() + (self.in_flight.len() - self.in_flight_pos)
+    }
+
+    /// Hand everything pending to the writer as one chunk. Returns `None` when a chunk is
+    /// still in flight or nothing is pending.
+    pub fn take_chunk(&mut self) -> Option<Bytes> {
+        if self.has_in_flight() || self.pending.is_empty() {
+            return None;
+        }
+        self.in_flight = self.pending.split().freeze();
+        // The in-flight list is empty here (its chunk was fully written): swap so both
+        // keep their capacity and no list is reallocated per chunk.
+        std::mem::swap(&mut self.in_flight_frames, &mut self.pending_frames);
+        self.in_flight_pos = 0;
+        self.front_written = 0;
+        Some(self.in_flight.clone())
+    }
+
+    /// The socket accepted `n` more bytes of the chunk. `on_written` is called for every
+    /// frame whose last byte is now written, in order.
+    pub fn advance(&mut self, mut n: usize, retain: bool, mut on_written: impl FnMut(Written)) {
+        n = n.min(self.in_flight.len() - self.in_flight_pos);
+        self.in_flight_pos += n;
+        while n > 0 {
+            let Some(front) = self.in_flight_frames.front().copied() else {
+                break;
+            };
+            let left = front.len as usize - self.front_written;
+            if n < left {
+                self.front_written += n;
+                break;
+            }
+            n -= left;
+            self.front_written = 0;
+            self.in_flight_frames.pop_front();
+            if front.kind.is_publish() {
+                if retain && matches!(front.kind, FrameKind::Pub) {
+                    let end = self.in_flight_pos - n;
+                    let start = end - front.len as usize;
+                    self.retained.extend_from_slice(&self.in_flight[start..end]);
+                    self.retained_frames.push_back(front);
+                } else {
+                    self.counted.sub(&front);
+                }
+            }
+            on_written(Written { frame: front });
+        }
+        if !self.has_in_flight() {
+            self.in_flight = Bytes::new();
+            self.in_flight_pos = 0;
+        }
+    }
+
+    /// Drop the `msgs` oldest retained frames: a PONG confirmed them.
+    pub fn release_retained(&mut self, msgs: u64) {
+        let mut bytes = 0usize;
+        for _ in 0..msgs {
+            let Some(f) = self.retained_frames.pop_front() else {
+                break;
+            };
+            self.counted.sub(&f);
+            bytes += f.len as usize;
+        }
+        if bytes > 0 {
+            let _ = self.retained.split_to(bytes.min(self.retained.len()));
+        }
+    }
+
+    /// Retained (written, unconfirmed) frames.
+    pub fn retained(&self) -> Counts {
+        let mut c = Counts::default();
+        for f in &self.retained_frames {
+            c.add(f);
+        }
+        c
+    }
+
+    /// Drop every retained frame and return their totals (a closing -ERR our own bytes
+    /// caused: never resend them).
+    pub fn discard_retained(&mut self) -> Counts {
+        let mut c = Counts::default();
+        for f in self.retained_frames.drain(..) {
+            c.add(&f);
+            self.counted.sub(&f);
+        }
+        self.retained.clear();
+        c
+    }
+
+    /// The link dropped: rebuild the pending stream as retained frames, then the unwritten
+    /// in-flight frames (a partly written one whole), then pending, keeping only frames
+    /// for which `keep` is true (by default PUB/HPUB). Frames dropped are uncounted.
+    pub fn rewind(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
+        let mut out = BytesMut::with_capacity(
+            self.retained.len() + self.in_flight.len() - self.in_flight_pos + self.pending.len(),
+        );
+        let mut frames = VecDeque::with_capacity(
+            self.retained_frames.len() + self.in_flight_frames.len() + self.pending_frames.len(),
+        );
+        let retained = std::mem::take(&mut self.retained);
+        let retained_frames = std::mem::take(&mut self.retained_frames);
+        // Retained frames were written; they are kept (counted) exactly as they are.
+        out.extend_from_slice(&retained);
+        frames.extend(retained_frames);
+
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let start = self.in_flight_pos - self.front_written;
+        let in_flight_frames = std::mem::take(&mut self.in_flight_frames);
+        let pending = self.pending.split().freeze();
+        let pending_frames = std::mem::take(&mut self.pending_frames);
+        let mut sources = [
+            (
+                in_flight.slice(start.min(in_flight.len())..),
+                in_flight_frames,
+            ),
+            (pending, pending_frames),
+        ];
+        for (bytes, list) in &mut sources {
+            let mut off = 0usize;
+            for f in list.drain(..) {
+                let end = off + f.len as usize;
+                if keep(&f) {
+                    if let Some(slice) = bytes.get(off..end) {
+                        out.extend_from_slice(slice);
+                        frames.push_back(f);
+                    }
+                } else if f.kind.is_publish() {
+                    self.counted.sub(&f);
+                }
+                off = end;
+            }
+        }
+        self.in_flight_pos = 0;
+        self.front_written = 0;
+        self.pending = out;
+        self.pending_frames = frames;
+    }
+
+    /// Remove pending publish frames for which `remove` is true (for example those over a
+    /// lowered max_payload). Only call while nothing is in flight. Returns what was removed.
+    pub fn remove_pending(&mut self, mut remove: impl FnMut(&Frame) -> bool) -> Counts {
+        let mut removed = Counts::default();
+        if !self
+            .pending_frames
+            .iter()
+            .any(|f| f.kind.is_publish() && remove(f))
+        {
+            return removed;
+        }
+        let pending = self.pending.split().freeze();
+        let frames = std::mem::take(&mut self.pending_frames);
+        let mut off = 0usize;
+        for f in frames {
+            let end = off + f.len as usize;
+            if f.kind.is_publish() && remove(&f) {
+                removed.add(&f);
+                self.counted.sub(&f);
+            } else if let Some(slice) = pending.get(off..end) {
+                self.pending.extend_from_slice(slice);
+                self.pending_frames.push_back(f);
+            }
+            off = end;
+        }
+        removed
+    }
+
+    /// Put `bytes` (whole frames, described by `frames`) before everything pending. Used to
+    /// replay subscriptions ahead of the buffered publishes in one pipelined write. Only
+    /// call while nothing is in flight.
+    pub fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
+        let mut out = BytesMut::with_capacity(bytes.len() + self.pending.len());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&self.pending);
+        let mut list: VecDeque<Frame> = frames.into_iter().collect();
+        for f in &list {
+            if f.kind.is_publish() {
+                self.counted.add(f);
+            }
+        }
+        list.extend(self.pending_frames.drain(..));
+        self.pending = out;
+        self.pending_frames = list;
+    }
+
+    /// Request ids whose frames are buffered and not yet fully written.
+    pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.in_flight_frames
+            .iter()
+            .chain(self.pending_frames.iter())
+            .filter_map(|f| match f.kind {
+                FrameKind::Request(id) => Some(id),
+                _ => None,
+            })
+    }
+
+    /// Drop everything (the client is closed); returns the publish frames dropped.
+    pub fn clear(&mut self) -> Counts {
+        let c = self.counted;
+        self.pending.clear();
+        self.pending_frames.clear();
+        self.in_flight = Bytes::new();
+        self.in_flight_frames.clear();
+        self.in_flight_pos = 0;
+        self.front_written = 0;
+        self.retained.clear();
+        self.retained_frames.clear();
+        self.counted = Counts::default();
+        c
+    }
+
+    /// Publish frames not yet written (pending and in flight), excluding retained ones.
+    pub fn unsent(&self) -> Counts {
+        let mut c = Counts::default();
+        for f in self
+            .in_flight_frames
+            .iter()
+            .chain(self.pending_frames.iter())
+        {
+            if f.kind.is_publish() {
+                c.add(f);
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf() -> OutboundBuffer {
+        OutboundBuffer::new(BufferLimits {
+            max_bytes: 1000,
+            max_msgs: 3,
+        })
+    }
+
+    fn push(b: &mut OutboundBuffer, bytes: &[u8], kind: FrameKind) {
+        b.pending_mut().extend_from_slice(bytes);
+        b.commit(bytes.len(), 1, kind);
+    }
+
+    #[test]
+    fn bounds_count_publish_frames_only() {
+        let mut b = buf();
+        push(&mut b, b"PUB a 1\r\nx\r\n", FrameKind::Pub);
+        push(&mut b, b"PING\r\n", FrameKind::Ping);
+        assert_eq!(b.counted(), Counts { msgs: 1, bytes: 12 });
+        push(&mut b, b"PUB a 1\r\nx\r\n", FrameKind::Pub);
+        push(&mut b, b"PUB a 1\r\nx\r\n", FrameKind::Pub);
+        assert!(!b.has_room(1), "message bound reached");
+    }
+
+    #[test]
+    fn partial_frame_is_rewound_whole_and_control_dropped() {
+        let mut b = buf();
+        push(&mut b, b"PUB a 1\r\nx\r\n", FrameKind::Pub);
+        push(&mut b, b"SUB b 1\r\n", FrameKind::Control);
+        push(&mut b, b"PUB c 1\r\ny\r\n", FrameKind::Pub);
+        let chunk = b.take_chunk().unwrap();
+        assert_eq!(chunk.len(), 12 + 9 + 12);
+        let mut written = Vec::new();
+        b.advance(12 + 9 + 5, false, |w| written.push(w.frame.kind));
+        assert_eq!(written, vec![FrameKind::Pub, FrameKind::Control]);
+        push(&mut b, b"PING\r\n", FrameKind::Ping);
+        push(&mut b, b"PUB d 1\r\nz\r\n", FrameKind::Pub);
+        b.rewind(|f| f.kind.is_publish());
+        assert_eq!(&b.pending[..], b"PUB c 1\r\ny\r\nPUB d 1\r\nz\r\n");
+        assert_eq!(b.counted(), Counts { msgs: 2, bytes: 24 });
+    }
+
+    #[test]
+    fn retained_frames_resend_first_and_release_on_confirm() {
+        let mut b = buf();
+        push(&mut b, b"PUB a 1\r\nx\r\n", FrameKind::Pub);
+        push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
+        b.take_chunk().unwrap();
+        b.advance(24, true, |_| {});
+        assert_eq!(b.retained().msgs, 2);
+        assert_eq!(b.counted().msgs, 2, "retained frames still count");
+        b.release_retained(1);
+        assert_eq!(b.counted().msgs, 1);
+        push(&mut b, b"PUB c 1\r\nx\r\n", FrameKind::Pub);
+        b.rewind(|f| f.kind.is_publish());
+        assert_eq!(&b.pending[..], b"PUB b 1\r\nx\r\nPUB c 1\r\nx\r\n");
+    }
+
+    #[test]
+    fn remove_pending_over_limit() {
+        let mut b = buf();
+        b.pending_mut().extend_from_slice(b"PUB a 3\r\nxyz\r\n");
+        b.commit(14, 3, FrameKind::Pub);
+        push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
+        let removed = b.remove_pending(|f| f.payload_len > 2);
+        assert_eq!(removed, Counts { msgs: 1, bytes: 14 });
+        assert_eq!(&b.pending[..], b"PUB b 1\r\nx\r\n");
+        assert_eq!(b.counted(), Counts { msgs: 1, bytes: 12 });
+    }
+}

@@ -1,0 +1,214 @@
+//! A cluster of `nats-server` nodes routed on loopback.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::server::{ClusterSpec, READY_TIMEOUT};
+use crate::{free_port, NatsServer, ServerConfig, TestkitError};
+
+/// How long starting a cluster or restarting a node waits for routes.
+const ROUTES_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `n` nodes with `cluster { name: tether }`, each listing the others' route ports.
+///
+/// All ports are chosen up front and kept across restarts. Starting waits until every
+/// node is ready and [`wait_routes`](Self::wait_routes) holds.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+    cfg: ServerConfig,
+}
+
+impl NatsCluster {
+    /// Starts `n` default nodes.
+    pub fn start(n: usize) -> Result<Self, TestkitError> {
+        Self::start_with(n, ServerConfig::default())
+    }
+
+    /// Starts `n` nodes with `cfg` (each node's name gets `-<index>` appended).
+    pub fn start_with(n: usize, cfg: ServerConfig) -> Result<Self, TestkitError> {
+        Self::start_with_advertise(n, cfg, Vec::new())
+    }
+
+    /// Like [`start_with`](Self::start_with), with node `i` using `advertise[i]` as its
+    /// `client_advertise` (missing entries: none). Useful with proxies in front of nodes:
+    /// start the proxies first, then point them at the nodes with
+    /// [`Proxy::set_upstream`](crate::Proxy::set_upstream).
+    pub fn start_with_advertise(
+        n: usize,
+        cfg: ServerConfig,
+        advertise: Vec<String>,
+    ) -> Result<Self, TestkitError> {
+        assert!(n > 0, "a cluster needs at least one node");
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut cluster = NatsCluster {
+            nodes: Vec::with_capacity(n),
+            cfg: cfg.clone(),
+        };
+        let mut advertise = advertise.into_iter();
+        for (i, &rp) in route_ports.iter().enumerate() {
+            let mut node_cfg = cfg.clone();
+            if let Some(a) = advertise.next() {
+                node_cfg.client_advertise = Some(a);
+            }
+            let routes = route_ports.iter().copied().filter(|&p| p != rp).collect();
+            let node = cluster.spawn_node(i, node_cfg, rp, routes)?;
+            cluster.nodes.push(node);
+        }
+        for node in &mut cluster.nodes {
+            node.wait_ready(READY_TIMEOUT)?;
+        }
+        cluster.wait_routes(ROUTES_TIMEOUT)?;
+        Ok(cluster)
+    }
+
+    fn spawn_node(
+        &self,
+        i: usize,
+        cfg: ServerConfig,
+        route_port: u16,
+        routes: Vec<u16>,
+    ) -> Result<NatsServer, TestkitError> {
+        let name = match &self.cfg.name {
+            Some(base) => format!("{base}-{i}"),
+            None => format!("node{i}"),
+        };
+        NatsServer::spawn_new(
+            cfg,
+            Some(name),
+            free_port(),
+            free_port(),
+            Some(ClusterSpec {
+                port: route_port,
+                routes,
+            }),
+        )
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, mutably (to kill, stop or change its config).
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
+    /// The number of nodes (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes (never true for a started cluster).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node's client URL, in node order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Waits until every running node's `/routez` lists a route to the current server id
+    /// (from `/varz`) of every other running node. Route pooling opens several routes
+    /// per peer, so this checks ids, not counts.
+    pub fn wait_routes(&self, timeout: Duration) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let missing = match self.missing_routes() {
+                Ok(None) => return Ok(()),
+                Ok(Some(m)) => m,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(TestkitError::Routes {
+                    detail: format!("after {timeout:?}: {missing}"),
+                });
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// `None` when all routes are up, else a description of what is missing.
+    fn missing_routes(&self) -> Result<Option<String>, TestkitError> {
+        // A node whose process is gone is skipped; `pid()` is Some until it is reaped.
+        let mut running = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+            let Ok(varz) = node.varz() else {
+                // Not answering: treat it as down only if the process really exited.
+                if node_exited(node) {
+                    continue;
+                }
+                return Ok(Some(format!("{} does not answer /varz", node.name())));
+            };
+            let id = varz["server_id"].as_str().unwrap_or_default().to_owned();
+            running.push((node, id));
+        }
+        for (node, _) in &running {
+            let routez = node.routez()?;
+            let have: HashSet<&str> = routez["routes"]
+                .as_array()
+                .map(|rs| rs.iter().filter_map(|r| r["remote_id"].as_str()).collect())
+                .unwrap_or_default();
+            for (other, other_id) in &running {
+                if other.name() != node.name() && !have.contains(other_id.as_str()) {
+                    return Ok(Some(format!(
+                        "{} has no route to {} ({other_id})",
+                        node.name(),
+                        other.name()
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Restarts node `i` on its ports and waits for it and for all routes.
+    pub fn restart(&mut self, i: usize) -> Result<(), TestkitError> {
+        self.nodes[i].restart()?;
+        self.wait_routes(ROUTES_TIMEOUT)
+    }
+
+    /// Sets node `i`'s `client_advertise`; takes effect at its next (re)start.
+    pub fn set_client_advertise(&mut self, i: usize, addr: String) {
+        self.nodes[i].config_mut().client_advertise = Some(addr);
+    }
+
+    /// Starts one more node that routes to all existing ones, waits for it and for all
+    /// routes, and returns its index.
+    pub fn add_node(&mut self) -> Result<usize, TestkitError> {
+        let i = self.nodes.len();
+        let routes = self
+            .nodes
+            .iter()
+            .filter_map(NatsServer::cluster_port)
+            .collect();
+        let mut node = self.spawn_node(i, self.cfg.clone(), free_port(), routes)?;
+        node.wait_ready(READY_TIMEOUT)?;
+        self.nodes.push(node);
+        self.wait_routes(ROUTES_TIMEOUT)?;
+        Ok(i)
+    }
+}
+
+/// Whether a node's process is gone, without needing `&mut` (checks `/proc`).
+fn node_exited(node: &NatsServer) -> bool {
+    match node.pid() {
+        None => true,
+        Some(pid) => {
+            // A zombie (exited, not yet reaped) shows state 'Z'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! One `nats-server` process.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::{free_port, http, nats_server_bin, TestkitError};
+
+/// How long a server may take to become ready.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`NatsServer::stop`] waits after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to configure a server. `Default` gives a plain server with no auth.
+///
+/// Monitoring is always enabled (on its own free port), whatever `monitoring` says.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Enable JetStream with a store in the server's temp dir; readiness then also waits
+    /// for `/healthz?js-enabled-only=true`.
+    pub jetstream: bool,
+    /// Require this token (`authorization { token }`).
+    pub token: Option<String>,
+    /// Require this user and password (`authorization { user, password }`).
+    pub user: Option<(String, String)>,
+    /// Appended verbatim to the generated config file (TLS, nkeys, limits, accounts...).
+    pub extra_config: Option<String>,
+    /// `lame_duck_duration: 30s` (the server's minimum) and `lame_duck_grace_period: 2s`.
+    pub lame_duck_for_tests: bool,
+    /// `max_payload`, in bytes.
+    pub max_payload: Option<usize>,
+    /// `server_name`; default `tether-<port>` (clusters add `-<index>` to a given name).
+    pub name: Option<String>,
+    /// `client_advertise`, e.g. a proxy's `127.0.0.1:port`; takes effect at (re)start.
+    pub client_advertise: Option<String>,
+    /// Kept for readability of call sites: monitoring is always enabled.
+    pub monitoring: bool,
+}
+
+/// The cluster part of a node's config.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSpec {
+    /// This node's route listen port.
+    pub(crate) port: u16,
+    /// The other nodes' route ports.
+    pub(crate) routes: Vec<u16>,
+}
+
+/// A running (or killed) `nats-server` on 127.0.0.1 with its own temp dir, config and log.
+///
+/// Ports are chosen once by [`free_port`] and kept across [`restart`](Self::restart).
+/// Dropping the handle SIGKILLs the process; if the thread is panicking (a failing test),
+/// the server's log is printed to stderr first.
+#[derive(Debug)]
+pub struct NatsServer {
+    cfg: ServerConfig,
+    name: String,
+    port: u16,
+    monitor_port: u16,
+    cluster: Option<ClusterSpec>,
+    bin: PathBuf,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server with the default config and waits until it is ready.
+    pub fn start() -> Result<Self, TestkitError> {
+        Self::start_with(ServerConfig::default())
+    }
+
+    /// Starts a server with `cfg` and waits until it is ready.
+    ///
+    /// If another process grabbed a chosen port in the meantime, it retries with new ports.
+    pub fn start_with(cfg: ServerConfig) -> Result<Self, TestkitError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = Self::spawn_new(cfg.clone(), None, free_port(), free_port(), None)?;
+            match server.wait_ready(READY_TIMEOUT) {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt < 3 && server.log().contains("address already in use") => {
+                    drop(e);
+                    server.kill();
+                }
+                Err(e) => {
+                    server.kill();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Writes the config and spawns the process without waiting for readiness.
+    pub(crate) fn spawn_new(
+        cfg: ServerConfig,
+        name: Option<String>,
+        port: u16,
+        monitor_port: u16,
+        cluster: Option<ClusterSpec>,
+    ) -> Result<Self, TestkitError> {
+        let bin = nats_server_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tether-nats-")
+            .tempdir()
+            .map_err(|e| TestkitError::io("creating the server's temp dir", e))?;
+        let name = name
+            .or_else(|| cfg.name.clone())
+            .unwrap_or_else(|| format!("tether-{port}"));
+        let mut server = NatsServer {
+            cfg,
+            name,
+            port,
+            monitor_port,
+            cluster,
+            bin,
+            dir,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.conf")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn stdio_path(&self) -> PathBuf {
+        self.dir.path().join("stdio.log")
+    }
+
+    fn render_config(&self) -> String {
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let mut c = String::new();
+        let _ = writeln!(c, "listen: 127.0.0.1:{}", self.port);
+        let _ = writeln!(c, "http: 127.0.0.1:{}", self.monitor_port);
+        let _ = writeln!(c, "server_name: {}", q(&self.name));
+        if let Some(mp) = self.cfg.max_payload {
+            let _ = writeln!(c, "max_payload: {mp}");
+        }
+        if let Some(adv) = &self.cfg.client_advertise {
+            let _ = writeln!(c, "client_advertise: {}", q(adv));
+        }
+        if self.cfg.lame_duck_for_tests {
+            c.push_str("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"2s\"\n");
+        }
+        if self.cfg.token.is_some() || self.cfg.user.is_some() {
+            c.push_str("authorization {\n");
+            if let Some(t) = &self.cfg.token {
+                let _ = writeln!(c, "  token: {}", q(t));
+            }
+            if let Some((u, p)) = &self.cfg.user {
+                let _ = writeln!(c, "  user: {}\n  password: {}", q(u), q(p));
+            }
+            c.push_str("}\n");
+        }
+        if self.cfg.jetstream {
+            let store = self.dir.path().join("js");
+            let _ = writeln!(
+                c,
+                "jetstream {{\n  store_dir: {}\n}}",
+                q(&store.to_string_lossy())
+            );
+        }
+        if let Some(cl) = &self.cluster {
+            let routes: Vec<String> = cl
+                .routes
+                .iter()
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect();
+            let _ = writeln!(
+                c,
+                "cluster {{\n  name: tether\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}",
+                cl.port,
+                routes.join(", ")
+            );
+        }
+        if let Some(extra) = &self.cfg.extra_config {
+            c.push_str(extra);
+            c.push('\n');
+        }
+        c
+    }
+
+    /// (Re)writes the config file and spawns the process.
+    fn spawn(&mut self) -> Result<(), TestkitError> {
+        fs::write(self.config_path(), self.render_config())
+            .map_err(|e| TestkitError::io("writing the server config", e))?;
+        let stdio = File::options()
+            .create(true)
+            .append(true)
+            .open(self.stdio_path())
+            .map_err(|e| TestkitError::io("opening the server's stdio log", e))?;
+        let stdio2 = stdio
+            .try_clone()
+            .map_err(|e| TestkitError::io("opening the server's stdio log", e))?;
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.config_path())
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-a", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(stdio)
+            .stderr(stdio2)
+            .spawn()
+            .map_err(|e| TestkitError::io(format!("spawning {}", self.bin.display()), e))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn not_ready(&self, reason: impl Into<String>) -> TestkitError {
+        TestkitError::NotReady {
+            name: self.name.clone(),
+            reason: reason.into(),
+            log: self.log(),
+        }
+    }
+
+    /// Waits until a client connection reads INFO and, with JetStream, `/healthz` is ok.
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(2);
+        let mut last;
+        loop {
+            if !self.is_running() {
+                return Err(self.not_ready("the process exited during startup"));
+            }
+            match self.read_info() {
+                Ok(()) => break,
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(self.not_ready(format!(
+                    "no INFO on port {} within {timeout:?} ({last})",
+                    self.port
+                )));
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+        if self.cfg.jetstream {
+            loop {
+                if !self.is_running() {
+                    return Err(self.not_ready("the process exited during startup"));
+                }
+                match http::get(self.monitor_addr(), "/healthz?js-enabled-only=true") {
+                    Ok((200, body)) if body.contains("ok") => break,
+                    Ok((status, body)) => last = format!("healthz {status}: {body}"),
+                    Err(e) => last = e.to_string(),
+                }
+                if Instant::now() >= deadline {
+                    return Err(self
+                        .not_ready(format!("JetStream not healthy within {timeout:?} ({last})")));
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_info(&self) -> Result<(), String> {
+        let s = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(500))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(s)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.starts_with("INFO ") {
+            Ok(())
+        } else {
+            Err(format!("read {line:?} instead of INFO"))
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`, without credentials (see [`url_with_auth`](Self::url_with_auth)).
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with the configured token (`nats://TOKEN@…`) or user and password
+    /// (`nats://USER:PASS@…`, not percent-encoded) embedded; the plain [`url`](Self::url)
+    /// without auth.
+    pub fn url_with_auth(&self) -> String {
+        if let Some((u, p)) = &self.cfg.user {
+            format!("nats://{u}:{p}@127.0.0.1:{}", self.port)
+        } else if let Some(t) = &self.cfg.token {
+            format!("nats://{t}@127.0.0.1:{}", self.port)
+        } else {
+            self.url()
+        }
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The client address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The monitoring (HTTP) port.
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    fn monitor_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.monitor_port))
+    }
+
+    /// The route port, for a cluster node.
+    pub fn cluster_port(&self) -> Option<u16> {
+        self.cluster.as_ref().map(|c| c.port)
+    }
+
+    /// The `server_name`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The config this server was started with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// The config, to change; changes take effect at the next [`restart`](Self::restart).
+    pub fn config_mut(&mut self) -> &mut ServerConfig {
+        &mut self.cfg
+    }
+
+    /// The server's temp dir (config, logs, JetStream store); it lives as long as the handle.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id, while a process has been started and not yet reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        let Some(c) = &mut self.child else {
+            return false;
+        };
+        if let Ok(None) = c.try_wait() {
+            return true;
+        }
+        self.child = None;
+        false
+    }
+
+    /// SIGKILL and reap. Does nothing if the process is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s for the process to exit, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            if !self.wait_exit(STOP_TIMEOUT) {
+                self.kill();
+            }
+        }
+    }
+
+    /// Kills the process if it is running, starts it again with the same ports, config
+    /// (including changes made through [`config_mut`](Self::config_mut)) and store, and
+    /// waits until it is ready.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// Sends SIGUSR2: the server enters lame duck mode (see
+    /// [`ServerConfig::lame_duck_for_tests`] for short timings).
+    pub fn lame_duck(&self) -> Result<(), TestkitError> {
+        let pid = self.pid().ok_or_else(|| TestkitError::NotReady {
+            name: self.name.clone(),
+            reason: "lame duck requested but the process is not running".into(),
+            log: self.log(),
+        })?;
+        signal::kill(Pid::from_raw(pid as i32), Signal::SIGUSR2)
+            .map_err(|e| TestkitError::io("sending SIGUSR2", e.into()))
+    }
+
+    /// Waits up to `timeout` for the process to exit; true when it has (or was not running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        crate::wait_for(timeout, || !self.is_running())
+    }
+
+    /// The server's log (plus anything it printed on stdout/stderr, such as config errors).
+    pub fn log(&self) -> String {
+        let mut s = fs::read_to_string(self.log_path()).unwrap_or_default();
+        if let Ok(stdio) = fs::read_to_string(self.stdio_path()) {
+            if !stdio.trim().is_empty() {
+                s.push_str("--- stdout/stderr ---\n");
+                s.push_str(&stdio);
+            }
+        }
+        s
+    }
+
+    /// `GET /varz` as JSON.
+    pub fn varz(&self) -> Result<serde_json::Value, TestkitError> {
+        self.monitor("/varz")
+    }
+
+    /// `GET /connz` as JSON.
+    pub fn connz(&self) -> Result<serde_json::Value, TestkitError> {
+        self.monitor("/connz")
+    }
+
+    /// `GET /routez` as JSON.
+    pub fn routez(&self) -> Result<serde_json::Value, TestkitError> {
+        self.monitor("/routez")
+    }
+
+    /// `GET` any monitoring path (with query), e.g. `/connz?state=closed`, as JSON.
+    pub fn monitor(&self, path_and_query: &str) -> Result<serde_json::Value, TestkitError> {
+        http::get_json(self.monitor_addr(), path_and_query)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let prefix = format!("[{}] ", self.name);
+            let mut out = format!("{prefix}--- nats-server log ---\n");
+            for line in self.log().lines() {
+                out.push_str(&prefix);
+                out.push_str(line);
+                out.push('\n');
+            }
+            eprint!("{out}");
+        }
+        self.kill();
+    }
+}

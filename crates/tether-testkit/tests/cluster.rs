@@ -1,0 +1,90 @@
+//! A 3-node cluster: routes, killing and restarting a node, adding a node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Raw;
+use tether_testkit::{NatsCluster, Proxy, ServerConfig};
+
+#[test]
+fn cluster_routes_kill_restart_add() {
+    let mut c = NatsCluster::start(3).unwrap();
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.urls().len(), 3);
+    // Each node knows the others' client URLs (connect_urls) once routed.
+    let mut raw = Raw::connect(c.node(0).addr()).unwrap();
+    raw.handshake().unwrap();
+
+    let routez = c.node(0).routez().unwrap();
+    for i in 1..3 {
+        let id = c.node(i).varz().unwrap()["server_id"].clone();
+        assert!(
+            routez["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["remote_id"] == id),
+            "{routez}"
+        );
+    }
+
+    let old_id = c.node(1).varz().unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.kill(1);
+    assert!(!c.node_mut(1).is_running());
+    c.wait_routes(Duration::from_secs(10)).unwrap();
+    c.restart(1).unwrap();
+    let new_id = c.node(1).varz().unwrap()["server_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(old_id, new_id);
+
+    let i = c.add_node().unwrap();
+    assert_eq!(i, 3);
+    assert_eq!(c.len(), 4);
+    // Node 0 learns about node 3's client URL through gossip.
+    let port3 = c.node(3).port();
+    let url_seen = tether_testkit::wait_for(Duration::from_secs(10), || {
+        c.node(0).varz().unwrap()["connect_urls"]
+            .as_array()
+            .is_some_and(|u| {
+                u.iter().any(|u| {
+                    u.as_str()
+                        .is_some_and(|u| u.ends_with(&format!(":{port3}")))
+                })
+            })
+    });
+    assert!(url_seen, "{}", c.node(0).varz().unwrap());
+}
+
+#[test]
+fn cluster_client_advertise_points_at_proxies() {
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|_| Proxy::start(([127, 0, 0, 1], tether_testkit::closed_port()).into()).unwrap())
+        .collect();
+    let adv = proxies.iter().map(|p| p.addr().to_string()).collect();
+    let mut c = NatsCluster::start_with_advertise(3, ServerConfig::default(), adv).unwrap();
+    for (i, p) in proxies.iter().enumerate() {
+        p.set_upstream(c.node(i).addr());
+    }
+    let mut raw = Raw::connect(proxies[0].addr()).unwrap();
+    let info = raw.line().unwrap();
+    let p1 = format!("127.0.0.1:{}", proxies[1].port());
+    let p2 = format!("127.0.0.1:{}", proxies[2].port());
+    assert!(info.contains(&p1) && info.contains(&p2), "{info}");
+
+    // set_client_advertise takes effect at the next restart.
+    let direct = c.node(2).addr().to_string();
+    c.set_client_advertise(2, direct.clone());
+    c.restart(2).unwrap();
+    let ok = tether_testkit::wait_for(Duration::from_secs(10), || {
+        c.node(0).varz().unwrap()["connect_urls"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u.as_str() == Some(direct.as_str())))
+    });
+    assert!(ok, "{}", c.node(0).varz().unwrap());
+}

@@ -1,0 +1,918 @@
+//! The cloneable [`Client`] handle.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use tether_proto::conn::{Connection, PublishRefused};
+use tether_proto::outbound::FrameKind;
+use tether_proto::subject;
+use tether_proto::{HeaderMap, ServerInfo};
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::connection::driver::{self, establish, finish, merge_pool, percent};
+use crate::connection::{CloseMode, Counters, Inner, Mux, PendingRequest, Shared};
+use crate::error::{
+    ConnectError, DrainError, FlushError, PublishError, RequestError, SubscribeError,
+};
+use crate::events::{ClosedReason, Event, EventHub, Events, State};
+use crate::message::Message;
+use crate::options::{ConnectOptions, ConnectPolicy, OverflowPolicy};
+use crate::server_pool::{ServerAddr, ServerPool};
+use crate::stats::Statistics;
+use crate::subscription::{Ended, SubQueue, Subscriber};
+
+/// What `close()` left behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Messages never written.
+    pub unsent_msgs: u64,
+    /// Their encoded bytes.
+    pub unsent_bytes: u64,
+    /// Messages written but not confirmed by a PONG.
+    pub unconfirmed_msgs: u64,
+    /// Their encoded bytes.
+    pub unconfirmed_bytes: u64,
+}
+
+/// What `drain()` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Messages the drained subscriptions handed out in all.
+    pub delivered: u64,
+    /// Messages the drained subscriptions dropped (slow consumer) in all.
+    pub dropped: u64,
+    /// Publishes never written when the connection closed.
+    pub unsent_msgs: u64,
+    /// True when drain_timeout ended a phase early.
+    pub timed_out: bool,
+}
+
+/// Dropping the last handle closes the connection (as `close()` would, without waiting).
+#[derive(Debug)]
+struct ClientRef {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ClientRef {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock("drop");
+        if inner.state == State::Closed {
+            return;
+        }
+        if inner.driver_started {
+            inner.close = Some(CloseMode::Graceful);
+            drop(inner);
+            self.shared.wake.notify_one();
+        } else {
+            drop(inner);
+            finish(&self.shared, ClosedReason::Requested);
+        }
+    }
+}
+
+/// A NATS client: a cheap, cloneable handle to one connection.
+///
+/// # Behavior
+/// - `publish` and `try_publish` return Ok only when the frame sits in the outbound
+///   buffer; the buffer is bounded in bytes and messages and survives reconnects.
+/// - On a live link a full buffer makes `publish().await` wait up to block_deadline, then
+///   fail with `BufferFull`; `try_publish` never waits.
+/// - `flush()` returns Ok only when a PONG confirms every frame buffered before it.
+/// - `request()` fails at once with `NoResponders` when nobody listens.
+/// - The connection lives while any clone or [`Subscriber`] lives. Await `close()` or
+///   `drain()` before the runtime shuts down: a cancelled driver loses what it buffered.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<ClientRef>,
+}
+
+fn nuid() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(22)
+        .map(char::from)
+        .collect()
+}
+
+fn refused_to_publish(r: PublishRefused) -> PublishError {
+    match r {
+        PublishRefused::BufferFull {
+            bytes,
+            msgs,
+            connected,
+        } => PublishError::BufferFull {
+            bytes,
+            msgs,
+            connected,
+        },
+        PublishRefused::TooLargeForBuffer { frame, limit } => {
+            PublishError::TooLargeForBuffer { frame, limit }
+        }
+        PublishRefused::MaxPayload { size, limit } => PublishError::MaxPayload { size, limit },
+        PublishRefused::ControlLineTooLong { len, limit } => {
+            PublishError::ControlLineTooLong { len, limit }
+        }
+        PublishRefused::HeadersNotSupported => PublishError::HeadersNotSupported,
+        _ => PublishError::Disconnected,
+    }
+}
+
+impl Client {
+    pub(crate) async fn connect_with(
+        opts: ConnectOptions,
+        servers: Vec<ServerAddr>,
+    ) -> Result<Client, ConnectError> {
+        tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
+        let now = Instant::now();
+        let mut rng = rand::thread_rng();
+        let pool = ServerPool::new(
+            servers,
+            opts.no_randomize,
+            opts.max_reconnects,
+            now,
+            &mut rng,
+        );
+        let conn = Connection::new(opts.core_config(), now);
+        let hub = Arc::new(EventHub::new(opts.event_queue));
+        let initial = match opts.connect_policy {
+            ConnectPolicy::Lazy => State::Idle,
+            _ => State::Connecting,
+        };
+        let (state_tx, _) = watch::channel(initial);
+        if let Some(cb) = opts.event_callback.clone() {
+            let mut events = hub.subscribe();
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    cb(e);
+                }
+            });
+        }
+        let counters = Counters::default();
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                conn,
+                state: initial,
+                subs: HashMap::new(),
+                mux: None,
+                requests: HashMap::new(),
+                flushes: HashMap::new(),
+                next_token: 0,
+                driver_waiting: false,
+                pool,
+                server: None,
+                server_name: String::new(),
+                close: None,
+                closed_reason: None,
+                closed_report: CloseReport::default(),
+                draining_pubs: false,
+                high_water: 0,
+                refused: (0, 0),
+                force_reconnect: false,
+                lazy_connecting: false,
+                driver_started: false,
+            }),
+            wake: Notify::new(),
+            space: Notify::new(),
+            connected: Notify::new(),
+            state_tx,
+            events: hub,
+            opts,
+            counters,
+            started: now,
+        });
+        let client = Client {
+            inner: Arc::new(ClientRef { shared }),
+        };
+        match client.shared().opts.connect_policy {
+            ConnectPolicy::FailFast => client.first_connect().await?,
+            ConnectPolicy::Retry => {
+                let shared = client.shared().clone();
+                shared.lock("connect").driver_started = true;
+                tokio::spawn(driver::run(shared, None));
+            }
+            ConnectPolicy::Lazy => {}
+        }
+        Ok(client)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Try every server once in pool order; on success start the driver.
+    async fn first_connect(&self) -> Result<(), ConnectError> {
+        let shared = self.shared();
+        let order: Vec<ServerAddr> = shared
+            .lock("connect")
+            .pool
+            .entries()
+            .iter()
+            .map(|e| e.addr.clone())
+            .collect();
+        let mut attempts = Vec::new();
+        for addr in order {
+            match establish(shared, &addr).await {
+                Ok((stream, info)) => {
+                    let mut inner = shared.lock("connect");
+                    let idx = inner.pool.position(&addr).unwrap_or(0);
+                    inner.pool.record_success(idx);
+                    inner.server = Some(idx);
+                    inner.server_name = addr.to_string();
+                    merge_pool(shared, &mut inner, &info, &addr);
+                    if inner.close.is_some() {
+                        return Err(ConnectError::Closed);
+                    }
+                    shared.set_state(&mut inner, State::Connected);
+                    inner.driver_started = true;
+                    inner.lazy_connecting = false;
+                    drop(inner);
+                    shared.emit(Event::Connected {
+                        server: addr.to_string(),
+                        collapsed: 0,
+                    });
+                    tokio::spawn(driver::run(shared.clone(), Some((stream, idx))));
+                    shared.connected.notify_waiters();
+                    return Ok(());
+                }
+                Err(f) => {
+                    tracing::debug!(server = %addr, error = %f.attempt.error, "connect attempt failed");
+                    attempts.push(f.attempt);
+                }
+            }
+        }
+        Err(ConnectError::AllFailed { attempts })
+    }
+
+    /// Lazy policy: start the first attempt if none is running (concurrent first users
+    /// share one attempt). A failed attempt returns to Idle.
+    fn start_lazy(&self) {
+        let shared = self.shared();
+        let mut inner = shared.lock("lazy");
+        if inner.state != State::Idle || inner.lazy_connecting {
+            return;
+        }
+        inner.lazy_connecting = true;
+        shared.set_state(&mut inner, State::Connecting);
+        drop(inner);
+        let client = self.clone();
+        tokio::spawn(async move {
+            let result = client.first_connect().await;
+            let shared = client.shared();
+            let mut inner = shared.lock("lazy");
+            inner.lazy_connecting = false;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "lazy connect failed; the next use tries again");
+                if inner.state == State::Connecting {
+                    shared.set_state(&mut inner, State::Idle);
+                }
+                // Waiters blocked on this attempt fail now rather than at their timeouts.
+                for (_, tx) in inner.flushes.drain() {
+                    let _ = tx.send(Err(FlushError::Connect(Box::new(e.clone()))));
+                }
+                for (_, r) in inner.requests.drain() {
+                    let _ =
+                        r.tx.send(Err(RequestError::Publish(PublishError::Connect(Box::new(
+                            e.clone(),
+                        )))));
+                }
+                drop(inner);
+                shared.connected.notify_waiters();
+            }
+        });
+    }
+
+    fn ensure_started(&self) {
+        if self.shared().opts.connect_policy == ConnectPolicy::Lazy {
+            self.start_lazy();
+        }
+    }
+
+    // ===== publish =====
+
+    /// Publish `payload` to `subject`. Waits for room in the outbound buffer on a live
+    /// link (up to block_deadline) or while disconnected under the Block policy.
+    pub async fn publish(
+        &self,
+        subject: impl AsRef<str>,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), PublishError> {
+        self.publish_inner(
+            subject.as_ref(),
+            None,
+            None,
+            payload.as_ref(),
+            true,
+            FrameKind::Pub,
+        )
+        .await
+    }
+
+    /// Publish with a reply subject.
+    pub async fn publish_with_reply(
+        &self,
+        subject: impl AsRef<str>,
+        reply: impl AsRef<str>,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), PublishError> {
+        self.publish_inner(
+            subject.as_ref(),
+            Some(reply.as_ref()),
+            None,
+            payload.as_ref(),
+            true,
+            FrameKind::Pub,
+        )
+        .await
+    }
+
+    /// Publish with headers (HPUB).
+    pub async fn publish_with_headers(
+        &self,
+        subject: impl AsRef<str>,
+        headers: &HeaderMap,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), PublishError> {
+        self.publish_inner(
+            subject.as_ref(),
+            None,
+            Some(headers),
+            payload.as_ref(),
+            true,
+            FrameKind::Pub,
+        )
+        .await
+    }
+
+    /// Publish with an optional reply subject and optional headers.
+    pub async fn publish_full(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        self.publish_inner(subject, reply, headers, payload, true, FrameKind::Pub)
+            .await
+    }
+
+    /// Publish without ever waiting: Ok when buffered, else the reason at once.
+    pub fn try_publish(
+        &self,
+        subject: impl AsRef<str>,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), PublishError> {
+        self.try_publish_full(subject.as_ref(), None, None, payload.as_ref())
+    }
+
+    /// [`Client::try_publish`] with an optional reply subject and optional headers.
+    pub fn try_publish_full(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        validate_publish(subject, reply, headers)?;
+        self.ensure_started();
+        let shared = self.shared();
+        let mut inner = shared.lock("try_publish");
+        self.buffer_publish(&mut inner, subject, reply, headers, payload, FrameKind::Pub)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Encode into the buffer, or say why not (and whether waiting could help).
+    fn buffer_publish(
+        &self,
+        inner: &mut Inner,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        kind: FrameKind,
+    ) -> Result<(), (PublishError, bool)> {
+        let shared = self.shared();
+        match inner.state {
+            State::Closed => return Err((PublishError::Closed, false)),
+            _ if inner.draining_pubs => return Err((PublishError::Draining, false)),
+            _ => {}
+        }
+        match inner.conn.publish(subject, reply, headers, payload, kind) {
+            Ok(()) => {
+                let c = inner.conn.buffered();
+                let limits = inner.conn.config().buffer;
+                if c.bytes * 2 >= limits.max_bytes as u64 || c.msgs * 2 >= limits.max_msgs as u64 {
+                    self.high_water(inner, c, limits);
+                }
+                shared.wake_driver(inner);
+                Ok(())
+            }
+            Err(PublishRefused::BufferFull {
+                bytes,
+                msgs,
+                connected,
+            }) => {
+                let can_wait = connected || shared.opts.overflow == OverflowPolicy::Block;
+                Err((
+                    PublishError::BufferFull {
+                        bytes,
+                        msgs,
+                        connected,
+                    },
+                    can_wait,
+                ))
+            }
+            Err(other) => Err((refused_to_publish(other), false)),
+        }
+    }
+
+    fn high_water(
+        &self,
+        inner: &mut Inner,
+        c: tether_proto::outbound::Counts,
+        limits: tether_proto::outbound::BufferLimits,
+    ) {
+        let shared = self.shared();
+        shared
+            .counters
+            .buffer_high_water_bytes
+            .fetch_max(c.bytes, std::sync::atomic::Ordering::Relaxed);
+        let pct = percent(c, limits);
+        for t in [90u8, 75, 50] {
+            if pct >= t {
+                if inner.high_water < t {
+                    inner.high_water = t;
+                    shared.emit(Event::BufferHighWater {
+                        percent: t,
+                        bytes: c.bytes,
+                        msgs: c.msgs,
+                    });
+                }
+                break;
+            }
+        }
+    }
+
+    fn note_refused(&self, inner: &mut Inner, len: usize) {
+        let c = &self.shared().counters;
+        c.refused_msgs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.refused_bytes
+            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("tether_publish_refused_total").increment(1);
+        inner.refused.0 += 1;
+        inner.refused.1 += len as u64;
+        if !inner.conn.is_up() || inner.refused.0 == 1 {
+            // While disconnected nothing frees room soon: report at once.
+            driver::report_overflow(self.shared(), inner);
+        }
+    }
+
+    async fn publish_inner(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        wait: bool,
+        kind: FrameKind,
+    ) -> Result<(), PublishError> {
+        validate_publish(subject, reply, headers)?;
+        self.ensure_started();
+        let shared = self.shared();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let notified = shared.space.notified();
+            let mut notified = pin!(notified);
+            {
+                let mut inner = shared.lock("publish");
+                match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind) {
+                    Ok(()) => return Ok(()),
+                    Err((e, can_wait)) => {
+                        let expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                        if !(wait && can_wait) || expired {
+                            if matches!(e, PublishError::BufferFull { .. }) {
+                                let len = tether_proto::encode::pub_frame_len(
+                                    subject,
+                                    reply,
+                                    headers.map(HeaderMap::encoded_len),
+                                    payload.len(),
+                                );
+                                self.note_refused(&mut inner, len);
+                            }
+                            return Err(e);
+                        }
+                        notified.as_mut().enable();
+                        // Make sure the writer is running while we wait for it.
+                        inner.driver_waiting = false;
+                        shared.wake.notify_one();
+                    }
+                }
+            }
+            let d = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + shared.opts.block_deadline);
+            let _ = tokio::time::timeout_at(d, notified).await;
+        }
+    }
+
+    // ===== subscribe =====
+
+    /// Subscribe to `subject` (wildcards `*` and `>` allowed as whole tokens).
+    pub async fn subscribe(&self, subject: impl AsRef<str>) -> Result<Subscriber, SubscribeError> {
+        self.subscribe_inner(subject.as_ref(), None)
+    }
+
+    /// Subscribe as a member of queue group `queue`.
+    pub async fn queue_subscribe(
+        &self,
+        subject: impl AsRef<str>,
+        queue: impl AsRef<str>,
+    ) -> Result<Subscriber, SubscribeError> {
+        self.subscribe_inner(subject.as_ref(), Some(queue.as_ref()))
+    }
+
+    fn subscribe_inner(
+        &self,
+        subj: &str,
+        queue: Option<&str>,
+    ) -> Result<Subscriber, SubscribeError> {
+        subject::validate_subscribe_subject(subj)?;
+        if let Some(q) = queue {
+            subject::validate_queue_group(q)?;
+        }
+        self.ensure_started();
+        let shared = self.shared();
+        let mut inner = shared.lock("subscribe");
+        if matches!(
+            inner.state,
+            State::Closed | State::DrainingSubs | State::DrainingPubs
+        ) {
+            return Err(SubscribeError::Closed);
+        }
+        let sid = inner.conn.subscribe(subj, queue).map_err(|r| match r {
+            PublishRefused::ControlLineTooLong { len, limit } => {
+                SubscribeError::ControlLineTooLong { len, limit }
+            }
+            _ => SubscribeError::Closed,
+        })?;
+        let q = Arc::new(SubQueue::new(
+            sid,
+            subj.to_owned(),
+            shared.opts.pending_msgs,
+            shared.opts.pending_bytes,
+            shared.events.clone(),
+            shared.counters.slow_consumer_dropped.clone(),
+        ));
+        inner.subs.insert(sid, q.clone());
+        shared.wake_driver(&mut inner);
+        Ok(Subscriber {
+            queue: q,
+            client: self.clone(),
+        })
+    }
+
+    pub(crate) fn unsubscribe_sid(&self, sid: u64, max: Option<u64>) {
+        let shared = self.shared();
+        let mut inner = shared.lock("unsubscribe");
+        if inner.state == State::Closed {
+            return;
+        }
+        inner.conn.unsubscribe(sid, max);
+        if max.is_none() {
+            inner.subs.remove(&sid);
+        }
+        shared.wake_driver(&mut inner);
+    }
+
+    pub(crate) fn forget_sid(&self, sid: u64) {
+        let shared = self.shared();
+        let mut inner = shared.lock("unsubscribe");
+        inner.subs.remove(&sid);
+    }
+
+    // ===== request =====
+
+    /// Send a request and wait for one reply, up to the default request_timeout.
+    pub async fn request(
+        &self,
+        subject: impl AsRef<str>,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<Message, RequestError> {
+        let timeout = self.shared().opts.request_timeout;
+        self.request_with(subject.as_ref(), None, payload.as_ref(), timeout)
+            .await
+    }
+
+    /// Send a request with optional headers and an explicit timeout.
+    ///
+    /// A reply with status 503 and an empty body is [`RequestError::NoResponders`] at
+    /// once. A request that times out may still be delivered to a responder later.
+    pub async fn request_with(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Message, RequestError> {
+        validate_publish(subject, None, headers)?;
+        self.ensure_started();
+        let start = tokio::time::Instant::now();
+        let shared = self.shared();
+        let (token, reply, rx) = {
+            let mut inner = shared.lock("request");
+            if inner.state == State::Closed {
+                return Err(RequestError::Closed);
+            }
+            if inner.mux.is_none() {
+                let prefix = format!("{}.{}.", shared.opts.inbox_prefix, nuid());
+                let sid = inner
+                    .conn
+                    .subscribe(&format!("{prefix}*"), None)
+                    .map_err(|r| RequestError::Publish(refused_to_publish(r)))?;
+                inner.mux = Some(Mux { sid, prefix });
+            }
+            let token = inner.token();
+            let reply = format!(
+                "{}{token}",
+                inner.mux.as_ref().map_or("", |m| m.prefix.as_str())
+            );
+            let (tx, rx) = oneshot::channel();
+            inner.requests.insert(
+                token,
+                PendingRequest {
+                    subject: subject.to_owned(),
+                    tx,
+                },
+            );
+            (token, reply, rx)
+        };
+        if let Err(e) = self
+            .publish_inner(
+                subject,
+                Some(&reply),
+                headers,
+                payload,
+                true,
+                FrameKind::Request(token),
+            )
+            .await
+        {
+            shared.lock("request").requests.remove(&token);
+            return Err(RequestError::Publish(e));
+        }
+        match tokio::time::timeout_at(start + timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::Closed),
+            Err(_) => {
+                shared.lock("request").requests.remove(&token);
+                Err(RequestError::Timeout {
+                    subject: subject.to_owned(),
+                    elapsed: start.elapsed(),
+                })
+            }
+        }
+    }
+
+    // ===== flush, drain, close =====
+
+    /// Wait until a PONG confirms every frame buffered or written so far, within
+    /// flush_timeout. Fails with `ConnectionLost` if the link drops first (unless
+    /// resend_unconfirmed is on: then it re-arms on the next link within the same bound).
+    pub async fn flush(&self) -> Result<(), FlushError> {
+        let timeout = self.shared().opts.flush_timeout;
+        self.flush_within(timeout).await
+    }
+
+    async fn flush_within(&self, timeout: Duration) -> Result<(), FlushError> {
+        self.ensure_started();
+        let shared = self.shared();
+        let start = tokio::time::Instant::now();
+        let (token, rx, idle) = {
+            let mut inner = shared.lock("flush");
+            if inner.state == State::Closed {
+                return Err(FlushError::Closed);
+            }
+            let token = inner.token();
+            let (tx, rx) = oneshot::channel();
+            inner.flushes.insert(token, tx);
+            let idle = inner.conn.is_up() && inner.conn.is_write_idle();
+            inner.conn.flush(token);
+            shared.wake_driver(&mut inner);
+            (token, rx, idle)
+        };
+        match tokio::time::timeout_at(start + timeout, rx).await {
+            Ok(Ok(r)) => {
+                if r.is_ok() && idle {
+                    shared.counters.rtt_nanos.store(
+                        start.elapsed().as_nanos() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                r
+            }
+            Ok(Err(_)) => Err(FlushError::Closed),
+            Err(_) => {
+                let mut inner = shared.lock("flush");
+                inner.flushes.remove(&token);
+                inner.conn.cancel_flush(token);
+                Err(FlushError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Round-trip time measured by a PING on an idle link.
+    pub async fn rtt(&self) -> Result<Duration, FlushError> {
+        let start = Instant::now();
+        self.flush().await?;
+        Ok(start.elapsed())
+    }
+
+    /// Close: write the buffer, PING, read until its PONG (bounded by flush_timeout),
+    /// shut down the write side, close. Returns what was left unsent and unconfirmed.
+    pub async fn close(&self) -> CloseReport {
+        let shared = self.shared();
+        let mut watch = shared.state_tx.subscribe();
+        {
+            let mut inner = shared.lock("close");
+            if inner.state != State::Closed {
+                if inner.driver_started {
+                    inner.close = Some(CloseMode::Graceful);
+                    drop(inner);
+                    shared.wake.notify_one();
+                } else {
+                    drop(inner);
+                    finish(shared, ClosedReason::Requested);
+                }
+            }
+        }
+        let _ = watch.wait_for(|s| *s == State::Closed).await;
+        self.last_report()
+    }
+
+    fn last_report(&self) -> CloseReport {
+        self.shared().lock("close").closed_report
+    }
+
+    /// Drain: UNSUB every subscription and read until the PONG so nothing in flight is
+    /// lost (DrainingSubs; publishes still accepted); each subscription's stream yields
+    /// what it holds and ends; then flush publishes (DrainingPubs; publishes refused with
+    /// `Draining`), unsubscribe the request mux, and close. Bounded by drain_timeout.
+    pub async fn drain(&self) -> Result<DrainReport, DrainError> {
+        let shared = self.shared();
+        let deadline = tokio::time::Instant::now() + shared.opts.drain_timeout;
+        let mut report = DrainReport::default();
+        let drained: Vec<Arc<SubQueue>> = {
+            let mut inner = shared.lock("drain");
+            if inner.state == State::Closed {
+                return Err(DrainError::Closed);
+            }
+            shared.set_state(&mut inner, State::DrainingSubs);
+            let subs: Vec<Arc<SubQueue>> = inner.subs.values().cloned().collect();
+            for q in &subs {
+                inner.conn.unsubscribe_draining(q.sid);
+            }
+            shared.wake_driver(&mut inner);
+            subs
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.flush_within(left).await.is_err() {
+            report.timed_out = true;
+        }
+        {
+            let mut inner = shared.lock("drain");
+            for q in &drained {
+                inner.conn.forget(q.sid);
+                inner.subs.remove(&q.sid);
+                q.end(Ended::Done);
+            }
+            inner.draining_pubs = true;
+            if inner.state != State::Closed {
+                shared.set_state(&mut inner, State::DrainingPubs);
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !left.is_zero() {
+            if self.flush_within(left).await.is_err() {
+                report.timed_out = true;
+            }
+        } else {
+            report.timed_out = true;
+        }
+        {
+            let mut inner = shared.lock("drain");
+            if let Some(mux) = inner.mux.take() {
+                inner.conn.unsubscribe(mux.sid, None);
+            }
+        }
+        for q in &drained {
+            report.delivered += q.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            report.dropped += q.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        let closed = self.close().await;
+        report.unsent_msgs = closed.unsent_msgs;
+        Ok(report)
+    }
+
+    // ===== state =====
+
+    /// The current state.
+    pub fn status(&self) -> State {
+        *self.shared().state_tx.borrow()
+    }
+
+    /// A watch receiver of the state, for services that await changes.
+    pub fn status_watch(&self) -> watch::Receiver<State> {
+        self.shared().state_tx.subscribe()
+    }
+
+    /// A stream of events from now on. Each call gives an independent stream; events are
+    /// queued only for streams that exist (and the callback).
+    pub fn events(&self) -> Events {
+        self.shared().events.subscribe()
+    }
+
+    /// A snapshot of the statistics.
+    pub fn statistics(&self) -> Statistics {
+        let shared = self.shared();
+        let inner = shared.lock("stats");
+        shared.stats_snapshot(inner.conn.stats(), &inner)
+    }
+
+    /// The server's last INFO.
+    pub fn server_info(&self) -> Option<ServerInfo> {
+        self.shared().lock("info").conn.server_info().cloned()
+    }
+
+    /// The server of the current or last link.
+    pub fn connected_server(&self) -> Option<String> {
+        let inner = self.shared().lock("info");
+        (!inner.server_name.is_empty()).then(|| inner.server_name.clone())
+    }
+
+    /// The servers in the pool, in order.
+    pub fn servers(&self) -> Vec<String> {
+        self.shared()
+            .lock("pool")
+            .pool
+            .entries()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    }
+
+    /// The max_payload in force.
+    pub fn max_payload(&self) -> usize {
+        self.shared().lock("info").conn.max_payload()
+    }
+
+    /// Drop the current link and reconnect (to another server when there is one); while
+    /// reconnecting, make every server due now.
+    pub fn force_reconnect(&self) {
+        let shared = self.shared();
+        let mut inner = shared.lock("force_reconnect");
+        if inner.conn.is_up() {
+            inner.conn.handle_close_link();
+        }
+        inner.force_reconnect = true;
+        drop(inner);
+        shared.wake.notify_one();
+    }
+
+    /// Replace the configured servers. Discovered servers are learnt again from INFO.
+    pub fn set_server_pool(&self, servers: impl crate::IntoServers) -> Result<(), ConnectError> {
+        let servers = servers.into_servers()?;
+        let shared = self.shared();
+        let mut inner = shared.lock("pool");
+        let mut rng = rand::thread_rng();
+        let shuffle = !shared.opts.no_randomize;
+        let current = inner
+            .server
+            .and_then(|i| inner.pool.get(i))
+            .map(|e| e.addr.clone());
+        inner
+            .pool
+            .replace(servers, Instant::now(), &mut rng, shuffle);
+        inner.server = current.as_ref().and_then(|a| inner.pool.position(a));
+        Ok(())
+    }
+}
+
+fn validate_publish(
+    subject: &str,
+    reply: Option<&str>,
+    headers: Option<&HeaderMap>,
+) -> Result<(), PublishError> {
+    subject::validate_publish_subject(subject)?;
+    if let Some(r) = reply {
+        subject::validate_reply_subject(r)?;
+    }
+    if let Some(h) = headers {
+        h.validate()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,730 @@
+//! The I/O driver: one task per client. It owns the socket, feeds the sans-IO core, writes
+//! what the core queues, fires its timers, routes deliveries, and runs the reconnect loop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tether_proto::conn::{
+    classify_auth_err, Auth, AuthErrorClass, ConnEvent, DisconnectReason, HandshakeError,
+    RemovedReason, SubEndReason,
+};
+use tether_proto::outbound::Counts;
+use tether_proto::ServerInfo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::transport;
+use super::{Inner, Shared};
+use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
+use crate::events::{ClosedReason, Event, State};
+use crate::message::Message;
+use crate::options::ConnectPolicy;
+use crate::server_pool::{backoff_delay, ServerAddr};
+use crate::subscription::Ended;
+
+/// Read buffer size; grows for large messages.
+const READ_BUF: usize = 64 * 1024;
+
+fn tokio_instant(t: Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(t)
+}
+
+/// Credentials for an attempt: the options first, then the URL's.
+fn auth_for(shared: &Shared, addr: &ServerAddr) -> Auth {
+    let mut auth = Auth::default();
+    if let Some((u, p)) = &shared.opts.user {
+        auth.user = Some(u.clone());
+        auth.pass = Some(p.clone());
+    } else if let Some(t) = &shared.opts.token {
+        auth.token = Some(t.clone());
+    } else if let (Some(u), Some(p)) = (addr.user(), addr.pass()) {
+        auth.user = Some(u.to_owned());
+        auth.pass = Some(p.to_owned());
+    } else if let Some(t) = addr.user() {
+        auth.token = Some(t.to_owned());
+    }
+    auth
+}
+
+/// Why an attempt failed, for the pool's auth rules.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) attempt: AttemptError,
+    pub(crate) server_err: Option<String>,
+}
+
+/// Dial `addr` and run the handshake, bounded by connection_timeout.
+pub(crate) async fn establish(
+    shared: &Shared,
+    addr: &ServerAddr,
+) -> Result<(TcpStream, Box<ServerInfo>), Failure> {
+    let start = Instant::now();
+    let deadline = start + shared.opts.connection_timeout;
+    let fail = |address: Option<String>, error: String, server_err: Option<String>| Failure {
+        attempt: AttemptError {
+            server: addr.to_string(),
+            address,
+            error,
+        },
+        server_err,
+    };
+    let (mut stream, sock) = transport::dial(addr, tokio_instant(deadline))
+        .await
+        .map_err(|e| fail(e.address, e.error, None))?;
+    let address = Some(sock.to_string());
+    {
+        let mut inner = shared.lock("handshake");
+        let auth = auth_for(shared, addr);
+        inner
+            .conn
+            .handle_transport_connected(Instant::now(), deadline, auth);
+    }
+    let mut rbuf = BytesMut::with_capacity(4096);
+    loop {
+        let chunk = shared.lock("handshake").conn.poll_transmit(Instant::now());
+        if let Some(chunk) = chunk {
+            let r =
+                tokio::time::timeout_at(tokio_instant(deadline), stream.write_all(&chunk)).await;
+            let mut inner = shared.lock("handshake");
+            match r {
+                Ok(Ok(())) => inner.conn.handle_written(Instant::now(), chunk.len()),
+                Ok(Err(e)) => inner
+                    .conn
+                    .handle_link_lost(Instant::now(), Some(e.to_string())),
+                Err(_) => inner.conn.handle_timeout(Instant::now()),
+            }
+        }
+        {
+            let mut inner = shared.lock("handshake");
+            let mut result = None;
+            let mut others = Vec::new();
+            while let Some(ev) = inner.conn.poll_event() {
+                match ev {
+                    ConnEvent::Connected { info } => result = Some(Ok(info)),
+                    ConnEvent::HandshakeFailed(e) => result = Some(Err(e)),
+                    other => others.push(other),
+                }
+            }
+            for ev in others {
+                if let Some(down) = handle_event(shared, &mut inner, ev) {
+                    // A disconnect report from an earlier link: already handled.
+                    drop(down);
+                }
+            }
+            match result {
+                Some(Ok(info)) => return Ok((stream, info)),
+                Some(Err(e)) => {
+                    let server_err = match &e {
+                        HandshakeError::Server(t) => Some(t.clone()),
+                        _ => None,
+                    };
+                    return Err(fail(address, e.to_string(), server_err));
+                }
+                None => {}
+            }
+        }
+        if shared.lock("handshake").conn.has_transmit() {
+            continue;
+        }
+        if rbuf.capacity() - rbuf.len() < 1024 {
+            rbuf.reserve(4096);
+        }
+        tokio::select! {
+            r = stream.read_buf(&mut rbuf) => {
+                let mut inner = shared.lock("handshake");
+                match r {
+                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
+                    Ok(_) => inner.conn.handle_read(Instant::now(), &mut rbuf),
+                    Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
+                }
+            }
+            () = tokio::time::sleep_until(tokio_instant(deadline)) => {
+                shared.lock("handshake").conn.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// How a link ended.
+enum LinkEnd {
+    Closed,
+    Down(String),
+}
+
+/// Run the client: the given link first (if any), then the reconnect loop.
+pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) {
+    let mut guard = CancelGuard {
+        shared: shared.clone(),
+        done: false,
+    };
+    let mut rng = SmallRng::from_entropy();
+    let mut link = first;
+    let mut outage: Option<Instant> = None;
+    let mut attempts: u32 = 0;
+    let mut ever_connected = link.is_some();
+    loop {
+        if let Some((stream, idx)) = link.take() {
+            match run_link(&shared, stream).await {
+                LinkEnd::Closed => {
+                    finish(&shared, ClosedReason::Requested);
+                    guard.done = true;
+                    return;
+                }
+                LinkEnd::Down(reason) => {
+                    if !shared.opts.allow_reconnect {
+                        finish(&shared, ClosedReason::Disconnected(reason));
+                        guard.done = true;
+                        return;
+                    }
+                    let now = Instant::now();
+                    outage = Some(now);
+                    attempts = 0;
+                    let mut inner = shared.lock("reconnect");
+                    inner.pool.record_dropped(idx, now);
+                    if matches!(inner.state, State::Connected) {
+                        shared.set_state(&mut inner, State::Reconnecting);
+                    }
+                }
+            }
+        }
+        // Pick the server due earliest.
+        let picked = {
+            let mut inner = shared.lock("reconnect");
+            if inner.close.is_some() {
+                None
+            } else {
+                if std::mem::take(&mut inner.force_reconnect) {
+                    inner.pool.make_all_due(Instant::now());
+                }
+                inner
+                    .pool
+                    .next()
+                    .and_then(|i| inner.pool.get(i).map(|e| (i, e.due, e.addr.clone())))
+                    .map(Some)
+                    .unwrap_or_else(|| {
+                        drop(inner);
+                        finish(&shared, ClosedReason::PoolExhausted("every server failed max_reconnects times or refused the credentials".into()));
+                        None
+                    })
+            }
+        };
+        let Some((idx, due, addr)) = picked else {
+            if shared.lock("reconnect").state != State::Closed {
+                finish(&shared, ClosedReason::Requested);
+            }
+            guard.done = true;
+            return;
+        };
+        attempts += 1;
+        let now = Instant::now();
+        let delay = due.saturating_duration_since(now);
+        shared.emit(Event::Reconnecting {
+            attempt: attempts,
+            server: addr.to_string(),
+            delay,
+            collapsed: 0,
+        });
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep_until(tokio_instant(due)) => {}
+                () = shared.wake.notified() => {
+                    // Close, force_reconnect or new work: re-pick.
+                    attempts -= 1;
+                    continue;
+                }
+            }
+        }
+        match establish(&shared, &addr).await {
+            Ok((stream, info)) => {
+                let mut inner = shared.lock("reconnect");
+                if inner.close.is_some() {
+                    drop(inner);
+                    drop(stream);
+                    finish(&shared, ClosedReason::Requested);
+                    guard.done = true;
+                    return;
+                }
+                let idx = inner.pool.position(&addr).unwrap_or(idx);
+                inner.pool.record_success(idx);
+                inner.server = Some(idx);
+                inner.server_name = addr.to_string();
+                merge_pool(&shared, &mut inner, &info, &addr);
+                shared.set_state(&mut inner, State::Connected);
+                let downtime = outage.take().map_or(Duration::ZERO, |o| o.elapsed());
+                shared
+                    .counters
+                    .disconnected_nanos
+                    .fetch_add(downtime.as_nanos() as u64, Ordering::Relaxed);
+                if ever_connected {
+                    shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("tether_reconnects_total").increment(1);
+                    shared.emit(Event::Reconnected {
+                        server: addr.to_string(),
+                        attempts,
+                        downtime,
+                        collapsed: 0,
+                    });
+                } else {
+                    shared.emit(Event::Connected {
+                        server: addr.to_string(),
+                        collapsed: 0,
+                    });
+                }
+                ever_connected = true;
+                inner.lazy_connecting = false;
+                drop(inner);
+                shared.connected.notify_waiters();
+                link = Some((stream, idx));
+            }
+            Err(f) => {
+                shared.emit(Event::ReconnectFailed {
+                    server: f.attempt.server.clone(),
+                    address: f.attempt.address.clone(),
+                    attempt: attempts,
+                    error: f.attempt.error.clone(),
+                });
+                let mut inner = shared.lock("reconnect");
+                if shared.opts.connect_policy == ConnectPolicy::Lazy && !ever_connected {
+                    // A failed lazy attempt returns to Idle (handled by the caller).
+                    inner.lazy_connecting = false;
+                }
+                let now = Instant::now();
+                let Some(i) = inner.pool.position(&addr) else {
+                    continue;
+                };
+                let failures = inner.pool.get(i).map_or(0, |e| e.failures) + 1;
+                let elapsed = outage.map_or(Duration::ZERO, |o| o.elapsed());
+                let mut delay = match &shared.opts.reconnect_delay {
+                    Some(f) => f(&addr.to_string(), failures, elapsed),
+                    None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, &mut rng),
+                };
+                let mut remove = false;
+                if let Some(text) = &f.server_err {
+                    match classify_auth_err(text) {
+                        Some(AuthErrorClass::Strike) => {
+                            let reconnect_wait = shared.opts.reconnect_wait;
+                            if let Some(e) = inner.pool.get(i) {
+                                let spaced = e
+                                    .last_strike
+                                    .is_none_or(|t| now.duration_since(t) >= reconnect_wait);
+                                let strikes = if spaced {
+                                    e.auth_strikes + 1
+                                } else {
+                                    e.auth_strikes.max(1)
+                                };
+                                remove = strikes >= 2
+                                    && shared.opts.auth_failure_policy
+                                        == crate::options::AuthFailurePolicy::RemoveServer;
+                                set_strikes(&mut inner, i, strikes, now);
+                            }
+                            delay = delay.max(reconnect_wait.min(Duration::from_secs(2)));
+                        }
+                        Some(AuthErrorClass::Expired) => delay = Duration::ZERO,
+                        Some(AuthErrorClass::Transient) | None => {}
+                    }
+                }
+                let removed = if remove {
+                    inner.pool.remove(i)
+                } else {
+                    inner.pool.record_failure(i, now, delay)
+                };
+                if let Some(r) = removed {
+                    shared.emit(Event::ServersChanged {
+                        added: Vec::new(),
+                        removed: vec![r.addr.to_string()],
+                    });
+                }
+                if !ever_connected && shared.opts.connect_policy == ConnectPolicy::Lazy {
+                    drop(inner);
+                    shared.connected.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+fn set_strikes(inner: &mut Inner, i: usize, strikes: u32, now: Instant) {
+    inner.pool.set_strikes(i, strikes, now);
+}
+
+/// Merge INFO `connect_urls` into the pool.
+pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, via: &ServerAddr) {
+    if shared.opts.ignore_discovered_servers {
+        return;
+    }
+    let mut rng = SmallRng::from_entropy();
+    let (added, removed) = inner.pool.merge_discovered(
+        &info.connect_urls,
+        via,
+        Instant::now(),
+        &mut rng,
+        !shared.opts.no_randomize,
+    );
+    if !added.is_empty() || !removed.is_empty() {
+        shared.emit(Event::ServersChanged { added, removed });
+    }
+}
+
+/// Run one established link until it goes down or the client closes.
+async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(READ_BUF);
+    let mut chunk = Bytes::new();
+    let mut pos = 0usize;
+    let mut close_flush: Option<(oneshot::Receiver<Result<(), FlushError>>, Instant)> = None;
+    loop {
+        let deadline;
+        let mut shutdown = false;
+        {
+            let mut inner = shared.lock("driver");
+            if pos >= chunk.len() {
+                chunk = inner.conn.poll_transmit(Instant::now()).unwrap_or_default();
+                pos = 0;
+            }
+            if let Some(reason) = dispatch(shared, &mut inner) {
+                return LinkEnd::Down(reason);
+            }
+            if inner.close.is_some() {
+                match &mut close_flush {
+                    None if inner.conn.is_up() => {
+                        let token = inner.token();
+                        let (tx, rx) = oneshot::channel();
+                        inner.flushes.insert(token, tx);
+                        inner.conn.flush(token);
+                        close_flush = Some((rx, Instant::now() + shared.opts.flush_timeout));
+                        continue;
+                    }
+                    None => return LinkEnd::Closed,
+                    Some((rx, until)) => {
+                        let done =
+                            !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+                        shutdown = done || Instant::now() >= *until;
+                    }
+                }
+            }
+            inner.driver_waiting = pos >= chunk.len();
+            deadline = match (inner.conn.poll_timeout(), &close_flush) {
+                (Some(d), Some((_, until))) => Some(d.min(*until)),
+                (d, None) => d,
+                (None, Some((_, until))) => Some(*until),
+            };
+        }
+        if shutdown {
+            let _ = wr.shutdown().await;
+            return LinkEnd::Closed;
+        }
+        if rbuf.capacity() - rbuf.len() < READ_BUF / 4 {
+            rbuf.reserve(READ_BUF);
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio_instant(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = rd.read_buf(&mut rbuf) => {
+                let mut inner = shared.lock("driver read");
+                match r {
+                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
+                    Ok(_) => inner.conn.handle_read(Instant::now(), &mut rbuf),
+                    Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
+                }
+            }
+            w = wr.write(&chunk[pos..]), if pos < chunk.len() => {
+                let mut inner = shared.lock("driver write");
+                match w {
+                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), Some("write returned 0".into())),
+                    Ok(n) => {
+                        pos += n;
+                        inner.conn.handle_written(Instant::now(), n);
+                    }
+                    Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
+                }
+            }
+            () = shared.wake.notified(), if pos >= chunk.len() => {}
+            () = sleep => {
+                shared.lock("driver timer").conn.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// Route deliveries and handle the core's events. Returns the reason when the link went down.
+fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
+    while let Some(msg) = inner.conn.poll_message() {
+        if let Some(mux) = &inner.mux {
+            if msg.sid == mux.sid {
+                let token = msg
+                    .subject
+                    .as_str()
+                    .strip_prefix(mux.prefix.as_str())
+                    .and_then(|t| t.parse::<u64>().ok());
+                if let Some(req) = token.and_then(|t| inner.requests.remove(&t)) {
+                    let message = Message::from(msg);
+                    let result = if message.is_no_responders() {
+                        Err(RequestError::NoResponders {
+                            subject: req.subject,
+                        })
+                    } else {
+                        Ok(message)
+                    };
+                    let _ = req.tx.send(result);
+                }
+                continue;
+            }
+        }
+        if let Some(q) = inner.subs.get(&msg.sid) {
+            q.push(Message::from(msg));
+        }
+    }
+    let mut down = None;
+    while let Some(ev) = inner.conn.poll_event() {
+        if let Some(reason) = handle_event(shared, inner, ev) {
+            down = Some(reason);
+        }
+    }
+    down
+}
+
+fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<String> {
+    match ev {
+        ConnEvent::Disconnected {
+            reason,
+            unconfirmed,
+            buffered_requests,
+        } => {
+            let text = reason.to_string();
+            shared
+                .counters
+                .unconfirmed_reported_msgs
+                .fetch_add(unconfirmed.msgs, Ordering::Relaxed);
+            metrics::counter!("tether_disconnects_total").increment(1);
+            // Requests whose frames were written may have been processed: fail them now.
+            if !shared.opts.request_retry_after_reconnect {
+                let written: Vec<u64> = inner
+                    .requests
+                    .keys()
+                    .copied()
+                    .filter(|t| !buffered_requests.contains(t))
+                    .collect();
+                for t in written {
+                    if let Some(r) = inner.requests.remove(&t) {
+                        let _ = r.tx.send(Err(RequestError::ConnectionLost {
+                            subject: r.subject,
+                            maybe_processed: true,
+                        }));
+                    }
+                }
+            }
+            shared.emit(Event::Disconnected {
+                server: inner.server_name.clone(),
+                reason: text.clone(),
+                unconfirmed_msgs: unconfirmed.msgs,
+                unconfirmed_bytes: unconfirmed.bytes,
+            });
+            let _ = matches!(reason, DisconnectReason::Requested);
+            Some(text)
+        }
+        ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => None,
+        ConnEvent::InfoUpdated(info) => {
+            if let Some(addr) = inner
+                .server
+                .and_then(|i| inner.pool.get(i))
+                .map(|e| e.addr.clone())
+            {
+                merge_pool(shared, inner, &info, &addr);
+            }
+            None
+        }
+        ConnEvent::LameDuck => {
+            shared.emit(Event::LameDuck {
+                server: inner.server_name.clone(),
+            });
+            None
+        }
+        ConnEvent::FlushDone(token) => {
+            if let Some(tx) = inner.flushes.remove(&token) {
+                let _ = tx.send(Ok(()));
+            }
+            None
+        }
+        ConnEvent::FlushFailed { token, unconfirmed } => {
+            if let Some(tx) = inner.flushes.remove(&token) {
+                let _ = tx.send(Err(FlushError::ConnectionLost {
+                    unconfirmed_msgs: unconfirmed.msgs,
+                    unconfirmed_bytes: unconfirmed.bytes,
+                }));
+            }
+            None
+        }
+        ConnEvent::ServerError(message) => {
+            shared.emit(Event::ServerError { message });
+            None
+        }
+        ConnEvent::PublishDenied {
+            subject,
+            reply,
+            message,
+        } => {
+            let matched = inner
+                .requests
+                .iter()
+                .filter(|(t, r)| {
+                    subject.as_deref() == Some(r.subject.as_str())
+                        || reply.as_deref().is_some_and(|rp| {
+                            inner
+                                .mux
+                                .as_ref()
+                                .is_some_and(|m| rp == format!("{}{t}", m.prefix))
+                        })
+                })
+                .map(|(t, _)| *t)
+                .min();
+            if let Some(r) = matched.and_then(|t| inner.requests.remove(&t)) {
+                let _ = r.tx.send(Err(RequestError::PermissionDenied(message)));
+            } else {
+                inner.conn.note_publish_denied();
+                shared.emit(Event::ServerError { message });
+            }
+            None
+        }
+        ConnEvent::SubscriptionEnded { sid, reason } => {
+            if let Some(q) = inner.subs.remove(&sid) {
+                q.end(match reason {
+                    SubEndReason::MaxReached => Ended::Done,
+                    SubEndReason::PermissionDenied(t) => {
+                        Ended::Error(SubscribeError::PermissionDenied(t))
+                    }
+                    SubEndReason::MaxSubscriptionsExceeded(t) => {
+                        Ended::Error(SubscribeError::MaxSubscriptionsExceeded(t))
+                    }
+                    _ => Ended::Done,
+                });
+            }
+            None
+        }
+        ConnEvent::FramesRemoved { reason, counts } => {
+            let reason = match reason {
+                RemovedReason::MaxPayloadLowered { max_payload } => {
+                    format!("the server lowered max_payload to {max_payload}")
+                }
+                RemovedReason::PoisonFrame => {
+                    "the server closed the connection over frames we sent (poison frame); they are not resent".to_owned()
+                }
+                _ => "removed".to_owned(),
+            };
+            shared.emit(Event::FramesRemoved {
+                reason,
+                msgs: counts.msgs,
+                bytes: counts.bytes,
+            });
+            None
+        }
+        ConnEvent::BufferSpace => {
+            shared.space.notify_waiters();
+            report_overflow(shared, inner);
+            let c = inner.conn.buffered();
+            rearm_high_water(inner, c);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Emit one BufferOverflow summarizing publishes refused since the last one.
+pub(crate) fn report_overflow(shared: &Shared, inner: &mut Inner) {
+    let (m, b) = std::mem::take(&mut inner.refused);
+    if m > 0 {
+        shared.emit(Event::BufferOverflow {
+            refused_msgs: m,
+            refused_bytes: b,
+        });
+    }
+}
+
+fn rearm_high_water(inner: &mut Inner, c: Counts) {
+    let limits = inner.conn.config().buffer;
+    let pct = percent(c, limits);
+    if pct < 25 {
+        inner.high_water = 0;
+    }
+}
+
+pub(crate) fn percent(c: Counts, limits: tether_proto::outbound::BufferLimits) -> u8 {
+    let b = c.bytes.saturating_mul(100) / (limits.max_bytes as u64).max(1);
+    let m = c.msgs.saturating_mul(100) / (limits.max_msgs as u64).max(1);
+    b.max(m).min(100) as u8
+}
+
+/// Close for good: report what was unsent and unconfirmed, fail waiters, end streams.
+pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
+    let mut inner = shared.lock("close");
+    if inner.state == State::Closed {
+        return;
+    }
+    let unconfirmed = inner.conn.unconfirmed();
+    inner.conn.handle_close_link();
+    while inner.conn.poll_event().is_some() {}
+    let unsent = inner.conn.clear_buffer();
+    report_overflow(shared, &mut inner);
+    for (_, r) in inner.requests.drain() {
+        let _ = r.tx.send(Err(RequestError::Closed));
+    }
+    for (_, tx) in inner.flushes.drain() {
+        let _ = tx.send(Err(FlushError::Closed));
+    }
+    for (_, q) in inner.subs.drain() {
+        q.end(Ended::Done);
+    }
+    inner.closed_reason = Some(reason.clone());
+    inner.closed_report = crate::client::CloseReport {
+        unsent_msgs: unsent.msgs,
+        unsent_bytes: unsent.bytes,
+        unconfirmed_msgs: unconfirmed.msgs,
+        unconfirmed_bytes: unconfirmed.bytes,
+    };
+    shared.set_state(&mut inner, State::Closed);
+    drop(inner);
+    shared.emit(Event::Closed {
+        reason: reason.to_string(),
+        unsent_msgs: unsent.msgs,
+        unsent_bytes: unsent.bytes,
+        unconfirmed_msgs: unconfirmed.msgs,
+        unconfirmed_bytes: unconfirmed.bytes,
+    });
+    shared.events.close();
+    shared.space.notify_waiters();
+    shared.connected.notify_waiters();
+}
+
+/// Logs buffered counts at WARN when the runtime cancels the driver mid-flight.
+struct CancelGuard {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(inner) = self.shared.inner.try_lock() {
+            let unsent = inner.conn.unsent();
+            let unconfirmed = inner.conn.unconfirmed();
+            tracing::warn!(
+                unsent_msgs = unsent.msgs,
+                unsent_bytes = unsent.bytes,
+                unconfirmed_msgs = unconfirmed.msgs,
+                unconfirmed_bytes = unconfirmed.bytes,
+                "connection driver cancelled (runtime shut down?) before close() or drain(); buffered data is lost"
+            );
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The connection: state shared by handles and the driver, and the driver itself.
+//!
+//! Handles lock [`Shared::inner`] briefly, act on the sans-IO [`Connection`], and wake the
+//! driver; there is no per-message channel hop. The driver task owns the socket and runs
+//! the reconnect loop.
+
+pub(crate) mod driver;
+pub(crate) mod transport;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+use tether_proto::conn::{ConnStats, Connection};
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::error::{FlushError, RequestError};
+use crate::events::{ClosedReason, Event, EventHub, State};
+use crate::message::Message;
+use crate::options::ConnectOptions;
+use crate::server_pool::ServerPool;
+use crate::subscription::SubQueue;
+
+/// A request waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct PendingRequest {
+    pub(crate) subject: String,
+    pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
+}
+
+/// The request mux: one wildcard subscription serves every request.
+#[derive(Debug)]
+pub(crate) struct Mux {
+    pub(crate) sid: u64,
+    /// `<inbox_prefix>.<nuid>.`
+    pub(crate) prefix: String,
+}
+
+/// How the client is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseMode {
+    /// Flush (bounded by flush_timeout), then close.
+    Graceful,
+}
+
+/// State under the connection lock.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) conn: Connection,
+    pub(crate) state: State,
+    pub(crate) subs: HashMap<u64, Arc<SubQueue>>,
+    pub(crate) mux: Option<Mux>,
+    pub(crate) requests: HashMap<u64, PendingRequest>,
+    pub(crate) flushes: HashMap<u64, oneshot::Sender<Result<(), FlushError>>>,
+    pub(crate) next_token: u64,
+    /// The driver found nothing to write and waits for a wake-up.
+    pub(crate) driver_waiting: bool,
+    pub(crate) pool: ServerPool,
+    /// The server of the current (or last) link.
+    pub(crate) server: Option<usize>,
+    pub(crate) server_name: String,
+    pub(crate) close: Option<CloseMode>,
+    pub(crate) closed_reason: Option<ClosedReason>,
+    pub(crate) closed_report: crate::client::CloseReport,
+    pub(crate) draining_pubs: bool,
+    /// Buffer high-water level reported (0, 50, 75, 90).
+    pub(crate) high_water: u8,
+    /// Publishes refused since the last BufferOverflow event.
+    pub(crate) refused: (u64, u64),
+    /// force_reconnect asked for.
+    pub(crate) force_reconnect: bool,
+    /// The Lazy policy's first attempt is running.
+    pub(crate) lazy_connecting: bool,
+    pub(crate) driver_started: bool,
+}
+
+impl Inner {
+    pub(crate) fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+}
+
+/// Counters kept outside the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) disconnected_nanos: AtomicU64,
+    pub(crate) rtt_nanos: AtomicU64,
+    pub(crate) buffer_high_water_bytes: AtomicU64,
+    pub(crate) slow_consumer_dropped: Arc<AtomicU64>,
+    pub(crate) refused_msgs: AtomicU64,
+    pub(crate) refused_bytes: AtomicU64,
+    pub(crate) unconfirmed_reported_msgs: AtomicU64,
+}
+
+/// Everything handles and the driver share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) inner: Mutex<Inner>,
+    /// Wakes the driver.
+    pub(crate) wake: Notify,
+    /// Room freed in the outbound buffer.
+    pub(crate) space: Notify,
+    /// The Lazy policy's first attempt finished.
+    pub(crate) connected: Notify,
+    pub(crate) state_tx: watch::Sender<State>,
+    pub(crate) events: Arc<EventHub>,
+    pub(crate) opts: ConnectOptions,
+    pub(crate) counters: Counters,
+    pub(crate) started: Instant,
+}
+
+impl Shared {
+    /// Lock the connection state. The purpose names the caller for tracing lock waits.
+    pub(crate) fn lock(&self, purpose: &'static str) -> MutexGuard<'_, Inner> {
+        if let Some(g) = self.inner.try_lock() {
+            return g;
+        }
+        let start = Instant::now();
+        let g = self.inner.lock();
+        let waited = start.elapsed();
+        if waited > Duration::from_millis(1) {
+            tracing::trace!(
+                purpose,
+                waited_us = waited.as_micros() as u64,
+                "connection lock contended"
+            );
+        }
+        g
+    }
+
+    /// Wake the driver if it is waiting for work. Call with the lock held, then drop it.
+    pub(crate) fn wake_driver(&self, inner: &mut Inner) {
+        if inner.driver_waiting {
+            inner.driver_waiting = false;
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn set_state(&self, inner: &mut Inner, state: State) {
+        if inner.state != state {
+            inner.state = state;
+            self.state_tx.send_replace(state);
+            metrics::gauge!("tether_state").set(state_code(state));
+        }
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+
+    pub(crate) fn stats_snapshot(
+        &self,
+        core: ConnStats,
+        inner: &Inner,
+    ) -> crate::stats::Statistics {
+        let c = &self.counters;
+        let buffered = inner.conn.buffered();
+        crate::stats::Statistics {
+            in_msgs: core.in_msgs,
+            in_bytes: core.in_bytes,
+            out_msgs: core.out_msgs,
+            out_bytes: core.out_bytes,
+            connects: core.connects,
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            disconnected_time: Duration::from_nanos(c.disconnected_nanos.load(Ordering::Relaxed)),
+            rtt: match c.rtt_nanos.load(Ordering::Relaxed) {
+                0 => None,
+                n => Some(Duration::from_nanos(n)),
+            },
+            buffered_msgs: buffered.msgs,
+            buffered_bytes: buffered.bytes,
+            buffer_high_water_bytes: c.buffer_high_water_bytes.load(Ordering::Relaxed),
+            publish_denied: core.publish_denied,
+            frames_removed: core.frames_removed,
+            slow_consumer_dropped: c.slow_consumer_dropped.load(Ordering::Relaxed),
+            refused_msgs: c.refused_msgs.load(Ordering::Relaxed),
+            refused_bytes: c.refused_bytes.load(Ordering::Relaxed),
+            unconfirmed_reported_msgs: c.unconfirmed_reported_msgs.load(Ordering::Relaxed),
+            events_lagged: self.events.lagged_total.load(Ordering::Relaxed),
+            subscriptions: inner.subs.len(),
+        }
+    }
+}
+
+fn state_code(state: State) -> f64 {
+    match state {
+        State::Idle => 0.0,
+        State::Connecting => 1.0,
+        State::Connected => 2.0,
+        State::Reconnecting => 3.0,
+        State::DrainingSubs => 4.0,
+        State::DrainingPubs => 5.0,
+        State::Closed => 6.0,
+    }
+}

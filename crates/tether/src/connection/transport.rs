@@ -1,0 +1,126 @@
+//! Dialing: every address a host resolves to, IPv6 and IPv4 alternated 250 ms apart
+//! (happy eyeballs, RFC 8305), within one deadline. Names are re-resolved at each attempt.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::server_pool::ServerAddr;
+
+/// Delay between starting connection attempts to successive addresses.
+pub const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+/// A failed dial, naming the address when resolution got that far.
+#[derive(Debug, Clone)]
+pub(crate) struct DialError {
+    pub(crate) address: Option<String>,
+    pub(crate) error: String,
+}
+
+/// Interleave IPv6 and IPv4 addresses, IPv6 first.
+fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let (v6, v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(SocketAddr::is_ipv6);
+    let mut out = Vec::with_capacity(v6.len() + v4.len());
+    let (mut a, mut b) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => break,
+            (x, y) => {
+                out.extend(x);
+                out.extend(y);
+            }
+        }
+    }
+    out
+}
+
+async fn connect_one(a: SocketAddr) -> (SocketAddr, std::io::Result<TcpStream>) {
+    (a, TcpStream::connect(a).await)
+}
+
+/// Connect to `server` by `deadline`.
+pub(crate) async fn dial(
+    server: &ServerAddr,
+    deadline: Instant,
+) -> Result<(TcpStream, SocketAddr), DialError> {
+    let host = server.host().to_owned();
+    let port = server.port();
+    let resolved =
+        tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
+            .await
+            .map_err(|_| DialError {
+                address: None,
+                error: format!("DNS lookup of {host} timed out"),
+            })?
+            .map_err(|e| DialError {
+                address: None,
+                error: format!("DNS lookup of {host} failed: {e}"),
+            })?;
+    let addrs = interleave(resolved.collect());
+    if addrs.is_empty() {
+        return Err(DialError {
+            address: None,
+            error: format!("{host} resolved to no address"),
+        });
+    }
+    let mut attempts = FuturesUnordered::new();
+    let mut next = 0usize;
+    let mut errors: Vec<String> = Vec::new();
+    let mut last_addr = None;
+    loop {
+        if next < addrs.len() && (attempts.is_empty() || next == 0) {
+            let a = addrs[next];
+            next += 1;
+            attempts.push(connect_one(a));
+        }
+        let stagger = tokio::time::sleep(HAPPY_EYEBALLS_DELAY);
+        tokio::select! {
+            r = attempts.next(), if !attempts.is_empty() => match r {
+                Some((a, Ok(s))) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((s, a));
+                }
+                Some((a, Err(e))) => {
+                    errors.push(format!("{a}: {e}"));
+                    last_addr = Some(a.to_string());
+                    if attempts.is_empty() && next >= addrs.len() {
+                        break;
+                    }
+                }
+                None => {}
+            },
+            () = stagger, if next < addrs.len() => {
+                let a = addrs[next];
+                next += 1;
+                attempts.push(connect_one(a));
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let pending: Vec<String> = addrs[..next].iter().map(ToString::to_string).collect();
+                return Err(DialError {
+                    address: pending.last().cloned(),
+                    error: format!("TCP connect timed out (tried {})", pending.join(", ")),
+                });
+            }
+        }
+    }
+    Err(DialError {
+        address: if addrs.len() == 1 { last_addr } else { None },
+        error: errors.join("; "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaves_v6_first() {
+        let v4: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        let v4b: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        assert_eq!(interleave(vec![v4, v4b, v6]), vec![v6, v4, v4b]);
+    }
+}

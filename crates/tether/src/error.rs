@@ -1,0 +1,296 @@
+//! Per-operation errors. Each carries the context needed to act on it; match on the
+//! variants, not on the Display text, which is unspecified.
+
+use std::fmt;
+use std::time::Duration;
+
+use tether_proto::ValidationError;
+
+/// One failed attempt to reach a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    /// The server as configured or discovered.
+    pub server: String,
+    /// The socket address tried, when resolution got that far.
+    pub address: Option<String>,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.address {
+            Some(a) => write!(f, "{} ({a}): {}", self.server, self.error),
+            None => write!(f, "{}: {}", self.server, self.error),
+        }
+    }
+}
+
+fn list(attempts: &[AttemptError]) -> String {
+    attempts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Options that contradict each other or make no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptionsError {
+    /// Two options that cannot hold together.
+    #[error("contradictory options: {first} with {second}: {fix}")]
+    Contradiction {
+        /// The first option and its value.
+        first: String,
+        /// The second option and its value.
+        second: String,
+        /// What to change.
+        fix: String,
+    },
+    /// An option with a value that cannot work.
+    #[error("invalid option {option} = {value}: {fix}")]
+    Invalid {
+        /// The option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What to change.
+        fix: String,
+    },
+}
+
+/// Connecting failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The options contradict each other.
+    #[error(transparent)]
+    Options(OptionsError),
+    /// A server URL could not be parsed.
+    #[error("invalid server URL: {0}")]
+    InvalidUrl(String),
+    /// Every server was tried once and none completed a handshake.
+    #[error("could not connect to any server: {}", list(.attempts))]
+    AllFailed {
+        /// Every server and address tried, and why it failed.
+        attempts: Vec<AttemptError>,
+    },
+    /// The client was closed while connecting.
+    #[error("the client was closed")]
+    Closed,
+    /// Must be called from within a tokio runtime.
+    #[error("no tokio runtime: call connect from within a tokio runtime")]
+    NoRuntime,
+}
+
+/// A publish was refused. Nothing was buffered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The outbound buffer is at its bounds.
+    #[error("outbound buffer full ({bytes} bytes, {msgs} messages buffered, {}): {}",
+        if *.connected { "connected" } else { "disconnected" },
+        if *.connected { "the server is not keeping up; slow down or raise outbound_buffer" } else { "wait for the reconnect, or raise outbound_buffer" })]
+    BufferFull {
+        /// Encoded bytes buffered.
+        bytes: u64,
+        /// Messages buffered.
+        msgs: u64,
+        /// Whether a link was up.
+        connected: bool,
+    },
+    /// This single frame exceeds the buffer's byte bound.
+    #[error("frame of {frame} bytes exceeds the outbound buffer of {limit} bytes; raise outbound_buffer")]
+    TooLargeForBuffer {
+        /// Encoded frame size.
+        frame: usize,
+        /// The byte bound.
+        limit: usize,
+    },
+    /// Header block plus payload exceeds the server's max_payload.
+    #[error("message of {size} bytes exceeds the server's max_payload of {limit} bytes; split it or raise max_payload on the server")]
+    MaxPayload {
+        /// Header block plus payload.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The control line (subject, reply, sizes) is too long.
+    #[error("control line of {len} bytes exceeds max_control_line {limit}; use shorter subjects")]
+    ControlLineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A subject, reply subject or header is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The server does not support headers.
+    #[error("the server does not support headers (INFO headers: false); publish without headers")]
+    HeadersNotSupported,
+    /// Disconnected, and buffer_while_disconnected is off.
+    #[error("disconnected and buffer_while_disconnected is off; retry after Reconnected")]
+    Disconnected,
+    /// The client is draining its publishes.
+    #[error("the client is draining: publishing is closed")]
+    Draining,
+    /// The client is closed.
+    #[error("the client is closed")]
+    Closed,
+    /// The first (lazy) connect failed.
+    #[error(transparent)]
+    Connect(Box<ConnectError>),
+}
+
+/// A subscription failed or ended with an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The subject or queue group is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The control line is too long.
+    #[error("control line of {len} bytes exceeds max_control_line {limit}; use a shorter subject")]
+    ControlLineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The server denied the subscription.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The server refused it: too many subscriptions.
+    #[error("the server refused the subscription: {0}")]
+    MaxSubscriptionsExceeded(String),
+    /// The client is closed or draining.
+    #[error("the client is closed")]
+    Closed,
+    /// The first (lazy) connect failed.
+    #[error(transparent)]
+    Connect(Box<ConnectError>),
+}
+
+/// A request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No subscriber on the subject (the server's 503 status).
+    #[error("no responders on subject {subject}")]
+    NoResponders {
+        /// The request subject.
+        subject: String,
+    },
+    /// No reply within the timeout. A reply may still arrive later and is then dropped.
+    #[error("request to {subject} timed out after {elapsed:?}")]
+    Timeout {
+        /// The request subject.
+        subject: String,
+        /// Time waited.
+        elapsed: Duration,
+    },
+    /// The link dropped after the request was written.
+    #[error("connection lost while waiting for the reply from {subject} (the request may have been processed: {maybe_processed})")]
+    ConnectionLost {
+        /// The request subject.
+        subject: String,
+        /// True when the frame was written, so a responder may have acted on it.
+        maybe_processed: bool,
+    },
+    /// The server denied publishing the request.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The request could not be published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The client is closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// A flush failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// No PONG within flush_timeout.
+    #[error("flush timed out after {0:?}")]
+    Timeout(Duration),
+    /// The link dropped before the PONG; these frames may be lost.
+    #[error("connection lost before the flush was confirmed ({unconfirmed_msgs} messages, {unconfirmed_bytes} bytes unconfirmed)")]
+    ConnectionLost {
+        /// Messages written and not confirmed.
+        unconfirmed_msgs: u64,
+        /// Their bytes.
+        unconfirmed_bytes: u64,
+    },
+    /// The client is closed.
+    #[error("the client is closed")]
+    Closed,
+    /// The first (lazy) connect failed.
+    #[error(transparent)]
+    Connect(Box<ConnectError>),
+}
+
+/// A drain did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// Already closed.
+    #[error("the client is already closed")]
+    Closed,
+}
+
+/// Any tether error, for code that does not care which operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// See [`ConnectError`].
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// See [`PublishError`].
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// See [`SubscribeError`].
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// See [`RequestError`].
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// See [`FlushError`].
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    /// See [`DrainError`].
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+}
+
+/// What a retry layer should do with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryMethod {
+    /// Retrying cannot help (invalid input, permissions, closed client).
+    NoRetry,
+    /// Retry now.
+    RetryImmediately,
+    /// Retry after a backoff (buffer full, timeouts, connection lost).
+    WaitAndRetry,
+}
+
+impl Error {
+    /// What a retry layer should do.
+    pub fn retry_method(&self) -> RetryMethod {
+        match self {
+            Error::Publish(PublishError::BufferFull { .. } | PublishError::Disconnected)
+            | Error::Request(
+                RequestError::Timeout { .. }
+                | RequestError::NoResponders { .. }
+                | RequestError::ConnectionLost { .. }
+                | RequestError::Publish(PublishError::BufferFull { .. }),
+            )
+            | Error::Flush(FlushError::Timeout(_) | FlushError::ConnectionLost { .. })
+            | Error::Connect(ConnectError::AllFailed { .. }) => RetryMethod::WaitAndRetry,
+            _ => RetryMethod::NoRetry,
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! Connection states and events, and the lossless bounded event queue.
+//!
+//! Queueing rules (DESIGN "Connection states and events"):
+//! - with no stream taken and no callback set, nothing is queued (events are still logged);
+//! - the queue is bounded (`event_queue`);
+//! - events that carry a loss are never dropped: when the queue is full their counts merge
+//!   into the queued event of the same kind (or, if none is queued, they go in anyway);
+//! - when full, a new state change replaces the newest queued state change and bumps its
+//!   `collapsed` count;
+//! - other events are dropped when full, and one [`Event::EventsLagged`] says how many.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+
+/// The state of a client (DESIGN "Connection states and events").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum State {
+    /// Lazy policy, not used yet.
+    Idle,
+    /// The first connect is in progress.
+    Connecting,
+    /// A link is up.
+    Connected,
+    /// The link dropped; trying servers.
+    Reconnecting,
+    /// Draining: subscriptions are being unsubscribed and emptied.
+    DrainingSubs,
+    /// Draining: publishes are being flushed.
+    DrainingPubs,
+    /// Closed for good.
+    Closed,
+}
+
+/// Why a client closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClosedReason {
+    /// `close()` or `drain()` was called, or the last handle dropped.
+    Requested,
+    /// The link dropped and reconnecting is off.
+    Disconnected(String),
+    /// Every server left the pool (max_reconnects reached or auth failures).
+    PoolExhausted(String),
+    /// Drain timed out.
+    DrainTimeout,
+}
+
+impl std::fmt::Display for ClosedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Requested => f.write_str("closed on request"),
+            Self::Disconnected(r) => write!(f, "disconnected and reconnecting is off: {r}"),
+            Self::PoolExhausted(r) => write!(f, "no server left to try: {r}"),
+            Self::DrainTimeout => f.write_str("drain timed out"),
+        }
+    }
+}
+
+/// Everything a client reports. Every event is also logged with `tracing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first handshake completed.
+    Connected {
+        /// The server.
+        server: String,
+        /// State changes merged into this one while the queue was full.
+        collapsed: u32,
+    },
+    /// The link dropped.
+    Disconnected {
+        /// The server.
+        server: String,
+        /// Why.
+        reason: String,
+        /// Messages written and not confirmed: possibly lost.
+        unconfirmed_msgs: u64,
+        /// Their encoded bytes.
+        unconfirmed_bytes: u64,
+    },
+    /// The next reconnect attempt is scheduled.
+    Reconnecting {
+        /// Attempt number within this outage, from 1.
+        attempt: u32,
+        /// The server to be tried.
+        server: String,
+        /// Delay before the attempt.
+        delay: Duration,
+        /// State changes merged into this one while the queue was full.
+        collapsed: u32,
+    },
+    /// A reconnect attempt failed.
+    ReconnectFailed {
+        /// The server.
+        server: String,
+        /// The address tried, if resolution got that far.
+        address: Option<String>,
+        /// Attempt number within this outage.
+        attempt: u32,
+        /// Why.
+        error: String,
+    },
+    /// A handshake completed after an outage.
+    Reconnected {
+        /// The server.
+        server: String,
+        /// Attempts this outage took.
+        attempts: u32,
+        /// How long the client was without a link.
+        downtime: Duration,
+        /// State changes merged into this one while the queue was full.
+        collapsed: u32,
+    },
+    /// The server pool changed through INFO `connect_urls`.
+    ServersChanged {
+        /// Servers added.
+        added: Vec<String>,
+        /// Servers removed.
+        removed: Vec<String>,
+    },
+    /// The server entered lame duck mode.
+    LameDuck {
+        /// The server.
+        server: String,
+    },
+    /// A planned switch moved the client to another server.
+    Migrated {
+        /// The old server.
+        from: String,
+        /// The new server.
+        to: String,
+        /// The old link's unconfirmed messages.
+        unconfirmed_msgs: u64,
+        /// The old link's unconfirmed bytes.
+        unconfirmed_bytes: u64,
+    },
+    /// A subscription started dropping messages.
+    SlowConsumer {
+        /// The subject.
+        subject: String,
+        /// The sid.
+        sid: u64,
+        /// Messages dropped so far in this episode.
+        dropped: u64,
+    },
+    /// A subscription's queue fell below half its limit.
+    SlowConsumerEnded {
+        /// The subject.
+        subject: String,
+        /// The sid.
+        sid: u64,
+        /// Messages dropped in the episode.
+        dropped: u64,
+    },
+    /// The server sent an -ERR that matched nothing more specific.
+    ServerError {
+        /// The server's text.
+        message: String,
+    },
+    /// A client-side error not tied to an operation.
+    ClientError {
+        /// What went wrong.
+        error: String,
+    },
+    /// Frames removed from the buffer, never to be sent.
+    FramesRemoved {
+        /// Why.
+        reason: String,
+        /// Messages removed.
+        msgs: u64,
+        /// Their encoded bytes.
+        bytes: u64,
+    },
+    /// The outbound buffer passed 50, 75 or 90 % of a bound.
+    BufferHighWater {
+        /// The threshold passed.
+        percent: u8,
+        /// Bytes buffered.
+        bytes: u64,
+        /// Messages buffered.
+        msgs: u64,
+    },
+    /// Publishes refused because the buffer was full.
+    BufferOverflow {
+        /// Messages refused.
+        refused_msgs: u64,
+        /// Their bytes.
+        refused_bytes: u64,
+    },
+    /// Events dropped because the queue was full.
+    EventsLagged {
+        /// How many.
+        dropped: u64,
+    },
+    /// The client closed for good.
+    Closed {
+        /// Why.
+        reason: String,
+        /// Messages never written.
+        unsent_msgs: u64,
+        /// Their bytes.
+        unsent_bytes: u64,
+        /// Messages written but not confirmed.
+        unconfirmed_msgs: u64,
+        /// Their bytes.
+        unconfirmed_bytes: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    State,
+    Loss,
+    Other,
+}
+
+impl Event {
+    fn class(&self) -> Class {
+        match self {
+            Event::Connected { .. }
+            | Event::Reconnecting { .. }
+            | Event::Reconnected { .. }
+            | Event::LameDuck { .. } => Class::State,
+            Event::Disconnected { .. }
+            | Event::Migrated { .. }
+            | Event::SlowConsumer { .. }
+            | Event::SlowConsumerEnded { .. }
+            | Event::FramesRemoved { .. }
+            | Event::BufferOverflow { .. }
+            | Event::Closed { .. } => Class::Loss,
+            _ => Class::Other,
+        }
+    }
+
+    fn same_kind(&self, other: &Event) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+
+    /// Merge `newer`'s counts into self (same kind, loss events).
+    fn merge(&mut self, newer: Event) {
+        match (self, newer) {
+            (
+                Event::Disconnected {
+                    unconfirmed_msgs: m,
+                    unconfirmed_bytes: b,
+                    reason,
+                    server,
+                },
+                Event::Disconnected {
+                    unconfirmed_msgs,
+                    unconfirmed_bytes,
+                    reason: r2,
+                    server: s2,
+                },
+            ) => {
+                *m += unconfirmed_msgs;
+                *b += unconfirmed_bytes;
+                *reason = r2;
+                *server = s2;
+            }
+            (
+                Event::Migrated {
+                    unconfirmed_msgs: m,
+                    unconfirmed_bytes: b,
+                    to,
+                    ..
+                },
+                Event::Migrated {
+                    unconfirmed_msgs,
+                    unconfirmed_bytes,
+                    to: t2,
+                    ..
+                },
+            ) => {
+                *m += unconfirmed_msgs;
+                *b += unconfirmed_bytes;
+                *to = t2;
+            }
+            (
+                Event::SlowConsumer { dropped, .. } | Event::SlowConsumerEnded { dropped, .. },
+                Event::SlowConsumer { dropped: d2, .. }
+                | Event::SlowConsumerEnded { dropped: d2, .. },
+            ) => *dropped += d2,
+            (
+                Event::FramesRemoved { msgs, bytes, .. },
+                Event::FramesRemoved {
+                    msgs: m2,
+                    bytes: b2,
+                    ..
+                },
+            ) => {
+                *msgs += m2;
+                *bytes += b2;
+            }
+            (
+                Event::BufferOverflow {
+                    refused_msgs,
+                    refused_bytes,
+                },
+                Event::BufferOverflow {
+                    refused_msgs: m2,
+                    refused_bytes: b2,
+                },
+            ) => {
+                *refused_msgs += m2;
+                *refused_bytes += b2;
+            }
+            (this, newer) => *this = newer,
+        }
+    }
+
+    fn bump_collapsed(&mut self, by: u32) {
+        match self {
+            Event::Connected { collapsed, .. }
+            | Event::Reconnecting { collapsed, .. }
+            | Event::Reconnected { collapsed, .. } => *collapsed += by,
+            _ => {}
+        }
+    }
+
+    fn collapsed(&self) -> u32 {
+        match self {
+            Event::Connected { collapsed, .. }
+            | Event::Reconnecting { collapsed, .. }
+            | Event::Reconnected { collapsed, .. } => *collapsed,
+            _ => 0,
+        }
+    }
+}
+
+/// One bounded queue with the merge rules.
+#[derive(Debug)]
+pub(crate) struct EventQueue {
+    capacity: usize,
+    items: VecDeque<Event>,
+    lagged: u64,
+    closed: bool,
+}
+
+impl EventQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            items: VecDeque::new(),
+            lagged: 0,
+            closed: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, event: Event) {
+        if self.items.len() < self.capacity {
+            self.items.push_back(event);
+            return;
+        }
+        match event.class() {
+            Class::Loss => {
+                if let Some(q) = self.items.iter_mut().rev().find(|e| e.same_kind(&event)) {
+                    q.merge(event);
+                } else {
+                    // Never dropped: exceed the bound rather than lose a loss report.
+                    self.items.push_back(event);
+                }
+            }
+            Class::State => {
+                if let Some(q) = self
+                    .items
+                    .iter_mut()
+                    .rev()
+                    .find(|e| e.class() == Class::State)
+                {
+                    let collapsed = q.collapsed() + 1;
+                    *q = event;
+                    q.bump_collapsed(collapsed);
+                } else {
+                    self.items.push_back(event);
+                }
+            }
+            Class::Other => self.lagged += 1,
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Event> {
+        if let Some(e) = self.items.pop_front() {
+            return Some(e);
+        }
+        if self.lagged > 0 {
+            let dropped = std::mem::take(&mut self.lagged);
+            return Some(Event::EventsLagged { dropped });
+        }
+        None
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+#[derive(Debug)]
+struct Sink {
+    queue: Mutex<EventQueue>,
+    waker: AtomicWaker,
+}
+
+/// Fans events out to the stream and the callback task, logging every one.
+#[derive(Debug, Default)]
+pub(crate) struct EventHub {
+    sinks: Mutex<Vec<Arc<Sink>>>,
+    capacity: usize,
+    pub(crate) lagged_total: std::sync::atomic::AtomicU64,
+}
+
+impl EventHub {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            sinks: Mutex::new(Vec::new()),
+            capacity,
+            lagged_total: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        log(&event);
+        let sinks = self.sinks.lock();
+        for sink in sinks.iter() {
+            let mut q = sink.queue.lock();
+            if q.closed {
+                continue;
+            }
+            let before = q.lagged;
+            q.push(event.clone());
+            if q.lagged > before {
+                self.lagged_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(q);
+            sink.waker.wake();
+        }
+    }
+
+    /// A new consumer.
+    pub(crate) fn subscribe(&self) -> Events {
+        let sink = Arc::new(Sink {
+            queue: Mutex::new(EventQueue::new(self.capacity)),
+            waker: AtomicWaker::new(),
+        });
+        self.sinks.lock().push(sink.clone());
+        Events { sink }
+    }
+
+    /// No more events: streams end once drained.
+    pub(crate) fn close(&self) {
+        for sink in self.sinks.lock().iter() {
+            sink.queue.lock().closed = true;
+            sink.waker.wake();
+        }
+    }
+}
+
+/// A stream of [`Event`]s from [`crate::Client::events`]. It ends after `Closed`.
+#[derive(Debug)]
+pub struct Events {
+    sink: Arc<Sink>,
+}
+
+impl Events {
+    /// Events queued and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.sink.queue.lock().len()
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let mut q = self.sink.queue.lock();
+        if let Some(e) = q.pop() {
+            return Poll::Ready(Some(e));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        self.sink.waker.register(cx.waker());
+        drop(q);
+        // Re-check after registering so a push in between is not missed.
+        let mut q = self.sink.queue.lock();
+        match q.pop() {
+            Some(e) => Poll::Ready(Some(e)),
+            None if q.closed => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+fn log(event: &Event) {
+    match event {
+        Event::Connected { server, .. } => tracing::info!(server = %server, "connected"),
+        Event::Disconnected {
+            server,
+            reason,
+            unconfirmed_msgs,
+            unconfirmed_bytes,
+        } => tracing::warn!(
+            server = %server,
+            reason = %reason,
+            unconfirmed_msgs,
+            unconfirmed_bytes,
+            "disconnected"
+        ),
+        Event::Reconnecting {
+            attempt,
+            server,
+            delay,
+            ..
+        } => {
+            tracing::debug!(attempt, server = %server, delay_ms = delay.as_millis() as u64, "reconnecting")
+        }
+        Event::ReconnectFailed {
+            server,
+            address,
+            attempt,
+            error,
+        } => {
+            tracing::info!(server = %server, address = ?address, attempt, error = %error, "reconnect attempt failed")
+        }
+        Event::Reconnected {
+            server,
+            attempts,
+            downtime,
+            ..
+        } => {
+            tracing::info!(server = %server, attempts, downtime_ms = downtime.as_millis() as u64, "reconnected")
+        }
+        Event::ServersChanged { added, removed } => {
+            tracing::info!(added = ?added, removed = ?removed, "server pool changed");
+        }
+        Event::LameDuck { server } => {
+            tracing::warn!(server = %server, "server entered lame duck mode")
+        }
+        Event::Migrated {
+            from,
+            to,
+            unconfirmed_msgs,
+            unconfirmed_bytes,
+        } => {
+            tracing::info!(from = %from, to = %to, unconfirmed_msgs, unconfirmed_bytes, "migrated")
+        }
+        Event::SlowConsumer {
+            subject,
+            sid,
+            dropped,
+        } => tracing::warn!(subject = %subject, sid, dropped, "slow consumer: dropping messages"),
+        Event::SlowConsumerEnded {
+            subject,
+            sid,
+            dropped,
+        } => tracing::info!(subject = %subject, sid, dropped, "slow consumer episode ended"),
+        Event::ServerError { message } => tracing::warn!(message = %message, "server error"),
+        Event::ClientError { error } => tracing::warn!(error = %error, "client error"),
+        Event::FramesRemoved {
+            reason,
+            msgs,
+            bytes,
+        } => {
+            tracing::warn!(reason = %reason, msgs, bytes, "frames removed from the outbound buffer")
+        }
+        Event::BufferHighWater {
+            percent,
+            bytes,
+            msgs,
+        } => tracing::info!(percent, bytes, msgs, "outbound buffer high water"),
+        Event::BufferOverflow {
+            refused_msgs,
+            refused_bytes,
+        } => tracing::warn!(
+            refused_msgs,
+            refused_bytes,
+            "outbound buffer full: publishes refused"
+        ),
+        Event::EventsLagged { dropped } => {
+            tracing::warn!(dropped, "event queue full: events dropped")
+        }
+        Event::Closed {
+            reason,
+            unsent_msgs,
+            unsent_bytes,
+            unconfirmed_msgs,
+            unconfirmed_bytes,
+        } => tracing::info!(
+            reason = %reason,
+            unsent_msgs,
+            unsent_bytes,
+            unconfirmed_msgs,
+            unconfirmed_bytes,
+            "closed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow(d: u64) -> Event {
+        Event::SlowConsumer {
+            subject: "s".into(),
+            sid: 1,
+            dropped: d,
+        }
+    }
+
+    #[test]
+    fn loss_events_merge_when_full() {
+        let mut q = EventQueue::new(2);
+        q.push(slow(1));
+        q.push(Event::ServerError {
+            message: "x".into(),
+        });
+        q.push(slow(5));
+        q.push(Event::ServerError {
+            message: "y".into(),
+        });
+        assert_eq!(q.pop(), Some(slow(6)));
+        assert_eq!(
+            q.pop(),
+            Some(Event::ServerError {
+                message: "x".into()
+            })
+        );
+        assert_eq!(q.pop(), Some(Event::EventsLagged { dropped: 1 }));
+        assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn state_changes_collapse_when_full() {
+        let mut q = EventQueue::new(1);
+        let rc = |attempt| Event::Reconnecting {
+            attempt,
+            server: "a".into(),
+            delay: Duration::ZERO,
+            collapsed: 0,
+        };
+        q.push(rc(1));
+        q.push(rc(2));
+        q.push(rc(3));
+        match q.pop() {
+            Some(Event::Reconnecting {
+                attempt, collapsed, ..
+            }) => {
+                assert_eq!((attempt, collapsed), (3, 2));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn loss_event_without_match_is_kept_beyond_bound() {
+        let mut q = EventQueue::new(1);
+        q.push(Event::ServerError {
+            message: "x".into(),
+        });
+        q.push(Event::BufferOverflow {
+            refused_msgs: 1,
+            refused_bytes: 2,
+        });
+        assert_eq!(q.len(), 2);
+    }
+}

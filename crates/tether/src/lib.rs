@@ -1,0 +1,63 @@
+//! tether: a NATS client for Rust whose reason to exist is connection handling done right.
+//!
+//! ```text
+//!   Client (cloneable handle) ──lock, encode, wake──►  Shared { Connection (sans-IO core) }
+//!   Subscriber (Stream)       ◄──bounded queue──────   driver task: socket ◄► core, timers,
+//!                                                      reconnect loop over the server pool
+//! ```
+//!
+//! - Publishers encode straight into one bounded outbound buffer (bytes and messages) and
+//!   wake the driver, which writes everything queued in as few syscalls as it can. The
+//!   same buffer carries publishes across an outage.
+//! - `publish` returns Ok only when the frame is buffered; nothing is lost without an
+//!   error or an event saying so. `flush` waits for the server's PONG.
+//! - A dead link is found within ping_interval + pong_timeout (40 s by default), or
+//!   write_stall_timeout when writes stop progressing.
+//! - Every state change is an [`Event`] (stream and callback) and a `tracing` record.
+//!
+//! # Example
+//! ```no_run
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures_util::StreamExt;
+//!
+//! let client = tether::connect("nats://127.0.0.1:4222").await?;
+//! let mut sub = client.subscribe("greet.*").await?;
+//! client.publish("greet.joe", "hello").await?;
+//! client.flush().await?;
+//! let msg = sub.next().await.unwrap();
+//! assert_eq!(&msg.payload[..], b"hello");
+//! client.drain().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! See [`guide`] for the semantics in depth.
+#![cfg_attr(not(test), forbid(clippy::print_stdout, clippy::print_stderr))]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+mod client;
+mod connection;
+pub mod error;
+pub mod events;
+pub mod guide;
+mod message;
+pub mod options;
+pub mod server_pool;
+pub mod stats;
+mod subscription;
+
+pub use client::{Client, CloseReport, DrainReport};
+pub use error::{
+    ConnectError, DrainError, Error, FlushError, OptionsError, PublishError, RequestError,
+    RetryMethod, SubscribeError,
+};
+pub use events::{ClosedReason, Event, Events, State};
+pub use message::Message;
+pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
+pub use stats::Statistics;
+pub use subscription::Subscriber;
+pub use tether_proto::{HeaderMap, StatusCode, Subject};
+
+/// Connect with default options. See [`ConnectOptions::connect`].
+pub async fn connect(servers: impl IntoServers) -> Result<Client, ConnectError> {
+    ConnectOptions::new().connect(servers).await
+}

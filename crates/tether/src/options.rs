@@ -1,0 +1,677 @@
+//! Connection options: one by-value builder, every default a documented const, checked
+//! when built.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::conn as core;
+
+use crate::error::{ConnectError, OptionsError};
+use crate::events::Event;
+use crate::server_pool::ServerAddr;
+use crate::Client;
+
+/// Default server when none is given.
+pub const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
+/// Default for [`ConnectOptions::connection_timeout`]: the whole handshake.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ConnectOptions::ping_interval`].
+pub const DEFAULT_PING_INTERVAL: Duration = core::DEFAULT_PING_INTERVAL;
+/// Upper bound of the default pong timeout: the smaller of this and the ping interval.
+pub const DEFAULT_PONG_TIMEOUT: Duration = core::DEFAULT_PONG_TIMEOUT;
+/// Default for [`ConnectOptions::max_pings_outstanding`].
+pub const DEFAULT_MAX_PINGS_OUTSTANDING: usize = core::DEFAULT_MAX_PINGS_OUTSTANDING;
+/// Default for [`ConnectOptions::write_stall_timeout`].
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = core::DEFAULT_WRITE_STALL_TIMEOUT;
+/// Default byte bound of the outbound buffer: 8 MiB.
+pub const DEFAULT_BUFFER_BYTES: usize = core::DEFAULT_BUFFER_BYTES;
+/// Default message bound of the outbound buffer: 1,000,000.
+pub const DEFAULT_BUFFER_MSGS: usize = core::DEFAULT_BUFFER_MSGS;
+/// Default for [`ConnectOptions::block_deadline`].
+pub const DEFAULT_BLOCK_DEADLINE: Duration = Duration::from_secs(5);
+/// Default for [`ConnectOptions::confirm_interval`].
+pub const DEFAULT_CONFIRM_INTERVAL: Duration = core::DEFAULT_CONFIRM_INTERVAL;
+/// Default for [`ConnectOptions::assumed_max_payload`]: 1 MiB until the first INFO.
+pub const DEFAULT_ASSUMED_MAX_PAYLOAD: usize = core::DEFAULT_ASSUMED_MAX_PAYLOAD;
+/// Default for [`ConnectOptions::max_control_line`].
+pub const DEFAULT_MAX_CONTROL_LINE: usize = core::DEFAULT_MAX_CONTROL_LINE;
+/// Default for [`ConnectOptions::max_inbound_payload`]: 64 MiB.
+pub const DEFAULT_MAX_INBOUND_PAYLOAD: usize = 64 * 1024 * 1024;
+/// Default pending message limit per subscription.
+pub const DEFAULT_PENDING_MSGS: usize = 65_536;
+/// Default pending byte limit per subscription: 64 MiB.
+pub const DEFAULT_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Default for [`ConnectOptions::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`ConnectOptions::flush_timeout`].
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ConnectOptions::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ConnectOptions::inbox_prefix`].
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
+/// Default for [`ConnectOptions::event_queue`].
+pub const DEFAULT_EVENT_QUEUE: usize = 1024;
+/// Default for [`ConnectOptions::reconnect_wait`]: the backoff cap after the first 10 s.
+pub const DEFAULT_RECONNECT_WAIT: Duration = Duration::from_secs(2);
+/// Backoff cap during the first [`EARLY_OUTAGE`] of an outage.
+pub const DEFAULT_EARLY_RECONNECT_CAP: Duration = Duration::from_millis(500);
+/// How long an outage counts as early for the backoff cap.
+pub const EARLY_OUTAGE: Duration = Duration::from_secs(10);
+/// Base of the exponential backoff.
+pub const DEFAULT_RECONNECT_BASE: Duration = Duration::from_millis(50);
+/// Default for [`ConnectOptions::reconnect_jitter_tls`].
+pub const DEFAULT_RECONNECT_JITTER_TLS: Duration = Duration::from_secs(1);
+/// Default for [`ConnectOptions::ldm_jitter`].
+pub const DEFAULT_LDM_JITTER: Duration = Duration::from_secs(5);
+/// Default for [`ConnectOptions::ldm_overlap`].
+pub const DEFAULT_LDM_OVERLAP: Duration = Duration::from_secs(1);
+
+/// What `connect` does when the first attempt fails (DESIGN semantics 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectPolicy {
+    /// Try every server once; fail with an error listing each server, address and why.
+    #[default]
+    FailFast,
+    /// Return a handle at once and keep trying through the reconnect loop, buffering
+    /// publishes meanwhile. The first success emits `Connected`.
+    Retry,
+    /// Connect on first use, with FailFast's rules for that attempt. A failed attempt
+    /// returns to `Idle`; the next use tries again.
+    Lazy,
+}
+
+/// What a publish does when the outbound buffer is full while disconnected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Fail at once with `PublishError::BufferFull { connected: false, .. }`.
+    #[default]
+    Error,
+    /// Wait for room up to `block_deadline`, then fail.
+    Block,
+}
+
+/// What happens to a server that keeps refusing our credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthFailurePolicy {
+    /// Two strikes in a row, at least reconnect_wait apart with unchanged credentials,
+    /// remove the server from the pool.
+    #[default]
+    RemoveServer,
+    /// Keep retrying with the backoff.
+    KeepRetrying,
+}
+
+/// A custom reconnect delay: (server, consecutive failures, outage elapsed) → delay.
+pub type ReconnectDelayFn = Arc<dyn Fn(&str, u32, Duration) -> Duration + Send + Sync>;
+/// An event callback; runs on its own task.
+pub type EventCallback = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Options for a connection. Build with [`ConnectOptions::new`], set what you need, then
+/// [`ConnectOptions::connect`].
+///
+/// Contradictory options are rejected by [`ConnectOptions::connect`] (and
+/// [`ConnectOptions::validate`]) with an error naming both values.
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), tether::ConnectError> {
+/// use std::time::Duration;
+/// let client = tether::ConnectOptions::new()
+///     .name("orders-service")
+///     .ping_interval(Duration::from_secs(5))
+///     .connect("nats://127.0.0.1:4222")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) no_randomize: bool,
+    pub(crate) ignore_discovered_servers: bool,
+    pub(crate) connect_policy: ConnectPolicy,
+    pub(crate) connection_timeout: Duration,
+    pub(crate) allow_reconnect: bool,
+    pub(crate) max_reconnects: Option<u32>,
+    pub(crate) auth_failure_policy: AuthFailurePolicy,
+    pub(crate) reconnect_wait: Duration,
+    pub(crate) reconnect_jitter_tls: Duration,
+    pub(crate) reconnect_delay: Option<ReconnectDelayFn>,
+    pub(crate) ldm_jitter: Duration,
+    pub(crate) ldm_overlap: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) pong_timeout: Option<Duration>,
+    pub(crate) max_pings_outstanding: usize,
+    pub(crate) write_stall_timeout: Duration,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) buffer_msgs: usize,
+    pub(crate) buffer_while_disconnected: bool,
+    pub(crate) overflow: OverflowPolicy,
+    pub(crate) block_deadline: Duration,
+    pub(crate) resend_unconfirmed: bool,
+    pub(crate) confirm_interval: Duration,
+    pub(crate) request_retry_after_reconnect: bool,
+    pub(crate) assumed_max_payload: usize,
+    pub(crate) max_control_line: usize,
+    pub(crate) max_inbound_payload: usize,
+    pub(crate) pending_msgs: usize,
+    pub(crate) pending_bytes: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) inbox_prefix: String,
+    pub(crate) no_echo: bool,
+    pub(crate) event_queue: usize,
+    pub(crate) event_callback: Option<EventCallback>,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) token: Option<String>,
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("name", &self.name)
+            .field("connect_policy", &self.connect_policy)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("allow_reconnect", &self.allow_reconnect)
+            .field("max_reconnects", &self.max_reconnects)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.effective_pong_timeout())
+            .field("buffer_bytes", &self.buffer_bytes)
+            .field("buffer_msgs", &self.buffer_msgs)
+            .field("overflow", &self.overflow)
+            .field("resend_unconfirmed", &self.resend_unconfirmed)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$name = value;
+            self
+        }
+    };
+}
+
+impl ConnectOptions {
+    /// Options with every default.
+    pub fn new() -> Self {
+        Self {
+            name: None,
+            no_randomize: false,
+            ignore_discovered_servers: false,
+            connect_policy: ConnectPolicy::FailFast,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            allow_reconnect: true,
+            max_reconnects: None,
+            auth_failure_policy: AuthFailurePolicy::RemoveServer,
+            reconnect_wait: DEFAULT_RECONNECT_WAIT,
+            reconnect_jitter_tls: DEFAULT_RECONNECT_JITTER_TLS,
+            reconnect_delay: None,
+            ldm_jitter: DEFAULT_LDM_JITTER,
+            ldm_overlap: DEFAULT_LDM_OVERLAP,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_timeout: None,
+            max_pings_outstanding: DEFAULT_MAX_PINGS_OUTSTANDING,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            buffer_msgs: DEFAULT_BUFFER_MSGS,
+            buffer_while_disconnected: true,
+            overflow: OverflowPolicy::Error,
+            block_deadline: DEFAULT_BLOCK_DEADLINE,
+            resend_unconfirmed: false,
+            confirm_interval: DEFAULT_CONFIRM_INTERVAL,
+            request_retry_after_reconnect: false,
+            assumed_max_payload: DEFAULT_ASSUMED_MAX_PAYLOAD,
+            max_control_line: DEFAULT_MAX_CONTROL_LINE,
+            max_inbound_payload: DEFAULT_MAX_INBOUND_PAYLOAD,
+            pending_msgs: DEFAULT_PENDING_MSGS,
+            pending_bytes: DEFAULT_PENDING_BYTES,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
+            no_echo: false,
+            event_queue: DEFAULT_EVENT_QUEUE,
+            event_callback: None,
+            user: None,
+            token: None,
+        }
+    }
+
+    /// Connection name shown by the server's monitoring. Default: none.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    setter!(
+        /// Keep the given server order instead of shuffling. Default: false.
+        no_randomize: bool
+    );
+    setter!(
+        /// Ignore servers announced by INFO `connect_urls`. Default: false.
+        ignore_discovered_servers: bool
+    );
+    setter!(
+        /// What to do when the first connect fails. Default: [`ConnectPolicy::FailFast`].
+        connect_policy: ConnectPolicy
+    );
+    setter!(
+        /// Bound on the whole handshake: TCP, INFO, CONNECT and the PONGs. Default: 5 s.
+        connection_timeout: Duration
+    );
+    setter!(
+        /// Reconnect when a link drops. Default: true.
+        allow_reconnect: bool
+    );
+    setter!(
+        /// Consecutive failures after which a server leaves the pool. Default: None (unlimited).
+        max_reconnects: Option<u32>
+    );
+    setter!(
+        /// What to do with a server that keeps refusing the credentials. Default: RemoveServer.
+        auth_failure_policy: AuthFailurePolicy
+    );
+    setter!(
+        /// Backoff cap after the first 10 s of an outage. Default: 2 s.
+        reconnect_wait: Duration
+    );
+    setter!(
+        /// TLS adds a uniform 0..this to every reconnect delay but the first. Default: 1 s.
+        reconnect_jitter_tls: Duration
+    );
+    setter!(
+        /// Spread of the random wait before moving off a lame-duck server. Default: 5 s.
+        ldm_jitter: Duration
+    );
+    setter!(
+        /// How long the old link's subscriptions are kept after a planned switch. Default: 1 s.
+        ldm_overlap: Duration
+    );
+    setter!(
+        /// A PING goes out after this long without inbound bytes. Default: 30 s.
+        ping_interval: Duration
+    );
+    setter!(
+        /// Unanswered PINGs above this count mark the link stale. Default: 2.
+        max_pings_outstanding: usize
+    );
+    setter!(
+        /// Data pending and no byte accepted by the socket for this long marks the link
+        /// stale. Default: 10 s.
+        write_stall_timeout: Duration
+    );
+    setter!(
+        /// Accept publishes while disconnected (up to the buffer bounds). Default: true.
+        buffer_while_disconnected: bool
+    );
+    setter!(
+        /// What a publish does when the buffer is full while disconnected. Default: Error.
+        overflow: OverflowPolicy
+    );
+    setter!(
+        /// How long `publish().await` waits for room. Default: 5 s.
+        block_deadline: Duration
+    );
+    setter!(
+        /// Retain written, unconfirmed publishes and resend them after a reconnect
+        /// (at-least-once for core NATS; duplicates possible). Default: false.
+        resend_unconfirmed: bool
+    );
+    setter!(
+        /// While unconfirmed data exists, a confirm PING at least this often. Default: 1 s.
+        confirm_interval: Duration
+    );
+    setter!(
+        /// Keep written requests pending across a reconnect and resend them. Default: false.
+        request_retry_after_reconnect: bool
+    );
+    setter!(
+        /// max_payload assumed until the first INFO. Default: 1 MiB.
+        assumed_max_payload: usize
+    );
+    setter!(
+        /// Outbound control lines longer than this are refused. Default: 4096.
+        max_control_line: usize
+    );
+    setter!(
+        /// Largest inbound payload accepted; more is a protocol error. Default: 64 MiB.
+        max_inbound_payload: usize
+    );
+    setter!(
+        /// Time bound of `drain()`. Default: 30 s.
+        drain_timeout: Duration
+    );
+    setter!(
+        /// Time bound of `flush()` and of the flush inside `close()`. Default: 10 s.
+        flush_timeout: Duration
+    );
+    setter!(
+        /// Default request timeout. Default: 10 s.
+        request_timeout: Duration
+    );
+    setter!(
+        /// Do not receive this connection's own publishes. Default: false.
+        no_echo: bool
+    );
+    setter!(
+        /// Capacity of the event queue. Default: 1024.
+        event_queue: usize
+    );
+
+    /// How long a written PING may wait for its PONG. Default: the smaller of 10 s and
+    /// the ping interval.
+    #[must_use]
+    pub fn pong_timeout(mut self, value: Duration) -> Self {
+        self.pong_timeout = Some(value);
+        self
+    }
+
+    /// Outbound buffer bounds: encoded bytes and messages, whichever is reached first.
+    /// Default: 8 MiB and 1,000,000.
+    #[must_use]
+    pub fn outbound_buffer(mut self, bytes: usize, msgs: usize) -> Self {
+        self.buffer_bytes = bytes;
+        self.buffer_msgs = msgs;
+        self
+    }
+
+    /// Pending limits per subscription. Default: 65,536 messages and 64 MiB.
+    #[must_use]
+    pub fn pending_limits(mut self, msgs: usize, bytes: usize) -> Self {
+        self.pending_msgs = msgs;
+        self.pending_bytes = bytes;
+        self
+    }
+
+    /// Prefix of the request inbox. Default: `_INBOX`.
+    #[must_use]
+    pub fn inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = prefix.into();
+        self
+    }
+
+    /// User and password sent in CONNECT.
+    #[must_use]
+    pub fn user_and_password(mut self, user: impl Into<String>, pass: impl Into<String>) -> Self {
+        self.user = Some((user.into(), pass.into()));
+        self
+    }
+
+    /// Token sent in CONNECT.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// A custom reconnect delay, overriding the backoff.
+    #[must_use]
+    pub fn reconnect_delay(
+        mut self,
+        f: impl Fn(&str, u32, Duration) -> Duration + Send + Sync + 'static,
+    ) -> Self {
+        self.reconnect_delay = Some(Arc::new(f));
+        self
+    }
+
+    /// A callback for every event. It runs on its own task, so a slow callback never
+    /// delays I/O.
+    #[must_use]
+    pub fn event_callback(mut self, f: impl Fn(Event) + Send + Sync + 'static) -> Self {
+        self.event_callback = Some(Arc::new(f));
+        self
+    }
+
+    pub(crate) fn effective_pong_timeout(&self) -> Duration {
+        self.pong_timeout
+            .unwrap_or_else(|| DEFAULT_PONG_TIMEOUT.min(self.ping_interval))
+    }
+
+    /// Check the options for contradictions.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let contradiction = |first: String, second: String, fix: &str| {
+            Err(OptionsError::Contradiction {
+                first,
+                second,
+                fix: fix.to_owned(),
+            })
+        };
+        if self.max_pings_outstanding == 0 {
+            return contradiction(
+                "max_pings_outstanding = 0".into(),
+                format!("ping_interval = {:?}", self.ping_interval),
+                "a keepalive PING would count as stale at once; set max_pings_outstanding to 1 or more",
+            );
+        }
+        if self.ping_interval.is_zero() {
+            return Err(OptionsError::Invalid {
+                option: "ping_interval",
+                value: "0s".into(),
+                fix: "use a positive interval, for example 30s".into(),
+            });
+        }
+        if self.effective_pong_timeout().is_zero() {
+            return Err(OptionsError::Invalid {
+                option: "pong_timeout",
+                value: "0s".into(),
+                fix: "use a positive timeout, for example 10s".into(),
+            });
+        }
+        if self.buffer_bytes < self.assumed_max_payload {
+            return contradiction(
+                format!("outbound_buffer bytes = {}", self.buffer_bytes),
+                format!("assumed_max_payload = {}", self.assumed_max_payload),
+                "a message of max_payload could never be buffered; raise the buffer or lower assumed_max_payload",
+            );
+        }
+        if self.buffer_msgs == 0 {
+            return Err(OptionsError::Invalid {
+                option: "outbound_buffer msgs",
+                value: "0".into(),
+                fix: "allow at least one message".into(),
+            });
+        }
+        if self.overflow == OverflowPolicy::Block && !self.buffer_while_disconnected {
+            return contradiction(
+                "overflow = Block".into(),
+                "buffer_while_disconnected = false".into(),
+                "Block waits for room in the disconnected buffer, which is off; enable buffering or use OverflowPolicy::Error",
+            );
+        }
+        if self.connection_timeout.is_zero() {
+            return Err(OptionsError::Invalid {
+                option: "connection_timeout",
+                value: "0s".into(),
+                fix: "use a positive timeout, for example 5s".into(),
+            });
+        }
+        if self.pending_msgs == 0 || self.pending_bytes == 0 {
+            return Err(OptionsError::Invalid {
+                option: "pending_limits",
+                value: format!("{} msgs / {} bytes", self.pending_msgs, self.pending_bytes),
+                fix: "allow at least one message and one byte".into(),
+            });
+        }
+        if self.event_queue == 0 {
+            return Err(OptionsError::Invalid {
+                option: "event_queue",
+                value: "0".into(),
+                fix: "use a capacity of at least 1".into(),
+            });
+        }
+        tether_proto::subject::validate_publish_subject(&self.inbox_prefix).map_err(|e| {
+            OptionsError::Invalid {
+                option: "inbox_prefix",
+                value: self.inbox_prefix.clone(),
+                fix: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn core_config(&self) -> core::Config {
+        core::Config {
+            ping_interval: self.ping_interval,
+            pong_timeout: self.effective_pong_timeout(),
+            max_pings_outstanding: self.max_pings_outstanding,
+            write_stall_timeout: self.write_stall_timeout,
+            confirm_interval: self.confirm_interval,
+            confirm_bytes: core::DEFAULT_CONFIRM_BYTES,
+            buffer: tether_proto::outbound::BufferLimits {
+                max_bytes: self.buffer_bytes,
+                max_msgs: self.buffer_msgs,
+            },
+            buffer_while_disconnected: self.buffer_while_disconnected,
+            resend_unconfirmed: self.resend_unconfirmed,
+            assumed_max_payload: self.assumed_max_payload,
+            max_control_line: self.max_control_line,
+            decoder: tether_proto::DecoderLimits {
+                max_payload: self.max_inbound_payload,
+                ..tether_proto::DecoderLimits::default()
+            },
+            echo: !self.no_echo,
+            name: self.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Connect to one or more servers (a URL, a comma-separated list, or a slice).
+    ///
+    /// With [`ConnectPolicy::FailFast`] (the default) every server is tried once and the
+    /// error lists each server, address and why. Must be called within a tokio runtime.
+    pub async fn connect(self, servers: impl IntoServers) -> Result<Client, ConnectError> {
+        self.validate().map_err(ConnectError::Options)?;
+        let servers = servers.into_servers()?;
+        Client::connect_with(self, servers).await
+    }
+}
+
+/// Anything that names one or more servers.
+pub trait IntoServers {
+    /// Parse into server addresses.
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError>;
+}
+
+fn parse_list<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<ServerAddr>, ConnectError> {
+    let mut out = Vec::new();
+    for item in items {
+        for part in item.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            out.push(ServerAddr::parse(part).map_err(ConnectError::InvalidUrl)?);
+        }
+    }
+    if out.is_empty() {
+        out.push(ServerAddr::parse(DEFAULT_SERVER).map_err(ConnectError::InvalidUrl)?);
+    }
+    Ok(out)
+}
+
+impl IntoServers for &str {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list([self])
+    }
+}
+impl IntoServers for String {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list([self.as_str()])
+    }
+}
+impl IntoServers for &String {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list([self.as_str()])
+    }
+}
+impl IntoServers for Vec<String> {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list(self.iter().map(String::as_str))
+    }
+}
+impl IntoServers for &[String] {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list(self.iter().map(String::as_str))
+    }
+}
+impl IntoServers for &[&str] {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list(self.iter().copied())
+    }
+}
+impl<const N: usize> IntoServers for [&str; N] {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        parse_list(self.iter().copied())
+    }
+}
+impl IntoServers for Vec<ServerAddr> {
+    fn into_servers(self) -> Result<Vec<ServerAddr>, ConnectError> {
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        ConnectOptions::new().validate().unwrap();
+        assert_eq!(
+            ConnectOptions::new()
+                .ping_interval(Duration::from_secs(2))
+                .effective_pong_timeout(),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn contradictions_name_both_values() {
+        let e = ConnectOptions::new()
+            .overflow(OverflowPolicy::Block)
+            .buffer_while_disconnected(false)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Block") && e.contains("buffer_while_disconnected"),
+            "{e}"
+        );
+        let e = ConnectOptions::new()
+            .outbound_buffer(1000, 10)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1000") && e.contains("assumed_max_payload"),
+            "{e}"
+        );
+        assert!(ConnectOptions::new()
+            .max_pings_outstanding(0)
+            .validate()
+            .is_err());
+        assert!(ConnectOptions::new()
+            .ping_interval(Duration::ZERO)
+            .validate()
+            .is_err());
+        assert!(ConnectOptions::new()
+            .pong_timeout(Duration::ZERO)
+            .validate()
+            .is_err());
+    }
+}

@@ -1,0 +1,521 @@
+//! The server pool and the reconnect backoff: pure policies, time and randomness passed in
+//! (DESIGN semantics 5).
+//!
+//! Each server has a due time and a count of consecutive failures (reset by a completed
+//! handshake). The next attempt goes to the server due earliest; among servers due at
+//! once, fewer failures first, and the server whose link just dropped last. A server
+//! leaves the pool after `max_reconnects` consecutive failures. Servers announced in INFO
+//! `connect_urls` join the pool and are pruned when no longer announced (an INFO without
+//! the field prunes nothing; the connected server is never pruned).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::options::{DEFAULT_EARLY_RECONNECT_CAP, DEFAULT_RECONNECT_BASE, EARLY_OUTAGE};
+
+/// A server URL: `nats://[user:pass@|token@]host[:port]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    scheme: String,
+    host: String,
+    port: u16,
+    user: Option<String>,
+    pass: Option<String>,
+}
+
+impl ServerAddr {
+    /// Parse a URL. A bare `host:port` means `nats://host:port`; the port defaults to 4222.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let with_scheme = if input.contains("://") {
+            input.to_owned()
+        } else {
+            format!("nats://{input}")
+        };
+        let url = url::Url::parse(&with_scheme).map_err(|e| format!("`{input}`: {e}"))?;
+        let scheme = url.scheme().to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "nats" | "tls") {
+            return Err(format!(
+                "`{input}`: unsupported scheme `{scheme}`; use nats:// (tls:// comes later)"
+            ));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("`{input}`: no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let user = (!url.username().is_empty()).then(|| decode(url.username()));
+        let pass = url.password().map(decode);
+        Ok(Self {
+            scheme,
+            host,
+            port: url.port().unwrap_or(4222),
+            user,
+            pass,
+        })
+    }
+
+    /// The host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// True for `tls://`.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "tls"
+    }
+
+    /// User (or token, when no password is given) from the URL.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Password from the URL.
+    pub fn pass(&self) -> Option<&str> {
+        self.pass.as_deref()
+    }
+
+    /// A discovered address inherits the scheme and credentials of the URL it was
+    /// learnt through.
+    pub(crate) fn inherit(&self, discovered: &str) -> Option<Self> {
+        let mut d = ServerAddr::parse(discovered).ok()?;
+        d.scheme.clone_from(&self.scheme);
+        if d.user.is_none() {
+            d.user.clone_from(&self.user);
+            d.pass.clone_from(&self.pass);
+        }
+        Some(d)
+    }
+
+    fn key(&self) -> (String, u16) {
+        (self.host.to_ascii_lowercase(), self.port)
+    }
+}
+
+fn decode(s: &str) -> String {
+    // Percent-decoding of credentials; invalid sequences are kept as they are.
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
+impl fmt::Display for ServerAddr {
+    /// The URL with credentials left out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Debug for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Reconnect backoff (DESIGN options): the first retry at once, then exponential from
+/// 50 ms with full jitter, capped at 500 ms during the first 10 s of an outage and at
+/// `reconnect_wait` after. `failures` counts consecutive failures of this server.
+pub fn backoff_delay(
+    failures: u32,
+    outage_elapsed: Duration,
+    reconnect_wait: Duration,
+    rng: &mut impl Rng,
+) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let cap = if outage_elapsed < EARLY_OUTAGE {
+        DEFAULT_EARLY_RECONNECT_CAP.min(reconnect_wait)
+    } else {
+        reconnect_wait
+    };
+    let exp = DEFAULT_RECONNECT_BASE.saturating_mul(1u32 << (failures - 1).min(20));
+    let ceiling = exp.min(cap);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rng.gen_range(0..=nanos))
+}
+
+/// TLS jitter: a uniform 0..`jitter` added to every delay but the first.
+pub fn tls_jitter(failures: u32, jitter: Duration, rng: &mut impl Rng) -> Duration {
+    if failures == 0 || jitter.is_zero() {
+        return Duration::ZERO;
+    }
+    let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rng.gen_range(0..nanos))
+}
+
+/// One server in the pool.
+#[derive(Debug, Clone)]
+pub struct PoolEntry {
+    /// Its address.
+    pub addr: ServerAddr,
+    /// Learnt from INFO `connect_urls`.
+    pub discovered: bool,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// When it may be tried next.
+    pub due: Instant,
+    /// When its link last dropped (tie-break: the most recently dropped goes last).
+    pub last_dropped: Option<Instant>,
+    /// Auth strikes in a row and when the last came.
+    pub auth_strikes: u32,
+    /// When the last auth strike came.
+    pub last_strike: Option<Instant>,
+    /// In lame duck mode: not tried while set.
+    pub lame_duck: bool,
+}
+
+/// The pool.
+#[derive(Debug, Clone)]
+pub struct ServerPool {
+    entries: Vec<PoolEntry>,
+    max_reconnects: Option<u32>,
+}
+
+impl ServerPool {
+    /// A pool of the given servers, shuffled unless `no_randomize`.
+    pub fn new(
+        servers: Vec<ServerAddr>,
+        no_randomize: bool,
+        max_reconnects: Option<u32>,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let mut entries: Vec<PoolEntry> = Vec::new();
+        for addr in servers {
+            if entries.iter().any(|e| e.addr.key() == addr.key()) {
+                continue;
+            }
+            entries.push(PoolEntry {
+                addr,
+                discovered: false,
+                failures: 0,
+                due: now,
+                last_dropped: None,
+                auth_strikes: 0,
+                last_strike: None,
+                lame_duck: false,
+            });
+        }
+        if !no_randomize {
+            entries.shuffle(rng);
+        }
+        Self {
+            entries,
+            max_reconnects,
+        }
+    }
+
+    /// The servers, in pool order.
+    pub fn entries(&self) -> &[PoolEntry] {
+        &self.entries
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no server is left.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The server to try next: due earliest; ties by fewer failures, then the one whose
+    /// link dropped longest ago (or never). Lame-duck servers are skipped.
+    pub fn next(&self) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.lame_duck)
+            .min_by(|(ai, a), (bi, b)| {
+                a.due
+                    .cmp(&b.due)
+                    .then(a.failures.cmp(&b.failures))
+                    .then(a.last_dropped.cmp(&b.last_dropped))
+                    .then(ai.cmp(bi))
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// The entry at `i`.
+    pub fn get(&self, i: usize) -> Option<&PoolEntry> {
+        self.entries.get(i)
+    }
+
+    /// Index of a server.
+    pub fn position(&self, addr: &ServerAddr) -> Option<usize> {
+        self.entries.iter().position(|e| e.addr.key() == addr.key())
+    }
+
+    /// A handshake with `i` completed: its failures reset.
+    pub fn record_success(&mut self, i: usize) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.failures = 0;
+            e.auth_strikes = 0;
+            e.lame_duck = false;
+        }
+    }
+
+    /// The link to `i` dropped at `now`: it is due at once, but after servers that did not
+    /// just drop.
+    pub fn record_dropped(&mut self, i: usize, now: Instant) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.last_dropped = Some(now);
+            e.due = now;
+        }
+    }
+
+    /// An attempt to `i` failed; it is due again after `delay`. Returns the removed entry
+    /// when it reached max_reconnects.
+    pub fn record_failure(&mut self, i: usize, now: Instant, delay: Duration) -> Option<PoolEntry> {
+        let e = self.entries.get_mut(i)?;
+        e.failures += 1;
+        e.due = now + delay;
+        if self.max_reconnects.is_some_and(|m| e.failures >= m) {
+            return Some(self.entries.remove(i));
+        }
+        None
+    }
+
+    /// Remove `i` (auth failures, for example).
+    pub fn remove(&mut self, i: usize) -> Option<PoolEntry> {
+        (i < self.entries.len()).then(|| self.entries.remove(i))
+    }
+
+    /// Record auth strikes for `i`.
+    pub fn set_strikes(&mut self, i: usize, strikes: u32, now: Instant) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.auth_strikes = strikes;
+            e.last_strike = Some(now);
+        }
+    }
+
+    /// Make every server due now (force_reconnect while reconnecting).
+    pub fn make_all_due(&mut self, now: Instant) {
+        for e in &mut self.entries {
+            e.due = now;
+        }
+    }
+
+    /// Mark a server as in lame duck mode, or not.
+    pub fn set_lame_duck(&mut self, i: usize, on: bool) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.lame_duck = on;
+        }
+    }
+
+    /// Merge INFO `connect_urls` learnt through `via` (the connected server). Returns the
+    /// servers added and removed. An empty list prunes nothing; `via` is never pruned.
+    pub fn merge_discovered(
+        &mut self,
+        connect_urls: &[String],
+        via: &ServerAddr,
+        now: Instant,
+        rng: &mut impl Rng,
+        shuffle: bool,
+    ) -> (Vec<String>, Vec<String>) {
+        if connect_urls.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let announced: Vec<ServerAddr> =
+            connect_urls.iter().filter_map(|u| via.inherit(u)).collect();
+        let mut added = Vec::new();
+        let mut new_entries = Vec::new();
+        for addr in announced.iter() {
+            if self.position(addr).is_none()
+                && !new_entries
+                    .iter()
+                    .any(|e: &PoolEntry| e.addr.key() == addr.key())
+            {
+                added.push(addr.to_string());
+                new_entries.push(PoolEntry {
+                    addr: addr.clone(),
+                    discovered: true,
+                    failures: 0,
+                    due: now,
+                    last_dropped: None,
+                    auth_strikes: 0,
+                    last_strike: None,
+                    lame_duck: false,
+                });
+            }
+        }
+        let mut removed = Vec::new();
+        self.entries.retain(|e| {
+            let keep = !e.discovered
+                || e.addr.key() == via.key()
+                || announced.iter().any(|a| a.key() == e.addr.key());
+            if !keep {
+                removed.push(e.addr.to_string());
+            }
+            keep
+        });
+        if shuffle {
+            new_entries.shuffle(rng);
+        }
+        self.entries.extend(new_entries);
+        (added, removed)
+    }
+
+    /// Replace the configured servers (set_server_pool). Failure counts of servers kept
+    /// are kept.
+    pub fn replace(
+        &mut self,
+        servers: Vec<ServerAddr>,
+        now: Instant,
+        rng: &mut impl Rng,
+        shuffle: bool,
+    ) {
+        let mut fresh = ServerPool::new(servers, !shuffle, self.max_reconnects, now, rng);
+        for e in &mut fresh.entries {
+            if let Some(old) = self.entries.iter().find(|o| o.addr.key() == e.addr.key()) {
+                e.failures = old.failures;
+                e.due = old.due;
+            }
+        }
+        self.entries = fresh.entries;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn addrs(list: &[&str]) -> Vec<ServerAddr> {
+        list.iter().map(|s| ServerAddr::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn parse_urls() {
+        let a = ServerAddr::parse("nats://u:p%40ss@example.com:4333").unwrap();
+        assert_eq!(
+            (a.host(), a.port(), a.user(), a.pass()),
+            ("example.com", 4333, Some("u"), Some("p@ss"))
+        );
+        assert_eq!(
+            a.to_string(),
+            "nats://example.com:4333",
+            "no credentials in Display"
+        );
+        let b = ServerAddr::parse("127.0.0.1").unwrap();
+        assert_eq!(b.to_string(), "nats://127.0.0.1:4222");
+        assert!(ServerAddr::parse("http://x")
+            .unwrap_err()
+            .contains("unsupported scheme"));
+        assert!(ServerAddr::parse("nats://").is_err());
+    }
+
+    #[test]
+    fn backoff_first_at_once_then_capped_exponential() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let wait = Duration::from_secs(2);
+        assert_eq!(
+            backoff_delay(0, Duration::ZERO, wait, &mut rng),
+            Duration::ZERO
+        );
+        for _ in 0..1000 {
+            assert!(backoff_delay(1, Duration::ZERO, wait, &mut rng) <= Duration::from_millis(50));
+            assert!(backoff_delay(3, Duration::ZERO, wait, &mut rng) <= Duration::from_millis(200));
+            assert!(
+                backoff_delay(30, Duration::from_secs(1), wait, &mut rng)
+                    <= Duration::from_millis(500)
+            );
+            assert!(backoff_delay(30, Duration::from_secs(11), wait, &mut rng) <= wait);
+        }
+        // Full jitter spreads over the whole range.
+        let max = (0..1000)
+            .map(|_| backoff_delay(30, Duration::from_secs(11), wait, &mut rng))
+            .max()
+            .unwrap();
+        assert!(max > Duration::from_millis(1500), "{max:?}");
+        assert_eq!(
+            tls_jitter(0, Duration::from_secs(1), &mut rng),
+            Duration::ZERO
+        );
+        assert!(tls_jitter(1, Duration::from_secs(1), &mut rng) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn next_prefers_due_then_fewer_failures_then_not_just_dropped() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let now = Instant::now();
+        let mut pool = ServerPool::new(addrs(&["a:1", "b:2", "c:3"]), true, Some(3), now, &mut rng);
+        pool.record_dropped(0, now);
+        assert_eq!(
+            pool.next(),
+            Some(1),
+            "the server that just dropped goes last among equals"
+        );
+        pool.record_failure(1, now, Duration::ZERO);
+        assert_eq!(pool.next(), Some(2), "fewer failures first");
+        pool.record_failure(2, now, Duration::from_secs(1));
+        assert_eq!(pool.next(), Some(0));
+        assert!(pool.record_failure(1, now, Duration::ZERO).is_none());
+        let removed = pool.record_failure(1, now, Duration::ZERO).unwrap();
+        assert_eq!(
+            removed.addr.to_string(),
+            "nats://b:2",
+            "removed after max_reconnects"
+        );
+        assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn discovery_adds_inherits_and_prunes() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let now = Instant::now();
+        let via = ServerAddr::parse("nats://u:p@seed:4222").unwrap();
+        let mut pool = ServerPool::new(vec![via.clone()], true, None, now, &mut rng);
+        let (added, removed) = pool.merge_discovered(
+            &["10.0.0.2:4222".into(), "10.0.0.3:4222".into()],
+            &via,
+            now,
+            &mut rng,
+            false,
+        );
+        assert_eq!(added.len(), 2);
+        assert!(removed.is_empty());
+        assert_eq!(
+            pool.get(1).unwrap().addr.user(),
+            Some("u"),
+            "credentials inherited"
+        );
+        let (added, removed) = pool.merge_discovered(&[], &via, now, &mut rng, false);
+        assert!(
+            added.is_empty() && removed.is_empty(),
+            "an empty list prunes nothing"
+        );
+        let (_, removed) =
+            pool.merge_discovered(&["10.0.0.2:4222".into()], &via, now, &mut rng, false);
+        assert_eq!(removed, vec!["nats://10.0.0.3:4222".to_string()]);
+        assert_eq!(pool.len(), 2, "the seed URL is never pruned");
+    }
+}

@@ -1,0 +1,47 @@
+//! Statistics: a snapshot of the client's counters.
+
+use std::time::Duration;
+
+/// Counters of one client since it was created (DESIGN semantics 15).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Statistics {
+    /// Messages delivered by the server.
+    pub in_msgs: u64,
+    /// Their header and payload bytes.
+    pub in_bytes: u64,
+    /// Messages written to the socket.
+    pub out_msgs: u64,
+    /// Their header and payload bytes.
+    pub out_bytes: u64,
+    /// Handshakes completed.
+    pub connects: u64,
+    /// Reconnects (handshakes after an outage).
+    pub reconnects: u64,
+    /// Time spent without a link after the first connect.
+    pub disconnected_time: Duration,
+    /// Round-trip time of the last flush on an idle link.
+    pub rtt: Option<Duration>,
+    /// Messages in the outbound buffer.
+    pub buffered_msgs: u64,
+    /// Their encoded bytes.
+    pub buffered_bytes: u64,
+    /// Highest byte fill of the outbound buffer seen (tracked from 50 % of a bound).
+    pub buffer_high_water_bytes: u64,
+    /// `Permissions Violation for Publish` errors that matched no request.
+    pub publish_denied: u64,
+    /// Frames removed from the buffer and never sent.
+    pub frames_removed: u64,
+    /// Messages dropped by slow subscriptions.
+    pub slow_consumer_dropped: u64,
+    /// Publishes refused because the buffer was full.
+    pub refused_msgs: u64,
+    /// Their encoded bytes.
+    pub refused_bytes: u64,
+    /// Messages reported as unconfirmed (possibly lost) at disconnects.
+    pub unconfirmed_reported_msgs: u64,
+    /// Events dropped because an event queue was full.
+    pub events_lagged: u64,
+    /// Live subscriptions.
+    pub subscriptions: usize,
+}

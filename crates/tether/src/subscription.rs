@@ -1,0 +1,241 @@
+//! Subscriptions: a bounded delivery queue per subscription with slow-consumer episodes.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+
+use crate::error::SubscribeError;
+use crate::events::{Event, EventHub};
+use crate::message::Message;
+use crate::Client;
+
+/// Why a subscription's stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Unsubscribed, auto-unsubscribe count reached, drained or the client closed.
+    Done,
+    /// The server ended it.
+    Error(SubscribeError),
+}
+
+#[derive(Debug)]
+struct SubQ {
+    msgs: VecDeque<Message>,
+    bytes: usize,
+    ended: Option<Ended>,
+    /// In a slow-consumer episode, and drops since its start event.
+    slow: bool,
+    episode_dropped: u64,
+}
+
+/// The queue between the driver and a [`Subscriber`].
+#[derive(Debug)]
+pub(crate) struct SubQueue {
+    pub(crate) sid: u64,
+    pub(crate) subject: String,
+    max_msgs: usize,
+    max_bytes: usize,
+    q: Mutex<SubQ>,
+    waker: AtomicWaker,
+    hub: Arc<EventHub>,
+    slow_total: Arc<AtomicU64>,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+impl SubQueue {
+    pub(crate) fn new(
+        sid: u64,
+        subject: String,
+        max_msgs: usize,
+        max_bytes: usize,
+        hub: Arc<EventHub>,
+        slow_total: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            sid,
+            subject,
+            max_msgs,
+            max_bytes,
+            q: Mutex::new(SubQ {
+                msgs: VecDeque::new(),
+                bytes: 0,
+                ended: None,
+                slow: false,
+                episode_dropped: 0,
+            }),
+            waker: AtomicWaker::new(),
+            hub,
+            slow_total,
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queue a message from the driver, or drop it when over the pending limits.
+    pub(crate) fn push(&self, msg: Message) {
+        let mut q = self.q.lock();
+        if q.ended.is_some() {
+            return;
+        }
+        if q.msgs.len() >= self.max_msgs || q.bytes + msg.size > self.max_bytes {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.slow_total.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tether_slow_consumer_dropped_total").increment(1);
+            if q.slow {
+                q.episode_dropped += 1;
+            } else {
+                // One event when an episode starts; the rest are counted into its end.
+                q.slow = true;
+                q.episode_dropped = 0;
+                self.hub.emit(Event::SlowConsumer {
+                    subject: self.subject.clone(),
+                    sid: self.sid,
+                    dropped: 1,
+                });
+            }
+            return;
+        }
+        let was_empty = q.msgs.is_empty();
+        q.bytes += msg.size;
+        q.msgs.push_back(msg);
+        drop(q);
+        if was_empty {
+            self.waker.wake();
+        }
+    }
+
+    /// End the stream after what it already holds.
+    pub(crate) fn end(&self, why: Ended) {
+        let mut q = self.q.lock();
+        if q.ended.is_none() {
+            q.ended = Some(why);
+        }
+        drop(q);
+        self.waker.wake();
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.q.lock().ended.is_some()
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.q.lock().msgs.len()
+    }
+
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let mut q = self.q.lock();
+        if let Some(m) = q.msgs.pop_front() {
+            q.bytes -= m.size;
+            if q.slow && q.msgs.len() < self.max_msgs / 2 && q.bytes < self.max_bytes / 2 {
+                q.slow = false;
+                let dropped = std::mem::take(&mut q.episode_dropped);
+                self.hub.emit(Event::SlowConsumerEnded {
+                    subject: self.subject.clone(),
+                    sid: self.sid,
+                    dropped,
+                });
+            }
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Some(m));
+        }
+        if q.ended.is_some() {
+            return Poll::Ready(None);
+        }
+        self.waker.register(cx.waker());
+        Poll::Pending
+    }
+
+    fn error(&self) -> Option<SubscribeError> {
+        match &self.q.lock().ended {
+            Some(Ended::Error(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A subscription: a [`Stream`](futures_core::Stream) of [`Message`]s.
+///
+/// # Behavior
+/// - Messages queue up to the pending limits (65,536 messages / 64 MiB by default);
+///   beyond them they are dropped and counted, with one `SlowConsumer` event when an
+///   episode starts and one `SlowConsumerEnded` when the queue falls below half its limit.
+/// - The stream ends after an unsubscribe, when an auto-unsubscribe count is reached,
+///   after `drain()` (once it has yielded what it held), when the server denies the
+///   subscription ([`Subscriber::error`] tells why), or when the client closes.
+/// - Dropping it unsubscribes; it keeps the connection alive while it lives.
+#[derive(Debug)]
+pub struct Subscriber {
+    pub(crate) queue: Arc<SubQueue>,
+    pub(crate) client: Client,
+}
+
+impl Subscriber {
+    /// The subscription id.
+    pub fn sid(&self) -> u64 {
+        self.queue.sid
+    }
+
+    /// The subject subscribed to.
+    pub fn subject(&self) -> &str {
+        &self.queue.subject
+    }
+
+    /// Messages handed to this stream so far.
+    pub fn delivered(&self) -> u64 {
+        self.queue.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped for exceeding the pending limits.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Messages queued and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.queue.pending()
+    }
+
+    /// Why the server ended this subscription, if it did.
+    pub fn error(&self) -> Option<SubscribeError> {
+        self.queue.error()
+    }
+
+    /// Unsubscribe now. Messages already queued are still yielded, then the stream ends.
+    pub fn unsubscribe(&mut self) {
+        self.client.unsubscribe_sid(self.queue.sid, None);
+        self.queue.end(Ended::Done);
+    }
+
+    /// Unsubscribe after `n` messages in all (counted from the start of the subscription).
+    pub fn unsubscribe_after(&mut self, n: u64) {
+        self.client.unsubscribe_sid(self.queue.sid, Some(n));
+        if n <= self.queue.delivered.load(Ordering::Relaxed) {
+            self.queue.end(Ended::Done);
+        }
+    }
+}
+
+impl futures_core::Stream for Subscriber {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.queue.poll_pop(cx)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // Never spawns or blocks: marks state, queues an UNSUB, wakes the driver.
+        if !self.queue.is_ended() {
+            self.client.unsubscribe_sid(self.queue.sid, None);
+        } else {
+            self.client.forget_sid(self.queue.sid);
+        }
+    }
+}

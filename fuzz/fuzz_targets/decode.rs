@@ -1,0 +1,9 @@
+//! Decodes arbitrary bytes at several chunkings and round-trips every decoded op
+//! (`tether_proto::fuzzing::fuzz_decode`). Run with `cargo +nightly fuzz run decode`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    tether_proto::fuzzing::fuzz_decode(data);
+});
