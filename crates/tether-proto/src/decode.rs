@@ -367,7 +367,8 @@ impl Decoder {
 /// on a stray CR.
 #[inline]
 fn is_separator(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r')
+    // The first comparison settles the common case (a printable byte) alone.
+    b <= b' ' && matches!(b, b' ' | b'\t' | b'\r')
 }
 
 /// Splits `line[from..]` into at most [`MAX_ARGS`] arguments; `None` if there are more.

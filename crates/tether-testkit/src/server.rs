@@ -43,6 +43,18 @@ pub struct ServerConfig {
     pub client_advertise: Option<String>,
     /// Kept for readability of call sites: monitoring is always enabled.
     pub monitoring: bool,
+    /// A fixed client port (from [`free_port`]), for tests that start a server where a
+    /// client is already trying to connect. Default: a fresh [`free_port`].
+    pub port: Option<u16>,
+}
+
+impl ServerConfig {
+    /// This config with a fixed client port.
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
 }
 
 /// The cluster part of a node's config.
@@ -84,7 +96,8 @@ impl NatsServer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut server = Self::spawn_new(cfg.clone(), None, free_port(), free_port(), None)?;
+            let port = cfg.port.unwrap_or_else(free_port);
+            let mut server = Self::spawn_new(cfg.clone(), None, port, free_port(), None)?;
             match server.wait_ready(READY_TIMEOUT) {
                 Ok(()) => return Ok(server),
                 Err(e) if attempt < 3 && server.log().contains("address already in use") => {

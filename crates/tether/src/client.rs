@@ -383,7 +383,12 @@ impl Client {
         let shared = self.shared();
         let mut inner = shared.lock("try_publish");
         self.buffer_publish(&mut inner, subject, reply, headers, payload, FrameKind::Pub)
-            .map_err(|(e, _)| e)
+            .map_err(|(e, _)| {
+                if matches!(e, PublishError::BufferFull { .. }) {
+                    self.note_refused(&mut inner, subject, reply, headers, payload.len());
+                }
+                e
+            })
     }
 
     /// Encode into the buffer, or say why not (and whether waiting could help).
@@ -458,7 +463,20 @@ impl Client {
         }
     }
 
-    fn note_refused(&self, inner: &mut Inner, len: usize) {
+    fn note_refused(
+        &self,
+        inner: &mut Inner,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload_len: usize,
+    ) {
+        let len = tether_proto::encode::pub_frame_len(
+            subject,
+            reply,
+            headers.map(HeaderMap::encoded_len),
+            payload_len,
+        );
         let c = &self.shared().counters;
         c.refused_msgs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -497,13 +515,13 @@ impl Client {
                         let expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
                         if !(wait && can_wait) || expired {
                             if matches!(e, PublishError::BufferFull { .. }) {
-                                let len = tether_proto::encode::pub_frame_len(
+                                self.note_refused(
+                                    &mut inner,
                                     subject,
                                     reply,
-                                    headers.map(HeaderMap::encoded_len),
+                                    headers,
                                     payload.len(),
                                 );
-                                self.note_refused(&mut inner, len);
                             }
                             return Err(e);
                         }

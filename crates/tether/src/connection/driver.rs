@@ -112,8 +112,10 @@ pub(crate) async fn establish(
             }
             for ev in others {
                 if let Some(down) = handle_event(shared, &mut inner, ev) {
-                    // A disconnect report from an earlier link: already handled.
-                    drop(down);
+                    // The link died right after its handshake completed (in the same read).
+                    if matches!(result, Some(Ok(_))) {
+                        result = Some(Err(HandshakeError::Io(down)));
+                    }
                 }
             }
             match result {
