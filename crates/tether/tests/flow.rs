@@ -1,0 +1,129 @@
+//! Slow consumers, drain, and event queueing under storms.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tether::{ConnectOptions, Event, PublishError, State};
+use tether_testkit::NatsServer;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_storm_gives_one_episode_whose_counts_add_up() {
+    let server = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .pending_limits(100, 64 * 1024 * 1024)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("storm").await.unwrap();
+    const N: u64 = 10_100;
+    for i in 0..N {
+        client.publish("storm", i.to_string()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    // Nothing was taken yet: exactly 100 queued, the rest dropped.
+    let dropped = N - 100;
+    assert!(
+        tether_testkit::wait_for(T, || sub.dropped() == dropped),
+        "dropped {} of {dropped}",
+        sub.dropped()
+    );
+    for _ in 0..100 {
+        tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+    }
+    let (mut started, mut ended) = (Vec::new(), Vec::new());
+    while started.is_empty() || ended.is_empty() {
+        match tokio::time::timeout(T, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::SlowConsumer { dropped, .. } => started.push(dropped),
+            Event::SlowConsumerEnded { dropped, .. } => ended.push(dropped),
+            _ => {}
+        }
+    }
+    assert_eq!((started.len(), ended.len()), (1, 1), "one episode");
+    assert_eq!(
+        started[0] + ended[0],
+        client.statistics().slow_consumer_dropped
+    );
+    assert_eq!(client.statistics().slow_consumer_dropped, dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delivers_in_flight_then_ends_streams_and_refuses_publishes() {
+    let server = NatsServer::start().unwrap();
+    let client = tether::connect(server.url()).await.unwrap();
+    let publisher = tether::connect(server.url()).await.unwrap();
+    let mut sub = client.subscribe("d").await.unwrap();
+    client.flush().await.unwrap();
+    for i in 0..1000u32 {
+        publisher.publish("d", i.to_be_bytes()).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let mut watch = client.status_watch();
+    let drainer = client.clone();
+    let report = tokio::spawn(async move { drainer.drain().await.unwrap() });
+    let mut n = 0u32;
+    while let Some(m) = tokio::time::timeout(T, sub.next()).await.unwrap() {
+        assert_eq!(&m.payload[..], n.to_be_bytes());
+        n += 1;
+    }
+    assert_eq!(n, 1000, "the stream yields what was in flight, then ends");
+    let report = report.await.unwrap();
+    assert_eq!(report.delivered, 1000);
+    assert!(!report.timed_out);
+    tokio::time::timeout(T, watch.wait_for(|s| *s == State::Closed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.publish("d", "late").await, Err(PublishError::Closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_event_queue_merges_loss_reports() {
+    let server = NatsServer::start().unwrap();
+    // Loss events (BufferOverflow) must merge into the queued one, never drop.
+    let small = ConnectOptions::new()
+        .event_queue(2)
+        .outbound_buffer(1024 * 1024, 1)
+        .assumed_max_payload(1024)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut small_events = small.events();
+    let mut srv = server;
+    srv.kill();
+    let _ = tokio::time::timeout(T, async {
+        while let Some(e) = small_events.next().await {
+            if matches!(e, Event::Disconnected { .. }) {
+                break;
+            }
+        }
+    })
+    .await;
+    small.publish("x", "1").await.unwrap();
+    let mut refused = 0u64;
+    for _ in 0..1000 {
+        if small.try_publish("x", "2").is_err() {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1000);
+    let mut reported = 0u64;
+    while reported < refused {
+        match tokio::time::timeout(T, small_events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::BufferOverflow { refused_msgs, .. } => reported += refused_msgs,
+            _ => {}
+        }
+    }
+    assert_eq!(reported, refused, "loss events merge, never drop");
+    assert!(small_events.queued() <= 3);
+}
