@@ -1,0 +1,316 @@
+//! The connection state machine in memory, byte for byte, with virtual time.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tether_proto::conn::{
+    Auth, Config, ConnEvent, Connection, DisconnectReason, HandshakeError, LinkState,
+};
+use tether_proto::outbound::FrameKind;
+
+const INFO: &[u8] = b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"max_payload\":1048576}\r\n";
+
+struct Harness {
+    conn: Connection,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(config: Config) -> Self {
+        let now = Instant::now();
+        Self {
+            conn: Connection::new(config, now),
+            now,
+        }
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        let mut buf = BytesMut::from(bytes);
+        self.conn.handle_read(self.now, &mut buf);
+    }
+
+    /// Everything the connection wants written, marked as written.
+    fn written(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.conn.poll_transmit(self.now) {
+            out.extend_from_slice(&chunk);
+            self.conn.handle_written(self.now, chunk.len());
+        }
+        out
+    }
+
+    fn events(&mut self) -> Vec<ConnEvent> {
+        std::iter::from_fn(|| self.conn.poll_event()).collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.conn.handle_timeout(self.now);
+    }
+
+    fn handshake(&mut self) {
+        let deadline = self.now + Duration::from_secs(5);
+        self.conn
+            .handle_transport_connected(self.now, deadline, Auth::default());
+        self.read(INFO);
+        let out = String::from_utf8(self.written()).unwrap();
+        assert!(out.starts_with("CONNECT {"), "{out}");
+        assert!(
+            out.contains("\"protocol\":1")
+                && out.contains("\"headers\":true")
+                && out.contains("\"no_responders\":true")
+        );
+        assert!(out.ends_with("}\r\nPING\r\nPING\r\n"), "{out}");
+        self.read(b"PONG\r\nPONG\r\n");
+        assert!(self.conn.is_up());
+        assert!(self
+            .events()
+            .iter()
+            .any(|e| matches!(e, ConnEvent::Connected { .. })));
+    }
+}
+
+fn quick() -> Config {
+    Config {
+        ping_interval: Duration::from_secs(2),
+        pong_timeout: Duration::from_secs(1),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn handshake_then_publish_subscribe_bytes() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let sid = h.conn.subscribe("foo.*", Some("q")).unwrap();
+    h.conn
+        .publish("foo.bar", Some("r"), None, b"hi", FrameKind::Pub)
+        .unwrap();
+    h.conn.unsubscribe(sid, Some(5));
+    assert_eq!(
+        h.written(),
+        b"SUB foo.* q 1\r\nPUB foo.bar r 2\r\nhi\r\nUNSUB 1 5\r\n"
+    );
+    h.read(b"MSG foo.bar 1 2\r\nhi\r\n");
+    let m = h.conn.poll_message().unwrap();
+    assert_eq!(
+        (m.subject.as_str(), &m.payload[..]),
+        ("foo.bar", &b"hi"[..])
+    );
+}
+
+#[test]
+fn server_ping_is_answered_at_any_stage() {
+    let mut h = Harness::new(quick());
+    h.conn
+        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.read(b"PING\r\n");
+    assert_eq!(h.written(), b"PONG\r\n");
+    h.read(INFO);
+    h.written();
+    h.read(b"PONG\r\nPING\r\nPONG\r\n");
+    assert_eq!(h.written(), b"PONG\r\n");
+    assert!(h.conn.is_up());
+}
+
+#[test]
+fn err_before_pong_fails_the_handshake() {
+    let mut h = Harness::new(quick());
+    h.conn
+        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.read(INFO);
+    h.written();
+    h.read(b"-ERR 'Authorization Violation'\r\n");
+    assert_eq!(
+        h.events(),
+        vec![ConnEvent::HandshakeFailed(HandshakeError::Server(
+            "Authorization Violation".into()
+        ))]
+    );
+    assert_eq!(h.conn.state(), LinkState::Down);
+}
+
+#[test]
+fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    // Outbound traffic proves nothing: publishing does not delay the keepalive.
+    h.advance(Duration::from_millis(1999));
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
+    assert_eq!(h.written(), b"PUB a 1\r\nx\r\n");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.written(), b"PING\r\n");
+    assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(1)));
+    h.advance(Duration::from_secs(1));
+    let ev = h.events();
+    assert!(
+        ev.iter().any(|e| matches!(e, ConnEvent::Disconnected { reason: DisconnectReason::PongTimeout { .. }, unconfirmed, .. } if unconfirmed.msgs == 1)),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn pong_confirms_and_unconfirmed_is_exact() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    for _ in 0..3 {
+        h.conn
+            .publish("a", None, None, b"x", FrameKind::Pub)
+            .unwrap();
+    }
+    h.conn.flush(7);
+    h.conn
+        .publish("a", None, None, b"y", FrameKind::Pub)
+        .unwrap();
+    h.written();
+    assert_eq!(h.conn.unconfirmed().msgs, 4);
+    h.read(b"PONG\r\n");
+    assert_eq!(
+        h.events(),
+        vec![ConnEvent::BufferSpace, ConnEvent::FlushDone(7)]
+    );
+    assert_eq!(
+        h.conn.unconfirmed().msgs,
+        1,
+        "only the frame after the PING"
+    );
+}
+
+#[test]
+fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn.subscribe("s", None).unwrap();
+    h.written();
+    h.conn
+        .publish("a", None, None, b"one", FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("a", None, None, b"two", FrameKind::Pub)
+        .unwrap();
+    let chunk: Bytes = h.conn.poll_transmit(h.now).unwrap();
+    assert_eq!(&chunk[..], b"PUB a 3\r\none\r\nPUB a 3\r\ntwo\r\n");
+    h.conn.handle_written(h.now, 20); // first frame whole, second cut in half
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 1)
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(h.conn.unsent().msgs, 1);
+    h.handshake();
+    assert_eq!(h.written(), b"SUB s 1\r\nPUB a 3\r\ntwo\r\n");
+}
+
+#[test]
+fn write_stall_is_stale() {
+    let mut h = Harness::new(Config {
+        write_stall_timeout: Duration::from_secs(1),
+        ..quick()
+    });
+    h.handshake();
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
+    let _chunk = h.conn.poll_transmit(h.now).unwrap();
+    h.read(b"PING\r\n"); // inbound traffic keeps the keepalive quiet
+    h.advance(Duration::from_secs(1));
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        ConnEvent::Disconnected {
+            reason: DisconnectReason::WriteStall { .. },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn garbage_after_handshake_is_a_protocol_error() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.read(b"BOGUS\r\n");
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        ConnEvent::Disconnected {
+            reason: DisconnectReason::Protocol(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn lowered_max_payload_removes_buffered_frames() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    h.conn
+        .publish("a", None, None, &[0u8; 100], FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("a", None, None, b"small", FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.read(b"INFO {\"headers\":true,\"max_payload\":64}\r\n");
+    h.written();
+    h.read(b"PONG\r\nPONG\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::FramesRemoved { counts, .. } if counts.msgs == 1)),
+        "{ev:?}"
+    );
+    assert_eq!(h.written(), b"PUB a 5\r\nsmall\r\n");
+}
+
+#[test]
+fn poison_frame_is_reported_removed_not_unconfirmed() {
+    let mut h = Harness::new(Config {
+        resend_unconfirmed: true,
+        ..quick()
+    });
+    h.handshake();
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
+    h.written();
+    h.read(b"-ERR 'Maximum Payload Violation'\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::FramesRemoved { counts, .. } if counts.msgs == 1)),
+        "{ev:?}"
+    );
+    assert_eq!(
+        h.conn.state(),
+        LinkState::Closing,
+        "reads on after a closing -ERR"
+    );
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
+    assert!(ev.iter().any(|e| matches!(e, ConnEvent::Disconnected { reason: DisconnectReason::ServerError(_), unconfirmed, .. } if unconfirmed.msgs == 0)), "{ev:?}");
+    assert_eq!(h.conn.buffered().msgs, 0, "never resent");
+}
+
+#[test]
+fn permission_violation_ends_the_matching_subscription_only() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let a = h.conn.subscribe("secret", None).unwrap();
+    let b = h.conn.subscribe("open", None).unwrap();
+    h.written();
+    h.read(b"-ERR 'Permissions Violation for Subscription to \"secret\"'\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::SubscriptionEnded { sid, .. } if *sid == a)),
+        "{ev:?}"
+    );
+    assert!(h.conn.is_up(), "not fatal");
+    assert_eq!(h.conn.sids(), vec![b]);
+}
