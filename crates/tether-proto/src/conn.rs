@@ -1294,15 +1294,12 @@ impl Connection {
         }
         let buf = self.out.pending_mut();
         let start = buf.len();
-        let payload_len = match headers {
-            Some(h) => {
-                encode::encode_hpub(buf, subject, reply, h, payload);
-                h.encoded_len() + payload.len()
-            }
-            None => {
-                encode::encode_pub(buf, subject, reply, payload);
-                payload.len()
-            }
+        let payload_len = if let Some(h) = headers {
+            encode::encode_hpub(buf, subject, reply, h, payload);
+            h.encoded_len() + payload.len()
+        } else {
+            encode::encode_pub(buf, subject, reply, payload);
+            payload.len()
         };
         let len = buf.len() - start;
         self.out.commit(len, payload_len, kind);
@@ -1414,7 +1411,7 @@ impl Connection {
     /// Forget a flush (its caller timed out).
     pub fn cancel_flush(&mut self, token: u64) {
         self.flush_waiting.retain(|t| *t != token);
-        for p in self.pings_queued.iter_mut() {
+        for p in &mut self.pings_queued {
             if *p == PingPurpose::Flush(token) {
                 *p = PingPurpose::Confirm;
             }

@@ -184,7 +184,6 @@ impl Client {
             events: hub,
             opts,
             counters,
-            started: now,
         });
         let client = Client {
             inner: Arc::new(ClientRef { shared }),
@@ -541,11 +540,13 @@ impl Client {
     // ===== subscribe =====
 
     /// Subscribe to `subject` (wildcards `*` and `>` allowed as whole tokens).
+    #[allow(clippy::unused_async)] // async so that Lazy connects and future checks can wait
     pub async fn subscribe(&self, subject: impl AsRef<str>) -> Result<Subscriber, SubscribeError> {
         self.subscribe_inner(subject.as_ref(), None)
     }
 
     /// Subscribe as a member of queue group `queue`.
+    #[allow(clippy::unused_async)] // async so that Lazy connects and future checks can wait
     pub async fn queue_subscribe(
         &self,
         subject: impl AsRef<str>,
@@ -814,11 +815,7 @@ impl Client {
             }
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if !left.is_zero() {
-            if self.flush_within(left).await.is_err() {
-                report.timed_out = true;
-            }
-        } else {
+        if left.is_zero() || self.flush_within(left).await.is_err() {
             report.timed_out = true;
         }
         {

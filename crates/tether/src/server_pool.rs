@@ -347,7 +347,7 @@ impl ServerPool {
             connect_urls.iter().filter_map(|u| via.inherit(u)).collect();
         let mut added = Vec::new();
         let mut new_entries = Vec::new();
-        for addr in announced.iter() {
+        for addr in &announced {
             if self.position(addr).is_none()
                 && !new_entries
                     .iter()

@@ -232,10 +232,10 @@ impl futures_core::Stream for Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         // Never spawns or blocks: marks state, queues an UNSUB, wakes the driver.
-        if !self.queue.is_ended() {
-            self.client.unsubscribe_sid(self.queue.sid, None);
-        } else {
+        if self.queue.is_ended() {
             self.client.forget_sid(self.queue.sid);
+        } else {
+            self.client.unsubscribe_sid(self.queue.sid, None);
         }
     }
 }

@@ -2,8 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tether::{ConnectError, ConnectOptions, Event, State};
+use tether::{ConnectError, ConnectOptions, State};
 use tether_testkit::{closed_port, Hostile, HostilePeer, NatsServer, ServerConfig};
 
 const TIMEOUT: Duration = Duration::from_millis(800);

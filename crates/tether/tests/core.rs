@@ -53,7 +53,7 @@ async fn headers_and_reply_round_trip() {
         .unwrap();
     let m = next(&mut sub).await;
     assert_eq!(m.headers.as_ref().unwrap().get("X-Trace"), Some("abc"));
-    assert_eq!(m.reply.as_ref().map(|r| r.as_str()), Some("back.here"));
+    assert_eq!(m.reply.as_deref(), Some("back.here"));
     assert_eq!(&m.payload[..], b"body");
 }
 
@@ -162,12 +162,9 @@ async fn events_stream_reports_close() {
     let mut events = client.events();
     client.close().await;
     loop {
-        match next(&mut events).await {
-            Event::Closed { unsent_msgs, .. } => {
-                assert_eq!(unsent_msgs, 0);
-                break;
-            }
-            _ => continue,
+        if let Event::Closed { unsent_msgs, .. } = next(&mut events).await {
+            assert_eq!(unsent_msgs, 0);
+            break;
         }
     }
 }

@@ -203,16 +203,21 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 if std::mem::take(&mut inner.force_reconnect) {
                     inner.pool.make_all_due(Instant::now());
                 }
-                inner
+                let next = inner
                     .pool
                     .next()
-                    .and_then(|i| inner.pool.get(i).map(|e| (i, e.due, e.addr.clone())))
-                    .map(Some)
-                    .unwrap_or_else(|| {
-                        drop(inner);
-                        finish(&shared, ClosedReason::PoolExhausted("every server failed max_reconnects times or refused the credentials".into()));
-                        None
-                    })
+                    .and_then(|i| inner.pool.get(i).map(|e| (i, e.due, e.addr.clone())));
+                if next.is_none() {
+                    drop(inner);
+                    finish(
+                        &shared,
+                        ClosedReason::PoolExhausted(
+                            "every server failed max_reconnects times or refused the credentials"
+                                .into(),
+                        ),
+                    );
+                }
+                next
             }
         };
         let Some((idx, due, addr)) = picked else {

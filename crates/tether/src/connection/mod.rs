@@ -110,7 +110,6 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<EventHub>,
     pub(crate) opts: ConnectOptions,
     pub(crate) counters: Counters,
-    pub(crate) started: Instant,
 }
 
 impl Shared {

@@ -69,7 +69,6 @@ pub(crate) async fn dial(
     let mut attempts = FuturesUnordered::new();
     let mut next = 0usize;
     let mut errors: Vec<String> = Vec::new();
-    let mut last_addr = None;
     loop {
         if next < addrs.len() && (attempts.is_empty() || next == 0) {
             let a = addrs[next];
@@ -85,7 +84,6 @@ pub(crate) async fn dial(
                 }
                 Some((a, Err(e))) => {
                     errors.push(format!("{a}: {e}"));
-                    last_addr = Some(a.to_string());
                     if attempts.is_empty() && next >= addrs.len() {
                         break;
                     }
@@ -107,7 +105,7 @@ pub(crate) async fn dial(
         }
     }
     Err(DialError {
-        address: if addrs.len() == 1 { last_addr } else { None },
+        address: (addrs.len() == 1).then(|| addrs[0].to_string()),
         error: errors.join("; "),
     })
 }
