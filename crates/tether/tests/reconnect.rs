@@ -66,15 +66,14 @@ async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
     for i in 0..N {
         client.publish("bh", i.to_string()).await.unwrap();
     }
-    let (unconfirmed, reason) =
-        match next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await {
-            Event::Disconnected {
-                unconfirmed_msgs,
-                reason,
-                ..
-            } => (unconfirmed_msgs, reason),
-            _ => unreachable!(),
-        };
+    let Event::Disconnected {
+        unconfirmed_msgs: unconfirmed,
+        reason,
+        ..
+    } = next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
     let detected = start.elapsed();
     assert!(reason.contains("stale"), "{reason}");
     assert!(
