@@ -176,6 +176,7 @@ impl Client {
                 force_reconnect: false,
                 lazy_connecting: false,
                 driver_started: false,
+                ldm_switch_at: None,
             }),
             wake: Notify::new(),
             space: Notify::new(),

@@ -249,10 +249,12 @@ impl ServerPool {
     /// The server to try next: due earliest; ties by fewer failures, then the one whose
     /// link dropped longest ago (or never). Lame-duck servers are skipped.
     pub fn next(&self) -> Option<usize> {
+        let any_healthy = self.entries.iter().any(|e| !e.lame_duck);
         self.entries
             .iter()
             .enumerate()
-            .filter(|(_, e)| !e.lame_duck)
+            // Lame-duck servers are tried only when nothing else is left.
+            .filter(|(_, e)| !e.lame_duck || !any_healthy)
             .min_by(|(ai, a), (bi, b)| {
                 a.due
                     .cmp(&b.due)
@@ -321,6 +323,14 @@ impl ServerPool {
         for e in &mut self.entries {
             e.due = now;
         }
+    }
+
+    /// True when a server other than `i` that is not in lame duck mode is in the pool.
+    pub fn has_alternative(&self, i: usize) -> bool {
+        self.entries
+            .iter()
+            .enumerate()
+            .any(|(j, e)| j != i && !e.lame_duck)
     }
 
     /// Mark a server as in lame duck mode, or not.

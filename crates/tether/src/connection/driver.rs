@@ -393,7 +393,16 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                 chunk = inner.conn.poll_transmit(Instant::now()).unwrap_or_default();
                 pos = 0;
             }
+            if let Some(at) = inner.ldm_switch_at {
+                if Instant::now() >= at {
+                    inner.ldm_switch_at = None;
+                    // Move off the lame-duck server: the reconnect loop skips it while
+                    // another server is available.
+                    inner.conn.handle_close_link();
+                }
+            }
             if let Some(reason) = dispatch(shared, &mut inner) {
+                inner.ldm_switch_at = None;
                 return LinkEnd::Down(reason);
             }
             if inner.close.is_some() {
@@ -415,11 +424,14 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                 }
             }
             inner.driver_waiting = pos >= chunk.len();
-            deadline = match (inner.conn.poll_timeout(), &close_flush) {
-                (Some(d), Some((_, until))) => Some(d.min(*until)),
-                (d, None) => d,
-                (None, Some((_, until))) => Some(*until),
-            };
+            deadline = [
+                inner.conn.poll_timeout(),
+                close_flush.as_ref().map(|(_, until)| *until),
+                inner.ldm_switch_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
         }
         if shutdown {
             let _ = wr.shutdown().await;
@@ -554,6 +566,26 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             shared.emit(Event::LameDuck {
                 server: inner.server_name.clone(),
             });
+            // Confirm what was written so far at once, then move after a random jitter so a
+            // fleet does not move at the same moment.
+            let token = inner.token();
+            inner.conn.flush(token);
+            if let Some(i) = inner.server {
+                inner.pool.set_lame_duck(i, true);
+                if inner.pool.has_alternative(i) {
+                    let jitter = shared.opts.ldm_jitter;
+                    let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+                    let wait = if nanos == 0 {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_nanos(rand::Rng::gen_range(
+                            &mut rand::thread_rng(),
+                            0..nanos,
+                        ))
+                    };
+                    inner.ldm_switch_at = Some(Instant::now() + wait);
+                }
+            }
             None
         }
         ConnEvent::FlushDone(token) => {

@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     /// The Lazy policy's first attempt is running.
     pub(crate) lazy_connecting: bool,
     pub(crate) driver_started: bool,
+    /// Lame duck mode: when to move off the current server.
+    pub(crate) ldm_switch_at: Option<Instant>,
 }
 
 impl Inner {

@@ -1,0 +1,131 @@
+//! Clusters: discovery, failover and lame duck mode against real 3-node clusters.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tether::{ConnectOptions, Event, State};
+use tether_testkit::{NatsCluster, ServerConfig};
+
+const T: Duration = Duration::from_secs(15);
+
+async fn next_event(events: &mut tether::Events, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("event stream ended");
+        if pred(&e) {
+            return e;
+        }
+    }
+}
+
+/// Publish probes until one reaches `sub`: route interest has propagated.
+async fn wait_interest(publisher: &tether::Client, sub: &mut tether::Subscriber, subject: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        publisher.publish(subject, "probe").await.unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "interest never propagated"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovers_servers_and_fails_over_fast_after_kill() {
+    let mut cluster = NatsCluster::start(3).unwrap();
+    cluster.wait_routes(T).unwrap();
+    let client = ConnectOptions::new()
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    assert!(
+        tether_testkit::wait_for(T, || client.servers().len() == 3),
+        "the other nodes are discovered: {:?}",
+        client.servers()
+    );
+    let mut sub = client.subscribe("fo").await.unwrap();
+    client.flush().await.unwrap();
+    cluster.kill(0);
+    let killed = Instant::now();
+    let Event::Reconnected { server, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "reconnected in {:?}",
+        killed.elapsed()
+    );
+    assert_ne!(server, cluster.node(0).url(), "moved to a live node");
+    client.publish("fo", "after").await.unwrap();
+    let m = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"after", "the subscription came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lame_duck_moves_to_another_node_without_loss() {
+    let mut cluster = NatsCluster::start_with(
+        3,
+        ServerConfig {
+            lame_duck_for_tests: true,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    cluster.wait_routes(T).unwrap();
+    let publisher = ConnectOptions::new()
+        .ldm_jitter(Duration::from_millis(200))
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    let subscriber = tether::connect(cluster.node(1).url()).await.unwrap();
+    let mut sub = subscriber.subscribe("ldm").await.unwrap();
+    subscriber.flush().await.unwrap();
+    wait_interest(&publisher, &mut sub, "ldm").await;
+    let mut events = publisher.events();
+    let p = publisher.clone();
+    let pump = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for i in 0..3000u64 {
+            tick.tick().await;
+            p.publish("ldm", i.to_be_bytes()).await.unwrap();
+        }
+        p.flush().await.unwrap();
+    });
+    // Lame duck mid-stream: once the subscriber has seen the first 200 messages.
+    let mut seen = BTreeSet::new();
+    while seen.len() < 200 {
+        let m = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+        if m.payload.len() == 8 {
+            seen.insert(u64::from_be_bytes(m.payload[..].try_into().unwrap()));
+        }
+    }
+    cluster.node(0).lame_duck().unwrap();
+    next_event(&mut events, |e| matches!(e, Event::LameDuck { .. })).await;
+    let Event::Reconnected { server, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_ne!(server, cluster.node(0).url());
+    pump.await.unwrap();
+    while seen.len() < 3000 {
+        let m = tokio::time::timeout(T, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("lost messages: got {} of 3000", seen.len()))
+            .unwrap();
+        if m.payload.len() == 8 {
+            seen.insert(u64::from_be_bytes(m.payload[..].try_into().unwrap()));
+        }
+    }
+    assert_eq!(publisher.status(), State::Connected);
+}
