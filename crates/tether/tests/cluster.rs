@@ -73,7 +73,7 @@ async fn discovers_servers_and_fails_over_fast_after_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lame_duck_moves_to_another_node_without_loss() {
-    let mut cluster = NatsCluster::start_with(
+    let cluster = NatsCluster::start_with(
         3,
         ServerConfig {
             lame_duck_for_tests: true,
