@@ -129,3 +129,44 @@ async fn lame_duck_moves_to_another_node_without_loss() {
     }
     assert_eq!(publisher.status(), State::Connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_info_adds_and_prunes_discovered_nodes() {
+    let mut cluster = NatsCluster::start(2).unwrap();
+    cluster.wait_routes(T).unwrap();
+    let client = ConnectOptions::new()
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    assert!(
+        tether_testkit::wait_for(T, || client.servers().len() == 2),
+        "{:?}",
+        client.servers()
+    );
+    let added = cluster.add_node().unwrap();
+    cluster.wait_routes(T).unwrap();
+    let new_url = cluster.node(added).url();
+    let Event::ServersChanged { added: list, .. } = next_event(
+        &mut events,
+        |e| matches!(e, Event::ServersChanged { added, .. } if !added.is_empty()),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    assert!(list.contains(&new_url), "{list:?} should contain {new_url}");
+    assert!(client.servers().contains(&new_url));
+    cluster.kill(added);
+    let Event::ServersChanged { removed, .. } = next_event(
+        &mut events,
+        |e| matches!(e, Event::ServersChanged { removed, .. } if !removed.is_empty()),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(removed, vec![new_url.clone()]);
+    assert!(!client.servers().contains(&new_url));
+    assert_eq!(client.status(), State::Connected);
+}

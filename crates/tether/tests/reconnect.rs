@@ -289,3 +289,319 @@ async fn lazy_policy_connects_on_first_use() {
     assert_eq!(client.status(), State::Connected);
     assert_eq!(client.statistics().out_msgs, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_on_idle_connection_is_detected() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .ping_interval(Duration::from_millis(500))
+        .pong_timeout(Duration::from_millis(500))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    proxy.black_hole();
+    let start = Instant::now();
+    let Event::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("stale"), "{reason}");
+    // ping_interval + pong_timeout, plus slack.
+    assert!(
+        start.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        start.elapsed()
+    );
+    proxy.pass();
+    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_stall_is_detected_on_a_paused_link() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .ping_interval(Duration::from_secs(60))
+        .pong_timeout(Duration::from_secs(60))
+        .write_stall_timeout(Duration::from_secs(1))
+        .outbound_buffer(64 * 1024 * 1024, 1_000_000)
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    proxy.pause();
+    // At least 6 MiB: kernel socket buffers are large.
+    let payload = vec![b'x'; 64 * 1024];
+    for _ in 0..(8 * 1024 / 64) {
+        client.try_publish("stall", &payload).unwrap();
+    }
+    let Event::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("write stalled"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_on_a_paused_live_link_waits_then_fails() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .outbound_buffer(1024 * 1024, 1_000_000)
+        .assumed_max_payload(64 * 1024)
+        .block_deadline(Duration::from_millis(300))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    proxy.pause();
+    let payload = vec![b'x'; 32 * 1024];
+    let start = Instant::now();
+    let err = loop {
+        match client.publish("full", &payload).await {
+            Ok(()) => assert!(start.elapsed() < Duration::from_secs(20), "never filled"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            PublishError::BufferFull {
+                connected: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // try_publish never waits.
+    let t = Instant::now();
+    assert!(client.try_publish("full", &payload).is_err());
+    assert!(t.elapsed() < Duration::from_millis(50));
+    proxy.pass();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once() {
+    let mut server = NatsServer::start().unwrap();
+    let client = ConnectOptions::new().connect(server.url()).await.unwrap();
+    let responder = tether::connect(server.url()).await.unwrap();
+    let mut events = client.events();
+    // A written request whose link dies fails at once with maybe_processed.
+    let _slow = responder.subscribe("slow").await.unwrap();
+    responder.flush().await.unwrap();
+    let c = client.clone();
+    let pending = tokio::spawn(async move {
+        c.request_with("slow", None, b"x", Duration::from_secs(30))
+            .await
+    });
+    // Wait until the request is written (the responder's subscription receives it).
+    let mut slow = _slow;
+    tokio::time::timeout(T, slow.next()).await.unwrap().unwrap();
+    server.kill();
+    let start = Instant::now();
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tether::RequestError::ConnectionLost {
+                maybe_processed: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    // A request made while disconnected is buffered and goes out after the reconnect.
+    let c = client.clone();
+    let buffered = tokio::spawn(async move {
+        c.request_with("echo", None, b"hi", Duration::from_secs(20))
+            .await
+    });
+    server.restart().unwrap();
+    let echo = tether::connect(server.url()).await.unwrap();
+    let mut esub = echo.subscribe("echo").await.unwrap();
+    echo.flush().await.unwrap();
+    let e2 = echo.clone();
+    tokio::spawn(async move {
+        while let Some(m) = esub.next().await {
+            if let Some(r) = m.reply {
+                e2.publish(r.as_str(), &m.payload).await.unwrap();
+            }
+        }
+    });
+    // The buffered request may reach the server before the echo subscription exists (then
+    // the server answers no responders); either answer shows it was sent after reconnect.
+    match buffered.await.unwrap() {
+        Ok(reply) => assert_eq!(&reply.payload[..], b"hi"),
+        Err(tether::RequestError::NoResponders { .. }) => {}
+        Err(e) => panic!("buffered request failed: {e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_while_reconnecting_closes_at_deadline_and_reports_unsent() {
+    let mut server = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .drain_timeout(Duration::from_millis(500))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    server.kill();
+    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    client.publish("x", "never").await.unwrap();
+    let start = Instant::now();
+    let report = client.drain().await.unwrap();
+    assert!(report.timed_out);
+    assert_eq!(report.unsent_msgs, 1);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.status(), State::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_max_payload_removes_buffered_frames_before_replay() {
+    let mut server = NatsServer::start_with(tether_testkit::ServerConfig {
+        max_payload: Some(64 * 1024),
+        ..Default::default()
+    })
+    .unwrap();
+    let client = ConnectOptions::new()
+        .resend_unconfirmed(true)
+        .reconnect_delay(|_, _, _| Duration::from_millis(20))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut watcher_events = client.events();
+    // Buffer a 32 KiB frame while down, and come back with a 16 KiB limit: the frame is
+    // removed before anything is replayed (FramesRemoved), never sent.
+    server.kill();
+    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    client.publish("p", vec![0u8; 32 * 1024]).await.unwrap();
+    server.config_mut().max_payload = Some(16 * 1024);
+    server.restart().unwrap();
+    let Event::FramesRemoved { msgs, .. } =
+        next_event(&mut events, |e| matches!(e, Event::FramesRemoved { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(msgs, 1);
+    next_event(&mut watcher_events, |e| {
+        matches!(e, Event::Reconnected { .. })
+    })
+    .await;
+    client.flush().await.unwrap();
+    assert_eq!(client.status(), State::Connected, "no reconnect loop");
+    assert_eq!(client.statistics().reconnects, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_frame_closing_err_is_reported_and_never_resent() {
+    // The server's control-line limit is below tether's: a long subject makes the server
+    // close the link with `-ERR 'maximum control line exceeded'` over our own bytes.
+    let server = NatsServer::start_with(tether_testkit::ServerConfig {
+        extra_config: Some("max_control_line: 256\n".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let client = ConnectOptions::new()
+        .resend_unconfirmed(true)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    let long = format!("poison.{}", "x".repeat(300));
+    client.publish(&long, "boom").await.unwrap();
+    let Event::FramesRemoved { msgs, reason, .. } =
+        next_event(&mut events, |e| matches!(e, Event::FramesRemoved { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(msgs, 1, "{reason}");
+    let Event::Disconnected {
+        reason,
+        unconfirmed_msgs,
+        ..
+    } = next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(
+        reason.to_lowercase().contains("maximum control line"),
+        "{reason}"
+    );
+    assert_eq!(
+        unconfirmed_msgs, 0,
+        "reported as removed, not as unconfirmed"
+    );
+    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    client.flush().await.unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(
+        client.statistics().reconnects,
+        1,
+        "no reconnect loop: the frame is not resent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_strikes_remove_the_server_or_keep_retrying() {
+    for policy in [
+        tether::AuthFailurePolicy::RemoveServer,
+        tether::AuthFailurePolicy::KeepRetrying,
+    ] {
+        let mut server = NatsServer::start_with(tether_testkit::ServerConfig {
+            token: Some("one".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let client = ConnectOptions::new()
+            .token("one")
+            .auth_failure_policy(policy)
+            .reconnect_wait(Duration::from_millis(100))
+            .connect(server.url())
+            .await
+            .unwrap();
+        let mut events = client.events();
+        server.config_mut().token = Some("two".into());
+        server.kill();
+        server.restart().unwrap();
+        let mut failures = 0;
+        loop {
+            match next_event(&mut events, |e| {
+                matches!(e, Event::ReconnectFailed { .. } | Event::Closed { .. })
+            })
+            .await
+            {
+                Event::ReconnectFailed { error, .. } => {
+                    if error.contains("Authorization Violation") {
+                        failures += 1;
+                    }
+                    if policy == tether::AuthFailurePolicy::KeepRetrying && failures >= 4 {
+                        assert_eq!(client.status(), State::Reconnecting);
+                        break;
+                    }
+                }
+                Event::Closed { reason, .. } => {
+                    assert_eq!(policy, tether::AuthFailurePolicy::RemoveServer);
+                    assert!(failures >= 2, "two strikes first");
+                    assert!(reason.contains("no server left"), "{reason}");
+                    break;
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+}
