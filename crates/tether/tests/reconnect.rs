@@ -393,7 +393,7 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
     let responder = tether::connect(server.url()).await.unwrap();
     let mut events = client.events();
     // A written request whose link dies fails at once with maybe_processed.
-    let _slow = responder.subscribe("slow").await.unwrap();
+    let mut slow = responder.subscribe("slow").await.unwrap();
     responder.flush().await.unwrap();
     let c = client.clone();
     let pending = tokio::spawn(async move {
@@ -401,7 +401,6 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
             .await
     });
     // Wait until the request is written (the responder's subscription receives it).
-    let mut slow = _slow;
     tokio::time::timeout(T, slow.next()).await.unwrap().unwrap();
     server.kill();
     let start = Instant::now();
