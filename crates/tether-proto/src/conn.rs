@@ -440,6 +440,8 @@ pub struct ConnStats {
     pub frames_removed: u64,
     /// Handshakes completed.
     pub connects: u64,
+    /// Messages delivered without their header block because it could not be parsed.
+    pub malformed_headers: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -661,6 +663,9 @@ impl Connection {
         }
         self.stats.in_msgs += 1;
         self.stats.in_bytes += msg.wire_size as u64;
+        if msg.malformed_headers {
+            self.stats.malformed_headers += 1;
+        }
         let sid = msg.sid;
         let Some(sub) = self.subs.get_mut(&sid) else {
             self.stats.unknown_sid += 1;

@@ -333,11 +333,19 @@ impl Decoder {
                 excerpt: excerpt(terminator),
             });
         }
+        let mut malformed_headers = false;
         let headers = match p.header_len {
             None => None,
             Some(h) => {
                 let block = buf.get(p.line_len..p.line_len + h).unwrap_or_default();
-                Some(HeaderMap::decode(block)?)
+                // Any publisher can write a header block: a bad one must not close our
+                // connection (the frame itself is well delimited), so deliver without it.
+                if let Ok(map) = HeaderMap::decode(block) {
+                    Some(map)
+                } else {
+                    malformed_headers = true;
+                    None
+                }
             }
         };
         // One reference for the frame, one for the subject (and one for the reply): the
@@ -359,6 +367,7 @@ impl Decoder {
             headers,
             payload,
             wire_size: p.total_len,
+            malformed_headers,
         })))
     }
 }
@@ -747,11 +756,14 @@ mod tests {
     }
 
     #[test]
-    fn invalid_headers() {
-        assert!(matches!(
-            all(b"HMSG a 1 5 5\r\nHTTP/\r\n"),
-            Err(ProtocolError::InvalidHeaders { .. })
-        ));
+    fn invalid_headers_are_delivered_without_headers() {
+        let ops = all(b"HMSG a 1 5 7\r\nHTTP/hi\r\nPING\r\n").unwrap();
+        let ServerOp::Msg(m) = &ops[0] else {
+            panic!("{ops:?}")
+        };
+        assert!(m.malformed_headers && m.headers.is_none());
+        assert_eq!(&m.payload[..], b"hi");
+        assert_eq!(ops[1], ServerOp::Ping, "the connection goes on");
     }
 
     #[test]

@@ -85,6 +85,8 @@ fn encode_msg(msg: &Msg, buf: &mut BytesMut) {
 fn canonical_wire_size(op: ServerOp) -> ServerOp {
     match op {
         ServerOp::Msg(mut m) => {
+            // A malformed header block is dropped on decode and not written again.
+            m.malformed_headers = false;
             m.wire_size =
                 m.headers.as_ref().map_or(0, crate::HeaderMap::encoded_len) + m.payload.len();
             ServerOp::Msg(m)

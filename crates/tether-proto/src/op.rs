@@ -119,6 +119,10 @@ pub struct Msg {
     pub payload: Bytes,
     /// Bytes of header block + payload as given by the frame.
     pub wire_size: usize,
+    /// The header block could not be parsed; `headers` is `None`. Header blocks come from
+    /// any publisher and the server does not check them, so a bad one is delivered (and
+    /// counted) rather than closing the connection, as nats.go does.
+    pub malformed_headers: bool,
 }
 
 /// An operation sent by the server.

@@ -55,6 +55,7 @@ fn msg() -> impl Strategy<Value = ServerOp> {
                 headers,
                 payload: Bytes::from(payload),
                 wire_size,
+                malformed_headers: false,
             })
         })
 }

@@ -16,6 +16,8 @@ pub struct Message {
     pub payload: Bytes,
     /// Header block plus payload, as counted against pending limits.
     pub size: usize,
+    /// The publisher sent a header block that could not be parsed; `headers` is `None`.
+    pub malformed_headers: bool,
 }
 
 impl Message {
@@ -38,6 +40,7 @@ impl From<Msg> for Message {
             headers: m.headers,
             payload: m.payload,
             size: m.wire_size,
+            malformed_headers: m.malformed_headers,
         }
     }
 }

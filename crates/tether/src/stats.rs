@@ -42,6 +42,8 @@ pub struct Statistics {
     pub unconfirmed_reported_msgs: u64,
     /// Events dropped because an event queue was full.
     pub events_lagged: u64,
+    /// Messages delivered without their header block because it could not be parsed.
+    pub malformed_headers: u64,
     /// Live subscriptions.
     pub subscriptions: usize,
 }

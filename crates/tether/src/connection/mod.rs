@@ -183,6 +183,7 @@ impl Shared {
             unconfirmed_reported_msgs: c.unconfirmed_reported_msgs.load(Ordering::Relaxed),
             events_lagged: self.events.lagged_total.load(Ordering::Relaxed),
             subscriptions: inner.subs.len(),
+            malformed_headers: core.malformed_headers,
         }
     }
 }
