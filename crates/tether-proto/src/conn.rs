@@ -399,6 +399,8 @@ pub enum PingPurpose {
     Confirm,
     /// A user flush (or drain, or close) with this token.
     Flush(u64),
+    /// The last PING on a link being retired after a planned switch.
+    Retire,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -493,6 +495,7 @@ pub struct Connection {
     events: VecDeque<ConnEvent>,
     messages: VecDeque<Msg>,
     stats: ConnStats,
+    pause_after_handshake: bool,
 }
 
 impl Connection {
@@ -533,6 +536,7 @@ impl Connection {
             events: VecDeque::new(),
             messages: VecDeque::new(),
             stats: ConnStats::default(),
+            pause_after_handshake: false,
             config,
         }
     }
@@ -620,7 +624,15 @@ impl Connection {
                 return;
             }
             match self.decoder.decode(buf) {
-                Ok(Some(op)) => self.handle_op(now, op),
+                Ok(Some(op)) => {
+                    let was_handshaking = self.is_handshaking();
+                    self.handle_op(now, op);
+                    if was_handshaking && self.pause_after_handshake && self.state == LinkState::Up
+                    {
+                        // The rest belongs to the session core that adopts this link.
+                        return;
+                    }
+                }
                 Ok(None) => return,
                 Err(e) => {
                     if self.state == LinkState::AwaitInfo {
@@ -1448,6 +1460,194 @@ impl Connection {
         let unsent = self.out.unsent();
         self.out.clear();
         unsent
+    }
+}
+
+// ===== planned switch (make-before-break) =====
+
+/// A link retired by a planned switch (lame duck mode, force_reconnect, a new server
+/// pool): it keeps delivering for the overlap, then gets UNSUB for everything and a last
+/// PING, and is closed once that PONG confirms what was written on it.
+#[derive(Debug)]
+pub struct DetachedLink {
+    decoder: Decoder,
+    pings_out: VecDeque<PingOut>,
+    written: Counts,
+    confirmed: Counts,
+    written_retained: u64,
+    confirmed_retained: u64,
+    out: BytesMut,
+    retiring: bool,
+    done: bool,
+}
+
+impl DetachedLink {
+    /// True once the retiring PONG arrived or the link failed: close it.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// True once UNSUB and the last PING were queued.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring
+    }
+
+    /// Publish frames written on this link and not confirmed.
+    pub fn unconfirmed(&self) -> Counts {
+        Counts {
+            msgs: self.written.msgs - self.confirmed.msgs,
+            bytes: self.written.bytes - self.confirmed.bytes,
+        }
+    }
+
+    /// Bytes to write on this link (PONGs, the retiring UNSUBs and PING).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+}
+
+impl Connection {
+    /// Make this core stop decoding right after a handshake completes, leaving the rest of
+    /// the read buffer for the session core that adopts the link (see [`Self::adopt_link`]).
+    pub fn set_pause_after_handshake(&mut self, pause: bool) {
+        self.pause_after_handshake = pause;
+    }
+
+    /// True when a planned switch may detach the current link now: it is up and no data
+    /// chunk is half written (publishing switches at a frame boundary).
+    pub fn can_detach(&self) -> bool {
+        self.state == LinkState::Up && self.source == Source::None
+    }
+
+    /// Detach the current link for a planned switch. Pending frames (and the PINGs queued
+    /// among them) stay for the next link; frames written on this link are confirmed, or
+    /// reported, through the returned [`DetachedLink`].
+    pub fn detach(&mut self) -> Option<DetachedLink> {
+        if !self.can_detach() {
+            return None;
+        }
+        let link = DetachedLink {
+            decoder: std::mem::replace(&mut self.decoder, Decoder::new(self.config.decoder)),
+            pings_out: std::mem::take(&mut self.pings_out),
+            written: self.written,
+            confirmed: self.confirmed,
+            written_retained: self.written_retained,
+            confirmed_retained: self.confirmed_retained,
+            out: BytesMut::new(),
+            retiring: false,
+            done: false,
+        };
+        self.state = LinkState::Down;
+        self.closing = None;
+        self.control.clear();
+        self.written = Counts::default();
+        self.written_retained = 0;
+        self.confirmed = Counts::default();
+        self.confirmed_retained = 0;
+        self.unpinged_since = None;
+        self.unpinged_bytes = 0;
+        self.last_keepalive = None;
+        self.subs_since_pong.clear();
+        Some(link)
+    }
+
+    /// Take over a link whose handshake another core completed (with
+    /// [`Self::set_pause_after_handshake`]): limits from its INFO apply, the subscription
+    /// replay goes ahead of the buffered frames, and waiting flushes get their PING.
+    pub fn adopt_link(&mut self, now: Instant, info: Box<ServerInfo>) {
+        if self.state != LinkState::Down {
+            self.handle_close_link();
+        }
+        self.last_inbound = now;
+        self.last_write_progress = now;
+        self.decoder = Decoder::new(self.config.decoder);
+        self.max_payload = info.max_payload;
+        self.headers_supported = info.headers;
+        self.info = Some(info);
+        self.complete_handshake(now);
+    }
+
+    /// Bytes read from a detached link: deliveries go to the subscriptions as usual,
+    /// server PINGs are answered on that link, PONGs confirm what was written on it.
+    pub fn handle_detached_read(&mut self, link: &mut DetachedLink, buf: &mut BytesMut) {
+        loop {
+            match link.decoder.decode(buf) {
+                Ok(Some(ServerOp::Msg(msg))) => self.handle_msg(msg),
+                Ok(Some(ServerOp::Ping)) => encode::encode_pong(&mut link.out),
+                Ok(Some(ServerOp::Pong)) => {
+                    let Some(ping) = link.pings_out.pop_front() else {
+                        continue;
+                    };
+                    link.confirmed = ping.written;
+                    if ping.retained > link.confirmed_retained {
+                        self.out
+                            .release_retained(ping.retained - link.confirmed_retained);
+                        link.confirmed_retained = ping.retained;
+                        self.events.push_back(ConnEvent::BufferSpace);
+                    }
+                    match ping.purpose {
+                        PingPurpose::Flush(token) => {
+                            self.events.push_back(ConnEvent::FlushDone(token));
+                        }
+                        PingPurpose::Retire => link.done = true,
+                        _ => {}
+                    }
+                }
+                Ok(Some(ServerOp::Err(text))) => {
+                    if matches!(classify_err(&text), ErrClass::Fatal { .. }) {
+                        link.done = true;
+                    }
+                    self.events.push_back(ConnEvent::ServerError(text));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    link.done = true;
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The overlap is over: UNSUB every subscription and a last PING on the detached link.
+    pub fn retire_detached(&mut self, now: Instant, link: &mut DetachedLink) {
+        if link.retiring {
+            return;
+        }
+        link.retiring = true;
+        for sid in &self.sub_order {
+            encode::encode_unsub(&mut link.out, *sid, None);
+        }
+        encode::encode_ping(&mut link.out);
+        link.pings_out.push_back(PingOut {
+            purpose: PingPurpose::Retire,
+            sent_at: now,
+            written: link.written,
+            retained: link.written_retained,
+        });
+    }
+
+    /// The detached link is closed. Returns what stayed unconfirmed on it. Flushes that
+    /// waited on it fail (or, with resend_unconfirmed, re-arm on the current link).
+    pub fn finish_detached(&mut self, link: DetachedLink) -> Counts {
+        let unconfirmed = link.unconfirmed();
+        for p in link.pings_out {
+            if let PingPurpose::Flush(token) = p.purpose {
+                if self.config.resend_unconfirmed {
+                    self.flush(token);
+                } else {
+                    self.events
+                        .push_back(ConnEvent::FlushFailed { token, unconfirmed });
+                }
+            }
+        }
+        let retained = link.written_retained - link.confirmed_retained;
+        if retained > 0 {
+            // Written on the old link and never confirmed: resend on the current one.
+            self.out.requeue_retained(retained);
+        }
+        unconfirmed
     }
 }
 

@@ -354,6 +354,24 @@ impl OutboundBuffer {
         self.pending_frames = list;
     }
 
+    /// Move the `msgs` oldest retained frames back to the front of the pending stream, to
+    /// be written again (a retired link closed before confirming them). Only call while
+    /// nothing is in flight.
+    pub fn requeue_retained(&mut self, msgs: u64) {
+        let n = (msgs as usize).min(self.retained_frames.len());
+        if n == 0 {
+            return;
+        }
+        let frames: Vec<Frame> = self.retained_frames.drain(..n).collect();
+        let bytes: usize = frames.iter().map(|f| f.len as usize).sum();
+        let head = self.retained.split_to(bytes.min(self.retained.len()));
+        // prepend() counts publish frames; they are counted already as retained.
+        for f in &frames {
+            self.counted.sub(f);
+        }
+        self.prepend(&head, frames);
+    }
+
     /// Request ids whose frames are buffered and not yet fully written.
     pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
         self.in_flight_frames

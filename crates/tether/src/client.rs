@@ -218,16 +218,24 @@ impl Client {
         let mut attempts = Vec::new();
         for addr in order {
             match establish(shared, &addr).await {
-                Ok((stream, info)) => {
+                Ok(mut est) => {
                     let mut inner = shared.lock("connect");
+                    if inner.close.is_some() {
+                        return Err(ConnectError::Closed);
+                    }
+                    if let Some(reason) = driver::adopt(shared, &mut inner, &mut est) {
+                        attempts.push(crate::error::AttemptError {
+                            server: addr.to_string(),
+                            address: None,
+                            error: reason,
+                        });
+                        continue;
+                    }
                     let idx = inner.pool.position(&addr).unwrap_or(0);
                     inner.pool.record_success(idx);
                     inner.server = Some(idx);
                     inner.server_name = addr.to_string();
-                    merge_pool(shared, &mut inner, &info, &addr);
-                    if inner.close.is_some() {
-                        return Err(ConnectError::Closed);
-                    }
+                    merge_pool(shared, &mut inner, &est.info, &addr);
                     shared.set_state(&mut inner, State::Connected);
                     inner.driver_started = true;
                     inner.lazy_connecting = false;
@@ -236,7 +244,7 @@ impl Client {
                         server: addr.to_string(),
                         collapsed: 0,
                     });
-                    tokio::spawn(driver::run(shared.clone(), Some((stream, idx))));
+                    tokio::spawn(driver::run(shared.clone(), Some((est.stream, idx))));
                     shared.connected.notify_waiters();
                     return Ok(());
                 }

@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tether_proto::conn::{
-    classify_auth_err, Auth, AuthErrorClass, ConnEvent, DisconnectReason, HandshakeError,
-    RemovedReason, SubEndReason,
+    classify_auth_err, Auth, AuthErrorClass, ConnEvent, Connection, DisconnectReason,
+    HandshakeError, RemovedReason, SubEndReason,
 };
 use tether_proto::outbound::Counts;
 use tether_proto::ServerInfo;
@@ -58,11 +58,26 @@ pub(crate) struct Failure {
     pub(crate) server_err: Option<String>,
 }
 
-/// Dial `addr` and run the handshake, bounded by connection_timeout.
-pub(crate) async fn establish(
-    shared: &Shared,
-    addr: &ServerAddr,
-) -> Result<(TcpStream, Box<ServerInfo>), Failure> {
+/// A link whose handshake completed, ready to be adopted by the session core.
+pub(crate) struct Established {
+    pub(crate) stream: TcpStream,
+    pub(crate) info: Box<ServerInfo>,
+    /// Bytes read after the handshake's last PONG.
+    pub(crate) leftover: BytesMut,
+}
+
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Dial `addr` and run the handshake, bounded by connection_timeout. The handshake runs on
+/// a core of its own, so the session (and a live link, during a planned switch) is
+/// untouched until the caller adopts the result.
+pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
     let deadline = start + shared.opts.connection_timeout;
     let fail = |address: Option<String>, error: String, server_err: Option<String>| Failure {
@@ -77,79 +92,75 @@ pub(crate) async fn establish(
         .await
         .map_err(|e| fail(e.address, e.error, None))?;
     let address = Some(sock.to_string());
-    {
-        let mut inner = shared.lock("handshake");
-        let auth = auth_for(shared, addr);
-        inner
-            .conn
-            .handle_transport_connected(Instant::now(), deadline, auth);
-    }
+    let mut core = Connection::new(shared.opts.core_config(), start);
+    core.set_pause_after_handshake(true);
+    core.handle_transport_connected(Instant::now(), deadline, auth_for(shared, addr));
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {
-        let chunk = shared.lock("handshake").conn.poll_transmit(Instant::now());
-        if let Some(chunk) = chunk {
-            let r =
-                tokio::time::timeout_at(tokio_instant(deadline), stream.write_all(&chunk)).await;
-            let mut inner = shared.lock("handshake");
-            match r {
-                Ok(Ok(())) => inner.conn.handle_written(Instant::now(), chunk.len()),
-                Ok(Err(e)) => inner
-                    .conn
-                    .handle_link_lost(Instant::now(), Some(e.to_string())),
-                Err(_) => inner.conn.handle_timeout(Instant::now()),
+        if let Some(chunk) = core.poll_transmit(Instant::now()) {
+            match tokio::time::timeout_at(tokio_instant(deadline), stream.write_all(&chunk)).await {
+                Ok(Ok(())) => core.handle_written(Instant::now(), chunk.len()),
+                Ok(Err(e)) => core.handle_link_lost(Instant::now(), Some(e.to_string())),
+                Err(_) => core.handle_timeout(Instant::now()),
             }
         }
-        {
-            let mut inner = shared.lock("handshake");
-            let mut result = None;
-            let mut others = Vec::new();
-            while let Some(ev) = inner.conn.poll_event() {
-                match ev {
-                    ConnEvent::Connected { info } => result = Some(Ok(info)),
-                    ConnEvent::HandshakeFailed(e) => result = Some(Err(e)),
-                    other => others.push(other),
+        while let Some(ev) = core.poll_event() {
+            match ev {
+                ConnEvent::Connected { info } => {
+                    return Ok(Established {
+                        stream,
+                        info,
+                        leftover: rbuf,
+                    });
                 }
-            }
-            for ev in others {
-                if let Some(down) = handle_event(shared, &mut inner, ev) {
-                    // The link died right after its handshake completed (in the same read).
-                    if matches!(result, Some(Ok(_))) {
-                        result = Some(Err(HandshakeError::Io(down)));
-                    }
-                }
-            }
-            match result {
-                Some(Ok(info)) => return Ok((stream, info)),
-                Some(Err(e)) => {
+                ConnEvent::HandshakeFailed(e) => {
                     let server_err = match &e {
                         HandshakeError::Server(t) => Some(t.clone()),
                         _ => None,
                     };
                     return Err(fail(address, e.to_string(), server_err));
                 }
-                None => {}
+                _ => {}
             }
         }
-        if shared.lock("handshake").conn.has_transmit() {
+        if core.has_transmit() {
             continue;
         }
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(4096);
         }
         tokio::select! {
-            r = stream.read_buf(&mut rbuf) => {
-                let mut inner = shared.lock("handshake");
-                match r {
-                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
-                    Ok(_) => inner.conn.handle_read(Instant::now(), &mut rbuf),
-                    Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
-                }
-            }
+            r = stream.read_buf(&mut rbuf) => match r {
+                Ok(0) => core.handle_link_lost(Instant::now(), None),
+                Ok(_) => core.handle_read(Instant::now(), &mut rbuf),
+                Err(e) => core.handle_link_lost(Instant::now(), Some(e.to_string())),
+            },
             () = tokio::time::sleep_until(tokio_instant(deadline)) => {
-                shared.lock("handshake").conn.handle_timeout(Instant::now());
+                core.handle_timeout(Instant::now());
             }
         }
     }
+}
+
+/// Hand an established link to the session core. Returns the reason when the leftover
+/// bytes already killed it.
+pub(crate) fn adopt(shared: &Shared, inner: &mut Inner, est: &mut Established) -> Option<String> {
+    let now = Instant::now();
+    inner.conn.adopt_link(now, est.info.clone());
+    if !est.leftover.is_empty() {
+        inner.conn.handle_read(now, &mut est.leftover);
+    }
+    let mut down = None;
+    let mut events = Vec::new();
+    while let Some(ev) = inner.conn.poll_event() {
+        events.push(ev);
+    }
+    for ev in events {
+        if let Some(r) = handle_event(shared, inner, ev) {
+            down = Some(r);
+        }
+    }
+    down
 }
 
 /// How a link ended.
@@ -246,21 +257,38 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 }
             }
         }
-        match establish(&shared, &addr).await {
-            Ok((stream, info)) => {
+        let result = match establish(&shared, &addr).await {
+            Ok(mut est) => {
                 let mut inner = shared.lock("reconnect");
                 if inner.close.is_some() {
                     drop(inner);
-                    drop(stream);
+                    drop(est);
                     finish(&shared, ClosedReason::Requested);
                     guard.done = true;
                     return;
                 }
+                match adopt(&shared, &mut inner, &mut est) {
+                    None => Ok(est),
+                    Some(reason) => Err(Failure {
+                        attempt: AttemptError {
+                            server: addr.to_string(),
+                            address: None,
+                            error: reason,
+                        },
+                        server_err: None,
+                    }),
+                }
+            }
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(est) => {
+                let mut inner = shared.lock("reconnect");
                 let idx = inner.pool.position(&addr).unwrap_or(idx);
                 inner.pool.record_success(idx);
                 inner.server = Some(idx);
                 inner.server_name = addr.to_string();
-                merge_pool(&shared, &mut inner, &info, &addr);
+                merge_pool(&shared, &mut inner, &est.info, &addr);
                 shared.set_state(&mut inner, State::Connected);
                 let downtime = outage.take().map_or(Duration::ZERO, |o| o.elapsed());
                 shared
@@ -286,7 +314,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 inner.lazy_connecting = false;
                 drop(inner);
                 shared.connected.notify_waiters();
-                link = Some((stream, idx));
+                link = Some((est.stream, idx));
             }
             Err(f) => {
                 shared.emit(Event::ReconnectFailed {
