@@ -177,6 +177,7 @@ impl Client {
                 lazy_connecting: false,
                 driver_started: false,
                 ldm_switch_at: None,
+                switch_request: None,
             }),
             wake: Notify::new(),
             space: Notify::new(),
@@ -894,15 +895,18 @@ impl Client {
         self.shared().lock("info").conn.max_payload()
     }
 
-    /// Drop the current link and reconnect (to another server when there is one); while
-    /// reconnecting, make every server due now.
+    /// Move to another server. On a live link this is the planned make-before-break switch
+    /// of lame duck mode (a handshake with another server first, then the old link is
+    /// retired; `Event::Migrated` reports it); with no other server it reconnects. While
+    /// reconnecting, it makes every server due now.
     pub fn force_reconnect(&self) {
         let shared = self.shared();
         let mut inner = shared.lock("force_reconnect");
         if inner.conn.is_up() {
-            inner.conn.handle_close_link();
+            inner.switch_request = Some(crate::connection::SwitchReason::Requested);
+        } else {
+            inner.force_reconnect = true;
         }
-        inner.force_reconnect = true;
         drop(inner);
         shared.wake.notify_one();
     }
@@ -922,6 +926,12 @@ impl Client {
             .pool
             .replace(servers, Instant::now(), &mut rng, shuffle);
         inner.server = current.as_ref().and_then(|a| inner.pool.position(a));
+        if inner.server.is_none() && inner.conn.is_up() {
+            // The current server left the pool: move with a planned switch.
+            inner.switch_request = Some(crate::connection::SwitchReason::Requested);
+            drop(inner);
+            shared.wake.notify_one();
+        }
         Ok(())
     }
 }

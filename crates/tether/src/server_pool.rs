@@ -265,6 +265,22 @@ impl ServerPool {
             .map(|(i, _)| i)
     }
 
+    /// The best server other than `i` that is not in lame duck mode (a planned switch).
+    pub fn next_other(&self, i: usize) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| *j != i && !e.lame_duck)
+            .min_by(|(ai, a), (bi, b)| {
+                a.due
+                    .cmp(&b.due)
+                    .then(a.failures.cmp(&b.failures))
+                    .then(a.last_dropped.cmp(&b.last_dropped))
+                    .then(ai.cmp(bi))
+            })
+            .map(|(j, _)| j)
+    }
+
     /// The entry at `i`.
     pub fn get(&self, i: usize) -> Option<&PoolEntry> {
         self.entries.get(i)

@@ -109,14 +109,27 @@ async fn lame_duck_moves_to_another_node_without_loss() {
             seen.insert(u64::from_be_bytes(m.payload[..].try_into().unwrap()));
         }
     }
+    let mut states = publisher.status_watch();
+    let left_connected =
+        tokio::spawn(async move { states.wait_for(|s| *s != State::Connected).await.is_ok() });
     cluster.node(0).lame_duck().unwrap();
     next_event(&mut events, |e| matches!(e, Event::LameDuck { .. })).await;
-    let Event::Reconnected { server, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
+    let Event::Migrated {
+        from,
+        to,
+        unconfirmed_msgs,
+        ..
+    } = next_event(&mut events, |e| matches!(e, Event::Migrated { .. })).await
     else {
         unreachable!()
     };
-    assert_ne!(server, cluster.node(0).url());
+    assert_eq!(from, cluster.node(0).url());
+    assert_ne!(to, cluster.node(0).url());
+    assert_eq!(
+        unconfirmed_msgs, 0,
+        "the old link's last PONG confirmed everything"
+    );
+    assert_eq!(publisher.connected_server().as_deref(), Some(to.as_str()));
     pump.await.unwrap();
     while seen.len() < 3000 {
         let m = tokio::time::timeout(T, sub.next())
@@ -128,6 +141,37 @@ async fn lame_duck_moves_to_another_node_without_loss() {
         }
     }
     assert_eq!(publisher.status(), State::Connected);
+    assert!(
+        !left_connected.is_finished(),
+        "status stayed Connected through the switch"
+    );
+    left_connected.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_reconnect_is_a_planned_switch() {
+    let cluster = NatsCluster::start(2).unwrap();
+    cluster.wait_routes(T).unwrap();
+    let client = ConnectOptions::new()
+        .ldm_overlap(Duration::from_millis(100))
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    assert!(tether_testkit::wait_for(T, || client.servers().len() == 2));
+    let mut sub = client.subscribe("fr").await.unwrap();
+    client.flush().await.unwrap();
+    let mut events = client.events();
+    client.force_reconnect();
+    let Event::Migrated { to, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Migrated { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(to, cluster.node(1).url());
+    assert_eq!(client.status(), State::Connected);
+    client.publish("fr", "x").await.unwrap();
+    let m = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"x", "subscriptions moved with the switch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,12 +234,13 @@ async fn max_reconnects_exhausted_closes_with_reason() {
     let mut server = NatsServer::start().unwrap();
     let client = ConnectOptions::new()
         .max_reconnects(Some(3))
-        .reconnect_delay(|_, _, _| Duration::from_millis(10))
+        .reconnect_delay(|_, _, _| Duration::from_millis(150))
         .connect(server.url())
         .await
         .unwrap();
     let mut events = client.events();
     server.kill();
+    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
     client.publish("x", "unsent").await.unwrap();
     match next_event(&mut events, |e| matches!(e, Event::Closed { .. })).await {
         Event::Closed {

@@ -8,18 +8,22 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use std::future::Future;
+use std::pin::Pin;
 use tether_proto::conn::{
-    classify_auth_err, Auth, AuthErrorClass, ConnEvent, Connection, DisconnectReason,
+    classify_auth_err, Auth, AuthErrorClass, ConnEvent, Connection, DetachedLink, DisconnectReason,
     HandshakeError, RemovedReason, SubEndReason,
 };
 use tether_proto::outbound::Counts;
 use tether_proto::ServerInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::transport;
-use super::{Inner, Shared};
+use super::{Inner, Shared, SwitchReason};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
 use crate::events::{ClosedReason, Event, State};
 use crate::message::Message;
@@ -405,29 +409,146 @@ pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, 
     }
 }
 
-/// Run one established link until it goes down or the client closes.
+/// A link retired by a planned switch: it delivers for the overlap, then gets UNSUB and a
+/// last PING, and closes once that PONG arrives (or pong_timeout passes).
+struct OldLink {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    link: DetachedLink,
+    rbuf: BytesMut,
+    out: BytesMut,
+    retire_at: Instant,
+    give_up_at: Instant,
+    from: String,
+    to: String,
+    failed: bool,
+}
+
+enum OldIo {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+}
+
+async fn old_io(old: &mut OldLink) -> OldIo {
+    let OldLink {
+        rd, wr, rbuf, out, ..
+    } = old;
+    if rbuf.capacity() - rbuf.len() < 1024 {
+        rbuf.reserve(READ_BUF);
+    }
+    tokio::select! {
+        r = rd.read_buf(rbuf) => OldIo::Read(r),
+        w = wr.write(&out[..]), if !out.is_empty() => OldIo::Wrote(w),
+    }
+}
+
+type SwitchFuture =
+    Pin<Box<dyn Future<Output = (ServerAddr, Result<Established, Failure>)> + Send>>;
+
+/// Run one established link until it goes down or the client closes. Planned switches
+/// (lame duck mode, force_reconnect, a new pool) happen here, make-before-break.
 async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
     let (mut rd, mut wr) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(READ_BUF);
     let mut chunk = Bytes::new();
     let mut pos = 0usize;
     let mut close_flush: Option<(oneshot::Receiver<Result<(), FlushError>>, Instant)> = None;
+    let mut switching: Option<SwitchFuture> = None;
+    let mut ready: Option<(ServerAddr, Established)> = None;
+    let mut old: Option<OldLink> = None;
     loop {
         let deadline;
         let mut shutdown = false;
         {
             let mut inner = shared.lock("driver");
-            if pos >= chunk.len() {
-                chunk = inner.conn.poll_transmit(Instant::now()).unwrap_or_default();
+            let now = Instant::now();
+            if let Some(at) = inner.ldm_switch_at {
+                if now >= at {
+                    inner.ldm_switch_at = None;
+                    inner.switch_request = Some(SwitchReason::LameDuck);
+                }
+            }
+            if inner.close.is_none() && switching.is_none() && ready.is_none() && old.is_none() {
+                if let Some(reason) = inner.switch_request.take() {
+                    let current = inner.server.unwrap_or(usize::MAX);
+                    match inner
+                        .pool
+                        .next_other(current)
+                        .and_then(|i| inner.pool.get(i))
+                    {
+                        Some(e) => {
+                            let addr = e.addr.clone();
+                            let sh = shared.clone();
+                            switching = Some(Box::pin(async move {
+                                let r = establish(&sh, &addr).await;
+                                (addr, r)
+                            }));
+                        }
+                        // No other server: a requested move reconnects; lame duck mode
+                        // stays on the old link until the server closes it.
+                        None if reason == SwitchReason::Requested => inner.conn.handle_close_link(),
+                        None => {}
+                    }
+                }
+            }
+            // Switch publishing at a frame boundary: no data chunk half written.
+            if ready.is_some() && pos >= chunk.len() && inner.conn.can_detach() {
+                let (addr, mut est) = ready.take().expect("checked");
+                let Some(link) = inner.conn.detach() else {
+                    unreachable!("can_detach was checked")
+                };
+                let from = inner.server_name.clone();
+                if let Some(reason) = adopt(shared, &mut inner, &mut est) {
+                    // The new link died at once; the old one is already detached.
+                    drop(link);
+                    return LinkEnd::Down(reason);
+                }
+                let idx = inner.pool.position(&addr);
+                if let Some(i) = idx {
+                    inner.pool.record_success(i);
+                }
+                inner.server = idx;
+                inner.server_name = addr.to_string();
+                merge_pool(shared, &mut inner, &est.info, &addr);
+                let (nrd, nwr) = est.stream.into_split();
+                old = Some(OldLink {
+                    rd: std::mem::replace(&mut rd, nrd),
+                    wr: std::mem::replace(&mut wr, nwr),
+                    link,
+                    rbuf: std::mem::replace(&mut rbuf, BytesMut::with_capacity(READ_BUF)),
+                    out: BytesMut::new(),
+                    retire_at: now + shared.opts.ldm_overlap,
+                    give_up_at: now
+                        + shared.opts.ldm_overlap
+                        + shared.opts.effective_pong_timeout(),
+                    from,
+                    to: addr.to_string(),
+                    failed: false,
+                });
+                chunk = Bytes::new();
                 pos = 0;
             }
-            if let Some(at) = inner.ldm_switch_at {
-                if Instant::now() >= at {
-                    inner.ldm_switch_at = None;
-                    // Move off the lame-duck server: the reconnect loop skips it while
-                    // another server is available.
-                    inner.conn.handle_close_link();
+            if let Some(o) = &mut old {
+                if now >= o.retire_at && !o.link.is_retiring() {
+                    inner.conn.retire_detached(now, &mut o.link);
                 }
+                if let Some(b) = o.link.poll_transmit() {
+                    o.out.extend_from_slice(&b);
+                }
+                if o.link.is_done() || o.failed || now >= o.give_up_at {
+                    let o = old.take().expect("checked");
+                    let unconfirmed = inner.conn.finish_detached(o.link);
+                    shared.emit(Event::Migrated {
+                        from: o.from,
+                        to: o.to,
+                        unconfirmed_msgs: unconfirmed.msgs,
+                        unconfirmed_bytes: unconfirmed.bytes,
+                    });
+                }
+            }
+            if pos >= chunk.len() {
+                chunk = inner.conn.poll_transmit(now).unwrap_or_default();
+                pos = 0;
             }
             if let Some(reason) = dispatch(shared, &mut inner) {
                 inner.ldm_switch_at = None;
@@ -440,14 +561,14 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                         let (tx, rx) = oneshot::channel();
                         inner.flushes.insert(token, tx);
                         inner.conn.flush(token);
-                        close_flush = Some((rx, Instant::now() + shared.opts.flush_timeout));
+                        close_flush = Some((rx, now + shared.opts.flush_timeout));
                         continue;
                     }
                     None => return LinkEnd::Closed,
                     Some((rx, until)) => {
                         let done =
                             !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-                        shutdown = done || Instant::now() >= *until;
+                        shutdown = done || now >= *until;
                     }
                 }
             }
@@ -456,6 +577,13 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                 inner.conn.poll_timeout(),
                 close_flush.as_ref().map(|(_, until)| *until),
                 inner.ldm_switch_at,
+                old.as_ref().map(|o| {
+                    if o.link.is_retiring() {
+                        o.give_up_at
+                    } else {
+                        o.retire_at
+                    }
+                }),
             ]
             .into_iter()
             .flatten()
@@ -493,6 +621,36 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                         inner.conn.handle_written(Instant::now(), n);
                     }
                     Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
+                }
+            }
+            io = async { old_io(old.as_mut().expect("guarded")).await }, if old.is_some() => {
+                let o = old.as_mut().expect("guarded");
+                match io {
+                    OldIo::Read(Ok(n)) if n > 0 => {
+                        shared.lock("driver old read").conn.handle_detached_read(&mut o.link, &mut o.rbuf);
+                    }
+                    OldIo::Wrote(Ok(n)) if n > 0 => {
+                        let _ = o.out.split_to(n);
+                    }
+                    _ => o.failed = true,
+                }
+            }
+            (addr, result) = async { switching.as_mut().expect("guarded").await }, if switching.is_some() => {
+                switching = None;
+                match result {
+                    Ok(est) => ready = Some((addr, est)),
+                    Err(f) => {
+                        shared.emit(Event::ReconnectFailed {
+                            server: f.attempt.server.clone(),
+                            address: f.attempt.address.clone(),
+                            attempt: 1,
+                            error: f.attempt.error.clone(),
+                        });
+                        let mut inner = shared.lock("switch");
+                        if let Some(i) = inner.pool.position(&addr) {
+                            let _ = inner.pool.record_failure(i, Instant::now(), shared.opts.reconnect_wait);
+                        }
+                    }
                 }
             }
             () = shared.wake.notified(), if pos >= chunk.len() => {}

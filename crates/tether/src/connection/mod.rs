@@ -76,6 +76,17 @@ pub(crate) struct Inner {
     pub(crate) driver_started: bool,
     /// Lame duck mode: when to move off the current server.
     pub(crate) ldm_switch_at: Option<Instant>,
+    /// A planned (make-before-break) switch was asked for.
+    pub(crate) switch_request: Option<SwitchReason>,
+}
+
+/// Why a planned switch was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SwitchReason {
+    /// The server is in lame duck mode: stay if no other server answers.
+    LameDuck,
+    /// force_reconnect or a new server pool: fall back to a plain reconnect.
+    Requested,
 }
 
 impl Inner {
