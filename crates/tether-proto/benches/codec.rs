@@ -66,5 +66,39 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode);
+/// The publish path of the connection core without I/O: encode into the outbound buffer,
+/// hand chunks to a (pretend) writer, account for what was written.
+fn publish_path(c: &mut Criterion) {
+    use std::time::Instant;
+    use tether_proto::conn::{Auth, Config, Connection};
+    use tether_proto::outbound::FrameKind;
+    let now = Instant::now();
+    let mut conn = Connection::new(Config::default(), now);
+    conn.handle_transport_connected(now, now + std::time::Duration::from_secs(5), Auth::default());
+    let mut buf = bytes::BytesMut::from(
+        &b"INFO {\"headers\":true,\"max_payload\":1048576}\r\nPONG\r\nPONG\r\n"[..],
+    );
+    conn.handle_read(now, &mut buf);
+    while let Some(chunk) = conn.poll_transmit(now) {
+        conn.handle_written(now, chunk.len());
+    }
+    let payload = [0u8; 16];
+    let mut group = c.benchmark_group("publish_path");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("1000 x 16 B, chunks of 1000", |b| {
+        b.iter(|| {
+            for _ in 0..1000 {
+                conn.publish("bench.subject", None, None, &payload, FrameKind::Pub)
+                    .unwrap();
+            }
+            while let Some(chunk) = conn.poll_transmit(now) {
+                conn.handle_written(now, chunk.len());
+            }
+            while conn.poll_event().is_some() {}
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, publish_path);
 criterion_main!(benches);
