@@ -512,6 +512,20 @@ impl Client {
         validate_publish(subject, reply, headers)?;
         self.ensure_started();
         let shared = self.shared();
+        // Fast path: no waiter registration unless the buffer is full.
+        {
+            let mut inner = shared.lock("publish");
+            match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind) {
+                Ok(()) => return Ok(()),
+                Err((e, can_wait)) if !(wait && can_wait) => {
+                    if matches!(e, PublishError::BufferFull { .. }) {
+                        self.note_refused(&mut inner, subject, reply, headers, payload.len());
+                    }
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let notified = shared.space.notified();
