@@ -74,7 +74,11 @@ fn publish_path(c: &mut Criterion) {
     use tether_proto::outbound::FrameKind;
     let now = Instant::now();
     let mut conn = Connection::new(Config::default(), now);
-    conn.handle_transport_connected(now, now + std::time::Duration::from_secs(5), Auth::default());
+    conn.handle_transport_connected(
+        now,
+        now + std::time::Duration::from_secs(5),
+        Auth::default(),
+    );
     let mut buf = bytes::BytesMut::from(
         &b"INFO {\"headers\":true,\"max_payload\":1048576}\r\nPONG\r\nPONG\r\n"[..],
     );

@@ -1145,6 +1145,17 @@ impl Connection {
             && (!self.control.is_empty() || (self.state == LinkState::Up && !self.out.is_idle()))
     }
 
+    /// The unwritten rest of the chunk in flight, for a writer that takes over a chunk
+    /// another writer started (the caller's direct write of a request, see the driver).
+    pub fn in_flight_rest(&self) -> Option<Bytes> {
+        match self.source {
+            Source::None => None,
+            Source::Control => (self.control_pos < self.control_in_flight.len())
+                .then(|| self.control_in_flight.slice(self.control_pos..)),
+            Source::Data => self.out.in_flight_rest(),
+        }
+    }
+
     /// The next chunk to write, if any. Returns `None` while a chunk is in flight.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         if self.source != Source::None {

@@ -173,6 +173,12 @@ impl OutboundBuffer {
         self.pending.len() + (self.in_flight.len() - self.in_flight_pos)
     }
 
+    /// The unwritten rest of the chunk in flight, if any.
+    pub fn in_flight_rest(&self) -> Option<Bytes> {
+        self.has_in_flight()
+            .then(|| self.in_flight.slice(self.in_flight_pos..))
+    }
+
     /// Hand everything pending to the writer as one chunk. Returns `None` when a chunk is
     /// still in flight or nothing is pending.
     pub fn take_chunk(&mut self) -> Option<Bytes> {

@@ -43,7 +43,8 @@ pub struct CloseReport {
 /// What `drain()` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Messages the drained subscriptions handed out in all.
+    /// Messages the drained subscriptions received in all (queued for their streams; the
+    /// streams yield them before they end).
     pub delivered: u64,
     /// Messages the drained subscriptions dropped (slow consumer) in all.
     pub dropped: u64,
@@ -178,6 +179,7 @@ impl Client {
                 driver_started: false,
                 ldm_switch_at: None,
                 switch_request: None,
+                direct: None,
             }),
             wake: Notify::new(),
             space: Notify::new(),
@@ -422,6 +424,10 @@ impl Client {
                 let limits = inner.conn.config().buffer;
                 if c.bytes * 2 >= limits.max_bytes as u64 || c.msgs * 2 >= limits.max_msgs as u64 {
                     self.high_water(inner, c, limits);
+                }
+                if matches!(kind, FrameKind::Request(_)) {
+                    // Latency path: put the request on the wire from this thread.
+                    driver::try_direct_write(inner);
                 }
                 shared.wake_driver(inner);
                 Ok(())
@@ -849,7 +855,7 @@ impl Client {
             }
         }
         for q in &drained {
-            report.delivered += q.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            report.delivered += q.received.load(std::sync::atomic::Ordering::Relaxed);
             report.dropped += q.dropped.load(std::sync::atomic::Ordering::Relaxed);
         }
         let closed = self.close().await;

@@ -46,6 +46,8 @@ pub(crate) struct SubQueue {
     slow_total: Arc<AtomicU64>,
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Messages queued for this subscription (taken or not yet).
+    pub(crate) received: AtomicU64,
 }
 
 impl SubQueue {
@@ -74,6 +76,7 @@ impl SubQueue {
             slow_total,
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         }
     }
 
@@ -102,6 +105,7 @@ impl SubQueue {
             return;
         }
         let was_empty = q.msgs.is_empty();
+        self.received.fetch_add(1, Ordering::Relaxed);
         q.bytes += msg.size;
         q.msgs.push_back(msg);
         drop(q);

@@ -18,7 +18,6 @@ use tether_proto::outbound::Counts;
 use tether_proto::ServerInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -412,8 +411,7 @@ pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, 
 /// A link retired by a planned switch: it delivers for the overlap, then gets UNSUB and a
 /// last PING, and closes once that PONG arrives (or pong_timeout passes).
 struct OldLink {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    stream: Arc<TcpStream>,
     link: DetachedLink,
     rbuf: BytesMut,
     out: BytesMut,
@@ -431,14 +429,14 @@ enum OldIo {
 
 async fn old_io(old: &mut OldLink) -> OldIo {
     let OldLink {
-        rd, wr, rbuf, out, ..
+        stream, rbuf, out, ..
     } = old;
     if rbuf.capacity() - rbuf.len() < 1024 {
         rbuf.reserve(READ_BUF);
     }
     tokio::select! {
-        r = rd.read_buf(rbuf) => OldIo::Read(r),
-        w = wr.write(&out[..]), if !out.is_empty() => OldIo::Wrote(w),
+        r = read_some(stream, rbuf) => OldIo::Read(r),
+        w = write_some(stream, &out[..]), if !out.is_empty() => OldIo::Wrote(w),
     }
 }
 
@@ -448,7 +446,61 @@ type SwitchFuture =
 /// Run one established link until it goes down or the client closes. Planned switches
 /// (lame duck mode, force_reconnect, a new pool) happen here, make-before-break.
 async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
-    let (mut rd, mut wr) = stream.into_split();
+    let mut stream = Arc::new(stream);
+    shared.lock("driver").direct = Some(stream.clone());
+    let end = run_link_inner(shared, &mut stream).await;
+    shared.lock("driver").direct = None;
+    if matches!(end, LinkEnd::Closed) {
+        // Shut down the write side so the server sees a clean end of stream.
+        if let Ok(mut s) = Arc::try_unwrap(stream) {
+            let _ = s.shutdown().await;
+        }
+    }
+    end
+}
+
+/// Read what the socket has (cancel-safe).
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
+}
+
+/// Write what the socket takes (cancel-safe).
+async fn write_some(stream: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
+}
+
+/// Write pending frames from the caller's thread while the driver is idle, as nats.c does
+/// for requests: the frame is on the wire without waiting for the driver task to run.
+/// Whatever the socket does not take stays in flight for the driver, which the caller
+/// then wakes as usual (it also re-arms the driver's timers).
+pub(crate) fn try_direct_write(inner: &mut Inner) {
+    if !inner.driver_waiting {
+        return; // the driver is running and will write it
+    }
+    let Some(stream) = inner.direct.clone() else {
+        return;
+    };
+    let now = Instant::now();
+    if let Some(chunk) = inner.conn.poll_transmit(now) {
+        if let Ok(n) = stream.try_write(&chunk) {
+            inner.conn.handle_written(now, n);
+        }
+    }
+}
+
+async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> LinkEnd {
     let mut rbuf = BytesMut::with_capacity(READ_BUF);
     let mut chunk = Bytes::new();
     let mut pos = 0usize;
@@ -456,6 +508,11 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
     let mut switching: Option<SwitchFuture> = None;
     let mut ready: Option<(ServerAddr, Established)> = None;
     let mut old: Option<OldLink> = None;
+    // One timer for the whole link, moved only when the deadline changes: creating a
+    // Sleep per loop iteration costs a timer-wheel registration each time.
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline;
         let mut shutdown = false;
@@ -510,10 +567,10 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                 inner.server = idx;
                 inner.server_name = addr.to_string();
                 merge_pool(shared, &mut inner, &est.info, &addr);
-                let (nrd, nwr) = est.stream.into_split();
+                let fresh = Arc::new(est.stream);
+                inner.direct = Some(fresh.clone());
                 old = Some(OldLink {
-                    rd: std::mem::replace(&mut rd, nrd),
-                    wr: std::mem::replace(&mut wr, nwr),
+                    stream: std::mem::replace(stream, fresh),
                     link,
                     rbuf: std::mem::replace(&mut rbuf, BytesMut::with_capacity(READ_BUF)),
                     out: BytesMut::new(),
@@ -547,7 +604,12 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                 }
             }
             if pos >= chunk.len() {
-                chunk = inner.conn.poll_transmit(now).unwrap_or_default();
+                // A caller's direct write may have left part of a chunk in flight.
+                chunk = inner
+                    .conn
+                    .in_flight_rest()
+                    .or_else(|| inner.conn.poll_transmit(now))
+                    .unwrap_or_default();
                 pos = 0;
             }
             if let Some(reason) = dispatch(shared, &mut inner) {
@@ -590,21 +652,20 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
             .min();
         }
         if shutdown {
-            let _ = wr.shutdown().await;
             return LinkEnd::Closed;
         }
         if rbuf.capacity() - rbuf.len() < READ_BUF / 4 {
             rbuf.reserve(READ_BUF);
         }
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(tokio_instant(d)).await,
-                None => std::future::pending().await,
+        if let Some(d) = deadline {
+            if armed != Some(d) {
+                timer.as_mut().reset(tokio_instant(d));
+                armed = Some(d);
             }
-        };
+        }
         tokio::select! {
             biased;
-            r = rd.read_buf(&mut rbuf) => {
+            r = read_some(stream, &mut rbuf) => {
                 let mut inner = shared.lock("driver read");
                 match r {
                     Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
@@ -612,7 +673,7 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                     Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
                 }
             }
-            w = wr.write(&chunk[pos..]), if pos < chunk.len() => {
+            w = write_some(stream, &chunk[pos..]), if pos < chunk.len() => {
                 let mut inner = shared.lock("driver write");
                 match w {
                     Ok(0) => inner.conn.handle_link_lost(Instant::now(), Some("write returned 0".into())),
@@ -654,7 +715,8 @@ async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
                 }
             }
             () = shared.wake.notified(), if pos >= chunk.len() => {}
-            () = sleep => {
+            () = &mut timer, if deadline.is_some() => {
+                armed = None;
                 shared.lock("driver timer").conn.handle_timeout(Instant::now());
             }
         }

@@ -76,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) driver_started: bool,
     /// Lame duck mode: when to move off the current server.
     pub(crate) ldm_switch_at: Option<Instant>,
+    /// The current link's socket, for direct writes of requests while the driver is idle.
+    pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
     /// A planned (make-before-break) switch was asked for.
     pub(crate) switch_request: Option<SwitchReason>,
 }
