@@ -669,7 +669,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 let mut inner = shared.lock("driver read");
                 match r {
                     Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
-                    Ok(_) => inner.conn.handle_read(Instant::now(), &mut rbuf),
+                    Ok(_) => {
+                        inner.conn.handle_read(Instant::now(), &mut rbuf);
+                        // Hand deliveries and replies over now, not a loop turn later.
+                        route_messages(&mut inner);
+                    }
                     Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
                 }
             }
@@ -725,6 +729,18 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
 
 /// Route deliveries and handle the core's events. Returns the reason when the link went down.
 fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
+    route_messages(inner);
+    let mut down = None;
+    while let Some(ev) = inner.conn.poll_event() {
+        if let Some(reason) = handle_event(shared, inner, ev) {
+            down = Some(reason);
+        }
+    }
+    down
+}
+
+/// Hand deliveries to their subscriptions and replies to their requests.
+fn route_messages(inner: &mut Inner) {
     while let Some(msg) = inner.conn.poll_message() {
         if let Some(mux) = &inner.mux {
             if msg.sid == mux.sid {
@@ -751,13 +767,6 @@ fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
             q.push(Message::from(msg));
         }
     }
-    let mut down = None;
-    while let Some(ev) = inner.conn.poll_event() {
-        if let Some(reason) = handle_event(shared, inner, ev) {
-            down = Some(reason);
-        }
-    }
-    down
 }
 
 fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<String> {
