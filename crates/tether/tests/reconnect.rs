@@ -605,3 +605,47 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffer_high_water_events_as_the_buffer_fills() {
+    let mut server = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .outbound_buffer(2 * 1024 * 1024, 100)
+        .assumed_max_payload(1024)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    server.kill();
+    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    for _ in 0..95 {
+        client.publish("hw", "x").await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        if let Event::BufferHighWater { percent, msgs, .. } =
+            next_event(&mut events, |e| matches!(e, Event::BufferHighWater { .. })).await
+        {
+            assert!(msgs >= u64::from(percent), "{percent}% at {msgs} of 100");
+            seen.push(percent);
+        }
+    }
+    assert_eq!(seen, vec![50, 75, 90]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_server_pool_moves_off_a_removed_server() {
+    let a = NatsServer::start().unwrap();
+    let b = NatsServer::start().unwrap();
+    let client = ConnectOptions::new().connect(a.url()).await.unwrap();
+    let mut events = client.events();
+    client.set_server_pool(b.url()).unwrap();
+    let Event::Migrated { to, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Migrated { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(to, b.url());
+    assert_eq!(client.servers(), vec![b.url()]);
+    assert_eq!(client.status(), State::Connected);
+}

@@ -1,0 +1,86 @@
+//! -ERR classification against a real server with permissions (DESIGN semantics 7).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tether::{ConnectOptions, Event, RequestError, State, SubscribeError};
+use tether_testkit::{NatsServer, ServerConfig};
+
+const T: Duration = Duration::from_secs(10);
+
+fn server() -> NatsServer {
+    NatsServer::start_with(ServerConfig {
+        extra_config: Some(
+            r#"
+authorization {
+  users = [
+    { user: app, password: pw, permissions: {
+        publish: { deny: ["secret.>"] },
+        subscribe: { deny: ["secret.>"] } } }
+  ]
+}
+"#
+            .into(),
+        ),
+        ..ServerConfig::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_subscription_ends_with_permission_denied_and_the_link_stays() {
+    let server = server();
+    let client = ConnectOptions::new()
+        .user_and_password("app", "pw")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut ok = client.subscribe("open.x").await.unwrap();
+    let mut denied = client.subscribe("secret.x").await.unwrap();
+    assert!(
+        tokio::time::timeout(T, denied.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "the stream ends"
+    );
+    assert!(
+        matches!(denied.error(), Some(SubscribeError::PermissionDenied(_))),
+        "{:?}",
+        denied.error()
+    );
+    client.publish("open.x", "still here").await.unwrap();
+    let m = tokio::time::timeout(T, ok.next()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"still here");
+    assert_eq!(client.status(), State::Connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_publish_fails_the_request_or_counts_publish_denied() {
+    let server = server();
+    let client = ConnectOptions::new()
+        .user_and_password("app", "pw")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let err = client
+        .request_with("secret.q", None, b"x", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::PermissionDenied(_)), "{err:?}");
+    client.publish("secret.p", "x").await.unwrap();
+    loop {
+        let e = tokio::time::timeout(T, events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::ServerError { message } = e {
+            assert!(message.contains("Permissions Violation"), "{message}");
+            break;
+        }
+    }
+    assert_eq!(client.statistics().publish_denied, 1);
+    client.flush().await.unwrap();
+    assert_eq!(client.status(), State::Connected);
+}
