@@ -77,6 +77,9 @@ pub struct Config {
     pub buffer_while_disconnected: bool,
     /// Retain written, unconfirmed PUB/HPUB frames and resend them after a reconnect.
     pub resend_unconfirmed: bool,
+    /// Retain written, unconfirmed request frames and resend them after a reconnect
+    /// (`request_retry_after_reconnect`).
+    pub retain_requests: bool,
     /// max_payload until the first INFO says otherwise.
     pub assumed_max_payload: usize,
     /// Outbound control lines longer than this are refused before they are buffered.
@@ -106,6 +109,7 @@ impl Default for Config {
             },
             buffer_while_disconnected: true,
             resend_unconfirmed: false,
+            retain_requests: false,
             assumed_max_payload: DEFAULT_ASSUMED_MAX_PAYLOAD,
             max_control_line: DEFAULT_MAX_CONTROL_LINE,
             decoder: DecoderLimits::default(),
@@ -1194,6 +1198,7 @@ impl Connection {
             }
             Source::Data => {
                 let retain = self.config.resend_unconfirmed;
+                let retain_requests = self.config.retain_requests;
                 let mut freed = false;
                 let written = &mut self.written;
                 let written_retained = &mut self.written_retained;
@@ -1202,29 +1207,35 @@ impl Connection {
                 let unpinged_bytes = &mut self.unpinged_bytes;
                 // PINGs are rare: this Vec allocates only when a chunk holds one.
                 let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
-                self.out.advance(n, retain, |w| match w.frame.kind {
-                    FrameKind::Pub | FrameKind::Request(_) => {
-                        written.msgs += 1;
-                        written.bytes += u64::from(w.frame.len);
-                        stats.out_msgs += 1;
-                        stats.out_bytes += u64::from(w.frame.payload_len);
-                        if retain && w.frame.kind == FrameKind::Pub {
-                            *written_retained += 1;
-                        } else {
-                            freed = true;
+                self.out
+                    .advance(n, retain, retain_requests, |w| match w.frame.kind {
+                        FrameKind::Pub | FrameKind::Request(_) => {
+                            written.msgs += 1;
+                            written.bytes += u64::from(w.frame.len);
+                            stats.out_msgs += 1;
+                            stats.out_bytes += u64::from(w.frame.payload_len);
+                            let retained = match w.frame.kind {
+                                FrameKind::Pub => retain,
+                                _ => retain_requests,
+                            };
+                            if retained {
+                                *written_retained += 1;
+                            }
+                            if !(retained && w.frame.kind == FrameKind::Pub) {
+                                freed = true;
+                            }
+                            if unpinged_since.is_none() {
+                                *unpinged_since = Some(now);
+                            }
+                            *unpinged_bytes += w.frame.len as usize;
                         }
-                        if unpinged_since.is_none() {
-                            *unpinged_since = Some(now);
+                        FrameKind::Ping => {
+                            ping_marks.push((*written, *written_retained));
+                            *unpinged_since = None;
+                            *unpinged_bytes = 0;
                         }
-                        *unpinged_bytes += w.frame.len as usize;
-                    }
-                    FrameKind::Ping => {
-                        ping_marks.push((*written, *written_retained));
-                        *unpinged_since = None;
-                        *unpinged_bytes = 0;
-                    }
-                    FrameKind::Control | FrameKind::Pong => {}
-                });
+                        FrameKind::Control | FrameKind::Pong => {}
+                    });
                 for (w, r) in ping_marks {
                     let purpose = self
                         .pings_queued

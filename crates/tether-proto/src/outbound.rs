@@ -195,8 +195,16 @@ impl OutboundBuffer {
     }
 
     /// The socket accepted `n` more bytes of the chunk. `on_written` is called for every
-    /// frame whose last byte is now written, in order.
-    pub fn advance(&mut self, mut n: usize, retain: bool, mut on_written: impl FnMut(Written)) {
+    /// frame whose last byte is now written, in order. Written PUB frames are retained
+    /// when `retain_pubs` (they keep counting against the bounds), request frames when
+    /// `retain_requests` (they do not count while retained).
+    pub fn advance(
+        &mut self,
+        mut n: usize,
+        retain_pubs: bool,
+        retain_requests: bool,
+        mut on_written: impl FnMut(Written),
+    ) {
         n = n.min(self.in_flight.len() - self.in_flight_pos);
         self.in_flight_pos += n;
         while n > 0 {
@@ -212,12 +220,17 @@ impl OutboundBuffer {
             self.front_written = 0;
             self.in_flight_frames.pop_front();
             if front.kind.is_publish() {
-                if retain && matches!(front.kind, FrameKind::Pub) {
+                let retain = match front.kind {
+                    FrameKind::Pub => retain_pubs,
+                    _ => retain_requests,
+                };
+                if retain {
                     let end = self.in_flight_pos - n;
                     let start = end - front.len as usize;
                     self.retained.extend_from_slice(&self.in_flight[start..end]);
                     self.retained_frames.push_back(front);
-                } else {
+                }
+                if !retain || front.kind != FrameKind::Pub {
                     self.counted.sub(&front);
                 }
             }
@@ -236,7 +249,9 @@ impl OutboundBuffer {
             let Some(f) = self.retained_frames.pop_front() else {
                 break;
             };
-            self.counted.sub(&f);
+            if f.kind == FrameKind::Pub {
+                self.counted.sub(&f);
+            }
             bytes += f.len as usize;
         }
         if bytes > 0 {
@@ -259,7 +274,9 @@ impl OutboundBuffer {
         let mut c = Counts::default();
         for f in self.retained_frames.drain(..) {
             c.add(&f);
-            self.counted.sub(&f);
+            if f.kind == FrameKind::Pub {
+                self.counted.sub(&f);
+            }
         }
         self.retained.clear();
         c
@@ -277,8 +294,14 @@ impl OutboundBuffer {
         );
         let retained = std::mem::take(&mut self.retained);
         let retained_frames = std::mem::take(&mut self.retained_frames);
-        // Retained frames were written; they are kept (counted) exactly as they are.
+        // Retained frames were written; they go first. Retained requests did not count
+        // against the bounds; pending again, they do.
         out.extend_from_slice(&retained);
+        for f in &retained_frames {
+            if f.kind != FrameKind::Pub {
+                self.counted.add(f);
+            }
+        }
         frames.extend(retained_frames);
 
         let in_flight = std::mem::take(&mut self.in_flight);
@@ -371,9 +394,11 @@ impl OutboundBuffer {
         let frames: Vec<Frame> = self.retained_frames.drain(..n).collect();
         let bytes: usize = frames.iter().map(|f| f.len as usize).sum();
         let head = self.retained.split_to(bytes.min(self.retained.len()));
-        // prepend() counts publish frames; they are counted already as retained.
+        // prepend() counts publish frames; retained PUBs are counted already.
         for f in &frames {
-            self.counted.sub(f);
+            if f.kind == FrameKind::Pub {
+                self.counted.sub(f);
+            }
         }
         self.prepend(&head, frames);
     }
@@ -456,7 +481,7 @@ mod tests {
         let chunk = b.take_chunk().unwrap();
         assert_eq!(chunk.len(), 12 + 9 + 12);
         let mut written = Vec::new();
-        b.advance(12 + 9 + 5, false, |w| written.push(w.frame.kind));
+        b.advance(12 + 9 + 5, false, false, |w| written.push(w.frame.kind));
         assert_eq!(written, vec![FrameKind::Pub, FrameKind::Control]);
         push(&mut b, b"PING\r\n", FrameKind::Ping);
         push(&mut b, b"PUB d 1\r\nz\r\n", FrameKind::Pub);
@@ -471,7 +496,7 @@ mod tests {
         push(&mut b, b"PUB a 1\r\nx\r\n", FrameKind::Pub);
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         b.take_chunk().unwrap();
-        b.advance(24, true, |_| {});
+        b.advance(24, true, false, |_| {});
         assert_eq!(b.retained().msgs, 2);
         assert_eq!(b.counted().msgs, 2, "retained frames still count");
         b.release_retained(1);

@@ -536,6 +536,7 @@ impl ConnectOptions {
             },
             buffer_while_disconnected: self.buffer_while_disconnected,
             resend_unconfirmed: self.resend_unconfirmed,
+            retain_requests: self.request_retry_after_reconnect,
             assumed_max_payload: self.assumed_max_payload,
             max_control_line: self.max_control_line,
             decoder: tether_proto::DecoderLimits {

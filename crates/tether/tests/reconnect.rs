@@ -649,3 +649,43 @@ async fn set_server_pool_moves_off_a_removed_server() {
     assert_eq!(client.servers(), vec![b.url()]);
     assert_eq!(client.status(), State::Connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_retry_after_reconnect_resends_a_written_request() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let responder = tether::connect(server.url()).await.unwrap();
+    let mut rsub = responder.subscribe("svc").await.unwrap();
+    responder.flush().await.unwrap();
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rsub.next().await {
+            if let Some(reply) = m.reply {
+                r2.publish(reply.as_str(), &m.payload).await.unwrap();
+            }
+        }
+    });
+    let client = ConnectOptions::new()
+        .ping_interval(Duration::from_millis(300))
+        .pong_timeout(Duration::from_millis(300))
+        .request_retry_after_reconnect(true)
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    proxy.black_hole();
+    let c = client.clone();
+    let req = tokio::spawn(async move {
+        c.request_with("svc", None, b"again", Duration::from_secs(20))
+            .await
+    });
+    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    proxy.pass();
+    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    let reply = req
+        .await
+        .unwrap()
+        .expect("the request was resent after the reconnect");
+    assert_eq!(&reply.payload[..], b"again");
+}
