@@ -45,3 +45,46 @@
 //! their counts merge into a queued event of the same kind. A new state change replaces
 //! the newest queued one and bumps its `collapsed` count; other events are dropped and one
 //! `EventsLagged` says how many.
+//!
+//! # Reconnection and the server pool
+//! The pool holds the URLs given and the servers announced in INFO `connect_urls` (an
+//! INFO without the field prunes nothing; the connected server is never pruned; a
+//! discovered server inherits the scheme and credentials of the URL it was learnt
+//! through). Each server has a due time and a count of consecutive failures; the next
+//! attempt goes to the server due earliest, fewer failures first, the server whose link
+//! just dropped last, so after a node dies the first attempt goes to another node at once.
+//! The backoff per server: the first retry at once, then exponential from 50 ms with full
+//! jitter, capped at 500 ms during the first 10 s of an outage and at `reconnect_wait`
+//! (2 s) after; `reconnect_delay` replaces it. A server leaves the pool after
+//! `max_reconnects` consecutive failures (unlimited by default); `Authorization
+//! Violation` twice in a row, at least `reconnect_wait` apart, removes it under
+//! `AuthFailurePolicy::RemoveServer`. An empty pool closes the client with the reason.
+//! On reconnect the subscriptions are replayed (with remaining auto-unsubscribe counts)
+//! in one write ahead of the buffered frames, so a subscription never misses a buffered
+//! message of its own client; then `Event::Reconnected { downtime, attempts }`.
+//!
+//! # Lame duck mode and planned switches
+//! When the server announces lame duck mode (INFO `ldm`), tether sends a confirm PING,
+//! emits `Event::LameDuck`, waits a random 0..`ldm_jitter` (5 s) so a fleet does not move
+//! at once, then switches make-before-break: a handshake with another server on a core of
+//! its own, the subscription replay there, publishing moved at a frame boundary, the old
+//! link kept for `ldm_overlap` (1 s) so deliveries in flight still arrive, then UNSUB for
+//! everything and a last PING on the old link, closed on its PONG. `Event::Migrated`
+//! carries the old link's unconfirmed counts (zero when that PONG came). The status stays
+//! `Connected`. Messages that arrive on both links during the overlap may be delivered
+//! twice. With no other server, the client stays on the old link until the server closes
+//! it, then reconnects as usual; the lame-duck server is tried only when nothing else is
+//! left. `Client::force_reconnect` and `Client::set_server_pool` (when the current server
+//! leaves the pool) use the same switch.
+//!
+//! # Choices where the protocol is silent
+//! - A header block that cannot be parsed does not close the connection (any publisher can
+//!   send one); the message is delivered with `headers: None` and
+//!   `malformed_headers: true`, and counted in `Statistics::malformed_headers`.
+//! - Requests are written from the caller's thread when the driver is idle (as nats.c
+//!   does); publishes never are, so a fast publisher never pays a syscall per message.
+//! - `request_retry_after_reconnect(true)` retains written request frames until a PONG
+//!   confirms them and resends them after a reconnect: a responder may see a request
+//!   twice.
+//! - Events emitted before `Client::events` is called are not queued for that stream; set
+//!   `ConnectOptions::event_callback` to see every event from the first `Connected`.
