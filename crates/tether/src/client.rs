@@ -148,11 +148,20 @@ impl Client {
         let (state_tx, _) = watch::channel(initial);
         if let Some(cb) = opts.event_callback.clone() {
             let mut events = hub.subscribe();
-            tokio::spawn(async move {
-                while let Some(e) = events.next().await {
-                    cb(e);
-                }
-            });
+            // On a thread of its own: a slow or blocking callback never holds up a runtime
+            // worker, so it never delays I/O (even on a current-thread runtime), and it
+            // never holds up the runtime's shutdown. It ends when the client is closed or
+            // dropped.
+            let spawned = std::thread::Builder::new()
+                .name("tether-events".into())
+                .spawn(move || {
+                    while let Some(e) = futures_executor::block_on(events.next()) {
+                        cb(e);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start the event callback thread; the callback will not be called");
+            }
         }
         let counters = Counters::default();
         let shared = Arc::new(Shared {

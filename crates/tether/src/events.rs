@@ -463,6 +463,13 @@ impl EventHub {
     }
 }
 
+impl Drop for EventHub {
+    fn drop(&mut self) {
+        // The client is gone (closed, or its runtime shut down): streams end.
+        self.close();
+    }
+}
+
 /// A stream of [`Event`]s from [`crate::Client::events`]. It ends after `Closed`.
 #[derive(Debug)]
 pub struct Events {

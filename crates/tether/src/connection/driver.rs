@@ -1014,6 +1014,10 @@ impl Drop for CancelGuard {
         if let Some(inner) = self.shared.inner.try_lock() {
             let unsent = inner.conn.unsent();
             let unconfirmed = inner.conn.unconfirmed();
+            if unsent.msgs == 0 && unconfirmed.msgs == 0 {
+                tracing::debug!("connection driver cancelled with nothing buffered");
+                return;
+            }
             tracing::warn!(
                 unsent_msgs = unsent.msgs,
                 unsent_bytes = unsent.bytes,

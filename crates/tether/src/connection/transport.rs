@@ -104,8 +104,22 @@ pub(crate) async fn dial(
             }
         }
     }
+    // One address: it is named in the attempt already, the error need not repeat it.
+    if addrs.len() == 1 {
+        let error = errors
+            .pop()
+            .map(|e| {
+                e.split_once(": ")
+                    .map_or(e.clone(), |(_, rest)| rest.to_owned())
+            })
+            .unwrap_or_default();
+        return Err(DialError {
+            address: Some(addrs[0].to_string()),
+            error,
+        });
+    }
     Err(DialError {
-        address: (addrs.len() == 1).then(|| addrs[0].to_string()),
+        address: None,
         error: errors.join("; "),
     })
 }
