@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p tether-compare -- --rounds 5 [--msgs N] [--size S]
-//!     [--requests R] [--server URL] [--json]
+//!     [--requests R] [--server URL] [--json] [--workloads pub,pubsub,reqrep,reconnect,memory]
 //! ```
+//!
+//! `pub`, `pubsub` and `reqrep` run by default; `reconnect` and `memory` only when named.
 //!
 //! # Workloads
 //!
@@ -22,6 +24,32 @@
 //!   any message missing at the end is reported as dropped.
 //! - **reqrep**: `--requests` sequential requests with a `--size` payload to an echo
 //!   responder. Metrics: p50/p90/p99 latency in µs (lower is better).
+//! - **reconnect** (opt-in): one nats-server of its own (started through tether-testkit
+//!   even with `--server`, since it is killed). Per library, one connection with default
+//!   options, then 10 times: SIGKILL the server, wait 1 s (the injected fault), restart it
+//!   on the same port; the clock starts when the restart returns (the server accepts
+//!   connections again) and stops when the client reports its reconnect (tether
+//!   `Event::Reconnected` from `events()`, async-nats `Event::Connected` from
+//!   `event_callback`, both timestamped on arrival and forwarded through a channel; the
+//!   callback is the only option set on async-nats). Then the same with a fixed 100 ms
+//!   reconnect wait on both sides. The order alternates (default wait: tether first;
+//!   100 ms: async-nats first). Metrics: p50/p90/max in ms over the 10 restarts (lower
+//!   is better); `--rounds` and `--warmup` do not apply.
+//! - **memory** (opt-in): VmHWM growth, one child process per measurement (this binary
+//!   re-invoked with the hidden `memory-child` subcommand), since both libraries in one
+//!   process would share the high-water mark. The child connects with default options,
+//!   publishes 4 MiB of 1 KiB messages and flushes (warm-up), reads VmHWM (the baseline)
+//!   and prints `READY`; the parent kills the server (its own, as for reconnect) and
+//!   writes `GO`; the child waits for the library's Disconnected event, publishes 50 MiB of
+//!   1 KiB messages (one payload, reused) with the default buffer, and reads VmHWM again.
+//!   tether publishes with `try_publish` (never waits); async-nats with `publish` under a
+//!   50 ms timeout, a timeout counting as refused. Once async-nats has refused, its
+//!   channel is full and nothing drains it while the server is down, so further
+//!   publishes are polled once (`now_or_never`, still counted) and only every 1024th
+//!   refusal waits the full 50 ms again (else the run would take about 40 minutes).
+//!   `--rounds` rounds, alternating order; metric: VmHWM growth in MiB (lower is
+//!   better), plus accepted and refused counts, and for tether its own refused counters
+//!   and `BufferOverflow` events, which must account for every refused message.
 //!
 //! # Fairness rules
 //!
@@ -53,14 +81,15 @@
 use std::error::Error;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::io::Read as _;
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -124,6 +153,15 @@ enum Cmd {
         #[arg(long)]
         subject: String,
     },
+    /// One memory measurement of one library, run in its own process by the memory
+    /// workload (prints `READY`, waits for `GO` on stdin, prints one JSON line).
+    #[command(hide = true)]
+    MemoryChild {
+        #[arg(long, value_enum)]
+        client: Lib,
+        #[arg(long)]
+        server: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,6 +169,8 @@ enum Workload {
     Pub,
     Pubsub,
     Reqrep,
+    Reconnect,
+    Memory,
 }
 
 impl Workload {
@@ -139,11 +179,18 @@ impl Workload {
             Workload::Pub => "pub",
             Workload::Pubsub => "pubsub",
             Workload::Reqrep => "reqrep",
+            Workload::Reconnect => "reconnect",
+            Workload::Memory => "memory",
         }
+    }
+
+    /// Whether the workload kills the server (and so runs against its own).
+    fn kills_server(self) -> bool {
+        matches!(self, Workload::Reconnect | Workload::Memory)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Lib {
     Tether,
     AsyncNats,
@@ -274,6 +321,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
         Some(Cmd::Responder { server, subject }) => run_responder(server, subject),
+        Some(Cmd::MemoryChild { client, server }) => run_memory_child(*client, server),
         None => run_compare(&cli),
     };
     match result {
@@ -394,6 +442,8 @@ fn run_compare(cli: &Cli) -> Res<()> {
 
     let mut workloads = cli.workloads.clone();
     workloads.dedup();
+    let (faults, workloads): (Vec<Workload>, Vec<Workload>) =
+        workloads.into_iter().partition(|w| w.kills_server());
     let params = Params {
         url: url.clone(),
         msgs: cli.msgs,
@@ -450,18 +500,38 @@ fn run_compare(cli: &Cli) -> Res<()> {
         }
         all.push(series);
     }
-    let elapsed = started.elapsed();
     drop(responder);
+
+    let mut faulty = Faulty::default();
+    if !faults.is_empty() {
+        // The fault workloads kill their server: never the shared one, nor a given one.
+        let mut server = tether_testkit::NatsServer::start()?;
+        faulty.url = server.url();
+        if faults.contains(&Workload::Reconnect) {
+            faulty.reconnect = run_reconnect(&rt, &mut server, cli.json)?;
+        }
+        if faults.contains(&Workload::Memory) {
+            faulty.memory = run_memory(&mut server, cli.rounds, cli.json)?;
+        }
+    }
+    let elapsed = started.elapsed();
 
     if cli.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(cli, &url, server_version, &all, elapsed))?
+            serde_json::to_string_pretty(&to_json(
+                cli,
+                &url,
+                server_version,
+                &all,
+                &faulty,
+                elapsed
+            ))?
         );
     } else {
         print!(
             "{}",
-            table(cli, &url, server_version.as_deref(), &all, elapsed)
+            table(cli, &url, server_version.as_deref(), &all, &faulty, elapsed)
         );
     }
     drop(local);
@@ -478,6 +548,9 @@ async fn run_one(w: Workload, lib: Lib, p: &Params, tag: &str) -> Res<RunResult>
         }
         (Workload::Reqrep, Lib::Tether) => RunResult::Latency(reqrep_tether(p).await?),
         (Workload::Reqrep, Lib::AsyncNats) => RunResult::Latency(reqrep_async_nats(p).await?),
+        (Workload::Reconnect | Workload::Memory, _) => {
+            return Err(format!("{} is not a throughput or latency workload", w.name()).into());
+        }
     })
 }
 
@@ -771,6 +844,953 @@ async fn reqrep_async_nats(p: &Params) -> Res<Latency> {
     Ok(latency(us))
 }
 
+// ===== reconnect =====
+
+/// Server restarts per library and reconnect wait.
+const RESTARTS: usize = 10;
+/// How long the server stays down each time: the injected fault.
+const DOWNTIME: Duration = Duration::from_secs(1);
+/// The reconnect wait of the second reconnect series, on both sides.
+const FIXED_WAIT: Duration = Duration::from_millis(100);
+
+/// The reconnect wait a reconnect series runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReconnectWait {
+    /// Each library's default backoff.
+    Default,
+    /// [`FIXED_WAIT`] before every attempt.
+    Fixed,
+}
+
+impl ReconnectWait {
+    fn name(self) -> &'static str {
+        match self {
+            ReconnectWait::Default => "default wait",
+            ReconnectWait::Fixed => "100 ms wait",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            ReconnectWait::Default => "default_wait",
+            ReconnectWait::Fixed => "fixed_100ms_wait",
+        }
+    }
+}
+
+/// Milliseconds from "the server accepts again" to the client's reconnected event, per
+/// restart, per library.
+#[derive(Debug)]
+struct ReconnectSeries {
+    wait: ReconnectWait,
+    tether: Vec<f64>,
+    async_nats: Vec<f64>,
+    /// Per restart, ms from the client's disconnected event to its reconnected event (the
+    /// outage as the client saw it; about `DOWNTIME` plus the restart plus the figure above).
+    tether_outage: Vec<f64>,
+    async_nats_outage: Vec<f64>,
+}
+
+impl ReconnectSeries {
+    fn of(&self, lib: Lib) -> &[f64] {
+        match lib {
+            Lib::Tether => &self.tether,
+            Lib::AsyncNats => &self.async_nats,
+        }
+    }
+
+    fn outage_of(&self, lib: Lib) -> &[f64] {
+        match lib {
+            Lib::Tether => &self.tether_outage,
+            Lib::AsyncNats => &self.async_nats_outage,
+        }
+    }
+
+    /// (p50, p90, max) in ms.
+    fn stats(&self, lib: Lib) -> (f64, f64, f64) {
+        let mut v = self.of(lib).to_vec();
+        v.sort_by(f64::total_cmp);
+        (
+            percentile(&v, 0.50),
+            percentile(&v, 0.90),
+            v.last().copied().unwrap_or(f64::NAN),
+        )
+    }
+}
+
+/// A link change a client reported, as the reconnect workload sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Down,
+    Up,
+}
+
+/// A client of either library, kept alive through its reconnects.
+#[derive(Debug)]
+enum AnyClient {
+    Tether(tether::Client),
+    AsyncNats(async_nats::Client),
+}
+
+impl AnyClient {
+    async fn close(self) -> Res<()> {
+        match self {
+            AnyClient::Tether(c) => {
+                c.close().await;
+            }
+            AnyClient::AsyncNats(c) => c.drain().await?,
+        }
+        Ok(())
+    }
+}
+
+type LinkRx = mpsc::UnboundedReceiver<(Instant, Link)>;
+
+/// Connects `lib` and forwards its disconnect and (re)connect events, each timestamped
+/// when it reaches us.
+async fn connect_watched(lib: Lib, wait: ReconnectWait, url: &str) -> Res<(AnyClient, LinkRx)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    match lib {
+        Lib::Tether => {
+            let client = match wait {
+                ReconnectWait::Default => tether::connect(url).await?,
+                ReconnectWait::Fixed => {
+                    tether::ConnectOptions::new()
+                        .reconnect_delay(|_, _, _| FIXED_WAIT)
+                        .connect(url)
+                        .await?
+                }
+            };
+            let mut events = client.events();
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    let link = match e {
+                        tether::Event::Disconnected { .. } => Link::Down,
+                        tether::Event::Reconnected { .. } => Link::Up,
+                        _ => continue,
+                    };
+                    if tx.send((Instant::now(), link)).is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok((AnyClient::Tether(client), rx))
+        }
+        Lib::AsyncNats => {
+            let opts = match wait {
+                ReconnectWait::Default => async_nats::ConnectOptions::new(),
+                ReconnectWait::Fixed => {
+                    async_nats::ConnectOptions::new().reconnect_delay_callback(|_| FIXED_WAIT)
+                }
+            };
+            let client = opts
+                .event_callback(move |e| {
+                    let now = Instant::now();
+                    let link = match e {
+                        async_nats::Event::Disconnected => Some(Link::Down),
+                        async_nats::Event::Connected => Some(Link::Up),
+                        _ => None,
+                    };
+                    if let Some(link) = link {
+                        let _ = tx.send((now, link));
+                    }
+                    async {}
+                })
+                .connect(url)
+                .await?;
+            Ok((AnyClient::AsyncNats(client), rx))
+        }
+    }
+}
+
+/// The arrival time of the next `want` event, skipping others (async-nats reports its
+/// first connect as `Connected` too).
+async fn next_link(rx: &mut LinkRx, want: Link, what: &str) -> Res<Instant> {
+    within(what, async {
+        loop {
+            match rx.recv().await {
+                Some((t, link)) if link == want => return Ok(t),
+                Some(_) => {}
+                None => return Err(BoxError::from("the event channel closed")),
+            }
+        }
+    })
+    .await?
+}
+
+/// Signed milliseconds from `from` to `to`.
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        to.duration_since(from).as_secs_f64() * 1e3
+    } else {
+        -(from.duration_since(to).as_secs_f64() * 1e3)
+    }
+}
+
+/// One library's [`RESTARTS`] restarts on one connection.
+fn reconnect_one(
+    rt: &tokio::runtime::Runtime,
+    server: &mut tether_testkit::NatsServer,
+    lib: Lib,
+    wait: ReconnectWait,
+    quiet: bool,
+) -> Res<(Vec<f64>, Vec<f64>)> {
+    let url = server.url();
+    let (client, mut rx) = rt.block_on(connect_watched(lib, wait, &url))?;
+    let mut ms = Vec::with_capacity(RESTARTS);
+    let mut outage = Vec::with_capacity(RESTARTS);
+    for i in 0..RESTARTS {
+        server.kill();
+        std::thread::sleep(DOWNTIME);
+        let down = rt.block_on(next_link(&mut rx, Link::Down, "the disconnected event"))?;
+        server.restart()?;
+        let accepting = Instant::now();
+        let up = rt.block_on(next_link(&mut rx, Link::Up, "the reconnected event"))?;
+        let d = signed_ms(accepting, up);
+        let o = signed_ms(down, up);
+        if !quiet {
+            eprintln!(
+                "reconnect {:<12} restart {:>2} {:<10} {d:>8.1} ms after the server accepted \
+                 again (outage seen by the client {o:.1} ms)",
+                wait.name(),
+                i + 1,
+                lib.name()
+            );
+        }
+        ms.push(d);
+        outage.push(o);
+        std::thread::sleep(SETTLE);
+    }
+    rt.block_on(client.close())?;
+    Ok((ms, outage))
+}
+
+fn run_reconnect(
+    rt: &tokio::runtime::Runtime,
+    server: &mut tether_testkit::NatsServer,
+    quiet: bool,
+) -> Res<Vec<ReconnectSeries>> {
+    let mut out = Vec::new();
+    for (wait, order) in [
+        (ReconnectWait::Default, [Lib::Tether, Lib::AsyncNats]),
+        (ReconnectWait::Fixed, [Lib::AsyncNats, Lib::Tether]),
+    ] {
+        let mut series = ReconnectSeries {
+            wait,
+            tether: Vec::new(),
+            async_nats: Vec::new(),
+            tether_outage: Vec::new(),
+            async_nats_outage: Vec::new(),
+        };
+        for lib in order {
+            let (ms, outage) = reconnect_one(rt, server, lib, wait, quiet)?;
+            match lib {
+                Lib::Tether => (series.tether, series.tether_outage) = (ms, outage),
+                Lib::AsyncNats => (series.async_nats, series.async_nats_outage) = (ms, outage),
+            }
+        }
+        out.push(series);
+    }
+    Ok(out)
+}
+
+// ===== memory =====
+
+/// Size of every message of the memory workload.
+const MEM_MSG_SIZE: usize = 1024;
+/// Bytes published while connected before the baseline.
+const MEM_WARMUP_BYTES: usize = 4 << 20;
+/// Bytes published while disconnected.
+const MEM_FLOOD_BYTES: usize = 50 << 20;
+/// How long one async-nats publish may wait before it counts as refused.
+const ASYNC_NATS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
+/// Once async-nats refuses, every this many refusals one publish waits the full timeout
+/// again; the others are polled once.
+const ASYNC_NATS_PROBE_EVERY: u64 = 1024;
+/// How long the memory child collects tether's events after the flood.
+const EVENT_DRAIN: Duration = Duration::from_millis(500);
+
+/// The peak resident set size of this process, in KiB.
+fn vm_hwm_kib() -> Res<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmHWM in /proc/self/status".into())
+}
+
+/// Tells the parent the baseline is taken and waits for it to kill the server.
+fn ready_then_go() -> Res<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "READY")?;
+    out.flush()?;
+    drop(out);
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() == "GO" {
+        Ok(())
+    } else {
+        Err(format!("expected GO from the parent, got {line:?}").into())
+    }
+}
+
+/// What one memory child measured (also its JSON line).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MemRun {
+    client: String,
+    baseline_kib: u64,
+    after_kib: u64,
+    growth_mib: f64,
+    /// From GO to the library's Disconnected event.
+    disconnect_seen_ms: f64,
+    /// How long the flood of publishes took.
+    publish_secs: f64,
+    attempted_msgs: u64,
+    accepted_msgs: u64,
+    accepted_bytes: u64,
+    refused_msgs: u64,
+    refused_bytes: u64,
+    /// Publishes that failed for another reason than a full buffer (or a timeout).
+    other_errors: u64,
+    first_other_error: Option<String>,
+    /// tether only: its own counters and events.
+    tether: Option<TetherRefusals>,
+}
+
+/// tether's own account of the refused publishes.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct TetherRefusals {
+    stats_refused_msgs: u64,
+    /// Encoded bytes (control line and payload), unlike `refused_bytes` (payload only).
+    stats_refused_bytes: u64,
+    buffered_msgs: u64,
+    buffered_bytes: u64,
+    buffer_overflow_events: u64,
+    overflow_event_refused_msgs: u64,
+    overflow_event_refused_bytes: u64,
+}
+
+fn run_memory_child(lib: Lib, server: &str) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let subject = format!("cmp.mem.{}", std::process::id());
+    let run = match lib {
+        Lib::Tether => memory_tether(&rt, server, &subject)?,
+        Lib::AsyncNats => memory_async_nats(&rt, server, &subject)?,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&run)?)?;
+    out.flush()?;
+    drop(out);
+    // Do not wait for the clients to give up on the dead server.
+    rt.shutdown_background();
+    Ok(())
+}
+
+fn growth_mib(baseline_kib: u64, after_kib: u64) -> f64 {
+    (after_kib as f64 - baseline_kib as f64) / 1024.0
+}
+
+fn memory_tether(rt: &tokio::runtime::Runtime, server: &str, subject: &str) -> Res<MemRun> {
+    let payload = vec![b'm'; MEM_MSG_SIZE];
+    let client = rt.block_on(tether::connect(server))?;
+    let mut events = client.events();
+    rt.block_on(async {
+        for _ in 0..MEM_WARMUP_BYTES / MEM_MSG_SIZE {
+            client.publish(subject, &payload).await?;
+        }
+        client.flush().await?;
+        Ok::<_, BoxError>(())
+    })?;
+    let baseline_kib = vm_hwm_kib()?;
+    ready_then_go()?;
+    let go = Instant::now();
+    rt.block_on(within("the Disconnected event", async {
+        while let Some(e) = events.next().await {
+            if matches!(e, tether::Event::Disconnected { .. }) {
+                return Ok(());
+            }
+        }
+        Err(BoxError::from("the event stream ended"))
+    }))??;
+    let disconnect_seen_ms = go.elapsed().as_secs_f64() * 1e3;
+
+    let n = (MEM_FLOOD_BYTES / MEM_MSG_SIZE) as u64;
+    let (mut accepted, mut refused, mut other) = (0_u64, 0_u64, 0_u64);
+    let mut first_other = None;
+    let start = Instant::now();
+    rt.block_on(async {
+        for _ in 0..n {
+            match client.try_publish(subject, &payload) {
+                Ok(()) => accepted += 1,
+                Err(tether::PublishError::BufferFull { .. }) => refused += 1,
+                Err(e) => {
+                    other += 1;
+                    first_other.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    });
+    let publish_secs = start.elapsed().as_secs_f64();
+    let after_kib = vm_hwm_kib()?;
+
+    let (mut overflow_events, mut ev_msgs, mut ev_bytes) = (0, 0, 0);
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + EVENT_DRAIN;
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
+            if let tether::Event::BufferOverflow {
+                refused_msgs,
+                refused_bytes,
+            } = e
+            {
+                overflow_events += 1;
+                ev_msgs += refused_msgs;
+                ev_bytes += refused_bytes;
+            }
+        }
+    });
+    let stats = client.statistics();
+    Ok(MemRun {
+        client: Lib::Tether.name().to_owned(),
+        baseline_kib,
+        after_kib,
+        growth_mib: growth_mib(baseline_kib, after_kib),
+        disconnect_seen_ms,
+        publish_secs,
+        attempted_msgs: n,
+        accepted_msgs: accepted,
+        accepted_bytes: accepted * MEM_MSG_SIZE as u64,
+        refused_msgs: refused,
+        refused_bytes: refused * MEM_MSG_SIZE as u64,
+        other_errors: other,
+        first_other_error: first_other,
+        tether: Some(TetherRefusals {
+            stats_refused_msgs: stats.refused_msgs,
+            stats_refused_bytes: stats.refused_bytes,
+            buffered_msgs: stats.buffered_msgs,
+            buffered_bytes: stats.buffered_bytes,
+            buffer_overflow_events: overflow_events,
+            overflow_event_refused_msgs: ev_msgs,
+            overflow_event_refused_bytes: ev_bytes,
+        }),
+    })
+}
+
+fn memory_async_nats(rt: &tokio::runtime::Runtime, server: &str, subject: &str) -> Res<MemRun> {
+    let payload = Bytes::from(vec![b'm'; MEM_MSG_SIZE]);
+    let subject = async_nats::Subject::from(subject);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client = rt.block_on(
+        async_nats::ConnectOptions::new()
+            .event_callback(move |e| {
+                let _ = tx.send(e);
+                async {}
+            })
+            .connect(server),
+    )?;
+    rt.block_on(async {
+        for _ in 0..MEM_WARMUP_BYTES / MEM_MSG_SIZE {
+            client.publish(subject.clone(), payload.clone()).await?;
+        }
+        client.flush().await?;
+        Ok::<_, BoxError>(())
+    })?;
+    let baseline_kib = vm_hwm_kib()?;
+    ready_then_go()?;
+    let go = Instant::now();
+    rt.block_on(within("the Disconnected event", async {
+        while let Some(e) = rx.recv().await {
+            if matches!(e, async_nats::Event::Disconnected) {
+                return Ok(());
+            }
+        }
+        Err(BoxError::from("the event channel closed"))
+    }))??;
+    let disconnect_seen_ms = go.elapsed().as_secs_f64() * 1e3;
+
+    let n = (MEM_FLOOD_BYTES / MEM_MSG_SIZE) as u64;
+    let (mut accepted, mut refused, mut other) = (0_u64, 0_u64, 0_u64);
+    let mut first_other = None;
+    let mut full = false;
+    let start = Instant::now();
+    rt.block_on(async {
+        for _ in 0..n {
+            let publish = client.publish(subject.clone(), payload.clone());
+            let done = if full && refused % ASYNC_NATS_PROBE_EVERY != 0 {
+                publish.now_or_never()
+            } else {
+                tokio::time::timeout(ASYNC_NATS_PUBLISH_TIMEOUT, publish)
+                    .await
+                    .ok()
+            };
+            match done {
+                Some(Ok(())) => {
+                    accepted += 1;
+                    full = false;
+                }
+                None => {
+                    refused += 1;
+                    full = true;
+                }
+                Some(Err(e)) => {
+                    other += 1;
+                    first_other.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    });
+    let publish_secs = start.elapsed().as_secs_f64();
+    let after_kib = vm_hwm_kib()?;
+    Ok(MemRun {
+        client: Lib::AsyncNats.name().to_owned(),
+        baseline_kib,
+        after_kib,
+        growth_mib: growth_mib(baseline_kib, after_kib),
+        disconnect_seen_ms,
+        publish_secs,
+        attempted_msgs: n,
+        accepted_msgs: accepted,
+        accepted_bytes: accepted * MEM_MSG_SIZE as u64,
+        refused_msgs: refused,
+        refused_bytes: refused * MEM_MSG_SIZE as u64,
+        other_errors: other,
+        first_other_error: first_other,
+        tether: None,
+    })
+}
+
+/// A memory child; killed on drop.
+#[derive(Debug)]
+struct MemoryChild {
+    child: Child,
+}
+
+impl Drop for MemoryChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One child: baseline while connected, kill the server, flood, restart the server.
+fn memory_one(server: &mut tether_testkit::NatsServer, lib: Lib) -> Res<MemRun> {
+    let exe = std::env::current_exe()?;
+    let mut child = MemoryChild {
+        child: Command::new(exe)
+            .args(["memory-child", "--client", lib.name(), "--server"])
+            .arg(server.url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    };
+    let mut stdin = child.child.stdin.take().ok_or("no stdin")?;
+    let mut lines = std::io::BufReader::new(child.child.stdout.take().ok_or("no stdout")?).lines();
+    let mut next_line = |what: &str| -> Res<String> {
+        match lines.next() {
+            Some(l) => Ok(l?),
+            None => Err(format!("the memory child ({}) exited before {what}", lib.name()).into()),
+        }
+    };
+    let ready = next_line("READY")?;
+    if ready.trim() != "READY" {
+        return Err(format!("the memory child said {ready:?} instead of READY").into());
+    }
+    server.kill();
+    writeln!(stdin, "GO")?;
+    stdin.flush()?;
+    let line = next_line("its result")?;
+    let run: MemRun = serde_json::from_str(&line)?;
+    let status = child.child.wait()?;
+    if !status.success() {
+        return Err(format!("the memory child ({}) failed: {status}", lib.name()).into());
+    }
+    server.restart()?;
+    Ok(run)
+}
+
+/// Memory runs per library.
+#[derive(Debug, Default)]
+struct MemorySeries {
+    tether: Vec<MemRun>,
+    async_nats: Vec<MemRun>,
+}
+
+impl MemorySeries {
+    fn of(&self, lib: Lib) -> &[MemRun] {
+        match lib {
+            Lib::Tether => &self.tether,
+            Lib::AsyncNats => &self.async_nats,
+        }
+    }
+
+    fn values(&self, lib: Lib, f: impl Fn(&MemRun) -> f64) -> Vec<f64> {
+        self.of(lib).iter().map(f).collect()
+    }
+
+    /// Why tether's account of refused messages does not add up, if it does not.
+    fn tether_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, r) in self.tether.iter().enumerate() {
+            let Some(t) = r.tether else {
+                continue;
+            };
+            let round = i + 1;
+            if t.stats_refused_msgs != r.refused_msgs {
+                out.push(format!(
+                    "round {round}: statistics().refused_msgs = {} but {} publishes were refused",
+                    t.stats_refused_msgs, r.refused_msgs
+                ));
+            }
+            if r.refused_msgs > 0 && t.buffer_overflow_events == 0 {
+                out.push(format!(
+                    "round {round}: {} publishes refused and no BufferOverflow event",
+                    r.refused_msgs
+                ));
+            } else if t.overflow_event_refused_msgs != r.refused_msgs {
+                out.push(format!(
+                    "round {round}: BufferOverflow events count {} refused messages, \
+                     {} publishes were refused",
+                    t.overflow_event_refused_msgs, r.refused_msgs
+                ));
+            }
+            if t.overflow_event_refused_bytes != t.stats_refused_bytes {
+                out.push(format!(
+                    "round {round}: BufferOverflow events count {} refused bytes, \
+                     statistics() {}",
+                    t.overflow_event_refused_bytes, t.stats_refused_bytes
+                ));
+            }
+            if r.other_errors > 0 {
+                out.push(format!(
+                    "round {round}: {} publishes failed otherwise ({})",
+                    r.other_errors,
+                    r.first_other_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn run_memory(
+    server: &mut tether_testkit::NatsServer,
+    rounds: u32,
+    quiet: bool,
+) -> Res<Option<MemorySeries>> {
+    let mut series = MemorySeries::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Lib::Tether, Lib::AsyncNats]
+        } else {
+            [Lib::AsyncNats, Lib::Tether]
+        };
+        for lib in order {
+            let r = memory_one(server, lib)?;
+            if !quiet {
+                eprintln!(
+                    "memory  round {:>2} {:<10} VmHWM {:+.1} MiB ({} -> {} KiB); accepted {} \
+                     ({:.1} MiB), refused {} ({:.1} MiB) in {:.2} s",
+                    round + 1,
+                    lib.name(),
+                    r.growth_mib,
+                    r.baseline_kib,
+                    r.after_kib,
+                    r.accepted_msgs,
+                    r.accepted_bytes as f64 / 1_048_576.0,
+                    r.refused_msgs,
+                    r.refused_bytes as f64 / 1_048_576.0,
+                    r.publish_secs
+                );
+            }
+            match lib {
+                Lib::Tether => series.tether.push(r),
+                Lib::AsyncNats => series.async_nats.push(r),
+            }
+            std::thread::sleep(SETTLE);
+        }
+    }
+    Ok(Some(series))
+}
+
+/// The results of the workloads that kill their server.
+#[derive(Debug, Default)]
+struct Faulty {
+    /// Their server.
+    url: String,
+    reconnect: Vec<ReconnectSeries>,
+    memory: Option<MemorySeries>,
+}
+
+/// Target of the issue: tether's default-wait reconnect p50 at most this share of
+/// async-nats's.
+const TARGET_DEFAULT_RATIO: f64 = 0.5;
+/// Target: with a 100 ms wait, tether's p50 at most this many ms above async-nats's.
+const TARGET_FIXED_DIFF_MS: f64 = 10.0;
+/// Target: tether's VmHWM growth at most this many MiB.
+const TARGET_GROWTH_MIB: f64 = 10.0;
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT MET"
+    }
+}
+
+fn faulty_table(o: &mut String, f: &Faulty) {
+    for s in &f.reconnect {
+        let (tp50, tp90, tmax) = s.stats(Lib::Tether);
+        let (ap50, ap90, amax) = s.stats(Lib::AsyncNats);
+        let label = match s.wait {
+            ReconnectWait::Default => "reconnect",
+            ReconnectWait::Fixed => "reconn 100ms",
+        };
+        for (what, t, a) in [
+            ("p50", tp50, ap50),
+            ("p90", tp90, ap90),
+            ("max", tmax, amax),
+        ] {
+            let extra = if what == "p50" && s.wait == ReconnectWait::Fixed {
+                format!("   diff {:+.1} ms", t - a)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                o,
+                "{:<20} {t:>14.1} {a:>14.1} {:>8.3}   lower is better{extra}",
+                format!("{label} {what} ms"),
+                t / a
+            );
+        }
+    }
+    if let Some(m) = &f.memory {
+        let t = median(&m.values(Lib::Tether, |r| r.growth_mib));
+        let a = median(&m.values(Lib::AsyncNats, |r| r.growth_mib));
+        let ratio = if a.abs() >= 0.5 {
+            format!("{:>8.3}", t / a)
+        } else {
+            format!("{:>8}", "n/a")
+        };
+        let _ = writeln!(
+            o,
+            "{:<20} {t:>14.1} {a:>14.1} {ratio}   lower is better",
+            "memory VmHWM +MiB"
+        );
+        for (label, f) in [
+            (
+                "memory accepted",
+                (|r: &MemRun| r.accepted_msgs as f64) as fn(&MemRun) -> f64,
+            ),
+            ("memory refused", |r: &MemRun| r.refused_msgs as f64),
+        ] {
+            let _ = writeln!(
+                o,
+                "{label:<20} {:>14} {:>14}",
+                group(median(&m.values(Lib::Tether, f))),
+                group(median(&m.values(Lib::AsyncNats, f)))
+            );
+        }
+    }
+}
+
+fn faulty_details(o: &mut String, f: &Faulty) {
+    if f.reconnect.is_empty() && f.memory.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nreconnect/memory: own nats-server at {} (killed and restarted)",
+        f.url
+    );
+    if !f.reconnect.is_empty() {
+        let _ = writeln!(
+            o,
+            "reconnect: {RESTARTS} restarts per library and wait, {} s down each; ms from \
+             the server accepting again to the client's reconnected event",
+            DOWNTIME.as_secs_f64()
+        );
+    }
+    for s in &f.reconnect {
+        for lib in [Lib::Tether, Lib::AsyncNats] {
+            let v: Vec<String> = s.of(lib).iter().map(|v| format!("{v:.1}")).collect();
+            let _ = writeln!(
+                o,
+                "  {:<14} {:<10} {}",
+                s.wait.name(),
+                lib.name(),
+                v.join("  ")
+            );
+            let v: Vec<String> = s.outage_of(lib).iter().map(|v| format!("{v:.0}")).collect();
+            let _ = writeln!(o, "  {:<14} {:<10} outage seen: {}", "", "", v.join("  "));
+        }
+    }
+    if let Some(m) = &f.memory {
+        let _ = writeln!(
+            o,
+            "memory: VmHWM growth from a warmed-up connected baseline while publishing {} MiB \
+             of {} B messages disconnected, default buffers; per round:",
+            MEM_FLOOD_BYTES >> 20,
+            MEM_MSG_SIZE
+        );
+        for lib in [Lib::Tether, Lib::AsyncNats] {
+            for (i, r) in m.of(lib).iter().enumerate() {
+                let mut line = format!(
+                    "  round {:>2} {:<10} {:+6.1} MiB  accepted {:>6}  refused {:>6}",
+                    i + 1,
+                    lib.name(),
+                    r.growth_mib,
+                    r.accepted_msgs,
+                    r.refused_msgs
+                );
+                if let Some(t) = r.tether {
+                    let _ = write!(
+                        line,
+                        "  stats refused {} ({} B)  BufferOverflow events {} (refused {})  \
+                         buffered {} ({} B)",
+                        t.stats_refused_msgs,
+                        t.stats_refused_bytes,
+                        t.buffer_overflow_events,
+                        t.overflow_event_refused_msgs,
+                        t.buffered_msgs,
+                        t.buffered_bytes
+                    );
+                }
+                if r.other_errors > 0 {
+                    let _ = write!(line, "  OTHER ERRORS {}", r.other_errors);
+                }
+                let _ = writeln!(o, "{line}");
+            }
+        }
+        for p in m.tether_problems() {
+            let _ = writeln!(o, "WARNING: tether memory {p}");
+        }
+    }
+    let _ = writeln!(o, "\ntargets:");
+    for s in &f.reconnect {
+        let t = s.stats(Lib::Tether).0;
+        let a = s.stats(Lib::AsyncNats).0;
+        match s.wait {
+            ReconnectWait::Default => {
+                let _ = writeln!(
+                    o,
+                    "  reconnect, default wait: p50 {t:.1} ms vs {a:.1} ms, ratio {:.3} \
+                     (at most {TARGET_DEFAULT_RATIO}): {}",
+                    t / a,
+                    verdict(t / a <= TARGET_DEFAULT_RATIO)
+                );
+            }
+            ReconnectWait::Fixed => {
+                let _ = writeln!(
+                    o,
+                    "  reconnect, 100 ms wait: p50 {t:.1} ms vs {a:.1} ms, diff {:+.1} ms \
+                     (at most +{TARGET_FIXED_DIFF_MS} ms): {}",
+                    t - a,
+                    verdict(t - a <= TARGET_FIXED_DIFF_MS)
+                );
+            }
+        }
+    }
+    if let Some(m) = &f.memory {
+        let v = m.values(Lib::Tether, |r| r.growth_mib);
+        let worst = v.iter().copied().fold(f64::NAN, f64::max);
+        let _ = writeln!(
+            o,
+            "  memory: tether VmHWM growth median {:.1} MiB, max {worst:.1} MiB \
+             (at most {TARGET_GROWTH_MIB} MiB, checked on the max): {}",
+            median(&v),
+            verdict(worst <= TARGET_GROWTH_MIB)
+        );
+        let problems = m.tether_problems();
+        let _ = writeln!(
+            o,
+            "  memory: every refused tether publish reported (counters and BufferOverflow): {}",
+            verdict(problems.is_empty())
+        );
+    }
+}
+
+fn faulty_json(f: &Faulty, workloads: &mut serde_json::Map<String, Value>) {
+    if !f.reconnect.is_empty() {
+        let mut w = serde_json::Map::new();
+        w.insert("server".to_owned(), json!(f.url));
+        w.insert("restarts".to_owned(), json!(RESTARTS));
+        w.insert("downtime_ms".to_owned(), json!(DOWNTIME.as_millis() as u64));
+        w.insert(
+            "metric".to_owned(),
+            json!("ms from restart() returning (server accepting again) to the reconnected event"),
+        );
+        for s in &f.reconnect {
+            let mut one = serde_json::Map::new();
+            for lib in [Lib::Tether, Lib::AsyncNats] {
+                let (p50, p90, max) = s.stats(lib);
+                one.insert(
+                    lib.key().to_owned(),
+                    json!({
+                        "p50_ms": p50,
+                        "p90_ms": p90,
+                        "max_ms": max,
+                        "ms": s.of(lib),
+                        "outage_seen_ms": s.outage_of(lib),
+                    }),
+                );
+            }
+            let t = s.stats(Lib::Tether).0;
+            let a = s.stats(Lib::AsyncNats).0;
+            one.insert("ratio_p50".to_owned(), json!(t / a));
+            one.insert("diff_p50_ms".to_owned(), json!(t - a));
+            one.insert(
+                "target_met".to_owned(),
+                json!(match s.wait {
+                    ReconnectWait::Default => t / a <= TARGET_DEFAULT_RATIO,
+                    ReconnectWait::Fixed => t - a <= TARGET_FIXED_DIFF_MS,
+                }),
+            );
+            w.insert(s.wait.key().to_owned(), Value::Object(one));
+        }
+        workloads.insert("reconnect".to_owned(), Value::Object(w));
+    }
+    if let Some(m) = &f.memory {
+        let mut w = serde_json::Map::new();
+        w.insert("server".to_owned(), json!(f.url));
+        w.insert("msg_size".to_owned(), json!(MEM_MSG_SIZE));
+        w.insert("warmup_bytes".to_owned(), json!(MEM_WARMUP_BYTES));
+        w.insert("flood_bytes".to_owned(), json!(MEM_FLOOD_BYTES));
+        w.insert(
+            "async_nats_publish_timeout_ms".to_owned(),
+            json!(ASYNC_NATS_PUBLISH_TIMEOUT.as_millis() as u64),
+        );
+        for lib in [Lib::Tether, Lib::AsyncNats] {
+            let growth = m.values(lib, |r| r.growth_mib);
+            w.insert(
+                lib.key().to_owned(),
+                json!({
+                    "median": {
+                        "growth_mib": median(&growth),
+                        "accepted_msgs": median(&m.values(lib, |r| r.accepted_msgs as f64)),
+                        "refused_msgs": median(&m.values(lib, |r| r.refused_msgs as f64)),
+                    },
+                    "max_growth_mib": growth.iter().copied().fold(f64::NAN, f64::max),
+                    "rounds": m.of(lib),
+                }),
+            );
+        }
+        let worst = m
+            .values(Lib::Tether, |r| r.growth_mib)
+            .into_iter()
+            .fold(f64::NAN, f64::max);
+        let problems = m.tether_problems();
+        w.insert(
+            "target_met".to_owned(),
+            json!(worst <= TARGET_GROWTH_MIB && problems.is_empty()),
+        );
+        w.insert("tether_refusal_problems".to_owned(), json!(problems));
+        workloads.insert("memory".to_owned(), Value::Object(w));
+    }
+}
+
 // ===== output =====
 
 /// `1234567.8` as `1,234,568`.
@@ -804,6 +1824,7 @@ fn rows(w: Workload) -> Vec<(&'static str, Metric, bool)> {
             ("reqrep p90   µs", p90, false),
             ("reqrep p99   µs", p99, false),
         ],
+        Workload::Reconnect | Workload::Memory => Vec::new(),
     }
 }
 
@@ -827,6 +1848,7 @@ fn table(
     url: &str,
     server_version: Option<&str>,
     all: &[Series],
+    faulty: &Faulty,
     elapsed: Duration,
 ) -> String {
     let mut o = String::new();
@@ -838,15 +1860,19 @@ fn table(
         cli.rounds,
         cli.warmup
     );
-    let _ = writeln!(
-        o,
-        "pub/pubsub: {} msgs of {} B; reqrep: {} sequential requests of {} B; total {:.1} s\n",
-        group(cli.msgs as f64),
-        cli.size,
-        group(cli.requests as f64),
-        cli.size,
-        elapsed.as_secs_f64()
-    );
+    if all.is_empty() {
+        let _ = writeln!(o, "total {:.1} s\n", elapsed.as_secs_f64());
+    } else {
+        let _ = writeln!(
+            o,
+            "pub/pubsub: {} msgs of {} B; reqrep: {} sequential requests of {} B; total {:.1} s\n",
+            group(cli.msgs as f64),
+            cli.size,
+            group(cli.requests as f64),
+            cli.size,
+            elapsed.as_secs_f64()
+        );
+    }
     let _ = writeln!(
         o,
         "{:<20} {:>14} {:>14} {:>8}   (median over rounds; ratio = tether/async-nats)",
@@ -869,6 +1895,11 @@ fn table(
                 }
             );
         }
+    }
+    faulty_table(&mut o, faulty);
+    faulty_details(&mut o, faulty);
+    if all.is_empty() {
+        return o;
     }
     let _ = writeln!(o);
     let mut any = false;
@@ -913,6 +1944,7 @@ fn to_json(
     url: &str,
     server_version: Option<String>,
     all: &[Series],
+    faulty: &Faulty,
     elapsed: Duration,
 ) -> Value {
     let mut workloads = serde_json::Map::new();
@@ -969,6 +2001,7 @@ fn to_json(
         w.insert("better".to_owned(), json!(better));
         workloads.insert(s.workload.name().to_owned(), Value::Object(w));
     }
+    faulty_json(faulty, &mut workloads);
     json!({
         "server": url,
         "nats_server_version": server_version,
