@@ -1,1 +1,155 @@
-fn main() {}
+//! `tether`: publish, subscribe, request, reply and bench against NATS with the tether
+//! client, in the shape of the `nats` CLI.
+//!
+//! Layout: one module per subcommand under `cmd/`, each with an `Args` struct (clap
+//! derive; its doc comment is the subcommand's help, its `after_help` the examples) and
+//! an `async fn run(args, &Global)`. The [`commands!`] list below ties a subcommand name
+//! to its module, so adding one (e.g. `chaos`) is `mod chaos;` in `cmd/mod.rs` plus one
+//! line in that list.
+//!
+//! Errors end the process with `error: <one line>` on stderr and exit status 1; Ctrl-C
+//! exits with status 130. Logging goes to stderr through `tracing-subscriber`: `warn` by
+//! default, `-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG` overrides.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod cmd;
+mod error;
+mod util;
+
+pub use error::CliError;
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222; `bench`
+    /// starts a local nats-server instead]
+    #[arg(short, long, global = true, env = "NATS_URL", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// More logging on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Global {
+    /// The server URL(s) given, or the default local server.
+    pub fn server_or_default(&self) -> &str {
+        self.server
+            .as_deref()
+            .unwrap_or(tether::options::DEFAULT_SERVER)
+    }
+}
+
+/// Declares the subcommands: `Variant(module)` runs `cmd::module::run` with
+/// `cmd::module::Args`. The subcommand name is the variant's name in kebab case.
+macro_rules! commands {
+    ($($variant:ident($module:ident)),* $(,)?) => {
+        #[derive(Debug, Subcommand)]
+        enum Command {
+            $($variant(cmd::$module::Args),)*
+        }
+
+        impl Command {
+            async fn run(self, global: &Global) -> Result<(), CliError> {
+                match self {
+                    $(Command::$variant(args) => cmd::$module::run(args, global).await,)*
+                }
+            }
+        }
+    };
+}
+
+commands! {
+    Pub(publish),
+    Sub(subscribe),
+    Req(request),
+    Reply(reply),
+    Bench(bench),
+    Chaos(chaos),
+}
+
+/// A NATS command-line client built on tether.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, propagate_version = true, after_help = EXAMPLES)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  tether sub 'orders.>'                       print every message on orders.*
+  tether pub orders.new '{\"id\":1}' --count 3  publish a message three times
+  tether reply time.now 'twelve o clock'      answer requests on time.now
+  tether req time.now '' --timeout 500ms      send a request, print the reply
+  tether bench pubsub --msgs 200000 --size 128
+  NATS_URL=nats://127.0.0.1:4222 tether bench reqrep --json
+  tether chaos                                 kill and restart a local server 5 times
+  tether chaos --fault blackhole --json        black-hole the link, report as JSON";
+
+/// How long `main` waits for each client still open when the command ends.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Cli { global, command } = cli;
+    let outcome = runtime.block_on(async {
+        let run = command.run(&global);
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            r = &mut run => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        // Close what the command left open (after an error or Ctrl-C) while it, and a
+        // local server it may have started, still exist.
+        util::close_all(CLOSE_TIMEOUT).await;
+        outcome
+    });
+    // Whatever the command left running (clients, a local server) is dropped here.
+    drop(runtime);
+    match outcome {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("interrupted");
+            ExitCode::from(130)
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! `tether bench MODE --msgs N --size S [--json]`
+//!
+//! Every run ends when the last message is observed, never on a flush:
+//! - `pub`: one connection publishes N messages (one payload, reused), then a marker
+//!   message that the same connection receives on its own subscription (subscribed and
+//!   confirmed before the clock starts). The server processes a connection's bytes in
+//!   order, so the marker arriving means every message before it was processed.
+//! - `pubsub`: a subscriber connection counts what one publisher connection sends; the
+//!   run ends when it has all N, or when the marker arrives (then `received` < N tells
+//!   what was lost, e.g. to a slow consumer).
+//! - `reqrep`: sequential requests to an echo responder on its own connection (an
+//!   in-process task); one untimed warm-up request first sets up the request inbox.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tether::{Client, ConnectOptions};
+use tether_testkit::{NatsServer, TestkitError};
+
+use crate::error::Context;
+use crate::{util, CliError, Global};
+
+/// Default --msgs for `pub` and `pubsub`.
+pub const DEFAULT_MSGS: u64 = 1_000_000;
+/// Default --msgs for `reqrep`.
+pub const DEFAULT_REQREP_MSGS: u64 = 10_000;
+/// How long to wait for the end marker after the last publish.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(60);
+/// `pubsub`: the subscriber gives up after this long without a message.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `reqrep`: timeout of each request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The progress bar is updated every this many messages.
+const PROGRESS_STEP: u64 = 4096;
+/// Outbound buffer of the bench connections.
+const BENCH_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Publish only; ends on a marker received by the publisher's own subscription
+    Pub,
+    /// One publisher, one subscriber connection; counts what arrives
+    Pubsub,
+    /// Sequential request-reply to an echo responder; latency percentiles
+    Reqrep,
+}
+
+/// Measure throughput and latency against a NATS server
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tether bench pub                            1,000,000 messages of 16 bytes
+  tether bench pubsub --msgs 200000 --size 1024
+  tether bench reqrep --msgs 5000 --json
+  tether bench pub --server nats://10.0.0.5:4222
+
+Without --server (or NATS_URL) the bench starts a local nats-server (found through
+NATS_SERVER_BIN or PATH, 2.10 or newer) and stops it afterwards.
+MB/s counts payload bytes (10^6 bytes per MB). With --json, one JSON object is printed
+on stdout: mode, msgs, size, secs, msgs_per_sec, mb_per_sec, plus received and dropped
+for pubsub and p50_us, p90_us, p99_us for reqrep.")]
+pub struct Args {
+    /// What to measure
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Number of messages (requests for reqrep) [default: 1000000; 10000 for reqrep]
+    #[arg(long, short = 'n')]
+    pub msgs: Option<u64>,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 16)]
+    pub size: usize,
+    /// Print one JSON object instead of the human summary (and no progress bar)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The result of a run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub msgs: u64,
+    pub size: usize,
+    pub secs: f64,
+    pub msgs_per_sec: f64,
+    pub mb_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p90_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<f64>,
+}
+
+impl Report {
+    fn new(mode: Mode, msgs: u64, size: usize, elapsed: Duration) -> Self {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let msgs_per_sec = msgs as f64 / secs;
+        Self {
+            mode,
+            msgs,
+            size,
+            secs,
+            msgs_per_sec,
+            mb_per_sec: msgs_per_sec * size as f64 / 1e6,
+            received: None,
+            dropped: None,
+            p50_us: None,
+            p90_us: None,
+            p99_us: None,
+        }
+    }
+
+    fn human(&self) -> String {
+        let mode = match self.mode {
+            Mode::Pub => "pub",
+            Mode::Pubsub => "pubsub",
+            Mode::Reqrep => "reqrep",
+        };
+        let mut s = format!(
+            "bench {mode}: {} msgs of {} B in {:.3} s: {} msgs/s, {:.2} MB/s",
+            group(self.msgs),
+            self.size,
+            self.secs,
+            group(self.msgs_per_sec.round() as u64),
+            self.mb_per_sec
+        );
+        if let Some(r) = self.received {
+            let _ = write!(
+                s,
+                "\n  received {} of {} ({} dropped by the client)",
+                group(r),
+                group(self.msgs),
+                self.dropped.unwrap_or(0)
+            );
+        }
+        if let (Some(p50), Some(p90), Some(p99)) = (self.p50_us, self.p90_us, self.p99_us) {
+            let _ = write!(
+                s,
+                "\n  latency: p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs"
+            );
+        }
+        s
+    }
+}
+
+/// 1234567 → "1,234,567".
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let msgs = args.msgs.unwrap_or(match args.mode {
+        Mode::Reqrep => DEFAULT_REQREP_MSGS,
+        _ => DEFAULT_MSGS,
+    });
+    if msgs == 0 {
+        return Err(CliError::new("--msgs must be at least 1"));
+    }
+    let mut local = None;
+    let url = if let Some(url) = &global.server {
+        url.clone()
+    } else {
+        let server = tokio::task::spawn_blocking(NatsServer::start)
+            .await
+            .map_err(|e| CliError::new(format!("starting a local nats-server: {e}")))?
+            .map_err(local_server_error)?;
+        eprintln!(
+            "bench: no --server given; started a local nats-server on {}",
+            server.url()
+        );
+        let url = server.url();
+        local = Some(server);
+        url
+    };
+    let progress = progress_bar(msgs, args.json);
+    let result = match args.mode {
+        Mode::Pub => bench_pub(&url, msgs, args.size, &progress).await,
+        Mode::Pubsub => bench_pubsub(&url, msgs, args.size, &progress).await,
+        Mode::Reqrep => bench_reqrep(&url, msgs, args.size, &progress).await,
+    };
+    progress.finish_and_clear();
+    if let Some(mut server) = local {
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .map_err(|e| CliError::new(format!("stopping the local nats-server: {e}")))?;
+    }
+    let report = result?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
+    } else {
+        println!("{}", report.human());
+    }
+    Ok(())
+}
+
+/// One line, with the server's log sent to the debug log instead.
+fn local_server_error(e: TestkitError) -> CliError {
+    let text = match e {
+        TestkitError::NotReady { name, reason, log } => {
+            tracing::debug!(%log, "log of the local nats-server");
+            format!("nats-server {name} not ready: {reason}")
+        }
+        other => other.to_string(),
+    };
+    CliError::new(format!(
+        "no --server given and could not start a local nats-server: {text}"
+    ))
+}
+
+fn progress_bar(total: u64, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8));
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec:>14} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn bench_options(msgs: u64, size: usize) -> ConnectOptions {
+    let msgs_limit = usize::try_from(msgs)
+        .unwrap_or(usize::MAX)
+        .saturating_add(16);
+    // Header-less payloads: the pending byte count is the payload size.
+    let bytes_limit = msgs_limit
+        .saturating_mul(size.max(1))
+        .max(tether::options::DEFAULT_PENDING_BYTES);
+    ConnectOptions::new()
+        .outbound_buffer(BENCH_BUFFER_BYTES, tether::options::DEFAULT_BUFFER_MSGS)
+        .pending_limits(msgs_limit, bytes_limit)
+}
+
+/// A subject prefix no other run shares.
+fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("tether.bench.{}.{nanos}", std::process::id())
+}
+
+async fn publish_all(
+    client: &Client,
+    subject: &str,
+    payload: &Bytes,
+    msgs: u64,
+    progress: Option<&ProgressBar>,
+) -> Result<(), CliError> {
+    for i in 0..msgs {
+        client
+            .publish(subject, payload)
+            .await
+            .with_context_fn(|| format!("publish #{} of {msgs} to {subject}", i + 1))?;
+        if let Some(p) = progress {
+            if i % PROGRESS_STEP == 0 {
+                p.set_position(i);
+            }
+        }
+    }
+    Ok(())
+}
+
+trait WithContextFn<T> {
+    fn with_context_fn(self, f: impl FnOnce() -> String) -> Result<T, CliError>;
+}
+
+impl<T, E: std::fmt::Display> WithContextFn<T> for Result<T, E> {
+    fn with_context_fn(self, f: impl FnOnce() -> String) -> Result<T, CliError> {
+        self.map_err(|e| CliError::new(format!("{}: {e}", f())))
+    }
+}
+
+async fn bench_pub(
+    url: &str,
+    msgs: u64,
+    size: usize,
+    progress: &ProgressBar,
+) -> Result<Report, CliError> {
+    let client = util::connect(url, bench_options(msgs, size)).await?;
+    let prefix = unique_prefix();
+    let data = format!("{prefix}.data");
+    let end = format!("{prefix}.end");
+    let mut marker = client
+        .subscribe(&end)
+        .await
+        .context("subscribing to the marker")?;
+    client
+        .flush()
+        .await
+        .context("confirming the marker subscription")?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    progress.set_message("publishing");
+
+    let start = Instant::now();
+    publish_all(&client, &data, &payload, msgs, Some(progress)).await?;
+    client
+        .publish(&end, b"")
+        .await
+        .context("publishing the end marker")?;
+    progress.set_position(msgs);
+    progress.set_message("draining");
+    match tokio::time::timeout(MARKER_TIMEOUT, marker.next()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(CliError::new(format!(
+                "the marker subscription ended before the marker arrived ({})",
+                marker
+                    .error()
+                    .map_or_else(|| "connection closed".to_owned(), |e| e.to_string())
+            )))
+        }
+        Err(_) => {
+            return Err(CliError::new(format!(
+                "the end marker did not come back within {MARKER_TIMEOUT:?}"
+            )))
+        }
+    }
+    let elapsed = start.elapsed();
+    client.close().await;
+    Ok(Report::new(Mode::Pub, msgs, size, elapsed))
+}
+
+async fn bench_pubsub(
+    url: &str,
+    msgs: u64,
+    size: usize,
+    progress: &ProgressBar,
+) -> Result<Report, CliError> {
+    let opts = bench_options(msgs, size);
+    let sub_client = util::connect(url, opts.clone()).await?;
+    let pub_client = util::connect(url, opts).await?;
+    let prefix = unique_prefix();
+    let data = format!("{prefix}.data");
+    let end = format!("{prefix}.end");
+    // One subscription for data and marker, so the marker cannot overtake the data.
+    let mut sub = sub_client
+        .subscribe(format!("{prefix}.*"))
+        .await
+        .context("subscribing")?;
+    sub_client
+        .flush()
+        .await
+        .context("confirming the subscription")?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    progress.set_message("receiving");
+
+    let counter_progress = progress.clone();
+    let marker = end.clone();
+    let counter = tokio::spawn(async move {
+        let mut received = 0u64;
+        loop {
+            match tokio::time::timeout(IDLE_TIMEOUT, sub.next()).await {
+                Ok(Some(m)) if m.subject.as_str() == marker => break,
+                Ok(Some(_)) => {
+                    received += 1;
+                    if received % PROGRESS_STEP == 0 {
+                        counter_progress.set_position(received);
+                    }
+                    if received == msgs {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(received, "the subscription ended early");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        received,
+                        "no message for {IDLE_TIMEOUT:?}; the marker was lost, ending the run"
+                    );
+                    break;
+                }
+            }
+        }
+        (received, Instant::now(), sub.dropped())
+    });
+
+    let start = Instant::now();
+    publish_all(&pub_client, &data, &payload, msgs, None).await?;
+    pub_client
+        .publish(&end, b"")
+        .await
+        .context("publishing the end marker")?;
+    let (received, end_at, dropped) = counter
+        .await
+        .map_err(|e| CliError::new(format!("the subscriber task failed: {e}")))?;
+    let elapsed = end_at.duration_since(start);
+    pub_client.close().await;
+    sub_client.close().await;
+    let mut report = Report::new(Mode::Pubsub, msgs, size, elapsed);
+    report.received = Some(received);
+    report.dropped = Some(dropped);
+    if received < msgs {
+        tracing::warn!(
+            received,
+            msgs,
+            dropped,
+            "the subscriber did not receive every message"
+        );
+    }
+    Ok(report)
+}
+
+async fn bench_reqrep(
+    url: &str,
+    msgs: u64,
+    size: usize,
+    progress: &ProgressBar,
+) -> Result<Report, CliError> {
+    let opts = bench_options(msgs, size);
+    let responder = util::connect(url, opts.clone()).await?;
+    let subject = format!("{}.echo", unique_prefix());
+    let mut requests = responder
+        .subscribe(&subject)
+        .await
+        .context("subscribing the echo responder")?;
+    responder
+        .flush()
+        .await
+        .context("confirming the responder's subscription")?;
+    let echo_client = responder.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            if let Some(reply) = &m.reply {
+                if let Err(e) = echo_client.publish(reply, &m.payload).await {
+                    tracing::warn!(error = %e, "the echo responder could not reply");
+                }
+            }
+        }
+    });
+
+    let requester = util::connect(url, bench_options(msgs, size)).await?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    requester
+        .request_with(&subject, None, &payload, REQUEST_TIMEOUT)
+        .await
+        .context("warm-up request")?;
+    progress.set_message("requests");
+    let mut latencies = Vec::with_capacity(usize::try_from(msgs).unwrap_or(0));
+    let start = Instant::now();
+    for i in 0..msgs {
+        let t = Instant::now();
+        let reply = requester
+            .request_with(&subject, None, &payload, REQUEST_TIMEOUT)
+            .await
+            .with_context_fn(|| format!("request #{} of {msgs}", i + 1))?;
+        latencies.push(t.elapsed());
+        if reply.payload.len() != size {
+            return Err(CliError::new(format!(
+                "request #{}: the echo came back with {} bytes instead of {size}",
+                i + 1,
+                reply.payload.len()
+            )));
+        }
+        if i % 256 == 0 {
+            progress.set_position(i);
+        }
+    }
+    let elapsed = start.elapsed();
+    requester.close().await;
+    responder.close().await;
+    if tokio::time::timeout(Duration::from_secs(5), echo)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the echo responder did not stop after close");
+    }
+    latencies.sort_unstable();
+    let mut report = Report::new(Mode::Reqrep, msgs, size, elapsed);
+    report.p50_us = Some(percentile_us(&latencies, 50.0));
+    report.p90_us = Some(percentile_us(&latencies, 90.0));
+    report.p99_us = Some(percentile_us(&latencies, 99.0));
+    Ok(report)
+}
+
+/// Nearest-rank percentile of sorted samples, in µs.
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    let idx = rank.clamp(1, sorted.len()) - 1;
+    sorted[idx].as_secs_f64() * 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{group, percentile_us};
+    use std::time::Duration;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert!((percentile_us(&v, 50.0) - 50.0).abs() < 1e-6);
+        assert!((percentile_us(&v, 99.0) - 99.0).abs() < 1e-6);
+        assert!((percentile_us(&v[..1], 90.0) - 1.0).abs() < 1e-6);
+        assert!(percentile_us(&[], 50.0).abs() < 1e-9);
+    }
+}

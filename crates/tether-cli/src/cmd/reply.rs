@@ -1,0 +1,77 @@
+//! `tether reply SUBJECT RESPONSE [--queue Q] [--count N]`
+
+use futures_util::StreamExt;
+use tether::ConnectOptions;
+
+use crate::error::Context;
+use crate::{util, CliError, Global};
+
+/// Answer requests on a subject with a fixed response
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tether reply time.now 'twelve o clock'
+  tether reply echo pong --queue echoers --count 1
+
+Prints each request as `[#n] subject: payload`. Runs until --count requests were
+answered, or until Ctrl-C.")]
+pub struct Args {
+    /// Subject to answer on (wildcards allowed)
+    pub subject: String,
+    /// Payload of every reply
+    pub response: String,
+    /// Join this queue group (each request goes to one member of the group)
+    #[arg(long, short = 'q')]
+    pub queue: Option<String>,
+    /// Exit after answering this many requests
+    #[arg(long, short = 'c')]
+    pub count: Option<u64>,
+}
+
+pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let client = util::connect(global.server_or_default(), ConnectOptions::new()).await?;
+    let what = format!("subscribing to {}", args.subject);
+    let mut sub = match &args.queue {
+        Some(q) => client
+            .queue_subscribe(&args.subject, q)
+            .await
+            .context(&what)?,
+        None => client.subscribe(&args.subject).await.context(&what)?,
+    };
+    client.flush().await.context(&what)?;
+    tracing::info!(subject = %args.subject, queue = ?args.queue, "answering requests");
+    let mut answered = 0;
+    let mut seen = 0;
+    while args.count.is_none_or(|c| answered < c) {
+        let Some(msg) = sub.next().await else {
+            break;
+        };
+        seen += 1;
+        if !util::print_message(seen, &msg)? {
+            break;
+        }
+        let Some(reply) = &msg.reply else {
+            tracing::warn!(subject = %msg.subject, "message without a reply subject; not answered");
+            continue;
+        };
+        client
+            .publish(reply, args.response.as_bytes())
+            .await
+            .context(format!("replying to {reply}"))?;
+        answered += 1;
+    }
+    if let Some(e) = sub.error() {
+        return Err(CliError::new(format!(
+            "subscription to {} ended: {e}",
+            args.subject
+        )));
+    }
+    let report = client.close().await;
+    if report.unsent_msgs > 0 {
+        return Err(CliError::new(format!(
+            "connection closed with {} replies unsent",
+            report.unsent_msgs
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `tether sub SUBJECT [--queue Q] [--count N]`
+
+use futures_util::StreamExt;
+use tether::ConnectOptions;
+
+use crate::error::Context;
+use crate::{util, CliError, Global};
+
+/// Subscribe to a subject and print each message as `[#n] subject: payload`
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  tether sub greet.joe
+  tether sub 'orders.>' --queue workers
+  tether sub 'sensors.*.temp' --count 10
+
+Runs until --count messages arrived, or until Ctrl-C.")]
+pub struct Args {
+    /// Subject to subscribe to (wildcards `*` and `>` allowed)
+    pub subject: String,
+    /// Join this queue group (each message goes to one member of the group)
+    #[arg(long, short = 'q')]
+    pub queue: Option<String>,
+    /// Exit after this many messages
+    #[arg(long, short = 'c')]
+    pub count: Option<u64>,
+}
+
+pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let client = util::connect(global.server_or_default(), ConnectOptions::new()).await?;
+    let what = format!("subscribing to {}", args.subject);
+    let mut sub = match &args.queue {
+        Some(q) => client
+            .queue_subscribe(&args.subject, q)
+            .await
+            .context(&what)?,
+        None => client.subscribe(&args.subject).await.context(&what)?,
+    };
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    if let Some(n) = args.count {
+        sub.unsubscribe_after(n);
+    }
+    // Confirms the server has the subscription before saying so.
+    client.flush().await.context(&what)?;
+    tracing::info!(subject = %args.subject, queue = ?args.queue, "subscribed");
+    let mut n = 0;
+    while let Some(msg) = sub.next().await {
+        n += 1;
+        if !util::print_message(n, &msg)? {
+            break;
+        }
+        if args.count.is_some_and(|c| n >= c) {
+            break;
+        }
+    }
+    if let Some(e) = sub.error() {
+        return Err(CliError::new(format!(
+            "subscription to {} ended: {e}",
+            args.subject
+        )));
+    }
+    if args.count.is_some_and(|c| n < c) {
+        return Err(CliError::new(format!(
+            "subscription to {} ended after {n} of {} messages (connection closed)",
+            args.subject,
+            args.count.unwrap_or_default()
+        )));
+    }
+    client.close().await;
+    Ok(())
+}

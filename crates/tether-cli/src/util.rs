@@ -1,0 +1,110 @@
+//! Helpers shared by the subcommands.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tether::{Client, ConnectOptions, Message};
+
+use crate::CliError;
+
+/// Connection name the CLI shows in the server's monitoring.
+pub const CLIENT_NAME: &str = "tether-cli";
+
+/// Connect to `servers` (comma-separated URLs) with `opts`. The error is the library's,
+/// which lists every server and address tried and why it failed.
+pub async fn connect(servers: &str, opts: ConnectOptions) -> Result<Client, CliError> {
+    if servers.split(',').all(|s| s.trim().is_empty()) {
+        return Err(CliError::new("no server URL given (--server or NATS_URL)"));
+    }
+    let client = opts.name(CLIENT_NAME).connect(servers).await?;
+    tracing::info!(server = ?client.connected_server(), "connected");
+    OPEN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(client.clone());
+    Ok(client)
+}
+
+/// Every client [`connect`] made, so that `main` can close them whatever way the command
+/// ended (an error, Ctrl-C) before the runtime goes away.
+static OPEN: Mutex<Vec<Client>> = Mutex::new(Vec::new());
+
+/// Closes every client [`connect`] made (writing what they buffered and waiting for the
+/// server's PONG), each bounded by `timeout`. Already-closed clients return at once.
+pub async fn close_all(timeout: Duration) {
+    let clients = std::mem::take(
+        &mut *OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for client in clients {
+        if tokio::time::timeout(timeout, client.close()).await.is_err() {
+            tracing::warn!(server = ?client.connected_server(), "close did not complete within {timeout:?}");
+        }
+    }
+}
+
+/// Parses `2s`, `500ms`, `1.5s`, `250us`, `1m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 2s, 500ms, 1m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "ns" => value / 1e9,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Writes `[#n] subject: payload` (payload as lossy UTF-8) and the headers, if any.
+/// A closed stdout (`| head`) is reported as `Ok(false)`: stop quietly.
+pub fn print_message(n: u64, msg: &Message) -> Result<bool, CliError> {
+    let mut out = std::io::stdout().lock();
+    let mut text = format!(
+        "[#{n}] {}: {}\n",
+        msg.subject,
+        String::from_utf8_lossy(&msg.payload)
+    );
+    if let Some(h) = &msg.headers {
+        for (k, v) in h.iter() {
+            let _ = writeln!(text, "  {k}: {v}");
+        }
+    }
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::new(format!("writing to stdout: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! Runs the built `tether` binary against real nats-servers started by tether-testkit.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tether_testkit::{closed_port, wait_for, NatsServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// `tether --server URL ...` with no NATS_URL or RUST_LOG from the environment.
+fn tether(server: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .args(["--server", server]);
+    c
+}
+
+/// A command running in the background; killed if the test fails before it exits.
+struct Background(Option<Child>);
+
+impl Background {
+    fn spawn(mut cmd: Command) -> Self {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tether");
+        Self(Some(child))
+    }
+
+    /// Waits (with a deadline) for the process to exit and returns its output.
+    fn output(mut self) -> Output {
+        let mut child = self.0.take().expect("child");
+        let exited = wait_for(DEADLINE, || matches!(child.try_wait(), Ok(Some(_))));
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("collect output");
+        assert!(
+            exited,
+            "background tether did not exit within {DEADLINE:?}; stdout {:?}, stderr {:?}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Subscriptions the server holds for all client connections, from `/connz`.
+fn subscriptions(server: &NatsServer) -> u64 {
+    server
+        .connz()
+        .ok()
+        .and_then(|v| {
+            v["connections"]
+                .as_array()
+                .map(|cs| cs.iter().filter_map(|c| c["subscriptions"].as_u64()).sum())
+        })
+        .unwrap_or(0)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run tether")
+}
+
+#[test]
+fn pub_reaches_sub() {
+    let server = NatsServer::start().expect("start nats-server");
+    let mut sub = tether(&server.url());
+    sub.args(["sub", "cli.greet", "--count", "1"]);
+    let sub = Background::spawn(sub);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the subscriber never subscribed"
+    );
+
+    let published = run(tether(&server.url()).args(["pub", "cli.greet", "hello there"]));
+    assert!(
+        published.status.success(),
+        "pub failed: {}",
+        text(&published.stderr)
+    );
+
+    let out = sub.output();
+    assert!(out.status.success(), "sub failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "[#1] cli.greet: hello there\n");
+}
+
+#[test]
+fn req_gets_the_reply() {
+    let server = NatsServer::start().expect("start nats-server");
+    let mut reply = tether(&server.url());
+    reply.args(["reply", "cli.svc", "pong", "--count", "1"]);
+    let reply = Background::spawn(reply);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the responder never subscribed"
+    );
+
+    let req = run(tether(&server.url()).args(["req", "cli.svc", "ping", "--timeout", "5s"]));
+    assert!(req.status.success(), "req failed: {}", text(&req.stderr));
+    assert_eq!(text(&req.stdout), "pong\n");
+
+    let out = reply.output();
+    assert!(out.status.success(), "reply failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "[#1] cli.svc: ping\n");
+
+    // Nobody listens any more: no responders, at once, as one line.
+    let none = run(tether(&server.url()).args(["req", "cli.svc", "ping"]));
+    assert_eq!(none.status.code(), Some(1));
+    let err = text(&none.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("no responders"),
+        "{err}"
+    );
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "bench failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bench --json printed {:?}: {e}", text(&out.stdout)))
+}
+
+fn assert_rates(v: &serde_json::Value, mode: &str, msgs: u64) {
+    assert_eq!(v["mode"], mode, "{v}");
+    assert_eq!(v["msgs"], msgs, "{v}");
+    assert_eq!(v["size"], 16, "{v}");
+    for field in ["secs", "msgs_per_sec", "mb_per_sec"] {
+        assert!(v[field].as_f64().is_some_and(|x| x > 0.0), "{field} in {v}");
+    }
+}
+
+#[test]
+fn bench_pub_and_pubsub_json() {
+    let server = NatsServer::start().expect("start nats-server");
+    let v = json(&run(
+        tether(&server.url()).args(["bench", "pub", "--msgs", "20000", "--json"])
+    ));
+    assert_rates(&v, "pub", 20_000);
+
+    let v = json(&run(
+        tether(&server.url()).args(["bench", "pubsub", "--msgs", "20000", "--json"])
+    ));
+    assert_rates(&v, "pubsub", 20_000);
+    assert_eq!(v["received"], 20_000, "{v}");
+}
+
+#[test]
+fn bench_reqrep_starts_its_own_server() {
+    let out = run(Command::new(BIN)
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .args(["bench", "reqrep", "--msgs", "200", "--json"]));
+    let v = json(&out);
+    assert_rates(&v, "reqrep", 200);
+    let (p50, p90, p99) = (
+        v["p50_us"].as_f64().expect("p50_us"),
+        v["p90_us"].as_f64().expect("p90_us"),
+        v["p99_us"].as_f64().expect("p99_us"),
+    );
+    assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{v}");
+    assert!(
+        text(&out.stderr)
+            .contains("bench: no --server given; started a local nats-server on nats://127.0.0.1:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn connection_failure_is_one_line() {
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    let out = run(tether(&url).args(["pub", "cli.x", "y"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "more than one line: {err}"
+    );
+    assert!(
+        err.starts_with("error: could not connect to any server: ") && err.contains(&url),
+        "{err}"
+    );
+    assert!(err.contains("refused"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Error:"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
