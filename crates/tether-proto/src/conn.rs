@@ -1016,6 +1016,12 @@ impl Connection {
         self.source = Source::None;
         self.pings_queued.clear();
         self.pings_out.clear();
+        self.reset_link_counters();
+        self.decoder = Decoder::new(self.config.decoder);
+    }
+
+    /// Per-link accounting starts again (a new link, or a planned switch).
+    fn reset_link_counters(&mut self) {
         self.written = Counts::default();
         self.written_retained = 0;
         self.confirmed = Counts::default();
@@ -1024,7 +1030,6 @@ impl Connection {
         self.unpinged_bytes = 0;
         self.last_keepalive = None;
         self.subs_since_pong.clear();
-        self.decoder = Decoder::new(self.config.decoder);
     }
 
     fn reset_link(&mut self, now: Instant) {
@@ -1562,14 +1567,7 @@ impl Connection {
         self.state = LinkState::Down;
         self.closing = None;
         self.control.clear();
-        self.written = Counts::default();
-        self.written_retained = 0;
-        self.confirmed = Counts::default();
-        self.confirmed_retained = 0;
-        self.unpinged_since = None;
-        self.unpinged_bytes = 0;
-        self.last_keepalive = None;
-        self.subs_since_pong.clear();
+        self.reset_link_counters();
         Some(link)
     }
 

@@ -1,26 +1,14 @@
 //! Clusters: discovery, failover and lame duck mode against real 3-node clusters.
 
+mod common;
+use common::{next_event, T};
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tether::{ConnectOptions, Event, State};
 use tether_testkit::{NatsCluster, ServerConfig};
-
-const T: Duration = Duration::from_secs(15);
-
-async fn next_event(events: &mut tether::Events, mut pred: impl FnMut(&Event) -> bool) -> Event {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let e = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .expect("timed out waiting for an event")
-            .expect("event stream ended");
-        if pred(&e) {
-            return e;
-        }
-    }
-}
 
 /// Publish probes until one reaches `sub`: route interest has propagated.
 async fn wait_interest(publisher: &tether::Client, sub: &mut tether::Subscriber, subject: &str) {

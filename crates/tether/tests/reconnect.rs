@@ -1,25 +1,13 @@
 //! Reconnection against real processes and the fault proxy.
 
+mod common;
+use common::{next_event, T};
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tether::{ConnectOptions, Event, FlushError, PublishError, State};
 use tether_testkit::{NatsServer, Proxy};
-
-const T: Duration = Duration::from_secs(10);
-
-async fn next_event(events: &mut tether::Events, mut pred: impl FnMut(&Event) -> bool) -> Event {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let e = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .expect("timed out waiting for an event")
-            .expect("event stream ended");
-        if pred(&e) {
-            return e;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_restart_resubscribes_and_delivers_buffered_batch_in_order() {
