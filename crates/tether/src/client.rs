@@ -183,6 +183,7 @@ impl Client {
                 draining_pubs: false,
                 high_water: 0,
                 refused: (0, 0),
+                overflow_reported_at: None,
                 force_reconnect: false,
                 lazy_connecting: false,
                 driver_started: false,
@@ -509,10 +510,9 @@ impl Client {
         metrics::counter!("tether_publish_refused_total").increment(1);
         inner.refused.0 += 1;
         inner.refused.1 += len as u64;
-        if !inner.conn.is_up() || inner.refused.0 == 1 {
-            // While disconnected nothing frees room soon: report at once.
-            driver::report_overflow(self.shared(), inner);
-        }
+        // The first refusal is reported at once; after that at most one event per
+        // interval carries the counts (a storm of refusals is not a storm of events).
+        driver::report_overflow_if_due(self.shared(), inner);
     }
 
     async fn publish_inner(

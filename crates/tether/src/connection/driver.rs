@@ -925,7 +925,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
         }
         ConnEvent::BufferSpace => {
             shared.space.notify_waiters();
-            report_overflow(shared, inner);
+            report_overflow_if_due(shared, inner);
             let c = inner.conn.buffered();
             rearm_high_water(inner, c);
             None
@@ -934,10 +934,25 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
     }
 }
 
+/// At most one BufferOverflow event per this interval; the counts in between accumulate
+/// into the next one (and into Closed), so none is lost.
+pub(crate) const OVERFLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Report refused publishes if the last report is at least [`OVERFLOW_REPORT_INTERVAL`] old.
+pub(crate) fn report_overflow_if_due(shared: &Shared, inner: &mut Inner) {
+    let due = inner
+        .overflow_reported_at
+        .is_none_or(|t| t.elapsed() >= OVERFLOW_REPORT_INTERVAL);
+    if due {
+        report_overflow(shared, inner);
+    }
+}
+
 /// Emit one BufferOverflow summarizing publishes refused since the last one.
 pub(crate) fn report_overflow(shared: &Shared, inner: &mut Inner) {
     let (m, b) = std::mem::take(&mut inner.refused);
     if m > 0 {
+        inner.overflow_reported_at = Some(Instant::now());
         shared.emit(Event::BufferOverflow {
             refused_msgs: m,
             refused_bytes: b,

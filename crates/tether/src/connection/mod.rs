@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) high_water: u8,
     /// Publishes refused since the last BufferOverflow event.
     pub(crate) refused: (u64, u64),
+    /// When the last BufferOverflow event went out (they are rate-limited).
+    pub(crate) overflow_reported_at: Option<Instant>,
     /// force_reconnect asked for.
     pub(crate) force_reconnect: bool,
     /// The Lazy policy's first attempt is running.
