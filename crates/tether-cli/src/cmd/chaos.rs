@@ -46,6 +46,10 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_BLACKHOLE_OUTAGE: Duration = Duration::from_secs(3);
 /// Ping interval and pong timeout under `blackhole`.
 const BLACKHOLE_PING: Duration = Duration::from_secs(1);
+/// ldm_jitter for `--fault ldm`: under the server's lame_duck_grace_period (2 s in tests).
+const LDM_JITTER: Duration = Duration::from_millis(500);
+/// How long a lame-duck node may take to exit before it is killed.
+const LDM_EXIT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Pending limits cover rate × (longest outage + this).
 const PENDING_MARGIN: Duration = Duration::from_secs(10);
 /// The publisher wakes this often and catches up with the rate.
@@ -307,10 +311,13 @@ fn inject(t: &mut Target, fault: Fault, connected: Option<&str>) -> Result<usize
         }
         Env::Cluster(c) => {
             let i = node_of(c, connected);
-            if fault == Fault::Kill {
-                c.kill(i);
-            } else {
-                c.node_mut(i).stop();
+            match fault {
+                Fault::Kill => c.kill(i),
+                Fault::Ldm => c
+                    .node(i)
+                    .lame_duck()
+                    .map_err(|e| format!("signalling lame duck mode to node {i}: {e}"))?,
+                _ => c.node_mut(i).stop(),
             }
             Ok(i)
         }
@@ -328,9 +335,16 @@ fn restore(t: &mut Target, fault: Fault, node: usize) -> Result<(), String> {
         Env::Single(s) => s
             .restart()
             .map_err(|e| format!("restarting nats-server: {e}")),
-        Env::Cluster(c) => c
-            .restart(node)
-            .map_err(|e| format!("restarting cluster node {node}: {e}")),
+        Env::Cluster(c) => {
+            if fault == Fault::Ldm {
+                // A lame-duck server closes its clients over lame_duck_duration, then exits.
+                if !c.node_mut(node).wait_exit(LDM_EXIT_TIMEOUT) {
+                    c.kill(node);
+                }
+            }
+            c.restart(node)
+                .map_err(|e| format!("restarting cluster node {node}: {e}"))
+        }
         Env::External => Ok(()),
     }
 }
@@ -365,8 +379,15 @@ async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), String> {
         };
         (Env::External, addr, url.clone())
     } else if cluster {
-        let c = tokio::task::spawn_blocking(|| {
-            let c = NatsCluster::start(3)?;
+        let c = tokio::task::spawn_blocking(move || {
+            // Lame duck: the server's minimum duration (30 s) and a 2 s grace period.
+            let c = NatsCluster::start_with(
+                3,
+                tether_testkit::ServerConfig {
+                    lame_duck_for_tests: fault == Fault::Ldm,
+                    ..tether_testkit::ServerConfig::default()
+                },
+            )?;
             c.wait_routes(Duration::from_secs(10))?;
             Ok::<_, tether_testkit::TestkitError>(c)
         })
@@ -410,14 +431,9 @@ fn check_args(args: &ChaosArgs) -> Result<(), String> {
     if args.rate == 0 {
         return Err("--rate must be at least 1".into());
     }
-    if args.fault == Fault::Ldm {
-        if !args.cluster {
-            return Err("--fault ldm needs --cluster".into());
-        }
+    if args.fault == Fault::Ldm && !args.cluster {
         return Err(
-            "--fault ldm is not implemented yet (lame duck lasts at least 30 s \
-                    in nats-server, far over the run's budget)"
-                .into(),
+            "--fault ldm needs --cluster: the client moves to another node of the cluster".into(),
         );
     }
     if args.cluster && args.fault == Fault::Blackhole {
@@ -456,9 +472,15 @@ fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::ta
                         w.disconnected_at.get_or_insert(now);
                     }
                 }),
+                // Lame duck mode: a planned switch, no downtime; it ends the outage.
                 Event::Migrated {
                     unconfirmed_msgs, ..
-                } => shared.with_window(|w| w.unconfirmed += unconfirmed_msgs),
+                } => shared.with_window(|w| {
+                    w.unconfirmed += unconfirmed_msgs;
+                    if record {
+                        w.reconnected_at.get_or_insert(now);
+                    }
+                }),
                 Event::Reconnected { downtime, .. } if record => shared.with_window(|w| {
                     w.downtime += downtime;
                     w.reconnected_at = Some(now);
@@ -629,6 +651,16 @@ async fn drive(
         opts = opts
             .ping_interval(BLACKHOLE_PING)
             .pong_timeout(BLACKHOLE_PING);
+    }
+    if args.fault == Fault::Ldm {
+        // Move within the server's grace period, before it starts closing clients.
+        opts = opts.ldm_jitter(LDM_JITTER);
+        if !args.json {
+            eprintln!(
+                "chaos: each lame-duck outage lasts until the node exits (lame_duck_duration, 30 s) \
+                 and is restarted; the client moves to another node within {LDM_JITTER:?}"
+            );
+        }
     }
     let pub_client = util::connect(url, opts.clone())
         .await
