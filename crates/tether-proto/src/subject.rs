@@ -49,22 +49,40 @@ fn validate_subject(
     wildcards: bool,
 ) -> Result<(), ValidationError> {
     let err = |reason| Err(ValidationError::new(kind, subject, reason));
-    if subject.is_empty() {
+    let bytes = subject.as_bytes();
+    if bytes.is_empty() {
         return err("empty subject");
     }
-    let mut tokens = subject.split('.').peekable();
-    while let Some(token) = tokens.next() {
-        if token.is_empty() {
-            return err("empty token");
+    // One pass over the bytes: this runs for every publish, so no token iterator.
+    let mut at_token_start = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'.' => {
+                if at_token_start {
+                    return err("empty token");
+                }
+                at_token_start = true;
+            }
+            b'*' | b'>' if at_token_start => {
+                let whole_token = bytes.get(i + 1).is_none_or(|&n| n == b'.');
+                if whole_token {
+                    if !wildcards {
+                        return err("wildcard token");
+                    }
+                    if b == b'>' && i + 1 != bytes.len() {
+                        return err("`>` is not the last token");
+                    }
+                }
+                at_token_start = false;
+            }
+            _ if is_space_or_control(b) => {
+                return err("contains whitespace or a control character");
+            }
+            _ => at_token_start = false,
         }
-        if token.bytes().any(is_space_or_control) {
-            return err("contains whitespace or a control character");
-        }
-        match token {
-            "*" | ">" if !wildcards => return err("wildcard token"),
-            ">" if tokens.peek().is_some() => return err("`>` is not the last token"),
-            _ => {}
-        }
+    }
+    if at_token_start {
+        return err("empty token");
     }
     Ok(())
 }
