@@ -500,6 +500,7 @@ pub struct Connection {
     messages: VecDeque<Msg>,
     stats: ConnStats,
     pause_after_handshake: bool,
+    drop_partial_after_rewind: bool,
 }
 
 impl Connection {
@@ -541,6 +542,7 @@ impl Connection {
             messages: VecDeque::new(),
             stats: ConnStats::default(),
             pause_after_handshake: false,
+            drop_partial_after_rewind: false,
             config,
         }
     }
@@ -783,7 +785,8 @@ impl Connection {
             LinkState::Up | LinkState::Closing => {
                 let lowered = info.max_payload < self.max_payload;
                 self.max_payload = info.max_payload;
-                let ldm = info.ldm;
+                // Later INFOs may repeat `ldm`: act on the first one of this link only.
+                let ldm = info.ldm && !self.info.as_ref().is_some_and(|i| i.ldm);
                 self.info = Some(info.clone());
                 if lowered {
                     self.remove_over_max_payload();
@@ -820,10 +823,19 @@ impl Connection {
                 if ours {
                     let removed = self.out.discard_retained();
                     let unconfirmed = self.unconfirmed();
-                    let counts = Counts {
+                    let mut counts = Counts {
                         msgs: unconfirmed.msgs.max(removed.msgs),
                         bytes: unconfirmed.bytes.max(removed.bytes),
                     };
+                    // The server rejects a large frame after its control line, often
+                    // before it is fully written: that frame is the likely poison. It is
+                    // dropped after the rewind, never resent.
+                    if let Some(f) = self.out.partial_front() {
+                        counts.msgs += 1;
+                        counts.bytes += u64::from(f.len);
+                        self.drop_partial_after_rewind = true;
+                    }
+                    self.events.push_back(ConnEvent::BufferSpace);
                     // They are reported as removed, not as unconfirmed.
                     self.confirmed = self.written;
                     self.confirmed_retained = self.written_retained;
@@ -908,7 +920,8 @@ impl Connection {
         let mut replay = BytesMut::new();
         let mut frames = Vec::new();
         for sid in &self.sub_order {
-            let Some(s) = self.subs.get(sid) else {
+            // Subscriptions being drained are not subscribed again.
+            let Some(s) = self.subs.get(sid).filter(|s| !s.draining) else {
                 continue;
             };
             let start = replay.len();
@@ -973,6 +986,10 @@ impl Connection {
         let unconfirmed = self.unconfirmed();
         // Retained frames (resend_unconfirmed) go first, then what was never written.
         self.out.rewind(|f| f.kind.is_publish());
+        if std::mem::take(&mut self.drop_partial_after_rewind) {
+            // The poison frame cut in half is first now (retained frames were discarded).
+            self.out.drop_first_pending();
+        }
         let buffered_requests: Vec<u64> = self.out.buffered_requests().collect();
         // Flushes waiting for a PONG on this link.
         let mut failed = Vec::new();
@@ -1004,6 +1021,7 @@ impl Connection {
     }
 
     fn reset_link_state(&mut self) {
+        self.drop_partial_after_rewind = false;
         self.state = LinkState::Down;
         self.handshake_deadline = None;
         self.closing = None;
@@ -1398,6 +1416,13 @@ impl Connection {
         };
         if remove {
             self.remove_sub(sid);
+            if max.is_some() {
+                // The count is already reached: the stream ends after what it holds.
+                self.events.push_back(ConnEvent::SubscriptionEnded {
+                    sid,
+                    reason: SubEndReason::MaxReached,
+                });
+            }
         }
         if self.state == LinkState::Up {
             let buf = self.out.pending_mut();

@@ -403,6 +403,26 @@ impl OutboundBuffer {
         self.prepend(&head, frames);
     }
 
+    /// The in-flight frame whose bytes are partly written, if any.
+    pub fn partial_front(&self) -> Option<Frame> {
+        (self.front_written > 0)
+            .then(|| self.in_flight_frames.front().copied())
+            .flatten()
+    }
+
+    /// Remove the first pending frame (a poison frame put back by a rewind). Only call
+    /// while nothing is in flight.
+    pub fn drop_first_pending(&mut self) -> Option<Frame> {
+        let f = self.pending_frames.pop_front()?;
+        let _ = self
+            .pending
+            .split_to((f.len as usize).min(self.pending.len()));
+        if f.kind.is_publish() {
+            self.counted.sub(&f);
+        }
+        Some(f)
+    }
+
     /// Request ids whose frames are buffered and not yet fully written.
     pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
         self.in_flight_frames

@@ -314,3 +314,51 @@ fn permission_violation_ends_the_matching_subscription_only() {
     assert!(h.conn.is_up(), "not fatal");
     assert_eq!(h.conn.sids(), vec![b]);
 }
+
+#[test]
+fn a_poison_frame_cut_in_half_is_removed_not_resent() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn
+        .publish("big", None, None, &[0u8; 1000], FrameKind::Pub)
+        .unwrap();
+    let chunk = h.conn.poll_transmit(h.now).unwrap();
+    h.conn.handle_written(h.now, chunk.len() / 2);
+    h.read(b"-ERR 'Maximum Payload Violation'\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::FramesRemoved { counts, .. } if counts.msgs == 1)),
+        "{ev:?}"
+    );
+    h.conn.handle_link_lost(h.now, None);
+    assert_eq!(h.conn.buffered().msgs, 0, "never resent");
+}
+
+#[test]
+fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let sid = h.conn.subscribe("s", None).unwrap();
+    h.written();
+    h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\n");
+    h.events();
+    h.conn.unsubscribe(sid, Some(2));
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, ConnEvent::SubscriptionEnded { sid: s, .. } if *s == sid)));
+}
+
+#[test]
+fn repeated_ldm_info_announces_lame_duck_once() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.read(b"INFO {\"headers\":true,\"ldm\":true}\r\nINFO {\"headers\":true,\"ldm\":true,\"connect_urls\":[\"a:1\"]}\r\n");
+    let n = h
+        .events()
+        .iter()
+        .filter(|e| matches!(e, ConnEvent::LameDuck))
+        .count();
+    assert_eq!(n, 1);
+}

@@ -175,7 +175,7 @@ impl Client {
                 next_token: 0,
                 driver_waiting: false,
                 pool,
-                server: None,
+                current: None,
                 server_name: String::new(),
                 close: None,
                 closed_reason: None,
@@ -233,7 +233,7 @@ impl Client {
             match establish(shared, &addr).await {
                 Ok(mut est) => {
                     let mut inner = shared.lock("connect");
-                    if inner.close.is_some() {
+                    if inner.close.is_some() || inner.state == State::Closed {
                         return Err(ConnectError::Closed);
                     }
                     if let Some(reason) = driver::adopt(shared, &mut inner, &mut est) {
@@ -246,10 +246,16 @@ impl Client {
                     }
                     let idx = inner.pool.position(&addr).unwrap_or(0);
                     inner.pool.record_success(idx);
-                    inner.server = Some(idx);
+                    inner.current = Some(addr.clone());
                     inner.server_name = addr.to_string();
                     merge_pool(shared, &mut inner, &est.info, &addr);
-                    shared.set_state(&mut inner, State::Connected);
+                    if matches!(
+                        inner.state,
+                        State::Idle | State::Connecting | State::Reconnecting
+                    ) {
+                        // Draining while reconnecting stays draining.
+                        shared.set_state(&mut inner, State::Connected);
+                    }
                     inner.driver_started = true;
                     inner.lazy_connecting = false;
                     drop(inner);
@@ -947,15 +953,10 @@ impl Client {
         let mut inner = shared.lock("pool");
         let mut rng = rand::thread_rng();
         let shuffle = !shared.opts.no_randomize;
-        let current = inner
-            .server
-            .and_then(|i| inner.pool.get(i))
-            .map(|e| e.addr.clone());
         inner
             .pool
             .replace(servers, Instant::now(), &mut rng, shuffle);
-        inner.server = current.as_ref().and_then(|a| inner.pool.position(a));
-        if inner.server.is_none() && inner.conn.is_up() {
+        if inner.server_index().is_none() && inner.conn.is_up() {
             // The current server left the pool: move with a planned switch.
             inner.switch_request = Some(crate::connection::SwitchReason::Requested);
             drop(inner);

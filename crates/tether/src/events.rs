@@ -427,7 +427,8 @@ impl EventHub {
 
     pub(crate) fn emit(&self, event: Event) {
         log(&event);
-        let sinks = self.sinks.lock();
+        let mut sinks = self.sinks.lock();
+        sinks.retain(|s| Arc::strong_count(s) > 1);
         for sink in sinks.iter() {
             let mut q = sink.queue.lock();
             if q.closed {
@@ -480,6 +481,15 @@ impl Events {
     /// Events queued and not yet taken.
     pub fn queued(&self) -> usize {
         self.sink.queue.lock().len()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // Nothing is queued for a stream nobody holds.
+        let mut q = self.sink.queue.lock();
+        q.closed = true;
+        q.items.clear();
     }
 }
 

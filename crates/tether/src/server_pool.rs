@@ -249,15 +249,15 @@ impl ServerPool {
     /// The server to try next: due earliest; ties by fewer failures, then the one whose
     /// link dropped longest ago (or never). Lame-duck servers are skipped.
     pub fn next(&self) -> Option<usize> {
-        let any_healthy = self.entries.iter().any(|e| !e.lame_duck);
         self.entries
             .iter()
             .enumerate()
-            // Lame-duck servers are tried only when nothing else is left.
-            .filter(|(_, e)| !e.lame_duck || !any_healthy)
+            // A lame-duck server goes after every other server due at the same time, but
+            // is not excluded: it may be back (and healthy) while others fail.
             .min_by(|(ai, a), (bi, b)| {
                 a.due
                     .cmp(&b.due)
+                    .then(a.lame_duck.cmp(&b.lame_duck))
                     .then(a.failures.cmp(&b.failures))
                     .then(a.last_dropped.cmp(&b.last_dropped))
                     .then(ai.cmp(bi))

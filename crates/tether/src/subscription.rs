@@ -48,6 +48,8 @@ pub(crate) struct SubQueue {
     pub(crate) dropped: AtomicU64,
     /// Messages queued for this subscription (taken or not yet).
     pub(crate) received: AtomicU64,
+    /// unsubscribe_after(n): the stream ends once n messages in all were taken (0: none).
+    pub(crate) limit: AtomicU64,
 }
 
 impl SubQueue {
@@ -77,6 +79,7 @@ impl SubQueue {
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
         }
     }
 
@@ -133,6 +136,10 @@ impl SubQueue {
     }
 
     fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit > 0 && self.delivered.load(Ordering::Relaxed) >= limit {
+            return Poll::Ready(None);
+        }
         let mut q = self.q.lock();
         if let Some(m) = q.msgs.pop_front() {
             q.bytes -= m.size;
@@ -218,6 +225,9 @@ impl Subscriber {
 
     /// Unsubscribe after `n` messages in all (counted from the start of the subscription).
     pub fn unsubscribe_after(&mut self, n: u64) {
+        if n > 0 {
+            self.queue.limit.store(n, Ordering::Relaxed);
+        }
         self.client.unsubscribe_sid(self.queue.sid, Some(n));
         if n <= self.queue.delivered.load(Ordering::Relaxed) {
             self.queue.end(Ended::Done);

@@ -210,3 +210,24 @@ async fn dropping_the_last_handle_closes_the_connection() {
         conns()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_after_yields_exactly_n_then_ends() {
+    let server = NatsServer::start().unwrap();
+    let client = tether::connect(server.url()).await.unwrap();
+    let mut sub = client.subscribe("n").await.unwrap();
+    for i in 0..5u8 {
+        client.publish("n", [i]).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    assert!(tether_testkit::wait_for(T, || sub.pending() == 5));
+    sub.unsubscribe_after(3);
+    let mut got = Vec::new();
+    while let Some(m) = tokio::time::timeout(T, sub.next())
+        .await
+        .expect("the stream ends")
+    {
+        got.push(m.payload[0]);
+    }
+    assert_eq!(got, vec![0, 1, 2]);
+}

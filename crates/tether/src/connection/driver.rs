@@ -201,7 +201,10 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                     outage = Some(now);
                     attempts = 0;
                     let mut inner = shared.lock("reconnect");
-                    inner.pool.record_dropped(idx, now);
+                    let _ = idx;
+                    if let Some(i) = inner.server_index() {
+                        inner.pool.record_dropped(i, now);
+                    }
                     if matches!(inner.state, State::Connected) {
                         shared.set_state(&mut inner, State::Reconnecting);
                     }
@@ -289,10 +292,16 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 let mut inner = shared.lock("reconnect");
                 let idx = inner.pool.position(&addr).unwrap_or(idx);
                 inner.pool.record_success(idx);
-                inner.server = Some(idx);
+                inner.current = Some(addr.clone());
                 inner.server_name = addr.to_string();
                 merge_pool(&shared, &mut inner, &est.info, &addr);
-                shared.set_state(&mut inner, State::Connected);
+                if matches!(
+                    inner.state,
+                    State::Idle | State::Connecting | State::Reconnecting
+                ) {
+                    // Draining while reconnecting stays draining.
+                    shared.set_state(&mut inner, State::Connected);
+                }
                 let downtime = outage.take().map_or(Duration::ZERO, |o| o.elapsed());
                 shared
                     .counters
@@ -422,6 +431,20 @@ struct OldLink {
     failed: bool,
 }
 
+/// Close a retired link now (the current link went down, or the client closes): what
+/// stayed unconfirmed on it is reported in `Migrated`, its flushes fail or re-arm.
+fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
+    if let Some(o) = old {
+        let unconfirmed = inner.conn.finish_detached(o.link);
+        shared.emit(Event::Migrated {
+            from: o.from,
+            to: o.to,
+            unconfirmed_msgs: unconfirmed.msgs,
+            unconfirmed_bytes: unconfirmed.bytes,
+        });
+    }
+}
+
 enum OldIo {
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
@@ -527,7 +550,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
             if inner.close.is_none() && switching.is_none() && ready.is_none() && old.is_none() {
                 if let Some(reason) = inner.switch_request.take() {
-                    let current = inner.server.unwrap_or(usize::MAX);
+                    let current = inner.server_index().unwrap_or(usize::MAX);
                     match inner
                         .pool
                         .next_other(current)
@@ -556,15 +579,22 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 };
                 let from = inner.server_name.clone();
                 if let Some(reason) = adopt(shared, &mut inner, &mut est) {
-                    // The new link died at once; the old one is already detached.
-                    drop(link);
+                    // The new link died at once; the old one is already detached: report
+                    // what stayed unconfirmed on it.
+                    let unconfirmed = inner.conn.finish_detached(link);
+                    shared.emit(Event::Migrated {
+                        from,
+                        to: addr.to_string(),
+                        unconfirmed_msgs: unconfirmed.msgs,
+                        unconfirmed_bytes: unconfirmed.bytes,
+                    });
                     return LinkEnd::Down(reason);
                 }
                 let idx = inner.pool.position(&addr);
                 if let Some(i) = idx {
                     inner.pool.record_success(i);
                 }
-                inner.server = idx;
+                inner.current = Some(addr.clone());
                 inner.server_name = addr.to_string();
                 merge_pool(shared, &mut inner, &est.info, &addr);
                 let fresh = Arc::new(est.stream);
@@ -614,6 +644,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
             if let Some(reason) = dispatch(shared, &mut inner) {
                 inner.ldm_switch_at = None;
+                retire_now(shared, &mut inner, old.take());
                 return LinkEnd::Down(reason);
             }
             if inner.close.is_some() {
@@ -626,7 +657,10 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         close_flush = Some((rx, now + shared.opts.flush_timeout));
                         continue;
                     }
-                    None => return LinkEnd::Closed,
+                    None => {
+                        retire_now(shared, &mut inner, old.take());
+                        return LinkEnd::Closed;
+                    }
                     Some((rx, until)) => {
                         let done =
                             !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
@@ -652,6 +686,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             .min();
         }
         if shutdown {
+            retire_now(shared, &mut shared.lock("driver"), old.take());
             return LinkEnd::Closed;
         }
         if rbuf.capacity() - rbuf.len() < READ_BUF / 4 {
@@ -810,11 +845,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
         }
         ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => None,
         ConnEvent::InfoUpdated(info) => {
-            if let Some(addr) = inner
-                .server
-                .and_then(|i| inner.pool.get(i))
-                .map(|e| e.addr.clone())
-            {
+            if let Some(addr) = inner.current.clone() {
                 merge_pool(shared, inner, &info, &addr);
             }
             None
@@ -827,7 +858,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             // fleet does not move at the same moment.
             let token = inner.token();
             inner.conn.flush(token);
-            if let Some(i) = inner.server {
+            if let Some(i) = inner.server_index() {
                 inner.pool.set_lame_duck(i, true);
                 if inner.pool.has_alternative(i) {
                     let jitter = shared.opts.ldm_jitter;

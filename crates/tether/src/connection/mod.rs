@@ -58,8 +58,9 @@ pub(crate) struct Inner {
     /// The driver found nothing to write and waits for a wake-up.
     pub(crate) driver_waiting: bool,
     pub(crate) pool: ServerPool,
-    /// The server of the current (or last) link.
-    pub(crate) server: Option<usize>,
+    /// The server of the current (or last) link. Kept as an address, not a pool index:
+    /// pool changes (discovery, pruning, removal) shift indices.
+    pub(crate) current: Option<crate::server_pool::ServerAddr>,
     pub(crate) server_name: String,
     pub(crate) close: Option<CloseMode>,
     pub(crate) closed_reason: Option<ClosedReason>,
@@ -94,6 +95,11 @@ pub(crate) enum SwitchReason {
 }
 
 impl Inner {
+    /// The pool index of the current server, resolved now.
+    pub(crate) fn server_index(&self) -> Option<usize> {
+        self.current.as_ref().and_then(|a| self.pool.position(a))
+    }
+
     pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
