@@ -501,6 +501,10 @@ pub struct Connection {
     stats: ConnStats,
     pause_after_handshake: bool,
     drop_partial_after_rewind: bool,
+    /// Flushes asked before a planned switch, until the retired link confirms its part.
+    flushes_on_old_link: Vec<u64>,
+    /// Of those, the ones the current link already confirmed.
+    flushes_done_on_new_link: Vec<u64>,
 }
 
 impl Connection {
@@ -543,6 +547,8 @@ impl Connection {
             stats: ConnStats::default(),
             pause_after_handshake: false,
             drop_partial_after_rewind: false,
+            flushes_on_old_link: Vec::new(),
+            flushes_done_on_new_link: Vec::new(),
             config,
         }
     }
@@ -738,7 +744,12 @@ impl Connection {
                     self.events.push_back(ConnEvent::BufferSpace);
                 }
                 if let PingPurpose::Flush(token) = ping.purpose {
-                    self.events.push_back(ConnEvent::FlushDone(token));
+                    if self.flushes_on_old_link.contains(&token) {
+                        // Asked before a planned switch: the retired link must confirm too.
+                        self.flushes_done_on_new_link.push(token);
+                    } else {
+                        self.events.push_back(ConnEvent::FlushDone(token));
+                    }
                 }
             }
             LinkState::Down | LinkState::AwaitInfo => {}
@@ -1531,6 +1542,11 @@ pub struct DetachedLink {
     out: BytesMut,
     retiring: bool,
     done: bool,
+    /// Frames written on this link and retained for resending until it confirms them.
+    retained: crate::outbound::Retained,
+    /// Flushes asked before the switch whose PING goes out on the new link: they also
+    /// wait for this link's last PONG.
+    flushes: Vec<u64>,
 }
 
 impl DetachedLink {
@@ -1578,6 +1594,15 @@ impl Connection {
         if !self.can_detach() {
             return None;
         }
+        let flushes: Vec<u64> = self
+            .pings_queued
+            .iter()
+            .filter_map(|p| match p {
+                PingPurpose::Flush(t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        self.flushes_on_old_link.extend(&flushes);
         let link = DetachedLink {
             decoder: std::mem::replace(&mut self.decoder, Decoder::new(self.config.decoder)),
             pings_out: std::mem::take(&mut self.pings_out),
@@ -1588,6 +1613,8 @@ impl Connection {
             out: BytesMut::new(),
             retiring: false,
             done: false,
+            retained: self.out.take_retained(),
+            flushes,
         };
         self.state = LinkState::Down;
         self.closing = None;
@@ -1625,8 +1652,10 @@ impl Connection {
                     };
                     link.confirmed = ping.written;
                     if ping.retained > link.confirmed_retained {
-                        self.out
-                            .release_retained(ping.retained - link.confirmed_retained);
+                        self.out.release_from(
+                            &mut link.retained,
+                            ping.retained - link.confirmed_retained,
+                        );
                         link.confirmed_retained = ping.retained;
                         self.events.push_back(ConnEvent::BufferSpace);
                     }
@@ -1634,7 +1663,21 @@ impl Connection {
                         PingPurpose::Flush(token) => {
                             self.events.push_back(ConnEvent::FlushDone(token));
                         }
-                        PingPurpose::Retire => link.done = true,
+                        PingPurpose::Retire => {
+                            link.done = true;
+                            // Flushes that spanned the switch: the old part is confirmed.
+                            for token in std::mem::take(&mut link.flushes) {
+                                self.flushes_on_old_link.retain(|t| *t != token);
+                                if let Some(i) = self
+                                    .flushes_done_on_new_link
+                                    .iter()
+                                    .position(|t| *t == token)
+                                {
+                                    self.flushes_done_on_new_link.swap_remove(i);
+                                    self.events.push_back(ConnEvent::FlushDone(token));
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -1677,21 +1720,24 @@ impl Connection {
     /// waited on it fail (or, with resend_unconfirmed, re-arm on the current link).
     pub fn finish_detached(&mut self, link: DetachedLink) -> Counts {
         let unconfirmed = link.unconfirmed();
-        for p in link.pings_out {
-            if let PingPurpose::Flush(token) = p.purpose {
-                if self.config.resend_unconfirmed {
-                    self.flush(token);
-                } else {
-                    self.events
-                        .push_back(ConnEvent::FlushFailed { token, unconfirmed });
-                }
+        let spanning = link.flushes;
+        let waiting = link.pings_out.into_iter().filter_map(|p| match p.purpose {
+            PingPurpose::Flush(token) => Some(token),
+            _ => None,
+        });
+        for token in waiting.chain(spanning.iter().copied()) {
+            self.flushes_on_old_link.retain(|t| *t != token);
+            self.flushes_done_on_new_link.retain(|t| *t != token);
+            if self.config.resend_unconfirmed {
+                // The frames are resent below: confirm them on the current link.
+                self.flush(token);
+            } else {
+                self.events
+                    .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
         }
-        let retained = link.written_retained - link.confirmed_retained;
-        if retained > 0 {
-            // Written on the old link and never confirmed: resend on the current one.
-            self.out.requeue_retained(retained);
-        }
+        // Written on the old link and never confirmed: resend on the current one.
+        self.out.requeue(link.retained);
         unconfirmed
     }
 }

@@ -80,6 +80,14 @@ impl Counts {
     }
 }
 
+/// Retained frames moved out of the buffer with their link (see
+/// [`OutboundBuffer::take_retained`]).
+#[derive(Debug, Default)]
+pub struct Retained {
+    bytes: BytesMut,
+    frames: VecDeque<Frame>,
+}
+
 /// A frame whose last byte the socket just accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -421,6 +429,43 @@ impl OutboundBuffer {
             self.counted.sub(&f);
         }
         Some(f)
+    }
+
+    /// Move the retained frames out (a planned switch: they belong to the retired link).
+    /// Their counts stay; give them back with [`Self::release_from`] or [`Self::requeue`].
+    pub fn take_retained(&mut self) -> Retained {
+        Retained {
+            bytes: std::mem::take(&mut self.retained),
+            frames: std::mem::take(&mut self.retained_frames),
+        }
+    }
+
+    /// Drop the `msgs` oldest frames of `r`: a PONG on their link confirmed them.
+    pub fn release_from(&mut self, r: &mut Retained, msgs: u64) {
+        let mut bytes = 0usize;
+        for _ in 0..msgs {
+            let Some(f) = r.frames.pop_front() else {
+                break;
+            };
+            if f.kind == FrameKind::Pub {
+                self.counted.sub(&f);
+            }
+            bytes += f.len as usize;
+        }
+        let _ = r.bytes.split_to(bytes.min(r.bytes.len()));
+    }
+
+    /// Put the frames of `r` back at the front of the pending stream, to be written again.
+    pub fn requeue(&mut self, r: Retained) {
+        if r.frames.is_empty() {
+            return;
+        }
+        for f in &r.frames {
+            if f.kind == FrameKind::Pub {
+                self.counted.sub(f);
+            }
+        }
+        self.prepend(&r.bytes, r.frames);
     }
 
     /// Request ids whose frames are buffered and not yet fully written.

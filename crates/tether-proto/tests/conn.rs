@@ -362,3 +362,70 @@ fn repeated_ldm_info_announces_lame_duck_once() {
         .count();
     assert_eq!(n, 1);
 }
+
+fn info() -> Box<tether_proto::ServerInfo> {
+    Box::new(tether_proto::ServerInfo {
+        headers: true,
+        max_payload: 1024 * 1024,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
+    h.written();
+    h.conn.flush(7);
+    let mut old = h.conn.detach().expect("detach");
+    h.conn.adopt_link(h.now, info());
+    h.events();
+    assert_eq!(
+        h.written(),
+        b"PING\r\n",
+        "the flush PING goes out on the new link"
+    );
+    h.read(b"PONG\r\n");
+    assert!(
+        !h.events().contains(&ConnEvent::FlushDone(7)),
+        "the old link has not confirmed"
+    );
+    h.conn.retire_detached(h.now, &mut old);
+    assert_eq!(&old.poll_transmit().unwrap()[..], b"PING\r\n");
+    let mut buf = BytesMut::from(&b"PONG\r\n"[..]);
+    h.conn.handle_detached_read(&mut old, &mut buf);
+    assert!(old.is_done());
+    assert!(h.events().contains(&ConnEvent::FlushDone(7)));
+    assert_eq!(h.conn.finish_detached(old).msgs, 0);
+}
+
+#[test]
+fn retained_frames_stay_with_their_link_across_a_planned_switch() {
+    let mut h = Harness::new(Config {
+        resend_unconfirmed: true,
+        ..quick()
+    });
+    h.handshake();
+    h.conn
+        .publish("old", None, None, b"1", FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("old", None, None, b"2", FrameKind::Pub)
+        .unwrap();
+    h.written();
+    let old = h.conn.detach().expect("detach");
+    h.conn.adopt_link(h.now, info());
+    h.events();
+    h.conn
+        .publish("new", None, None, b"3", FrameKind::Pub)
+        .unwrap();
+    h.conn.flush(1);
+    h.written();
+    h.read(b"PONG\r\n");
+    // The old link closes without confirming: exactly its two frames are resent.
+    assert_eq!(h.conn.finish_detached(old).msgs, 2);
+    assert_eq!(h.written(), b"PUB old 1\r\n1\r\nPUB old 1\r\n2\r\n");
+}
