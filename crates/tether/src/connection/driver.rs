@@ -923,6 +923,20 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::SubscriptionEnded { sid, reason } => {
+            if inner.mux.as_ref().is_some_and(|m| m.sid == sid) {
+                // The request inbox itself was refused (permissions on `_INBOX.>`, say):
+                // fail what waits on it; the next request subscribes a new inbox.
+                inner.mux = None;
+                let why = match &reason {
+                    SubEndReason::PermissionDenied(t)
+                    | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
+                    _ => "the request inbox subscription ended".to_owned(),
+                };
+                for (_, r) in inner.requests.drain() {
+                    let _ = r.tx.send(Err(RequestError::PermissionDenied(why.clone())));
+                }
+                return None;
+            }
             if let Some(q) = inner.subs.remove(&sid) {
                 q.end(match reason {
                     SubEndReason::MaxReached => Ended::Done,
