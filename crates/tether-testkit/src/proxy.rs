@@ -125,6 +125,18 @@ impl Proxy {
                 last_err.unwrap_or_else(|| io::Error::other("no port")),
             )
         })?;
+        Self::serve(listener, upstream)
+    }
+
+    /// Starts a proxy to `upstream` on a given port (from [`free_port`]), for clusters whose
+    /// nodes advertise their proxies (`client_advertise`) before the proxies exist.
+    pub fn start_on(port: u16, upstream: SocketAddr) -> Result<Self, TestkitError> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .map_err(|e| TestkitError::io("binding the proxy listener", e))?;
+        Self::serve(listener, upstream)
+    }
+
+    fn serve(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<Self, TestkitError> {
         listener
             .set_nonblocking(true)
             .map_err(|e| TestkitError::io("configuring the proxy listener", e))?;

@@ -43,6 +43,18 @@ async fn discovers_servers_and_fails_over_fast_after_kill() {
     client.flush().await.unwrap();
     cluster.kill(0);
     let killed = Instant::now();
+    // The first attempt goes to a fresh node, at once.
+    let Event::Reconnecting {
+        attempt,
+        server: first,
+        delay,
+        ..
+    } = next_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((attempt, delay), (1, Duration::ZERO));
+    assert_ne!(first, cluster.node(0).url(), "not the node that just died");
     let Event::Reconnected { server, .. } =
         next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
     else {
@@ -201,4 +213,41 @@ async fn async_info_adds_and_prunes_discovered_nodes() {
     assert_eq!(removed, vec![new_url.clone()]);
     assert!(!client.servers().contains(&new_url));
     assert_eq!(client.status(), State::Connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_behind_proxies_fails_over_through_advertised_proxies() {
+    use tether_testkit::Proxy;
+    // Proxies in front of every node, and each node advertises its proxy to clients.
+    let ports: Vec<u16> = (0..3).map(|_| tether_testkit::free_port()).collect();
+    let advertise: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let cluster = NatsCluster::start_with_advertise(3, ServerConfig::default(), advertise).unwrap();
+    cluster.wait_routes(T).unwrap();
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|i| Proxy::start_on(ports[i], cluster.node(i).addr()).unwrap())
+        .collect();
+    let client = ConnectOptions::new()
+        .ping_interval(Duration::from_millis(300))
+        .pong_timeout(Duration::from_millis(300))
+        .connect(proxies[0].url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    assert!(
+        tether_testkit::wait_for(T, || client.servers().len() == 3),
+        "the proxies of the other nodes are discovered: {:?}",
+        client.servers()
+    );
+    let mut sub = client.subscribe("bp").await.unwrap();
+    client.flush().await.unwrap();
+    proxies[0].black_hole();
+    let Event::Reconnected { server, .. } =
+        next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_ne!(server, proxies[0].url());
+    client.publish("bp", "x").await.unwrap();
+    let m = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"x");
 }
