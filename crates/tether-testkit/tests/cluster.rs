@@ -71,11 +71,18 @@ fn cluster_client_advertise_points_at_proxies() {
     for (i, p) in proxies.iter().enumerate() {
         p.set_upstream(c.node(i).addr());
     }
-    let mut raw = Raw::connect(proxies[0].addr()).unwrap();
-    let info = raw.line().unwrap();
+    c.wait_routes(Duration::from_secs(10)).unwrap();
     let p1 = format!("127.0.0.1:{}", proxies[1].port());
     let p2 = format!("127.0.0.1:{}", proxies[2].port());
-    assert!(info.contains(&p1) && info.contains(&p2), "{info}");
+    // Advertised URLs spread by gossip after the routes are up: poll a fresh INFO.
+    let mut info = String::new();
+    let seen = tether_testkit::wait_for(Duration::from_secs(10), || {
+        info = Raw::connect(proxies[0].addr())
+            .and_then(|mut raw| raw.line())
+            .unwrap_or_default();
+        info.contains(&p1) && info.contains(&p2)
+    });
+    assert!(seen, "{info}");
 
     // set_client_advertise takes effect at the next restart.
     let direct = c.node(2).addr().to_string();
