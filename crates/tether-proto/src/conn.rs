@@ -493,7 +493,11 @@ pub struct Connection {
 
     subs: HashMap<u64, SubState>,
     sub_order: Vec<u64>,
-    subs_since_pong: Vec<u64>,
+    /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each.
+    subs_since_pong: Vec<(u64, u64)>,
+    /// PINGs queued and PONGs received on this link (after the handshake).
+    pings_total: u64,
+    pongs_total: u64,
     next_sid: u64,
 
     events: VecDeque<ConnEvent>,
@@ -541,6 +545,8 @@ impl Connection {
             subs: HashMap::new(),
             sub_order: Vec::new(),
             subs_since_pong: Vec::new(),
+            pings_total: 0,
+            pongs_total: 0,
             next_sid: 1,
             events: VecDeque::new(),
             messages: VecDeque::new(),
@@ -732,10 +738,14 @@ impl Connection {
                 }
             }
             LinkState::Up | LinkState::Closing => {
-                self.subs_since_pong.clear();
                 let Some(ping) = self.pings_out.pop_front() else {
                     return;
                 };
+                // This PONG answers PING number `pongs_total`: the SUBs written before that
+                // PING are now known to be accepted.
+                self.pongs_total += 1;
+                let answered = self.pongs_total;
+                self.subs_since_pong.retain(|(mark, _)| *mark >= answered);
                 self.confirmed = ping.written;
                 if ping.retained > self.confirmed_retained {
                     self.out
@@ -891,7 +901,7 @@ impl Connection {
                 });
             }
             ErrClass::MaxSubscriptions => {
-                if let Some(sid) = self.subs_since_pong.pop() {
+                if let Some((_, sid)) = self.subs_since_pong.pop() {
                     self.remove_sub(sid);
                     self.events.push_back(ConnEvent::SubscriptionEnded {
                         sid,
@@ -1051,6 +1061,9 @@ impl Connection {
 
     /// Per-link accounting starts again (a new link, or a planned switch).
     fn reset_link_counters(&mut self) {
+        // PINGs still queued (a planned switch keeps them) go out on the next link.
+        self.pings_total = self.pings_queued.len() as u64;
+        self.pongs_total = 0;
         self.written = Counts::default();
         self.written_retained = 0;
         self.confirmed = Counts::default();
@@ -1408,7 +1421,7 @@ impl Connection {
             encode::encode_sub(buf, subject, queue, sid);
             let len = buf.len() - start;
             self.out.commit(len, 0, FrameKind::Control);
-            self.subs_since_pong.push(sid);
+            self.subs_since_pong.push((self.pings_total, sid));
         }
         Ok(sid)
     }
@@ -1468,7 +1481,7 @@ impl Connection {
     fn remove_sub(&mut self, sid: u64) {
         if self.subs.remove(&sid).is_some() {
             self.sub_order.retain(|s| *s != sid);
-            self.subs_since_pong.retain(|s| *s != sid);
+            self.subs_since_pong.retain(|(_, s)| *s != sid);
         }
     }
 
@@ -1513,6 +1526,7 @@ impl Connection {
         let len = buf.len() - start;
         self.out.commit(len, 0, FrameKind::Ping);
         self.pings_queued.push_back(purpose);
+        self.pings_total += 1;
         // Once queued, the data before it is covered: no further confirm PING needed.
         self.unpinged_since = None;
         self.unpinged_bytes = 0;

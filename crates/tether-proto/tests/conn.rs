@@ -429,3 +429,19 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
     assert_eq!(h.conn.finish_detached(old).msgs, 2);
     assert_eq!(h.written(), b"PUB old 1\r\n1\r\nPUB old 1\r\n2\r\n");
 }
+
+#[test]
+fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn.flush(1); // a PING written before the SUB
+    let sid = h.conn.subscribe("s", None).unwrap();
+    assert_eq!(h.written(), b"PING\r\nSUB s 1\r\n");
+    h.read(b"PONG\r\n-ERR 'maximum subscriptions exceeded'\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::SubscriptionEnded { sid: s, .. } if *s == sid)),
+        "{ev:?}"
+    );
+}
