@@ -423,6 +423,9 @@ struct SubState {
     queue: Option<String>,
     max: Option<u64>,
     delivered: u64,
+    /// `delivered` when the SUB went out on the current link: the server counts an
+    /// UNSUB's maximum from there, so a count given later is sent relative to it.
+    base: u64,
     /// UNSUB sent by drain; deliveries still accepted until [`Connection::forget`].
     draining: bool,
 }
@@ -942,9 +945,10 @@ impl Connection {
         let mut frames = Vec::new();
         for sid in &self.sub_order {
             // Subscriptions being drained are not subscribed again.
-            let Some(s) = self.subs.get(sid).filter(|s| !s.draining) else {
+            let Some(s) = self.subs.get_mut(sid).filter(|s| !s.draining) else {
                 continue;
             };
+            s.base = s.delivered;
             let start = replay.len();
             encode::encode_sub(&mut replay, &s.subject, s.queue.as_deref(), *sid);
             if let Some(max) = s.max {
@@ -1411,6 +1415,7 @@ impl Connection {
                 queue: queue.map(str::to_owned),
                 max: None,
                 delivered: 0,
+                base: 0,
                 draining: false,
             },
         );
@@ -1431,6 +1436,7 @@ impl Connection {
         let Some(sub) = self.subs.get_mut(&sid) else {
             return;
         };
+        let base = sub.base;
         let remove = match max {
             Some(m) if m > sub.delivered => {
                 sub.max = Some(m);
@@ -1451,7 +1457,9 @@ impl Connection {
         if self.state == LinkState::Up {
             let buf = self.out.pending_mut();
             let start = buf.len();
-            encode::encode_unsub(buf, sid, if remove { None } else { max });
+            // The server counts from the SUB on this link; `max` counts from the first.
+            let wire_max = max.map(|m| m.saturating_sub(base));
+            encode::encode_unsub(buf, sid, if remove { None } else { wire_max });
             let len = buf.len() - start;
             self.out.commit(len, 0, FrameKind::Control);
         }

@@ -351,6 +351,32 @@ fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
 }
 
 #[test]
+fn auto_unsubscribe_counts_are_sent_relative_to_the_current_link() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let sid = h.conn.subscribe("s", None).unwrap();
+    h.conn.unsubscribe(sid, Some(10));
+    assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 10\r\n");
+    h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\nMSG s 1 1\r\nc\r\n");
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    // The replay asks the new server for the 7 still wanted ...
+    h.handshake();
+    assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 7\r\n");
+    h.read(b"MSG s 1 1\r\nd\r\n");
+    // ... and a new total of 6 (2 more after the 4 delivered) is 3 on this link, whose
+    // server has counted 1 so far.
+    h.conn.unsubscribe(sid, Some(6));
+    assert_eq!(h.written(), b"UNSUB 1 3\r\n");
+    h.read(b"MSG s 1 1\r\ne\r\nMSG s 1 1\r\nf\r\n");
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, ConnEvent::SubscriptionEnded { sid: s, .. } if *s == sid)));
+    assert_eq!(std::iter::from_fn(|| h.conn.poll_message()).count(), 6);
+}
+
+#[test]
 fn repeated_ldm_info_announces_lame_duck_once() {
     let mut h = Harness::new(quick());
     h.handshake();
