@@ -15,6 +15,12 @@
 //!   connection subscribed to before the run. The run ends when that marker comes back:
 //!   the server handles one connection's messages in order, so by then it has processed
 //!   every publish. Metric: messages per second (higher is better).
+//!
+//!   With the server this binary started, pub and pubsub also report the nats-server's
+//!   CPU time over the measured window as a share of one core (utime + stime from
+//!   `/proc/PID/stat`). nats-server reads and processes each connection on one
+//!   goroutine, so near 100 % the server is the limit, not the client: then the ratio
+//!   says how close the other library comes to that ceiling, and no client can raise it.
 //! - **pubsub**: a subscriber connection counts what a publisher connection sends (both
 //!   connections of the same library, with the same options). The run ends when the
 //!   subscriber has all `--msgs` messages, or when the marker (the only message with a
@@ -219,6 +225,9 @@ struct Throughput {
     received: u64,
     dropped: u64,
     secs: f64,
+    /// The nats-server's CPU time over the measured window, as a share of one core
+    /// (known only for the server this binary started).
+    server_cpu: Option<f64>,
     /// False when the run ended on a stall instead of on the last message or the marker.
     complete: bool,
 }
@@ -269,6 +278,13 @@ impl Series {
 fn rate(r: &RunResult) -> Option<f64> {
     match r {
         RunResult::Throughput(t) => Some(t.msgs_per_sec),
+        RunResult::Latency(_) => None,
+    }
+}
+
+fn server_cpu(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Throughput(t) => t.server_cpu,
         RunResult::Latency(_) => None,
     }
 }
@@ -416,6 +432,44 @@ struct Params {
     requests: u64,
     payload: Bytes,
     echo_subject: String,
+    /// The local nats-server's process id, for its CPU time.
+    server_pid: Option<u32>,
+}
+
+/// CPU time of the nats-server process (all threads), from `/proc/PID/stat`.
+struct ServerCpu {
+    pid: Option<u32>,
+    ticks: Option<u64>,
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+impl ServerCpu {
+    fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            ticks: pid.and_then(cpu_ticks),
+        }
+    }
+
+    /// CPU seconds since `start` over `secs` of wall time.
+    fn share(&self, secs: f64) -> Option<f64> {
+        let now = cpu_ticks(self.pid?)?;
+        Some(now.saturating_sub(self.ticks?) as f64 / USER_HZ / secs)
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: state is field 3, utime 14
+    // and stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn run_compare(cli: &Cli) -> Res<()> {
@@ -450,6 +504,7 @@ fn run_compare(cli: &Cli) -> Res<()> {
         requests: cli.requests,
         payload: Bytes::from(vec![b'x'; cli.size]),
         echo_subject: format!("{ECHO_SUBJECT}.{}", std::process::id()),
+        server_pid: local.as_ref().and_then(tether_testkit::NatsServer::pid),
     };
 
     let mut responder = None;
@@ -563,6 +618,9 @@ fn describe(r: &RunResult) -> String {
                 t.received,
                 t.secs
             );
+            if let Some(c) = t.server_cpu {
+                let _ = write!(s, "  nats-server CPU {:.0} %", c * 100.0);
+            }
             if t.dropped > 0 {
                 let _ = write!(s, "  DROPPED {}", t.dropped);
             }
@@ -599,6 +657,7 @@ async fn pub_tether(p: &Params, tag: &str) -> Res<Throughput> {
     within("the sync message", sub.next()).await?;
 
     let payload: &[u8] = &p.payload;
+    let cpu = ServerCpu::start(p.server_pid);
     let start = Instant::now();
     for _ in 0..p.msgs {
         client.publish(&data, payload).await?;
@@ -616,6 +675,7 @@ async fn pub_tether(p: &Params, tag: &str) -> Res<Throughput> {
         received: p.msgs,
         dropped: 0,
         secs,
+        server_cpu: cpu.share(secs),
         complete: true,
     })
 }
@@ -632,6 +692,7 @@ async fn pub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
         .await?;
     within("the sync message", sub.next()).await?;
 
+    let cpu = ServerCpu::start(p.server_pid);
     let start = Instant::now();
     for _ in 0..p.msgs {
         client.publish(data.clone(), p.payload.clone()).await?;
@@ -651,6 +712,7 @@ async fn pub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
         received: p.msgs,
         dropped: 0,
         secs,
+        server_cpu: cpu.share(secs),
         complete: true,
     })
 }
@@ -706,6 +768,7 @@ fn throughput(n: u64, start: Instant, c: &Counted) -> Throughput {
         received: c.received,
         dropped: n - c.received,
         secs,
+        server_cpu: None,
         complete: c.complete,
     }
 }
@@ -725,6 +788,7 @@ async fn pubsub_tether(p: &Params, tag: &str) -> Res<Throughput> {
     let n = p.msgs;
     let counter = tokio::spawn(count(sub, n, |m: &tether::Message| m.reply.is_some()));
     let payload: &[u8] = &p.payload;
+    let cpu = ServerCpu::start(p.server_pid);
     let start = Instant::now();
     for _ in 0..n {
         pub_client.publish(&subject, payload).await?;
@@ -734,6 +798,7 @@ async fn pubsub_tether(p: &Params, tag: &str) -> Res<Throughput> {
         .await?;
     let (counted, sub) = counter.await?;
     let mut t = throughput(n, start, &counted);
+    t.server_cpu = cpu.share(t.secs);
     // The library's own count, for the record (the subscriber may stop before the marker).
     t.dropped = t.dropped.max(sub.dropped());
 
@@ -759,6 +824,7 @@ async fn pubsub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
 
     let n = p.msgs;
     let counter = tokio::spawn(count(sub, n, |m: &async_nats::Message| m.reply.is_some()));
+    let cpu = ServerCpu::start(p.server_pid);
     let start = Instant::now();
     for _ in 0..n {
         pub_client
@@ -769,7 +835,8 @@ async fn pubsub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
         .publish_with_reply(subject.clone(), "cmp.marker", Bytes::new())
         .await?;
     let (counted, sub) = counter.await?;
-    let t = throughput(n, start, &counted);
+    let mut t = throughput(n, start, &counted);
+    t.server_cpu = cpu.share(t.secs);
 
     drop(sub);
     pub_client.drain().await?;
@@ -1896,6 +1963,7 @@ fn table(
             );
         }
     }
+    server_cpu_table(&mut o, all);
     faulty_table(&mut o, faulty);
     faulty_details(&mut o, faulty);
     if all.is_empty() {
@@ -1939,6 +2007,34 @@ fn table(
     o
 }
 
+/// The nats-server's CPU share per throughput workload: near 100 % of one core, the
+/// server's single reader per connection is the ceiling and the client is not the limit.
+fn server_cpu_table(o: &mut String, all: &[Series]) {
+    let mut header = false;
+    for s in all.iter().filter(|s| s.workload != Workload::Reqrep) {
+        let t = median(&s.values(Lib::Tether, server_cpu));
+        let a = median(&s.values(Lib::AsyncNats, server_cpu));
+        if !t.is_finite() || !a.is_finite() {
+            continue;
+        }
+        if !header {
+            header = true;
+            let _ = writeln!(
+                o,
+                "\nnats-server CPU while measured (median, % of one core; it reads each \
+                 connection on one thread, so about 100 % is the most one connection can get)"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "{:<20} {:>13.0}% {:>13.0}%",
+            format!("{:<12} cpu", s.workload.name()),
+            t * 100.0,
+            a * 100.0
+        );
+    }
+}
+
 fn to_json(
     cli: &Cli,
     url: &str,
@@ -1960,6 +2056,7 @@ fn to_json(
                         "received": t.received,
                         "dropped": t.dropped,
                         "secs": t.secs,
+                        "server_cpu": t.server_cpu,
                         "complete": t.complete,
                     }),
                     RunResult::Latency(l) => json!({
@@ -1980,6 +2077,7 @@ fn to_json(
                 let (dropped, incomplete) = drops(s, lib);
                 json!({
                     "msgs_per_sec": median(&s.values(lib, rate)),
+                    "server_cpu": Some(median(&s.values(lib, server_cpu))).filter(|v| v.is_finite()),
                     "dropped_total": dropped,
                     "stalled_runs": incomplete,
                 })
