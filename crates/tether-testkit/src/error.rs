@@ -55,6 +55,12 @@ pub enum TestkitError {
         /// Which node lacks which route.
         detail: String,
     },
+    /// A [`ServerConfig`](crate::ServerConfig) asks for auth settings that contradict
+    /// each other; no process was started.
+    Config {
+        /// Which settings clash.
+        detail: String,
+    },
 }
 
 impl TestkitError {
@@ -121,6 +127,10 @@ impl fmt::Display for TestkitError {
                 f,
                 "cluster routes did not form: {detail}; check the nodes' logs (route ports and \
                  cluster name must match)"
+            ),
+            TestkitError::Config { detail } => write!(
+                f,
+                "invalid ServerConfig: {detail}; fix the test's ServerConfig"
             ),
         }
     }

@@ -12,6 +12,9 @@
 //!       ──► HostilePeer ───────────────► raw TcpListener that misbehaves
 //! ```
 //!
+//! Auth: token, user/password and nkey users ([`nkey_user`]) in [`ServerConfig`], and
+//! operator mode with user JWTs that can expire ([`Operator`], [`UserCreds`]).
+//!
 //! Readiness is always observed (INFO on the client port, `/healthz`, `/routez`), never
 //! assumed after a fixed sleep.
 #![deny(missing_docs)]
@@ -21,6 +24,7 @@ mod cluster;
 mod error;
 mod hostile;
 mod http;
+pub mod jwt;
 mod ports;
 mod proxy;
 mod server;
@@ -30,6 +34,7 @@ pub use bin::{nats_server_bin, nats_server_version};
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
 pub use hostile::{closed_port, Hostile, HostilePeer, VALID_INFO};
+pub use jwt::{nkey_user, NkeyUser, Operator, UserCreds};
 pub use ports::free_port;
 pub use proxy::{CutMode, Proxy};
 pub use server::{NatsServer, ServerConfig};

@@ -12,6 +12,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use crate::jwt::Operator;
 use crate::{free_port, http, nats_server_bin, TestkitError};
 
 /// How long a server may take to become ready.
@@ -31,6 +32,23 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Require this user and password (`authorization { user, password }`).
     pub user: Option<(String, String)>,
+    /// Accept these nkey users, by public key (`U…`, e.g.
+    /// [`NkeyUser::public_key`](crate::NkeyUser::public_key)):
+    /// `authorization { users = [ { nkey: U… } ] }`. Clients sign the INFO `nonce` with
+    /// the seed ([`NkeyUser::sign_nonce`](crate::NkeyUser::sign_nonce)) and send `nkey`
+    /// and `sig` in CONNECT.
+    ///
+    /// nats-server refuses a `users` array beside a token or a single user/password, so
+    /// starting with both is a [`TestkitError::Config`].
+    pub nkey_users: Vec<String>,
+    /// Operator mode: config text from [`Operator::server_config`], best set with
+    /// [`with_operator`](Self::with_operator). Clients then authenticate with a user JWT
+    /// and a nonce signature ([`Operator::user`]).
+    ///
+    /// In operator mode nats-server ignores a token, and refuses nkey users configured
+    /// directly, so combining this with `token`, `user` or `nkey_users` is a
+    /// [`TestkitError::Config`].
+    pub operator: Option<String>,
     /// Appended verbatim to the generated config file (TLS, nkeys, limits, accounts...).
     pub extra_config: Option<String>,
     /// `lame_duck_duration: 30s` (the server's minimum) and `lame_duck_grace_period: 2s`.
@@ -54,6 +72,41 @@ impl ServerConfig {
     pub fn with_port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
+    }
+
+    /// This config in operator mode, trusting `op` and preloading its accounts (sets
+    /// [`operator`](Self::operator) to [`Operator::server_config`]).
+    #[must_use]
+    pub fn with_operator(mut self, op: &Operator) -> Self {
+        self.operator = Some(op.server_config());
+        self
+    }
+
+    /// Refuses combinations nats-server would reject at startup or silently ignore.
+    fn check(&self) -> Result<(), TestkitError> {
+        let bad = |detail: &str| {
+            Err(TestkitError::Config {
+                detail: detail.into(),
+            })
+        };
+        if self.token.is_some() && self.user.is_some() {
+            return bad("token and user/password together (nats-server refuses both)");
+        }
+        if !self.nkey_users.is_empty() && (self.token.is_some() || self.user.is_some()) {
+            return bad(
+                "nkey_users beside a token or user/password (nats-server refuses a users \
+                 array next to either); use one kind of auth per server",
+            );
+        }
+        if self.operator.is_some()
+            && (self.token.is_some() || self.user.is_some() || !self.nkey_users.is_empty())
+        {
+            return bad(
+                "operator mode with token, user/password or nkey_users (nats-server ignores \
+                 the token and refuses the users); authenticate with Operator::user instead",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -169,7 +222,7 @@ impl NatsServer {
         if self.cfg.lame_duck_for_tests {
             c.push_str("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"2s\"\n");
         }
-        if self.cfg.token.is_some() || self.cfg.user.is_some() {
+        if self.cfg.token.is_some() || self.cfg.user.is_some() || !self.cfg.nkey_users.is_empty() {
             c.push_str("authorization {\n");
             if let Some(t) = &self.cfg.token {
                 let _ = writeln!(c, "  token: {}", q(t));
@@ -177,7 +230,18 @@ impl NatsServer {
             if let Some((u, p)) = &self.cfg.user {
                 let _ = writeln!(c, "  user: {}\n  password: {}", q(u), q(p));
             }
+            if !self.cfg.nkey_users.is_empty() {
+                c.push_str("  users = [\n");
+                for nk in &self.cfg.nkey_users {
+                    let _ = writeln!(c, "    {{ nkey: {} }}", q(nk));
+                }
+                c.push_str("  ]\n");
+            }
             c.push_str("}\n");
+        }
+        if let Some(op) = &self.cfg.operator {
+            c.push_str(op);
+            c.push('\n');
         }
         if self.cfg.jetstream {
             let store = self.dir.path().join("js");
@@ -209,6 +273,7 @@ impl NatsServer {
 
     /// (Re)writes the config file and spawns the process.
     fn spawn(&mut self) -> Result<(), TestkitError> {
+        self.cfg.check()?;
         fs::write(self.config_path(), self.render_config())
             .map_err(|e| TestkitError::io("writing the server config", e))?;
         let stdio = File::options()
