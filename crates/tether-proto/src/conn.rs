@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -120,8 +121,13 @@ impl Default for Config {
     }
 }
 
+/// Signs the server's nonce (the bytes of INFO's `nonce` string) with the client's nkey;
+/// returns the signature as base64url without padding, or why it could not sign. The
+/// core stays free of cryptography: the caller brings the key.
+pub type NonceSigner = Arc<dyn Fn(&[u8]) -> Result<String, String> + Send + Sync>;
+
 /// Credentials sent in CONNECT for one link.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Auth {
     /// User name.
     pub user: Option<String>,
@@ -129,6 +135,12 @@ pub struct Auth {
     pub pass: Option<String>,
     /// Token.
     pub token: Option<String>,
+    /// User JWT (decentralized auth); sent with the nonce's signature.
+    pub jwt: Option<String>,
+    /// Public nkey (nkey auth without a JWT); sent with the nonce's signature.
+    pub nkey: Option<String>,
+    /// Signs INFO's nonce for `sig`, when the server sends one.
+    pub signer: Option<NonceSigner>,
 }
 
 impl fmt::Debug for Auth {
@@ -137,6 +149,9 @@ impl fmt::Debug for Auth {
             .field("user", &self.user)
             .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("jwt", &self.jwt.as_ref().map(|_| "<redacted>"))
+            .field("nkey", &self.nkey)
+            .field("signer", &self.signer.as_ref().map(|_| "<key>"))
             .finish()
     }
 }
@@ -236,6 +251,8 @@ pub enum HandshakeError {
     Protocol(ProtocolError),
     /// The server requires TLS, which this build does not support yet.
     TlsRequired,
+    /// The client's credentials could not be used (the nonce could not be signed).
+    Credentials(String),
     /// The peer closed the connection during the handshake.
     Eof,
     /// A read or write failed.
@@ -259,6 +276,7 @@ impl fmt::Display for HandshakeError {
             Self::TlsRequired => f.write_str(
                 "the server requires TLS, which this tether build does not support yet",
             ),
+            Self::Credentials(e) => write!(f, "could not sign the server's nonce: {e}"),
             Self::Eof => f.write_str("the peer closed the connection during the handshake"),
             Self::Io(e) => write!(f, "i/o error during handshake: {e}"),
             Self::Timeout { stage } => write!(f, "handshake timed out {stage}"),
@@ -779,6 +797,17 @@ impl Connection {
                 }
                 self.max_payload = info.max_payload;
                 self.headers_supported = info.headers;
+                let sig = match (&self.auth.signer, &info.nonce) {
+                    (Some(sign), Some(nonce)) => match sign(nonce.as_bytes()) {
+                        Ok(sig) => Some(sig),
+                        Err(e) => {
+                            self.info = Some(info);
+                            self.fail_handshake(HandshakeError::Credentials(e));
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
                 let connect = ConnectInfo {
                     verbose: false,
                     pedantic: false,
@@ -793,7 +822,9 @@ impl Connection {
                     user: self.auth.user.clone(),
                     pass: self.auth.pass.clone(),
                     auth_token: self.auth.token.clone(),
-                    ..ConnectInfo::default()
+                    jwt: self.auth.jwt.clone(),
+                    nkey: self.auth.nkey.clone(),
+                    sig,
                 };
                 self.info = Some(info);
                 encode::encode_connect(&mut self.control, &connect);

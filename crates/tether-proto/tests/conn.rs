@@ -377,6 +377,48 @@ fn auto_unsubscribe_counts_are_sent_relative_to_the_current_link() {
 }
 
 #[test]
+fn the_nonce_is_signed_and_sent_with_the_jwt() {
+    let mut h = Harness::new(quick());
+    let auth = Auth {
+        jwt: Some("JWT".into()),
+        signer: Some(std::sync::Arc::new(|nonce: &[u8]| {
+            Ok(format!("signed-{}", String::from_utf8_lossy(nonce)))
+        })),
+        ..Auth::default()
+    };
+    h.conn
+        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), auth);
+    h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"n0nce\",\"max_payload\":1048576}\r\n");
+    let out = String::from_utf8(h.written()).unwrap();
+    assert!(
+        out.contains("\"jwt\":\"JWT\"") && out.contains("\"sig\":\"signed-n0nce\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
+    let mut h = Harness::new(quick());
+    let auth = Auth {
+        nkey: Some("UKEY".into()),
+        signer: Some(std::sync::Arc::new(|_: &[u8]| Err("no seed".to_owned()))),
+        ..Auth::default()
+    };
+    h.conn
+        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), auth);
+    h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"x\",\"max_payload\":1048576}\r\n");
+    let failed = h.events().into_iter().find_map(|e| match e {
+        ConnEvent::HandshakeFailed(e) => Some(e),
+        _ => None,
+    });
+    assert!(
+        matches!(&failed, Some(HandshakeError::Credentials(r)) if r == "no seed"),
+        "{failed:?}"
+    );
+    assert!(!String::from_utf8(h.written()).unwrap().contains("CONNECT"));
+}
+
+#[test]
 fn repeated_ldm_info_announces_lame_duck_once() {
     let mut h = Harness::new(quick());
     h.handshake();
