@@ -189,6 +189,8 @@ impl Client {
                 driver_started: false,
                 ldm_switch_at: None,
                 switch_request: None,
+                jwt: None,
+                jwt_refresh_at: None,
                 direct: None,
             }),
             wake: Notify::new(),

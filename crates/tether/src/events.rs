@@ -141,6 +141,17 @@ pub enum Event {
         /// The old link's unconfirmed bytes.
         unconfirmed_bytes: u64,
     },
+    /// The user JWT is within its refresh lead and the credentials read again are no
+    /// fresher (or could not be read): the server will end the link at expiry, and the
+    /// client then reconnects at once, reading the credentials again.
+    CredentialsExpiring {
+        /// The server.
+        server: String,
+        /// Time left before the JWT in use expires.
+        expires_in: Duration,
+        /// Why no fresher credentials were used.
+        reason: String,
+    },
     /// A subscription started dropping messages.
     SlowConsumer {
         /// The subject.
@@ -569,6 +580,16 @@ fn log(event: &Event) {
         } => {
             tracing::info!(from = %from, to = %to, unconfirmed_msgs, unconfirmed_bytes, "migrated")
         }
+        Event::CredentialsExpiring {
+            server,
+            expires_in,
+            reason,
+        } => tracing::warn!(
+            server = %server,
+            expires_in_s = expires_in.as_secs(),
+            reason = %reason,
+            "user JWT about to expire"
+        ),
         Event::SlowConsumer {
             subject,
             sid,

@@ -57,7 +57,8 @@
 //! jitter, capped at 500 ms during the first 10 s of an outage and at `reconnect_wait`
 //! (2 s) after; `reconnect_delay` replaces it. A server leaves the pool after
 //! `max_reconnects` consecutive failures (unlimited by default); `Authorization
-//! Violation` twice in a row, at least `reconnect_wait` apart, removes it under
+//! Violation` twice in a row, at least `reconnect_wait` apart with the same credentials,
+//! removes it under
 //! `AuthFailurePolicy::RemoveServer`. An empty pool closes the client with the reason.
 //! On reconnect the subscriptions are replayed (with remaining auto-unsubscribe counts)
 //! in one write ahead of the buffered frames, so a subscription never misses a buffered
@@ -76,6 +77,22 @@
 //! it, then reconnects as usual; the lame-duck server is tried only when nothing else is
 //! left. `Client::force_reconnect` and `Client::set_server_pool` (when the current server
 //! leaves the pool) use the same switch.
+//!
+//! # Credentials and JWT refresh
+//! One auth method per client: `user_and_password`, `token`, `nkey` (a user seed signs
+//! the server's nonce) or `credentials_file` (a `.creds` file with a user JWT and its
+//! seed), or credentials in the URL; two at once are rejected when the options are built.
+//! A creds file is read again at every connect attempt, so rotating the file is enough;
+//! a file that cannot be read or parsed fails that attempt with an error naming it.
+//! When a user JWT with an `exp` comes within `jwt_refresh_lead` of expiry (default
+//! min(max(30 s, 10 % of its lifetime), 50 % of it)), the file is read again: if the
+//! fresh JWT expires later (or never), the client moves to a new link with it by the
+//! planned switch above, to another server or the same one (`Event::Migrated`; no
+//! disconnect). Otherwise `Event::CredentialsExpiring` says why, the server ends the link
+//! at expiry (`User Authentication Expired`), and the first reconnect attempt goes out at
+//! once with the file read again. Auth strikes count only while the credentials stay the
+//! same: a rotated file starts over. nats-server refuses a JWT that has already expired
+//! with plain `Authorization Violation`.
 //!
 //! # Choices where the protocol is silent
 //! - A header block that cannot be parsed does not close the connection (any publisher can

@@ -36,6 +36,7 @@
 
 mod client;
 mod connection;
+mod credentials;
 pub mod error;
 pub mod events;
 pub mod guide;

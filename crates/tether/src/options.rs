@@ -164,6 +164,8 @@ pub struct ConnectOptions {
     pub(crate) event_callback: Option<EventCallback>,
     pub(crate) user: Option<(String, String)>,
     pub(crate) token: Option<String>,
+    pub(crate) keys: Option<crate::credentials::KeySource>,
+    pub(crate) jwt_refresh_lead: Option<Duration>,
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -182,6 +184,7 @@ impl fmt::Debug for ConnectOptions {
             .field("resend_unconfirmed", &self.resend_unconfirmed)
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +249,8 @@ impl ConnectOptions {
             event_callback: None,
             user: None,
             token: None,
+            keys: None,
+            jwt_refresh_lead: None,
         }
     }
 
@@ -417,6 +422,38 @@ impl ConnectOptions {
         self
     }
 
+    /// Decentralized (JWT) auth from a `.creds` file: the user JWT and nkey seed, as
+    /// `nsc` writes them. The file is read again at every connect attempt, so a rotated
+    /// file is used without a restart; a JWT with an expiry is refreshed ahead of it (see
+    /// [`jwt_refresh_lead`](Self::jwt_refresh_lead)). A file that cannot be read or
+    /// parsed fails that attempt with an error naming the file.
+    #[must_use]
+    pub fn credentials_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.keys = Some(crate::credentials::KeySource::File(path.into()));
+        self
+    }
+
+    /// Nkey auth: the user's nkey seed (`SU...`) signs the server's nonce; CONNECT
+    /// carries the public key. A seed that is not valid is rejected when the options are
+    /// built.
+    #[must_use]
+    pub fn nkey(mut self, seed: impl Into<String>) -> Self {
+        self.keys = Some(crate::credentials::KeySource::Seed(seed.into()));
+        self
+    }
+
+    /// How long before the user JWT's `exp` the client reads the credentials again and,
+    /// if the fresh JWT expires later, moves to a new link with them by the planned
+    /// make-before-break switch (`Event::Migrated`); if not, it emits
+    /// `Event::CredentialsExpiring` and waits for the server to end the link, then
+    /// reconnects at once with credentials read again. Default: none set, which means
+    /// min(max(30 s, 10 % of the JWT's lifetime), 50 % of it).
+    #[must_use]
+    pub fn jwt_refresh_lead(mut self, lead: Duration) -> Self {
+        self.jwt_refresh_lead = Some(lead);
+        self
+    }
+
     /// A custom reconnect delay, overriding the backoff.
     #[must_use]
     pub fn reconnect_delay(
@@ -449,6 +486,40 @@ impl ConnectOptions {
                 fix: fix.to_owned(),
             })
         };
+        let methods: Vec<&str> = [
+            self.user.as_ref().map(|_| "user_and_password"),
+            self.token.as_ref().map(|_| "token"),
+            self.keys.as_ref().map(|k| match k {
+                crate::credentials::KeySource::File(_) => "credentials_file",
+                crate::credentials::KeySource::Seed(_) => "nkey",
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let [first, second, ..] = methods[..] {
+            return contradiction(
+                first.to_owned(),
+                second.to_owned(),
+                "a connection authenticates one way; keep only the method your server expects",
+            );
+        }
+        if let Some(crate::credentials::KeySource::Seed(seed)) = &self.keys {
+            crate::credentials::check_seed(seed).map_err(|fix| OptionsError::Invalid {
+                option: "nkey",
+                value: "<redacted>".into(),
+                fix,
+            })?;
+        }
+        if self.jwt_refresh_lead.is_some_and(|l| l.is_zero()) {
+            return Err(OptionsError::Invalid {
+                option: "jwt_refresh_lead",
+                value: "0s".into(),
+                fix:
+                    "refresh ahead of expiry: use a positive lead such as 30s, or leave the default"
+                        .into(),
+            });
+        }
         if self.max_pings_outstanding == 0 {
             return contradiction(
                 "max_pings_outstanding = 0".into(),

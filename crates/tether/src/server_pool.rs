@@ -186,6 +186,8 @@ pub struct PoolEntry {
     pub auth_strikes: u32,
     /// When the last auth strike came.
     pub last_strike: Option<Instant>,
+    /// Which credentials the strikes were against (strikes count only while unchanged).
+    pub strike_credentials: Option<u64>,
     /// In lame duck mode: not tried while set.
     pub lame_duck: bool,
 }
@@ -219,6 +221,7 @@ impl ServerPool {
                 last_dropped: None,
                 auth_strikes: 0,
                 last_strike: None,
+                strike_credentials: None,
                 lame_duck: false,
             });
         }
@@ -326,11 +329,12 @@ impl ServerPool {
         (i < self.entries.len()).then(|| self.entries.remove(i))
     }
 
-    /// Record auth strikes for `i`.
-    pub fn set_strikes(&mut self, i: usize, strikes: u32, now: Instant) {
+    /// Record auth strikes for `i`, against the credentials identified by `credentials`.
+    pub fn set_strikes(&mut self, i: usize, strikes: u32, now: Instant, credentials: Option<u64>) {
         if let Some(e) = self.entries.get_mut(i) {
             e.auth_strikes = strikes;
             e.last_strike = Some(now);
+            e.strike_credentials = credentials;
         }
     }
 
@@ -388,6 +392,7 @@ impl ServerPool {
                     last_dropped: None,
                     auth_strikes: 0,
                     last_strike: None,
+                    strike_credentials: None,
                     lame_duck: false,
                 });
             }

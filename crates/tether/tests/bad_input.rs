@@ -145,6 +145,38 @@ async fn contradictory_options_are_rejected() {
     assert!(matches!(err, ConnectError::Options(_)), "{err:?}");
 }
 
+#[test]
+fn two_auth_methods_or_a_bad_nkey_seed_are_rejected_when_built() {
+    let err = ConnectOptions::new()
+        .token("t")
+        .credentials_file("/etc/user.creds")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token") && err.contains("credentials_file"),
+        "{err}"
+    );
+    let err = ConnectOptions::new()
+        .nkey("SUnotaseed")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SU") && !err.contains("SUnotaseed"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreadable_creds_file_fails_the_connect_naming_the_file() {
+    let server = NatsServer::start().unwrap();
+    let err = ConnectOptions::new()
+        .credentials_file("/nonexistent/tether-test.creds")
+        .connect(server.url())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/tether-test.creds"), "{err}");
+}
+
 #[tokio::test]
 async fn every_server_tried_is_listed() {
     let a = closed_port();

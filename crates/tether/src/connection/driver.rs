@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::transport;
 use super::{Inner, Shared, SwitchReason};
+use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
 use crate::events::{ClosedReason, Event, State};
 use crate::message::Message;
@@ -37,8 +38,12 @@ fn tokio_instant(t: Instant) -> tokio::time::Instant {
     tokio::time::Instant::from_std(t)
 }
 
-/// Credentials for an attempt: the options first, then the URL's.
-fn auth_for(shared: &Shared, addr: &ServerAddr) -> Auth {
+/// Credentials for an attempt, read now (creds files are read again at every attempt):
+/// the options first, then the URL's.
+fn auth_for(shared: &Shared, addr: &ServerAddr) -> Result<Loaded, String> {
+    if let Some(keys) = &shared.opts.keys {
+        return credentials::load(keys);
+    }
     let mut auth = Auth::default();
     if let Some((u, p)) = &shared.opts.user {
         auth.user = Some(u.clone());
@@ -51,7 +56,12 @@ fn auth_for(shared: &Shared, addr: &ServerAddr) -> Auth {
     } else if let Some(t) = addr.user() {
         auth.token = Some(t.to_owned());
     }
-    auth
+    // Static credentials never change.
+    Ok(Loaded {
+        auth,
+        jwt: None,
+        fingerprint: 0,
+    })
 }
 
 /// Why an attempt failed, for the pool's auth rules.
@@ -59,6 +69,9 @@ fn auth_for(shared: &Shared, addr: &ServerAddr) -> Auth {
 pub(crate) struct Failure {
     pub(crate) attempt: AttemptError,
     pub(crate) server_err: Option<String>,
+    /// The credentials the attempt used (see [`Loaded::fingerprint`]); `None` when they
+    /// could not be read.
+    pub(crate) credentials: Option<u64>,
 }
 
 /// A link whose handshake completed, ready to be adopted by the session core.
@@ -67,6 +80,8 @@ pub(crate) struct Established {
     pub(crate) info: Box<ServerInfo>,
     /// Bytes read after the handshake's last PONG.
     pub(crate) leftover: BytesMut,
+    /// The user JWT's validity, when the link authenticated with one that expires.
+    pub(crate) jwt: Option<JwtTimes>,
 }
 
 impl std::fmt::Debug for Established {
@@ -83,6 +98,16 @@ impl std::fmt::Debug for Established {
 pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
     let deadline = start + shared.opts.connection_timeout;
+    let loaded = auth_for(shared, addr).map_err(|error| Failure {
+        attempt: AttemptError {
+            server: addr.to_string(),
+            address: None,
+            error,
+        },
+        server_err: None,
+        credentials: None,
+    })?;
+    let credentials = Some(loaded.fingerprint);
     let fail = |address: Option<String>, error: String, server_err: Option<String>| Failure {
         attempt: AttemptError {
             server: addr.to_string(),
@@ -90,6 +115,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
             error,
         },
         server_err,
+        credentials,
     };
     let (mut stream, sock) = transport::dial(addr, tokio_instant(deadline))
         .await
@@ -97,7 +123,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
     let address = Some(sock.to_string());
     let mut core = Connection::new(shared.opts.core_config(), start);
     core.set_pause_after_handshake(true);
-    core.handle_transport_connected(Instant::now(), deadline, auth_for(shared, addr));
+    core.handle_transport_connected(Instant::now(), deadline, loaded.auth);
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {
         if let Some(chunk) = core.poll_transmit(Instant::now()) {
@@ -114,6 +140,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
                         stream,
                         info,
                         leftover: rbuf,
+                        jwt: loaded.jwt,
                     });
                 }
                 ConnEvent::HandshakeFailed(e) => {
@@ -150,6 +177,10 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
 pub(crate) fn adopt(shared: &Shared, inner: &mut Inner, est: &mut Established) -> Option<String> {
     let now = Instant::now();
     inner.conn.adopt_link(now, est.info.clone());
+    inner.jwt = est.jwt;
+    inner.jwt_refresh_at = est
+        .jwt
+        .map(|t| now + t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()));
     if !est.leftover.is_empty() {
         inner.conn.handle_read(now, &mut est.leftover);
     }
@@ -282,6 +313,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                             error: reason,
                         },
                         server_err: None,
+                        credentials: None,
                     }),
                 }
             }
@@ -359,7 +391,11 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                                 let spaced = e
                                     .last_strike
                                     .is_none_or(|t| now.duration_since(t) >= reconnect_wait);
-                                let strikes = if spaced {
+                                // New credentials (a rotated creds file) start over.
+                                let same = e.strike_credentials == f.credentials;
+                                let strikes = if !same {
+                                    1
+                                } else if spaced {
                                     e.auth_strikes + 1
                                 } else {
                                     e.auth_strikes.max(1)
@@ -367,7 +403,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                                 remove = strikes >= 2
                                     && shared.opts.auth_failure_policy
                                         == crate::options::AuthFailurePolicy::RemoveServer;
-                                set_strikes(&mut inner, i, strikes, now);
+                                inner.pool.set_strikes(i, strikes, now, f.credentials);
                             }
                             delay = delay.max(reconnect_wait.min(Duration::from_secs(2)));
                         }
@@ -393,10 +429,6 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
             }
         }
     }
-}
-
-fn set_strikes(inner: &mut Inner, i: usize, strikes: u32, now: Instant) {
-    inner.pool.set_strikes(i, strikes, now);
 }
 
 /// Merge INFO `connect_urls` into the pool.
@@ -548,14 +580,19 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     inner.switch_request = Some(SwitchReason::LameDuck);
                 }
             }
+            if inner.jwt_refresh_at.is_some_and(|at| now >= at) && switching.is_none() {
+                inner.jwt_refresh_at = None;
+                check_fresh_credentials(shared, &mut inner);
+            }
             if inner.close.is_none() && switching.is_none() && ready.is_none() && old.is_none() {
                 if let Some(reason) = inner.switch_request.take() {
                     let current = inner.server_index().unwrap_or(usize::MAX);
-                    match inner
+                    // Fresh credentials may also go to the same server.
+                    let target = inner
                         .pool
                         .next_other(current)
-                        .and_then(|i| inner.pool.get(i))
-                    {
+                        .or_else(|| (reason == SwitchReason::Credentials).then_some(current));
+                    match target.and_then(|i| inner.pool.get(i)) {
                         Some(e) => {
                             let addr = e.addr.clone();
                             let sh = shared.clone();
@@ -673,6 +710,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 inner.conn.poll_timeout(),
                 close_flush.as_ref().map(|(_, until)| *until),
                 inner.ldm_switch_at,
+                inner.jwt_refresh_at,
                 old.as_ref().map(|o| {
                     if o.link.is_retiring() {
                         o.give_up_at
@@ -750,6 +788,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         if let Some(i) = inner.pool.position(&addr) {
                             let _ = inner.pool.record_failure(i, Instant::now(), shared.opts.reconnect_wait);
                         }
+                        // A refresh that could not move yet tries again after
+                        // reconnect_wait, while the JWT is inside its refresh window.
+                        if inner.jwt_refresh_at.is_none() && inner.jwt.is_some() {
+                            inner.jwt_refresh_at = Some(Instant::now() + shared.opts.reconnect_wait);
+                        }
                     }
                 }
             }
@@ -760,6 +803,42 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
         }
     }
+}
+
+/// The user JWT is within its refresh lead: read the credentials again and move to a new
+/// link with them if they expire later (semantics 13); else say so and let the server end
+/// the link, after which the reconnect reads them again at once.
+fn check_fresh_credentials(shared: &Shared, inner: &mut Inner) {
+    let (Some(keys), Some(current)) = (&shared.opts.keys, inner.jwt) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let fresh = credentials::load(keys);
+    let later = match &fresh {
+        // A JWT without expiry outlives any that has one.
+        Ok(l) => l.jwt.is_none_or(|t| t.expires_at > current.expires_at),
+        Err(_) => false,
+    };
+    if later {
+        tracing::info!(
+            server = %inner.server_name,
+            expires_in_s = current.expires_in(now).as_secs(),
+            "user JWT close to expiry; moving to a new link with fresher credentials"
+        );
+        inner.switch_request = Some(SwitchReason::Credentials);
+        return;
+    }
+    let reason = match fresh {
+        Err(e) => e,
+        Ok(_) => "the credentials read again expire no later than the ones in use; \
+                  provide a fresher JWT before it expires, or the server will end the link"
+            .to_owned(),
+    };
+    shared.emit(Event::CredentialsExpiring {
+        server: inner.server_name.clone(),
+        expires_in: current.expires_in(now),
+        reason,
+    });
 }
 
 /// Route deliveries and handle the core's events. Returns the reason when the link went down.

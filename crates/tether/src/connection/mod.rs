@@ -83,6 +83,10 @@ pub(crate) struct Inner {
     pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
     /// A planned (make-before-break) switch was asked for.
     pub(crate) switch_request: Option<SwitchReason>,
+    /// The current link's user JWT validity, when it expires.
+    pub(crate) jwt: Option<crate::credentials::JwtTimes>,
+    /// When to read the credentials again ahead of the JWT's expiry.
+    pub(crate) jwt_refresh_at: Option<Instant>,
 }
 
 /// Why a planned switch was asked for.
@@ -92,6 +96,8 @@ pub(crate) enum SwitchReason {
     LameDuck,
     /// force_reconnect or a new server pool: fall back to a plain reconnect.
     Requested,
+    /// The user JWT nears expiry and fresher credentials exist: the same server will do.
+    Credentials,
 }
 
 impl Inner {

@@ -1,0 +1,284 @@
+//! Credentials read at every connect attempt (DESIGN semantics 13): a `.creds` file (user
+//! JWT and nkey seed) is read again each time, so a rotated file is used without a
+//! restart; an nkey seed signs the server's nonce.
+//!
+//! The JWT is not verified here (the server does that); only its `exp` and `iat` are
+//! read, to refresh ahead of expiry.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use tether_proto::conn::Auth;
+
+/// Where the nkey-based credentials come from.
+#[derive(Clone)]
+pub(crate) enum KeySource {
+    /// A `.creds` file: user JWT plus nkey seed, read at every attempt.
+    File(PathBuf),
+    /// An nkey seed (nkey auth without a JWT).
+    Seed(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Seed(_) => f.write_str("Seed(<redacted>)"),
+        }
+    }
+}
+
+/// A user JWT's validity window, in unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JwtTimes {
+    pub(crate) issued_at: Option<u64>,
+    pub(crate) expires_at: u64,
+}
+
+impl JwtTimes {
+    /// DESIGN's default lead: min(max(30 s, 10 % of the lifetime), 50 % of it). Without
+    /// `iat` the lifetime is unknown and the lead is 30 s.
+    pub(crate) fn default_lead(self) -> Duration {
+        let floor = Duration::from_secs(30);
+        match self.issued_at {
+            Some(iat) if self.expires_at > iat => {
+                let life = Duration::from_secs(self.expires_at - iat);
+                floor.max(life / 10).min(life / 2)
+            }
+            _ => floor,
+        }
+    }
+
+    /// When to refresh, as a duration from now (zero when already due).
+    pub(crate) fn refresh_in(self, lead: Option<Duration>, now: SystemTime) -> Duration {
+        let lead = lead.unwrap_or_else(|| self.default_lead());
+        let exp = UNIX_EPOCH + Duration::from_secs(self.expires_at);
+        exp.checked_sub(lead)
+            .and_then(|at| at.duration_since(now).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Time left before expiry (zero when expired).
+    pub(crate) fn expires_in(self, now: SystemTime) -> Duration {
+        (UNIX_EPOCH + Duration::from_secs(self.expires_at))
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Credentials loaded for one attempt.
+pub(crate) struct Loaded {
+    pub(crate) auth: Auth,
+    /// The JWT's window, when it has an `exp`.
+    pub(crate) jwt: Option<JwtTimes>,
+    /// Identifies the credentials, to tell a retry with the same ones from one with new.
+    pub(crate) fingerprint: u64,
+}
+
+/// Load the credentials of `source` now.
+pub(crate) fn load(source: &KeySource) -> Result<Loaded, String> {
+    match source {
+        KeySource::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read the credentials file {}: {e}; check the path and its permissions",
+                    path.display()
+                )
+            })?;
+            let (jwt, seed) = parse_creds(&text)
+                .map_err(|e| format!("the credentials file {} {e}", path.display()))?;
+            let times = jwt_times(&jwt)
+                .map_err(|e| format!("the user JWT in {} is malformed: {e}", path.display()))?;
+            let pair = key_pair(&seed, Some(path))?;
+            Ok(Loaded {
+                fingerprint: fingerprint(&[&jwt, &seed]),
+                auth: Auth {
+                    jwt: Some(jwt),
+                    signer: Some(signer(pair)),
+                    ..Auth::default()
+                },
+                jwt: times,
+            })
+        }
+        KeySource::Seed(seed) => {
+            let pair = key_pair(seed, None)?;
+            Ok(Loaded {
+                fingerprint: fingerprint(&[seed]),
+                auth: Auth {
+                    nkey: Some(pair.public_key()),
+                    signer: Some(signer(pair)),
+                    ..Auth::default()
+                },
+                jwt: None,
+            })
+        }
+    }
+}
+
+/// Check a seed when options are built.
+pub(crate) fn check_seed(seed: &str) -> Result<(), String> {
+    key_pair(seed, None).map(|_| ())
+}
+
+fn key_pair(seed: &str, path: Option<&Path>) -> Result<nkeys::KeyPair, String> {
+    nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| {
+        let whence = path.map_or_else(String::new, |p| format!(" in {}", p.display()));
+        format!("the nkey seed{whence} is not valid ({e}); a user seed starts with `SU`")
+    })
+}
+
+fn signer(pair: nkeys::KeyPair) -> tether_proto::conn::NonceSigner {
+    let pair = Arc::new(pair);
+    Arc::new(move |nonce: &[u8]| {
+        pair.sign(nonce)
+            .map(|sig| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig))
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn fingerprint(parts: &[&str]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+/// The user JWT and the seed of a `.creds` file: the first two blocks framed by lines of
+/// three or more dashes (`-----BEGIN NATS USER JWT-----` ... `------END NATS USER
+/// JWT------`, then the seed's), as `nsc` writes them.
+pub(crate) fn parse_creds(text: &str) -> Result<(String, String), String> {
+    let mut blocks = Vec::new();
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line.starts_with("---") && line.contains("BEGIN") {
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !(l.starts_with("---") && l.contains("END")))
+                .filter(|l| !l.is_empty())
+                .collect();
+            blocks.push(body.concat());
+        }
+    }
+    let mut blocks = blocks.into_iter();
+    let jwt = blocks
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or("has no user JWT block (`-----BEGIN NATS USER JWT-----`); is it a .creds file?")?;
+    let seed = blocks
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or("has no nkey seed block (`-----BEGIN USER NKEY SEED-----`) after the JWT")?;
+    Ok((jwt, seed))
+}
+
+/// `exp` and `iat` of a JWT; `None` when it never expires.
+pub(crate) fn jwt_times(jwt: &str) -> Result<Option<JwtTimes>, String> {
+    let mut parts = jwt.split('.');
+    let (Some(_), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("expected three dot-separated parts".into());
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .map_err(|e| format!("claims are not base64url: {e}"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("claims are not JSON: {e}"))?;
+    let secs = |k: &str| claims.get(k).and_then(serde_json::Value::as_u64);
+    Ok(secs("exp").filter(|&e| e > 0).map(|expires_at| JwtTimes {
+        issued_at: secs("iat"),
+        expires_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt_with(claims: &str) -> String {
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.sig",
+            b(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+            b(claims)
+        )
+    }
+
+    #[test]
+    fn creds_blocks_are_found_as_nsc_writes_them() {
+        let text = "-----BEGIN NATS USER JWT-----\naaa.bbb.ccc\n------END NATS USER JWT------\n\n\
+                    ************************* IMPORTANT *************************\n\
+                    NKEY Seed printed below can be used to sign and prove identity.\n\n\
+                    -----BEGIN USER NKEY SEED-----\nSUAXYZ\n------END USER NKEY SEED------\n\n\
+                    *************************************************************\n";
+        assert_eq!(
+            parse_creds(text).unwrap(),
+            ("aaa.bbb.ccc".to_owned(), "SUAXYZ".to_owned())
+        );
+        let err = parse_creds("just a token").unwrap_err();
+        assert!(err.contains("no user JWT block"), "{err}");
+        let err =
+            parse_creds("-----BEGIN NATS USER JWT-----\na.b.c\n------END NATS USER JWT------\n")
+                .unwrap_err();
+        assert!(err.contains("no nkey seed block"), "{err}");
+    }
+
+    #[test]
+    fn jwt_expiry_and_default_lead() {
+        let t = jwt_times(&jwt_with(r#"{"iat":1000,"exp":2000}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.expires_at, 2000);
+        // 10 % of 1000 s is 100 s (above the 30 s floor, below half).
+        assert_eq!(t.default_lead(), Duration::from_secs(100));
+        let short = JwtTimes {
+            issued_at: Some(0),
+            expires_at: 20,
+        };
+        // Half of a 20 s lifetime caps the 30 s floor.
+        assert_eq!(short.default_lead(), Duration::from_secs(10));
+        let now = UNIX_EPOCH + Duration::from_secs(5);
+        assert_eq!(short.refresh_in(None, now), Duration::from_secs(5));
+        assert_eq!(
+            short.refresh_in(Some(Duration::from_secs(2)), now),
+            Duration::from_secs(13)
+        );
+        assert_eq!(
+            short.expires_in(UNIX_EPOCH + Duration::from_secs(30)),
+            Duration::ZERO
+        );
+        assert_eq!(jwt_times(&jwt_with(r#"{"iat":1000}"#)).unwrap(), None);
+        assert!(jwt_times("not-a-jwt").is_err());
+    }
+
+    #[test]
+    fn a_seed_signs_the_nonce_and_a_bad_seed_says_what_it_should_look_like() {
+        let user = nkeys::KeyPair::new_user();
+        let seed = user.seed().unwrap();
+        let loaded = load(&KeySource::Seed(seed)).unwrap();
+        assert_eq!(
+            loaded.auth.nkey.as_deref(),
+            Some(user.public_key().as_str())
+        );
+        let sig = (loaded.auth.signer.unwrap())(b"nonce").unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        assert!(user.verify(b"nonce", &raw).is_ok());
+        let err = check_seed("not a seed").unwrap_err();
+        assert!(
+            err.contains("starts with `SU`") && !err.contains("not a seed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_creds_file_names_the_path() {
+        let err = load(&KeySource::File("/nonexistent/user.creds".into()))
+            .err()
+            .unwrap();
+        assert!(err.contains("/nonexistent/user.creds"), "{err}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Nkey and JWT authentication against real servers, and the JWT refresh of semantics 13.
+
+mod common;
+use common::{next_event, T};
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tether::{ConnectOptions, Event, State};
+use tether_testkit::{nkey_user, NatsServer, Operator, ServerConfig};
+
+async fn round_trip(client: &tether::Client, sub: &mut tether::Subscriber, subject: &str) {
+    client.publish(subject, "ping").await.unwrap();
+    let m = tokio::time::timeout(T, sub.next())
+        .await
+        .expect("no delivery within T")
+        .expect("subscription ended");
+    assert_eq!(&m.payload[..], b"ping");
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth_connects_and_another_key_is_refused_by_name() {
+    let user = nkey_user();
+    let server = NatsServer::start_with(ServerConfig {
+        nkey_users: vec![user.public_key.clone()],
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let client = ConnectOptions::new()
+        .nkey(user.seed.clone())
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("nkey.t").await.unwrap();
+    round_trip(&client, &mut sub, "nkey.t").await;
+
+    let err = ConnectOptions::new()
+        .nkey(nkey_user().seed)
+        .connect(server.url())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Authorization Violation"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_authenticates_in_operator_mode() {
+    let op = Operator::new();
+    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
+    let path = server.dir().join("user.creds");
+    op.user("alice", None).write_to(&path).unwrap();
+    let client = ConnectOptions::new()
+        .credentials_file(&path)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("jwt.t").await.unwrap();
+    round_trip(&client, &mut sub, "jwt.t").await;
+
+    // Without credentials the same server refuses, and says so.
+    let err = ConnectOptions::new()
+        .connect(server.url())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Authorization Violation"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
+    let op = Operator::new();
+    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
+    let path = server.dir().join("user.creds");
+    let first = op.user("alice", Some(Duration::from_secs(6)));
+    first.write_to(&path).unwrap();
+    let client = ConnectOptions::new()
+        .credentials_file(&path)
+        .jwt_refresh_lead(Duration::from_secs(4))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("jwt.refresh").await.unwrap();
+    client.flush().await.unwrap();
+    // The file is rotated before the refresh lead starts (about 2 s from now).
+    op.user("alice", Some(Duration::from_secs(120)))
+        .write_to(&path)
+        .unwrap();
+
+    match next_event(&mut events, |e| {
+        matches!(e, Event::Migrated { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Migrated {
+            unconfirmed_msgs, ..
+        } => assert_eq!(unconfirmed_msgs, 0),
+        other => panic!("expected a planned switch, got {other:?}"),
+    }
+    // The first JWT's expiry passes: the server would end a link that still used it.
+    let past = first.expires_at.unwrap() + 2;
+    while unix_now() <= past {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+            assert!(
+                !matches!(e, Event::Disconnected { .. } | Event::Closed { .. }),
+                "link lost after the refresh: {e:?}"
+            );
+        }
+    }
+    assert_eq!(client.status(), State::Connected);
+    assert_eq!(client.statistics().reconnects, 0);
+    round_trip(&client, &mut sub, "jwt.refresh").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_after_expiry() {
+    let op = Operator::new();
+    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
+    let path = server.dir().join("user.creds");
+    op.user("bob", Some(Duration::from_secs(4)))
+        .write_to(&path)
+        .unwrap();
+    let client = ConnectOptions::new()
+        .credentials_file(&path)
+        .jwt_refresh_lead(Duration::from_secs(3))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("jwt.expire").await.unwrap();
+    client.flush().await.unwrap();
+
+    match next_event(&mut events, |e| {
+        matches!(
+            e,
+            Event::CredentialsExpiring { .. } | Event::Migrated { .. }
+        )
+    })
+    .await
+    {
+        Event::CredentialsExpiring {
+            expires_in, reason, ..
+        } => {
+            assert!(expires_in <= Duration::from_secs(4), "{expires_in:?}");
+            assert!(reason.contains("no later"), "{reason}");
+        }
+        other => panic!("expected CredentialsExpiring, got {other:?}"),
+    }
+    // Fresh credentials arrive only now: the link still ends at expiry, and the
+    // reconnect reads the file again.
+    op.user("bob", Some(Duration::from_secs(120)))
+        .write_to(&path)
+        .unwrap();
+    match next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await {
+        Event::Disconnected { reason, .. } => {
+            assert!(reason.contains("User Authentication Expired"), "{reason}");
+        }
+        _ => unreachable!(),
+    }
+    match next_event(&mut events, |e| {
+        matches!(e, Event::Reconnected { .. } | Event::Closed { .. })
+    })
+    .await
+    {
+        Event::Reconnected { attempts, .. } => assert_eq!(attempts, 1, "at once, first try"),
+        other => panic!("expected Reconnected, got {other:?}"),
+    }
+    round_trip(&client, &mut sub, "jwt.expire").await;
+}
