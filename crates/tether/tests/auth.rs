@@ -174,3 +174,50 @@ async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_af
     }
     round_trip(&client, &mut sub, "jwt.expire").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() {
+    let op = Operator::new();
+    let stranger = Operator::new();
+    let mut server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
+    let path = server.dir().join("user.creds");
+    op.user("carol", None).write_to(&path).unwrap();
+    let client = ConnectOptions::new()
+        .credentials_file(&path)
+        .reconnect_wait(Duration::from_millis(100))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    // Credentials the server does not trust, then other ones it does not trust either,
+    // then good ones: each refusal is against different credentials.
+    stranger.user("x", None).write_to(&path).unwrap();
+    server.kill();
+    server.restart().unwrap();
+    let mut refused = 0;
+    loop {
+        match next_event(&mut events, |e| {
+            matches!(
+                e,
+                Event::ReconnectFailed { .. } | Event::Reconnected { .. } | Event::Closed { .. }
+            )
+        })
+        .await
+        {
+            Event::ReconnectFailed { error, .. } if error.contains("Authorization Violation") => {
+                refused += 1;
+                let next = if refused == 1 {
+                    stranger.user("y", None)
+                } else {
+                    op.user("carol", None)
+                };
+                next.write_to(&path).unwrap();
+            }
+            Event::ReconnectFailed { .. } => {}
+            Event::Reconnected { .. } => break,
+            other => panic!("the server was removed after {refused} refusals: {other:?}"),
+        }
+    }
+    assert!(refused >= 2, "{refused}");
+    assert_eq!(client.status(), State::Connected);
+}
