@@ -31,12 +31,45 @@ pub struct Global {
     #[arg(short, long, global = true, env = "NATS_URL", value_name = "URL")]
     pub server: Option<String>,
 
+    /// User credentials file (JWT and nkey seed, as `nsc` writes it) for pub, sub, req
+    /// and reply; read again at every connect attempt
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_CREDS",
+        value_name = "FILE",
+        conflicts_with = "nkey"
+    )]
+    pub creds: Option<std::path::PathBuf>,
+
+    /// File holding a user nkey seed (`SU...`) for pub, sub, req and reply
+    #[arg(long, global = true, env = "NATS_NKEY", value_name = "FILE")]
+    pub nkey: Option<std::path::PathBuf>,
+
     /// More logging on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 impl Global {
+    /// Connect options with the credentials given (`--creds` or `--nkey`).
+    pub fn connect_options(&self) -> Result<tether::ConnectOptions, CliError> {
+        let opts = tether::ConnectOptions::new();
+        if let Some(path) = &self.creds {
+            return Ok(opts.credentials_file(path));
+        }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path).map_err(|e| {
+                CliError::new(format!(
+                    "cannot read the nkey seed file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            return Ok(opts.nkey(seed.trim()));
+        }
+        Ok(opts)
+    }
+
     /// The server URL(s) given, or the default local server.
     pub fn server_or_default(&self) -> &str {
         self.server

@@ -12,6 +12,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn tether(server: &str) -> Command {
     let mut c = Command::new(BIN);
     c.env_remove("NATS_URL")
+        .env_remove("NATS_CREDS")
+        .env_remove("NATS_NKEY")
         .env_remove("RUST_LOG")
         .args(["--server", server]);
     c
@@ -99,6 +101,40 @@ fn pub_reaches_sub() {
     let out = sub.output();
     assert!(out.status.success(), "sub failed: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "[#1] cli.greet: hello there\n");
+}
+
+#[test]
+fn creds_file_authenticates_pub_and_sub() {
+    let op = tether_testkit::Operator::new();
+    let server = NatsServer::start_with(tether_testkit::ServerConfig::default().with_operator(&op))
+        .expect("start nats-server");
+    let creds = server.dir().join("cli.creds");
+    op.user("cli", None).write_to(&creds).unwrap();
+    let creds = creds.to_str().unwrap();
+    let mut sub = tether(&server.url());
+    sub.args(["sub", "cli.auth", "--count", "1", "--creds", creds]);
+    let sub = Background::spawn(sub);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the subscriber never subscribed"
+    );
+    let published = run(tether(&server.url()).args(["pub", "cli.auth", "hi", "--creds", creds]));
+    assert!(
+        published.status.success(),
+        "pub failed: {}",
+        text(&published.stderr)
+    );
+    let out = sub.output();
+    assert_eq!(text(&out.stdout), "[#1] cli.auth: hi\n");
+
+    // Without credentials: refused, one line, saying why.
+    let out = run(tether(&server.url()).args(["pub", "cli.auth", "hi"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.trim_end().lines().count() == 1 && err.contains("Authorization Violation"),
+        "{err}"
+    );
 }
 
 #[test]

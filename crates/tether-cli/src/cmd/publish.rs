@@ -1,7 +1,5 @@
 //! `tether pub SUBJECT PAYLOAD [--count N]`
 
-use tether::ConnectOptions;
-
 use crate::error::Context;
 use crate::{util, CliError, Global};
 
@@ -25,7 +23,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
-    let client = util::connect(global.server_or_default(), ConnectOptions::new()).await?;
+    let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     for _ in 0..args.count {
         client
             .publish(&args.subject, args.payload.as_bytes())

@@ -1,7 +1,6 @@
 //! `tether reply SUBJECT RESPONSE [--queue Q] [--count N]`
 
 use futures_util::StreamExt;
-use tether::ConnectOptions;
 
 use crate::error::Context;
 use crate::{util, CliError, Global};
@@ -29,7 +28,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
-    let client = util::connect(global.server_or_default(), ConnectOptions::new()).await?;
+    let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let what = format!("subscribing to {}", args.subject);
     let mut sub = match &args.queue {
         Some(q) => client

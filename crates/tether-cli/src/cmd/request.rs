@@ -3,8 +3,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use tether::ConnectOptions;
-
 use crate::error::Context;
 use crate::{util, CliError, Global};
 
@@ -27,7 +25,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
-    let client = util::connect(global.server_or_default(), ConnectOptions::new()).await?;
+    let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let start = Instant::now();
     let reply = client
         .request_with(&args.subject, None, args.payload.as_bytes(), args.timeout)
