@@ -18,6 +18,14 @@ async fn round_trip(client: &tether::Client, sub: &mut tether::Subscriber, subje
     assert_eq!(&m.payload[..], b"ping");
 }
 
+/// A server in operator mode and where its users' creds file goes.
+fn operator_server() -> (Operator, NatsServer, std::path::PathBuf) {
+    let op = Operator::new();
+    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
+    let path = server.dir().join("user.creds");
+    (op, server, path)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -52,9 +60,7 @@ async fn nkey_auth_connects_and_another_key_is_refused_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creds_file_authenticates_in_operator_mode() {
-    let op = Operator::new();
-    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
-    let path = server.dir().join("user.creds");
+    let (op, server, path) = operator_server();
     op.user("alice", None).write_to(&path).unwrap();
     let client = ConnectOptions::new()
         .credentials_file(&path)
@@ -75,9 +81,7 @@ async fn a_creds_file_authenticates_in_operator_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
-    let op = Operator::new();
-    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
-    let path = server.dir().join("user.creds");
+    let (op, server, path) = operator_server();
     let first = op.user("alice", Some(Duration::from_secs(6)));
     first.write_to(&path).unwrap();
     let client = ConnectOptions::new()
@@ -121,9 +125,7 @@ async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_after_expiry() {
-    let op = Operator::new();
-    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
-    let path = server.dir().join("user.creds");
+    let (op, server, path) = operator_server();
     op.user("bob", Some(Duration::from_secs(4)))
         .write_to(&path)
         .unwrap();
@@ -177,10 +179,8 @@ async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_af
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() {
-    let op = Operator::new();
+    let (op, mut server, path) = operator_server();
     let stranger = Operator::new();
-    let mut server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
-    let path = server.dir().join("user.creds");
     op.user("carol", None).write_to(&path).unwrap();
     let client = ConnectOptions::new()
         .credentials_file(&path)
