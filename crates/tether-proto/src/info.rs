@@ -182,9 +182,9 @@ impl fmt::Debug for ConnectInfo {
             .field("user", &self.user)
             .field("pass", &redact(&self.pass))
             .field("auth_token", &redact(&self.auth_token))
-            .field("jwt", &self.jwt)
+            .field("jwt", &redact(&self.jwt))
             .field("nkey", &self.nkey)
-            .field("sig", &self.sig)
+            .field("sig", &redact(&self.sig))
             .finish()
     }
 }

@@ -55,7 +55,10 @@ impl JwtTimes {
     /// When to refresh, as a duration from now (zero when already due).
     pub(crate) fn refresh_in(self, lead: Option<Duration>, now: SystemTime) -> Duration {
         let lead = lead.unwrap_or_else(|| self.default_lead());
-        let exp = UNIX_EPOCH + Duration::from_secs(self.expires_at);
+        // An `exp` beyond what SystemTime holds is as good as never: no refresh for a year.
+        let Some(exp) = UNIX_EPOCH.checked_add(Duration::from_secs(self.expires_at)) else {
+            return Duration::from_secs(365 * 24 * 3600);
+        };
         exp.checked_sub(lead)
             .and_then(|at| at.duration_since(now).ok())
             .unwrap_or(Duration::ZERO)
@@ -63,9 +66,11 @@ impl JwtTimes {
 
     /// Time left before expiry (zero when expired).
     pub(crate) fn expires_in(self, now: SystemTime) -> Duration {
-        (UNIX_EPOCH + Duration::from_secs(self.expires_at))
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO)
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.expires_at))
+            .map_or(Duration::MAX, |exp| {
+                exp.duration_since(now).unwrap_or(Duration::ZERO)
+            })
     }
 }
 

@@ -184,7 +184,8 @@ async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() 
     op.user("carol", None).write_to(&path).unwrap();
     let client = ConnectOptions::new()
         .credentials_file(&path)
-        .reconnect_wait(Duration::from_millis(100))
+        // Room to rotate the file between attempts (a strike waits reconnect_wait).
+        .reconnect_wait(Duration::from_secs(1))
         .connect(server.url())
         .await
         .unwrap();

@@ -178,6 +178,10 @@ pub(crate) fn adopt(shared: &Shared, inner: &mut Inner, est: &mut Established) -
     let now = Instant::now();
     inner.conn.adopt_link(now, est.info.clone());
     inner.jwt = est.jwt;
+    // This link read the credentials just now: a pending refresh switch has nothing to do.
+    if inner.switch_request == Some(SwitchReason::Credentials) {
+        inner.switch_request = None;
+    }
     inner.jwt_refresh_at = est
         .jwt
         .map(|t| now + t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()));
@@ -384,7 +388,20 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 };
                 let mut remove = false;
                 if let Some(text) = &f.server_err {
-                    match classify_auth_err(text) {
+                    let mut class = classify_auth_err(text);
+                    // Expired credentials reconnect at once, read again; expired again with
+                    // the very same credentials is a strike.
+                    if class == Some(AuthErrorClass::Expired) {
+                        if let Some(e) = inner.pool.get(i) {
+                            if e.last_strike.is_some() && e.strike_credentials == f.credentials {
+                                class = Some(AuthErrorClass::Strike);
+                            } else {
+                                let strikes = e.auth_strikes;
+                                inner.pool.set_strikes(i, strikes, now, f.credentials);
+                            }
+                        }
+                    }
+                    match class {
                         Some(AuthErrorClass::Strike) => {
                             let reconnect_wait = shared.opts.reconnect_wait;
                             if let Some(e) = inner.pool.get(i) {
@@ -580,7 +597,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     inner.switch_request = Some(SwitchReason::LameDuck);
                 }
             }
-            if inner.jwt_refresh_at.is_some_and(|at| now >= at) && switching.is_none() {
+            let idle_link = switching.is_none() && ready.is_none() && old.is_none();
+            if idle_link && inner.jwt_refresh_at.is_some_and(|at| now >= at) {
                 inner.jwt_refresh_at = None;
                 check_fresh_credentials(shared, &mut inner);
             }
@@ -710,7 +728,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 inner.conn.poll_timeout(),
                 close_flush.as_ref().map(|(_, until)| *until),
                 inner.ldm_switch_at,
-                inner.jwt_refresh_at,
+                // Checked only between switches (the end of one wakes the loop anyway).
+                inner.jwt_refresh_at.filter(|_| idle_link),
                 old.as_ref().map(|o| {
                     if o.link.is_retiring() {
                         o.give_up_at
@@ -785,12 +804,20 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                             error: f.attempt.error.clone(),
                         });
                         let mut inner = shared.lock("switch");
-                        if let Some(i) = inner.pool.position(&addr) {
-                            let _ = inner.pool.record_failure(i, Instant::now(), shared.opts.reconnect_wait);
+                        // The connected server (a refresh's target) is never failed out of
+                        // the pool by a second link's attempt.
+                        if inner.current.as_ref() != Some(&addr) {
+                            if let Some(i) = inner.pool.position(&addr) {
+                                let _ = inner.pool.record_failure(i, Instant::now(), shared.opts.reconnect_wait);
+                            }
                         }
                         // A refresh that could not move yet tries again after
                         // reconnect_wait, while the JWT is inside its refresh window.
-                        if inner.jwt_refresh_at.is_none() && inner.jwt.is_some() {
+                        let in_window = inner.jwt.is_some_and(|t| {
+                            t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now())
+                                .is_zero()
+                        });
+                        if inner.jwt_refresh_at.is_none() && in_window {
                             inner.jwt_refresh_at = Some(Instant::now() + shared.opts.reconnect_wait);
                         }
                     }
@@ -820,6 +847,10 @@ fn check_fresh_credentials(shared: &Shared, inner: &mut Inner) {
         Err(_) => false,
     };
     if later {
+        if inner.switch_request.is_some() {
+            // A switch already pending reads the credentials again anyway.
+            return;
+        }
         tracing::info!(
             server = %inner.server_name,
             expires_in_s = current.expires_in(now).as_secs(),
