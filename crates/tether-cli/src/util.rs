@@ -5,8 +5,9 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tether::{Client, ConnectOptions, Message};
+use tether::{Client, ConnectOptions, Message, Subscriber};
 
+use crate::error::Context as _;
 use crate::CliError;
 
 /// Connection name the CLI shows in the server's monitoring.
@@ -24,6 +25,36 @@ pub async fn connect(servers: &str, opts: ConnectOptions) -> Result<Client, CliE
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(client.clone());
     Ok(client)
+}
+
+/// Subscribe to `subject`, as a member of `queue` when given; an error says `what` was
+/// being done.
+pub async fn subscribe(
+    client: &Client,
+    subject: &str,
+    queue: Option<&str>,
+    what: &str,
+) -> Result<Subscriber, CliError> {
+    match queue {
+        Some(q) => client.queue_subscribe(subject, q).await.context(what),
+        None => client.subscribe(subject).await.context(what),
+    }
+}
+
+/// [`subscribe`], then wait until the server confirms it (a flush): messages published
+/// from then on reach it.
+pub async fn subscribe_confirmed(
+    client: &Client,
+    subject: &str,
+    queue: Option<&str>,
+    what: &str,
+) -> Result<Subscriber, CliError> {
+    let sub = subscribe(client, subject, queue, what).await?;
+    client
+        .flush()
+        .await
+        .context(format_args!("{what}: waiting for the server to confirm"))?;
+    Ok(sub)
 }
 
 /// Every client [`connect`] made, so that `main` can close them whatever way the command

@@ -304,14 +304,8 @@ async fn bench_pub(
     let prefix = unique_prefix();
     let data = format!("{prefix}.data");
     let end = format!("{prefix}.end");
-    let mut marker = client
-        .subscribe(&end)
-        .await
-        .context("subscribing to the marker")?;
-    client
-        .flush()
-        .await
-        .context("confirming the marker subscription")?;
+    let mut marker =
+        util::subscribe_confirmed(&client, &end, None, "subscribing to the marker").await?;
     let payload = Bytes::from(vec![b'x'; size]);
     progress.set_message("publishing");
 
@@ -357,14 +351,8 @@ async fn bench_pubsub(
     let data = format!("{prefix}.data");
     let end = format!("{prefix}.end");
     // One subscription for data and marker, so the marker cannot overtake the data.
-    let mut sub = sub_client
-        .subscribe(format!("{prefix}.*"))
-        .await
-        .context("subscribing")?;
-    sub_client
-        .flush()
-        .await
-        .context("confirming the subscription")?;
+    let mut sub =
+        util::subscribe_confirmed(&sub_client, &format!("{prefix}.*"), None, "subscribing").await?;
     let payload = Bytes::from(vec![b'x'; size]);
     progress.set_message("receiving");
 
@@ -435,14 +423,9 @@ async fn bench_reqrep(
     let opts = bench_options(msgs, size);
     let responder = util::connect(url, opts.clone()).await?;
     let subject = format!("{}.echo", unique_prefix());
-    let mut requests = responder
-        .subscribe(&subject)
-        .await
-        .context("subscribing the echo responder")?;
-    responder
-        .flush()
-        .await
-        .context("confirming the responder's subscription")?;
+    let mut requests =
+        util::subscribe_confirmed(&responder, &subject, None, "subscribing the echo responder")
+            .await?;
     let echo_client = responder.clone();
     let echo = tokio::spawn(async move {
         while let Some(m) = requests.next().await {

@@ -679,14 +679,14 @@ async fn drive(
     if args.two_clients {
         tasks.push(spawn_events(&sub_client, Arc::clone(&shared), false));
     }
-    let sub = sub_client
-        .subscribe(&args.subject)
-        .await
-        .map_err(|e| format!("subscribing to {}: {e}", args.subject))?;
-    sub_client
-        .flush()
-        .await
-        .map_err(|e| format!("confirming the subscription: {e}"))?;
+    let sub = util::subscribe_confirmed(
+        &sub_client,
+        &args.subject,
+        None,
+        &format!("subscribing to {}", args.subject),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let sub_task = spawn_subscriber(sub, Arc::clone(&shared));
 
     let pb = ProgressBar::with_draw_target(

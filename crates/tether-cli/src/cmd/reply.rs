@@ -30,14 +30,8 @@ pub struct Args {
 pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let what = format!("subscribing to {}", args.subject);
-    let mut sub = match &args.queue {
-        Some(q) => client
-            .queue_subscribe(&args.subject, q)
-            .await
-            .context(&what)?,
-        None => client.subscribe(&args.subject).await.context(&what)?,
-    };
-    client.flush().await.context(&what)?;
+    let mut sub =
+        util::subscribe_confirmed(&client, &args.subject, args.queue.as_deref(), &what).await?;
     tracing::info!(subject = %args.subject, queue = ?args.queue, "answering requests");
     let mut answered = 0;
     let mut seen = 0;

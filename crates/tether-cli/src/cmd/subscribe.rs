@@ -28,13 +28,7 @@ pub struct Args {
 pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let what = format!("subscribing to {}", args.subject);
-    let mut sub = match &args.queue {
-        Some(q) => client
-            .queue_subscribe(&args.subject, q)
-            .await
-            .context(&what)?,
-        None => client.subscribe(&args.subject).await.context(&what)?,
-    };
+    let mut sub = util::subscribe(&client, &args.subject, args.queue.as_deref(), &what).await?;
     if args.count == Some(0) {
         return Ok(());
     }
