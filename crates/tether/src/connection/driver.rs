@@ -602,7 +602,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 inner.jwt_refresh_at = None;
                 check_fresh_credentials(shared, &mut inner);
             }
-            if inner.close.is_none() && switching.is_none() && ready.is_none() && old.is_none() {
+            if inner.close.is_none() && idle_link {
                 if let Some(reason) = inner.switch_request.take() {
                     let current = inner.server_index().unwrap_or(usize::MAX);
                     // Fresh credentials may also go to the same server.
