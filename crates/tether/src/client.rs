@@ -15,7 +15,7 @@ use tether_proto::subject;
 use tether_proto::{HeaderMap, ServerInfo};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::connection::driver::{self, establish, finish, merge_pool, percent};
+use crate::connection::driver::{self, establish, finish, percent};
 use crate::connection::{CloseMode, Counters, Inner, Mux, PendingRequest, Shared};
 use crate::error::{
     ConnectError, DrainError, FlushError, PublishError, RequestError, SubscribeError,
@@ -238,25 +238,13 @@ impl Client {
                     if inner.close.is_some() || inner.state == State::Closed {
                         return Err(ConnectError::Closed);
                     }
-                    if let Some(reason) = driver::adopt(shared, &mut inner, &mut est) {
+                    if let Some(reason) = driver::adopt(shared, &mut inner, &addr, &mut est) {
                         attempts.push(crate::error::AttemptError {
                             server: addr.to_string(),
                             address: None,
                             error: reason,
                         });
                         continue;
-                    }
-                    let idx = inner.pool.position(&addr).unwrap_or(0);
-                    inner.pool.record_success(idx);
-                    inner.current = Some(addr.clone());
-                    inner.server_name = addr.to_string();
-                    merge_pool(shared, &mut inner, &est.info, &addr);
-                    if matches!(
-                        inner.state,
-                        State::Idle | State::Connecting | State::Reconnecting
-                    ) {
-                        // Draining while reconnecting stays draining.
-                        shared.set_state(&mut inner, State::Connected);
                     }
                     inner.driver_started = true;
                     inner.lazy_connecting = false;
@@ -265,7 +253,7 @@ impl Client {
                         server: addr.to_string(),
                         collapsed: 0,
                     });
-                    tokio::spawn(driver::run(shared.clone(), Some((est.stream, idx))));
+                    tokio::spawn(driver::run(shared.clone(), Some(est.stream)));
                     shared.connected.notify_waiters();
                     return Ok(());
                 }

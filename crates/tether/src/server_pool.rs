@@ -165,7 +165,15 @@ pub fn tls_jitter(failures: u32, jitter: Duration, rng: &mut impl Rng) -> Durati
     if failures == 0 || jitter.is_zero() {
         return Duration::ZERO;
     }
-    let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+    uniform_below(jitter, rng)
+}
+
+/// A uniform random duration in `0..d` (zero when `d` is zero).
+pub(crate) fn uniform_below(d: Duration, rng: &mut impl Rng) -> Duration {
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
     Duration::from_nanos(rng.gen_range(0..nanos))
 }
 
@@ -252,31 +260,26 @@ impl ServerPool {
     /// The server to try next: due earliest; ties by fewer failures, then the one whose
     /// link dropped longest ago (or never). Lame-duck servers are skipped.
     pub fn next(&self) -> Option<usize> {
-        self.entries
-            .iter()
-            .enumerate()
-            // A lame-duck server goes after every other server due at the same time, but
-            // is not excluded: it may be back (and healthy) while others fail.
-            .min_by(|(ai, a), (bi, b)| {
-                a.due
-                    .cmp(&b.due)
-                    .then(a.lame_duck.cmp(&b.lame_duck))
-                    .then(a.failures.cmp(&b.failures))
-                    .then(a.last_dropped.cmp(&b.last_dropped))
-                    .then(ai.cmp(bi))
-            })
-            .map(|(i, _)| i)
+        // A lame-duck server goes after every other server due at the same time, but is
+        // not excluded: it may be back (and healthy) while others fail.
+        self.best(|_, _| true)
     }
 
     /// The best server other than `i` that is not in lame duck mode (a planned switch).
     pub fn next_other(&self, i: usize) -> Option<usize> {
+        self.best(|j, e| j != i && !e.lame_duck)
+    }
+
+    /// The first among the entries `keep` accepts, in the order of [`Self::next`].
+    fn best(&self, keep: impl Fn(usize, &PoolEntry) -> bool) -> Option<usize> {
         self.entries
             .iter()
             .enumerate()
-            .filter(|(j, e)| *j != i && !e.lame_duck)
+            .filter(|(j, e)| keep(*j, e))
             .min_by(|(ai, a), (bi, b)| {
                 a.due
                     .cmp(&b.due)
+                    .then(a.lame_duck.cmp(&b.lame_duck))
                     .then(a.failures.cmp(&b.failures))
                     .then(a.last_dropped.cmp(&b.last_dropped))
                     .then(ai.cmp(bi))

@@ -172,9 +172,15 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
     }
 }
 
-/// Hand an established link to the session core. Returns the reason when the leftover
-/// bytes already killed it.
-pub(crate) fn adopt(shared: &Shared, inner: &mut Inner, est: &mut Established) -> Option<String> {
+/// Hand an established link to `addr` to the session core and make it the current
+/// server (pool success, name, discovered servers, state Connected unless draining).
+/// Returns the reason when the leftover bytes already killed it.
+pub(crate) fn adopt(
+    shared: &Shared,
+    inner: &mut Inner,
+    addr: &ServerAddr,
+    est: &mut Established,
+) -> Option<String> {
     let now = Instant::now();
     inner.conn.adopt_link(now, est.info.clone());
     inner.jwt = est.jwt;
@@ -198,6 +204,21 @@ pub(crate) fn adopt(shared: &Shared, inner: &mut Inner, est: &mut Established) -
             down = Some(r);
         }
     }
+    if down.is_none() {
+        if let Some(i) = inner.pool.position(addr) {
+            inner.pool.record_success(i);
+        }
+        inner.current = Some(addr.clone());
+        inner.server_name = addr.to_string();
+        merge_pool(shared, inner, &est.info, addr);
+        if matches!(
+            inner.state,
+            State::Idle | State::Connecting | State::Reconnecting
+        ) {
+            // Draining while reconnecting stays draining; a planned switch stays Connected.
+            shared.set_state(inner, State::Connected);
+        }
+    }
     down
 }
 
@@ -208,7 +229,7 @@ enum LinkEnd {
 }
 
 /// Run the client: the given link first (if any), then the reconnect loop.
-pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) {
+pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
     let mut guard = CancelGuard {
         shared: shared.clone(),
         done: false,
@@ -219,7 +240,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
     let mut attempts: u32 = 0;
     let mut ever_connected = link.is_some();
     loop {
-        if let Some((stream, idx)) = link.take() {
+        if let Some(stream) = link.take() {
             match run_link(&shared, stream).await {
                 LinkEnd::Closed => {
                     finish(&shared, ClosedReason::Requested);
@@ -236,7 +257,6 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                     outage = Some(now);
                     attempts = 0;
                     let mut inner = shared.lock("reconnect");
-                    let _ = idx;
                     if let Some(i) = inner.server_index() {
                         inner.pool.record_dropped(i, now);
                     }
@@ -258,7 +278,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 let next = inner
                     .pool
                     .next()
-                    .and_then(|i| inner.pool.get(i).map(|e| (i, e.due, e.addr.clone())));
+                    .and_then(|i| inner.pool.get(i).map(|e| (e.due, e.addr.clone())));
                 if next.is_none() {
                     drop(inner);
                     finish(
@@ -272,7 +292,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 next
             }
         };
-        let Some((idx, due, addr)) = picked else {
+        let Some((due, addr)) = picked else {
             if shared.lock("reconnect").state != State::Closed {
                 finish(&shared, ClosedReason::Requested);
             }
@@ -308,7 +328,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                     guard.done = true;
                     return;
                 }
-                match adopt(&shared, &mut inner, &mut est) {
+                match adopt(&shared, &mut inner, &addr, &mut est) {
                     None => Ok(est),
                     Some(reason) => Err(Failure {
                         attempt: AttemptError {
@@ -326,18 +346,6 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
         match result {
             Ok(est) => {
                 let mut inner = shared.lock("reconnect");
-                let idx = inner.pool.position(&addr).unwrap_or(idx);
-                inner.pool.record_success(idx);
-                inner.current = Some(addr.clone());
-                inner.server_name = addr.to_string();
-                merge_pool(&shared, &mut inner, &est.info, &addr);
-                if matches!(
-                    inner.state,
-                    State::Idle | State::Connecting | State::Reconnecting
-                ) {
-                    // Draining while reconnecting stays draining.
-                    shared.set_state(&mut inner, State::Connected);
-                }
                 let downtime = outage.take().map_or(Duration::ZERO, |o| o.elapsed());
                 shared
                     .counters
@@ -362,7 +370,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<(TcpStream, usize)>) 
                 inner.lazy_connecting = false;
                 drop(inner);
                 shared.connected.notify_waiters();
-                link = Some((est.stream, idx));
+                link = Some(est.stream);
             }
             Err(f) => {
                 shared.emit(Event::ReconnectFailed {
@@ -561,7 +569,7 @@ pub(crate) fn try_direct_write(inner: &mut Inner) {
     if !inner.driver_waiting {
         return; // the driver is running and will write it
     }
-    let Some(stream) = inner.direct.clone() else {
+    let Some(stream) = inner.direct.as_ref() else {
         return;
     };
     let now = Instant::now();
@@ -633,7 +641,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     unreachable!("can_detach was checked")
                 };
                 let from = inner.server_name.clone();
-                if let Some(reason) = adopt(shared, &mut inner, &mut est) {
+                if let Some(reason) = adopt(shared, &mut inner, &addr, &mut est) {
                     // The new link died at once; the old one is already detached: report
                     // what stayed unconfirmed on it.
                     let unconfirmed = inner.conn.finish_detached(link);
@@ -645,13 +653,6 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     });
                     return LinkEnd::Down(reason);
                 }
-                let idx = inner.pool.position(&addr);
-                if let Some(i) = idx {
-                    inner.pool.record_success(i);
-                }
-                inner.current = Some(addr.clone());
-                inner.server_name = addr.to_string();
-                merge_pool(shared, &mut inner, &est.info, &addr);
                 let fresh = Arc::new(est.stream);
                 inner.direct = Some(fresh.clone());
                 old = Some(OldLink {
@@ -678,14 +679,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     o.out.extend_from_slice(&b);
                 }
                 if o.link.is_done() || o.failed || now >= o.give_up_at {
-                    let o = old.take().expect("checked");
-                    let unconfirmed = inner.conn.finish_detached(o.link);
-                    shared.emit(Event::Migrated {
-                        from: o.from,
-                        to: o.to,
-                        unconfirmed_msgs: unconfirmed.msgs,
-                        unconfirmed_bytes: unconfirmed.bytes,
-                    });
+                    retire_now(shared, &mut inner, old.take());
                 }
             }
             if pos >= chunk.len() {
@@ -971,16 +965,10 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             if let Some(i) = inner.server_index() {
                 inner.pool.set_lame_duck(i, true);
                 if inner.pool.has_alternative(i) {
-                    let jitter = shared.opts.ldm_jitter;
-                    let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
-                    let wait = if nanos == 0 {
-                        Duration::ZERO
-                    } else {
-                        Duration::from_nanos(rand::Rng::gen_range(
-                            &mut rand::thread_rng(),
-                            0..nanos,
-                        ))
-                    };
+                    let wait = crate::server_pool::uniform_below(
+                        shared.opts.ldm_jitter,
+                        &mut rand::thread_rng(),
+                    );
                     inner.ldm_switch_at = Some(Instant::now() + wait);
                 }
             }
