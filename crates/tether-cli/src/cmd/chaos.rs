@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use tether::server_pool::ServerAddr;
 use tether::{Client, ConnectOptions, Event, State};
 use tether_testkit::{NatsCluster, NatsServer, Proxy};
 
@@ -276,14 +277,7 @@ async fn blocking<R: Send + 'static>(
 }
 
 fn port_of(server: &str) -> Option<u16> {
-    let digits: String = server
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    ServerAddr::parse(server).ok().map(|a| a.port())
 }
 
 /// The cluster node the client is on (node 0 if unknown).
@@ -351,20 +345,14 @@ fn restore(t: &mut Target, fault: Fault, node: usize) -> Result<(), String> {
 
 async fn resolve(url: &str) -> Result<SocketAddr, String> {
     let first = url.split(',').next().unwrap_or("").trim();
-    let hostport = first.split_once("://").map_or(first, |(_, r)| r);
-    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, r)| r);
-    let hostport = hostport.trim_end_matches('/');
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:4222")
-    };
-    let mut addrs = tokio::net::lookup_host(&hostport)
+    let addr = ServerAddr::parse(first)?;
+    let hostport = (addr.host(), addr.port());
+    let mut addrs = tokio::net::lookup_host(hostport)
         .await
-        .map_err(|e| format!("resolving {hostport}: {e}"))?;
+        .map_err(|e| format!("resolving {addr}: {e}"))?;
     addrs
         .next()
-        .ok_or_else(|| format!("resolving {hostport}: no address"))
+        .ok_or_else(|| format!("resolving {addr}: no address"))
 }
 
 /// Starts what the args ask for; returns the target and the URL(s) clients connect to.
