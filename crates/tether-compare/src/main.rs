@@ -1053,9 +1053,9 @@ async fn connect_watched(lib: Lib, wait: ReconnectWait, url: &str) -> Res<(AnyCl
             let mut events = client.events();
             tokio::spawn(async move {
                 while let Some(e) = events.next().await {
-                    let link = match e {
-                        tether::Event::Disconnected { .. } => Link::Down,
-                        tether::Event::Reconnected { .. } => Link::Up,
+                    let link = match e.kind {
+                        tether::EventKind::Disconnected { .. } => Link::Down,
+                        tether::EventKind::Reconnected { .. } => Link::Up,
                         _ => continue,
                     };
                     if tx.send((Instant::now(), link)).is_err() {
@@ -1301,7 +1301,7 @@ fn memory_tether(rt: &tokio::runtime::Runtime, server: &str, subject: &str) -> R
     let go = Instant::now();
     rt.block_on(within("the Disconnected event", async {
         while let Some(e) = events.next().await {
-            if matches!(e, tether::Event::Disconnected { .. }) {
+            if matches!(e.kind, tether::EventKind::Disconnected { .. }) {
                 return Ok(());
             }
         }
@@ -1332,10 +1332,10 @@ fn memory_tether(rt: &tokio::runtime::Runtime, server: &str, subject: &str) -> R
     rt.block_on(async {
         let deadline = tokio::time::Instant::now() + EVENT_DRAIN;
         while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
-            if let tether::Event::BufferOverflow {
+            if let tether::EventKind::BufferOverflow {
                 refused_msgs,
                 refused_bytes,
-            } = e
+            } = e.kind
             {
                 overflow_events += 1;
                 ev_msgs += refused_msgs;

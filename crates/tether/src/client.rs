@@ -20,7 +20,7 @@ use crate::connection::{CloseMode, Counters, Inner, Mux, PendingRequest, Shared}
 use crate::error::{
     ConnectError, DrainError, FlushError, PublishError, RequestError, SubscribeError,
 };
-use crate::events::{ClosedReason, Event, EventHub, Events, State};
+use crate::events::{ClosedReason, EventHub, EventKind, Events, State};
 use crate::message::Message;
 use crate::options::{ConnectOptions, ConnectPolicy, OverflowPolicy};
 use crate::server_pool::{ServerAddr, ServerPool};
@@ -249,7 +249,7 @@ impl Client {
                     inner.driver_started = true;
                     inner.lazy_connecting = false;
                     drop(inner);
-                    shared.emit(Event::Connected {
+                    shared.emit(EventKind::Connected {
                         server: addr.to_string(),
                         collapsed: 0,
                     });
@@ -473,7 +473,7 @@ impl Client {
             if pct >= t {
                 if inner.high_water < t {
                     inner.high_water = t;
-                    shared.emit(Event::BufferHighWater {
+                    shared.emit(EventKind::BufferHighWater {
                         percent: t,
                         bytes: c.bytes,
                         msgs: c.msgs,
@@ -922,7 +922,7 @@ impl Client {
 
     /// Move to another server. On a live link this is the planned make-before-break switch
     /// of lame duck mode (a handshake with another server first, then the old link is
-    /// retired; `Event::Migrated` reports it); with no other server it reconnects. While
+    /// retired; `EventKind::Migrated` reports it); with no other server it reconnects. While
     /// reconnecting, it makes every server due now.
     pub fn force_reconnect(&self) {
         let shared = self.shared();

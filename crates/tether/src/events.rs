@@ -7,13 +7,13 @@
 //!   into the queued event of the same kind (or, if none is queued, they go in anyway);
 //! - when full, a new state change replaces the newest queued state change and bumps its
 //!   `collapsed` count;
-//! - other events are dropped when full, and one [`Event::EventsLagged`] says how many.
+//! - other events are dropped when full, and one [`EventKind::EventsLagged`] says how many.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -63,10 +63,41 @@ impl std::fmt::Display for ClosedReason {
     }
 }
 
-/// Everything a client reports. Every event is also logged with `tracing`.
+/// One thing a client reports, with the wall-clock time at which it happened. Every event
+/// is also logged with `tracing`; its [`Display`](std::fmt::Display) is one line for logs.
+///
+/// ```
+/// # fn doc(e: tether::Event) {
+/// match &e.kind {
+///     tether::EventKind::Disconnected { unconfirmed_msgs, .. } => {
+///         eprintln!("{e} ({unconfirmed_msgs} possibly lost)");
+///     }
+///     _ => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// When it happened (wall clock).
+    pub time: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event of `kind` happening now.
+    pub fn now(kind: EventKind) -> Self {
+        Self {
+            time: SystemTime::now(),
+            kind,
+        }
+    }
+}
+
+/// What a client reports (see [`Event`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Event {
+pub enum EventKind {
     /// The first handshake completed.
     Connected {
         /// The server.
@@ -225,6 +256,147 @@ pub enum Event {
     },
 }
 
+impl std::fmt::Display for Event {
+    /// `2026-11-30T21:34:21.123Z disconnected from nats://a:4222: ...` on one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            humantime::format_rfc3339_millis(self.time),
+            self.kind
+        )
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connected { server, .. } => write!(f, "connected to {server}"),
+            Self::Disconnected {
+                server,
+                reason,
+                unconfirmed_msgs,
+                unconfirmed_bytes,
+            } => write!(
+                f,
+                "disconnected from {server}: {reason} ({unconfirmed_msgs} messages, \
+                 {unconfirmed_bytes} bytes unconfirmed, possibly lost)"
+            ),
+            Self::Reconnecting {
+                attempt,
+                server,
+                delay,
+                ..
+            } => write!(
+                f,
+                "reconnecting: attempt {attempt} to {server} in {delay:?}"
+            ),
+            Self::ReconnectFailed {
+                server,
+                address,
+                attempt,
+                error,
+            } => match address {
+                Some(a) => write!(
+                    f,
+                    "reconnect attempt {attempt} to {server} ({a}) failed: {error}"
+                ),
+                None => write!(f, "reconnect attempt {attempt} to {server} failed: {error}"),
+            },
+            Self::Reconnected {
+                server,
+                attempts,
+                downtime,
+                ..
+            } => write!(
+                f,
+                "reconnected to {server} after {downtime:?} ({attempts} attempts)"
+            ),
+            Self::ServersChanged { added, removed } => write!(
+                f,
+                "server pool changed: added [{}], removed [{}]",
+                added.join(", "),
+                removed.join(", ")
+            ),
+            Self::LameDuck { server } => write!(f, "{server} entered lame duck mode"),
+            Self::Migrated {
+                from,
+                to,
+                unconfirmed_msgs,
+                unconfirmed_bytes,
+            } => write!(
+                f,
+                "migrated from {from} to {to} ({unconfirmed_msgs} messages, \
+                 {unconfirmed_bytes} bytes unconfirmed on the old link)"
+            ),
+            Self::CredentialsExpiring {
+                server,
+                expires_in,
+                reason,
+            } => write!(
+                f,
+                "user JWT for {server} expires in {}s: {reason}",
+                expires_in.as_secs()
+            ),
+            Self::SlowConsumer {
+                subject,
+                sid,
+                dropped,
+            } => write!(
+                f,
+                "slow consumer on {subject} (sid {sid}): dropping messages, {dropped} so far"
+            ),
+            Self::SlowConsumerEnded {
+                subject,
+                sid,
+                dropped,
+            } => write!(
+                f,
+                "slow consumer on {subject} (sid {sid}) caught up: {dropped} dropped"
+            ),
+            Self::ServerError { message } => write!(f, "server error: {message}"),
+            Self::ClientError { error } => write!(f, "client error: {error}"),
+            Self::FramesRemoved {
+                reason,
+                msgs,
+                bytes,
+            } => write!(
+                f,
+                "{msgs} messages ({bytes} bytes) removed, never sent: {reason}"
+            ),
+            Self::BufferHighWater {
+                percent,
+                bytes,
+                msgs,
+            } => write!(
+                f,
+                "outbound buffer at {percent}% ({msgs} messages, {bytes} bytes)"
+            ),
+            Self::BufferOverflow {
+                refused_msgs,
+                refused_bytes,
+            } => write!(
+                f,
+                "outbound buffer full: {refused_msgs} publishes ({refused_bytes} bytes) refused"
+            ),
+            Self::EventsLagged { dropped } => {
+                write!(f, "event queue full: {dropped} events dropped")
+            }
+            Self::Closed {
+                reason,
+                unsent_msgs,
+                unsent_bytes,
+                unconfirmed_msgs,
+                unconfirmed_bytes,
+            } => write!(
+                f,
+                "closed: {reason} ({unsent_msgs} messages, {unsent_bytes} bytes unsent; \
+                 {unconfirmed_msgs} messages, {unconfirmed_bytes} bytes unconfirmed)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     State,
@@ -232,39 +404,48 @@ enum Class {
     Other,
 }
 
-impl Event {
+impl EventKind {
     fn class(&self) -> Class {
         match self {
-            Event::Connected { .. }
-            | Event::Reconnecting { .. }
-            | Event::Reconnected { .. }
-            | Event::LameDuck { .. } => Class::State,
-            Event::Disconnected { .. }
-            | Event::Migrated { .. }
-            | Event::SlowConsumer { .. }
-            | Event::SlowConsumerEnded { .. }
-            | Event::FramesRemoved { .. }
-            | Event::BufferOverflow { .. }
-            | Event::Closed { .. } => Class::Loss,
+            EventKind::Connected { .. }
+            | EventKind::Reconnecting { .. }
+            | EventKind::Reconnected { .. }
+            | EventKind::LameDuck { .. } => Class::State,
+            EventKind::Disconnected { .. }
+            | EventKind::Migrated { .. }
+            | EventKind::SlowConsumer { .. }
+            | EventKind::SlowConsumerEnded { .. }
+            | EventKind::FramesRemoved { .. }
+            | EventKind::BufferOverflow { .. }
+            | EventKind::Closed { .. } => Class::Loss,
             _ => Class::Other,
         }
     }
 
-    fn same_kind(&self, other: &Event) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
+    /// Loss events of one kind merge; slow-consumer counts only within one subscription.
+    fn same_kind(&self, other: &EventKind) -> bool {
+        match (self, other) {
+            (
+                EventKind::SlowConsumer { sid: a, .. }
+                | EventKind::SlowConsumerEnded { sid: a, .. },
+                EventKind::SlowConsumer { sid: b, .. }
+                | EventKind::SlowConsumerEnded { sid: b, .. },
+            ) => a == b && std::mem::discriminant(self) == std::mem::discriminant(other),
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
     }
 
     /// Merge `newer`'s counts into self (same kind, loss events).
-    fn merge(&mut self, newer: Event) {
+    fn merge(&mut self, newer: EventKind) {
         match (self, newer) {
             (
-                Event::Disconnected {
+                EventKind::Disconnected {
                     unconfirmed_msgs: m,
                     unconfirmed_bytes: b,
                     reason,
                     server,
                 },
-                Event::Disconnected {
+                EventKind::Disconnected {
                     unconfirmed_msgs,
                     unconfirmed_bytes,
                     reason: r2,
@@ -277,13 +458,13 @@ impl Event {
                 *server = s2;
             }
             (
-                Event::Migrated {
+                EventKind::Migrated {
                     unconfirmed_msgs: m,
                     unconfirmed_bytes: b,
                     to,
                     ..
                 },
-                Event::Migrated {
+                EventKind::Migrated {
                     unconfirmed_msgs,
                     unconfirmed_bytes,
                     to: t2,
@@ -295,13 +476,14 @@ impl Event {
                 *to = t2;
             }
             (
-                Event::SlowConsumer { dropped, .. } | Event::SlowConsumerEnded { dropped, .. },
-                Event::SlowConsumer { dropped: d2, .. }
-                | Event::SlowConsumerEnded { dropped: d2, .. },
+                EventKind::SlowConsumer { dropped, .. }
+                | EventKind::SlowConsumerEnded { dropped, .. },
+                EventKind::SlowConsumer { dropped: d2, .. }
+                | EventKind::SlowConsumerEnded { dropped: d2, .. },
             ) => *dropped += d2,
             (
-                Event::FramesRemoved { msgs, bytes, .. },
-                Event::FramesRemoved {
+                EventKind::FramesRemoved { msgs, bytes, .. },
+                EventKind::FramesRemoved {
                     msgs: m2,
                     bytes: b2,
                     ..
@@ -311,11 +493,11 @@ impl Event {
                 *bytes += b2;
             }
             (
-                Event::BufferOverflow {
+                EventKind::BufferOverflow {
                     refused_msgs,
                     refused_bytes,
                 },
-                Event::BufferOverflow {
+                EventKind::BufferOverflow {
                     refused_msgs: m2,
                     refused_bytes: b2,
                 },
@@ -329,18 +511,18 @@ impl Event {
 
     fn bump_collapsed(&mut self, by: u32) {
         match self {
-            Event::Connected { collapsed, .. }
-            | Event::Reconnecting { collapsed, .. }
-            | Event::Reconnected { collapsed, .. } => *collapsed += by,
+            EventKind::Connected { collapsed, .. }
+            | EventKind::Reconnecting { collapsed, .. }
+            | EventKind::Reconnected { collapsed, .. } => *collapsed += by,
             _ => {}
         }
     }
 
     fn collapsed(&self) -> u32 {
         match self {
-            Event::Connected { collapsed, .. }
-            | Event::Reconnecting { collapsed, .. }
-            | Event::Reconnected { collapsed, .. } => *collapsed,
+            EventKind::Connected { collapsed, .. }
+            | EventKind::Reconnecting { collapsed, .. }
+            | EventKind::Reconnected { collapsed, .. } => *collapsed,
             _ => 0,
         }
     }
@@ -370,10 +552,17 @@ impl EventQueue {
             self.items.push_back(event);
             return;
         }
-        match event.class() {
+        match event.kind.class() {
             Class::Loss => {
-                if let Some(q) = self.items.iter_mut().rev().find(|e| e.same_kind(&event)) {
-                    q.merge(event);
+                if let Some(q) = self
+                    .items
+                    .iter_mut()
+                    .rev()
+                    .find(|e| e.kind.same_kind(&event.kind))
+                {
+                    // The merged event keeps the newer time.
+                    q.time = event.time;
+                    q.kind.merge(event.kind);
                 } else {
                     // Never dropped: exceed the bound rather than lose a loss report.
                     self.items.push_back(event);
@@ -384,11 +573,11 @@ impl EventQueue {
                     .items
                     .iter_mut()
                     .rev()
-                    .find(|e| e.class() == Class::State)
+                    .find(|e| e.kind.class() == Class::State)
                 {
-                    let collapsed = q.collapsed() + 1;
+                    let collapsed = q.kind.collapsed() + 1;
                     *q = event;
-                    q.bump_collapsed(collapsed);
+                    q.kind.bump_collapsed(collapsed);
                 } else {
                     self.items.push_back(event);
                 }
@@ -403,7 +592,7 @@ impl EventQueue {
         }
         if self.lagged > 0 {
             let dropped = std::mem::take(&mut self.lagged);
-            return Some(Event::EventsLagged { dropped });
+            return Some(Event::now(EventKind::EventsLagged { dropped }));
         }
         None
     }
@@ -436,8 +625,9 @@ impl EventHub {
         }
     }
 
-    pub(crate) fn emit(&self, event: Event) {
-        log(&event);
+    pub(crate) fn emit(&self, kind: EventKind) {
+        let event = Event::now(kind);
+        log(&event.kind);
         let mut sinks = self.sinks.lock();
         sinks.retain(|s| Arc::strong_count(s) > 1);
         for sink in sinks.iter() {
@@ -527,10 +717,10 @@ impl futures_core::Stream for Events {
     }
 }
 
-fn log(event: &Event) {
+fn log(event: &EventKind) {
     match event {
-        Event::Connected { server, .. } => tracing::info!(server = %server, "connected"),
-        Event::Disconnected {
+        EventKind::Connected { server, .. } => tracing::info!(server = %server, "connected"),
+        EventKind::Disconnected {
             server,
             reason,
             unconfirmed_msgs,
@@ -542,7 +732,7 @@ fn log(event: &Event) {
             unconfirmed_bytes,
             "disconnected"
         ),
-        Event::Reconnecting {
+        EventKind::Reconnecting {
             attempt,
             server,
             delay,
@@ -550,7 +740,7 @@ fn log(event: &Event) {
         } => {
             tracing::debug!(attempt, server = %server, delay_ms = delay.as_millis() as u64, "reconnecting")
         }
-        Event::ReconnectFailed {
+        EventKind::ReconnectFailed {
             server,
             address,
             attempt,
@@ -558,7 +748,7 @@ fn log(event: &Event) {
         } => {
             tracing::info!(server = %server, address = ?address, attempt, error = %error, "reconnect attempt failed")
         }
-        Event::Reconnected {
+        EventKind::Reconnected {
             server,
             attempts,
             downtime,
@@ -566,13 +756,13 @@ fn log(event: &Event) {
         } => {
             tracing::info!(server = %server, attempts, downtime_ms = downtime.as_millis() as u64, "reconnected")
         }
-        Event::ServersChanged { added, removed } => {
+        EventKind::ServersChanged { added, removed } => {
             tracing::info!(added = ?added, removed = ?removed, "server pool changed");
         }
-        Event::LameDuck { server } => {
+        EventKind::LameDuck { server } => {
             tracing::warn!(server = %server, "server entered lame duck mode")
         }
-        Event::Migrated {
+        EventKind::Migrated {
             from,
             to,
             unconfirmed_msgs,
@@ -580,7 +770,7 @@ fn log(event: &Event) {
         } => {
             tracing::info!(from = %from, to = %to, unconfirmed_msgs, unconfirmed_bytes, "migrated")
         }
-        Event::CredentialsExpiring {
+        EventKind::CredentialsExpiring {
             server,
             expires_in,
             reason,
@@ -590,31 +780,31 @@ fn log(event: &Event) {
             reason = %reason,
             "user JWT about to expire"
         ),
-        Event::SlowConsumer {
+        EventKind::SlowConsumer {
             subject,
             sid,
             dropped,
         } => tracing::warn!(subject = %subject, sid, dropped, "slow consumer: dropping messages"),
-        Event::SlowConsumerEnded {
+        EventKind::SlowConsumerEnded {
             subject,
             sid,
             dropped,
         } => tracing::info!(subject = %subject, sid, dropped, "slow consumer episode ended"),
-        Event::ServerError { message } => tracing::warn!(message = %message, "server error"),
-        Event::ClientError { error } => tracing::warn!(error = %error, "client error"),
-        Event::FramesRemoved {
+        EventKind::ServerError { message } => tracing::warn!(message = %message, "server error"),
+        EventKind::ClientError { error } => tracing::warn!(error = %error, "client error"),
+        EventKind::FramesRemoved {
             reason,
             msgs,
             bytes,
         } => {
             tracing::warn!(reason = %reason, msgs, bytes, "frames removed from the outbound buffer")
         }
-        Event::BufferHighWater {
+        EventKind::BufferHighWater {
             percent,
             bytes,
             msgs,
         } => tracing::info!(percent, bytes, msgs, "outbound buffer high water"),
-        Event::BufferOverflow {
+        EventKind::BufferOverflow {
             refused_msgs,
             refused_bytes,
         } => tracing::warn!(
@@ -622,10 +812,10 @@ fn log(event: &Event) {
             refused_bytes,
             "outbound buffer full: publishes refused"
         ),
-        Event::EventsLagged { dropped } => {
+        EventKind::EventsLagged { dropped } => {
             tracing::warn!(dropped, "event queue full: events dropped")
         }
-        Event::Closed {
+        EventKind::Closed {
             reason,
             unsent_msgs,
             unsent_bytes,
@@ -646,50 +836,65 @@ fn log(event: &Event) {
 mod tests {
     use super::*;
 
-    fn slow(d: u64) -> Event {
-        Event::SlowConsumer {
-            subject: "s".into(),
-            sid: 1,
+    fn slow(sid: u64, d: u64) -> EventKind {
+        EventKind::SlowConsumer {
+            subject: format!("s{sid}"),
+            sid,
             dropped: d,
         }
+    }
+
+    fn err(m: &str) -> EventKind {
+        EventKind::ServerError { message: m.into() }
+    }
+
+    fn push(q: &mut EventQueue, kind: EventKind) {
+        q.push(Event::now(kind));
+    }
+
+    fn pop(q: &mut EventQueue) -> Option<EventKind> {
+        q.pop().map(|e| e.kind)
     }
 
     #[test]
     fn loss_events_merge_when_full() {
         let mut q = EventQueue::new(2);
-        q.push(slow(1));
-        q.push(Event::ServerError {
-            message: "x".into(),
-        });
-        q.push(slow(5));
-        q.push(Event::ServerError {
-            message: "y".into(),
-        });
-        assert_eq!(q.pop(), Some(slow(6)));
-        assert_eq!(
-            q.pop(),
-            Some(Event::ServerError {
-                message: "x".into()
-            })
-        );
-        assert_eq!(q.pop(), Some(Event::EventsLagged { dropped: 1 }));
-        assert_eq!(q.pop(), None);
+        push(&mut q, slow(1, 1));
+        push(&mut q, err("x"));
+        push(&mut q, slow(1, 5));
+        push(&mut q, err("y"));
+        assert_eq!(pop(&mut q), Some(slow(1, 6)));
+        assert_eq!(pop(&mut q), Some(err("x")));
+        assert_eq!(pop(&mut q), Some(EventKind::EventsLagged { dropped: 1 }));
+        assert_eq!(pop(&mut q), None);
+    }
+
+    #[test]
+    fn slow_consumer_counts_of_different_subscriptions_never_merge() {
+        let mut q = EventQueue::new(1);
+        push(&mut q, slow(1, 1));
+        push(&mut q, slow(2, 3));
+        push(&mut q, slow(1, 2));
+        push(&mut q, slow(2, 4));
+        assert_eq!(pop(&mut q), Some(slow(1, 3)));
+        assert_eq!(pop(&mut q), Some(slow(2, 7)));
+        assert_eq!(pop(&mut q), None);
     }
 
     #[test]
     fn state_changes_collapse_when_full() {
         let mut q = EventQueue::new(1);
-        let rc = |attempt| Event::Reconnecting {
+        let rc = |attempt| EventKind::Reconnecting {
             attempt,
             server: "a".into(),
             delay: Duration::ZERO,
             collapsed: 0,
         };
-        q.push(rc(1));
-        q.push(rc(2));
-        q.push(rc(3));
-        match q.pop() {
-            Some(Event::Reconnecting {
+        push(&mut q, rc(1));
+        push(&mut q, rc(2));
+        push(&mut q, rc(3));
+        match pop(&mut q) {
+            Some(EventKind::Reconnecting {
                 attempt, collapsed, ..
             }) => {
                 assert_eq!((attempt, collapsed), (3, 2));
@@ -701,13 +906,14 @@ mod tests {
     #[test]
     fn loss_event_without_match_is_kept_beyond_bound() {
         let mut q = EventQueue::new(1);
-        q.push(Event::ServerError {
-            message: "x".into(),
-        });
-        q.push(Event::BufferOverflow {
-            refused_msgs: 1,
-            refused_bytes: 2,
-        });
+        push(&mut q, err("x"));
+        push(
+            &mut q,
+            EventKind::BufferOverflow {
+                refused_msgs: 1,
+                refused_bytes: 2,
+            },
+        );
         assert_eq!(q.len(), 2);
     }
 }

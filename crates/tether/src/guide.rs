@@ -9,7 +9,7 @@
 //! with `buffer_while_disconnected(false)` publish fails at once with `Disconnected`.
 //! Frames not yet written when a link drops are resent after the reconnect, a frame cut in
 //! half is resent whole. Frames written after the last confirmed PING are reported as
-//! `unconfirmed_msgs` in `Event::Disconnected`: possibly lost. A PONG confirms that the
+//! `unconfirmed_msgs` in `EventKind::Disconnected`: possibly lost. A PONG confirms that the
 //! server processed what was written before its PING (delivered to local subscribers,
 //! forwarded to routes, or dropped for lack of interest), not that JetStream stored it or
 //! that a subscriber elsewhere received it. With `resend_unconfirmed(true)` those frames
@@ -62,15 +62,15 @@
 //! `AuthFailurePolicy::RemoveServer`. An empty pool closes the client with the reason.
 //! On reconnect the subscriptions are replayed (with remaining auto-unsubscribe counts)
 //! in one write ahead of the buffered frames, so a subscription never misses a buffered
-//! message of its own client; then `Event::Reconnected { downtime, attempts }`.
+//! message of its own client; then `EventKind::Reconnected { downtime, attempts }`.
 //!
 //! # Lame duck mode and planned switches
 //! When the server announces lame duck mode (INFO `ldm`), tether sends a confirm PING,
-//! emits `Event::LameDuck`, waits a random 0..`ldm_jitter` (5 s) so a fleet does not move
+//! emits `EventKind::LameDuck`, waits a random 0..`ldm_jitter` (5 s) so a fleet does not move
 //! at once, then switches make-before-break: a handshake with another server on a core of
 //! its own, the subscription replay there, publishing moved at a frame boundary, the old
 //! link kept for `ldm_overlap` (1 s) so deliveries in flight still arrive, then UNSUB for
-//! everything and a last PING on the old link, closed on its PONG. `Event::Migrated`
+//! everything and a last PING on the old link, closed on its PONG. `EventKind::Migrated`
 //! carries the old link's unconfirmed counts (zero when that PONG came). The status stays
 //! `Connected`. Messages that arrive on both links during the overlap may be delivered
 //! twice. With no other server, the client stays on the old link until the server closes
@@ -87,8 +87,8 @@
 //! When a user JWT with an `exp` comes within `jwt_refresh_lead` of expiry (default
 //! min(max(30 s, 10 % of its lifetime), 50 % of it)), the file is read again: if the
 //! fresh JWT expires later (or never), the client moves to a new link with it by the
-//! planned switch above, to another server or the same one (`Event::Migrated`; no
-//! disconnect). Otherwise `Event::CredentialsExpiring` says why, the server ends the link
+//! planned switch above, to another server or the same one (`EventKind::Migrated`; no
+//! disconnect). Otherwise `EventKind::CredentialsExpiring` says why, the server ends the link
 //! at expiry (`User Authentication Expired`), and the first reconnect attempt goes out at
 //! once with the file read again. Auth strikes count only while the credentials stay the
 //! same: a rotated file starts over. nats-server refuses a JWT that has already expired

@@ -444,8 +444,8 @@ impl ConnectOptions {
 
     /// How long before the user JWT's `exp` the client reads the credentials again and,
     /// if the fresh JWT expires later, moves to a new link with them by the planned
-    /// make-before-break switch (`Event::Migrated`); if not, it emits
-    /// `Event::CredentialsExpiring` and waits for the server to end the link, then
+    /// make-before-break switch (`EventKind::Migrated`); if not, it emits
+    /// `EventKind::CredentialsExpiring` and waits for the server to end the link, then
     /// reconnects at once with credentials read again. Default: none set, which means
     /// min(max(30 s, 10 % of the JWT's lifetime), 50 % of it).
     #[must_use]

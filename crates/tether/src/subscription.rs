@@ -10,7 +10,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::error::SubscribeError;
-use crate::events::{Event, EventHub};
+use crate::events::{EventHub, EventKind};
 use crate::message::Message;
 use crate::Client;
 
@@ -99,7 +99,7 @@ impl SubQueue {
                 // One event when an episode starts; the rest are counted into its end.
                 q.slow = true;
                 q.episode_dropped = 0;
-                self.hub.emit(Event::SlowConsumer {
+                self.hub.emit(EventKind::SlowConsumer {
                     subject: self.subject.clone(),
                     sid: self.sid,
                     dropped: 1,
@@ -146,7 +146,7 @@ impl SubQueue {
             if q.slow && q.msgs.len() < self.max_msgs / 2 && q.bytes < self.max_bytes / 2 {
                 q.slow = false;
                 let dropped = std::mem::take(&mut q.episode_dropped);
-                self.hub.emit(Event::SlowConsumerEnded {
+                self.hub.emit(EventKind::SlowConsumerEnded {
                     subject: self.subject.clone(),
                     sid: self.sid,
                     dropped,

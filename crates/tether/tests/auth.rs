@@ -6,7 +6,7 @@ use common::{next_event, T};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, Event, State};
+use tether::{ConnectOptions, EventKind, State};
 use tether_testkit::{nkey_user, NatsServer, Operator, ServerConfig};
 
 async fn round_trip(client: &tether::Client, sub: &mut tether::Subscriber, subject: &str) {
@@ -99,11 +99,14 @@ async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
         .unwrap();
 
     match next_event(&mut events, |e| {
-        matches!(e, Event::Migrated { .. } | Event::Disconnected { .. })
+        matches!(
+            e,
+            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
+        )
     })
     .await
     {
-        Event::Migrated {
+        EventKind::Migrated {
             unconfirmed_msgs, ..
         } => assert_eq!(unconfirmed_msgs, 0),
         other => panic!("expected a planned switch, got {other:?}"),
@@ -113,7 +116,10 @@ async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
     while unix_now() <= past {
         if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
             assert!(
-                !matches!(e, Event::Disconnected { .. } | Event::Closed { .. }),
+                !matches!(
+                    e.kind,
+                    EventKind::Disconnected { .. } | EventKind::Closed { .. }
+                ),
                 "link lost after the refresh: {e:?}"
             );
         }
@@ -142,12 +148,12 @@ async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_af
     match next_event(&mut events, |e| {
         matches!(
             e,
-            Event::CredentialsExpiring { .. } | Event::Migrated { .. }
+            EventKind::CredentialsExpiring { .. } | EventKind::Migrated { .. }
         )
     })
     .await
     {
-        Event::CredentialsExpiring {
+        EventKind::CredentialsExpiring {
             expires_in, reason, ..
         } => {
             assert!(expires_in <= Duration::from_secs(4), "{expires_in:?}");
@@ -160,18 +166,18 @@ async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_af
     op.user("bob", Some(Duration::from_secs(120)))
         .write_to(&path)
         .unwrap();
-    match next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await {
-        Event::Disconnected { reason, .. } => {
+    match next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await {
+        EventKind::Disconnected { reason, .. } => {
             assert!(reason.contains("User Authentication Expired"), "{reason}");
         }
         _ => unreachable!(),
     }
     match next_event(&mut events, |e| {
-        matches!(e, Event::Reconnected { .. } | Event::Closed { .. })
+        matches!(e, EventKind::Reconnected { .. } | EventKind::Closed { .. })
     })
     .await
     {
-        Event::Reconnected { attempts, .. } => assert_eq!(attempts, 1, "at once, first try"),
+        EventKind::Reconnected { attempts, .. } => assert_eq!(attempts, 1, "at once, first try"),
         other => panic!("expected Reconnected, got {other:?}"),
     }
     round_trip(&client, &mut sub, "jwt.expire").await;
@@ -200,12 +206,16 @@ async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() 
         match next_event(&mut events, |e| {
             matches!(
                 e,
-                Event::ReconnectFailed { .. } | Event::Reconnected { .. } | Event::Closed { .. }
+                EventKind::ReconnectFailed { .. }
+                    | EventKind::Reconnected { .. }
+                    | EventKind::Closed { .. }
             )
         })
         .await
         {
-            Event::ReconnectFailed { error, .. } if error.contains("Authorization Violation") => {
+            EventKind::ReconnectFailed { error, .. }
+                if error.contains("Authorization Violation") =>
+            {
                 refused += 1;
                 let next = if refused == 1 {
                     stranger.user("y", None)
@@ -214,8 +224,8 @@ async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() 
                 };
                 next.write_to(&path).unwrap();
             }
-            Event::ReconnectFailed { .. } => {}
-            Event::Reconnected { .. } => break,
+            EventKind::ReconnectFailed { .. } => {}
+            EventKind::Reconnected { .. } => break,
             other => panic!("the server was removed after {refused} refusals: {other:?}"),
         }
     }

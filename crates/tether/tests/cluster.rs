@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, Event, State};
+use tether::{ConnectOptions, EventKind, State};
 use tether_testkit::{NatsCluster, ServerConfig};
 
 /// Publish probes until one reaches `sub`: route interest has propagated.
@@ -44,19 +44,19 @@ async fn discovers_servers_and_fails_over_fast_after_kill() {
     cluster.kill(0);
     let killed = Instant::now();
     // The first attempt goes to a fresh node, at once.
-    let Event::Reconnecting {
+    let EventKind::Reconnecting {
         attempt,
         server: first,
         delay,
         ..
-    } = next_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await
+    } = next_event(&mut events, |e| matches!(e, EventKind::Reconnecting { .. })).await
     else {
         unreachable!()
     };
     assert_eq!((attempt, delay), (1, Duration::ZERO));
     assert_ne!(first, cluster.node(0).url(), "not the node that just died");
-    let Event::Reconnected { server, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
+    let EventKind::Reconnected { server, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await
     else {
         unreachable!()
     };
@@ -113,13 +113,13 @@ async fn lame_duck_moves_to_another_node_without_loss() {
     let left_connected =
         tokio::spawn(async move { states.wait_for(|s| *s != State::Connected).await.is_ok() });
     cluster.node(0).lame_duck().unwrap();
-    next_event(&mut events, |e| matches!(e, Event::LameDuck { .. })).await;
-    let Event::Migrated {
+    next_event(&mut events, |e| matches!(e, EventKind::LameDuck { .. })).await;
+    let EventKind::Migrated {
         from,
         to,
         unconfirmed_msgs,
         ..
-    } = next_event(&mut events, |e| matches!(e, Event::Migrated { .. })).await
+    } = next_event(&mut events, |e| matches!(e, EventKind::Migrated { .. })).await
     else {
         unreachable!()
     };
@@ -162,8 +162,8 @@ async fn force_reconnect_is_a_planned_switch() {
     client.flush().await.unwrap();
     let mut events = client.events();
     client.force_reconnect();
-    let Event::Migrated { to, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Migrated { .. })).await
+    let EventKind::Migrated { to, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Migrated { .. })).await
     else {
         unreachable!()
     };
@@ -191,9 +191,9 @@ async fn async_info_adds_and_prunes_discovered_nodes() {
     let added = cluster.add_node().unwrap();
     cluster.wait_routes(T).unwrap();
     let new_url = cluster.node(added).url();
-    let Event::ServersChanged { added: list, .. } = next_event(
+    let EventKind::ServersChanged { added: list, .. } = next_event(
         &mut events,
-        |e| matches!(e, Event::ServersChanged { added, .. } if !added.is_empty()),
+        |e| matches!(e, EventKind::ServersChanged { added, .. } if !added.is_empty()),
     )
     .await
     else {
@@ -202,9 +202,9 @@ async fn async_info_adds_and_prunes_discovered_nodes() {
     assert!(list.contains(&new_url), "{list:?} should contain {new_url}");
     assert!(client.servers().contains(&new_url));
     cluster.kill(added);
-    let Event::ServersChanged { removed, .. } = next_event(
+    let EventKind::ServersChanged { removed, .. } = next_event(
         &mut events,
-        |e| matches!(e, Event::ServersChanged { removed, .. } if !removed.is_empty()),
+        |e| matches!(e, EventKind::ServersChanged { removed, .. } if !removed.is_empty()),
     )
     .await
     else {
@@ -241,8 +241,8 @@ async fn cluster_behind_proxies_fails_over_through_advertised_proxies() {
     let mut sub = client.subscribe("bp").await.unwrap();
     client.flush().await.unwrap();
     proxies[0].black_hole();
-    let Event::Reconnected { server, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await
+    let EventKind::Reconnected { server, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await
     else {
         unreachable!()
     };

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, Event, PublishError, RequestError, State};
+use tether::{ConnectOptions, EventKind, PublishError, RequestError, State};
 use tether_testkit::NatsServer;
 
 const T: Duration = Duration::from_secs(5);
@@ -162,7 +162,7 @@ async fn events_stream_reports_close() {
     let mut events = client.events();
     client.close().await;
     loop {
-        if let Event::Closed { unsent_msgs, .. } = next(&mut events).await {
+        if let EventKind::Closed { unsent_msgs, .. } = next(&mut events).await.kind {
             assert_eq!(unsent_msgs, 0);
             break;
         }
@@ -189,7 +189,10 @@ async fn event_callback_runs_off_the_runtime_and_sees_connected() {
     assert!(rx.try_recv().is_err(), "the callback is still blocked");
     open.send(()).unwrap();
     let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
-    assert!(matches!(first, Event::Connected { .. }), "{first:?}");
+    assert!(
+        matches!(first.kind, EventKind::Connected { .. }),
+        "{first:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, Event, RequestError, State, SubscribeError};
+use tether::{ConnectOptions, EventKind, RequestError, State, SubscribeError};
 use tether_testkit::{NatsServer, ServerConfig};
 
 const T: Duration = Duration::from_secs(10);
@@ -75,7 +75,7 @@ async fn denied_publish_fails_the_request_or_counts_publish_denied() {
             .await
             .unwrap()
             .unwrap();
-        if let Event::ServerError { message } = e {
+        if let EventKind::ServerError { message } = e.kind {
             assert!(message.contains("Permissions Violation"), "{message}");
             break;
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, Event, PublishError, State};
+use tether::{ConnectOptions, EventKind, PublishError, State};
 use tether_testkit::NatsServer;
 
 const T: Duration = Duration::from_secs(10);
@@ -39,9 +39,10 @@ async fn slow_consumer_storm_gives_one_episode_whose_counts_add_up() {
             .await
             .unwrap()
             .unwrap()
+            .kind
         {
-            Event::SlowConsumer { dropped, .. } => started.push(dropped),
-            Event::SlowConsumerEnded { dropped, .. } => ended.push(dropped),
+            EventKind::SlowConsumer { dropped, .. } => started.push(dropped),
+            EventKind::SlowConsumerEnded { dropped, .. } => ended.push(dropped),
             _ => {}
         }
     }
@@ -100,7 +101,7 @@ async fn refusal_storm_is_reported_in_full_by_few_events() {
             .await
             .unwrap()
             .unwrap();
-        if matches!(e, Event::Disconnected { .. }) {
+        if matches!(e.kind, EventKind::Disconnected { .. }) {
             break;
         }
     }
@@ -117,12 +118,16 @@ async fn refusal_storm_is_reported_in_full_by_few_events() {
     // came as a few events (the first at once, the rest summed), not a thousand.
     let (mut reported, mut overflow_events) = (0u64, 0u32);
     loop {
-        match tokio::time::timeout(T, events.next()).await.unwrap() {
-            Some(Event::BufferOverflow { refused_msgs, .. }) => {
+        match tokio::time::timeout(T, events.next())
+            .await
+            .unwrap()
+            .map(|e| e.kind)
+        {
+            Some(EventKind::BufferOverflow { refused_msgs, .. }) => {
                 reported += refused_msgs;
                 overflow_events += 1;
             }
-            Some(Event::Closed { .. }) | None => break,
+            Some(EventKind::Closed { .. }) | None => break,
             Some(_) => {}
         }
     }

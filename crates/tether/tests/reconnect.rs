@@ -6,7 +6,7 @@ use common::{next_event, T};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, Event, FlushError, PublishError, State};
+use tether::{ConnectOptions, EventKind, FlushError, PublishError, State};
 use tether_testkit::{NatsServer, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,13 +18,13 @@ async fn kill_restart_resubscribes_and_delivers_buffered_batch_in_order() {
     client.flush().await.unwrap();
 
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     for i in 0..500u32 {
         client.publish("batch", i.to_be_bytes()).await.unwrap();
     }
     server.restart().unwrap();
-    match next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await {
-        Event::Reconnected { attempts, .. } => assert!(attempts >= 1),
+    match next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await {
+        EventKind::Reconnected { attempts, .. } => assert!(attempts >= 1),
         _ => unreachable!(),
     }
     for i in 0..500u32 {
@@ -54,11 +54,11 @@ async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
     for i in 0..N {
         client.publish("bh", i.to_string()).await.unwrap();
     }
-    let Event::Disconnected {
+    let EventKind::Disconnected {
         unconfirmed_msgs: unconfirmed,
         reason,
         ..
-    } = next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    } = next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
     else {
         unreachable!()
     };
@@ -80,7 +80,7 @@ async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
         "unconfirmed equals what was written since the flush"
     );
     proxy.pass();
-    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,9 +104,9 @@ async fn resend_unconfirmed_delivers_everything_after_black_hole() {
     for i in 0..N {
         client.publish("rs", i.to_be_bytes()).await.unwrap();
     }
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     proxy.pass();
-    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
     client.flush().await.unwrap();
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < N as usize {
@@ -130,7 +130,7 @@ async fn buffer_bounds_while_disconnected() {
         .unwrap();
     let mut events = client.events();
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     for _ in 0..10 {
         client.publish("b", "xxxx").await.unwrap();
     }
@@ -147,7 +147,10 @@ async fn buffer_bounds_while_disconnected() {
         "{err:?}"
     );
     assert!(client.try_publish("b", "xxxx").is_err());
-    next_event(&mut events, |e| matches!(e, Event::BufferOverflow { .. })).await;
+    next_event(&mut events, |e| {
+        matches!(e, EventKind::BufferOverflow { .. })
+    })
+    .await;
     assert!(client.statistics().refused_msgs >= 2);
 }
 
@@ -161,7 +164,7 @@ async fn buffering_off_fails_at_once_while_disconnected() {
         .unwrap();
     let mut events = client.events();
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     assert_eq!(
         client.publish("x", "y").await,
         Err(PublishError::Disconnected)
@@ -181,7 +184,7 @@ async fn block_policy_waits_up_to_deadline() {
         .unwrap();
     let mut events = client.events();
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     client.publish("x", "1").await.unwrap();
     client.publish("x", "2").await.unwrap();
     let start = Instant::now();
@@ -228,10 +231,10 @@ async fn max_reconnects_exhausted_closes_with_reason() {
         .unwrap();
     let mut events = client.events();
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     client.publish("x", "unsent").await.unwrap();
-    match next_event(&mut events, |e| matches!(e, Event::Closed { .. })).await {
-        Event::Closed {
+    match next_event(&mut events, |e| matches!(e, EventKind::Closed { .. })).await {
+        EventKind::Closed {
             reason,
             unsent_msgs,
             ..
@@ -258,7 +261,7 @@ async fn retry_policy_returns_at_once_and_buffers() {
     client.publish("early", "x").await.unwrap();
     let server =
         NatsServer::start_with(tether_testkit::ServerConfig::default().with_port(port)).unwrap();
-    next_event(&mut events, |e| matches!(e, Event::Connected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Connected { .. })).await;
     client.flush().await.unwrap();
     assert_eq!(client.statistics().out_msgs, 1);
     drop(server);
@@ -293,8 +296,8 @@ async fn black_hole_on_idle_connection_is_detected() {
     client.flush().await.unwrap();
     proxy.black_hole();
     let start = Instant::now();
-    let Event::Disconnected { reason, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    let EventKind::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
     else {
         unreachable!()
     };
@@ -306,7 +309,7 @@ async fn black_hole_on_idle_connection_is_detected() {
         start.elapsed()
     );
     proxy.pass();
-    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,8 +332,8 @@ async fn write_stall_is_detected_on_a_paused_link() {
     for _ in 0..(8 * 1024 / 64) {
         client.try_publish("stall", &payload).unwrap();
     }
-    let Event::Disconnected { reason, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    let EventKind::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
     else {
         unreachable!()
     };
@@ -405,7 +408,7 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
         "{err:?}"
     );
     assert!(start.elapsed() < Duration::from_secs(2));
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     // A request made while disconnected is buffered and goes out after the reconnect.
     let c = client.clone();
     let buffered = tokio::spawn(async move {
@@ -443,7 +446,7 @@ async fn drain_while_reconnecting_closes_at_deadline_and_reports_unsent() {
         .unwrap();
     let mut events = client.events();
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     client.publish("x", "never").await.unwrap();
     let start = Instant::now();
     let report = client.drain().await.unwrap();
@@ -475,18 +478,20 @@ async fn lowered_max_payload_removes_buffered_frames_before_replay() {
     // Buffer a 32 KiB frame while down, and come back with a 16 KiB limit: the frame is
     // removed before anything is replayed (FramesRemoved), never sent.
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     client.publish("p", vec![0u8; 32 * 1024]).await.unwrap();
     server.config_mut().max_payload = Some(16 * 1024);
     server.restart().unwrap();
-    let Event::FramesRemoved { msgs, .. } =
-        next_event(&mut events, |e| matches!(e, Event::FramesRemoved { .. })).await
+    let EventKind::FramesRemoved { msgs, .. } = next_event(&mut events, |e| {
+        matches!(e, EventKind::FramesRemoved { .. })
+    })
+    .await
     else {
         unreachable!()
     };
     assert_eq!(msgs, 1);
     next_event(&mut watcher_events, |e| {
-        matches!(e, Event::Reconnected { .. })
+        matches!(e, EventKind::Reconnected { .. })
     })
     .await;
     client.flush().await.unwrap();
@@ -512,17 +517,19 @@ async fn poison_frame_closing_err_is_reported_and_never_resent() {
     client.flush().await.unwrap();
     let long = format!("poison.{}", "x".repeat(300));
     client.publish(&long, "boom").await.unwrap();
-    let Event::FramesRemoved { msgs, reason, .. } =
-        next_event(&mut events, |e| matches!(e, Event::FramesRemoved { .. })).await
+    let EventKind::FramesRemoved { msgs, reason, .. } = next_event(&mut events, |e| {
+        matches!(e, EventKind::FramesRemoved { .. })
+    })
+    .await
     else {
         unreachable!()
     };
     assert_eq!(msgs, 1, "{reason}");
-    let Event::Disconnected {
+    let EventKind::Disconnected {
         reason,
         unconfirmed_msgs,
         ..
-    } = next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await
+    } = next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
     else {
         unreachable!()
     };
@@ -534,7 +541,7 @@ async fn poison_frame_closing_err_is_reported_and_never_resent() {
         unconfirmed_msgs, 0,
         "reported as removed, not as unconfirmed"
     );
-    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
     client.flush().await.unwrap();
     client.flush().await.unwrap();
     assert_eq!(
@@ -569,11 +576,14 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
         let mut failures = 0;
         loop {
             match next_event(&mut events, |e| {
-                matches!(e, Event::ReconnectFailed { .. } | Event::Closed { .. })
+                matches!(
+                    e,
+                    EventKind::ReconnectFailed { .. } | EventKind::Closed { .. }
+                )
             })
             .await
             {
-                Event::ReconnectFailed { error, .. } => {
+                EventKind::ReconnectFailed { error, .. } => {
                     if error.contains("Authorization Violation") {
                         failures += 1;
                     }
@@ -582,7 +592,7 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
                         break;
                     }
                 }
-                Event::Closed { reason, .. } => {
+                EventKind::Closed { reason, .. } => {
                     assert_eq!(policy, tether::AuthFailurePolicy::RemoveServer);
                     assert!(failures >= 2, "two strikes first");
                     assert!(reason.contains("no server left"), "{reason}");
@@ -605,14 +615,16 @@ async fn buffer_high_water_events_as_the_buffer_fills() {
         .unwrap();
     let mut events = client.events();
     server.kill();
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     for _ in 0..95 {
         client.publish("hw", "x").await.unwrap();
     }
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        if let Event::BufferHighWater { percent, msgs, .. } =
-            next_event(&mut events, |e| matches!(e, Event::BufferHighWater { .. })).await
+        if let EventKind::BufferHighWater { percent, msgs, .. } = next_event(&mut events, |e| {
+            matches!(e, EventKind::BufferHighWater { .. })
+        })
+        .await
         {
             assert!(msgs >= u64::from(percent), "{percent}% at {msgs} of 100");
             seen.push(percent);
@@ -628,8 +640,8 @@ async fn set_server_pool_moves_off_a_removed_server() {
     let client = ConnectOptions::new().connect(a.url()).await.unwrap();
     let mut events = client.events();
     client.set_server_pool(b.url()).unwrap();
-    let Event::Migrated { to, .. } =
-        next_event(&mut events, |e| matches!(e, Event::Migrated { .. })).await
+    let EventKind::Migrated { to, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Migrated { .. })).await
     else {
         unreachable!()
     };
@@ -668,9 +680,9 @@ async fn request_retry_after_reconnect_resends_a_written_request() {
         c.request_with("svc", None, b"again", Duration::from_secs(20))
             .await
     });
-    next_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     proxy.pass();
-    next_event(&mut events, |e| matches!(e, Event::Reconnected { .. })).await;
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
     let reply = req
         .await
         .unwrap()

@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tether::server_pool::ServerAddr;
-use tether::{Client, ConnectOptions, Event, State};
+use tether::{Client, ConnectOptions, EventKind, State};
 use tether_testkit::{NatsCluster, NatsServer, Proxy};
 
 use crate::{util, CliError, Global};
@@ -450,8 +450,8 @@ fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::ta
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             let now = Instant::now();
-            match e {
-                Event::Disconnected {
+            match e.kind {
+                EventKind::Disconnected {
                     unconfirmed_msgs, ..
                 } => shared.with_window(|w| {
                     w.unconfirmed += unconfirmed_msgs;
@@ -461,7 +461,7 @@ fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::ta
                     }
                 }),
                 // Lame duck mode: a planned switch, no downtime; it ends the outage.
-                Event::Migrated {
+                EventKind::Migrated {
                     unconfirmed_msgs, ..
                 } => shared.with_window(|w| {
                     w.unconfirmed += unconfirmed_msgs;
@@ -469,12 +469,12 @@ fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::ta
                         w.reconnected_at.get_or_insert(now);
                     }
                 }),
-                Event::Reconnected { downtime, .. } if record => shared.with_window(|w| {
+                EventKind::Reconnected { downtime, .. } if record => shared.with_window(|w| {
                     w.downtime += downtime;
                     w.reconnected_at = Some(now);
                 }),
-                Event::FramesRemoved { msgs, .. } => shared.with_window(|w| w.removed += msgs),
-                Event::EventsLagged { dropped } => {
+                EventKind::FramesRemoved { msgs, .. } => shared.with_window(|w| w.removed += msgs),
+                EventKind::EventsLagged { dropped } => {
                     shared.lagged.fetch_add(dropped, Ordering::Relaxed);
                 }
                 _ => {}

@@ -25,7 +25,7 @@ use super::transport;
 use super::{Inner, Shared, SwitchReason};
 use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
-use crate::events::{ClosedReason, Event, State};
+use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
 use crate::options::ConnectPolicy;
 use crate::server_pool::{backoff_delay, ServerAddr};
@@ -302,7 +302,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
         attempts += 1;
         let now = Instant::now();
         let delay = due.saturating_duration_since(now);
-        shared.emit(Event::Reconnecting {
+        shared.emit(EventKind::Reconnecting {
             attempt: attempts,
             server: addr.to_string(),
             delay,
@@ -354,14 +354,14 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                 if ever_connected {
                     shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("tether_reconnects_total").increment(1);
-                    shared.emit(Event::Reconnected {
+                    shared.emit(EventKind::Reconnected {
                         server: addr.to_string(),
                         attempts,
                         downtime,
                         collapsed: 0,
                     });
                 } else {
-                    shared.emit(Event::Connected {
+                    shared.emit(EventKind::Connected {
                         server: addr.to_string(),
                         collapsed: 0,
                     });
@@ -373,7 +373,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                 link = Some(est.stream);
             }
             Err(f) => {
-                shared.emit(Event::ReconnectFailed {
+                shared.emit(EventKind::ReconnectFailed {
                     server: f.attempt.server.clone(),
                     address: f.attempt.address.clone(),
                     attempt: attempts,
@@ -442,7 +442,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     inner.pool.record_failure(i, now, delay)
                 };
                 if let Some(r) = removed {
-                    shared.emit(Event::ServersChanged {
+                    shared.emit(EventKind::ServersChanged {
                         added: Vec::new(),
                         removed: vec![r.addr.to_string()],
                     });
@@ -470,7 +470,7 @@ pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, 
         !shared.opts.no_randomize,
     );
     if !added.is_empty() || !removed.is_empty() {
-        shared.emit(Event::ServersChanged { added, removed });
+        shared.emit(EventKind::ServersChanged { added, removed });
     }
 }
 
@@ -493,7 +493,7 @@ struct OldLink {
 fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     if let Some(o) = old {
         let unconfirmed = inner.conn.finish_detached(o.link);
-        shared.emit(Event::Migrated {
+        shared.emit(EventKind::Migrated {
             from: o.from,
             to: o.to,
             unconfirmed_msgs: unconfirmed.msgs,
@@ -645,7 +645,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     // The new link died at once; the old one is already detached: report
                     // what stayed unconfirmed on it.
                     let unconfirmed = inner.conn.finish_detached(link);
-                    shared.emit(Event::Migrated {
+                    shared.emit(EventKind::Migrated {
                         from,
                         to: addr.to_string(),
                         unconfirmed_msgs: unconfirmed.msgs,
@@ -791,7 +791,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 match result {
                     Ok(est) => ready = Some((addr, est)),
                     Err(f) => {
-                        shared.emit(Event::ReconnectFailed {
+                        shared.emit(EventKind::ReconnectFailed {
                             server: f.attempt.server.clone(),
                             address: f.attempt.address.clone(),
                             attempt: 1,
@@ -859,7 +859,7 @@ fn check_fresh_credentials(shared: &Shared, inner: &mut Inner) {
                   provide a fresher JWT before it expires, or the server will end the link"
             .to_owned(),
     };
-    shared.emit(Event::CredentialsExpiring {
+    shared.emit(EventKind::CredentialsExpiring {
         server: inner.server_name.clone(),
         expires_in: current.expires_in(now),
         reason,
@@ -938,7 +938,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     }
                 }
             }
-            shared.emit(Event::Disconnected {
+            shared.emit(EventKind::Disconnected {
                 server: inner.server_name.clone(),
                 reason: text.clone(),
                 unconfirmed_msgs: unconfirmed.msgs,
@@ -955,7 +955,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::LameDuck => {
-            shared.emit(Event::LameDuck {
+            shared.emit(EventKind::LameDuck {
                 server: inner.server_name.clone(),
             });
             // Confirm what was written so far at once, then move after a random jitter so a
@@ -990,7 +990,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::ServerError(message) => {
-            shared.emit(Event::ServerError { message });
+            shared.emit(EventKind::ServerError { message });
             None
         }
         ConnEvent::PublishDenied {
@@ -1016,7 +1016,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 let _ = r.tx.send(Err(RequestError::PermissionDenied(message)));
             } else {
                 inner.conn.note_publish_denied();
-                shared.emit(Event::ServerError { message });
+                shared.emit(EventKind::ServerError { message });
             }
             None
         }
@@ -1059,7 +1059,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 }
                 _ => "removed".to_owned(),
             };
-            shared.emit(Event::FramesRemoved {
+            shared.emit(EventKind::FramesRemoved {
                 reason,
                 msgs: counts.msgs,
                 bytes: counts.bytes,
@@ -1096,7 +1096,7 @@ pub(crate) fn report_overflow(shared: &Shared, inner: &mut Inner) {
     let (m, b) = std::mem::take(&mut inner.refused);
     if m > 0 {
         inner.overflow_reported_at = Some(Instant::now());
-        shared.emit(Event::BufferOverflow {
+        shared.emit(EventKind::BufferOverflow {
             refused_msgs: m,
             refused_bytes: b,
         });
@@ -1146,7 +1146,7 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     };
     shared.set_state(&mut inner, State::Closed);
     drop(inner);
-    shared.emit(Event::Closed {
+    shared.emit(EventKind::Closed {
         reason: reason.to_string(),
         unsent_msgs: unsent.msgs,
         unsent_bytes: unsent.bytes,

@@ -17,7 +17,7 @@ use tether_proto::conn::{ConnStats, Connection};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::error::{FlushError, RequestError};
-use crate::events::{ClosedReason, Event, EventHub, State};
+use crate::events::{ClosedReason, EventHub, EventKind, State};
 use crate::message::Message;
 use crate::options::ConnectOptions;
 use crate::server_pool::ServerPool;
@@ -176,7 +176,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: EventKind) {
         self.events.emit(event);
     }
 
