@@ -32,6 +32,7 @@ use crate::headers::HeaderMap;
 use crate::info::{ConnectInfo, ServerInfo};
 use crate::op::{Msg, ServerOp};
 use crate::outbound::{BufferLimits, Counts, FrameKind, OutboundBuffer};
+use crate::time::saturating_add as later;
 
 /// Default for [`Config::ping_interval`]: a PING after 30 s without inbound bytes.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -56,6 +57,10 @@ pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
 /// How long a link is read after a closing -ERR, so deliveries and PONGs already sent
 /// are not thrown away.
 pub const CLOSING_READ_GRACE: Duration = Duration::from_secs(1);
+/// PONGs owed to the server and not yet written: more means the server floods PINGs
+/// while it does not read what we write, and the link is dropped as stale (each PONG
+/// would otherwise sit in memory until the write stall is noticed).
+pub const MAX_UNWRITTEN_PONGS: usize = 4096;
 
 /// Settings of the state machine (the async client maps its options onto these).
 #[derive(Debug, Clone)]
@@ -198,6 +203,12 @@ pub enum DisconnectReason {
         /// The configured bound.
         timeout: Duration,
     },
+    /// The server sent more PINGs than [`MAX_UNWRITTEN_PONGS`] while not reading our
+    /// PONGs.
+    PongBacklog {
+        /// The bound.
+        max: usize,
+    },
     /// The link was closed on purpose (close, force_reconnect, a planned switch).
     Requested,
 }
@@ -210,6 +221,7 @@ impl DisconnectReason {
             Self::PongTimeout { .. }
                 | Self::TooManyPingsOutstanding { .. }
                 | Self::WriteStall { .. }
+                | Self::PongBacklog { .. }
         )
     }
 }
@@ -230,6 +242,10 @@ impl fmt::Display for DisconnectReason {
             Self::WriteStall { timeout } => write!(
                 f,
                 "stale connection: write stalled, no byte accepted by the socket for {timeout:?}"
+            ),
+            Self::PongBacklog { max } => write!(
+                f,
+                "stale connection: the server sent more than {max} PINGs without reading our PONGs"
             ),
             Self::Requested => f.write_str("closed on request"),
         }
@@ -501,6 +517,8 @@ pub struct Connection {
 
     pings_queued: VecDeque<PingPurpose>,
     pings_out: VecDeque<PingOut>,
+    /// PONGs queued on this link and not yet written.
+    pongs_unwritten: usize,
     written: Counts,
     written_retained: u64,
     confirmed: Counts,
@@ -554,6 +572,7 @@ impl Connection {
             last_write_progress: now,
             pings_queued: VecDeque::new(),
             pings_out: VecDeque::new(),
+            pongs_unwritten: 0,
             written: Counts::default(),
             written_retained: 0,
             confirmed: Counts::default(),
@@ -628,6 +647,12 @@ impl Connection {
             msgs: self.written.msgs - self.confirmed.msgs,
             bytes: self.written.bytes - self.confirmed.bytes,
         }
+    }
+
+    /// False after a closing -ERR: the driver stops writing, even a chunk half written
+    /// (what it holds is rewound and resent on the next link).
+    pub fn may_write(&self) -> bool {
+        self.state != LinkState::Closing
     }
 
     /// True when nothing waits to be written.
@@ -737,6 +762,13 @@ impl Connection {
     fn queue_pong(&mut self) {
         match self.state {
             LinkState::Up => {
+                if self.pongs_unwritten >= MAX_UNWRITTEN_PONGS {
+                    self.link_down(DisconnectReason::PongBacklog {
+                        max: MAX_UNWRITTEN_PONGS,
+                    });
+                    return;
+                }
+                self.pongs_unwritten += 1;
                 let start = self.out.pending_mut().len();
                 encode::encode_pong(self.out.pending_mut());
                 let len = self.out.pending_mut().len() - start;
@@ -885,7 +917,7 @@ impl Connection {
                     // The server rejects a large frame after its control line, often
                     // before it is fully written: that frame is the likely poison. It is
                     // dropped after the rewind, never resent.
-                    if let Some(f) = self.out.partial_front() {
+                    if let Some(f) = self.out.partial_front().filter(|f| f.kind.is_publish()) {
                         counts.msgs += 1;
                         counts.bytes += u64::from(f.len);
                         self.drop_partial_after_rewind = true;
@@ -1090,6 +1122,7 @@ impl Connection {
         self.source = Source::None;
         self.pings_queued.clear();
         self.pings_out.clear();
+        self.pongs_unwritten = 0;
         self.reset_link_counters();
         self.decoder = Decoder::new(self.config.decoder);
     }
@@ -1207,17 +1240,20 @@ impl Connection {
             }
             LinkState::Up => {
                 if self.source != Source::None {
-                    at(self.last_write_progress + self.config.write_stall_timeout);
+                    at(later(
+                        self.last_write_progress,
+                        self.config.write_stall_timeout,
+                    ));
                 }
                 if let Some(front) = self.pings_out.front() {
-                    at(front.sent_at + self.config.pong_timeout);
+                    at(later(front.sent_at, self.config.pong_timeout));
                 }
                 let since = self
                     .last_keepalive
                     .map_or(self.last_inbound, |k| k.max(self.last_inbound));
-                at(since + self.config.ping_interval);
+                at(later(since, self.config.ping_interval));
                 if let Some(s) = self.unpinged_since {
-                    at(s + self.config.confirm_interval);
+                    at(later(s, self.config.confirm_interval));
                 }
             }
             _ => {}
@@ -1264,7 +1300,14 @@ impl Connection {
     }
 
     /// The socket accepted `n` bytes of the chunk from [`Self::poll_transmit`].
+    ///
+    /// After a closing -ERR ([`LinkState::Closing`]) the driver stops writing (see
+    /// [`Self::may_write`]); bytes reported written anyway are ignored: the server acts on
+    /// nothing after its -ERR, so those frames count as never written and are resent.
     pub fn handle_written(&mut self, now: Instant, n: usize) {
+        if self.state == LinkState::Closing {
+            return;
+        }
         if n > 0 {
             self.last_write_progress = now;
         }
@@ -1287,6 +1330,7 @@ impl Connection {
                 let stats = &mut self.stats;
                 let unpinged_since = &mut self.unpinged_since;
                 let unpinged_bytes = &mut self.unpinged_bytes;
+                let pongs_unwritten = &mut self.pongs_unwritten;
                 // PINGs are rare: this Vec allocates only when a chunk holds one.
                 let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
                 self.out
@@ -1316,7 +1360,8 @@ impl Connection {
                             *unpinged_since = None;
                             *unpinged_bytes = 0;
                         }
-                        FrameKind::Control | FrameKind::Pong => {}
+                        FrameKind::Pong => *pongs_unwritten = pongs_unwritten.saturating_sub(1),
+                        FrameKind::Control => {}
                     });
                 for (w, r) in ping_marks {
                     let purpose = self
@@ -1569,6 +1614,26 @@ impl Connection {
         // Once queued, the data before it is covered: no further confirm PING needed.
         self.unpinged_since = None;
         self.unpinged_bytes = 0;
+    }
+
+    /// Tokens of the requests whose frames are buffered and not yet fully written.
+    pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.out.buffered_requests()
+    }
+
+    /// Remove the frames of the requests for which `pred(token)` is true, if they are still
+    /// pending (not yet handed to the writer): their callers gave up or were told the
+    /// request failed, so they must never be sent. Frames in flight, written or retained
+    /// stay. Returns what was removed.
+    pub fn remove_requests(&mut self, mut pred: impl FnMut(u64) -> bool) -> Counts {
+        let removed = self.out.remove_pending(|f| match f.kind {
+            FrameKind::Request(t) => pred(t),
+            _ => false,
+        });
+        if removed.msgs > 0 {
+            self.events.push_back(ConnEvent::BufferSpace);
+        }
+        removed
     }
 
     /// Drop all buffered frames (the client is closing for good). Returns what was unsent.

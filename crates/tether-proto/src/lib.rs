@@ -59,6 +59,7 @@ pub mod info;
 pub mod op;
 pub mod outbound;
 pub mod subject;
+pub mod time;
 
 #[doc(hidden)]
 pub mod fuzzing;

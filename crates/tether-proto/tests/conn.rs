@@ -335,6 +335,129 @@ fn a_poison_frame_cut_in_half_is_removed_not_resent() {
     assert_eq!(h.conn.buffered().msgs, 0, "never resent");
 }
 
+/// Publishes `subject` with a 100-byte payload and returns its frame length.
+fn pub100(h: &mut Harness, subject: &str) -> usize {
+    h.conn
+        .publish(subject, None, None, &[b'x'; 100], FrameKind::Pub)
+        .unwrap();
+    tether_proto::encode::pub_frame_len(subject, None, None, 100)
+}
+
+/// Everything written after a reconnect, as text.
+fn reconnect_and_write(h: &mut Harness) -> String {
+    h.handshake();
+    String::from_utf8_lossy(&h.written()).into_owned()
+}
+
+#[test]
+fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
+    // B10: the chunk holds [a (half written), b, c]; the -ERR names our bytes. Bytes the
+    // driver reports written afterwards are not counted: b and c are resent whole, only a
+    // (the likely poison) is removed, and nothing is reported unconfirmed twice.
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let a = pub100(&mut h, "a");
+    pub100(&mut h, "b");
+    pub100(&mut h, "c");
+    let chunk = h.conn.poll_transmit(h.now).unwrap();
+    h.conn.handle_written(h.now, a / 2);
+    h.read(b"-ERR 'Maximum Payload Violation'\r\n");
+    assert!(!h.conn.may_write(), "a closing -ERR stops the writer");
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::FramesRemoved { counts, .. }
+            if counts.msgs == 1 && counts.bytes == a as u64)),
+        "only the partial frame is removed: {ev:?}"
+    );
+    // A driver that kept writing: ignored.
+    h.conn.handle_written(h.now, chunk.len() - a / 2);
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. }
+            if unconfirmed.msgs == 0)),
+        "{ev:?}"
+    );
+    assert_eq!(h.conn.buffered().msgs, 2, "b and c wait for the next link");
+    let out = reconnect_and_write(&mut h);
+    assert!(
+        !out.contains("PUB a ") && out.contains("PUB b ") && out.contains("PUB c "),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
+    // B10: the half-written front is a PING, not a publish: no publish is the poison, and
+    // the rewind must not drop the innocent PUB behind it.
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn.flush(7);
+    pub100(&mut h, "b");
+    let _chunk = h.conn.poll_transmit(h.now).unwrap();
+    h.conn.handle_written(h.now, 3); // half of "PING\r\n"
+    h.read(b"-ERR 'Unknown Protocol Operation'\r\n");
+    let ev = h.events();
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, ConnEvent::FramesRemoved { .. })),
+        "{ev:?}"
+    );
+    h.conn.handle_link_lost(h.now, None);
+    assert_eq!(h.conn.buffered().msgs, 1, "b stays");
+    let out = reconnect_and_write(&mut h);
+    assert!(out.contains("PUB b "), "{out}");
+}
+
+#[test]
+fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
+    // S8: a server that sends PINGs but never reads our PONGs.
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let ping = b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS + 10);
+    h.read(&ping);
+    let ev = h.events();
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            ConnEvent::Disconnected {
+                reason: DisconnectReason::PongBacklog { .. },
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    // Written PONGs are not a backlog: a server that reads is answered forever.
+    let mut h = Harness::new(quick());
+    h.handshake();
+    for _ in 0..3 {
+        h.read(&b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS - 1));
+        h.written();
+    }
+    assert!(h.conn.is_up());
+}
+
+#[test]
+fn removed_requests_are_never_sent() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn
+        .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
+        .unwrap();
+    h.conn
+        .publish("svc", Some("_INBOX.x.2"), None, b"2", FrameKind::Request(2))
+        .unwrap();
+    let removed = h.conn.remove_requests(|t| t == 1);
+    assert_eq!(removed.msgs, 1);
+    let out = String::from_utf8(h.written()).unwrap();
+    assert!(
+        !out.contains("_INBOX.x.1") && out.contains("_INBOX.x.2"),
+        "{out}"
+    );
+}
+
 #[test]
 fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
     let mut h = Harness::new(quick());
