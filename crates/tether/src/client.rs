@@ -25,7 +25,7 @@ use crate::message::Message;
 use crate::options::{ConnectOptions, ConnectPolicy, OverflowPolicy};
 use crate::server_pool::{ServerAddr, ServerPool};
 use crate::stats::Statistics;
-use crate::subscription::{Ended, SubQueue, Subscriber};
+use crate::subscription::{Ended, SubQueue, SubscribeOptions, Subscriber};
 
 /// What `close()` left behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +74,31 @@ impl Drop for ClientRef {
             drop(inner);
             finish(&self.shared, ClosedReason::Requested);
         }
+    }
+}
+
+/// `t + d`, never overflowing (a caller may pass `Duration::MAX` for "no timeout").
+fn later_tokio(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    tether_proto::time::saturating_add(t.into_std(), d).into()
+}
+
+/// Removes a request that ends without its reply being routed (timeout, error, or the
+/// caller dropping the future): its entry, and its frame if still unsent.
+struct RequestGuard<'a> {
+    shared: &'a Shared,
+    token: u64,
+    armed: bool,
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut inner = self.shared.lock("request end");
+        inner.requests.remove(&self.token);
+        let token = self.token;
+        inner.conn.remove_requests(|t| t == token);
     }
 }
 
@@ -129,7 +154,7 @@ impl Client {
         opts: ConnectOptions,
         servers: Vec<ServerAddr>,
     ) -> Result<Client, ConnectError> {
-        tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let now = Instant::now();
         let mut rng = rand::thread_rng();
         let pool = ServerPool::new(
@@ -182,6 +207,9 @@ impl Client {
                 closed_report: CloseReport::default(),
                 draining_pubs: false,
                 high_water: 0,
+                close_as: None,
+                high_water_bytes: 0,
+                outage_since: None,
                 refused: (0, 0),
                 overflow_reported_at: None,
                 force_reconnect: false,
@@ -191,6 +219,7 @@ impl Client {
                 switch_request: None,
                 jwt: None,
                 jwt_refresh_at: None,
+                expiring_reported: false,
                 direct: None,
             }),
             wake: Notify::new(),
@@ -200,6 +229,7 @@ impl Client {
             events: hub,
             opts,
             counters,
+            runtime,
         });
         let client = Client {
             inner: Arc::new(ClientRef { shared }),
@@ -209,7 +239,7 @@ impl Client {
             ConnectPolicy::Retry => {
                 let shared = client.shared().clone();
                 shared.lock("connect").driver_started = true;
-                tokio::spawn(driver::run(shared, None));
+                driver::spawn(shared, None);
             }
             ConnectPolicy::Lazy => {}
         }
@@ -253,7 +283,7 @@ impl Client {
                         server: addr.to_string(),
                         collapsed: 0,
                     });
-                    tokio::spawn(driver::run(shared.clone(), Some(est.stream)));
+                    driver::spawn(shared.clone(), Some(est.stream));
                     shared.connected.notify_waiters();
                     return Ok(());
                 }
@@ -278,7 +308,9 @@ impl Client {
         shared.set_state(&mut inner, State::Connecting);
         drop(inner);
         let client = self.clone();
-        tokio::spawn(async move {
+        // On the runtime the client was created on: try_publish may be called from any
+        // thread, inside a runtime or not (B13).
+        shared.runtime.spawn(async move {
             let result = client.first_connect().await;
             let shared = client.shared();
             let mut inner = shared.lock("lazy");
@@ -289,10 +321,17 @@ impl Client {
                     shared.set_state(&mut inner, State::Idle);
                 }
                 // Waiters blocked on this attempt fail now rather than at their timeouts.
-                for (_, tx) in inner.flushes.drain() {
+                let flushes: Vec<_> = inner.flushes.drain().collect();
+                for (token, tx) in flushes {
+                    inner.conn.cancel_flush(token);
                     let _ = tx.send(Err(FlushError::Connect(Box::new(e.clone()))));
                 }
-                for (_, r) in inner.requests.drain() {
+                // Requests told "not published" must never go out later (B6).
+                let failed: Vec<_> = inner.requests.drain().collect();
+                inner
+                    .conn
+                    .remove_requests(|t| failed.iter().any(|(f, _)| *f == t));
+                for (_, r) in failed {
                     let _ =
                         r.tx.send(Err(RequestError::Publish(PublishError::Connect(Box::new(
                             e.clone(),
@@ -324,8 +363,9 @@ impl Client {
             None,
             None,
             payload.as_ref(),
-            true,
             FrameKind::Pub,
+            None,
+            &mut None,
         )
         .await
     }
@@ -342,8 +382,9 @@ impl Client {
             Some(reply.as_ref()),
             None,
             payload.as_ref(),
-            true,
             FrameKind::Pub,
+            None,
+            &mut None,
         )
         .await
     }
@@ -360,8 +401,9 @@ impl Client {
             None,
             Some(headers),
             payload.as_ref(),
-            true,
             FrameKind::Pub,
+            None,
+            &mut None,
         )
         .await
     }
@@ -374,8 +416,16 @@ impl Client {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> Result<(), PublishError> {
-        self.publish_inner(subject, reply, headers, payload, true, FrameKind::Pub)
-            .await
+        self.publish_inner(
+            subject,
+            reply,
+            headers,
+            payload,
+            FrameKind::Pub,
+            None,
+            &mut None,
+        )
+        .await
     }
 
     /// Publish without ever waiting: Ok when buffered, else the reason at once.
@@ -399,16 +449,27 @@ impl Client {
         self.ensure_started();
         let shared = self.shared();
         let mut inner = shared.lock("try_publish");
-        self.buffer_publish(&mut inner, subject, reply, headers, payload, FrameKind::Pub)
-            .map_err(|(e, _)| {
-                if matches!(e, PublishError::BufferFull { .. }) {
-                    self.note_refused(&mut inner, subject, reply, headers, payload.len());
-                }
-                e
-            })
+        self.buffer_publish(
+            &mut inner,
+            subject,
+            reply,
+            headers,
+            payload,
+            FrameKind::Pub,
+            &mut None,
+        )
+        .map_err(|(e, _)| {
+            if matches!(e, PublishError::BufferFull { .. }) {
+                self.note_refused(&mut inner, subject, reply, headers, payload.len());
+            }
+            e
+        })
     }
 
-    /// Encode into the buffer, or say why not (and whether waiting could help).
+    /// Encode into the buffer, or say why not (and whether waiting could help). A request
+    /// is registered in the same lock section as its frame is buffered, so a link that
+    /// drops in between cannot fail a request that was never buffered (B11).
+    #[allow(clippy::too_many_arguments)]
     fn buffer_publish(
         &self,
         inner: &mut Inner,
@@ -417,6 +478,7 @@ impl Client {
         headers: Option<&HeaderMap>,
         payload: &[u8],
         kind: FrameKind,
+        request: &mut Option<PendingRequest>,
     ) -> Result<(), (PublishError, bool)> {
         let shared = self.shared();
         match inner.state {
@@ -427,11 +489,15 @@ impl Client {
         match inner.conn.publish(subject, reply, headers, payload, kind) {
             Ok(()) => {
                 let c = inner.conn.buffered();
+                inner.high_water_bytes = inner.high_water_bytes.max(c.bytes);
                 let limits = inner.conn.config().buffer;
                 if c.bytes * 2 >= limits.max_bytes as u64 || c.msgs * 2 >= limits.max_msgs as u64 {
                     self.high_water(inner, c, limits);
                 }
-                if matches!(kind, FrameKind::Request(_)) {
+                if let FrameKind::Request(token) = kind {
+                    if let Some(r) = request.take() {
+                        inner.requests.insert(token, r);
+                    }
                     // Latency path: put the request on the wire from this thread.
                     driver::try_direct_write(inner);
                 }
@@ -464,10 +530,6 @@ impl Client {
         limits: tether_proto::outbound::BufferLimits,
     ) {
         let shared = self.shared();
-        shared
-            .counters
-            .buffer_high_water_bytes
-            .fetch_max(c.bytes, std::sync::atomic::Ordering::Relaxed);
         let pct = percent(c, limits);
         for t in [90u8, 75, 50] {
             if pct >= t {
@@ -511,14 +573,18 @@ impl Client {
         driver::report_overflow_if_due(self.shared(), inner);
     }
 
+    /// Buffer a frame, waiting for room up to block_deadline (or `deadline`, if earlier)
+    /// where the policy allows. `request` is registered when the frame is buffered.
+    #[allow(clippy::too_many_arguments)]
     async fn publish_inner(
         &self,
         subject: &str,
         reply: Option<&str>,
         headers: Option<&HeaderMap>,
         payload: &[u8],
-        wait: bool,
         kind: FrameKind,
+        deadline: Option<tokio::time::Instant>,
+        request: &mut Option<PendingRequest>,
     ) -> Result<(), PublishError> {
         validate_publish(subject, reply, headers)?;
         self.ensure_started();
@@ -526,9 +592,9 @@ impl Client {
         // Fast path: no waiter registration unless the buffer is full.
         {
             let mut inner = shared.lock("publish");
-            match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind) {
+            match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind, request) {
                 Ok(()) => return Ok(()),
-                Err((e, can_wait)) if !(wait && can_wait) => {
+                Err((e, can_wait)) if !can_wait => {
                     if matches!(e, PublishError::BufferFull { .. }) {
                         self.note_refused(&mut inner, subject, reply, headers, payload.len());
                     }
@@ -537,17 +603,20 @@ impl Client {
                 Err(_) => {}
             }
         }
+        let limit = deadline;
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let notified = shared.space.notified();
             let mut notified = pin!(notified);
             {
                 let mut inner = shared.lock("publish");
-                match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind) {
+                match self
+                    .buffer_publish(&mut inner, subject, reply, headers, payload, kind, request)
+                {
                     Ok(()) => return Ok(()),
                     Err((e, can_wait)) => {
                         let expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                        if !(wait && can_wait) || expired {
+                        if !can_wait || expired {
                             if matches!(e, PublishError::BufferFull { .. }) {
                                 self.note_refused(
                                     &mut inner,
@@ -566,8 +635,10 @@ impl Client {
                     }
                 }
             }
-            let d = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + shared.opts.block_deadline);
+            let d = *deadline.get_or_insert_with(|| {
+                let block = later_tokio(tokio::time::Instant::now(), shared.opts.block_deadline);
+                limit.map_or(block, |l| l.min(block))
+            });
             let _ = tokio::time::timeout_at(d, notified).await;
         }
     }
@@ -577,7 +648,18 @@ impl Client {
     /// Subscribe to `subject` (wildcards `*` and `>` allowed as whole tokens).
     #[allow(clippy::unused_async)] // async so that Lazy connects and future checks can wait
     pub async fn subscribe(&self, subject: impl AsRef<str>) -> Result<Subscriber, SubscribeError> {
-        self.subscribe_inner(subject.as_ref(), None)
+        self.subscribe_inner(subject.as_ref(), &SubscribeOptions::new())
+    }
+
+    /// Subscribe with options: a queue group and pending limits of its own (see
+    /// [`SubscribeOptions`]).
+    #[allow(clippy::unused_async)] // async so that Lazy connects and future checks can wait
+    pub async fn subscribe_with(
+        &self,
+        subject: impl AsRef<str>,
+        options: SubscribeOptions,
+    ) -> Result<Subscriber, SubscribeError> {
+        self.subscribe_inner(subject.as_ref(), &options)
     }
 
     /// Subscribe as a member of queue group `queue`.
@@ -587,14 +669,28 @@ impl Client {
         subject: impl AsRef<str>,
         queue: impl AsRef<str>,
     ) -> Result<Subscriber, SubscribeError> {
-        self.subscribe_inner(subject.as_ref(), Some(queue.as_ref()))
+        self.subscribe_inner(
+            subject.as_ref(),
+            &SubscribeOptions::new().queue(queue.as_ref()),
+        )
     }
 
     fn subscribe_inner(
         &self,
         subj: &str,
-        queue: Option<&str>,
+        options: &SubscribeOptions,
     ) -> Result<Subscriber, SubscribeError> {
+        let queue = options.queue.as_deref();
+        let (pending_msgs, pending_bytes) = options.pending.unwrap_or((
+            self.shared().opts.pending_msgs,
+            self.shared().opts.pending_bytes,
+        ));
+        if pending_msgs == 0 || pending_bytes == 0 {
+            return Err(SubscribeError::InvalidPendingLimits {
+                msgs: pending_msgs,
+                bytes: pending_bytes,
+            });
+        }
         subject::validate_subscribe_subject(subj)?;
         if let Some(q) = queue {
             subject::validate_queue_group(q)?;
@@ -617,8 +713,8 @@ impl Client {
         let q = Arc::new(SubQueue::new(
             sid,
             subj.to_owned(),
-            shared.opts.pending_msgs,
-            shared.opts.pending_bytes,
+            pending_msgs,
+            pending_bytes,
             shared.events.clone(),
             shared.counters.slow_consumer_dropped.clone(),
         ));
@@ -676,8 +772,14 @@ impl Client {
         validate_publish(subject, None, headers)?;
         self.ensure_started();
         let start = tokio::time::Instant::now();
+        let deadline = later_tokio(start, timeout);
         let shared = self.shared();
-        let (token, reply, rx) = {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = Some(PendingRequest {
+            subject: subject.to_owned(),
+            tx,
+        });
+        let (token, reply) = {
             let mut inner = shared.lock("request");
             if inner.state == State::Closed {
                 return Err(RequestError::Closed);
@@ -695,15 +797,18 @@ impl Client {
                 "{}{token}",
                 inner.mux.as_ref().map_or("", |m| m.prefix.as_str())
             );
-            let (tx, rx) = oneshot::channel();
-            inner.requests.insert(
-                token,
-                PendingRequest {
-                    subject: subject.to_owned(),
-                    tx,
-                },
-            );
-            (token, reply, rx)
+            (token, reply)
+        };
+        // From here a dropped future (a caller's timeout or select!) leaves nothing behind:
+        // the entry goes, and so does the frame if it was not written yet (B5).
+        let mut guard = RequestGuard {
+            shared,
+            token,
+            armed: true,
+        };
+        let timed_out = || RequestError::Timeout {
+            subject: subject.to_owned(),
+            elapsed: start.elapsed(),
         };
         if let Err(e) = self
             .publish_inner(
@@ -711,25 +816,29 @@ impl Client {
                 Some(&reply),
                 headers,
                 payload,
-                true,
                 FrameKind::Request(token),
+                Some(deadline),
+                &mut pending,
             )
             .await
         {
-            shared.lock("request").requests.remove(&token);
+            // The request timeout bounds the wait for buffer room too (B12).
+            if matches!(e, PublishError::BufferFull { .. })
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(timed_out());
+            }
             return Err(RequestError::Publish(e));
         }
-        match tokio::time::timeout_at(start + timeout, rx).await {
+        let result = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RequestError::Closed),
-            Err(_) => {
-                shared.lock("request").requests.remove(&token);
-                Err(RequestError::Timeout {
-                    subject: subject.to_owned(),
-                    elapsed: start.elapsed(),
-                })
-            }
-        }
+            // The guard removes the entry and a frame still unsent: a timed-out request
+            // is never sent later.
+            Err(_) => return Err(timed_out()),
+        };
+        guard.armed = false;
+        result
     }
 
     // ===== flush, drain, close =====
@@ -759,7 +868,7 @@ impl Client {
             shared.wake_driver(&mut inner);
             (token, rx, idle)
         };
-        match tokio::time::timeout_at(start + timeout, rx).await {
+        match tokio::time::timeout_at(later_tokio(start, timeout), rx).await {
             Ok(Ok(r)) => {
                 if r.is_ok() && idle {
                     shared.counters.rtt_nanos.store(
@@ -818,8 +927,28 @@ impl Client {
     /// `Draining`), unsubscribe the request mux, and close. Bounded by drain_timeout.
     pub async fn drain(&self) -> Result<DrainReport, DrainError> {
         let shared = self.shared();
-        let deadline = tokio::time::Instant::now() + shared.opts.drain_timeout;
+        let deadline = later_tokio(tokio::time::Instant::now(), shared.opts.drain_timeout);
         let mut report = DrainReport::default();
+        // Lazy, never connected (or its attempt failed): no server holds a subscription.
+        // With nothing buffered there is nothing to drain (B9); otherwise connect first so
+        // the buffered publishes go out.
+        let idle = {
+            let inner = shared.lock("drain");
+            match inner.state {
+                State::Closed => return Err(DrainError::Closed),
+                State::Idle => Some(inner.conn.buffered().msgs == 0),
+                _ => None,
+            }
+        };
+        match idle {
+            Some(true) => {
+                let closed = self.close().await;
+                report.unsent_msgs = closed.unsent_msgs;
+                return Ok(report);
+            }
+            Some(false) => self.start_lazy(),
+            None => {}
+        }
         let drained: Vec<Arc<SubQueue>> = {
             let mut inner = shared.lock("drain");
             if inner.state == State::Closed {
@@ -833,9 +962,14 @@ impl Client {
             shared.wake_driver(&mut inner);
             subs
         };
+        // A flush that cannot succeed (the lazy attempt failed, the client closed) ends the
+        // drain at once instead of waiting out drain_timeout.
+        let mut unreachable = false;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if self.flush_within(left).await.is_err() {
-            report.timed_out = true;
+        match self.flush_within(left).await {
+            Ok(()) => {}
+            Err(FlushError::Connect(_) | FlushError::Closed) => unreachable = true,
+            Err(_) => report.timed_out = true,
         }
         {
             let mut inner = shared.lock("drain");
@@ -850,8 +984,12 @@ impl Client {
             }
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() || self.flush_within(left).await.is_err() {
-            report.timed_out = true;
+        if !unreachable {
+            match self.flush_within(left).await {
+                Ok(()) if !left.is_zero() => {}
+                Err(FlushError::Connect(_) | FlushError::Closed) => {}
+                _ => report.timed_out = true,
+            }
         }
         {
             let mut inner = shared.lock("drain");
@@ -862,6 +1000,9 @@ impl Client {
         for q in &drained {
             report.delivered += q.received.load(std::sync::atomic::Ordering::Relaxed);
             report.dropped += q.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        if report.timed_out {
+            shared.lock("drain").close_as = Some(ClosedReason::DrainTimeout);
         }
         let closed = self.close().await;
         report.unsent_msgs = closed.unsent_msgs;

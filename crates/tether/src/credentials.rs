@@ -64,6 +64,14 @@ impl JwtTimes {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// How long ago it expired (zero when it has not).
+    pub(crate) fn expired_for(self, now: SystemTime) -> Duration {
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.expires_at))
+            .and_then(|exp| now.duration_since(exp).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Time left before expiry (zero when expired).
     pub(crate) fn expires_in(self, now: SystemTime) -> Duration {
         UNIX_EPOCH

@@ -165,6 +165,14 @@ pub enum SubscribeError {
     /// The server refused it: too many subscriptions.
     #[error("the server refused the subscription: {0}")]
     MaxSubscriptionsExceeded(String),
+    /// Pending limits of zero would drop every message.
+    #[error("pending limits of {msgs} messages / {bytes} bytes would drop every message; allow at least 1 of each (usize::MAX for no bound)")]
+    InvalidPendingLimits {
+        /// The message limit given.
+        msgs: usize,
+        /// The byte limit given.
+        bytes: usize,
+    },
     /// The client is closed or draining.
     #[error("the client is closed")]
     Closed,
@@ -202,6 +210,18 @@ pub enum RequestError {
     /// The server denied publishing the request.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The server refused the subscription of the reply inbox (permissions on
+    /// `<inbox_prefix>.>`, or too many subscriptions): no reply can arrive. The next
+    /// request subscribes a new inbox.
+    #[error("the reply inbox for the request to {subject} was refused: {message} (the request may have been processed: {maybe_processed}); allow subscribing to the inbox prefix or set inbox_prefix")]
+    InboxDenied {
+        /// The request subject.
+        subject: String,
+        /// The server's text.
+        message: String,
+        /// True when the request's frame was written, so a responder may have acted on it.
+        maybe_processed: bool,
+    },
     /// The request could not be published.
     #[error(transparent)]
     Publish(#[from] PublishError),

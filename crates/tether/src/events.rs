@@ -48,8 +48,11 @@ pub enum ClosedReason {
     Disconnected(String),
     /// Every server left the pool (max_reconnects reached or auth failures).
     PoolExhausted(String),
-    /// Drain timed out.
+    /// `drain()` reached drain_timeout before it completed, and closed the client.
     DrainTimeout,
+    /// The connection's driver task failed (a panic, for example in a user callback such
+    /// as `reconnect_delay`); every waiter was failed at once.
+    DriverFailed(String),
 }
 
 impl std::fmt::Display for ClosedReason {
@@ -59,6 +62,7 @@ impl std::fmt::Display for ClosedReason {
             Self::Disconnected(r) => write!(f, "disconnected and reconnecting is off: {r}"),
             Self::PoolExhausted(r) => write!(f, "no server left to try: {r}"),
             Self::DrainTimeout => f.write_str("drain timed out"),
+            Self::DriverFailed(e) => write!(f, "the connection driver failed: {e}"),
         }
     }
 }
@@ -182,6 +186,17 @@ pub enum EventKind {
         expires_in: Duration,
         /// Why no fresher credentials were used.
         reason: String,
+    },
+    /// The server refuses the credentials and the user JWT they hold has expired (it
+    /// answers a plain `Authorization Violation` at CONNECT). Such refusals are never auth
+    /// strikes: the client keeps retrying at its backoff, reading the credentials (the
+    /// creds file) again at every attempt, so a fresh file is picked up on the next one.
+    /// Emitted at the first such refusal in a row.
+    CredentialsExpired {
+        /// The server.
+        server: String,
+        /// How long ago the JWT expired.
+        expired_for: Duration,
     },
     /// A subscription started dropping messages.
     SlowConsumer {
@@ -337,6 +352,15 @@ impl std::fmt::Display for EventKind {
                 f,
                 "user JWT for {server} expires in {}s: {reason}",
                 expires_in.as_secs()
+            ),
+            Self::CredentialsExpired {
+                server,
+                expired_for,
+            } => write!(
+                f,
+                "{server} refuses the user JWT, which expired {}s ago: retrying at the backoff \
+                 with the credentials read again at every attempt; provide fresh credentials",
+                expired_for.as_secs()
             ),
             Self::SlowConsumer {
                 subject,
@@ -780,6 +804,14 @@ fn log(event: &EventKind) {
             reason = %reason,
             "user JWT about to expire"
         ),
+        EventKind::CredentialsExpired {
+            server,
+            expired_for,
+        } => tracing::error!(
+            server = %server,
+            expired_for_s = expired_for.as_secs(),
+            "the server refuses the expired user JWT; retrying with credentials read again"
+        ),
         EventKind::SlowConsumer {
             subject,
             sid,
@@ -821,14 +853,15 @@ fn log(event: &EventKind) {
             unsent_bytes,
             unconfirmed_msgs,
             unconfirmed_bytes,
-        } => tracing::info!(
+        } if *unsent_msgs > 0 || *unconfirmed_msgs > 0 => tracing::warn!(
             reason = %reason,
             unsent_msgs,
             unsent_bytes,
             unconfirmed_msgs,
             unconfirmed_bytes,
-            "closed"
+            "closed with messages unsent or unconfirmed"
         ),
+        EventKind::Closed { reason, .. } => tracing::info!(reason = %reason, "closed"),
     }
 }
 

@@ -55,7 +55,7 @@ pub use events::{ClosedReason, Event, EventKind, Events, State};
 pub use message::Message;
 pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
 pub use stats::Statistics;
-pub use subscription::Subscriber;
+pub use subscription::{SubscribeOptions, Subscriber};
 pub use tether_proto::{HeaderMap, StatusCode, Subject};
 
 /// Connect with default options. See [`ConnectOptions::connect`].

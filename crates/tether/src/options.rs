@@ -67,6 +67,18 @@ pub const DEFAULT_LDM_JITTER: Duration = Duration::from_secs(5);
 /// Default for [`ConnectOptions::ldm_overlap`].
 pub const DEFAULT_LDM_OVERLAP: Duration = Duration::from_secs(1);
 
+/// Upper bound of the timeouts and intervals (connection_timeout, ping_interval,
+/// pong_timeout, write_stall_timeout, confirm_interval, block_deadline, drain_timeout,
+/// flush_timeout, request_timeout): 24 hours. Larger values are rejected when the options
+/// are built; they are almost always a unit mistake, and "never" is better said by
+/// another option (allow_reconnect, a buffering policy).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Upper bound of the reconnect and lame-duck delays (reconnect_wait,
+/// reconnect_jitter_tls, ldm_jitter, ldm_overlap): 1 hour.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(3600);
+/// Upper bound of jwt_refresh_lead: 365 days.
+pub const MAX_JWT_REFRESH_LEAD: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What `connect` does when the first attempt fails (DESIGN semantics 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConnectPolicy {
@@ -274,7 +286,8 @@ impl ConnectOptions {
         connect_policy: ConnectPolicy
     );
     setter!(
-        /// Bound on the whole handshake: TCP, INFO, CONNECT and the PONGs. Default: 5 s.
+        /// Bound on the whole handshake: TCP, INFO, CONNECT and the PONGs. Default: 5 s;
+        /// at most [`MAX_TIMEOUT`].
         connection_timeout: Duration
     );
     setter!(
@@ -290,23 +303,36 @@ impl ConnectOptions {
         auth_failure_policy: AuthFailurePolicy
     );
     setter!(
-        /// Backoff cap after the first 10 s of an outage. Default: 2 s.
+        /// The cap of the reconnect backoff, not a fixed wait. After a link drops, the
+        /// first attempt goes out at once; later attempts to a server wait an exponential
+        /// delay from 50 ms with full jitter, capped at 500 ms during the first 10 s of an
+        /// outage (so a server back after a restart is found within about half a second)
+        /// and at `reconnect_wait` after that. It also spaces auth strikes (see
+        /// [`AuthFailurePolicy`]). For the same wait before every retry, use
+        /// [`fixed_reconnect_wait`](Self::fixed_reconnect_wait). Default: 2 s; at most
+        /// [`MAX_RECONNECT_DELAY`].
         reconnect_wait: Duration
     );
     setter!(
-        /// TLS adds a uniform 0..this to every reconnect delay but the first. Default: 1 s.
+        /// Reserved for TLS, which this build does not support yet: it will add a uniform
+        /// 0..this to every reconnect delay but the first when the link uses TLS (a fleet
+        /// then does not hammer a TLS server's handshakes at once). Default: 1 s; at most
+        /// [`MAX_RECONNECT_DELAY`].
         reconnect_jitter_tls: Duration
     );
     setter!(
-        /// Spread of the random wait before moving off a lame-duck server. Default: 5 s.
+        /// Spread of the random wait before moving off a lame-duck server. Default: 5 s;
+        /// at most [`MAX_RECONNECT_DELAY`].
         ldm_jitter: Duration
     );
     setter!(
-        /// How long the old link's subscriptions are kept after a planned switch. Default: 1 s.
+        /// How long the old link's subscriptions are kept after a planned switch.
+        /// Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
         ldm_overlap: Duration
     );
     setter!(
-        /// A PING goes out after this long without inbound bytes. Default: 30 s.
+        /// A PING goes out after this long without inbound bytes. Default: 30 s; at most
+        /// [`MAX_TIMEOUT`].
         ping_interval: Duration
     );
     setter!(
@@ -315,7 +341,7 @@ impl ConnectOptions {
     );
     setter!(
         /// Data pending and no byte accepted by the socket for this long marks the link
-        /// stale. Default: 10 s.
+        /// stale. Default: 10 s; positive, at most [`MAX_TIMEOUT`].
         write_stall_timeout: Duration
     );
     setter!(
@@ -327,7 +353,7 @@ impl ConnectOptions {
         overflow: OverflowPolicy
     );
     setter!(
-        /// How long `publish().await` waits for room. Default: 5 s.
+        /// How long `publish().await` waits for room. Default: 5 s; at most [`MAX_TIMEOUT`].
         block_deadline: Duration
     );
     setter!(
@@ -336,7 +362,8 @@ impl ConnectOptions {
         resend_unconfirmed: bool
     );
     setter!(
-        /// While unconfirmed data exists, a confirm PING at least this often. Default: 1 s.
+        /// While unconfirmed data exists, a confirm PING at least this often. Default: 1 s;
+        /// positive, at most [`MAX_TIMEOUT`].
         confirm_interval: Duration
     );
     setter!(
@@ -356,15 +383,17 @@ impl ConnectOptions {
         max_inbound_payload: usize
     );
     setter!(
-        /// Time bound of `drain()`. Default: 30 s.
+        /// Time bound of `drain()`. Default: 30 s; at most [`MAX_TIMEOUT`].
         drain_timeout: Duration
     );
     setter!(
-        /// Time bound of `flush()` and of the flush inside `close()`. Default: 10 s.
+        /// Time bound of `flush()` and of the flush inside `close()`. Default: 10 s; at most
+        /// [`MAX_TIMEOUT`].
         flush_timeout: Duration
     );
     setter!(
-        /// Default request timeout. Default: 10 s.
+        /// Default request timeout. Default: 10 s; at most [`MAX_TIMEOUT`] (a per-call
+        /// timeout given to `request_with` may be anything, `Duration::MAX` included).
         request_timeout: Duration
     );
     setter!(
@@ -377,7 +406,7 @@ impl ConnectOptions {
     );
 
     /// How long a written PING may wait for its PONG. Default: the smaller of 10 s and
-    /// the ping interval.
+    /// the ping interval; at most [`MAX_TIMEOUT`].
     #[must_use]
     pub fn pong_timeout(mut self, value: Duration) -> Self {
         self.pong_timeout = Some(value);
@@ -447,14 +476,19 @@ impl ConnectOptions {
     /// make-before-break switch (`EventKind::Migrated`); if not, it emits
     /// `EventKind::CredentialsExpiring` and waits for the server to end the link, then
     /// reconnects at once with credentials read again. Default: none set, which means
-    /// min(max(30 s, 10 % of the JWT's lifetime), 50 % of it).
+    /// min(max(30 s, 10 % of the JWT's lifetime), 50 % of it); at most
+    /// [`MAX_JWT_REFRESH_LEAD`].
     #[must_use]
     pub fn jwt_refresh_lead(mut self, lead: Duration) -> Self {
         self.jwt_refresh_lead = Some(lead);
         self
     }
 
-    /// A custom reconnect delay, overriding the backoff.
+    /// A custom reconnect delay, overriding the backoff: `f(server, consecutive failures,
+    /// time since the outage began)` returns the wait before the next attempt to that
+    /// server (the first attempt after a link drops still goes out at once). It runs on
+    /// the connection's task: keep it quick, and do not panic (a panic closes the client
+    /// with `ClosedReason::DriverFailed`).
     #[must_use]
     pub fn reconnect_delay(
         mut self,
@@ -462,6 +496,14 @@ impl ConnectOptions {
     ) -> Self {
         self.reconnect_delay = Some(Arc::new(f));
         self
+    }
+
+    /// The same wait before every reconnect attempt to a server, instead of the jittered
+    /// backoff (the first attempt after a link drops still goes out at once). Shorthand
+    /// for [`reconnect_delay`](Self::reconnect_delay) returning `wait`.
+    #[must_use]
+    pub fn fixed_reconnect_wait(self, wait: Duration) -> Self {
+        self.reconnect_delay(move |_, _, _| wait)
     }
 
     /// A callback for every event. It runs on its own task, so a slow callback never
@@ -519,6 +561,53 @@ impl ConnectOptions {
                     "refresh ahead of expiry: use a positive lead such as 30s, or leave the default"
                         .into(),
             });
+        }
+        let bounded = [
+            ("connection_timeout", self.connection_timeout, MAX_TIMEOUT),
+            ("ping_interval", self.ping_interval, MAX_TIMEOUT),
+            ("pong_timeout", self.effective_pong_timeout(), MAX_TIMEOUT),
+            ("write_stall_timeout", self.write_stall_timeout, MAX_TIMEOUT),
+            ("confirm_interval", self.confirm_interval, MAX_TIMEOUT),
+            ("block_deadline", self.block_deadline, MAX_TIMEOUT),
+            ("drain_timeout", self.drain_timeout, MAX_TIMEOUT),
+            ("flush_timeout", self.flush_timeout, MAX_TIMEOUT),
+            ("request_timeout", self.request_timeout, MAX_TIMEOUT),
+            ("reconnect_wait", self.reconnect_wait, MAX_RECONNECT_DELAY),
+            (
+                "reconnect_jitter_tls",
+                self.reconnect_jitter_tls,
+                MAX_RECONNECT_DELAY,
+            ),
+            ("ldm_jitter", self.ldm_jitter, MAX_RECONNECT_DELAY),
+            ("ldm_overlap", self.ldm_overlap, MAX_RECONNECT_DELAY),
+            (
+                "jwt_refresh_lead",
+                self.jwt_refresh_lead.unwrap_or_default(),
+                MAX_JWT_REFRESH_LEAD,
+            ),
+        ];
+        for (option, value, max) in bounded {
+            if value > max {
+                return Err(OptionsError::Invalid {
+                    option,
+                    value: format!("{value:?}"),
+                    fix: format!(
+                        "the bound is {max:?}; a larger value is almost always a unit mistake"
+                    ),
+                });
+            }
+        }
+        for (option, value) in [
+            ("write_stall_timeout", self.write_stall_timeout),
+            ("confirm_interval", self.confirm_interval),
+        ] {
+            if value.is_zero() {
+                return Err(OptionsError::Invalid {
+                    option,
+                    value: "0s".into(),
+                    fix: "use a positive duration (every write would count as a stall or call for a PING)".into(),
+                });
+            }
         }
         if self.max_pings_outstanding == 0 {
             return contradiction(

@@ -36,9 +36,16 @@ impl ServerAddr {
         };
         let url = url::Url::parse(&with_scheme).map_err(|e| format!("`{input}`: {e}"))?;
         let scheme = url.scheme().to_ascii_lowercase();
-        if !matches!(scheme.as_str(), "nats" | "tls") {
+        if scheme == "tls" {
+            // Never dial a tls:// server in plaintext: credentials would go out in clear.
             return Err(format!(
-                "`{input}`: unsupported scheme `{scheme}`; use nats:// (tls:// comes later)"
+                "`{input}`: TLS is not supported yet by this tether build, and a tls:// \
+                 server is never contacted in plaintext; use nats:// for a server without TLS"
+            ));
+        }
+        if scheme != "nats" {
+            return Err(format!(
+                "`{input}`: unsupported scheme `{scheme}`; use nats:// (TLS is not supported yet)"
             ));
         }
         let host = url
@@ -67,11 +74,6 @@ impl ServerAddr {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// True for `tls://`.
-    pub fn is_tls(&self) -> bool {
-        self.scheme == "tls"
     }
 
     /// User (or token, when no password is given) from the URL.
@@ -198,6 +200,35 @@ pub struct PoolEntry {
     pub strike_credentials: Option<u64>,
     /// In lame duck mode: not tried while set.
     pub lame_duck: bool,
+    /// The last attempt was refused while the user JWT it used had expired.
+    pub expired_refused: bool,
+}
+
+/// What an attempt's failure means for the auth rules of DESIGN semantics 5, as decided by
+/// [`ServerPool::record_auth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Not an auth refusal (refused connection, timeout, ...): strikes count only in a row,
+    /// so any strike count starts over.
+    NotAuth,
+    /// A transient refusal (authentication timeout, connection limits, throttling): back
+    /// off, no strike; the strike count starts over too.
+    Transient,
+    /// `Authorization Violation` or `User Authentication Revoked`: the strikes in a row
+    /// with these credentials, this one included.
+    Strike {
+        /// Strikes in a row.
+        strikes: u32,
+    },
+    /// `User/Account Authentication Expired`: reconnect at once with credentials read again.
+    Expired,
+    /// Refused while the user JWT in use is past its `exp` (the server answers a plain
+    /// `Authorization Violation`): never a strike; retry at the backoff, reading the
+    /// credentials again each time.
+    ExpiredRefused {
+        /// True for the first refusal of this kind in a row.
+        first: bool,
+    },
 }
 
 /// The pool.
@@ -231,6 +262,7 @@ impl ServerPool {
                 last_strike: None,
                 strike_credentials: None,
                 lame_duck: false,
+                expired_refused: false,
             });
         }
         if !no_randomize {
@@ -320,7 +352,8 @@ impl ServerPool {
     pub fn record_failure(&mut self, i: usize, now: Instant, delay: Duration) -> Option<PoolEntry> {
         let e = self.entries.get_mut(i)?;
         e.failures += 1;
-        e.due = now + delay;
+        // A user's reconnect_delay may return anything: never overflow.
+        e.due = tether_proto::time::saturating_add(now, delay);
         if self.max_reconnects.is_some_and(|m| e.failures >= m) {
             return Some(self.entries.remove(i));
         }
@@ -332,12 +365,75 @@ impl ServerPool {
         (i < self.entries.len()).then(|| self.entries.remove(i))
     }
 
-    /// Record auth strikes for `i`, against the credentials identified by `credentials`.
-    pub fn set_strikes(&mut self, i: usize, strikes: u32, now: Instant, credentials: Option<u64>) {
-        if let Some(e) = self.entries.get_mut(i) {
-            e.auth_strikes = strikes;
-            e.last_strike = Some(now);
-            e.strike_credentials = credentials;
+    /// Apply the auth rules of DESIGN semantics 5 to a failed attempt on `i`. `class` is
+    /// the server's -ERR class (None when the attempt failed otherwise), `credentials`
+    /// identifies the credentials used, `jwt_expired` says whether the user JWT they held
+    /// was already past its `exp`. Strikes count in a row, at least `reconnect_wait`
+    /// apart, with unchanged credentials.
+    pub fn record_auth(
+        &mut self,
+        i: usize,
+        class: Option<tether_proto::conn::AuthErrorClass>,
+        credentials: Option<u64>,
+        jwt_expired: bool,
+        now: Instant,
+        reconnect_wait: Duration,
+    ) -> AuthVerdict {
+        use tether_proto::conn::AuthErrorClass;
+        let Some(e) = self.entries.get_mut(i) else {
+            return AuthVerdict::NotAuth;
+        };
+        let was_expired_refused = std::mem::take(&mut e.expired_refused);
+        let clear = |e: &mut PoolEntry| {
+            e.auth_strikes = 0;
+            e.last_strike = None;
+            e.strike_credentials = None;
+        };
+        let mut class = class;
+        if class == Some(AuthErrorClass::Expired) {
+            // Expired again with the very same credentials is a strike.
+            if e.last_strike.is_some() && e.strike_credentials == credentials {
+                class = Some(AuthErrorClass::Strike);
+            } else {
+                e.last_strike = Some(now);
+                e.strike_credentials = credentials;
+                return AuthVerdict::Expired;
+            }
+        }
+        match class {
+            Some(AuthErrorClass::Strike) if jwt_expired => {
+                clear(e);
+                e.expired_refused = true;
+                AuthVerdict::ExpiredRefused {
+                    first: !was_expired_refused,
+                }
+            }
+            Some(AuthErrorClass::Strike) => {
+                let same = e.strike_credentials == credentials;
+                let spaced = e
+                    .last_strike
+                    .is_none_or(|t| now.duration_since(t) >= reconnect_wait);
+                let strikes = if !same {
+                    // New credentials (a rotated creds file) start over.
+                    1
+                } else if spaced {
+                    e.auth_strikes + 1
+                } else {
+                    e.auth_strikes.max(1)
+                };
+                e.auth_strikes = strikes;
+                e.last_strike = Some(now);
+                e.strike_credentials = credentials;
+                AuthVerdict::Strike { strikes }
+            }
+            Some(AuthErrorClass::Transient) => {
+                clear(e);
+                AuthVerdict::Transient
+            }
+            _ => {
+                clear(e);
+                AuthVerdict::NotAuth
+            }
         }
     }
 
@@ -397,6 +493,7 @@ impl ServerPool {
                     last_strike: None,
                     strike_credentials: None,
                     lame_duck: false,
+                    expired_refused: false,
                 });
             }
         }
@@ -448,6 +545,77 @@ mod tests {
     }
 
     #[test]
+    fn strikes_count_only_in_a_row_spaced_and_with_the_same_credentials() {
+        use tether_proto::conn::AuthErrorClass::{Expired, Strike, Transient};
+        let now = Instant::now();
+        let wait = Duration::from_secs(2);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let fresh = |rng: &mut SmallRng| ServerPool::new(addrs(&["a:1"]), true, None, now, rng);
+        let s = |n| AuthVerdict::Strike { strikes: n };
+        let t1 = now + Duration::from_millis(500);
+        let t2 = now + Duration::from_secs(3);
+        let t3 = now + Duration::from_secs(6);
+        let t4 = now + Duration::from_secs(9);
+        let mut pool = fresh(&mut rng);
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, now, wait),
+            s(1)
+        );
+        // Too soon: not a second strike.
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, t1, wait),
+            s(1)
+        );
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, t2, wait),
+            s(2)
+        );
+        // B17: a refused connection in between breaks the row.
+        let mut pool = fresh(&mut rng);
+        pool.record_auth(0, Some(Strike), Some(1), false, now, wait);
+        assert_eq!(
+            pool.record_auth(0, None, Some(1), false, t1, wait),
+            AuthVerdict::NotAuth
+        );
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, t2, wait),
+            s(1)
+        );
+        // ... and so does a transient refusal.
+        assert_eq!(
+            pool.record_auth(0, Some(Transient), Some(1), false, t2, wait),
+            AuthVerdict::Transient
+        );
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, t3, wait),
+            s(1)
+        );
+        // New credentials start over.
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(2), false, t4, wait),
+            s(1)
+        );
+        // Expired once reconnects at once; expired again with the same credentials strikes.
+        let mut pool = fresh(&mut rng);
+        assert_eq!(
+            pool.record_auth(0, Some(Expired), Some(1), false, now, wait),
+            AuthVerdict::Expired
+        );
+        assert_eq!(
+            pool.record_auth(0, Some(Expired), Some(1), false, t2, wait),
+            s(1)
+        );
+        // S6: refusals of an expired JWT are never strikes, however many.
+        let mut pool = fresh(&mut rng);
+        for (k, t) in [now, t2, t3, t4].into_iter().enumerate() {
+            assert_eq!(
+                pool.record_auth(0, Some(Strike), Some(1), true, t, wait),
+                AuthVerdict::ExpiredRefused { first: k == 0 }
+            );
+        }
+    }
+
+    #[test]
     fn parse_urls() {
         let a = ServerAddr::parse("nats://u:p%40ss@example.com:4333").unwrap();
         assert_eq!(
@@ -465,6 +633,9 @@ mod tests {
             .unwrap_err()
             .contains("unsupported scheme"));
         assert!(ServerAddr::parse("nats://").is_err());
+        // B1: never dialled in plaintext.
+        let e = ServerAddr::parse("tls://127.0.0.1:4443").unwrap_err();
+        assert!(e.contains("TLS is not supported yet"), "{e}");
     }
 
     #[test]

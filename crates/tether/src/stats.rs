@@ -18,7 +18,8 @@ pub struct Statistics {
     pub connects: u64,
     /// Reconnects (handshakes after an outage).
     pub reconnects: u64,
-    /// Time spent without a link after the first connect.
+    /// Time spent without a link: every outage, the current one included (and, under
+    /// the Retry policy, the time before the first connect).
     pub disconnected_time: Duration,
     /// Round-trip time of the last flush on an idle link.
     pub rtt: Option<Duration>,
@@ -26,7 +27,7 @@ pub struct Statistics {
     pub buffered_msgs: u64,
     /// Their encoded bytes.
     pub buffered_bytes: u64,
-    /// Highest byte fill of the outbound buffer seen (tracked from 50 % of a bound).
+    /// Highest byte fill of the outbound buffer seen.
     pub buffer_high_water_bytes: u64,
     /// `Permissions Violation for Publish` errors that matched no request.
     pub publish_denied: u64,
@@ -38,8 +39,13 @@ pub struct Statistics {
     pub refused_msgs: u64,
     /// Their encoded bytes.
     pub refused_bytes: u64,
-    /// Messages reported as unconfirmed (possibly lost) at disconnects.
+    /// Messages reported as unconfirmed (possibly lost): by `Disconnected` and, for a
+    /// link retired by a planned switch, by `Migrated`.
     pub unconfirmed_reported_msgs: u64,
+    /// Their encoded bytes.
+    pub unconfirmed_reported_bytes: u64,
+    /// Requests waiting for their reply.
+    pub pending_requests: usize,
     /// Events dropped because an event queue was full.
     pub events_lagged: u64,
     /// Messages delivered without their header block because it could not be parsed.

@@ -89,7 +89,7 @@ impl SubQueue {
         if q.ended.is_some() {
             return;
         }
-        if q.msgs.len() >= self.max_msgs || q.bytes + msg.size > self.max_bytes {
+        if q.msgs.len() >= self.max_msgs || q.bytes.saturating_add(msg.size) > self.max_bytes {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.slow_total.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("tether_slow_consumer_dropped_total").increment(1);
@@ -167,6 +167,52 @@ impl SubQueue {
             Some(Ended::Error(e)) => Some(e.clone()),
             _ => None,
         }
+    }
+}
+
+/// Options of one subscription, for [`Client::subscribe_with`].
+///
+/// ```
+/// let opts = tether::SubscribeOptions::new()
+///     .queue("workers")
+///     .pending_limits(1_000, 8 * 1024 * 1024);
+/// let firehose = tether::SubscribeOptions::new().unlimited_pending();
+/// # let _ = (opts, firehose);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    pub(crate) queue: Option<String>,
+    pub(crate) pending: Option<(usize, usize)>,
+}
+
+impl SubscribeOptions {
+    /// No queue group, the client's pending limits
+    /// ([`ConnectOptions::pending_limits`](crate::ConnectOptions::pending_limits)).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Join queue group `queue`: each message goes to one member of the group.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Pending limits of this subscription: messages and bytes queued for its stream;
+    /// beyond either, messages are dropped and counted (slow consumer). Each must be at
+    /// least 1; `usize::MAX` means no bound.
+    #[must_use]
+    pub fn pending_limits(mut self, msgs: usize, bytes: usize) -> Self {
+        self.pending = Some((msgs, bytes));
+        self
+    }
+
+    /// No pending limits: every message is queued, however slow the consumer. Memory
+    /// then grows with the backlog; use it for streams that are always read promptly.
+    #[must_use]
+    pub fn unlimited_pending(self) -> Self {
+        self.pending_limits(usize::MAX, usize::MAX)
     }
 }
 

@@ -129,22 +129,26 @@ async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
     round_trip(&client, &mut sub, "jwt.refresh").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_after_expiry() {
-    let (op, server, path) = operator_server();
-    op.user("bob", Some(Duration::from_secs(4)))
-        .write_to(&path)
-        .unwrap();
+/// The first CredentialsExpiring of a client whose JWT expires in `life` and is refreshed
+/// `lead` ahead, with no fresher file at that time.
+async fn expiring_client(
+    op: &Operator,
+    server: &NatsServer,
+    path: &std::path::Path,
+    life: Duration,
+    lead: Duration,
+) -> (tether::Client, tether::Events, tether::Subscriber) {
+    op.user("bob", Some(life)).write_to(path).unwrap();
     let client = ConnectOptions::new()
-        .credentials_file(&path)
-        .jwt_refresh_lead(Duration::from_secs(3))
+        .credentials_file(path)
+        .jwt_refresh_lead(lead)
+        .reconnect_wait(Duration::from_millis(300))
         .connect(server.url())
         .await
         .unwrap();
     let mut events = client.events();
-    let mut sub = client.subscribe("jwt.expire").await.unwrap();
+    let sub = client.subscribe("jwt.expire").await.unwrap();
     client.flush().await.unwrap();
-
     match next_event(&mut events, |e| {
         matches!(
             e,
@@ -156,16 +160,62 @@ async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_af
         EventKind::CredentialsExpiring {
             expires_in, reason, ..
         } => {
-            assert!(expires_in <= Duration::from_secs(4), "{expires_in:?}");
+            assert!(expires_in <= life, "{expires_in:?}");
             assert!(reason.contains("no later"), "{reason}");
         }
         other => panic!("expected CredentialsExpiring, got {other:?}"),
     }
-    // Fresh credentials arrive only now: the link still ends at expiry, and the
-    // reconnect reads the file again.
+    (client, events, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_rotated_after_credentials_expiring_is_used_before_expiry() {
+    // B22: CredentialsExpiring is not final for the link: the file keeps being read, and
+    // a fresher JWT written afterwards still moves the client before the old one expires.
+    let (op, server, path) = operator_server();
+    let (client, mut events, mut sub) = expiring_client(
+        &op,
+        &server,
+        &path,
+        Duration::from_secs(5),
+        Duration::from_secs(4),
+    )
+    .await;
     op.user("bob", Some(Duration::from_secs(120)))
         .write_to(&path)
         .unwrap();
+    match next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
+        )
+    })
+    .await
+    {
+        EventKind::Migrated { .. } => {}
+        other => panic!("expected Migrated before the expiry, got {other:?}"),
+    }
+    assert_eq!(client.status(), State::Connected);
+    assert_eq!(client.statistics().reconnects, 0);
+    round_trip(&client, &mut sub, "jwt.expire").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_jwt_refused_at_connect_keeps_retrying_until_fresh_credentials_appear() {
+    // With no fresher file the server ends the link at expiry; the reconnect reads the
+    // file again at once, the server refuses the expired JWT with a plain Authorization
+    // Violation. S6: those refusals are never strikes (the only server would otherwise
+    // leave the pool and the client close for good): the client retries at its backoff,
+    // says so once, and connects as soon as a fresh file is there.
+    let (op, server, path) = operator_server();
+    let (client, mut events, mut sub) = expiring_client(
+        &op,
+        &server,
+        &path,
+        Duration::from_secs(3),
+        Duration::from_secs(2),
+    )
+    .await;
     match next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await {
         EventKind::Disconnected { reason, .. } => {
             assert!(reason.contains("User Authentication Expired"), "{reason}");
@@ -173,11 +223,48 @@ async fn without_fresher_credentials_the_client_warns_then_reconnects_at_once_af
         _ => unreachable!(),
     }
     match next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::CredentialsExpired { .. } | EventKind::Closed { .. }
+        )
+    })
+    .await
+    {
+        EventKind::CredentialsExpired { expired_for, .. } => {
+            assert!(expired_for < Duration::from_secs(30), "{expired_for:?}");
+        }
+        other => panic!("expected CredentialsExpired, got {other:?}"),
+    }
+    // Several refusals, well past two strikes at reconnect_wait (300 ms) apart.
+    let mut refused = 0;
+    while refused < 4 {
+        match next_event(&mut events, |e| {
+            matches!(
+                e,
+                EventKind::ReconnectFailed { .. }
+                    | EventKind::ServersChanged { .. }
+                    | EventKind::Closed { .. }
+            )
+        })
+        .await
+        {
+            EventKind::ReconnectFailed { error, .. } => {
+                assert!(error.contains("Authorization Violation"), "{error}");
+                refused += 1;
+            }
+            other => panic!("the server must stay in the pool: {other:?}"),
+        }
+    }
+    assert_eq!(client.status(), State::Reconnecting);
+    op.user("bob", Some(Duration::from_secs(120)))
+        .write_to(&path)
+        .unwrap();
+    match next_event(&mut events, |e| {
         matches!(e, EventKind::Reconnected { .. } | EventKind::Closed { .. })
     })
     .await
     {
-        EventKind::Reconnected { attempts, .. } => assert_eq!(attempts, 1, "at once, first try"),
+        EventKind::Reconnected { .. } => {}
         other => panic!("expected Reconnected, got {other:?}"),
     }
     round_trip(&client, &mut sub, "jwt.expire").await;

@@ -84,3 +84,51 @@ async fn denied_publish_fails_the_request_or_counts_publish_denied() {
     client.flush().await.unwrap();
     assert_eq!(client.status(), State::Connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reply_inbox_fails_a_written_request_as_maybe_processed() {
+    // S4: the inbox SUB and the request go out in one write; the server refuses the SUB
+    // but delivers the request. The caller must learn it may have been acted on.
+    let server = NatsServer::start_with(ServerConfig {
+        extra_config: Some(
+            r#"
+authorization {
+  users = [
+    { user: app, password: pw, permissions: { subscribe: { deny: ["_INBOX.>"] } } }
+    { user: svc, password: pw }
+  ]
+}
+"#
+            .into(),
+        ),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let responder = ConnectOptions::new()
+        .user_and_password("svc", "pw")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut requests = responder.subscribe("svc.do").await.unwrap();
+    responder.flush().await.unwrap();
+    let client = ConnectOptions::new()
+        .user_and_password("app", "pw")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let err = client
+        .request_with("svc.do", None, b"x", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RequestError::InboxDenied { subject, maybe_processed: true, .. } if subject == "svc.do"
+        ),
+        "{err:?}"
+    );
+    let got = tokio::time::timeout(T, requests.next()).await.unwrap();
+    assert!(got.is_some(), "the request did reach the responder");
+    assert_eq!(client.status(), State::Connected);
+    assert_eq!(client.statistics().pending_requests, 0);
+}

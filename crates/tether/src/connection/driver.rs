@@ -11,10 +11,11 @@ use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
 use tether_proto::conn::{
-    classify_auth_err, Auth, AuthErrorClass, ConnEvent, Connection, DetachedLink, DisconnectReason,
-    HandshakeError, RemovedReason, SubEndReason,
+    classify_auth_err, Auth, ConnEvent, Connection, DetachedLink, DisconnectReason, HandshakeError,
+    RemovedReason, SubEndReason,
 };
 use tether_proto::outbound::Counts;
+use tether_proto::time::saturating_add as later;
 use tether_proto::ServerInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,7 +29,7 @@ use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
 use crate::options::ConnectPolicy;
-use crate::server_pool::{backoff_delay, ServerAddr};
+use crate::server_pool::{backoff_delay, AuthVerdict, ServerAddr};
 use crate::subscription::Ended;
 
 /// Read buffer size; grows for large messages.
@@ -38,11 +39,23 @@ fn tokio_instant(t: Instant) -> tokio::time::Instant {
     tokio::time::Instant::from_std(t)
 }
 
+/// How often the credentials are read again after `CredentialsExpiring`, until a fresher
+/// JWT appears (then the planned switch moves to it) or the link ends.
+pub(crate) const CREDENTIALS_RECHECK: Duration = Duration::from_secs(1);
+
+/// Read the credentials (a creds file, or a seed) on the blocking pool: a file read never
+/// blocks a runtime worker, and never happens under the connection lock.
+async fn load_keys(keys: credentials::KeySource) -> Result<Loaded, String> {
+    tokio::task::spawn_blocking(move || credentials::load(&keys))
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the credentials failed: {e}")))
+}
+
 /// Credentials for an attempt, read now (creds files are read again at every attempt):
 /// the options first, then the URL's.
-fn auth_for(shared: &Shared, addr: &ServerAddr) -> Result<Loaded, String> {
+async fn auth_for(shared: &Shared, addr: &ServerAddr) -> Result<Loaded, String> {
     if let Some(keys) = &shared.opts.keys {
-        return credentials::load(keys);
+        return load_keys(keys.clone()).await;
     }
     let mut auth = Auth::default();
     if let Some((u, p)) = &shared.opts.user {
@@ -72,6 +85,8 @@ pub(crate) struct Failure {
     /// The credentials the attempt used (see [`Loaded::fingerprint`]); `None` when they
     /// could not be read.
     pub(crate) credentials: Option<u64>,
+    /// The validity of the user JWT the attempt used, if it had one that expires.
+    pub(crate) jwt: Option<JwtTimes>,
 }
 
 /// A link whose handshake completed, ready to be adopted by the session core.
@@ -97,8 +112,8 @@ impl std::fmt::Debug for Established {
 /// untouched until the caller adopts the result.
 pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
-    let deadline = start + shared.opts.connection_timeout;
-    let loaded = auth_for(shared, addr).map_err(|error| Failure {
+    let deadline = later(start, shared.opts.connection_timeout);
+    let loaded = auth_for(shared, addr).await.map_err(|error| Failure {
         attempt: AttemptError {
             server: addr.to_string(),
             address: None,
@@ -106,8 +121,10 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
         },
         server_err: None,
         credentials: None,
+        jwt: None,
     })?;
     let credentials = Some(loaded.fingerprint);
+    let jwt = loaded.jwt;
     let fail = |address: Option<String>, error: String, server_err: Option<String>| Failure {
         attempt: AttemptError {
             server: addr.to_string(),
@@ -116,6 +133,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
         },
         server_err,
         credentials,
+        jwt,
     };
     let (mut stream, sock) = transport::dial(addr, tokio_instant(deadline))
         .await
@@ -184,13 +202,17 @@ pub(crate) fn adopt(
     let now = Instant::now();
     inner.conn.adopt_link(now, est.info.clone());
     inner.jwt = est.jwt;
+    inner.expiring_reported = false;
     // This link read the credentials just now: a pending refresh switch has nothing to do.
     if inner.switch_request == Some(SwitchReason::Credentials) {
         inner.switch_request = None;
     }
-    inner.jwt_refresh_at = est
-        .jwt
-        .map(|t| now + t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()));
+    inner.jwt_refresh_at = est.jwt.map(|t| {
+        later(
+            now,
+            t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()),
+        )
+    });
     if !est.leftover.is_empty() {
         inner.conn.handle_read(now, &mut est.leftover);
     }
@@ -225,20 +247,54 @@ pub(crate) fn adopt(
 /// How a link ended.
 enum LinkEnd {
     Closed,
-    Down(String),
+    /// The link went down. `ready` is a planned switch's new link whose handshake had
+    /// completed: the reconnect adopts it instead of dialling again (S7).
+    Down {
+        reason: String,
+        ready: Option<Box<(ServerAddr, Established)>>,
+    },
+}
+
+/// Start the driver task on the client's runtime. A panic inside it (a user callback
+/// such as `reconnect_delay`, or a bug) is never silent: the client closes with
+/// [`ClosedReason::DriverFailed`], every waiter fails at once, and the event stream ends
+/// with `Closed`.
+pub(crate) fn spawn(shared: Arc<Shared>, first: Option<TcpStream>) {
+    use futures_util::FutureExt;
+    let runtime = shared.runtime.clone();
+    runtime.spawn(async move {
+        let run = std::panic::AssertUnwindSafe(run(shared.clone(), first));
+        if let Err(panic) = run.catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(panic = %what, "the connection driver panicked; closing the client");
+            shared.emit(EventKind::ClientError {
+                error: format!("the connection driver panicked: {what}"),
+            });
+            finish(&shared, ClosedReason::DriverFailed(what));
+        }
+    });
 }
 
 /// Run the client: the given link first (if any), then the reconnect loop.
-pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
+async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
     let mut guard = CancelGuard {
         shared: shared.clone(),
         done: false,
     };
     let mut rng = SmallRng::from_entropy();
     let mut link = first;
-    let mut outage: Option<Instant> = None;
+    // Without a first link (Retry policy) the client is down from the start.
+    let mut outage: Option<Instant> = link.is_none().then(Instant::now);
+    if outage.is_some() {
+        shared.lock("driver start").outage_since = outage;
+    }
     let mut attempts: u32 = 0;
     let mut ever_connected = link.is_some();
+    let mut prepared: Option<(ServerAddr, Established)> = None;
     loop {
         if let Some(stream) = link.take() {
             match run_link(&shared, stream).await {
@@ -247,7 +303,8 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     guard.done = true;
                     return;
                 }
-                LinkEnd::Down(reason) => {
+                LinkEnd::Down { reason, ready } => {
+                    prepared = ready.map(|b| *b);
                     if !shared.opts.allow_reconnect {
                         finish(&shared, ClosedReason::Disconnected(reason));
                         guard.done = true;
@@ -257,6 +314,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     outage = Some(now);
                     attempts = 0;
                     let mut inner = shared.lock("reconnect");
+                    inner.outage_since = Some(now);
                     if let Some(i) = inner.server_index() {
                         inner.pool.record_dropped(i, now);
                     }
@@ -266,59 +324,25 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                 }
             }
         }
-        // Pick the server due earliest.
-        let picked = {
-            let mut inner = shared.lock("reconnect");
-            if inner.close.is_some() {
-                None
-            } else {
-                if std::mem::take(&mut inner.force_reconnect) {
-                    inner.pool.make_all_due(Instant::now());
-                }
-                let next = inner
-                    .pool
-                    .next()
-                    .and_then(|i| inner.pool.get(i).map(|e| (e.due, e.addr.clone())));
-                if next.is_none() {
-                    drop(inner);
-                    finish(
-                        &shared,
-                        ClosedReason::PoolExhausted(
-                            "every server failed max_reconnects times or refused the credentials"
-                                .into(),
-                        ),
-                    );
-                }
-                next
-            }
+        // A switch's new link, ready when the old one died, is adopted as it is.
+        let picked = if let Some((addr, est)) = prepared.take() {
+            attempts += 1;
+            Some((addr, Some(est)))
+        } else {
+            pick_and_wait(&shared, &mut attempts).await
         };
-        let Some((due, addr)) = picked else {
+        let Some((addr, est)) = picked else {
             if shared.lock("reconnect").state != State::Closed {
                 finish(&shared, ClosedReason::Requested);
             }
             guard.done = true;
             return;
         };
-        attempts += 1;
-        let now = Instant::now();
-        let delay = due.saturating_duration_since(now);
-        shared.emit(EventKind::Reconnecting {
-            attempt: attempts,
-            server: addr.to_string(),
-            delay,
-            collapsed: 0,
-        });
-        if !delay.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep_until(tokio_instant(due)) => {}
-                () = shared.wake.notified() => {
-                    // Close, force_reconnect or new work: re-pick.
-                    attempts -= 1;
-                    continue;
-                }
-            }
-        }
-        let result = match establish(&shared, &addr).await {
+        let established = match est {
+            Some(est) => Ok(est),
+            None => establish(&shared, &addr).await,
+        };
+        let result = match established {
             Ok(mut est) => {
                 let mut inner = shared.lock("reconnect");
                 if inner.close.is_some() {
@@ -338,6 +362,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                         },
                         server_err: None,
                         credentials: None,
+                        jwt: None,
                     }),
                 }
             }
@@ -347,10 +372,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
             Ok(est) => {
                 let mut inner = shared.lock("reconnect");
                 let downtime = outage.take().map_or(Duration::ZERO, |o| o.elapsed());
-                shared
-                    .counters
-                    .disconnected_nanos
-                    .fetch_add(downtime.as_nanos() as u64, Ordering::Relaxed);
+                shared.end_outage(&mut inner);
                 if ever_connected {
                     shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("tether_reconnects_total").increment(1);
@@ -384,72 +406,150 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     // A failed lazy attempt returns to Idle (handled by the caller).
                     inner.lazy_connecting = false;
                 }
-                let now = Instant::now();
-                let Some(i) = inner.pool.position(&addr) else {
-                    continue;
-                };
-                let failures = inner.pool.get(i).map_or(0, |e| e.failures) + 1;
-                let elapsed = outage.map_or(Duration::ZERO, |o| o.elapsed());
-                let mut delay = match &shared.opts.reconnect_delay {
-                    Some(f) => f(&addr.to_string(), failures, elapsed),
-                    None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, &mut rng),
-                };
-                let mut remove = false;
-                if let Some(text) = &f.server_err {
-                    let mut class = classify_auth_err(text);
-                    // Expired credentials reconnect at once, read again; expired again with
-                    // the very same credentials is a strike.
-                    if class == Some(AuthErrorClass::Expired) {
-                        if let Some(e) = inner.pool.get(i) {
-                            if e.last_strike.is_some() && e.strike_credentials == f.credentials {
-                                class = Some(AuthErrorClass::Strike);
-                            } else {
-                                let strikes = e.auth_strikes;
-                                inner.pool.set_strikes(i, strikes, now, f.credentials);
-                            }
-                        }
-                    }
-                    match class {
-                        Some(AuthErrorClass::Strike) => {
-                            let reconnect_wait = shared.opts.reconnect_wait;
-                            if let Some(e) = inner.pool.get(i) {
-                                let spaced = e
-                                    .last_strike
-                                    .is_none_or(|t| now.duration_since(t) >= reconnect_wait);
-                                // New credentials (a rotated creds file) start over.
-                                let same = e.strike_credentials == f.credentials;
-                                let strikes = if !same {
-                                    1
-                                } else if spaced {
-                                    e.auth_strikes + 1
-                                } else {
-                                    e.auth_strikes.max(1)
-                                };
-                                remove = strikes >= 2
-                                    && shared.opts.auth_failure_policy
-                                        == crate::options::AuthFailurePolicy::RemoveServer;
-                                inner.pool.set_strikes(i, strikes, now, f.credentials);
-                            }
-                            delay = delay.max(reconnect_wait.min(Duration::from_secs(2)));
-                        }
-                        Some(AuthErrorClass::Expired) => delay = Duration::ZERO,
-                        Some(AuthErrorClass::Transient) | None => {}
-                    }
+                if inner.state == State::Connecting {
+                    // The Retry policy's first attempt failed: the client is down and
+                    // trying, as after a lost link (DESIGN: Connecting → Reconnecting).
+                    shared.set_state(&mut inner, State::Reconnecting);
                 }
-                let removed = if remove {
-                    inner.pool.remove(i)
-                } else {
-                    inner.pool.record_failure(i, now, delay)
-                };
-                if let Some(r) = removed {
-                    shared.emit(EventKind::ServersChanged {
-                        added: Vec::new(),
-                        removed: vec![r.addr.to_string()],
-                    });
-                }
+                record_attempt_failure(&shared, &mut inner, &addr, &f, outage, &mut rng);
                 if !ever_connected && shared.opts.connect_policy == ConnectPolicy::Lazy {
                     drop(inner);
                     shared.connected.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+/// A reconnect attempt to `addr` failed: schedule its next attempt with the backoff (or
+/// the user's reconnect_delay), apply the auth rules, and remove the server when they or
+/// max_reconnects say so.
+fn record_attempt_failure(
+    shared: &Shared,
+    inner: &mut Inner,
+    addr: &ServerAddr,
+    f: &Failure,
+    outage: Option<Instant>,
+    rng: &mut SmallRng,
+) {
+    let now = Instant::now();
+    let Some(i) = inner.pool.position(addr) else {
+        return;
+    };
+    let failures = inner.pool.get(i).map_or(0, |e| e.failures) + 1;
+    let elapsed = outage.map_or(Duration::ZERO, |o| o.elapsed());
+    let mut delay = match &shared.opts.reconnect_delay {
+        Some(f) => f(&addr.to_string(), failures, elapsed),
+        None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, rng),
+    };
+    let class = f.server_err.as_deref().and_then(classify_auth_err);
+    let jwt_expired = f
+        .jwt
+        .is_some_and(|t| t.expires_in(std::time::SystemTime::now()).is_zero());
+    let verdict = inner.pool.record_auth(
+        i,
+        class,
+        f.credentials,
+        jwt_expired,
+        now,
+        shared.opts.reconnect_wait,
+    );
+    let mut remove = false;
+    match verdict {
+        AuthVerdict::Strike { strikes } => {
+            remove = strikes >= 2
+                && shared.opts.auth_failure_policy
+                    == crate::options::AuthFailurePolicy::RemoveServer;
+            delay = delay.max(shared.opts.reconnect_wait.min(Duration::from_secs(2)));
+        }
+        AuthVerdict::Expired => delay = Duration::ZERO,
+        AuthVerdict::ExpiredRefused { first } => {
+            if first {
+                let expired_for = f.jwt.map_or(Duration::ZERO, |t| {
+                    t.expired_for(std::time::SystemTime::now())
+                });
+                shared.emit(EventKind::CredentialsExpired {
+                    server: addr.to_string(),
+                    expired_for,
+                });
+            }
+        }
+        AuthVerdict::Transient | AuthVerdict::NotAuth => {}
+    }
+    let removed = if remove {
+        inner.pool.remove(i)
+    } else {
+        inner.pool.record_failure(i, now, delay)
+    };
+    if let Some(r) = removed {
+        shared.emit(EventKind::ServersChanged {
+            added: Vec::new(),
+            removed: vec![r.addr.to_string()],
+        });
+    }
+}
+
+/// Pick the server due earliest, emit `Reconnecting` for it and wait until it is due.
+/// `None` when the client closes (or the pool is empty: then it is closed here).
+async fn pick_and_wait(
+    shared: &Shared,
+    attempts: &mut u32,
+) -> Option<(ServerAddr, Option<Established>)> {
+    loop {
+        let (due, addr) = {
+            let mut inner = shared.lock("reconnect");
+            if inner.close.is_some() {
+                return None;
+            }
+            if std::mem::take(&mut inner.force_reconnect) {
+                inner.pool.make_all_due(Instant::now());
+            }
+            let next = inner
+                .pool
+                .next()
+                .and_then(|i| inner.pool.get(i).map(|e| (e.due, e.addr.clone())));
+            let Some(next) = next else {
+                drop(inner);
+                finish(
+                    shared,
+                    ClosedReason::PoolExhausted(
+                        "every server failed max_reconnects times or refused the credentials"
+                            .into(),
+                    ),
+                );
+                return None;
+            };
+            next
+        };
+        *attempts += 1;
+        let delay = due.saturating_duration_since(Instant::now());
+        shared.emit(EventKind::Reconnecting {
+            attempt: *attempts,
+            server: addr.to_string(),
+            delay,
+            collapsed: 0,
+        });
+        if delay.is_zero() || wait_until_due(shared, due).await {
+            return Some((addr, None));
+        }
+        // Close or force_reconnect: pick again (this attempt was not made).
+        *attempts -= 1;
+    }
+}
+
+/// Sleep until `due`. Returns false early when close() or force_reconnect() asks to pick
+/// again; other wake-ups (publishers, waiters) leave the schedule as it is, so the next
+/// attempt keeps its number and its `Reconnecting` event is not repeated.
+async fn wait_until_due(shared: &Shared, due: Instant) -> bool {
+    let sleep = tokio::time::sleep_until(tokio_instant(due));
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return true,
+            () = shared.wake.notified() => {
+                let inner = shared.lock("reconnect wait");
+                if inner.close.is_some() || inner.force_reconnect {
+                    return false;
                 }
             }
         }
@@ -493,13 +593,19 @@ struct OldLink {
 fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     if let Some(o) = old {
         let unconfirmed = inner.conn.finish_detached(o.link);
-        shared.emit(EventKind::Migrated {
-            from: o.from,
-            to: o.to,
-            unconfirmed_msgs: unconfirmed.msgs,
-            unconfirmed_bytes: unconfirmed.bytes,
-        });
+        report_migrated(shared, o.from, o.to, unconfirmed);
     }
+}
+
+/// `Migrated`, with the old link's unconfirmed counts also in the statistics.
+fn report_migrated(shared: &Shared, from: String, to: String, unconfirmed: Counts) {
+    shared.count_unconfirmed(unconfirmed);
+    shared.emit(EventKind::Migrated {
+        from,
+        to,
+        unconfirmed_msgs: unconfirmed.msgs,
+        unconfirmed_bytes: unconfirmed.bytes,
+    });
 }
 
 enum OldIo {
@@ -519,6 +625,8 @@ async fn old_io(old: &mut OldLink) -> OldIo {
         w = write_some(stream, &out[..]), if !out.is_empty() => OldIo::Wrote(w),
     }
 }
+
+type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send>>;
 
 type SwitchFuture =
     Pin<Box<dyn Future<Output = (ServerAddr, Result<Established, Failure>)> + Send>>;
@@ -588,6 +696,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
     let mut switching: Option<SwitchFuture> = None;
     let mut ready: Option<(ServerAddr, Established)> = None;
     let mut old: Option<OldLink> = None;
+    // The credentials being read again ahead of the JWT's expiry.
+    let mut refresh: Option<RefreshFuture> = None;
     // One timer for the whole link, moved only when the deadline changes: creating a
     // Sleep per loop iteration costs a timer-wheel registration each time.
     let timer = tokio::time::sleep(Duration::from_secs(3600));
@@ -606,9 +716,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 }
             }
             let idle_link = switching.is_none() && ready.is_none() && old.is_none();
-            if idle_link && inner.jwt_refresh_at.is_some_and(|at| now >= at) {
+            if idle_link && refresh.is_none() && inner.jwt_refresh_at.is_some_and(|at| now >= at) {
                 inner.jwt_refresh_at = None;
-                check_fresh_credentials(shared, &mut inner);
+                if let Some(keys) = shared.opts.keys.clone() {
+                    refresh = Some(Box::pin(load_keys(keys)));
+                }
             }
             if inner.close.is_none() && idle_link {
                 if let Some(reason) = inner.switch_request.take() {
@@ -645,13 +757,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     // The new link died at once; the old one is already detached: report
                     // what stayed unconfirmed on it.
                     let unconfirmed = inner.conn.finish_detached(link);
-                    shared.emit(EventKind::Migrated {
-                        from,
-                        to: addr.to_string(),
-                        unconfirmed_msgs: unconfirmed.msgs,
-                        unconfirmed_bytes: unconfirmed.bytes,
-                    });
-                    return LinkEnd::Down(reason);
+                    report_migrated(shared, from, addr.to_string(), unconfirmed);
+                    return LinkEnd::Down {
+                        reason,
+                        ready: None,
+                    };
                 }
                 let fresh = Arc::new(est.stream);
                 inner.direct = Some(fresh.clone());
@@ -660,10 +770,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     link,
                     rbuf: std::mem::replace(&mut rbuf, BytesMut::with_capacity(READ_BUF)),
                     out: BytesMut::new(),
-                    retire_at: now + shared.opts.ldm_overlap,
-                    give_up_at: now
-                        + shared.opts.ldm_overlap
-                        + shared.opts.effective_pong_timeout(),
+                    retire_at: later(now, shared.opts.ldm_overlap),
+                    give_up_at: later(
+                        later(now, shared.opts.ldm_overlap),
+                        shared.opts.effective_pong_timeout(),
+                    ),
                     from,
                     to: addr.to_string(),
                     failed: false,
@@ -682,7 +793,12 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     retire_now(shared, &mut inner, old.take());
                 }
             }
-            if pos >= chunk.len() {
+            if !inner.conn.may_write() {
+                // A closing -ERR: stop writing, even mid-chunk; the core rewinds what this
+                // chunk held and resends it on the next link (a poison frame excepted).
+                chunk = Bytes::new();
+                pos = 0;
+            } else if pos >= chunk.len() {
                 // A caller's direct write may have left part of a chunk in flight.
                 chunk = inner
                     .conn
@@ -694,7 +810,10 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             if let Some(reason) = dispatch(shared, &mut inner) {
                 inner.ldm_switch_at = None;
                 retire_now(shared, &mut inner, old.take());
-                return LinkEnd::Down(reason);
+                return LinkEnd::Down {
+                    reason,
+                    ready: ready.take().map(Box::new),
+                };
             }
             if inner.close.is_some() {
                 match &mut close_flush {
@@ -703,7 +822,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         let (tx, rx) = oneshot::channel();
                         inner.flushes.insert(token, tx);
                         inner.conn.flush(token);
-                        close_flush = Some((rx, now + shared.opts.flush_timeout));
+                        close_flush = Some((rx, later(now, shared.opts.flush_timeout)));
                         continue;
                     }
                     None => {
@@ -749,8 +868,10 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 armed = Some(d);
             }
         }
+        // Unbiased: tokio picks a ready branch at random, so a receive backlog that keeps
+        // the read branch ready can never starve the writer (PONGs, publishes, flush
+        // PINGs) or the timers (S1 of the review).
         tokio::select! {
-            biased;
             r = read_some(stream, &mut rbuf) => {
                 let mut inner = shared.lock("driver read");
                 match r {
@@ -812,10 +933,14 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                                 .is_zero()
                         });
                         if inner.jwt_refresh_at.is_none() && in_window {
-                            inner.jwt_refresh_at = Some(Instant::now() + shared.opts.reconnect_wait);
+                            inner.jwt_refresh_at = Some(later(Instant::now(), shared.opts.reconnect_wait));
                         }
                     }
                 }
+            }
+            fresh = async { refresh.as_mut().expect("guarded").await }, if refresh.is_some() => {
+                refresh = None;
+                check_fresh_credentials(shared, &mut shared.lock("credentials"), fresh);
             }
             () = shared.wake.notified(), if pos >= chunk.len() => {}
             () = &mut timer, if deadline.is_some() => {
@@ -826,21 +951,21 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
     }
 }
 
-/// The user JWT is within its refresh lead: read the credentials again and move to a new
-/// link with them if they expire later (semantics 13); else say so and let the server end
-/// the link, after which the reconnect reads them again at once.
-fn check_fresh_credentials(shared: &Shared, inner: &mut Inner) {
-    let (Some(keys), Some(current)) = (&shared.opts.keys, inner.jwt) else {
+/// The user JWT is within its refresh lead and the credentials were read again: move to a
+/// new link with them if they expire later (semantics 13); else say so (once per link),
+/// and read them again every [`CREDENTIALS_RECHECK`] until a fresher JWT appears or the
+/// server ends the link (the reconnect then reads them again at once).
+fn check_fresh_credentials(shared: &Shared, inner: &mut Inner, fresh: Result<Loaded, String>) {
+    let Some(current) = inner.jwt else {
         return;
     };
     let now = std::time::SystemTime::now();
-    let fresh = credentials::load(keys);
-    let later = match &fresh {
+    let fresher = match &fresh {
         // A JWT without expiry outlives any that has one.
         Ok(l) => l.jwt.is_none_or(|t| t.expires_at > current.expires_at),
         Err(_) => false,
     };
-    if later {
+    if fresher {
         if inner.switch_request.is_some() {
             // A switch already pending reads the credentials again anyway.
             return;
@@ -851,6 +976,10 @@ fn check_fresh_credentials(shared: &Shared, inner: &mut Inner) {
             "user JWT close to expiry; moving to a new link with fresher credentials"
         );
         inner.switch_request = Some(SwitchReason::Credentials);
+        return;
+    }
+    inner.jwt_refresh_at = Some(later(Instant::now(), CREDENTIALS_RECHECK));
+    if std::mem::replace(&mut inner.expiring_reported, true) {
         return;
     }
     let reason = match fresh {
@@ -916,10 +1045,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             buffered_requests,
         } => {
             let text = reason.to_string();
-            shared
-                .counters
-                .unconfirmed_reported_msgs
-                .fetch_add(unconfirmed.msgs, Ordering::Relaxed);
+            shared.count_unconfirmed(unconfirmed);
             metrics::counter!("tether_disconnects_total").increment(1);
             // Requests whose frames were written may have been processed: fail them now.
             if !shared.opts.request_retry_after_reconnect {
@@ -969,7 +1095,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                         shared.opts.ldm_jitter,
                         &mut rand::thread_rng(),
                     );
-                    inner.ldm_switch_at = Some(Instant::now() + wait);
+                    inner.ldm_switch_at = Some(later(Instant::now(), wait));
                 }
             }
             None
@@ -1030,8 +1156,16 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
                     _ => "the request inbox subscription ended".to_owned(),
                 };
-                for (_, r) in inner.requests.drain() {
-                    let _ = r.tx.send(Err(RequestError::PermissionDenied(why.clone())));
+                // No reply can reach those inboxes. Requests already written may have
+                // been acted on (S4); those still buffered are removed, never sent.
+                let buffered: Vec<u64> = inner.conn.buffered_requests().collect();
+                inner.conn.remove_requests(|t| buffered.contains(&t));
+                for (token, r) in inner.requests.drain() {
+                    let _ = r.tx.send(Err(RequestError::InboxDenied {
+                        subject: r.subject,
+                        message: why.clone(),
+                        maybe_processed: !buffered.contains(&token),
+                    }));
                 }
                 return None;
             }
@@ -1123,7 +1257,9 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     if inner.state == State::Closed {
         return;
     }
+    let reason = inner.close_as.take().unwrap_or(reason);
     let unconfirmed = inner.conn.unconfirmed();
+    shared.end_outage(&mut inner);
     inner.conn.handle_close_link();
     while inner.conn.poll_event().is_some() {}
     let unsent = inner.conn.clear_buffer();
@@ -1166,7 +1302,8 @@ struct CancelGuard {
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if self.done {
+        if self.done || std::thread::panicking() {
+            // A panic is reported by the task that spawned the driver.
             return;
         }
         if let Some(inner) = self.shared.inner.try_lock() {

@@ -63,11 +63,17 @@ pub(crate) struct Inner {
     pub(crate) current: Option<crate::server_pool::ServerAddr>,
     pub(crate) server_name: String,
     pub(crate) close: Option<CloseMode>,
+    /// The reason the close reports, when it is not `Requested` (a drain that timed out).
+    pub(crate) close_as: Option<ClosedReason>,
     pub(crate) closed_reason: Option<ClosedReason>,
     pub(crate) closed_report: crate::client::CloseReport,
     pub(crate) draining_pubs: bool,
     /// Buffer high-water level reported (0, 50, 75, 90).
     pub(crate) high_water: u8,
+    /// Highest byte fill of the outbound buffer seen.
+    pub(crate) high_water_bytes: u64,
+    /// When the current outage started (no link), if the client is in one.
+    pub(crate) outage_since: Option<Instant>,
     /// Publishes refused since the last BufferOverflow event.
     pub(crate) refused: (u64, u64),
     /// When the last BufferOverflow event went out (they are rate-limited).
@@ -87,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) jwt: Option<crate::credentials::JwtTimes>,
     /// When to read the credentials again ahead of the JWT's expiry.
     pub(crate) jwt_refresh_at: Option<Instant>,
+    /// CredentialsExpiring was emitted for the current link.
+    pub(crate) expiring_reported: bool,
 }
 
 /// Why a planned switch was asked for.
@@ -118,11 +126,11 @@ pub(crate) struct Counters {
     pub(crate) reconnects: AtomicU64,
     pub(crate) disconnected_nanos: AtomicU64,
     pub(crate) rtt_nanos: AtomicU64,
-    pub(crate) buffer_high_water_bytes: AtomicU64,
     pub(crate) slow_consumer_dropped: Arc<AtomicU64>,
     pub(crate) refused_msgs: AtomicU64,
     pub(crate) refused_bytes: AtomicU64,
     pub(crate) unconfirmed_reported_msgs: AtomicU64,
+    pub(crate) unconfirmed_reported_bytes: AtomicU64,
 }
 
 /// Everything handles and the driver share.
@@ -139,6 +147,9 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<EventHub>,
     pub(crate) opts: ConnectOptions,
     pub(crate) counters: Counters,
+    /// The runtime the client was created on: its tasks are spawned there, so a handle
+    /// used from a thread outside any runtime still works.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -180,6 +191,25 @@ impl Shared {
         self.events.emit(event);
     }
 
+    /// Count what a link left unconfirmed (Disconnected, Migrated) into the statistics.
+    pub(crate) fn count_unconfirmed(&self, c: tether_proto::outbound::Counts) {
+        self.counters
+            .unconfirmed_reported_msgs
+            .fetch_add(c.msgs, Ordering::Relaxed);
+        self.counters
+            .unconfirmed_reported_bytes
+            .fetch_add(c.bytes, Ordering::Relaxed);
+    }
+
+    /// An outage ended (or the client closed during one): add it to disconnected_time.
+    pub(crate) fn end_outage(&self, inner: &mut Inner) {
+        if let Some(t) = inner.outage_since.take() {
+            self.counters
+                .disconnected_nanos
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn stats_snapshot(
         &self,
         core: ConnStats,
@@ -194,20 +224,23 @@ impl Shared {
             out_bytes: core.out_bytes,
             connects: core.connects,
             reconnects: c.reconnects.load(Ordering::Relaxed),
-            disconnected_time: Duration::from_nanos(c.disconnected_nanos.load(Ordering::Relaxed)),
+            disconnected_time: Duration::from_nanos(c.disconnected_nanos.load(Ordering::Relaxed))
+                + inner.outage_since.map_or(Duration::ZERO, |t| t.elapsed()),
             rtt: match c.rtt_nanos.load(Ordering::Relaxed) {
                 0 => None,
                 n => Some(Duration::from_nanos(n)),
             },
             buffered_msgs: buffered.msgs,
             buffered_bytes: buffered.bytes,
-            buffer_high_water_bytes: c.buffer_high_water_bytes.load(Ordering::Relaxed),
+            buffer_high_water_bytes: inner.high_water_bytes,
             publish_denied: core.publish_denied,
             frames_removed: core.frames_removed,
             slow_consumer_dropped: c.slow_consumer_dropped.load(Ordering::Relaxed),
             refused_msgs: c.refused_msgs.load(Ordering::Relaxed),
             refused_bytes: c.refused_bytes.load(Ordering::Relaxed),
             unconfirmed_reported_msgs: c.unconfirmed_reported_msgs.load(Ordering::Relaxed),
+            unconfirmed_reported_bytes: c.unconfirmed_reported_bytes.load(Ordering::Relaxed),
+            pending_requests: inner.requests.len(),
             events_lagged: self.events.lagged_total.load(Ordering::Relaxed),
             subscriptions: inner.subs.len(),
             malformed_headers: core.malformed_headers,
