@@ -147,7 +147,10 @@ impl Client {
         };
         let (state_tx, _) = watch::channel(initial);
         if let Some(cb) = opts.event_callback.clone() {
-            let mut events = hub.subscribe();
+            let mut events = hub.subscribe(EventKind::CurrentState {
+                state: initial,
+                server: None,
+            });
             // On a thread of its own: a slow or blocking callback never holds up a runtime
             // worker, so it never delays I/O (even on a current-thread runtime), and it
             // never holds up the runtime's shutdown. It ends when the client is closed or
@@ -880,10 +883,28 @@ impl Client {
         self.shared().state_tx.subscribe()
     }
 
-    /// A stream of events from now on. Each call gives an independent stream; events are
-    /// queued only for streams that exist (and the callback).
+    /// A stream of events: first [`EventKind::CurrentState`] (the state now, so a late
+    /// subscriber still learns it), then every event from now on. Each call gives an
+    /// independent stream; events are queued only for streams that exist (and the
+    /// callback). The stream ends after `Closed`; taken from a closed client it yields
+    /// `CurrentState { state: Closed, .. }` and ends.
     pub fn events(&self) -> Events {
-        self.shared().events.subscribe()
+        let shared = self.shared();
+        // The state is read and the stream registered under the connection lock, which
+        // state changes take: an event emitted after this stream's first item is queued
+        // behind it, and a change made before is in that first item.
+        let inner = shared.lock("events");
+        let first = EventKind::CurrentState {
+            state: inner.state,
+            server: inner
+                .conn
+                .is_up()
+                .then(|| inner.server_name.clone())
+                .filter(|s| !s.is_empty()),
+        };
+        let events = shared.events.subscribe(first);
+        drop(inner);
+        events
     }
 
     /// A snapshot of the statistics.

@@ -188,10 +188,19 @@ async fn event_callback_runs_off_the_runtime_and_sees_connected() {
     client.flush().await.unwrap();
     assert!(rx.try_recv().is_err(), "the callback is still blocked");
     open.send(()).unwrap();
+    open.send(()).unwrap();
     let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        first.kind,
+        EventKind::CurrentState {
+            state: State::Connecting,
+            server: None
+        }
+    );
+    let second = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
     assert!(
-        matches!(first.kind, EventKind::Connected { .. }),
-        "{first:?}"
+        matches!(second.kind, EventKind::Connected { .. }),
+        "{second:?}"
     );
 }
 
