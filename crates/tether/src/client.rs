@@ -151,20 +151,18 @@ impl Client {
                 state: initial,
                 server: None,
             });
-            // On a thread of its own: a slow or blocking callback never holds up a runtime
-            // worker, so it never delays I/O (even on a current-thread runtime), and it
-            // never holds up the runtime's shutdown. It ends when the client is closed or
-            // dropped.
-            let spawned = std::thread::Builder::new()
-                .name("tether-events".into())
-                .spawn(move || {
-                    while let Some(e) = futures_executor::block_on(events.next()) {
-                        cb(e);
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "could not start the event callback thread; the callback will not be called");
-            }
+            // On a task, never an OS thread per client. The connection only pushes into
+            // this stream's bounded queue (loss counts merge, state changes collapse,
+            // other events are counted by EventsLagged), so it never waits for the
+            // callback. The task ends after Closed, or when the client is dropped.
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    cb(e);
+                    // Let the connection's own tasks run between callbacks, even on a
+                    // current-thread runtime.
+                    tokio::task::yield_now().await;
+                }
+            });
         }
         let counters = Counters::default();
         let shared = Arc::new(Shared {

@@ -1,5 +1,5 @@
-//! Event streams against real nats-server processes: the first item of every stream, and
-//! streams taken after close.
+//! Event streams and the event callback against real nats-server processes: the first
+//! item of every stream, streams taken after close, and the callback's task.
 
 mod common;
 use common::T;
@@ -102,4 +102,104 @@ async fn a_stream_taken_after_close_yields_the_closed_state_and_ends() {
     );
     assert_eq!(next_or_end(&mut after).await, None);
     assert_eq!(next_or_end(&mut before).await, None);
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("reading /proc/self/task")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_with_callbacks_start_no_thread_per_client() {
+    const CLIENTS: usize = 200;
+    let server = NatsServer::start().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, EventKind)>();
+    let before = thread_count();
+    let clients = futures_util::future::join_all((0..CLIENTS).map(|i| {
+        let tx = tx.clone();
+        ConnectOptions::new()
+            .event_callback(move |e| {
+                let _ = tx.send((i, e.kind));
+            })
+            .connect(server.url())
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+    let after = thread_count();
+    // A thread per client would add 200; other tests of this binary run meanwhile and
+    // may add a few of their own (a runtime's workers, a proxy).
+    assert!(
+        after < before + 40,
+        "{CLIENTS} clients with callbacks took the process from {before} to {after} threads"
+    );
+
+    futures_util::future::join_all(clients.iter().map(tether::Client::close)).await;
+    let mut seen: Vec<Vec<EventKind>> = vec![Vec::new(); CLIENTS];
+    let mut closed = 0;
+    let deadline = tokio::time::Instant::now() + T;
+    while closed < CLIENTS {
+        let (i, kind) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{closed} of {CLIENTS} callbacks saw Closed"))
+            .unwrap();
+        if matches!(kind, EventKind::Closed { .. }) {
+            closed += 1;
+        }
+        seen[i].push(kind);
+    }
+    for (i, kinds) in seen.iter().enumerate() {
+        assert_eq!(
+            kinds.first(),
+            Some(&current_state(State::Connecting, None)),
+            "client {i}: {kinds:?}"
+        );
+        assert!(
+            kinds
+                .iter()
+                .any(|k| matches!(k, EventKind::Connected { .. })),
+            "client {i}: {kinds:?}"
+        );
+        assert!(
+            matches!(kinds.last(), Some(EventKind::Closed { .. })),
+            "client {i}: {kinds:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_has_not_returned_never_holds_up_the_connection() {
+    let server = NatsServer::start().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The callback waits for the test to open a gate, once per event. It holds one runtime
+    // worker meanwhile (which is why callbacks must not block); the connection goes on.
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let client = ConnectOptions::new()
+        .event_callback(move |e| {
+            let _ = gate.lock().unwrap().recv();
+            let _ = tx.send(e.kind);
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("cb").await.unwrap();
+    for i in 0..100u32 {
+        client.publish("cb", i.to_string()).await.unwrap();
+        client.flush().await.unwrap();
+        let m = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+        assert_eq!(&m.payload[..], i.to_string().as_bytes());
+    }
+    assert!(rx.try_recv().is_err(), "the callback is still waiting");
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(first, current_state(State::Connecting, None));
+    let second = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert!(matches!(second, EventKind::Connected { .. }), "{second:?}");
+    // Free the callback for good so the runtime can shut down.
+    drop(open);
+    client.close().await;
 }
