@@ -641,7 +641,7 @@ impl ConnectOptions {
             },
             echo: !self.no_echo,
             name: self.name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::VERSION.to_owned(),
         }
     }
 

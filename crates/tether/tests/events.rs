@@ -1,5 +1,6 @@
 //! Event streams and the event callback against real nats-server processes: the first
-//! item of every stream, streams taken after close, and the callback's task.
+//! item of every stream, streams taken after close, and the callback's task; and the
+//! version the server sees.
 
 mod common;
 use common::T;
@@ -201,5 +202,27 @@ async fn a_callback_that_has_not_returned_never_holds_up_the_connection() {
     assert!(matches!(second, EventKind::Connected { .. }), "{second:?}");
     // Free the callback for good so the runtime can shut down.
     drop(open);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn the_server_sees_the_crate_version_in_connect() {
+    let server = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .name("version-check")
+        .connect(server.url())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let connz = server.connz().unwrap();
+    let conn = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "version-check")
+        .unwrap_or_else(|| panic!("no such connection in {connz}"));
+    assert_eq!(conn["lang"], "rust");
+    assert_eq!(conn["version"], tether::VERSION);
+    assert_eq!(tether::VERSION, env!("CARGO_PKG_VERSION"));
     client.close().await;
 }
