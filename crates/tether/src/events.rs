@@ -689,16 +689,24 @@ impl EventHub {
     }
 
     /// A new consumer whose first item is `first` (the current state). Every event emitted
-    /// after this call is queued behind it; on a closed hub the stream yields `first` and
-    /// ends.
+    /// after this call is queued behind it. When the hub is closed, or `first` already
+    /// says Closed, the stream yields `first` and ends (so it ends the same way whether or
+    /// not the `Closed` event, which follows the state change, went out yet).
     pub(crate) fn subscribe(&self, first: EventKind) -> Events {
         log(&first);
+        let already_closed = matches!(
+            first,
+            EventKind::CurrentState {
+                state: State::Closed,
+                ..
+            }
+        );
         let mut queue = EventQueue::new(self.capacity);
         queue.push(Event::now(first));
         let mut sinks = self.sinks.lock();
         // Read under the lock that `close` sets it under: a stream is either registered
         // before the close (and closed by it) or born closed.
-        queue.closed = self.closed.load(std::sync::atomic::Ordering::Relaxed);
+        queue.closed = already_closed || self.closed.load(std::sync::atomic::Ordering::Relaxed);
         let closed = queue.closed;
         let sink = Arc::new(Sink {
             queue: Mutex::new(queue),
@@ -1019,6 +1027,15 @@ mod tests {
         assert_eq!(ready(&mut events), Poll::Ready(Some(state(State::Closed))));
         assert_eq!(ready(&mut events), Poll::Ready(None));
         hub.emit(err("late"));
+        assert_eq!(ready(&mut events), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_stream_whose_first_item_says_closed_ends_before_the_hub_closes() {
+        let hub = EventHub::new(8);
+        let mut events = hub.subscribe(state(State::Closed));
+        hub.emit(err("the Closed event, in flight"));
+        assert_eq!(ready(&mut events), Poll::Ready(Some(state(State::Closed))));
         assert_eq!(ready(&mut events), Poll::Ready(None));
     }
 
