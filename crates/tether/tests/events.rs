@@ -1,13 +1,13 @@
 //! Event streams and the event callback against real nats-server processes: the first
-//! item of every stream, streams taken after close, and the callback's task; and the
-//! version the server sees.
+//! item of every stream, streams taken after close, the callback's task, the bounded
+//! queue under an outage storm; and the version the server sees.
 
 mod common;
 use common::T;
 
 use futures_util::StreamExt;
 use tether::{ConnectOptions, ConnectPolicy, EventKind, Events, State};
-use tether_testkit::NatsServer;
+use tether_testkit::{CutMode, NatsServer, Proxy};
 
 /// The next event within [`T`]; `None` when the stream ended.
 async fn next_or_end(events: &mut Events) -> Option<EventKind> {
@@ -15,6 +15,27 @@ async fn next_or_end(events: &mut Events) -> Option<EventKind> {
         .await
         .expect("timed out waiting for an event or the end of the stream")
         .map(|e| e.kind)
+}
+
+/// Reads events into `log` until one matches `pred`, within [`T`].
+async fn record_until(
+    events: &mut Events,
+    log: &mut Vec<EventKind>,
+    mut pred: impl FnMut(&EventKind) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let kind = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; events so far: {log:#?}"))
+            .expect("event stream ended")
+            .kind;
+        let done = pred(&kind);
+        log.push(kind);
+        if done {
+            return;
+        }
+    }
 }
 
 fn current_state(state: State, server: Option<String>) -> EventKind {
@@ -203,6 +224,188 @@ async fn a_callback_that_has_not_returned_never_holds_up_the_connection() {
     // Free the callback for good so the runtime can shut down.
     drop(open);
     client.close().await;
+}
+
+/// State changes as the queue sees them (they collapse into each other when it is full).
+fn is_state_change(k: &EventKind) -> bool {
+    matches!(
+        k,
+        EventKind::CurrentState { .. }
+            | EventKind::Connected { .. }
+            | EventKind::Reconnecting { .. }
+            | EventKind::Reconnected { .. }
+            | EventKind::LameDuck { .. }
+    )
+}
+
+/// Events that carry a loss: never dropped, their counts merge when the queue is full.
+fn is_loss(k: &EventKind) -> bool {
+    matches!(
+        k,
+        EventKind::Disconnected { .. }
+            | EventKind::Migrated { .. }
+            | EventKind::SlowConsumer { .. }
+            | EventKind::SlowConsumerEnded { .. }
+            | EventKind::FramesRemoved { .. }
+            | EventKind::BufferOverflow { .. }
+            | EventKind::Closed { .. }
+    )
+}
+
+fn collapsed(k: &EventKind) -> u64 {
+    match k {
+        EventKind::Connected { collapsed, .. }
+        | EventKind::Reconnecting { collapsed, .. }
+        | EventKind::Reconnected { collapsed, .. } => u64::from(*collapsed),
+        _ => 0,
+    }
+}
+
+fn unconfirmed(kinds: &[EventKind]) -> (u64, u64, usize) {
+    kinds.iter().fold((0, 0, 0), |(m, b, n), k| match k {
+        EventKind::Disconnected {
+            unconfirmed_msgs,
+            unconfirmed_bytes,
+            ..
+        } => (m + unconfirmed_msgs, b + unconfirmed_bytes, n + 1),
+        _ => (m, b, n),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_event_queue_collapses_states_counts_what_it_drops_and_keeps_every_loss() {
+    const ROUNDS: usize = 3;
+    /// Messages written into a paused link before each outage: unconfirmed, so lost.
+    const N: u64 = 10;
+    let mut server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .event_queue(4)
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    // `unread` is never read until the end; `all` (the default 1024) is read throughout
+    // and records every event, to compare against.
+    let mut unread = client.events();
+    let mut all = client.events();
+    let mut log = Vec::new();
+    record_until(&mut all, &mut log, |e| {
+        matches!(e, EventKind::CurrentState { .. })
+    })
+    .await;
+
+    for round in 0..ROUNDS {
+        client.flush().await.unwrap();
+        proxy.pause();
+        let written = client.statistics().out_msgs;
+        for i in 0..N {
+            client.publish("lost", i.to_string()).await.unwrap();
+        }
+        // Written into the paused link: no PONG can confirm them.
+        assert!(
+            tether_testkit::wait_for(T, || client.statistics().out_msgs == written + N),
+            "round {round}: the batch was not written"
+        );
+        server.kill();
+        proxy.cut(CutMode::Rst);
+        proxy.pass();
+        record_until(&mut all, &mut log, |e| {
+            matches!(e, EventKind::Disconnected { .. })
+        })
+        .await;
+        // Attempts fail while the server is down (the proxy accepts, finds no upstream
+        // and resets): Reconnecting is a state change, ReconnectFailed is not.
+        for _ in 0..2 {
+            record_until(&mut all, &mut log, |e| {
+                matches!(e, EventKind::ReconnectFailed { .. })
+            })
+            .await;
+        }
+        server.restart().unwrap();
+        record_until(&mut all, &mut log, |e| {
+            matches!(e, EventKind::Reconnected { .. })
+        })
+        .await;
+    }
+    client.close().await;
+    record_until(&mut all, &mut log, |e| {
+        matches!(e, EventKind::Closed { .. })
+    })
+    .await;
+    assert_eq!(next_or_end(&mut all).await, None);
+
+    let mut got = Vec::new();
+    while let Some(kind) = next_or_end(&mut unread).await {
+        got.push(kind);
+    }
+    let summary = format!("unread stream: {got:#?}\nevery event: {log:#?}");
+    assert!(
+        !log.iter()
+            .any(|k| matches!(k, EventKind::EventsLagged { .. })),
+        "the full-size queue never overflowed: {summary}"
+    );
+
+    // The stream still starts with the state it was taken in.
+    assert!(
+        matches!(
+            &got[0],
+            EventKind::CurrentState { state: State::Connected, server: Some(s) } if *s == proxy.url()
+        ),
+        "{summary}"
+    );
+
+    // State changes collapsed: each queued one stands for itself and `collapsed` others.
+    let states: Vec<&EventKind> = got.iter().filter(|k| is_state_change(k)).collect();
+    assert!(states.iter().any(|k| collapsed(k) > 0), "{summary}");
+    assert_eq!(
+        states.iter().map(|k| 1 + collapsed(k)).sum::<u64>(),
+        log.iter().filter(|k| is_state_change(k)).count() as u64,
+        "{summary}"
+    );
+
+    // Other events were dropped, and one EventsLagged, the last item, says how many.
+    let lagged: Vec<u64> = got
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::EventsLagged { dropped } => Some(*dropped),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lagged.len(), 1, "{summary}");
+    assert!(
+        matches!(got.last(), Some(EventKind::EventsLagged { .. })),
+        "{summary}"
+    );
+    let others = |kinds: &[EventKind]| {
+        kinds
+            .iter()
+            .filter(|k| {
+                !is_state_change(k) && !is_loss(k) && !matches!(k, EventKind::EventsLagged { .. })
+            })
+            .count() as u64
+    };
+    assert!(lagged[0] > 0, "{summary}");
+    assert_eq!(lagged[0], others(&log) - others(&got), "{summary}");
+    assert_eq!(client.statistics().events_lagged, lagged[0]);
+
+    // No loss was dropped: every outage's unconfirmed batch is counted, merged or not.
+    let (got_msgs, got_bytes, got_events) = unconfirmed(&got);
+    let (all_msgs, all_bytes, all_events) = unconfirmed(&log);
+    assert_eq!(all_events, ROUNDS, "{summary}");
+    assert_eq!(all_msgs, ROUNDS as u64 * N, "{summary}");
+    assert!(
+        got_events >= 1 && got_events < all_events,
+        "merged: {summary}"
+    );
+    assert_eq!((got_msgs, got_bytes), (all_msgs, all_bytes), "{summary}");
+    assert_eq!(client.statistics().unconfirmed_reported_msgs, all_msgs);
+    assert_eq!(
+        got.iter()
+            .filter(|k| matches!(k, EventKind::Closed { .. }))
+            .count(),
+        1,
+        "{summary}"
+    );
 }
 
 #[tokio::test]
