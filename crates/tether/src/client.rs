@@ -172,21 +172,22 @@ impl Client {
         };
         let (state_tx, _) = watch::channel(initial);
         if let Some(cb) = opts.event_callback.clone() {
-            let mut events = hub.subscribe();
-            // On a thread of its own: a slow or blocking callback never holds up a runtime
-            // worker, so it never delays I/O (even on a current-thread runtime), and it
-            // never holds up the runtime's shutdown. It ends when the client is closed or
-            // dropped.
-            let spawned = std::thread::Builder::new()
-                .name("tether-events".into())
-                .spawn(move || {
-                    while let Some(e) = futures_executor::block_on(events.next()) {
-                        cb(e);
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "could not start the event callback thread; the callback will not be called");
-            }
+            let mut events = hub.subscribe(EventKind::CurrentState {
+                state: initial,
+                server: None,
+            });
+            // On a task, never an OS thread per client. The connection only pushes into
+            // this stream's bounded queue (loss counts merge, state changes collapse,
+            // other events are counted by EventsLagged), so it never waits for the
+            // callback. The task ends after Closed, or when the client is dropped.
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    cb(e);
+                    // Let the connection's own tasks run between callbacks, even on a
+                    // current-thread runtime.
+                    tokio::task::yield_now().await;
+                }
+            });
         }
         let counters = Counters::default();
         let shared = Arc::new(Shared {
@@ -1021,10 +1022,28 @@ impl Client {
         self.shared().state_tx.subscribe()
     }
 
-    /// A stream of events from now on. Each call gives an independent stream; events are
-    /// queued only for streams that exist (and the callback).
+    /// A stream of events: first [`EventKind::CurrentState`] (the state now, so a late
+    /// subscriber still learns it), then every event from now on. Each call gives an
+    /// independent stream; events are queued only for streams that exist (and the
+    /// callback). The stream ends after `Closed`; taken from a closed client it yields
+    /// `CurrentState { state: Closed, .. }` and ends.
     pub fn events(&self) -> Events {
-        self.shared().events.subscribe()
+        let shared = self.shared();
+        // The state is read and the stream registered under the connection lock, which
+        // state changes take: an event emitted after this stream's first item is queued
+        // behind it, and a change made before is in that first item.
+        let inner = shared.lock("events");
+        let first = EventKind::CurrentState {
+            state: inner.state,
+            server: inner
+                .conn
+                .is_up()
+                .then(|| inner.server_name.clone())
+                .filter(|s| !s.is_empty()),
+        };
+        let events = shared.events.subscribe(first);
+        drop(inner);
+        events
     }
 
     /// A snapshot of the statistics.

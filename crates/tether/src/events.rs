@@ -38,6 +38,21 @@ pub enum State {
     Closed,
 }
 
+impl std::fmt::Display for State {
+    /// Lower case, as in logs: `connected`, `draining subscriptions`, ...
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Idle => "idle",
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Reconnecting => "reconnecting",
+            Self::DrainingSubs => "draining subscriptions",
+            Self::DrainingPubs => "draining publishes",
+            Self::Closed => "closed",
+        })
+    }
+}
+
 /// Why a client closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -102,6 +117,21 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EventKind {
+    /// The client's state when this stream (or the callback) began: always the first item
+    /// of a stream from [`Client::events`](crate::Client::events) and the first event the
+    /// [`event_callback`](crate::ConnectOptions::event_callback) sees, so a late
+    /// subscriber still learns where the client stands. Events after it are the changes
+    /// from then on (one of them may repeat what it already said). It is a state change for
+    /// the queue: if the queue fills up before it is read, a newer state change takes its
+    /// place and counts it in its `collapsed`. On a closed client the stream yields
+    /// `CurrentState { state: State::Closed, .. }` and then ends.
+    CurrentState {
+        /// What [`Client::status`](crate::Client::status) returned at that moment.
+        state: State,
+        /// The server of the live link, if there is one (none while connecting,
+        /// reconnecting or closed).
+        server: Option<String>,
+    },
     /// The first handshake completed.
     Connected {
         /// The server.
@@ -286,6 +316,14 @@ impl std::fmt::Display for Event {
 impl std::fmt::Display for EventKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::CurrentState {
+                state,
+                server: Some(server),
+            } => write!(f, "current state: {state}, server {server}"),
+            Self::CurrentState {
+                state,
+                server: None,
+            } => write!(f, "current state: {state}"),
             Self::Connected { server, .. } => write!(f, "connected to {server}"),
             Self::Disconnected {
                 server,
@@ -431,7 +469,8 @@ enum Class {
 impl EventKind {
     fn class(&self) -> Class {
         match self {
-            EventKind::Connected { .. }
+            EventKind::CurrentState { .. }
+            | EventKind::Connected { .. }
             | EventKind::Reconnecting { .. }
             | EventKind::Reconnected { .. }
             | EventKind::LameDuck { .. } => Class::State,
@@ -632,10 +671,12 @@ struct Sink {
     waker: AtomicWaker,
 }
 
-/// Fans events out to the stream and the callback task, logging every one.
+/// Fans events out to the streams and the callback task, logging every one.
 #[derive(Debug, Default)]
 pub(crate) struct EventHub {
     sinks: Mutex<Vec<Arc<Sink>>>,
+    /// Set (under the `sinks` lock) by [`EventHub::close`]: later streams end at once.
+    closed: std::sync::atomic::AtomicBool,
     capacity: usize,
     pub(crate) lagged_total: std::sync::atomic::AtomicU64,
 }
@@ -644,6 +685,7 @@ impl EventHub {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             sinks: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             capacity,
             lagged_total: std::sync::atomic::AtomicU64::new(0),
         }
@@ -670,19 +712,42 @@ impl EventHub {
         }
     }
 
-    /// A new consumer.
-    pub(crate) fn subscribe(&self) -> Events {
+    /// A new consumer whose first item is `first` (the current state). Every event emitted
+    /// after this call is queued behind it. When the hub is closed, or `first` already
+    /// says Closed, the stream yields `first` and ends (so it ends the same way whether or
+    /// not the `Closed` event, which follows the state change, went out yet).
+    pub(crate) fn subscribe(&self, first: EventKind) -> Events {
+        log(&first);
+        let already_closed = matches!(
+            first,
+            EventKind::CurrentState {
+                state: State::Closed,
+                ..
+            }
+        );
+        let mut queue = EventQueue::new(self.capacity);
+        queue.push(Event::now(first));
+        let mut sinks = self.sinks.lock();
+        // Read under the lock that `close` sets it under: a stream is either registered
+        // before the close (and closed by it) or born closed.
+        queue.closed = already_closed || self.closed.load(std::sync::atomic::Ordering::Relaxed);
+        let closed = queue.closed;
         let sink = Arc::new(Sink {
-            queue: Mutex::new(EventQueue::new(self.capacity)),
+            queue: Mutex::new(queue),
             waker: AtomicWaker::new(),
         });
-        self.sinks.lock().push(sink.clone());
+        if !closed {
+            sinks.push(sink.clone());
+        }
         Events { sink }
     }
 
-    /// No more events: streams end once drained.
+    /// No more events: streams end once drained, and so do streams taken later.
     pub(crate) fn close(&self) {
-        for sink in self.sinks.lock().iter() {
+        let sinks = self.sinks.lock();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for sink in sinks.iter() {
             sink.queue.lock().closed = true;
             sink.waker.wake();
         }
@@ -696,7 +761,9 @@ impl Drop for EventHub {
     }
 }
 
-/// A stream of [`Event`]s from [`crate::Client::events`]. It ends after `Closed`.
+/// A stream of [`Event`]s from [`crate::Client::events`]. It starts with
+/// [`EventKind::CurrentState`] and ends after `Closed` (at once, after that first item,
+/// when taken from a client that has already closed).
 #[derive(Debug)]
 pub struct Events {
     sink: Arc<Sink>,
@@ -743,6 +810,9 @@ impl futures_core::Stream for Events {
 
 fn log(event: &EventKind) {
     match event {
+        EventKind::CurrentState { state, server } => {
+            tracing::debug!(state = %state, server = ?server, "event stream started");
+        }
         EventKind::Connected { server, .. } => tracing::info!(server = %server, "connected"),
         EventKind::Disconnected {
             server,
@@ -948,5 +1018,77 @@ mod tests {
             },
         );
         assert_eq!(q.len(), 2);
+    }
+
+    fn state(state: State) -> EventKind {
+        EventKind::CurrentState {
+            state,
+            server: None,
+        }
+    }
+
+    /// Polls once: `Ready(None)` when the stream ended, `Pending` when it would wait.
+    fn ready(events: &mut Events) -> Poll<Option<EventKind>> {
+        use futures_core::Stream;
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        Pin::new(events)
+            .poll_next(&mut cx)
+            .map(|e| e.map(|e| e.kind))
+    }
+
+    #[test]
+    fn a_stream_starts_with_its_first_item_then_gets_later_events() {
+        let hub = EventHub::new(8);
+        hub.emit(err("before"));
+        let mut events = hub.subscribe(state(State::Connected));
+        hub.emit(err("after"));
+        assert_eq!(
+            ready(&mut events),
+            Poll::Ready(Some(state(State::Connected)))
+        );
+        assert_eq!(ready(&mut events), Poll::Ready(Some(err("after"))));
+        assert_eq!(ready(&mut events), Poll::Pending, "waits for more");
+        hub.close();
+        assert_eq!(ready(&mut events), Poll::Ready(None), "ends once closed");
+    }
+
+    #[test]
+    fn a_stream_taken_after_close_yields_its_first_item_then_ends() {
+        let hub = EventHub::new(8);
+        hub.close();
+        let mut events = hub.subscribe(state(State::Closed));
+        assert_eq!(ready(&mut events), Poll::Ready(Some(state(State::Closed))));
+        assert_eq!(ready(&mut events), Poll::Ready(None));
+        hub.emit(err("late"));
+        assert_eq!(ready(&mut events), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_stream_whose_first_item_says_closed_ends_before_the_hub_closes() {
+        let hub = EventHub::new(8);
+        let mut events = hub.subscribe(state(State::Closed));
+        hub.emit(err("the Closed event, in flight"));
+        assert_eq!(ready(&mut events), Poll::Ready(Some(state(State::Closed))));
+        assert_eq!(ready(&mut events), Poll::Ready(None));
+    }
+
+    #[test]
+    fn the_first_item_is_a_state_change_for_the_queue() {
+        let mut q = EventQueue::new(1);
+        push(&mut q, state(State::Connected));
+        push(
+            &mut q,
+            EventKind::Reconnecting {
+                attempt: 1,
+                server: "a".into(),
+                delay: Duration::ZERO,
+                collapsed: 0,
+            },
+        );
+        assert!(matches!(
+            pop(&mut q),
+            Some(EventKind::Reconnecting { collapsed: 1, .. })
+        ));
+        assert_eq!(pop(&mut q), None);
     }
 }

@@ -40,11 +40,16 @@
 //!
 //! # Events
 //! Events are queued only for streams taken with `Client::events` and for the callback
-//! set with `ConnectOptions::event_callback` (which runs on its own task). The queue is
-//! bounded (`event_queue`, 1024). Loss reports are never dropped: when the queue is full
-//! their counts merge into a queued event of the same kind. A new state change replaces
-//! the newest queued one and bumps its `collapsed` count; other events are dropped and one
-//! `EventsLagged` says how many.
+//! set with `ConnectOptions::event_callback`. Each stream, and the callback, starts with
+//! `EventKind::CurrentState` (the state at that moment, and the server of the live link),
+//! so a late subscriber still learns where the client stands; a stream taken after the
+//! client closed yields `CurrentState { state: Closed, .. }` and ends. The callback runs on
+//! a runtime task, never an OS thread per client: the connection never waits for it, and
+//! it must not block for long (hand slow work to `spawn_blocking` or a channel). Each
+//! stream and the callback have a queue of their own, bounded (`event_queue`, 1024). Loss
+//! reports are never dropped: when the queue is full their counts merge into a queued
+//! event of the same kind. A new state change replaces the newest queued one and bumps its
+//! `collapsed` count; other events are dropped and one `EventsLagged` says how many.
 //!
 //! # Reconnection and the server pool
 //! The pool holds the URLs given and the servers announced in INFO `connect_urls` (an
@@ -103,5 +108,6 @@
 //! - `request_retry_after_reconnect(true)` retains written request frames until a PONG
 //!   confirms them and resends them after a reconnect: a responder may see a request
 //!   twice.
-//! - Events emitted before `Client::events` is called are not queued for that stream; set
+//! - Events emitted before `Client::events` is called are not queued for that stream (its
+//!   first item, `CurrentState`, says where things stand); set
 //!   `ConnectOptions::event_callback` to see every event from the first `Connected`.

@@ -58,6 +58,15 @@ pub use stats::Statistics;
 pub use subscription::{SubscribeOptions, Subscriber};
 pub use tether_proto::{HeaderMap, StatusCode, Subject};
 
+/// The version of this crate (`CARGO_PKG_VERSION`). It is what every client sends the
+/// server in CONNECT (`"lang": "rust"`, `"version": VERSION`), so the server's monitoring
+/// (`/connz`) shows which tether each connection runs.
+///
+/// ```
+/// println!("using tether {}", tether::VERSION);
+/// ```
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Connect with default options. See [`ConnectOptions::connect`].
 pub async fn connect(servers: impl IntoServers) -> Result<Client, ConnectError> {
     ConnectOptions::new().connect(servers).await

@@ -116,7 +116,7 @@ pub enum AuthFailurePolicy {
 
 /// A custom reconnect delay: (server, consecutive failures, outage elapsed) → delay.
 pub type ReconnectDelayFn = Arc<dyn Fn(&str, u32, Duration) -> Duration + Send + Sync>;
-/// An event callback; runs on its own task.
+/// An event callback; runs on a runtime task (see [`ConnectOptions::event_callback`]).
 pub type EventCallback = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// Options for a connection. Build with [`ConnectOptions::new`], set what you need, then
@@ -506,8 +506,33 @@ impl ConnectOptions {
         self.reconnect_delay(move |_, _, _| wait)
     }
 
-    /// A callback for every event. It runs on its own task, so a slow callback never
-    /// delays I/O.
+    /// A callback for every event, starting with
+    /// [`EventKind::CurrentState`](crate::EventKind::CurrentState) (the state at connect)
+    /// and ending with `Closed`. Default: none.
+    ///
+    /// It runs on a task of the runtime (never an OS thread of its own). The connection
+    /// never waits for it: events wait in the callback's bounded queue (`event_queue`),
+    /// where a slow callback only makes them merge (loss counts add up, state changes
+    /// collapse, other events are counted by `EventsLagged`). While it runs, though, it
+    /// holds a runtime worker, so it must not block for long: hand slow or blocking work
+    /// to `tokio::spawn`, `tokio::task::spawn_blocking` or a channel.
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), tether::ConnectError> {
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let client = tether::ConnectOptions::new()
+    ///     .event_callback(move |e| {
+    ///         let _ = tx.send(e); // cheap; the slow part runs elsewhere
+    ///     })
+    ///     .connect("nats://127.0.0.1:4222")
+    ///     .await?;
+    /// tokio::spawn(async move {
+    ///     while let Some(e) = rx.recv().await {
+    ///         eprintln!("{e}"); // or slow work: a database, a remote audit log
+    ///     }
+    /// });
+    /// # drop(client); Ok(()) }
+    /// ```
     #[must_use]
     pub fn event_callback(mut self, f: impl Fn(Event) + Send + Sync + 'static) -> Self {
         self.event_callback = Some(Arc::new(f));
@@ -705,7 +730,7 @@ impl ConnectOptions {
             },
             echo: !self.no_echo,
             name: self.name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::VERSION.to_owned(),
         }
     }
 

@@ -169,32 +169,6 @@ async fn events_stream_reports_close() {
     }
 }
 
-#[tokio::test]
-async fn event_callback_runs_off_the_runtime_and_sees_connected() {
-    let server = NatsServer::start().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    // The callback blocks until the test opens the gate: I/O must go on meanwhile.
-    let (open, gate) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate);
-    let client = ConnectOptions::new()
-        .event_callback(move |e| {
-            let _ = gate.lock().unwrap().recv();
-            let _ = tx.send(e);
-        })
-        .connect(server.url())
-        .await
-        .unwrap();
-    client.publish("cb", "x").await.unwrap();
-    client.flush().await.unwrap();
-    assert!(rx.try_recv().is_err(), "the callback is still blocked");
-    open.send(()).unwrap();
-    let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
-    assert!(
-        matches!(first.kind, EventKind::Connected { .. }),
-        "{first:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_closes_the_connection() {
     let server = NatsServer::start().unwrap();
