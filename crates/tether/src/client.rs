@@ -196,6 +196,7 @@ impl Client {
                 state: initial,
                 subs: HashMap::new(),
                 mux: None,
+                inbox_refused: None,
                 requests: HashMap::new(),
                 flushes: HashMap::new(),
                 next_token: 0,
@@ -487,6 +488,20 @@ impl Client {
             _ if inner.draining_pubs => return Err((PublishError::Draining, false)),
             _ => {}
         }
+        if let (FrameKind::Request(_), Some(r)) = (kind, request.as_ref()) {
+            if inner.mux.as_ref().map(|m| m.sid) != Some(r.mux_sid) {
+                // Its inbox was refused before the frame was buffered: no reply could
+                // come. Never sent; the caller hears it at once.
+                if let Some(r) = request.take() {
+                    let _ = r.tx.send(Err(RequestError::InboxDenied {
+                        subject: r.subject,
+                        message: inner.inbox_refused.clone().unwrap_or_default(),
+                        maybe_processed: false,
+                    }));
+                }
+                return Ok(());
+            }
+        }
         match inner.conn.publish(subject, reply, headers, payload, kind) {
             Ok(()) => {
                 let c = inner.conn.buffered();
@@ -776,11 +791,7 @@ impl Client {
         let deadline = later_tokio(start, timeout);
         let shared = self.shared();
         let (tx, rx) = oneshot::channel();
-        let mut pending = Some(PendingRequest {
-            subject: subject.to_owned(),
-            tx,
-        });
-        let (token, reply) = {
+        let (token, reply, mux_sid) = {
             let mut inner = shared.lock("request");
             if inner.state == State::Closed {
                 return Err(RequestError::Closed);
@@ -794,12 +805,17 @@ impl Client {
                 inner.mux = Some(Mux { sid, prefix });
             }
             let token = inner.token();
-            let reply = format!(
-                "{}{token}",
-                inner.mux.as_ref().map_or("", |m| m.prefix.as_str())
-            );
-            (token, reply)
+            let (reply, mux_sid) = match inner.mux.as_ref() {
+                Some(m) => (format!("{}{token}", m.prefix), m.sid),
+                None => (String::new(), 0),
+            };
+            (token, reply, mux_sid)
         };
+        let mut pending = Some(PendingRequest {
+            subject: subject.to_owned(),
+            mux_sid,
+            tx,
+        });
         // From here a dropped future (a caller's timeout or select!) leaves nothing behind:
         // the entry goes, and so does the frame if it was not written yet (B5).
         let mut guard = RequestGuard {

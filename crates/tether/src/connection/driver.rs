@@ -942,7 +942,9 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 refresh = None;
                 check_fresh_credentials(shared, &mut shared.lock("credentials"), fresh);
             }
-            () = shared.wake.notified(), if pos >= chunk.len() => {}
+            // Always armed, even mid-chunk: close(), force_reconnect() and a dropped last
+            // handle must be seen while a write is blocked on a full socket.
+            () = shared.wake.notified() => {}
             () = &mut timer, if deadline.is_some() => {
                 armed = None;
                 shared.lock("driver timer").conn.handle_timeout(Instant::now());
@@ -1151,13 +1153,14 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 // The request inbox itself was refused (permissions on `_INBOX.>`, say):
                 // fail what waits on it; the next request subscribes a new inbox.
                 inner.mux = None;
-                let why = match &reason {
+                let why: String = match &reason {
                     SubEndReason::PermissionDenied(t)
                     | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
                     _ => "the request inbox subscription ended".to_owned(),
                 };
                 // No reply can reach those inboxes. Requests already written may have
                 // been acted on (S4); those still buffered are removed, never sent.
+                inner.inbox_refused = Some(why.clone());
                 let buffered: Vec<u64> = inner.conn.buffered_requests().collect();
                 inner.conn.remove_requests(|t| buffered.contains(&t));
                 for (token, r) in inner.requests.drain() {

@@ -27,6 +27,8 @@ use crate::subscription::SubQueue;
 #[derive(Debug)]
 pub(crate) struct PendingRequest {
     pub(crate) subject: String,
+    /// The sid of the inbox subscription its reply subject belongs to.
+    pub(crate) mux_sid: u64,
     pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
 }
 
@@ -52,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) state: State,
     pub(crate) subs: HashMap<u64, Arc<SubQueue>>,
     pub(crate) mux: Option<Mux>,
+    /// Why the last inbox subscription was refused, for requests that meant to use it.
+    pub(crate) inbox_refused: Option<String>,
     pub(crate) requests: HashMap<u64, PendingRequest>,
     pub(crate) flushes: HashMap<u64, oneshot::Sender<Result<(), FlushError>>>,
     pub(crate) next_token: u64,
