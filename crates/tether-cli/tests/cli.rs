@@ -240,3 +240,81 @@ fn connection_failure_is_one_line() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn bench_publishes_to_the_subject_given() {
+    const SUBJECT: &str = "cli.bench.given";
+    // pub and pubsub send 300 messages each; reqrep 50 requests and one warm-up.
+    const EXPECTED: usize = 300 + 300 + 50 + 1;
+    let server = NatsServer::start().expect("start nats-server");
+    let mut sub = tether(&server.url());
+    sub.args(["sub", SUBJECT, "--count", &EXPECTED.to_string()]);
+    let sub = Background::spawn(sub);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the subscriber never subscribed"
+    );
+
+    for (mode, msgs) in [("pub", "300"), ("pubsub", "300"), ("reqrep", "50")] {
+        let v = json(&run(tether(&server.url()).args([
+            "bench",
+            mode,
+            "--subject",
+            SUBJECT,
+            "--msgs",
+            msgs,
+            "--json",
+        ])));
+        assert_eq!(v["mode"], mode, "{v}");
+        assert_eq!(v["subject"], SUBJECT, "{v}");
+        if mode == "pubsub" {
+            assert_eq!(v["received"], 300, "{v}");
+        }
+    }
+
+    // Every message (and nothing else, such as an end marker) went to the subject.
+    let out = sub.output();
+    assert!(out.status.success(), "sub failed: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), EXPECTED, "{stdout}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("[#{}] {SUBJECT}: {}", i + 1, "x".repeat(16)),
+            "line {}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn bench_refuses_an_invalid_subject() {
+    // A closed port: the subject must be refused before anything connects.
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    for (mode, subject, reason) in [
+        ("pub", "bench.*", "wildcard token"),
+        ("pubsub", "bench.>", "wildcard token"),
+        ("reqrep", "bench..x", "empty token"),
+    ] {
+        let out = run(tether(&url).args(["bench", mode, "--subject", subject, "--json"]));
+        assert_eq!(out.status.code(), Some(1), "{mode} {subject}");
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "more than one line: {err}"
+        );
+        assert!(
+            err.starts_with(&format!(
+                "error: --subject: invalid publish subject {subject:?}: {reason}"
+            )),
+            "{err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{mode} printed {:?}",
+            text(&out.stdout)
+        );
+    }
+}
