@@ -318,3 +318,23 @@ fn bench_refuses_an_invalid_subject() {
         );
     }
 }
+
+#[test]
+fn chaos_refuses_an_invalid_subject() {
+    let out = run(Command::new(BIN)
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .args(["chaos", "--subject", "chaos.>", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "more than one line: {err}"
+    );
+    assert!(
+        err.starts_with("error: --subject: invalid publish subject \"chaos.>\": wildcard token"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -409,6 +409,7 @@ async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), String> {
 }
 
 fn check_args(args: &ChaosArgs) -> Result<(), String> {
+    util::check_publish_subject("--subject", &args.subject).map_err(|e| e.to_string())?;
     if args.no_echo {
         return Err(
             "chaos refuses --no-echo: the shared-client invariant needs the \
