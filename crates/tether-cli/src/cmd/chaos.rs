@@ -107,13 +107,14 @@ PATH); with --server only --fault blackhole is possible (through a local proxy).
 
 The invariant, checked per outage and in total (exit status 1 if it fails, or if a
 client does not reconnect):
-  one client:   lost <= unconfirmed + client_dropped + removed
-                (lost == 0 with --resend-unconfirmed): every loss was reported.
-  --two-clients: the same for the messages published outside the subscriber's own
-                outages, with the publisher's unconfirmed and removed counts and the
-                subscriber's drops. Messages lost while the subscriber was away (from
-                its link going down until a probe from the publisher reached it again)
-                cannot be counted by either client: reported as lost_undetectable.")]
+  one client      lost <= unconfirmed + client_dropped + removed
+                  (lost == 0 with --resend-unconfirmed): every loss was reported.
+  --two-clients   the same for the messages published outside the subscriber's own
+                  outages, with the publisher's unconfirmed and removed counts and the
+                  subscriber's drops. Messages lost while the subscriber was away (from
+                  its link going down until a probe from the publisher reached it
+                  again) cannot be counted by either client: reported as
+                  lost_undetectable.")]
 pub struct ChaosArgs {
     /// Start a 3-node cluster instead of one server
     #[arg(long)]
