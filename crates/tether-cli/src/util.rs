@@ -57,6 +57,13 @@ pub async fn subscribe_confirmed(
     Ok(sub)
 }
 
+/// Checks a subject given with `flag` (e.g. `--subject`) for publishing, with tether's
+/// own rules: one line saying what is wrong, e.g. that wildcards are for subscriptions.
+pub fn check_publish_subject(flag: &str, subject: &str) -> Result<(), CliError> {
+    tether_proto::subject::validate_publish_subject(subject)
+        .map_err(|e| CliError::new(format!("{flag}: {e}")))
+}
+
 /// Every client [`connect`] made, so that `main` can close them whatever way the command
 /// ended (an error, Ctrl-C) before the runtime goes away.
 static OPEN: Mutex<Vec<Client>> = Mutex::new(Vec::new());
@@ -125,8 +132,22 @@ pub fn print_message(n: u64, msg: &Message) -> Result<bool, CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{check_publish_subject, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn publish_subjects() {
+        assert!(check_publish_subject("--subject", "bench.x").is_ok());
+        let e = check_publish_subject("--subject", "bench.*").unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.starts_with("--subject: invalid publish subject \"bench.*\": wildcard token"),
+            "{e}"
+        );
+        assert!(check_publish_subject("--subject", "a..b").is_err());
+        assert!(check_publish_subject("--subject", "").is_err());
+        assert!(check_publish_subject("--subject", "a b").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -240,3 +240,225 @@ fn connection_failure_is_one_line() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn bench_publishes_to_the_subject_given() {
+    const SUBJECT: &str = "cli.bench.given";
+    // pub and pubsub send 300 messages each; reqrep 50 requests and one warm-up.
+    const EXPECTED: usize = 300 + 300 + 50 + 1;
+    let server = NatsServer::start().expect("start nats-server");
+    let mut sub = tether(&server.url());
+    sub.args(["sub", SUBJECT, "--count", &EXPECTED.to_string()]);
+    let sub = Background::spawn(sub);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the subscriber never subscribed"
+    );
+
+    for (mode, msgs) in [("pub", "300"), ("pubsub", "300"), ("reqrep", "50")] {
+        let v = json(&run(tether(&server.url()).args([
+            "bench",
+            mode,
+            "--subject",
+            SUBJECT,
+            "--msgs",
+            msgs,
+            "--json",
+        ])));
+        assert_eq!(v["mode"], mode, "{v}");
+        assert_eq!(v["subject"], SUBJECT, "{v}");
+        if mode == "pubsub" {
+            assert_eq!(v["received"], 300, "{v}");
+        }
+    }
+
+    // Every message (and nothing else, such as an end marker) went to the subject.
+    let out = sub.output();
+    assert!(out.status.success(), "sub failed: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), EXPECTED, "{stdout}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("[#{}] {SUBJECT}: {}", i + 1, "x".repeat(16)),
+            "line {}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn bench_refuses_an_invalid_subject() {
+    // A closed port: the subject must be refused before anything connects.
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    for (mode, subject, reason) in [
+        ("pub", "bench.*", "wildcard token"),
+        ("pubsub", "bench.>", "wildcard token"),
+        ("reqrep", "bench..x", "empty token"),
+    ] {
+        let out = run(tether(&url).args(["bench", mode, "--subject", subject, "--json"]));
+        assert_eq!(out.status.code(), Some(1), "{mode} {subject}");
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "more than one line: {err}"
+        );
+        assert!(
+            err.starts_with(&format!(
+                "error: --subject: invalid publish subject {subject:?}: {reason}"
+            )),
+            "{err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{mode} printed {:?}",
+            text(&out.stdout)
+        );
+    }
+}
+
+/// `tether chaos --outages 2 --outage-ms 300 --rate 500 --json EXTRA...` against the
+/// nats-server chaos starts itself (kill and restart); its report, checked for what
+/// holds in every mode.
+fn chaos(extra: &[&str]) -> serde_json::Value {
+    let out = run(Command::new(BIN)
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .args([
+            "chaos",
+            "--outages",
+            "2",
+            "--outage-ms",
+            "300",
+            "--rate",
+            "500",
+            "--json",
+        ])
+        .args(extra));
+    assert!(
+        out.status.success(),
+        "chaos {extra:?} failed ({}): {}\n{}",
+        out.status,
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("chaos --json printed {:?}: {e}", text(&out.stdout)));
+    let n = |v: &serde_json::Value, k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} is not a count in {v}"))
+    };
+
+    assert_eq!(v["fault"], "kill", "{v}");
+    assert_eq!(v["outages"], 2, "{v}");
+    assert_eq!(v["invariant_ok"], true, "{v}");
+    assert_eq!(n(&v, "not_reconnected"), 0, "{v}");
+    let per = v["per_outage"].as_array().expect("per_outage");
+    assert_eq!(per.len(), 2, "{v}");
+    assert_eq!(v["downtime_ms"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["reconnect_ms"].as_array().map(Vec::len), Some(2), "{v}");
+    for o in per {
+        // Every outage: the client saw the link go and reconnected (a number, not null).
+        assert!(n(o, "disconnects") >= 1, "{o}");
+        assert!(
+            o["reconnect_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{o}"
+        );
+        assert!(o["downtime_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{o}");
+        assert_eq!(o["invariant_ok"], true, "{o}");
+        assert!(n(o, "published") > 0, "{o}");
+        assert!(n(o, "lost") <= n(o, "published"), "{o}");
+        assert!(
+            n(o, "delivered") <= n(o, "published") + n(o, "refused"),
+            "{o}"
+        );
+        assert!(n(o, "lost_undetectable") <= n(o, "lost"), "{o}");
+    }
+
+    // lost = published - delivered, where delivered also counts messages whose publish
+    // returned an error and that arrived all the same.
+    let (published, delivered, lost) = (n(&v, "published"), n(&v, "delivered"), n(&v, "lost"));
+    let delivered_refused = n(&v, "delivered_refused");
+    assert!(delivered_refused <= n(&v, "errors"), "{v}");
+    assert!(published >= delivered - delivered_refused, "{v}");
+    assert_eq!(lost, published - (delivered - delivered_refused), "{v}");
+    // The rule, recomputed from the counts.
+    let undetectable = n(&v, "lost_undetectable");
+    assert!(undetectable <= lost, "{v}");
+    assert!(
+        lost - undetectable <= n(&v, "unconfirmed") + n(&v, "client_dropped") + n(&v, "removed"),
+        "{v}"
+    );
+    // The outages' windows are part of the run (the totals add the warm-up).
+    for k in ["published", "delivered", "lost", "unconfirmed", "removed"] {
+        let sum: u64 = per.iter().map(|o| n(o, k)).sum();
+        assert!(
+            sum <= n(&v, k),
+            "sum of per_outage {k} {sum} > total in {v}"
+        );
+    }
+    // Event sums agree with the client's own counters when no event was dropped.
+    if n(&v, "events_lagged") == 0 {
+        assert_eq!(n(&v, "stats_unconfirmed"), n(&v, "unconfirmed"), "{v}");
+        assert_eq!(n(&v, "stats_removed"), n(&v, "removed"), "{v}");
+    }
+    v
+}
+
+#[test]
+fn chaos_kill_reports_every_loss() {
+    let v = chaos(&[]);
+    assert_eq!(v["two_clients"], false, "{v}");
+    assert_eq!(
+        v["invariant"], "lost <= unconfirmed + client_dropped + removed",
+        "{v}"
+    );
+    // One client: nothing is undetectable, nothing is sent twice without resending.
+    assert_eq!(v["lost_undetectable"], 0, "{v}");
+    assert_eq!(v["subscriber_disconnects"], 0, "{v}");
+    assert_eq!(v["duplicates"], 0, "{v}");
+}
+
+#[test]
+fn chaos_two_clients_checks_the_invariant() {
+    let v = chaos(&["--two-clients"]);
+    assert_eq!(v["two_clients"], true, "{v}");
+    assert_eq!(
+        v["invariant"], "lost - lost_undetectable <= unconfirmed + client_dropped + removed",
+        "{v}"
+    );
+    // Killing the one server takes the subscriber's link too, every time; the publisher
+    // buffers through the outage, so messages were published while the subscriber was
+    // away, and only those may be lost undetected.
+    for o in v["per_outage"].as_array().expect("per_outage") {
+        assert!(o["subscriber_disconnects"].as_u64() >= Some(1), "{o}");
+        assert!(o["subscriber_outage_msgs"].as_u64() > Some(0), "{o}");
+        assert!(
+            o["lost_undetectable"].as_u64() <= o["subscriber_outage_msgs"].as_u64(),
+            "{o}"
+        );
+    }
+    assert!(v["subscriber_disconnects"].as_u64() >= Some(2), "{v}");
+}
+
+#[test]
+fn chaos_refuses_an_invalid_subject() {
+    let out = run(Command::new(BIN)
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .args(["chaos", "--subject", "chaos.>", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "more than one line: {err}"
+    );
+    assert!(
+        err.starts_with("error: --subject: invalid publish subject \"chaos.>\": wildcard token"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -1,13 +1,17 @@
-//! `tether bench MODE --msgs N --size S [--json]`
+//! `tether bench MODE --msgs N --size S [--subject SUBJECT] [--json]`
 //!
-//! Every run ends when the last message is observed, never on a flush:
+//! Messages go to `--subject` (default: a subject unique to the run); the end marker
+//! always goes to a subject unique to the run, so the subject carries exactly the N
+//! messages. Every run ends when the last message is observed, never on a flush:
 //! - `pub`: one connection publishes N messages (one payload, reused), then a marker
 //!   message that the same connection receives on its own subscription (subscribed and
 //!   confirmed before the clock starts). The server processes a connection's bytes in
 //!   order, so the marker arriving means every message before it was processed.
 //! - `pubsub`: a subscriber connection counts what one publisher connection sends; the
 //!   run ends when it has all N, or when the marker arrives (then `received` < N tells
-//!   what was lost, e.g. to a slow consumer).
+//!   what was lost, e.g. to a slow consumer). Data and marker subscriptions share the
+//!   subscriber's connection, whose messages are queued in the order they arrive: when
+//!   the marker is taken, every data message before it is queued (or was dropped).
 //! - `reqrep`: sequential requests to an echo responder on its own connection (an
 //!   in-process task); one untimed warm-up request first sets up the request inbox.
 
@@ -16,7 +20,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tether::{Client, ConnectOptions};
@@ -60,12 +64,13 @@ Examples:
   tether bench pubsub --msgs 200000 --size 1024
   tether bench reqrep --msgs 5000 --json
   tether bench pub --server nats://10.0.0.5:4222
+  tether bench pubsub --subject orders.eu.new.priority.high
 
 Without --server (or NATS_URL) the bench starts a local nats-server (found through
 NATS_SERVER_BIN or PATH, 2.10 or newer) and stops it afterwards.
 MB/s counts payload bytes (10^6 bytes per MB). With --json, one JSON object is printed
-on stdout: mode, msgs, size, secs, msgs_per_sec, mb_per_sec, plus received and dropped
-for pubsub and p50_us, p90_us, p99_us for reqrep.")]
+on stdout: mode, subject, msgs, size, secs, msgs_per_sec, mb_per_sec, plus received and
+dropped for pubsub and p50_us, p90_us, p99_us for reqrep.")]
 pub struct Args {
     /// What to measure
     #[arg(value_enum)]
@@ -76,6 +81,12 @@ pub struct Args {
     /// Payload size in bytes
     #[arg(long, default_value_t = 16)]
     pub size: usize,
+    /// Subject to publish to (requests go to it for reqrep; no wildcards) [default: one
+    /// unique to the run, tether.bench.<pid>.<nanos>.data, or .echo for reqrep]. The
+    /// server's cost per message grows with the frame (subject and payload), so a short
+    /// subject shows mostly the client's cost rather than the server's
+    #[arg(long, value_name = "SUBJECT")]
+    pub subject: Option<String>,
     /// Print one JSON object instead of the human summary (and no progress bar)
     #[arg(long)]
     pub json: bool,
@@ -85,6 +96,8 @@ pub struct Args {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub mode: Mode,
+    /// The subject the messages (requests) went to.
+    pub subject: String,
     pub msgs: u64,
     pub size: usize,
     pub secs: f64,
@@ -103,11 +116,12 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(mode: Mode, msgs: u64, size: usize, elapsed: Duration) -> Self {
+    fn new(mode: Mode, subject: &str, msgs: u64, size: usize, elapsed: Duration) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let msgs_per_sec = msgs as f64 / secs;
         Self {
             mode,
+            subject: subject.to_owned(),
             msgs,
             size,
             secs,
@@ -128,7 +142,8 @@ impl Report {
             Mode::Reqrep => "reqrep",
         };
         let mut s = format!(
-            "bench {mode}: {} msgs of {} B in {:.3} s: {} msgs/s, {:.2} MB/s",
+            "bench {mode} on {}: {} msgs of {} B in {:.3} s: {} msgs/s, {:.2} MB/s",
+            self.subject,
             group(self.msgs),
             self.size,
             self.secs,
@@ -175,6 +190,15 @@ pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     if msgs == 0 {
         return Err(CliError::new("--msgs must be at least 1"));
     }
+    if let Some(subject) = &args.subject {
+        util::check_publish_subject("--subject", subject)?;
+    }
+    let prefix = unique_prefix();
+    let subject = args.subject.clone().unwrap_or_else(|| match args.mode {
+        Mode::Reqrep => format!("{prefix}.echo"),
+        _ => format!("{prefix}.data"),
+    });
+    let marker = format!("{prefix}.end");
     let mut local = None;
     let url = if let Some(url) = &global.server {
         url.clone()
@@ -193,9 +217,9 @@ pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     };
     let progress = progress_bar(msgs, args.json);
     let result = match args.mode {
-        Mode::Pub => bench_pub(&url, msgs, args.size, &progress).await,
-        Mode::Pubsub => bench_pubsub(&url, msgs, args.size, &progress).await,
-        Mode::Reqrep => bench_reqrep(&url, msgs, args.size, &progress).await,
+        Mode::Pub => bench_pub(&url, &subject, &marker, msgs, args.size, &progress).await,
+        Mode::Pubsub => bench_pubsub(&url, &subject, &marker, msgs, args.size, &progress).await,
+        Mode::Reqrep => bench_reqrep(&url, &subject, msgs, args.size, &progress).await,
     };
     progress.finish_and_clear();
     if let Some(mut server) = local {
@@ -296,23 +320,22 @@ impl<T, E: std::fmt::Display> WithContextFn<T> for Result<T, E> {
 
 async fn bench_pub(
     url: &str,
+    data: &str,
+    end: &str,
     msgs: u64,
     size: usize,
     progress: &ProgressBar,
 ) -> Result<Report, CliError> {
     let client = util::connect(url, bench_options(msgs, size)).await?;
-    let prefix = unique_prefix();
-    let data = format!("{prefix}.data");
-    let end = format!("{prefix}.end");
     let mut marker =
-        util::subscribe_confirmed(&client, &end, None, "subscribing to the marker").await?;
+        util::subscribe_confirmed(&client, end, None, "subscribing to the marker").await?;
     let payload = Bytes::from(vec![b'x'; size]);
     progress.set_message("publishing");
 
     let start = Instant::now();
-    publish_all(&client, &data, &payload, msgs, Some(progress)).await?;
+    publish_all(&client, data, &payload, msgs, Some(progress)).await?;
     client
-        .publish(&end, b"")
+        .publish(end, b"")
         .await
         .context("publishing the end marker")?;
     progress.set_position(msgs);
@@ -335,11 +358,13 @@ async fn bench_pub(
     }
     let elapsed = start.elapsed();
     client.close().await;
-    Ok(Report::new(Mode::Pub, msgs, size, elapsed))
+    Ok(Report::new(Mode::Pub, data, msgs, size, elapsed))
 }
 
 async fn bench_pubsub(
     url: &str,
+    data: &str,
+    end: &str,
     msgs: u64,
     size: usize,
     progress: &ProgressBar,
@@ -347,23 +372,31 @@ async fn bench_pubsub(
     let opts = bench_options(msgs, size);
     let sub_client = util::connect(url, opts.clone()).await?;
     let pub_client = util::connect(url, opts).await?;
-    let prefix = unique_prefix();
-    let data = format!("{prefix}.data");
-    let end = format!("{prefix}.end");
-    // One subscription for data and marker, so the marker cannot overtake the data.
-    let mut sub =
-        util::subscribe_confirmed(&sub_client, &format!("{prefix}.*"), None, "subscribing").await?;
+    let mut sub = util::subscribe(&sub_client, data, None, "subscribing").await?;
+    let mut marker =
+        util::subscribe_confirmed(&sub_client, end, None, "subscribing to the marker").await?;
     let payload = Bytes::from(vec![b'x'; size]);
     progress.set_message("receiving");
 
+    /// What the subscriber connection gave next.
+    enum Next {
+        Data,
+        Marker,
+        Ended,
+    }
     let counter_progress = progress.clone();
-    let marker = end.clone();
     let counter = tokio::spawn(async move {
         let mut received = 0u64;
         loop {
-            match tokio::time::timeout(IDLE_TIMEOUT, sub.next()).await {
-                Ok(Some(m)) if m.subject.as_str() == marker => break,
-                Ok(Some(_)) => {
+            let next = tokio::time::timeout(IDLE_TIMEOUT, async {
+                tokio::select! {
+                    biased;
+                    m = sub.next() => if m.is_some() { Next::Data } else { Next::Ended },
+                    m = marker.next() => if m.is_some() { Next::Marker } else { Next::Ended },
+                }
+            });
+            match next.await {
+                Ok(Next::Data) => {
                     received += 1;
                     if received % PROGRESS_STEP == 0 {
                         counter_progress.set_position(received);
@@ -372,7 +405,14 @@ async fn bench_pubsub(
                         break;
                     }
                 }
-                Ok(None) => {
+                Ok(Next::Marker) => {
+                    // Data that arrived before the marker is queued already.
+                    while let Some(Some(_)) = sub.next().now_or_never() {
+                        received += 1;
+                    }
+                    break;
+                }
+                Ok(Next::Ended) => {
                     tracing::warn!(received, "the subscription ended early");
                     break;
                 }
@@ -389,9 +429,9 @@ async fn bench_pubsub(
     });
 
     let start = Instant::now();
-    publish_all(&pub_client, &data, &payload, msgs, None).await?;
+    publish_all(&pub_client, data, &payload, msgs, None).await?;
     pub_client
-        .publish(&end, b"")
+        .publish(end, b"")
         .await
         .context("publishing the end marker")?;
     let (received, end_at, dropped) = counter
@@ -400,7 +440,7 @@ async fn bench_pubsub(
     let elapsed = end_at.duration_since(start);
     pub_client.close().await;
     sub_client.close().await;
-    let mut report = Report::new(Mode::Pubsub, msgs, size, elapsed);
+    let mut report = Report::new(Mode::Pubsub, data, msgs, size, elapsed);
     report.received = Some(received);
     report.dropped = Some(dropped);
     if received < msgs {
@@ -416,15 +456,15 @@ async fn bench_pubsub(
 
 async fn bench_reqrep(
     url: &str,
+    subject: &str,
     msgs: u64,
     size: usize,
     progress: &ProgressBar,
 ) -> Result<Report, CliError> {
     let opts = bench_options(msgs, size);
     let responder = util::connect(url, opts.clone()).await?;
-    let subject = format!("{}.echo", unique_prefix());
     let mut requests =
-        util::subscribe_confirmed(&responder, &subject, None, "subscribing the echo responder")
+        util::subscribe_confirmed(&responder, subject, None, "subscribing the echo responder")
             .await?;
     let echo_client = responder.clone();
     let echo = tokio::spawn(async move {
@@ -440,7 +480,7 @@ async fn bench_reqrep(
     let requester = util::connect(url, bench_options(msgs, size)).await?;
     let payload = Bytes::from(vec![b'x'; size]);
     requester
-        .request_with(&subject, None, &payload, REQUEST_TIMEOUT)
+        .request_with(subject, None, &payload, REQUEST_TIMEOUT)
         .await
         .context("warm-up request")?;
     progress.set_message("requests");
@@ -449,7 +489,7 @@ async fn bench_reqrep(
     for i in 0..msgs {
         let t = Instant::now();
         let reply = requester
-            .request_with(&subject, None, &payload, REQUEST_TIMEOUT)
+            .request_with(subject, None, &payload, REQUEST_TIMEOUT)
             .await
             .with_context_fn(|| format!("request #{} of {msgs}", i + 1))?;
         latencies.push(t.elapsed());
@@ -474,7 +514,7 @@ async fn bench_reqrep(
         tracing::warn!("the echo responder did not stop after close");
     }
     latencies.sort_unstable();
-    let mut report = Report::new(Mode::Reqrep, msgs, size, elapsed);
+    let mut report = Report::new(Mode::Reqrep, subject, msgs, size, elapsed);
     report.p50_us = Some(percentile_us(&latencies, 50.0));
     report.p90_us = Some(percentile_us(&latencies, 90.0));
     report.p99_us = Some(percentile_us(&latencies, 99.0));

@@ -11,22 +11,36 @@
 //!   timeout, so the stale link is found during the outage).
 //! - Every payload is a u64 big-endian sequence number. `lost` = published and accepted
 //!   by `publish` − distinct delivered, counted after a final `flush` and 1 s of quiet.
+//!   Refused publishes (`publish` returned an error) are not published: the caller knows.
 //! - One client by default (echo on), with pending limits large enough for the whole
 //!   outage: then `lost ≤ unconfirmed + client_dropped + removed` must hold exactly, and
-//!   with `--resend-unconfirmed`, `lost == 0`. With `--two-clients` the subscriber's own
-//!   losses (messages the server had no subscription for) cannot be detected by any
-//!   client: what the publisher's counters do not explain is `lost_undetectable`.
+//!   with `--resend-unconfirmed`, `lost == 0`. The server delivers a connection's own
+//!   messages back in order on that connection, so a message it confirmed (PONG) has
+//!   reached the client: every loss is one the client counted.
+//! - With `--two-clients` the subscriber's own outages lose messages no client can count:
+//!   the server confirms them to the publisher while the subscriber has no subscription.
+//!   Chaos measures those outages as sequence ranges: from the first message the
+//!   subscriber had not received when its link went down (`Disconnected`, or `Migrated`)
+//!   to the first message published after a probe that reached it again (probes: 16-byte
+//!   payloads the publisher sends every 20 ms once the subscriber is connected, so the
+//!   range ends only when the subscriber's interest is in place where the publisher's
+//!   messages are processed, e.g. across a cluster route). Losses in those ranges are
+//!   `lost_undetectable`; the rest must satisfy the one-client rule with the publisher's
+//!   unconfirmed and removed counts and the subscriber's slow-consumer drops.
+//! - The invariant is checked per outage (with all client drops, which cannot be tied to
+//!   a window) and in total; a client that does not reconnect fails it too.
 //! - Outage windows: outage i covers every message published from halfway through the
 //!   quiet run before its fault to halfway through the one after it (the last to the end
 //!   of the run), so the messages in flight when the fault hits count for it.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tether::server_pool::ServerAddr;
@@ -59,6 +73,11 @@ const PUBLISH_TICK: Duration = Duration::from_millis(5);
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Payload: the sequence number.
 const PAYLOAD_LEN: usize = 8;
+/// `--two-clients`: a probe is sent this often while the subscriber is back from an
+/// outage and has not received one yet.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// A probe's payload: this, then the probe id as a u64 big-endian.
+const PROBE_MAGIC: &[u8; 8] = b"chaosprb";
 
 /// The fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -85,8 +104,17 @@ Examples:
 
 Without --server (or NATS_URL) chaos starts its own nats-server (NATS_SERVER_BIN or
 PATH); with --server only --fault blackhole is possible (through a local proxy).
-Exits with status 1 if the invariant fails: lost <= unconfirmed + client_dropped +
-removed (one client), lost == 0 with --resend-unconfirmed.")]
+
+The invariant, checked per outage and in total (exit status 1 if it fails, or if a
+client does not reconnect):
+  one client      lost <= unconfirmed + client_dropped + removed
+                  (lost == 0 with --resend-unconfirmed): every loss was reported.
+  --two-clients   the same for the messages published outside the subscriber's own
+                  outages, with the publisher's unconfirmed and removed counts and the
+                  subscriber's drops. Messages lost while the subscriber was away (from
+                  its link going down until a probe from the publisher reached it
+                  again) cannot be counted by either client: reported as
+                  lost_undetectable.")]
 pub struct ChaosArgs {
     /// Start a 3-node cluster instead of one server
     #[arg(long)]
@@ -110,8 +138,8 @@ pub struct ChaosArgs {
     /// be 0; duplicates are counted)
     #[arg(long)]
     pub resend_unconfirmed: bool,
-    /// Publisher and subscriber on two clients (the subscriber's own losses are then
-    /// undetectable)
+    /// Publisher and subscriber on two clients (losses during the subscriber's own
+    /// outages are then undetectable: reported, not checked)
     #[arg(long)]
     pub two_clients: bool,
     /// Refused: the shared-client invariant needs echo
@@ -157,6 +185,14 @@ pub struct OutageReport {
     pub unconfirmed: u64,
     pub removed: u64,
     pub max_buffer_bytes: u64,
+    /// `--two-clients`: the subscriber's disconnects (and migrations).
+    pub subscriber_disconnects: u64,
+    /// `--two-clients`: messages published during the subscriber's own outages.
+    pub subscriber_outage_msgs: u64,
+    /// `--two-clients`: of those, the lost ones.
+    pub lost_undetectable: u64,
+    /// The invariant for this outage's messages.
+    pub invariant_ok: bool,
 }
 
 /// The result of a run.
@@ -183,7 +219,15 @@ pub struct Report {
     pub downtime_ms: Vec<f64>,
     pub reconnect_ms: Vec<f64>,
     pub max_buffer_bytes: u64,
+    /// `--two-clients`: the subscriber's disconnects (and migrations).
+    pub subscriber_disconnects: u64,
+    /// `--two-clients`: messages published during the subscriber's own outages.
+    pub subscriber_outage_msgs: u64,
+    /// `--two-clients`: messages lost during the subscriber's own outages, which no
+    /// client can count.
     pub lost_undetectable: u64,
+    /// The rule checked.
+    pub invariant: &'static str,
     pub invariant_ok: bool,
     /// Publishes that returned an error and were delivered all the same.
     pub delivered_refused: u64,
@@ -194,7 +238,8 @@ pub struct Report {
     /// The first publish error, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
-    /// Outages after which the client did not reconnect in time.
+    /// Outages after which a client did not reconnect in time (with two clients: or the
+    /// subscriber did not receive a probe again).
     pub not_reconnected: u64,
     pub per_outage: Vec<OutageReport>,
 }
@@ -213,6 +258,27 @@ struct Window {
     reconnected_at: Option<Instant>,
     up_at: Option<Instant>,
     max_buffer: u64,
+    sub_disconnects: u64,
+}
+
+/// `--two-clients`: one outage of the subscriber, as the sequence numbers `start..end`
+/// (the end is `None` while no probe has reached the subscriber again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gap {
+    start: u64,
+    end: Option<u64>,
+    /// Only probes from this id on may end it (those sent after its last disconnect).
+    first_probe: u64,
+}
+
+/// `--two-clients`: probes sent by the publisher and received by the subscriber.
+#[derive(Debug, Default)]
+struct Probes {
+    /// Per probe id: the first sequence number published after it (`None` while being
+    /// sent, or if refused).
+    after: Vec<Option<u64>>,
+    /// Ids received.
+    seen: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +290,11 @@ struct Shared {
     published_ok: AtomicU64,
     refused: AtomicU64,
     delivered_msgs: AtomicU64,
+    /// Highest sequence number delivered, plus one.
+    delivered_upto: AtomicU64,
+    /// `--two-clients`: the subscriber's outages.
+    gaps: Mutex<Vec<Gap>>,
+    probes: Mutex<Probes>,
     /// Per sequence number: accepted by publish.
     accepted: Mutex<Vec<bool>>,
     /// Per sequence number: times delivered.
@@ -244,6 +315,44 @@ impl Shared {
         let mut w = lock(&self.windows);
         if let Some(w) = w.get_mut(i) {
             f(w);
+        }
+    }
+
+    /// The subscriber lost its link (or moved): opens an outage at the first message it
+    /// has not received, or restarts the probing of the one still open.
+    fn subscriber_down(&self) {
+        let mut gaps = lock(&self.gaps);
+        let first_probe = lock(&self.probes).after.len() as u64;
+        match gaps.last_mut() {
+            Some(g) if g.end.is_none() => g.first_probe = first_probe,
+            _ => gaps.push(Gap {
+                start: self.delivered_upto.load(Ordering::SeqCst),
+                end: None,
+                first_probe,
+            }),
+        }
+    }
+
+    /// Ends the open subscriber outage if one of its probes has arrived; returns whether
+    /// an outage is still open.
+    fn subscriber_outage_open(&self) -> bool {
+        let mut gaps = lock(&self.gaps);
+        let Some(g) = gaps.last_mut().filter(|g| g.end.is_none()) else {
+            return false;
+        };
+        let probes = lock(&self.probes);
+        let end = probes
+            .seen
+            .iter()
+            .filter(|&&id| id >= g.first_probe)
+            .filter_map(|&id| probes.after.get(id as usize).copied().flatten())
+            .min();
+        match end {
+            Some(end) => {
+                g.end = Some(end.max(g.start));
+                false
+            }
+            None => true,
         }
     }
 }
@@ -409,6 +518,7 @@ async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), String> {
 }
 
 fn check_args(args: &ChaosArgs) -> Result<(), String> {
+    util::check_publish_subject("--subject", &args.subject).map_err(|e| e.to_string())?;
     if args.no_echo {
         return Err(
             "chaos refuses --no-echo: the shared-client invariant needs the \
@@ -445,7 +555,9 @@ fn check_args(args: &ChaosArgs) -> Result<(), String> {
 
 // ===== tasks =====
 
-fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::task::JoinHandle<()> {
+/// The publisher's client (also the subscriber's with one client): disconnects, downtime,
+/// unconfirmed and removed messages.
+fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     let mut events = client.events();
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
@@ -455,21 +567,17 @@ fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::ta
                     unconfirmed_msgs, ..
                 } => shared.with_window(|w| {
                     w.unconfirmed += unconfirmed_msgs;
-                    if record {
-                        w.disconnects += 1;
-                        w.disconnected_at.get_or_insert(now);
-                    }
+                    w.disconnects += 1;
+                    w.disconnected_at.get_or_insert(now);
                 }),
                 // Lame duck mode: a planned switch, no downtime; it ends the outage.
                 EventKind::Migrated {
                     unconfirmed_msgs, ..
                 } => shared.with_window(|w| {
                     w.unconfirmed += unconfirmed_msgs;
-                    if record {
-                        w.reconnected_at.get_or_insert(now);
-                    }
+                    w.reconnected_at.get_or_insert(now);
                 }),
-                EventKind::Reconnected { downtime, .. } if record => shared.with_window(|w| {
+                EventKind::Reconnected { downtime, .. } => shared.with_window(|w| {
                     w.downtime += downtime;
                     w.reconnected_at = Some(now);
                 }),
@@ -479,6 +587,58 @@ fn spawn_events(client: &Client, shared: Arc<Shared>, record: bool) -> tokio::ta
                 }
                 _ => {}
             }
+        }
+    })
+}
+
+/// `--two-clients`: an event of the subscriber's client. Its unconfirmed and removed
+/// counts would be of its own publishes, of which there are none; what matters is its
+/// own outages.
+fn subscriber_event(shared: &Shared, e: tether::Event) {
+    match e.kind {
+        EventKind::Disconnected { .. } | EventKind::Migrated { .. } => {
+            shared.subscriber_down();
+            shared.with_window(|w| w.sub_disconnects += 1);
+        }
+        EventKind::EventsLagged { dropped } => {
+            shared.lagged.fetch_add(dropped, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// `--two-clients`: while a subscriber outage is open and the subscriber is connected,
+/// the publisher sends a probe every [`PROBE_EVERY`]; the first of them to reach the
+/// subscriber ends the outage (at the first sequence number published after it).
+fn spawn_prober(
+    pub_client: Client,
+    sub_client: Client,
+    subject: String,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !shared.subscriber_outage_open() || sub_client.status() != State::Connected {
+                continue;
+            }
+            let id = {
+                let mut p = lock(&shared.probes);
+                p.after.push(None);
+                p.after.len() - 1
+            };
+            let mut payload = [0u8; 16];
+            payload[..8].copy_from_slice(PROBE_MAGIC);
+            payload[8..].copy_from_slice(&(id as u64).to_be_bytes());
+            if pub_client.publish(&subject, payload).await.is_err() {
+                continue;
+            }
+            // The publisher task stores next_seq = k between publishing k - 1 and k, so
+            // it starts publishing k + 1 only after this load: after the probe.
+            let after = shared.next_seq.load(Ordering::SeqCst) + 1;
+            lock(&shared.probes).after[id] = Some(after);
         }
     })
 }
@@ -514,12 +674,45 @@ fn spawn_publisher(
     })
 }
 
+/// Counts deliveries. With `--two-clients` it also takes the subscriber client's events:
+/// the driver emits `Disconnected` before it queues any message from the next link, so
+/// taking the queued events before each message opens a subscriber outage before a
+/// message from after it can raise `delivered_upto` (the outage's start).
 fn spawn_subscriber(
     mut sub: tether::Subscriber,
+    mut events: Option<tether::Events>,
     shared: Arc<Shared>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
+        loop {
+            let next_event = async {
+                match events.as_mut() {
+                    Some(ev) => ev.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                biased;
+                Some(e) = next_event => {
+                    subscriber_event(&shared, e);
+                    continue;
+                }
+                m = sub.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            if let Some(ev) = events.as_mut() {
+                while let Some(Some(e)) = ev.next().now_or_never() {
+                    subscriber_event(&shared, e);
+                }
+            }
+            if let Some(id) = msg
+                .payload
+                .strip_prefix(PROBE_MAGIC)
+                .and_then(|id| <[u8; 8]>::try_from(id).ok())
+            {
+                lock(&shared.probes).seen.push(u64::from_be_bytes(id));
+                continue;
+            }
             let Ok(bytes) = <[u8; PAYLOAD_LEN]>::try_from(msg.payload.as_ref()) else {
                 shared.foreign.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -537,6 +730,9 @@ fn spawn_subscriber(
             }
             d[seq] += 1;
             drop(d);
+            shared
+                .delivered_upto
+                .fetch_max(seq as u64 + 1, Ordering::SeqCst);
             shared.delivered_msgs.fetch_add(1, Ordering::Relaxed);
         }
     })
@@ -609,17 +805,33 @@ pub async fn run_chaos(args: ChaosArgs) -> Result<(), String> {
     }
     if report.invariant_ok {
         Ok(())
-    } else if args.resend_unconfirmed && !args.two_clients {
-        Err(format!(
-            "invariant failed: {} messages lost with --resend-unconfirmed (must be 0)",
-            report.lost
-        ))
     } else {
-        Err(format!(
-            "invariant failed: lost {} > unconfirmed {} + client_dropped {} + removed {}",
-            report.lost, report.unconfirmed, report.client_dropped, report.removed
-        ))
+        Err(invariant_failure(&report))
     }
+}
+
+/// One line saying why the run failed.
+fn invariant_failure(r: &Report) -> String {
+    let failed: Vec<String> = (r.per_outage.iter().enumerate())
+        .filter(|(_, o)| !o.invariant_ok)
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    let mut why = format!(
+        "invariant failed ({}): lost {}, lost_undetectable {}, unconfirmed {}, \
+         client_dropped {}, removed {}",
+        r.invariant, r.lost, r.lost_undetectable, r.unconfirmed, r.client_dropped, r.removed
+    );
+    if !failed.is_empty() {
+        let _ = write!(why, "; outages failing it: {}", failed.join(", "));
+    }
+    if r.not_reconnected > 0 {
+        let _ = write!(
+            why,
+            "; {} outage(s) not recovered in time",
+            r.not_reconnected
+        );
+    }
+    why
 }
 
 async fn drive(
@@ -663,9 +875,15 @@ async fn drive(
 
     let shared = Arc::new(Shared::default());
     lock(&shared.windows).push(Window::default());
-    let mut tasks = vec![spawn_events(&pub_client, Arc::clone(&shared), true)];
+    let mut tasks = vec![spawn_events(&pub_client, Arc::clone(&shared))];
+    let sub_events = args.two_clients.then(|| sub_client.events());
     if args.two_clients {
-        tasks.push(spawn_events(&sub_client, Arc::clone(&shared), false));
+        tasks.push(spawn_prober(
+            pub_client.clone(),
+            sub_client.clone(),
+            args.subject.clone(),
+            Arc::clone(&shared),
+        ));
     }
     let sub = util::subscribe_confirmed(
         &sub_client,
@@ -675,7 +893,7 @@ async fn drive(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let sub_task = spawn_subscriber(sub, Arc::clone(&shared));
+    let sub_task = spawn_subscriber(sub, sub_events, Arc::clone(&shared));
 
     let pb = ProgressBar::with_draw_target(
         Some(u64::from(args.outages)),
@@ -754,15 +972,19 @@ async fn drive(
         let clients = [&pub_client, &sub_client];
         loop {
             let reconnected = lock(&shared.windows)[i].reconnected_at.is_some();
-            if reconnected && all_connected(&clients) {
+            // With two clients, until a probe has reached the subscriber again.
+            let receiving = !shared.subscriber_outage_open();
+            if reconnected && all_connected(&clients) && receiving {
                 break;
             }
             if Instant::now() > deadline {
                 not_reconnected += 1;
                 say(format!(
                     "outage {i}: not reconnected within {RECONNECT_TIMEOUT:?} of the server \
-                     being back (state {:?})",
-                    pub_client.status()
+                     being back (publisher {:?}, subscriber {:?}{})",
+                    pub_client.status(),
+                    sub_client.status(),
+                    if receiving { "" } else { ", no probe received" }
                 ));
                 break;
             }
@@ -796,6 +1018,13 @@ async fn drive(
     for t in &tasks {
         t.abort();
     }
+    if not_reconnected == 0 && shared.subscriber_outage_open() {
+        not_reconnected += 1;
+        say(
+            "the subscriber lost its link after the last outage and no probe reached it again"
+                .into(),
+        );
+    }
     sub_task.abort();
     if let Some(e) = failure {
         return Err(e);
@@ -813,6 +1042,36 @@ async fn drive(
     ))
 }
 
+/// The invariant for one set of messages: are the `lost` ones accounted for? Those
+/// lost during the subscriber's own outages (`undetectable`, two clients) are set apart;
+/// every other loss must have been reported as unconfirmed, dropped by the client or
+/// removed (none at all with `--resend-unconfirmed`, which resends unconfirmed messages).
+fn accounted(
+    lost: u64,
+    undetectable: u64,
+    unconfirmed: u64,
+    client_dropped: u64,
+    removed: u64,
+    resend_unconfirmed: bool,
+) -> bool {
+    let reportable = lost.saturating_sub(undetectable);
+    if resend_unconfirmed {
+        reportable == 0
+    } else {
+        reportable <= unconfirmed + client_dropped + removed
+    }
+}
+
+/// The rule [`accounted`] checks, in words.
+fn invariant_rule(two_clients: bool, resend_unconfirmed: bool) -> &'static str {
+    match (two_clients, resend_unconfirmed) {
+        (false, false) => "lost <= unconfirmed + client_dropped + removed",
+        (false, true) => "lost == 0",
+        (true, false) => "lost - lost_undetectable <= unconfirmed + client_dropped + removed",
+        (true, true) => "lost - lost_undetectable == 0",
+    }
+}
+
 fn build_report(
     args: &ChaosArgs,
     outage: Duration,
@@ -824,7 +1083,15 @@ fn build_report(
     let accepted = lock(&shared.accepted).clone();
     let delivered = lock(&shared.delivered).clone();
     let windows = lock(&shared.windows).clone();
+    // An outage still open counts to the end of the run (and the run has failed).
+    let gaps: Vec<(u64, u64)> = lock(&shared.gaps)
+        .iter()
+        .map(|g| (g.start, g.end.unwrap_or(u64::MAX)))
+        .collect();
     let got = |s: usize| delivered.get(s).copied().unwrap_or(0);
+    let in_gap = |s: usize| gaps.iter().any(|&(a, b)| a <= s as u64 && (s as u64) < b);
+    let client_dropped = sub_stats.slow_consumer_dropped;
+    let resend = args.resend_unconfirmed;
 
     let mut per = Vec::new();
     let (mut published, mut deliv, mut lost, mut refused, mut dups, mut delivered_refused) =
@@ -843,8 +1110,11 @@ fn build_report(
             let n = got(s);
             if ok {
                 o.published += 1;
+                let away = in_gap(s);
+                o.subscriber_outage_msgs += u64::from(away);
                 if n == 0 {
                     o.lost += 1;
+                    o.lost_undetectable += u64::from(away);
                 }
             } else {
                 o.refused += 1;
@@ -871,16 +1141,27 @@ fn build_report(
             _ => f64::NAN,
         };
         o.disconnects = w.disconnects;
+        o.subscriber_disconnects = w.sub_disconnects;
         o.unconfirmed = w.unconfirmed;
         o.removed = w.removed;
         o.max_buffer_bytes = w.max_buffer;
+        // Client drops cannot be tied to a window: each outage may use all of them.
+        o.invariant_ok = accounted(
+            o.lost,
+            o.lost_undetectable,
+            o.unconfirmed,
+            client_dropped,
+            o.removed,
+            resend,
+        );
         per.push(o);
     }
     // Window 0 (before the first fault) is folded into the totals only.
     let pre = per.remove(0);
-    let unconfirmed: u64 = pre.unconfirmed + per.iter().map(|o| o.unconfirmed).sum::<u64>();
-    let removed: u64 = pre.removed + per.iter().map(|o| o.removed).sum::<u64>();
-    let client_dropped = sub_stats.slow_consumer_dropped;
+    let sum = |f: fn(&OutageReport) -> u64| f(&pre) + per.iter().map(f).sum::<u64>();
+    let unconfirmed = sum(|o| o.unconfirmed);
+    let removed = sum(|o| o.removed);
+    let lost_undetectable = sum(|o| o.lost_undetectable);
     let max_buffer_bytes = windows
         .iter()
         .map(|w| w.max_buffer)
@@ -888,20 +1169,15 @@ fn build_report(
         .unwrap_or(0)
         .max(pub_stats.buffer_high_water_bytes);
 
-    let (lost_undetectable, invariant_ok) = if args.two_clients {
-        let explained = if args.resend_unconfirmed {
-            0
-        } else {
-            unconfirmed
-        } + client_dropped
-            + removed;
-        (lost.saturating_sub(explained), true)
-    } else if args.resend_unconfirmed {
-        (0, lost == 0)
-    } else {
-        (0, lost <= unconfirmed + client_dropped + removed)
-    };
-    let invariant_ok = invariant_ok && not_reconnected == 0;
+    let invariant_ok = accounted(
+        lost,
+        lost_undetectable,
+        unconfirmed,
+        client_dropped,
+        removed,
+        resend,
+    ) && per.iter().all(|o| o.invariant_ok)
+        && not_reconnected == 0;
 
     Report {
         fault: args.fault,
@@ -922,15 +1198,13 @@ fn build_report(
         downtime_ms: per.iter().map(|o| o.downtime_ms).collect(),
         reconnect_ms: per.iter().map(|o| o.reconnect_ms).collect(),
         max_buffer_bytes,
+        subscriber_disconnects: sum(|o| o.subscriber_disconnects),
+        subscriber_outage_msgs: sum(|o| o.subscriber_outage_msgs),
         lost_undetectable,
+        invariant: invariant_rule(args.two_clients, resend),
         invariant_ok,
         delivered_refused,
-        stats_unconfirmed: pub_stats.unconfirmed_reported_msgs
-            + if args.two_clients {
-                sub_stats.unconfirmed_reported_msgs
-            } else {
-                0
-            },
+        stats_unconfirmed: pub_stats.unconfirmed_reported_msgs,
         stats_removed: pub_stats.frames_removed,
         events_lagged: shared.lagged.load(Ordering::Relaxed),
         first_error: lock(&shared.first_error).clone(),
@@ -959,7 +1233,7 @@ fn print_report(r: &Report) {
         r.rate
     );
     println!(
-        "{:>3} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7} {:>11} {:>8} {:>12}",
+        "{:>3} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7} {:>11} {:>8} {:>12} {:>9}",
         "#",
         "downtime",
         "reconnect",
@@ -969,11 +1243,12 @@ fn print_report(r: &Report) {
         "refused",
         "unconfirmed",
         "removed",
-        "peak buffer"
+        "peak buffer",
+        "invariant"
     );
     for (i, o) in r.per_outage.iter().enumerate() {
         println!(
-            "{:>3} {:>7.0} ms {:>7.0} ms {:>9} {:>9} {:>7} {:>7} {:>11} {:>8} {:>10} B",
+            "{:>3} {:>7.0} ms {:>7.0} ms {:>9} {:>9} {:>7} {:>7} {:>11} {:>8} {:>10} B {:>9}",
             i + 1,
             o.downtime_ms,
             o.reconnect_ms,
@@ -983,7 +1258,8 @@ fn print_report(r: &Report) {
             o.refused,
             o.unconfirmed,
             o.removed,
-            o.max_buffer_bytes
+            o.max_buffer_bytes,
+            if o.invariant_ok { "ok" } else { "FAILED" }
         );
     }
     println!(
@@ -1001,8 +1277,9 @@ fn print_report(r: &Report) {
     );
     if r.two_clients {
         println!(
-            "lost undetectable (subscriber side): {}",
-            r.lost_undetectable
+            "subscriber outages: {} disconnects, {} messages published meanwhile, {} of them \
+             lost (undetectable)",
+            r.subscriber_disconnects, r.subscriber_outage_msgs, r.lost_undetectable
         );
     }
     if let Some(e) = &r.first_error {
@@ -1020,15 +1297,172 @@ fn print_report(r: &Report) {
             r.stats_unconfirmed, r.stats_removed, r.unconfirmed, r.removed
         );
     }
-    let rule = if r.two_clients {
-        "not checkable with two clients"
-    } else if r.resend_unconfirmed {
-        "lost == 0"
-    } else {
-        "lost <= unconfirmed + client_dropped + removed"
-    };
     println!(
-        "invariant ({rule}): {}",
+        "invariant ({}, per outage and in total): {}",
+        r.invariant,
         if r.invariant_ok { "ok" } else { "FAILED" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(two_clients: bool, resend_unconfirmed: bool) -> ChaosArgs {
+        ChaosArgs {
+            cluster: false,
+            fault: Fault::Kill,
+            outages: 2,
+            outage_ms: 300,
+            rate: 500,
+            json: true,
+            resend_unconfirmed,
+            two_clients,
+            no_echo: false,
+            subject: "chaos.test".into(),
+            server: None,
+        }
+    }
+
+    /// 30 messages in three windows of 10 (before the first fault, outage 1, outage 2),
+    /// all accepted; the ones in `lost` never delivered; `unconfirmed[i]` reported in
+    /// window i; subscriber outages `gaps` (start..end).
+    fn run(
+        args: &ChaosArgs,
+        lost: &[usize],
+        unconfirmed: [u64; 3],
+        gaps: &[(u64, u64)],
+        client_dropped: u64,
+        not_reconnected: u64,
+    ) -> Report {
+        let shared = Shared::default();
+        *lock(&shared.windows) = (0..3)
+            .map(|i| Window {
+                first_seq: 10 * i as u64,
+                unconfirmed: unconfirmed[i],
+                ..Window::default()
+            })
+            .collect();
+        *lock(&shared.accepted) = vec![true; 30];
+        *lock(&shared.delivered) = (0..30).map(|s| u32::from(!lost.contains(&s))).collect();
+        *lock(&shared.gaps) = gaps
+            .iter()
+            .map(|&(start, end)| Gap {
+                start,
+                end: Some(end),
+                first_probe: 0,
+            })
+            .collect();
+        let mut sub_stats = tether::Statistics::default();
+        sub_stats.slow_consumer_dropped = client_dropped;
+        build_report(
+            args,
+            Duration::from_millis(300),
+            &shared,
+            tether::Statistics::default(),
+            sub_stats,
+            not_reconnected,
+        )
+    }
+
+    fn per_outage_ok(r: &Report) -> Vec<bool> {
+        r.per_outage.iter().map(|o| o.invariant_ok).collect()
+    }
+
+    #[test]
+    fn accounted_needs_a_report_for_every_loss() {
+        assert!(accounted(3, 0, 2, 1, 0, false));
+        assert!(!accounted(4, 0, 2, 1, 0, false));
+        assert!(accounted(4, 0, 2, 1, 1, false));
+        // With resending, nothing may be lost, whatever was unconfirmed.
+        assert!(accounted(0, 0, 5, 0, 0, true));
+        assert!(!accounted(1, 0, 5, 0, 0, true));
+        // Losses during the subscriber's own outages are set apart, not the others.
+        assert!(accounted(4, 4, 0, 0, 0, false));
+        assert!(!accounted(4, 3, 0, 0, 0, false));
+        assert!(accounted(4, 3, 1, 0, 0, false));
+        assert!(accounted(4, 4, 0, 0, 0, true));
+        assert!(!accounted(4, 3, 1, 0, 0, true));
+    }
+
+    #[test]
+    fn one_client_losses_beyond_the_reports_fail() {
+        let a = args(false, false);
+        // Outage 1 loses 2 and reports 2 unconfirmed: fine.
+        let r = run(&a, &[14, 15], [0, 2, 0], &[], 0, 0);
+        assert_eq!((r.published, r.delivered, r.lost), (30, 28, 2));
+        assert!(r.invariant_ok, "{r:?}");
+        // One more lost than reported.
+        let r = run(&a, &[14, 15, 16], [0, 2, 0], &[], 0, 0);
+        assert!(!r.invariant_ok);
+        assert_eq!(per_outage_ok(&r), [false, true]);
+        // Client drops count for every outage.
+        let r = run(&a, &[14, 15, 16], [0, 2, 0], &[], 1, 0);
+        assert!(r.invariant_ok, "{r:?}");
+        // Enough in total, but reported in the other outage: fails per outage.
+        let r = run(&a, &[14, 15], [0, 0, 2], &[], 0, 0);
+        assert!(!r.invariant_ok);
+        assert_eq!(per_outage_ok(&r), [false, true]);
+        // A client that did not come back fails the run.
+        let r = run(&a, &[], [0, 0, 0], &[], 0, 1);
+        assert!(!r.invariant_ok);
+        // --resend-unconfirmed: nothing may be lost.
+        let r = run(&args(false, true), &[14], [0, 5, 0], &[], 0, 0);
+        assert!(!r.invariant_ok);
+        let r = run(&args(false, true), &[], [0, 5, 0], &[], 0, 0);
+        assert!(r.invariant_ok, "{r:?}");
+    }
+
+    #[test]
+    fn two_clients_excuse_only_the_subscriber_outages() {
+        let a = args(true, false);
+        // Lost while the subscriber was away (12..18): undetectable, not a failure.
+        let r = run(&a, &[14, 15, 16], [0, 0, 0], &[(12, 18)], 0, 0);
+        assert_eq!(r.lost_undetectable, 3);
+        assert_eq!(r.subscriber_outage_msgs, 6);
+        assert_eq!(r.per_outage[0].lost_undetectable, 3);
+        assert!(r.invariant_ok, "{r:?}");
+        // One lost after the subscriber was back and nothing reported: fails.
+        let r = run(&a, &[14, 15, 16, 19], [0, 0, 0], &[(12, 18)], 0, 0);
+        assert_eq!(r.lost_undetectable, 3);
+        assert!(!r.invariant_ok);
+        assert_eq!(per_outage_ok(&r), [false, true]);
+        // ... unless the publisher reported it unconfirmed.
+        let r = run(&a, &[14, 15, 16, 19], [0, 1, 0], &[(12, 18)], 0, 0);
+        assert!(r.invariant_ok, "{r:?}");
+        // With resending, only the subscriber's outages may lose anything.
+        let r = run(&args(true, true), &[14, 19], [0, 1, 0], &[(12, 18)], 0, 0);
+        assert!(!r.invariant_ok);
+        let r = run(&args(true, true), &[14], [0, 1, 0], &[(12, 18)], 0, 0);
+        assert!(r.invariant_ok, "{r:?}");
+    }
+
+    #[test]
+    fn a_subscriber_outage_ends_at_its_first_probe_received() {
+        let shared = Shared::default();
+        shared.delivered_upto.store(7, Ordering::SeqCst);
+        shared.subscriber_down();
+        assert!(shared.subscriber_outage_open());
+        // Probe 0 is sent, then the subscriber drops again: only later probes count.
+        lock(&shared.probes).after.push(Some(9));
+        shared.subscriber_down();
+        lock(&shared.probes).seen.push(0);
+        assert!(shared.subscriber_outage_open());
+        lock(&shared.probes).after.extend([Some(12), Some(15)]);
+        lock(&shared.probes).seen.extend([2, 1]);
+        assert!(!shared.subscriber_outage_open());
+        assert_eq!(
+            *lock(&shared.gaps),
+            [Gap {
+                start: 7,
+                end: Some(12),
+                first_probe: 1
+            }]
+        );
+        // The next outage starts where the subscriber's messages stopped.
+        shared.delivered_upto.store(20, Ordering::SeqCst);
+        shared.subscriber_down();
+        assert_eq!(lock(&shared.gaps)[1].start, 20);
+        assert!(shared.subscriber_outage_open());
+    }
 }
