@@ -904,18 +904,35 @@ impl Connection {
                 }
                 self.begin_closing(DisconnectReason::ServerError(text));
             }
-            ErrClass::SubPermission { subject, queue } => {
-                let sids: Vec<u64> = self
-                    .sub_order
-                    .iter()
-                    .copied()
-                    .filter(|sid| {
-                        self.subs.get(sid).is_some_and(|s| {
-                            s.subject == subject
-                                && (queue.is_none() || s.queue.as_deref() == queue.as_deref())
+            ErrClass::SubPermission {
+                subject,
+                queue,
+                sid,
+                any_queue,
+            } => {
+                // A sid names exactly one subscription; else the subject and the queue
+                // (none: the plain subscriptions only, so a permission that allows only
+                // queue subscriptions on S does not end those).
+                let sids: Vec<u64> = match sid {
+                    Some(sid) => self
+                        .subs
+                        .get(&sid)
+                        .filter(|s| s.subject == subject)
+                        .map(|_| sid)
+                        .into_iter()
+                        .collect(),
+                    None => self
+                        .sub_order
+                        .iter()
+                        .copied()
+                        .filter(|sid| {
+                            self.subs.get(sid).is_some_and(|s| {
+                                s.subject == subject
+                                    && (any_queue || s.queue.as_deref() == queue.as_deref())
+                            })
                         })
-                    })
-                    .collect();
+                        .collect(),
+                };
                 if sids.is_empty() {
                     self.events.push_back(ConnEvent::ServerError(text.clone()));
                 }
@@ -1803,12 +1820,19 @@ pub enum ErrClass {
         /// Caused by a frame we wrote.
         ours: bool,
     },
-    /// `Permissions Violation for Subscription to "S"[ using queue "Q"]`.
+    /// `Permissions Violation for Subscription to "S"[ using queue "Q"][ (sid "N")]`.
     SubPermission {
         /// The subject.
         subject: String,
-        /// The queue group.
+        /// The queue group: the error names only subscriptions in it. Without one it
+        /// names only the plain (non-queue) subscriptions on the subject, unless
+        /// `any_queue`.
         queue: Option<String>,
+        /// The subscription, when the error names it (a config reload revoking a
+        /// permission): exactly that one ends.
+        sid: Option<u64>,
+        /// The subject itself is refused whatever the queue (`..., too many tokens`).
+        any_queue: bool,
     },
     /// `Permissions Violation for Publish to "S"` or `... with Reply of "R"`.
     PubPermission {
@@ -1835,6 +1859,26 @@ fn quoted(text: &str, after: &str) -> Option<String> {
     let start = rest.find('"')? + 1;
     let end = start + rest.get(start..)?.find('"')?;
     rest.get(start..end).map(str::to_owned)
+}
+
+/// The byte index just past the quoted subject of `... Subscription to "S"`.
+fn subject_end(text: &str) -> Option<usize> {
+    let key = "subscription to";
+    let i = text.to_ascii_lowercase().find(key)? + key.len();
+    let open = i + text.get(i..)?.find('"')? + 1;
+    let close = open + text.get(open..)?.find('"')?;
+    Some(close + 1)
+}
+
+/// The sid of a trailing `(sid "N")` (nats-server quotes it; older servers did not).
+fn sid_after(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let i = lower.find("(sid")? + "(sid".len();
+    let rest = text.get(i..)?.trim_start().trim_start_matches('"');
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest.get(..digits)?.parse().ok()
 }
 
 /// Classify an -ERR text (quotes already stripped).
@@ -1869,9 +1913,13 @@ pub fn classify_err(text: &str) -> ErrClass {
     }
     if starts_with_ci(t, "permissions violation for subscription") {
         if let Some(subject) = quoted(t, "subscription to") {
+            // The subject is quoted: look for the rest only after it.
+            let after = subject_end(t).map_or("", |i| &t[i..]);
             return ErrClass::SubPermission {
+                queue: quoted(after, "using queue"),
+                sid: sid_after(after),
+                any_queue: after.to_ascii_lowercase().contains("too many tokens"),
                 subject,
-                queue: quoted(t, "using queue"),
             };
         }
         return ErrClass::Other;

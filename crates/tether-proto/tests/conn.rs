@@ -513,3 +513,129 @@ fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
         "{ev:?}"
     );
 }
+
+// ===== -ERR permission forms (B16) =====
+
+#[test]
+fn sub_permission_errors_are_classified_with_queue_and_sid() {
+    use tether_proto::conn::{classify_err, ErrClass};
+    let class = |t: &str| classify_err(t);
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a""#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: None,
+            sid: None,
+            any_queue: false
+        }
+    );
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a" using queue "q1""#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: Some("q1".into()),
+            sid: None,
+            any_queue: false
+        }
+    );
+    // The config-reload forms name the sid (quoted by nats-server 2.10+, bare before).
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a" (sid "17")"#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: None,
+            sid: Some(17),
+            any_queue: false
+        }
+    );
+    assert_eq!(
+        class(r#"permissions violation for subscription to "s.a" using queue "q1" (sid "3")"#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: Some("q1".into()),
+            sid: Some(3),
+            any_queue: false
+        }
+    );
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a" (sid 9)"#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: None,
+            sid: Some(9),
+            any_queue: false
+        }
+    );
+    // Too many tokens refuses the subject itself, whatever the queue.
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "a.b.c", too many tokens"#),
+        ErrClass::SubPermission {
+            subject: "a.b.c".into(),
+            queue: None,
+            sid: None,
+            any_queue: true
+        }
+    );
+}
+
+fn ended(events: &[ConnEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ConnEvent::SubscriptionEnded { sid, .. } => Some(*sid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let queued = h.conn.subscribe("work", Some("workers")).unwrap();
+    let plain = h.conn.subscribe("work", None).unwrap();
+    let other_queue = h.conn.subscribe("work", Some("others")).unwrap();
+    h.written();
+    // A permission that allows only `work workers`: the plain SUB is refused.
+    h.read(b"-ERR 'Permissions Violation for Subscription to \"work\"'\r\n");
+    assert_eq!(ended(&h.events()), vec![plain]);
+    assert_eq!(h.conn.sids(), vec![queued, other_queue]);
+    // With a queue, only the subscriptions in that queue.
+    h.read(b"-ERR 'Permissions Violation for Subscription to \"work\" using queue \"others\"'\r\n");
+    assert_eq!(ended(&h.events()), vec![other_queue]);
+    assert_eq!(h.conn.sids(), vec![queued]);
+    assert!(h.conn.is_up(), "not fatal");
+}
+
+#[test]
+fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let a = h.conn.subscribe("s", None).unwrap();
+    let b = h.conn.subscribe("s", None).unwrap();
+    let q = h.conn.subscribe("s", Some("q")).unwrap();
+    h.written();
+    h.read(
+        format!("-ERR 'Permissions Violation for Subscription to \"s\" (sid \"{b}\")'\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(ended(&h.events()), vec![b]);
+    assert_eq!(h.conn.sids(), vec![a, q]);
+    h.read(
+        format!("-ERR 'Permissions Violation for Subscription to \"s\" using queue \"q\" (sid \"{q}\")'\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(ended(&h.events()), vec![q]);
+    // A sid that is not ours (already gone) ends nothing: a ServerError.
+    h.read(
+        format!("-ERR 'Permissions Violation for Subscription to \"s\" (sid \"{b}\")'\r\n")
+            .as_bytes(),
+    );
+    let ev = h.events();
+    assert!(ended(&ev).is_empty(), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(e, ConnEvent::ServerError(_))),
+        "{ev:?}"
+    );
+    assert_eq!(h.conn.sids(), vec![a]);
+}
