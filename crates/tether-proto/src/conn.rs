@@ -1007,6 +1007,11 @@ impl Connection {
                 payload_len: 0,
                 kind: FrameKind::Control,
             });
+            // The replay goes ahead of every PING of this link: the first PONG confirms
+            // it. Until then a `maximum subscriptions exceeded` can name a replayed SUB
+            // (a server restarted with a lower limit), which must end that subscription
+            // rather than leave a stream that silently receives nothing.
+            self.subs_since_pong.push((0, *sid));
         }
         if !replay.is_empty() {
             self.out.prepend(&replay, frames);

@@ -639,3 +639,46 @@ fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
     );
     assert_eq!(h.conn.sids(), vec![a]);
 }
+
+// ===== replayed SUBs refused by the subscription limit (S2) =====
+
+#[test]
+fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
+    use tether_proto::conn::SubEndReason;
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let first = h.conn.subscribe("a", None).unwrap();
+    let second = h.conn.subscribe("b", None).unwrap();
+    let third = h.conn.subscribe("c", None).unwrap();
+    h.conn.flush(1);
+    h.written();
+    h.read(b"PONG\r\n");
+    h.events();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    // The new server allows two subscriptions: the newest replayed SUB is refused.
+    h.handshake();
+    assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            ConnEvent::SubscriptionEnded { sid, reason: SubEndReason::MaxSubscriptionsExceeded(_) }
+                if *sid == third
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(h.conn.sids(), vec![first, second]);
+    assert!(h.conn.is_up(), "not fatal");
+    // A PONG confirms the rest of the replay; a later refusal names only a newer SUB.
+    h.conn.flush(2);
+    h.written();
+    h.read(b"PONG\r\n");
+    h.events();
+    let fourth = h.conn.subscribe("d", None).unwrap();
+    assert_eq!(h.written(), b"SUB d 4\r\n");
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    assert_eq!(ended(&h.events()), vec![fourth]);
+    assert_eq!(h.conn.sids(), vec![first, second]);
+}
