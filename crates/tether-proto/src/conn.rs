@@ -838,6 +838,10 @@ impl Connection {
                 self.info = Some(info);
             }
             LinkState::Up | LinkState::Closing => {
+                // Only frames not yet handed to the writer can be removed: a chunk in
+                // flight cannot be recalled. A frame in it over the new limit reaches the
+                // server, whose `Maximum Payload Violation` reports it (FramesRemoved,
+                // poison frame) with everything else unconfirmed; it is never resent.
                 let lowered = info.max_payload < self.max_payload;
                 self.max_payload = info.max_payload;
                 // Later INFOs may repeat `ldm`: act on the first one of this link only.
@@ -1811,8 +1815,10 @@ impl Connection {
                     .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
         }
-        // Written on the old link and never confirmed: resend on the current one.
+        // Written on the old link and never confirmed: resend on the current one, within
+        // its limit (its server may allow less than the old one did).
         self.out.requeue(link.retained);
+        self.remove_over_max_payload();
         unconfirmed
     }
 }
