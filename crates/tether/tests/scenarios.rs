@@ -5,11 +5,11 @@
 mod common;
 use common::{next_event, T};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use tether::{ConnectOptions, EventKind, SubscribeError};
-use tether_testkit::{NatsServer, ServerConfig};
+use tether::{ConnectOptions, EventKind, PublishError, State, SubscribeError};
+use tether_testkit::{CutMode, NatsServer, Proxy, ServerConfig};
 
 /// A server whose only user is `app`/`pw` with these `permissions { ... }`.
 fn server_with_permissions(permissions: &str) -> NatsServer {
@@ -191,4 +191,120 @@ async fn a_replayed_subscription_over_a_lowered_limit_ends_instead_of_going_sile
         "{err:?}"
     );
     each_receives(&client, &mut [&mut sub_a, &mut sub_b]).await;
+}
+
+// ===== liveness: PINGs outstanding (semantics 6) =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_pings_outstanding_is_found_long_before_the_pong_timeout() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .ping_interval(Duration::from_millis(200))
+        .pong_timeout(Duration::from_secs(5))
+        .max_pings_outstanding(2)
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    proxy.black_hole();
+    let start = Instant::now();
+    let EventKind::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    let found = start.elapsed();
+    assert!(reason.contains("more than 2 PINGs unanswered"), "{reason}");
+    // Two keepalives go out 200 ms apart; the third one due finds them both unanswered.
+    assert!(
+        found >= Duration::from_millis(400) && found < Duration::from_millis(1500),
+        "found after {found:?}, pong_timeout is 5 s"
+    );
+}
+
+// ===== drain phases and close (semantics 11) =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_accepts_publishes_while_draining_subs_and_refuses_them_while_draining_pubs() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .drain_timeout(Duration::from_secs(10))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let _sub = client.subscribe("d").await.unwrap();
+    client.flush().await.unwrap();
+    let mut states = client.status_watch();
+    // A paused link holds the drain in DrainingSubs: its PING gets no PONG.
+    proxy.pause();
+    let drainer = client.clone();
+    let drain = tokio::spawn(async move { drainer.drain().await });
+    tokio::time::timeout(T, states.wait_for(|s| *s == State::DrainingSubs))
+        .await
+        .unwrap()
+        .unwrap();
+    client.publish("p", "during subs").await.unwrap();
+    client.try_publish("p", "during subs").unwrap();
+    assert_eq!(client.status(), State::DrainingSubs);
+    // The link dies before the PONG: the drain moves on to DrainingPubs, whose flush waits
+    // for the next link, held back by the paused proxy.
+    proxy.cut(CutMode::Rst);
+    tokio::time::timeout(T, states.wait_for(|s| *s == State::DrainingPubs))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        client.publish("p", "during pubs").await,
+        Err(PublishError::Draining)
+    );
+    assert_eq!(
+        client.try_publish("p", "during pubs"),
+        Err(PublishError::Draining)
+    );
+    assert_eq!(client.status(), State::DrainingPubs);
+    proxy.pass();
+    let report = tokio::time::timeout(T, drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.unsent_msgs, 0, "{report:?}");
+    assert_eq!(client.status(), State::Closed);
+    assert_eq!(client.publish("p", "late").await, Err(PublishError::Closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_on_a_paused_link_returns_after_flush_timeout_with_everything_unconfirmed() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let flush_timeout = Duration::from_millis(500);
+    let client = ConnectOptions::new()
+        .flush_timeout(flush_timeout)
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    proxy.pause();
+    // A few small frames: the socket takes them all, the server confirms none.
+    const N: u64 = 50;
+    for i in 0..N {
+        client.publish("c", i.to_string()).await.unwrap();
+    }
+    let start = Instant::now();
+    let report = client.close().await;
+    let took = start.elapsed();
+    assert!(
+        took >= flush_timeout && took < flush_timeout + Duration::from_secs(1),
+        "close took {took:?}"
+    );
+    assert_eq!(
+        (report.unconfirmed_msgs, report.unsent_msgs),
+        (N, 0),
+        "{report:?}"
+    );
+    assert_eq!(client.status(), State::Closed);
+    proxy.pass();
 }
