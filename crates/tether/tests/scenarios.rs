@@ -75,9 +75,16 @@ async fn a_queue_only_permission_denies_the_plain_subscription_and_keeps_the_que
     let client = app_client(&server).await;
     let mut queued = client.queue_subscribe("work", "workers").await.unwrap();
     let mut plain = client.subscribe("work").await.unwrap();
+    let mut other_group = client.queue_subscribe("work", "others").await.unwrap();
     let err = ended(&mut plain).await;
     assert!(
         matches!(&err, Some(SubscribeError::PermissionDenied(t)) if t.contains("\"work\"")),
+        "{err:?}"
+    );
+    // Another group on the same subject: `... using queue "others"` ends only that one.
+    let err = ended(&mut other_group).await;
+    assert!(
+        matches!(&err, Some(SubscribeError::PermissionDenied(t)) if t.contains("using queue \"others\"")),
         "{err:?}"
     );
     for i in 0..3u8 {
