@@ -870,6 +870,10 @@ impl Connection {
                 self.info = Some(info);
             }
             LinkState::Up | LinkState::Closing => {
+                // Only frames not yet handed to the writer can be removed: a chunk in
+                // flight cannot be recalled. A frame in it over the new limit reaches the
+                // server, whose `Maximum Payload Violation` reports it (FramesRemoved,
+                // poison frame) with everything else unconfirmed; it is never resent.
                 let lowered = info.max_payload < self.max_payload;
                 self.max_payload = info.max_payload;
                 // Later INFOs may repeat `ldm`: act on the first one of this link only.
@@ -936,18 +940,35 @@ impl Connection {
                 }
                 self.begin_closing(DisconnectReason::ServerError(text));
             }
-            ErrClass::SubPermission { subject, queue } => {
-                let sids: Vec<u64> = self
-                    .sub_order
-                    .iter()
-                    .copied()
-                    .filter(|sid| {
-                        self.subs.get(sid).is_some_and(|s| {
-                            s.subject == subject
-                                && (queue.is_none() || s.queue.as_deref() == queue.as_deref())
+            ErrClass::SubPermission {
+                subject,
+                queue,
+                sid,
+                any_queue,
+            } => {
+                // A sid names exactly one subscription; else the subject and the queue
+                // (none: the plain subscriptions only, so a permission that allows only
+                // queue subscriptions on S does not end those).
+                let sids: Vec<u64> = match sid {
+                    Some(sid) => self
+                        .subs
+                        .get(&sid)
+                        .filter(|s| s.subject == subject)
+                        .map(|_| sid)
+                        .into_iter()
+                        .collect(),
+                    None => self
+                        .sub_order
+                        .iter()
+                        .copied()
+                        .filter(|sid| {
+                            self.subs.get(sid).is_some_and(|s| {
+                                s.subject == subject
+                                    && (any_queue || s.queue.as_deref() == queue.as_deref())
+                            })
                         })
-                    })
-                    .collect();
+                        .collect(),
+                };
                 if sids.is_empty() {
                     self.events.push_back(ConnEvent::ServerError(text.clone()));
                 }
@@ -1022,6 +1043,11 @@ impl Connection {
                 payload_len: 0,
                 kind: FrameKind::Control,
             });
+            // The replay goes ahead of every PING of this link: the first PONG confirms
+            // it. Until then a `maximum subscriptions exceeded` can name a replayed SUB
+            // (a server restarted with a lower limit), which must end that subscription
+            // rather than leave a stream that silently receives nothing.
+            self.subs_since_pong.push((0, *sid));
         }
         if !replay.is_empty() {
             self.out.prepend(&replay, frames);
@@ -1854,8 +1880,10 @@ impl Connection {
                     .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
         }
-        // Written on the old link and never confirmed: resend on the current one.
+        // Written on the old link and never confirmed: resend on the current one, within
+        // its limit (its server may allow less than the old one did).
         self.out.requeue(link.retained);
+        self.remove_over_max_payload();
         unconfirmed
     }
 }
@@ -1868,12 +1896,19 @@ pub enum ErrClass {
         /// Caused by a frame we wrote.
         ours: bool,
     },
-    /// `Permissions Violation for Subscription to "S"[ using queue "Q"]`.
+    /// `Permissions Violation for Subscription to "S"[ using queue "Q"][ (sid "N")]`.
     SubPermission {
         /// The subject.
         subject: String,
-        /// The queue group.
+        /// The queue group: the error names only subscriptions in it. Without one it
+        /// names only the plain (non-queue) subscriptions on the subject, unless
+        /// `any_queue`.
         queue: Option<String>,
+        /// The subscription, when the error names it (a config reload revoking a
+        /// permission): exactly that one ends.
+        sid: Option<u64>,
+        /// The subject itself is refused whatever the queue (`..., too many tokens`).
+        any_queue: bool,
     },
     /// `Permissions Violation for Publish to "S"` or `... with Reply of "R"`.
     PubPermission {
@@ -1900,6 +1935,26 @@ fn quoted(text: &str, after: &str) -> Option<String> {
     let start = rest.find('"')? + 1;
     let end = start + rest.get(start..)?.find('"')?;
     rest.get(start..end).map(str::to_owned)
+}
+
+/// The byte index just past the quoted subject of `... Subscription to "S"`.
+fn subject_end(text: &str) -> Option<usize> {
+    let key = "subscription to";
+    let i = text.to_ascii_lowercase().find(key)? + key.len();
+    let open = i + text.get(i..)?.find('"')? + 1;
+    let close = open + text.get(open..)?.find('"')?;
+    Some(close + 1)
+}
+
+/// The sid of a trailing `(sid "N")` (nats-server quotes it; older servers did not).
+fn sid_after(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let i = lower.find("(sid")? + "(sid".len();
+    let rest = text.get(i..)?.trim_start().trim_start_matches('"');
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest.get(..digits)?.parse().ok()
 }
 
 /// Classify an -ERR text (quotes already stripped).
@@ -1934,9 +1989,13 @@ pub fn classify_err(text: &str) -> ErrClass {
     }
     if starts_with_ci(t, "permissions violation for subscription") {
         if let Some(subject) = quoted(t, "subscription to") {
+            // The subject is quoted: look for the rest only after it.
+            let after = subject_end(t).map_or("", |i| &t[i..]);
             return ErrClass::SubPermission {
+                queue: quoted(after, "using queue"),
+                sid: sid_after(after),
+                any_queue: after.to_ascii_lowercase().contains("too many tokens"),
                 subject,
-                queue: quoted(t, "using queue"),
             };
         }
         return ErrClass::Other;

@@ -346,7 +346,8 @@ impl OutboundBuffer {
     }
 
     /// Remove pending publish frames for which `remove` is true (for example those over a
-    /// lowered max_payload). Only call while nothing is in flight. Returns what was removed.
+    /// lowered max_payload). The chunk in flight, if any, is left alone (it was handed to
+    /// the writer and cannot be recalled). Returns what was removed.
     pub fn remove_pending(&mut self, mut remove: impl FnMut(&Frame) -> bool) -> Counts {
         let mut removed = Counts::default();
         if !self

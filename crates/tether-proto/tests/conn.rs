@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::conn::{
-    Auth, Config, ConnEvent, Connection, DisconnectReason, HandshakeError, LinkState,
+    Auth, Config, ConnEvent, Connection, DisconnectReason, HandshakeError, LinkState, RemovedReason,
 };
 use tether_proto::outbound::FrameKind;
 
@@ -635,4 +635,343 @@ fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
             .any(|e| matches!(e, ConnEvent::SubscriptionEnded { sid: s, .. } if *s == sid)),
         "{ev:?}"
     );
+}
+
+// ===== -ERR permission forms (B16) =====
+
+#[test]
+fn sub_permission_errors_are_classified_with_queue_and_sid() {
+    use tether_proto::conn::{classify_err, ErrClass};
+    let class = |t: &str| classify_err(t);
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a""#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: None,
+            sid: None,
+            any_queue: false
+        }
+    );
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a" using queue "q1""#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: Some("q1".into()),
+            sid: None,
+            any_queue: false
+        }
+    );
+    // The config-reload forms name the sid (quoted by nats-server 2.10+, bare before).
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a" (sid "17")"#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: None,
+            sid: Some(17),
+            any_queue: false
+        }
+    );
+    assert_eq!(
+        class(r#"permissions violation for subscription to "s.a" using queue "q1" (sid "3")"#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: Some("q1".into()),
+            sid: Some(3),
+            any_queue: false
+        }
+    );
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "s.a" (sid 9)"#),
+        ErrClass::SubPermission {
+            subject: "s.a".into(),
+            queue: None,
+            sid: Some(9),
+            any_queue: false
+        }
+    );
+    // Too many tokens refuses the subject itself, whatever the queue.
+    assert_eq!(
+        class(r#"Permissions Violation for Subscription to "a.b.c", too many tokens"#),
+        ErrClass::SubPermission {
+            subject: "a.b.c".into(),
+            queue: None,
+            sid: None,
+            any_queue: true
+        }
+    );
+}
+
+fn ended(events: &[ConnEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ConnEvent::SubscriptionEnded { sid, .. } => Some(*sid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let queued = h.conn.subscribe("work", Some("workers")).unwrap();
+    let plain = h.conn.subscribe("work", None).unwrap();
+    let other_queue = h.conn.subscribe("work", Some("others")).unwrap();
+    h.written();
+    // A permission that allows only `work workers`: the plain SUB is refused.
+    h.read(b"-ERR 'Permissions Violation for Subscription to \"work\"'\r\n");
+    assert_eq!(ended(&h.events()), vec![plain]);
+    assert_eq!(h.conn.sids(), vec![queued, other_queue]);
+    // With a queue, only the subscriptions in that queue.
+    h.read(b"-ERR 'Permissions Violation for Subscription to \"work\" using queue \"others\"'\r\n");
+    assert_eq!(ended(&h.events()), vec![other_queue]);
+    assert_eq!(h.conn.sids(), vec![queued]);
+    assert!(h.conn.is_up(), "not fatal");
+}
+
+#[test]
+fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let a = h.conn.subscribe("s", None).unwrap();
+    let b = h.conn.subscribe("s", None).unwrap();
+    let q = h.conn.subscribe("s", Some("q")).unwrap();
+    h.written();
+    h.read(
+        format!("-ERR 'Permissions Violation for Subscription to \"s\" (sid \"{b}\")'\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(ended(&h.events()), vec![b]);
+    assert_eq!(h.conn.sids(), vec![a, q]);
+    h.read(
+        format!("-ERR 'Permissions Violation for Subscription to \"s\" using queue \"q\" (sid \"{q}\")'\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(ended(&h.events()), vec![q]);
+    // A sid that is not ours (already gone) ends nothing: a ServerError.
+    h.read(
+        format!("-ERR 'Permissions Violation for Subscription to \"s\" (sid \"{b}\")'\r\n")
+            .as_bytes(),
+    );
+    let ev = h.events();
+    assert!(ended(&ev).is_empty(), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(e, ConnEvent::ServerError(_))),
+        "{ev:?}"
+    );
+    assert_eq!(h.conn.sids(), vec![a]);
+}
+
+// ===== replayed SUBs refused by the subscription limit (S2) =====
+
+#[test]
+fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
+    use tether_proto::conn::SubEndReason;
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let first = h.conn.subscribe("a", None).unwrap();
+    let second = h.conn.subscribe("b", None).unwrap();
+    let third = h.conn.subscribe("c", None).unwrap();
+    h.conn.flush(1);
+    h.written();
+    h.read(b"PONG\r\n");
+    h.events();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    // The new server allows two subscriptions: the newest replayed SUB is refused.
+    h.handshake();
+    assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    let ev = h.events();
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            ConnEvent::SubscriptionEnded { sid, reason: SubEndReason::MaxSubscriptionsExceeded(_) }
+                if *sid == third
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(h.conn.sids(), vec![first, second]);
+    assert!(h.conn.is_up(), "not fatal");
+    // A PONG confirms the rest of the replay; a later refusal names only a newer SUB.
+    h.conn.flush(2);
+    h.written();
+    h.read(b"PONG\r\n");
+    h.events();
+    let fourth = h.conn.subscribe("d", None).unwrap();
+    assert_eq!(h.written(), b"SUB d 4\r\n");
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    assert_eq!(ended(&h.events()), vec![fourth]);
+    assert_eq!(h.conn.sids(), vec![first, second]);
+}
+
+// ===== max_payload lowered by an INFO (semantics 8, S3) =====
+
+fn removed(events: &[ConnEvent]) -> Vec<(RemovedReason, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ConnEvent::FramesRemoved { reason, counts } => Some((*reason, counts.msgs)),
+            _ => None,
+        })
+        .collect()
+}
+
+const BIG: &[u8] = &[b'x'; 100];
+
+/// A live link with a chunk of [small "a", BIG "f", small "b"] handed to the writer and
+/// [BIG "g", small "c"] still pending, when an INFO lowers max_payload to 64: only the
+/// pending BIG can be removed at once; the chunk cannot be recalled.
+fn lowered_while_in_flight() -> (Harness, Bytes) {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    for (subject, payload) in [("a", &b"1"[..]), ("f", BIG), ("b", b"2")] {
+        h.conn
+            .publish(subject, None, None, payload, FrameKind::Pub)
+            .unwrap();
+    }
+    let chunk = h.conn.poll_transmit(h.now).expect("a chunk in flight");
+    for (subject, payload) in [("g", BIG), ("c", &b"3"[..])] {
+        h.conn
+            .publish(subject, None, None, payload, FrameKind::Pub)
+            .unwrap();
+    }
+    h.read(b"INFO {\"server_id\":\"s\",\"headers\":true,\"max_payload\":64}\r\n");
+    assert_eq!(h.conn.max_payload(), 64);
+    assert_eq!(
+        removed(&h.events()),
+        vec![(RemovedReason::MaxPayloadLowered { max_payload: 64 }, 1)],
+        "the pending frame over the limit is removed and reported"
+    );
+    (h, chunk)
+}
+
+#[test]
+fn an_info_lowering_max_payload_mid_chunk_reports_the_in_flight_frame_when_rejected() {
+    let (mut h, chunk) = lowered_while_in_flight();
+    assert_eq!(h.conn.buffered().msgs, 4, "a, f, b in flight and c pending");
+    // The chunk goes out whole; the server rejects f and closes the link.
+    h.conn.handle_written(h.now, chunk.len());
+    h.read(b"-ERR 'Maximum Payload Violation'\r\n");
+    assert_eq!(
+        removed(&h.events()),
+        vec![(RemovedReason::PoisonFrame, 3)],
+        "everything written since the last PONG, f included, is reported"
+    );
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 0)
+        ),
+        "{ev:?}"
+    );
+    // Only c is left: neither g nor f is ever sent again. 1 + 3 + 1 = all five.
+    assert_eq!(h.conn.buffered().msgs, 1);
+    h.handshake();
+    assert_eq!(h.written(), b"PUB c 1\r\n3\r\n");
+}
+
+#[test]
+fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resends_the_rest() {
+    let (mut h, _chunk) = lowered_while_in_flight();
+    // The server reads a whole and f's control line, then rejects f.
+    let a_and_half_f = "PUB a 1\r\n1\r\n".len() + "PUB f 100\r\n".len() + 10;
+    h.conn.handle_written(h.now, a_and_half_f);
+    h.read(b"-ERR 'Maximum Payload Violation'\r\n");
+    assert_eq!(
+        removed(&h.events()),
+        vec![(RemovedReason::PoisonFrame, 2)],
+        "a (written, unconfirmed) and the half-written f"
+    );
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    // f is dropped; b (never written) and c go out on the next link. 1 + 2 + 2 = five.
+    assert_eq!(h.conn.buffered().msgs, 2);
+    h.handshake();
+    assert_eq!(h.written(), b"PUB b 1\r\n2\r\nPUB c 1\r\n3\r\n");
+}
+
+#[test]
+fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    let sid = h.conn.subscribe("s", None).unwrap();
+    h.written();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    h.conn
+        .publish("big", None, None, BIG, FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("small", None, None, b"ok", FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.read(INFO);
+    assert!(String::from_utf8(h.written())
+        .unwrap()
+        .ends_with("PING\r\nPING\r\n"));
+    // The server's INFO for this user's account comes between the two PONGs.
+    h.read(b"PONG\r\nINFO {\"server_id\":\"s\",\"headers\":true,\"max_payload\":64}\r\n");
+    assert!(!h.conn.is_up());
+    assert!(
+        h.events().is_empty(),
+        "nothing happens before the handshake ends"
+    );
+    h.read(b"PONG\r\n");
+    let ev = h.events();
+    assert_eq!(
+        removed(&ev),
+        vec![(RemovedReason::MaxPayloadLowered { max_payload: 64 }, 1)]
+    );
+    let removed_at = ev
+        .iter()
+        .position(|e| matches!(e, ConnEvent::FramesRemoved { .. }));
+    let connected_at = ev
+        .iter()
+        .position(|e| matches!(e, ConnEvent::Connected { .. }));
+    assert!(removed_at < connected_at, "{ev:?}");
+    assert_eq!(h.conn.max_payload(), 64);
+    assert_eq!(
+        h.written(),
+        format!("SUB s {sid}\r\nPUB small 2\r\nok\r\n").as_bytes(),
+        "the replay, then only the frame within the account's limit"
+    );
+}
+
+#[test]
+fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_payload() {
+    let mut h = Harness::new(Config {
+        resend_unconfirmed: true,
+        ..quick()
+    });
+    h.handshake();
+    h.conn
+        .publish("big", None, None, BIG, FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("small", None, None, b"ok", FrameKind::Pub)
+        .unwrap();
+    h.written();
+    let old = h.conn.detach().expect("detach");
+    // The new server's limit is lower than the old one's.
+    h.conn.adopt_link(
+        h.now,
+        Box::new(tether_proto::ServerInfo {
+            headers: true,
+            max_payload: 64,
+            ..Default::default()
+        }),
+    );
+    h.events();
+    // The old link closes before confirming: its frames are resent on the new link, but
+    // the one over the new limit is removed and reported, never sent to be rejected.
+    assert_eq!(h.conn.finish_detached(old).msgs, 2);
+    assert_eq!(
+        removed(&h.events()),
+        vec![(RemovedReason::MaxPayloadLowered { max_payload: 64 }, 1)]
+    );
+    assert_eq!(h.written(), b"PUB small 2\r\nok\r\n");
 }

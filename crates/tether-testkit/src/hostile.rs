@@ -28,6 +28,10 @@ pub enum Hostile {
     /// Send a valid INFO; after reading a `PING` line (following CONNECT), answer `PONG`
     /// and then send these bytes; keep the connection open.
     Script(Vec<u8>),
+    /// Send a valid INFO, then for each `(prefix, bytes)` in turn: read lines until one
+    /// starts with `prefix` (case-insensitive, e.g. `"PING"` or `"SUB "`), then send
+    /// `bytes`. Afterwards keep the connection open (input is discarded).
+    Dialogue(Vec<(String, Vec<u8>)>),
 }
 
 /// A `TcpListener` on 127.0.0.1 that serves every connection as its [`Hostile`] kind, each
@@ -155,9 +159,18 @@ fn serve(mut s: TcpStream, kind: &Hostile) -> io::Result<()> {
         }
         Hostile::Script(bytes) => {
             s.write_all(VALID_INFO)?;
-            wait_for_ping(&mut s)?;
+            wait_for_line(&mut s, &mut Vec::new(), "PING")?;
             s.write_all(b"PONG\r\n")?;
             s.write_all(bytes)?;
+            discard(&mut s)
+        }
+        Hostile::Dialogue(steps) => {
+            s.write_all(VALID_INFO)?;
+            let mut pending = Vec::new();
+            for (prefix, bytes) in steps {
+                wait_for_line(&mut s, &mut pending, prefix)?;
+                s.write_all(bytes)?;
+            }
             discard(&mut s)
         }
     }
@@ -173,22 +186,25 @@ fn discard(s: &mut TcpStream) -> io::Result<()> {
     }
 }
 
-/// Reads lines until one is `PING`.
-fn wait_for_ping(s: &mut TcpStream) -> io::Result<()> {
-    let mut pending = Vec::new();
+/// Reads lines until one starts with `prefix` (case-insensitive). `pending` holds what
+/// was read past that line, for the next call.
+fn wait_for_line(s: &mut TcpStream, pending: &mut Vec<u8>, prefix: &str) -> io::Result<()> {
+    let prefix = prefix.as_bytes();
     let mut buf = [0u8; 8192];
     loop {
+        while let Some(pos) = pending.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = pending.drain(..pos + 2).collect();
+            if line[..pos].len() >= prefix.len()
+                && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+            {
+                return Ok(());
+            }
+        }
         let n = s.read(&mut buf)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         pending.extend_from_slice(&buf[..n]);
-        while let Some(pos) = pending.windows(2).position(|w| w == b"\r\n") {
-            let line: Vec<u8> = pending.drain(..pos + 2).collect();
-            if line[..pos].eq_ignore_ascii_case(b"PING") {
-                return Ok(());
-            }
-        }
     }
 }
 

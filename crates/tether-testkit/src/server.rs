@@ -484,6 +484,23 @@ impl NatsServer {
             .map_err(|e| TestkitError::io("sending SIGUSR2", e.into()))
     }
 
+    /// Rewrites the config file from the current config (with the changes made through
+    /// [`config_mut`](Self::config_mut)) and sends SIGHUP: the running server reloads it.
+    /// The server applies it asynchronously; observe the effect (an -ERR to a client, a
+    /// `/varz` field) rather than assuming it.
+    pub fn reload(&mut self) -> Result<(), TestkitError> {
+        let pid = self.pid().ok_or_else(|| TestkitError::NotReady {
+            name: self.name.clone(),
+            reason: "reload requested but the process is not running".into(),
+            log: self.log(),
+        })?;
+        self.cfg.check()?;
+        fs::write(self.config_path(), self.render_config())
+            .map_err(|e| TestkitError::io("writing the server config", e))?;
+        signal::kill(Pid::from_raw(pid as i32), Signal::SIGHUP)
+            .map_err(|e| TestkitError::io("sending SIGHUP", e.into()))
+    }
+
     /// Waits up to `timeout` for the process to exit; true when it has (or was not running).
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         crate::wait_for(timeout, || !self.is_running())

@@ -75,25 +75,62 @@ async fn no_pong_peer_times_out_after_connect() {
 
 #[tokio::test]
 async fn garbage_after_handshake_is_a_protocol_error_event() {
-    let peer =
-        HostilePeer::start(Hostile::Script(b"MSG foo notanumber 3\r\nabc\r\n".to_vec())).unwrap();
+    const GARBAGE: &[u8] = b"MSG foo notanumber 3\r\nabc\r\n";
+    // Right behind the last PONG of the handshake: the connect fails, naming it.
+    let peer = HostilePeer::start(Hostile::Dialogue(vec![(
+        "PING".into(),
+        [&b"PONG\r\nPONG\r\n"[..], GARBAGE].concat(),
+    )]))
+    .unwrap();
+    let err = ConnectOptions::new()
+        .allow_reconnect(false)
+        .connection_timeout(TIMEOUT)
+        .connect(peer.url())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("protocol error") && err.contains("notanumber"),
+        "{err}"
+    );
+    // On a live link (after the client's first SUB): Disconnected and Closed name it.
+    let peer = HostilePeer::start(Hostile::Dialogue(vec![
+        ("PING".into(), b"PONG\r\nPONG\r\n".to_vec()),
+        ("SUB ".into(), GARBAGE.to_vec()),
+    ]))
+    .unwrap();
     let client = ConnectOptions::new()
         .allow_reconnect(false)
         .connection_timeout(TIMEOUT)
         .connect(peer.url())
-        .await;
-    // The garbage may arrive during or right after the handshake; either way it must be
-    // a clear error or a Disconnected/Closed event naming the protocol error.
-    if let Ok(client) = client {
-        let mut watch = client.status_watch();
-        tokio::time::timeout(
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let _sub = client.subscribe("foo").await.unwrap();
+    let (mut disconnected, mut closed) = (None, None);
+    while closed.is_none() {
+        match tokio::time::timeout(
             Duration::from_secs(5),
-            watch.wait_for(|s| *s == State::Closed),
+            futures_util::StreamExt::next(&mut events),
         )
         .await
-        .expect("closed")
-        .unwrap();
+        .expect("the link drops and the client closes")
+        .expect("events end only after Closed")
+        .kind
+        {
+            tether::EventKind::Disconnected { reason, .. } => disconnected = Some(reason),
+            tether::EventKind::Closed { reason, .. } => closed = Some(reason),
+            _ => {}
+        }
     }
+    let disconnected = disconnected.expect("a Disconnected before Closed");
+    assert!(
+        disconnected.contains("protocol error") && disconnected.contains("notanumber"),
+        "{disconnected}"
+    );
+    let closed = closed.unwrap_or_default();
+    assert!(closed.contains("protocol error"), "{closed}");
+    assert_eq!(client.status(), State::Closed);
 }
 
 #[tokio::test]
@@ -139,10 +176,38 @@ async fn wrong_credentials_name_the_server_error() {
 async fn contradictory_options_are_rejected() {
     let err = ConnectOptions::new()
         .max_pings_outstanding(0)
+        .ping_interval(Duration::from_secs(7))
         .connect("nats://127.0.0.1:1")
         .await
         .unwrap_err();
     assert!(matches!(err, ConnectError::Options(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("max_pings_outstanding = 0") && text.contains("ping_interval = 7s"),
+        "{text}"
+    );
+    // Each contradiction names both values and what to change.
+    for (opts, first, second) in [
+        (
+            ConnectOptions::new()
+                .overflow(tether::OverflowPolicy::Block)
+                .buffer_while_disconnected(false),
+            "overflow = Block",
+            "buffer_while_disconnected = false",
+        ),
+        (
+            ConnectOptions::new()
+                .outbound_buffer(1000, 10)
+                .assumed_max_payload(2000),
+            "outbound_buffer bytes = 1000",
+            "assumed_max_payload = 2000",
+        ),
+    ] {
+        let text = opts.validate().unwrap_err().to_string();
+        assert!(text.contains(first) && text.contains(second), "{text}");
+        let fix = text.rsplit(": ").next().unwrap_or_default();
+        assert!(fix.len() > 10, "says what to change: {text}");
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tether::{ConnectOptions, EventKind, PublishError, State};
-use tether_testkit::NatsServer;
+use tether_testkit::{NatsServer, Proxy};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -57,17 +57,37 @@ async fn slow_consumer_storm_gives_one_episode_whose_counts_add_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_delivers_in_flight_then_ends_streams_and_refuses_publishes() {
     let server = NatsServer::start().unwrap();
-    let client = tether::connect(server.url()).await.unwrap();
+    // The draining client reads through a proxy, so deliveries can be held in flight.
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = tether::connect(proxy.url()).await.unwrap();
     let publisher = tether::connect(server.url()).await.unwrap();
     let mut sub = client.subscribe("d").await.unwrap();
     client.flush().await.unwrap();
+    let mut out = publisher.subscribe("d.out").await.unwrap();
+    publisher.flush().await.unwrap();
+    // The server has handled all 1000 (the publisher's flush), but the client has read
+    // none of them: they sit in the paused proxy, truly in flight when drain starts.
+    proxy.pause();
     for i in 0..1000u32 {
         publisher.publish("d", i.to_be_bytes()).await.unwrap();
     }
     publisher.flush().await.unwrap();
+    assert_eq!(sub.pending(), 0, "nothing has reached the client yet");
     let mut watch = client.status_watch();
     let drainer = client.clone();
     let report = tokio::spawn(async move { drainer.drain().await.unwrap() });
+    tokio::time::timeout(T, watch.wait_for(|s| *s == State::DrainingSubs))
+        .await
+        .unwrap()
+        .unwrap();
+    // DrainingSubs: publish and request are still accepted; these reach the server.
+    client.publish("d.out", "during drain").await.unwrap();
+    assert_eq!(
+        client.status(),
+        State::DrainingSubs,
+        "held by the paused link"
+    );
+    proxy.pass();
     let mut n = 0u32;
     while let Some(m) = tokio::time::timeout(T, sub.next()).await.unwrap() {
         assert_eq!(&m.payload[..], n.to_be_bytes());
@@ -77,6 +97,9 @@ async fn drain_delivers_in_flight_then_ends_streams_and_refuses_publishes() {
     let report = report.await.unwrap();
     assert_eq!(report.delivered, 1000);
     assert!(!report.timed_out);
+    assert_eq!(report.unsent_msgs, 0);
+    let m = tokio::time::timeout(T, out.next()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"during drain");
     tokio::time::timeout(T, watch.wait_for(|s| *s == State::Closed))
         .await
         .unwrap()

@@ -354,13 +354,20 @@ async fn full_buffer_on_a_paused_live_link_waits_then_fails() {
     client.flush().await.unwrap();
     proxy.pause();
     let payload = vec![b'x'; 32 * 1024];
+    let block_deadline = Duration::from_millis(300);
     let start = Instant::now();
-    let err = loop {
+    let (err, waited) = loop {
+        let call = Instant::now();
         match client.publish("full", &payload).await {
             Ok(()) => assert!(start.elapsed() < Duration::from_secs(20), "never filled"),
-            Err(e) => break e,
+            Err(e) => break (e, call.elapsed()),
         }
     };
+    // The refused publish waited for room about block_deadline, not less, not much more.
+    assert!(
+        waited >= block_deadline && waited < block_deadline + Duration::from_millis(700),
+        "the refused publish returned after {waited:?}"
+    );
     assert!(
         matches!(
             err,
@@ -381,7 +388,13 @@ async fn full_buffer_on_a_paused_live_link_waits_then_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once() {
     let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new().connect(server.url()).await.unwrap();
+    // Through a proxy, so the reconnect can be held back until the responder is ready.
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .reconnect_delay(|_, _, _| Duration::from_millis(20))
+        .connect(proxy.url())
+        .await
+        .unwrap();
     let responder = tether::connect(server.url()).await.unwrap();
     let mut events = client.events();
     // A written request whose link dies fails at once with maybe_processed.
@@ -409,12 +422,19 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
     );
     assert!(start.elapsed() < Duration::from_secs(2));
     next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
-    // A request made while disconnected is buffered and goes out after the reconnect.
+    // A request made while disconnected is buffered ...
     let c = client.clone();
     let buffered = tokio::spawn(async move {
         c.request_with("echo", None, b"hi", Duration::from_secs(20))
             .await
     });
+    assert!(
+        tether_testkit::wait_for(T, || client.statistics().buffered_msgs == 1),
+        "the request frame is buffered while disconnected"
+    );
+    // ... and goes out after the reconnect, which waits (paused proxy) until the server
+    // is back with an echo responder subscribed: the only right answer is the echo.
+    proxy.pause();
     server.restart().unwrap();
     let echo = tether::connect(server.url()).await.unwrap();
     let mut esub = echo.subscribe("echo").await.unwrap();
@@ -427,13 +447,13 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
             }
         }
     });
-    // The buffered request may reach the server before the echo subscription exists (then
-    // the server answers no responders); either answer shows it was sent after reconnect.
-    match buffered.await.unwrap() {
-        Ok(reply) => assert_eq!(&reply.payload[..], b"hi"),
-        Err(tether::RequestError::NoResponders { .. }) => {}
-        Err(e) => panic!("buffered request failed: {e:?}"),
-    }
+    proxy.pass();
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
+    let reply = buffered
+        .await
+        .unwrap()
+        .expect("the buffered request is answered after the reconnect");
+    assert_eq!(&reply.payload[..], b"hi");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
