@@ -345,6 +345,10 @@ impl Client {
         });
     }
 
+    /// Lazy policy: every use while Idle starts an attempt. Called before an operation
+    /// (so a publish refused while disconnected still starts one) and again once it is
+    /// queued: an attempt that failed in between returned to Idle, and the operation
+    /// must not wait out its timeout for an attempt nobody starts.
     fn ensure_started(&self) {
         if self.shared().opts.connect_policy == ConnectPolicy::Lazy {
             self.start_lazy();
@@ -451,21 +455,27 @@ impl Client {
         self.ensure_started();
         let shared = self.shared();
         let mut inner = shared.lock("try_publish");
-        self.buffer_publish(
-            &mut inner,
-            subject,
-            reply,
-            headers,
-            payload,
-            FrameKind::Pub,
-            &mut None,
-        )
-        .map_err(|(e, _)| {
-            if matches!(e, PublishError::BufferFull { .. }) {
-                self.note_refused(&mut inner, subject, reply, headers, payload.len());
-            }
-            e
-        })
+        let r = self
+            .buffer_publish(
+                &mut inner,
+                subject,
+                reply,
+                headers,
+                payload,
+                FrameKind::Pub,
+                &mut None,
+            )
+            .map_err(|(e, _)| {
+                if matches!(e, PublishError::BufferFull { .. }) {
+                    self.note_refused(&mut inner, subject, reply, headers, payload.len());
+                }
+                e
+            });
+        drop(inner);
+        if r.is_ok() {
+            self.ensure_started();
+        }
+        r
     }
 
     /// Encode into the buffer, or say why not (and whether waiting could help). A request
@@ -593,6 +603,26 @@ impl Client {
     /// where the policy allows. `request` is registered when the frame is buffered.
     #[allow(clippy::too_many_arguments)]
     async fn publish_inner(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        kind: FrameKind,
+        deadline: Option<tokio::time::Instant>,
+        request: &mut Option<PendingRequest>,
+    ) -> Result<(), PublishError> {
+        let r = self
+            .buffer_or_wait(subject, reply, headers, payload, kind, deadline, request)
+            .await;
+        if r.is_ok() {
+            self.ensure_started();
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn buffer_or_wait(
         &self,
         subject: &str,
         reply: Option<&str>,
@@ -736,6 +766,8 @@ impl Client {
         ));
         inner.subs.insert(sid, q.clone());
         shared.wake_driver(&mut inner);
+        drop(inner);
+        self.ensure_started();
         Ok(Subscriber {
             queue: q,
             client: self.clone(),
@@ -885,6 +917,7 @@ impl Client {
             shared.wake_driver(&mut inner);
             (token, rx, idle)
         };
+        self.ensure_started();
         match tokio::time::timeout_at(later_tokio(start, timeout), rx).await {
             Ok(Ok(r)) => {
                 if r.is_ok() && idle {
@@ -963,7 +996,20 @@ impl Client {
                 report.unsent_msgs = closed.unsent_msgs;
                 return Ok(report);
             }
-            Some(false) => self.start_lazy(),
+            Some(false) => {
+                // A flush starts the lazy attempt and waits for it: unreachable servers
+                // end the drain at once, with the publishes reported unsent.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self.flush_within(left).await {
+                    Ok(()) => {}
+                    Err(FlushError::Timeout(_)) => report.timed_out = true,
+                    Err(_) => {
+                        let closed = self.close().await;
+                        report.unsent_msgs = closed.unsent_msgs;
+                        return Ok(report);
+                    }
+                }
+            }
             None => {}
         }
         let drained: Vec<Arc<SubQueue>> = {

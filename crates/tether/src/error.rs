@@ -286,31 +286,102 @@ pub enum Error {
     Drain(#[from] DrainError),
 }
 
-/// What a retry layer should do with an error.
+/// What a retry layer should do with an error. Retrying never duplicates work the
+/// server may already have done unless the answer says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RetryMethod {
     /// Retrying cannot help (invalid input, permissions, closed client).
     NoRetry,
-    /// Retry now.
+    /// Retry now: nothing was done, and the client itself waits for the link (a request
+    /// lost with its link before it was written, a flush whose link dropped).
     RetryImmediately,
-    /// Retry after a backoff (buffer full, timeouts, connection lost).
+    /// Retry after a backoff: nothing was done (buffer full, no responders, no server
+    /// reachable, a flush that timed out).
     WaitAndRetry,
+    /// The operation may already have taken effect (a request that timed out, or whose
+    /// link dropped after it was written): retry after a backoff only if it is
+    /// idempotent, else it may run twice.
+    RetryIfIdempotent,
 }
 
 impl Error {
     /// What a retry layer should do.
     pub fn retry_method(&self) -> RetryMethod {
         match self {
-            Error::Publish(PublishError::BufferFull { .. } | PublishError::Disconnected)
-            | Error::Request(
+            Error::Publish(p) | Error::Request(RequestError::Publish(p)) => publish_retry(p),
+            Error::Request(r) => match r {
+                RequestError::NoResponders { .. } => RetryMethod::WaitAndRetry,
                 RequestError::Timeout { .. }
-                | RequestError::NoResponders { .. }
-                | RequestError::ConnectionLost { .. }
-                | RequestError::Publish(PublishError::BufferFull { .. }),
-            )
-            | Error::Flush(FlushError::Timeout(_) | FlushError::ConnectionLost { .. })
+                | RequestError::ConnectionLost {
+                    maybe_processed: true,
+                    ..
+                } => RetryMethod::RetryIfIdempotent,
+                RequestError::ConnectionLost {
+                    maybe_processed: false,
+                    ..
+                } => RetryMethod::RetryImmediately,
+                _ => RetryMethod::NoRetry,
+            },
+            Error::Flush(FlushError::Timeout(_)) => RetryMethod::WaitAndRetry,
+            Error::Flush(FlushError::ConnectionLost { .. }) => RetryMethod::RetryImmediately,
+            Error::Flush(FlushError::Connect(_))
             | Error::Connect(ConnectError::AllFailed { .. }) => RetryMethod::WaitAndRetry,
             _ => RetryMethod::NoRetry,
         }
+    }
+}
+
+fn publish_retry(p: &PublishError) -> RetryMethod {
+    match p {
+        PublishError::BufferFull { .. } | PublishError::Disconnected | PublishError::Connect(_) => {
+            RetryMethod::WaitAndRetry
+        }
+        _ => RetryMethod::NoRetry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrying_never_runs_a_maybe_processed_request_twice_unless_told_so() {
+        let lost = |maybe_processed| {
+            Error::Request(RequestError::ConnectionLost {
+                subject: "s".into(),
+                maybe_processed,
+            })
+        };
+        let timeout = Error::Request(RequestError::Timeout {
+            subject: "s".into(),
+            elapsed: Duration::from_secs(1),
+        });
+        assert_eq!(lost(true).retry_method(), RetryMethod::RetryIfIdempotent);
+        assert_eq!(timeout.retry_method(), RetryMethod::RetryIfIdempotent);
+        assert_eq!(lost(false).retry_method(), RetryMethod::RetryImmediately);
+        // A request that could not be published is retried like a publish.
+        for p in [
+            PublishError::Disconnected,
+            PublishError::BufferFull {
+                bytes: 1,
+                msgs: 1,
+                connected: true,
+            },
+            PublishError::Connect(Box::new(ConnectError::Closed)),
+        ] {
+            assert_eq!(
+                Error::Request(RequestError::Publish(p.clone())).retry_method(),
+                Error::Publish(p).retry_method()
+            );
+        }
+        assert_eq!(
+            Error::Publish(PublishError::Closed).retry_method(),
+            RetryMethod::NoRetry
+        );
+        assert_eq!(
+            Error::Request(RequestError::PermissionDenied("x".into())).retry_method(),
+            RetryMethod::NoRetry
+        );
     }
 }

@@ -389,6 +389,20 @@ impl ServerPool {
             e.last_strike = None;
             e.strike_credentials = None;
         };
+        if jwt_expired
+            && matches!(
+                class,
+                Some(AuthErrorClass::Strike | AuthErrorClass::Expired)
+            )
+        {
+            // The JWT itself is past its exp: neither a strike nor a reason to retry at
+            // once with the same file; back off and read the credentials again.
+            clear(e);
+            e.expired_refused = true;
+            return AuthVerdict::ExpiredRefused {
+                first: !was_expired_refused,
+            };
+        }
         let mut class = class;
         if class == Some(AuthErrorClass::Expired) {
             // Expired again with the very same credentials is a strike.
@@ -401,13 +415,6 @@ impl ServerPool {
             }
         }
         match class {
-            Some(AuthErrorClass::Strike) if jwt_expired => {
-                clear(e);
-                e.expired_refused = true;
-                AuthVerdict::ExpiredRefused {
-                    first: !was_expired_refused,
-                }
-            }
             Some(AuthErrorClass::Strike) => {
                 let same = e.strike_credentials == credentials;
                 let spaced = e
@@ -608,8 +615,9 @@ mod tests {
         // S6: refusals of an expired JWT are never strikes, however many.
         let mut pool = fresh(&mut rng);
         for (k, t) in [now, t2, t3, t4].into_iter().enumerate() {
+            let class = if k % 2 == 0 { Strike } else { Expired };
             assert_eq!(
-                pool.record_auth(0, Some(Strike), Some(1), true, t, wait),
+                pool.record_auth(0, Some(class), Some(1), true, t, wait),
                 AuthVerdict::ExpiredRefused { first: k == 0 }
             );
         }
