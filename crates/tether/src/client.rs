@@ -50,6 +50,9 @@ pub struct DrainReport {
     pub dropped: u64,
     /// Publishes never written when the connection closed.
     pub unsent_msgs: u64,
+    /// Publishes written but not confirmed by a PONG when the connection closed (possibly
+    /// lost), plus those a link lost during the drain reported as unconfirmed.
+    pub unconfirmed_msgs: u64,
     /// True when drain_timeout ended a phase early.
     pub timed_out: bool,
 }
@@ -1032,7 +1035,11 @@ impl Client {
         match self.flush_within(left).await {
             Ok(()) => {}
             Err(FlushError::Connect(_) | FlushError::Closed) => unreachable = true,
-            Err(_) => report.timed_out = true,
+            // The link dropped: not a timeout; the next phase waits for the reconnect.
+            Err(FlushError::ConnectionLost {
+                unconfirmed_msgs, ..
+            }) => report.unconfirmed_msgs += unconfirmed_msgs,
+            Err(FlushError::Timeout(_)) => report.timed_out = true,
         }
         {
             let mut inner = shared.lock("drain");
@@ -1051,6 +1058,9 @@ impl Client {
             match self.flush_within(left).await {
                 Ok(()) if !left.is_zero() => {}
                 Err(FlushError::Connect(_) | FlushError::Closed) => {}
+                Err(FlushError::ConnectionLost {
+                    unconfirmed_msgs, ..
+                }) => report.unconfirmed_msgs += unconfirmed_msgs,
                 _ => report.timed_out = true,
             }
         }
@@ -1069,6 +1079,7 @@ impl Client {
         }
         let closed = self.close().await;
         report.unsent_msgs = closed.unsent_msgs;
+        report.unconfirmed_msgs += closed.unconfirmed_msgs;
         Ok(report)
     }
 

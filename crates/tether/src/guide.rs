@@ -15,6 +15,12 @@
 //! that a subscriber elsewhere received it. With `resend_unconfirmed(true)` those frames
 //! are retained and resent: at-least-once for core NATS, duplicates possible.
 //!
+//! A successful `flush` says that everything written *on the current link* before it was
+//! processed; it says nothing about frames lost with an earlier link. Code that publishes
+//! N messages, flushes and assumes all N delivered is wrong across a disconnect: the
+//! `Disconnected` event (and `Statistics::unconfirmed_reported_msgs`) is where such a loss
+//! is reported, or use `resend_unconfirmed(true)`.
+//!
 //! # Liveness
 //! A PING goes out after `ping_interval` (30 s) without inbound bytes; outbound traffic
 //! proves nothing. A PING unanswered for `pong_timeout` (the smaller of 10 s and the ping
@@ -26,7 +32,12 @@
 //! with an empty body is `RequestError::NoResponders` at once. A timed-out request may
 //! still be delivered later. When a link dies, a request whose frame was written fails at
 //! once with `ConnectionLost { maybe_processed: true }`; one still buffered goes out after
-//! the reconnect, bounded by its timeout.
+//! the reconnect, bounded by its timeout. The timeout bounds the request's whole life,
+//! the wait for buffer room included. A request that ends without its reply (a timeout,
+//! or a caller that drops the future, through `tokio::time::timeout` or `select!`) leaves
+//! nothing behind, and if its frame was not written yet it never will be: a request the
+//! caller was told failed is never sent. `Error::retry_method` answers
+//! `RetryIfIdempotent` for requests that may already have been processed.
 //!
 //! # Flush, drain, close
 //! `flush` returns Ok only when a PONG confirms every frame buffered before it, within
@@ -36,7 +47,12 @@
 //! `flush_timeout`) and returns a [`crate::CloseReport`] of what was unsent and
 //! unconfirmed. The connection lives while any `Client` clone or `Subscriber` lives;
 //! dropping the last one closes it, but a runtime that shuts down cancels the driver:
-//! await `close()` or `drain()` first.
+//! await `close()` or `drain()` first. A drain that reaches `drain_timeout` closes with
+//! `ClosedReason::DrainTimeout`; `drain()` on a lazy client that never connected returns
+//! at once. If the connection's task fails (a panic in a user callback such as
+//! `reconnect_delay`), the client closes with `ClosedReason::DriverFailed`, every waiter
+//! fails at once and the event stream ends with `Closed`: never a client that accepts
+//! publishes nobody sends.
 //!
 //! # Events
 //! Events are queued only for streams taken with `Client::events` and for the callback
@@ -62,9 +78,12 @@
 //! jitter, capped at 500 ms during the first 10 s of an outage and at `reconnect_wait`
 //! (2 s) after; `reconnect_delay` replaces it. A server leaves the pool after
 //! `max_reconnects` consecutive failures (unlimited by default); `Authorization
-//! Violation` twice in a row, at least `reconnect_wait` apart with the same credentials,
-//! removes it under
-//! `AuthFailurePolicy::RemoveServer`. An empty pool closes the client with the reason.
+//! Violation` twice in a row (any other failure in between starts the count over), at
+//! least `reconnect_wait` apart with the same credentials, removes it under
+//! `AuthFailurePolicy::RemoveServer`. `ConnectOptions::fixed_reconnect_wait` gives the
+//! same wait before every retry instead of the backoff. With the `Retry` connect policy the
+//! state goes `Connecting` → `Reconnecting` while the first attempts fail, each announced
+//! by `Reconnecting { attempt }`; the first success emits `Connected`. An empty pool closes the client with the reason.
 //! On reconnect the subscriptions are replayed (with remaining auto-unsubscribe counts)
 //! in one write ahead of the buffered frames, so a subscription never misses a buffered
 //! message of its own client; then `EventKind::Reconnected { downtime, attempts }`.
@@ -95,9 +114,20 @@
 //! planned switch above, to another server or the same one (`EventKind::Migrated`; no
 //! disconnect). Otherwise `EventKind::CredentialsExpiring` says why, the server ends the link
 //! at expiry (`User Authentication Expired`), and the first reconnect attempt goes out at
-//! once with the file read again. Auth strikes count only while the credentials stay the
-//! same: a rotated file starts over. nats-server refuses a JWT that has already expired
-//! with plain `Authorization Violation`.
+//! once with the file read again. Until then the file is read again every second, so a
+//! file rotated after the warning still moves the client before the expiry. Auth strikes
+//! count only while the credentials stay the same: a rotated file starts over.
+//! nats-server refuses a JWT that has already expired with plain `Authorization
+//! Violation`; such refusals are never strikes (an expired JWT would otherwise empty the
+//! pool and close the client for good): the client retries at its backoff, reading the
+//! file at every attempt, and `EventKind::CredentialsExpired` says so once. Credentials
+//! are read on the blocking pool, never under the connection's lock.
+//!
+//! # TLS
+//! Not supported yet: a `tls://` URL is refused when parsed, and a server whose INFO says
+//! `tls_required` fails the handshake before anything is sent, so credentials never go
+//! out in plaintext to a server that expects TLS. `reconnect_jitter_tls` is reserved for
+//! it.
 //!
 //! # Choices where the protocol is silent
 //! - A header block that cannot be parsed does not close the connection (any publisher can
@@ -105,6 +135,16 @@
 //!   `malformed_headers: true`, and counted in `Statistics::malformed_headers`.
 //! - Requests are written from the caller's thread when the driver is idle (as nats.c
 //!   does); publishes never are, so a fast publisher never pays a syscall per message.
+//! - The connection's task picks among ready reads, writes and timers at random, so a
+//!   flood of deliveries never starves its writes (PONGs, publishes, flushes).
+//! - A server that sends more than 4096 PINGs whose PONGs it does not read is treated as
+//!   a stale link (the PONGs would otherwise pile up in memory).
+//! - After a closing `-ERR` the writer stops at once, even mid-chunk; what the chunk held
+//!   is resent on the next link, except a partly written publish, which is the likely
+//!   cause when the error names our bytes (`Maximum Payload Violation`) and is reported in
+//!   `FramesRemoved`.
+//! - A lazy client starts a connect attempt at every use while `Idle`; a failed attempt
+//!   fails the requests and flushes waiting for it and removes those requests' frames.
 //! - `request_retry_after_reconnect(true)` retains written request frames until a PONG
 //!   confirms them and resends them after a reconnect: a responder may see a request
 //!   twice.

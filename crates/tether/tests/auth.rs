@@ -324,3 +324,79 @@ async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() 
     assert!(refused >= 2, "{refused}");
     assert_eq!(client.status(), State::Connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_that_blocks_on_read_never_stalls_the_connection() {
+    // B23: the credentials are read again ahead of the JWT's expiry. Here the file is a
+    // FIFO with no writer, so the read blocks until the test writes it: meanwhile the
+    // connection must keep working (no file read under the lock or on the driver).
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (op, server, path) = operator_server();
+    op.user("bob", Some(Duration::from_secs(8)))
+        .write_to(&path)
+        .unwrap();
+    let client = ConnectOptions::new()
+        .credentials_file(&path)
+        .jwt_refresh_lead(Duration::from_secs(7))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("jwt.fifo").await.unwrap();
+    let fifo = server.dir().join("creds.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::rename(&fifo, &path).unwrap();
+    // Wait until the client's read has opened the FIFO: a non-blocking open for writing
+    // succeeds only once a reader is there (O_NONBLOCK; ENXIO before).
+    const O_NONBLOCK: i32 = 0o4000;
+    let deadline = std::time::Instant::now() + T;
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(w) => break w,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the client never read the credentials again: {e}"),
+        }
+    };
+    // The read now blocks on the empty FIFO. The connection works regardless.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        round_trip(&client, &mut sub, "jwt.fifo"),
+    )
+    .await
+    .expect("a round trip while the credentials read blocks");
+    let c = client.clone();
+    let stats = tokio::task::spawn_blocking(move || c.statistics());
+    tokio::time::timeout(Duration::from_secs(2), stats)
+        .await
+        .expect("statistics() is not held up by the read")
+        .unwrap();
+    // Fresher credentials: the path gets a regular file (for the new link's handshake),
+    // and the pending read gets them too; the client moves with no disconnect.
+    let fresh = op.user("bob", Some(Duration::from_secs(120)));
+    fresh.write_to(&path).unwrap();
+    writer.write_all(fresh.creds_text().as_bytes()).unwrap();
+    drop(writer);
+    match next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
+        )
+    })
+    .await
+    {
+        EventKind::Migrated { .. } => {}
+        other => panic!("expected Migrated, got {other:?}"),
+    }
+    round_trip(&client, &mut sub, "jwt.fifo").await;
+}

@@ -33,6 +33,30 @@ async fn echo(client: &tether::Client, subject: &str) -> Arc<AtomicUsize> {
     seen
 }
 
+/// Publish into a paused link until the socket takes nothing more and the outbound
+/// buffer is full: from then on a publish must wait for room. The client's buffer must be
+/// bounded by its message count (say 3 messages, 4 MiB), so that even a small frame finds
+/// no room.
+async fn fill_paused(client: &tether::Client) {
+    let big = vec![0u8; 512 * 1024];
+    let deadline = Instant::now() + T;
+    let (mut last, mut still) = (u64::MAX, 0);
+    while Instant::now() < deadline {
+        while client.try_publish("fill", &big).is_ok() {}
+        let written = client.statistics().out_msgs;
+        if written == last {
+            still += 1;
+            if still >= 5 {
+                return;
+            }
+        } else {
+            (last, still) = (written, 0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the paused link never filled up");
+}
+
 // ===== B1: tls:// =====
 
 #[tokio::test]
@@ -260,7 +284,7 @@ async fn b12_a_request_timeout_bounds_the_wait_for_buffer_room() {
     let server = NatsServer::start().unwrap();
     let proxy = Proxy::start(server.addr()).unwrap();
     let client = ConnectOptions::new()
-        .outbound_buffer(1024 * 1024, 2)
+        .outbound_buffer(4 * 1024 * 1024, 3)
         .block_deadline(Duration::from_secs(5))
         .ping_interval(Duration::from_secs(60))
         .connect(proxy.url())
@@ -269,16 +293,7 @@ async fn b12_a_request_timeout_bounds_the_wait_for_buffer_room() {
     client.flush().await.unwrap();
     proxy.pause();
     // Fill the buffer: the frames cannot leave while the link is paused... eventually.
-    let big = vec![0u8; 512 * 1024];
-    let mut filled = false;
-    for _ in 0..64 {
-        if client.try_publish("b12.fill", &big).is_err() {
-            filled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(filled, "the buffer is full");
+    fill_paused(&client).await;
     let start = Instant::now();
     let err = client
         .request_with("b12.req", None, b"x", Duration::from_millis(200))
@@ -299,7 +314,7 @@ async fn b11_a_request_waiting_for_room_when_the_link_drops_is_not_maybe_process
     let server = NatsServer::start().unwrap();
     let proxy = Proxy::start(server.addr()).unwrap();
     let client = ConnectOptions::new()
-        .outbound_buffer(1024 * 1024, 2)
+        .outbound_buffer(4 * 1024 * 1024, 3)
         .ping_interval(Duration::from_secs(60))
         .connect(proxy.url())
         .await
@@ -307,16 +322,7 @@ async fn b11_a_request_waiting_for_room_when_the_link_drops_is_not_maybe_process
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.pause();
-    let big = vec![0u8; 512 * 1024];
-    let mut filled = false;
-    for _ in 0..64 {
-        if client.try_publish("b11.fill", &big).is_err() {
-            filled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(filled);
+    fill_paused(&client).await;
     let mut req = Box::pin(client.request_with("b11.req", None, b"x", Duration::from_secs(10)));
     assert!(
         (&mut req).now_or_never().is_none(),
@@ -702,5 +708,111 @@ async fn s7_a_ready_switch_link_is_adopted_when_the_old_link_dies() {
         cids(&b, "s7"),
         ready,
         "the ready link was adopted, not dialled again"
+    );
+}
+
+// ===== Issue item 5: per-subscription pending limits, a fixed reconnect wait =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_limits_per_subscription_and_unlimited() {
+    let server = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .pending_limits(5, 1024 * 1024)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let small = client
+        .subscribe_with(
+            "pl",
+            tether::SubscribeOptions::new().pending_limits(10, usize::MAX),
+        )
+        .await
+        .unwrap();
+    let default = client.subscribe("pl").await.unwrap();
+    let unlimited = client
+        .subscribe_with("pl", tether::SubscribeOptions::new().unlimited_pending())
+        .await
+        .unwrap();
+    let err = client
+        .subscribe_with("pl", tether::SubscribeOptions::new().pending_limits(0, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tether::SubscribeError::InvalidPendingLimits { .. }),
+        "{err}"
+    );
+    for i in 0..100u32 {
+        client.publish("pl", i.to_string()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    // The flush's PONG follows the deliveries on the same link.
+    assert_eq!((small.pending(), small.dropped()), (10, 90));
+    assert_eq!((default.pending(), default.dropped()), (5, 95));
+    assert_eq!((unlimited.pending(), unlimited.dropped()), (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_reconnect_wait_spaces_every_retry_equally() {
+    let mut server = NatsServer::start().unwrap();
+    let wait = Duration::from_millis(150);
+    let client = ConnectOptions::new()
+        .fixed_reconnect_wait(wait)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    server.kill();
+    let mut delays = Vec::new();
+    while delays.len() < 4 {
+        if let EventKind::Reconnecting { delay, .. } =
+            next_event(&mut events, |e| matches!(e, EventKind::Reconnecting { .. })).await
+        {
+            delays.push(delay);
+        }
+    }
+    assert_eq!(delays[0], Duration::ZERO, "the first attempt at once");
+    for d in &delays[1..] {
+        assert!(
+            *d <= wait && *d + Duration::from_millis(30) >= wait,
+            "{delays:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_waiting_for_room_fails_at_once_when_the_link_drops_under_error_policy() {
+    let server = NatsServer::start().unwrap();
+    let proxy = Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .outbound_buffer(4 * 1024 * 1024, 3)
+        .block_deadline(Duration::from_secs(20))
+        .ping_interval(Duration::from_secs(60))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    proxy.pause();
+    fill_paused(&client).await;
+    let mut publish = Box::pin(client.publish("wait.blocked", "x"));
+    let first = (&mut publish).now_or_never();
+    assert!(first.is_none(), "waits for room: {first:?}");
+    proxy.cut(tether_testkit::CutMode::Rst);
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let start = Instant::now();
+    let err = tokio::time::timeout(T, publish).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PublishError::BufferFull {
+                connected: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "not at block_deadline"
     );
 }

@@ -582,10 +582,11 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
             ..Default::default()
         })
         .unwrap();
+        let wait = Duration::from_millis(300);
         let client = ConnectOptions::new()
             .token("one")
             .auth_failure_policy(policy)
-            .reconnect_wait(Duration::from_millis(100))
+            .reconnect_wait(wait)
             .connect(server.url())
             .await
             .unwrap();
@@ -594,6 +595,7 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
         server.kill();
         server.restart().unwrap();
         let mut failures = 0;
+        let mut strikes_at = Vec::new();
         loop {
             match next_event(&mut events, |e| {
                 matches!(
@@ -606,6 +608,7 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
                 EventKind::ReconnectFailed { error, .. } => {
                     if error.contains("Authorization Violation") {
                         failures += 1;
+                        strikes_at.push(Instant::now());
                     }
                     if policy == tether::AuthFailurePolicy::KeepRetrying && failures >= 4 {
                         assert_eq!(client.status(), State::Reconnecting);
@@ -614,12 +617,20 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
                 }
                 EventKind::Closed { reason, .. } => {
                     assert_eq!(policy, tether::AuthFailurePolicy::RemoveServer);
-                    assert!(failures >= 2, "two strikes first");
+                    assert_eq!(failures, 2, "removed at the second strike in a row");
                     assert!(reason.contains("no server left"), "{reason}");
                     break;
                 }
                 _ => unreachable!(),
             }
+        }
+        // Strikes are spaced by at least reconnect_wait (a little less for timer slack).
+        for w in strikes_at.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap + Duration::from_millis(20) >= wait,
+                "{policy:?}: {gap:?}"
+            );
         }
     }
 }

@@ -1066,6 +1066,9 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     }
                 }
             }
+            // Publishers waiting for room re-check now: under the Error policy a
+            // disconnected buffer refuses at once instead of at block_deadline.
+            shared.space.notify_waiters();
             shared.emit(EventKind::Disconnected {
                 server: inner.server_name.clone(),
                 reason: text.clone(),
