@@ -615,26 +615,6 @@ impl Client {
         deadline: Option<tokio::time::Instant>,
         request: &mut Option<PendingRequest>,
     ) -> Result<(), PublishError> {
-        let r = self
-            .buffer_or_wait(subject, reply, headers, payload, kind, deadline, request)
-            .await;
-        if r.is_ok() {
-            self.ensure_started();
-        }
-        r
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn buffer_or_wait(
-        &self,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
-        kind: FrameKind,
-        deadline: Option<tokio::time::Instant>,
-        request: &mut Option<PendingRequest>,
-    ) -> Result<(), PublishError> {
         validate_publish(subject, reply, headers)?;
         self.ensure_started();
         let shared = self.shared();
@@ -642,7 +622,11 @@ impl Client {
         {
             let mut inner = shared.lock("publish");
             match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind, request) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    drop(inner);
+                    self.ensure_started();
+                    return Ok(());
+                }
                 Err((e, can_wait)) if !can_wait => {
                     if matches!(e, PublishError::BufferFull { .. }) {
                         self.note_refused(&mut inner, subject, reply, headers, payload.len());
@@ -662,7 +646,11 @@ impl Client {
                 match self
                     .buffer_publish(&mut inner, subject, reply, headers, payload, kind, request)
                 {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        drop(inner);
+                        self.ensure_started();
+                        return Ok(());
+                    }
                     Err((e, can_wait)) => {
                         let expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
                         if !can_wait || expired {

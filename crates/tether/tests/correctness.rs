@@ -3,7 +3,7 @@
 //! review read.
 
 mod common;
-use common::{next_event, T};
+use common::{next_event, through_proxy, T};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -281,15 +281,13 @@ async fn b5_cancelled_requests_leave_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b12_a_request_timeout_bounds_the_wait_for_buffer_room() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .outbound_buffer(4 * 1024 * 1024, 3)
-        .block_deadline(Duration::from_secs(5))
-        .ping_interval(Duration::from_secs(60))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .outbound_buffer(4 * 1024 * 1024, 3)
+            .block_deadline(Duration::from_secs(5))
+            .ping_interval(Duration::from_secs(60)),
+    )
+    .await;
     client.flush().await.unwrap();
     proxy.pause();
     // Fill the buffer: the frames cannot leave while the link is paused... eventually.
@@ -311,14 +309,12 @@ async fn b12_a_request_timeout_bounds_the_wait_for_buffer_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b11_a_request_waiting_for_room_when_the_link_drops_is_not_maybe_processed() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .outbound_buffer(4 * 1024 * 1024, 3)
-        .ping_interval(Duration::from_secs(60))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .outbound_buffer(4 * 1024 * 1024, 3)
+            .ping_interval(Duration::from_secs(60)),
+    )
+    .await;
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.pause();
@@ -629,15 +625,13 @@ async fn b18_statistics_count_the_current_outage_the_high_water_and_the_rtt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b20_a_drain_that_times_out_closes_with_drain_timeout() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .drain_timeout(Duration::from_millis(500))
-        .flush_timeout(Duration::from_millis(300))
-        .ping_interval(Duration::from_secs(60))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .drain_timeout(Duration::from_millis(500))
+            .flush_timeout(Duration::from_millis(300))
+            .ping_interval(Duration::from_secs(60)),
+    )
+    .await;
     let mut events = client.events();
     let _sub = client.subscribe("b20").await.unwrap();
     client.flush().await.unwrap();
@@ -781,15 +775,13 @@ async fn a_fixed_reconnect_wait_spaces_every_retry_equally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_waiting_for_room_fails_at_once_when_the_link_drops_under_error_policy() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .outbound_buffer(4 * 1024 * 1024, 3)
-        .block_deadline(Duration::from_secs(20))
-        .ping_interval(Duration::from_secs(60))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .outbound_buffer(4 * 1024 * 1024, 3)
+            .block_deadline(Duration::from_secs(20))
+            .ping_interval(Duration::from_secs(60)),
+    )
+    .await;
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.pause();

@@ -1,7 +1,7 @@
 //! Reconnection against real processes and the fault proxy.
 
 mod common;
-use common::{next_event, T};
+use common::{next_event, through_proxy, T};
 
 use std::time::{Duration, Instant};
 
@@ -37,14 +37,12 @@ async fn kill_restart_resubscribes_and_delivers_buffered_batch_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_millis(500))
-        .pong_timeout(Duration::from_millis(500))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .ping_interval(Duration::from_millis(500))
+            .pong_timeout(Duration::from_millis(500)),
+    )
+    .await;
     let mut events = client.events();
     client.flush().await.unwrap();
     let before = client.statistics().out_msgs;
@@ -205,14 +203,12 @@ async fn block_policy_waits_up_to_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_fails_when_link_drops_first() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_millis(300))
-        .pong_timeout(Duration::from_millis(300))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .ping_interval(Duration::from_millis(300))
+            .pong_timeout(Duration::from_millis(300)),
+    )
+    .await;
     client.flush().await.unwrap();
     proxy.black_hole();
     client.publish("f", "x").await.unwrap();
@@ -284,14 +280,12 @@ async fn lazy_policy_connects_on_first_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_hole_on_idle_connection_is_detected() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_millis(500))
-        .pong_timeout(Duration::from_millis(500))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .ping_interval(Duration::from_millis(500))
+            .pong_timeout(Duration::from_millis(500)),
+    )
+    .await;
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.black_hole();
@@ -314,16 +308,14 @@ async fn black_hole_on_idle_connection_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_stall_is_detected_on_a_paused_link() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_secs(60))
-        .pong_timeout(Duration::from_secs(60))
-        .write_stall_timeout(Duration::from_secs(1))
-        .outbound_buffer(64 * 1024 * 1024, 1_000_000)
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .ping_interval(Duration::from_secs(60))
+            .pong_timeout(Duration::from_secs(60))
+            .write_stall_timeout(Duration::from_secs(1))
+            .outbound_buffer(64 * 1024 * 1024, 1_000_000),
+    )
+    .await;
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.pause();
@@ -342,15 +334,13 @@ async fn write_stall_is_detected_on_a_paused_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_on_a_paused_live_link_waits_then_fails() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .outbound_buffer(1024 * 1024, 1_000_000)
-        .assumed_max_payload(64 * 1024)
-        .block_deadline(Duration::from_millis(300))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .outbound_buffer(1024 * 1024, 1_000_000)
+            .assumed_max_payload(64 * 1024)
+            .block_deadline(Duration::from_millis(300)),
+    )
+    .await;
     client.flush().await.unwrap();
     proxy.pause();
     let payload = vec![b'x'; 32 * 1024];

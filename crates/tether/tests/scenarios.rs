@@ -3,7 +3,7 @@
 //! credentials in URLs, a server without headers, queue groups, and flush re-arming.
 
 mod common;
-use common::{next_event, T};
+use common::{next_event, through_proxy, T};
 
 use std::time::{Duration, Instant};
 
@@ -204,15 +204,13 @@ async fn a_replayed_subscription_over_a_lowered_limit_ends_instead_of_going_sile
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_pings_outstanding_is_found_long_before_the_pong_timeout() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_millis(200))
-        .pong_timeout(Duration::from_secs(5))
-        .max_pings_outstanding(2)
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .ping_interval(Duration::from_millis(200))
+            .pong_timeout(Duration::from_secs(5))
+            .max_pings_outstanding(2),
+    )
+    .await;
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.black_hole();
@@ -235,13 +233,8 @@ async fn too_many_pings_outstanding_is_found_long_before_the_pong_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_accepts_publishes_while_draining_subs_and_refuses_them_while_draining_pubs() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
-    let client = ConnectOptions::new()
-        .drain_timeout(Duration::from_secs(10))
-        .connect(proxy.url())
-        .await
-        .unwrap();
+    let (_server, proxy, client) =
+        through_proxy(ConnectOptions::new().drain_timeout(Duration::from_secs(10))).await;
     let _sub = client.subscribe("d").await.unwrap();
     client.flush().await.unwrap();
     let mut states = client.status_watch();

@@ -24,3 +24,18 @@ pub async fn next_event(
         }
     }
 }
+
+/// A server, a fault proxy in front of it, and a client connected through the proxy.
+#[allow(dead_code)] // not every test binary puts a proxy in the way
+pub async fn through_proxy(
+    options: tether::ConnectOptions,
+) -> (
+    tether_testkit::NatsServer,
+    tether_testkit::Proxy,
+    tether::Client,
+) {
+    let server = tether_testkit::NatsServer::start().unwrap();
+    let proxy = tether_testkit::Proxy::start(server.addr()).unwrap();
+    let client = options.connect(proxy.url()).await.unwrap();
+    (server, proxy, client)
+}
