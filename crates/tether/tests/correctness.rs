@@ -808,3 +808,58 @@ async fn a_publisher_waiting_for_room_fails_at_once_when_the_link_drops_under_er
         "not at block_deadline"
     );
 }
+
+// ===== A runtime that shuts down under a client =====
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_driver_cancelled_with_data_buffered_says_so_at_warn() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let mut server = NatsServer::start().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let client = ConnectOptions::new()
+            .reconnect_delay(|_, _, _| Duration::from_secs(60))
+            .connect(server.url())
+            .await
+            .unwrap();
+        let mut events = client.events();
+        server.kill();
+        next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+        for _ in 0..5 {
+            client.publish("cancelled", "x").await.unwrap();
+        }
+        client
+    });
+    // No close(), no drain(): the runtime goes away under the client.
+    drop(rt);
+    let text = String::from_utf8(logs.0.lock().clone()).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("unsent_msgs=5") && text.contains("cancelled"),
+        "{text}"
+    );
+    drop(client);
+}

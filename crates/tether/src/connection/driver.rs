@@ -1264,6 +1264,8 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
         return;
     }
     let reason = inner.close_as.take().unwrap_or(reason);
+    // A driver that failed left its socket here: close it now, not when the client drops.
+    inner.direct = None;
     let unconfirmed = inner.conn.unconfirmed();
     shared.end_outage(&mut inner);
     inner.conn.handle_close_link();
