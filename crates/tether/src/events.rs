@@ -472,9 +472,13 @@ impl EventKind {
             EventKind::CurrentState { .. }
             | EventKind::Connected { .. }
             | EventKind::Reconnecting { .. }
-            | EventKind::Reconnected { .. }
-            | EventKind::LameDuck { .. } => Class::State,
-            EventKind::Disconnected { .. }
+            | EventKind::Reconnected { .. } => Class::State,
+            // Never dropped either: an operator must learn that a server is going away, or
+            // that the credentials are refused, even from a full queue (a later one of the
+            // same kind replaces it).
+            EventKind::LameDuck { .. }
+            | EventKind::CredentialsExpired { .. }
+            | EventKind::Disconnected { .. }
             | EventKind::Migrated { .. }
             | EventKind::SlowConsumer { .. }
             | EventKind::SlowConsumerEnded { .. }
@@ -494,6 +498,11 @@ impl EventKind {
                 EventKind::SlowConsumer { sid: b, .. }
                 | EventKind::SlowConsumerEnded { sid: b, .. },
             ) => a == b && std::mem::discriminant(self) == std::mem::discriminant(other),
+            (EventKind::LameDuck { server: a }, EventKind::LameDuck { server: b })
+            | (
+                EventKind::CredentialsExpired { server: a, .. },
+                EventKind::CredentialsExpired { server: b, .. },
+            ) => a == b,
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
     }
@@ -982,6 +991,28 @@ mod tests {
         assert_eq!(pop(&mut q), Some(slow(1, 3)));
         assert_eq!(pop(&mut q), Some(slow(2, 7)));
         assert_eq!(pop(&mut q), None);
+    }
+
+    #[test]
+    fn lame_duck_is_never_dropped_or_replaced_by_a_state_change() {
+        let mut q = EventQueue::new(1);
+        let ldm = |s: &str| EventKind::LameDuck { server: s.into() };
+        push(&mut q, ldm("a"));
+        push(
+            &mut q,
+            EventKind::Reconnecting {
+                attempt: 1,
+                server: "b".into(),
+                delay: Duration::ZERO,
+                collapsed: 0,
+            },
+        );
+        push(&mut q, ldm("b"));
+        push(&mut q, err("x"));
+        assert_eq!(pop(&mut q), Some(ldm("a")));
+        assert!(matches!(pop(&mut q), Some(EventKind::Reconnecting { .. })));
+        assert_eq!(pop(&mut q), Some(ldm("b")));
+        assert_eq!(pop(&mut q), Some(EventKind::EventsLagged { dropped: 1 }));
     }
 
     #[test]

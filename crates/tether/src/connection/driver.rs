@@ -1069,6 +1069,11 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             // Publishers waiting for room re-check now: under the Error policy a
             // disconnected buffer refuses at once instead of at block_deadline.
             shared.space.notify_waiters();
+            // The state changes with the event, in one lock section: a stream taken in
+            // between never starts with a Connected that is already over.
+            if shared.opts.allow_reconnect && inner.state == State::Connected {
+                shared.set_state(inner, State::Reconnecting);
+            }
             shared.emit(EventKind::Disconnected {
                 server: inner.server_name.clone(),
                 reason: text.clone(),
