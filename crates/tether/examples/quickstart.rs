@@ -8,7 +8,15 @@
 use futures_util::StreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    // Errors read as one line (their Display), not as a Debug dump.
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args().nth(1);
     let client = tether::connect(url.as_deref().unwrap_or("nats://127.0.0.1:4222")).await?;
 
