@@ -546,6 +546,8 @@ pub struct Connection {
     drop_partial_after_rewind: bool,
     /// Flushes asked before a planned switch, until the retired link confirms its part.
     flushes_on_old_link: Vec<u64>,
+    /// Requests cancelled while their frames were in flight: not resent after a rewind.
+    cancelled_in_flight: Vec<u64>,
     /// Of those, the ones the current link already confirmed.
     flushes_done_on_new_link: Vec<u64>,
 }
@@ -594,6 +596,7 @@ impl Connection {
             pause_after_handshake: false,
             drop_partial_after_rewind: false,
             flushes_on_old_link: Vec::new(),
+            cancelled_in_flight: Vec::new(),
             flushes_done_on_new_link: Vec::new(),
             config,
         }
@@ -1099,7 +1102,8 @@ impl Connection {
         }
         let unconfirmed = self.unconfirmed();
         // Retained frames (resend_unconfirmed) go first, then what was never written.
-        self.out.rewind(|f| f.kind.is_publish());
+        let cancelled = std::mem::take(&mut self.cancelled_in_flight);
+        self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
         if std::mem::take(&mut self.drop_partial_after_rewind) {
             // The poison frame cut in half is first now (retained frames were discarded).
             self.out.drop_first_pending();
@@ -1143,8 +1147,10 @@ impl Connection {
         self.control_in_flight = Bytes::new();
         self.control_pos = 0;
         if self.source == Source::Data || self.out.has_in_flight() {
-            self.out.rewind(|f| f.kind.is_publish());
+            let cancelled = std::mem::take(&mut self.cancelled_in_flight);
+            self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
         }
+        self.cancelled_in_flight.clear();
         self.source = Source::None;
         self.pings_queued.clear();
         self.pings_out.clear();
@@ -1357,11 +1363,18 @@ impl Connection {
                 let unpinged_since = &mut self.unpinged_since;
                 let unpinged_bytes = &mut self.unpinged_bytes;
                 let pongs_unwritten = &mut self.pongs_unwritten;
+                let cancelled = &mut self.cancelled_in_flight;
                 // PINGs are rare: this Vec allocates only when a chunk holds one.
                 let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
                 self.out
                     .advance(n, retain, retain_requests, |w| match w.frame.kind {
                         FrameKind::Pub | FrameKind::Request(_) => {
+                            if let FrameKind::Request(t) = w.frame.kind {
+                                // Written after all: beyond recall, nothing to drop later.
+                                if !cancelled.is_empty() {
+                                    cancelled.retain(|c| *c != t);
+                                }
+                            }
                             written.msgs += 1;
                             written.bytes += u64::from(w.frame.len);
                             stats.out_msgs += 1;
@@ -1642,15 +1655,34 @@ impl Connection {
         self.unpinged_bytes = 0;
     }
 
-    /// Tokens of the requests whose frames are buffered and not yet fully written.
-    pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
-        self.out.buffered_requests()
+    /// Tokens of the requests whose frames are pending: not yet handed to the writer, so
+    /// surely not written (those [`Self::remove_requests`] can remove).
+    pub fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.out.pending_requests()
+    }
+
+    /// A request's caller gave up (timeout, a dropped future) or was told it failed: its
+    /// frame must never be sent. A pending frame is removed now; one in the chunk being
+    /// written goes out if the socket takes it, and is dropped, not resent, if the link
+    /// drops first. A written frame is beyond recall.
+    pub fn cancel_request(&mut self, token: u64) {
+        if self.remove_requests(|t| t == token).msgs == 0 && self.out.in_flight_request(token) {
+            self.cancelled_in_flight.push(token);
+        }
+    }
+
+    /// Whether a frame survives a rewind: publishes do, except cancelled requests.
+    fn kept_at_rewind(cancelled: &[u64], f: &crate::outbound::Frame) -> bool {
+        match f.kind {
+            FrameKind::Request(t) => !cancelled.contains(&t),
+            kind => kind.is_publish(),
+        }
     }
 
     /// Remove the frames of the requests for which `pred(token)` is true, if they are still
     /// pending (not yet handed to the writer): their callers gave up or were told the
     /// request failed, so they must never be sent. Frames in flight, written or retained
-    /// stay. Returns what was removed.
+    /// stay (see [`Self::cancel_request`]). Returns what was removed.
     pub fn remove_requests(&mut self, mut pred: impl FnMut(u64) -> bool) -> Counts {
         let removed = self.out.remove_pending(|f| match f.kind {
             FrameKind::Request(t) => pred(t),

@@ -480,6 +480,22 @@ impl OutboundBuffer {
             })
     }
 
+    /// True when the request's frame is in the chunk handed to the writer and not fully
+    /// written.
+    pub fn in_flight_request(&self, id: u64) -> bool {
+        self.in_flight_frames
+            .iter()
+            .any(|f| f.kind == FrameKind::Request(id))
+    }
+
+    /// Request ids whose frames are pending (not yet handed to the writer).
+    pub fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pending_frames.iter().filter_map(|f| match f.kind {
+            FrameKind::Request(id) => Some(id),
+            _ => None,
+        })
+    }
+
     /// Drop everything (the client is closed); returns the publish frames dropped.
     pub fn clear(&mut self) -> Counts {
         let c = self.counted;

@@ -440,6 +440,27 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
 }
 
 #[test]
+fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn
+        .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
+        .unwrap();
+    h.conn
+        .publish("svc", Some("_INBOX.x.2"), None, b"2", FrameKind::Request(2))
+        .unwrap();
+    // Both are in the chunk handed to the writer; nothing of it is written yet.
+    let _chunk = h.conn.poll_transmit(h.now).unwrap();
+    h.conn.cancel_request(1);
+    h.conn.handle_link_lost(h.now, None);
+    let out = reconnect_and_write(&mut h);
+    assert!(
+        !out.contains("_INBOX.x.1") && out.contains("_INBOX.x.2"),
+        "{out}"
+    );
+}
+
+#[test]
 fn removed_requests_are_never_sent() {
     let mut h = Harness::new(quick());
     h.handshake();

@@ -100,8 +100,7 @@ impl Drop for RequestGuard<'_> {
         }
         let mut inner = self.shared.lock("request end");
         inner.requests.remove(&self.token);
-        let token = self.token;
-        inner.conn.remove_requests(|t| t == token);
+        inner.conn.cancel_request(self.token);
     }
 }
 
@@ -185,7 +184,12 @@ impl Client {
             // callback. The task ends after Closed, or when the client is dropped.
             tokio::spawn(async move {
                 while let Some(e) = events.next().await {
-                    cb(e);
+                    let kind = std::mem::discriminant(&e.kind);
+                    let call = std::panic::AssertUnwindSafe(|| cb(e));
+                    if std::panic::catch_unwind(call).is_err() {
+                        // The user's bug, not the connection's: say so, keep delivering.
+                        tracing::error!(event = ?kind, "the event callback panicked; later events are still delivered");
+                    }
                     // Let the connection's own tasks run between callbacks, even on a
                     // current-thread runtime.
                     tokio::task::yield_now().await;
@@ -213,6 +217,7 @@ impl Client {
                 draining_pubs: false,
                 high_water: 0,
                 close_as: None,
+                repick: false,
                 high_water_bytes: 0,
                 outage_since: None,
                 refused: (0, 0),
@@ -316,7 +321,14 @@ impl Client {
         // On the runtime the client was created on: try_publish may be called from any
         // thread, inside a runtime or not (B13).
         shared.runtime.spawn(async move {
-            let result = client.first_connect().await;
+            use futures_util::FutureExt;
+            let attempt = std::panic::AssertUnwindSafe(client.first_connect());
+            let result = attempt.catch_unwind().await.unwrap_or_else(|_| {
+                tracing::error!("the lazy connect attempt panicked; treated as failed");
+                Err(ConnectError::AllFailed {
+                    attempts: Vec::new(),
+                })
+            });
             let shared = client.shared();
             let mut inner = shared.lock("lazy");
             inner.lazy_connecting = false;
@@ -939,13 +951,17 @@ impl Client {
     /// Close: write the buffer, PING, read until its PONG (bounded by flush_timeout),
     /// shut down the write side, close. Returns what was left unsent and unconfirmed.
     pub async fn close(&self) -> CloseReport {
+        self.close_as(CloseMode::Graceful).await
+    }
+
+    async fn close_as(&self, mode: CloseMode) -> CloseReport {
         let shared = self.shared();
         let mut watch = shared.state_tx.subscribe();
         {
             let mut inner = shared.lock("close");
             if inner.state != State::Closed {
                 if inner.driver_started {
-                    inner.close = Some(CloseMode::Graceful);
+                    inner.close = Some(mode);
                     drop(inner);
                     shared.wake.notify_one();
                 } else {
@@ -1062,10 +1078,14 @@ impl Client {
             report.delivered += q.received.load(std::sync::atomic::Ordering::Relaxed);
             report.dropped += q.dropped.load(std::sync::atomic::Ordering::Relaxed);
         }
-        if report.timed_out {
+        // Out of time: close at once, without close()'s own flush (drain_timeout bounds
+        // the whole drain).
+        let closed = if report.timed_out {
             shared.lock("drain").close_as = Some(ClosedReason::DrainTimeout);
-        }
-        let closed = self.close().await;
+            self.close_as(CloseMode::Now).await
+        } else {
+            self.close().await
+        };
         report.unsent_msgs = closed.unsent_msgs;
         report.unconfirmed_msgs += closed.unconfirmed_msgs;
         Ok(report)
@@ -1167,6 +1187,13 @@ impl Client {
         inner
             .pool
             .replace(servers, Instant::now(), &mut rng, shuffle);
+        if !inner.conn.is_up() {
+            // Reconnecting: the attempt being waited for may target a server that left.
+            inner.repick = true;
+            drop(inner);
+            shared.wake.notify_one();
+            return Ok(());
+        }
         if inner.server_index().is_none() && inner.conn.is_up() {
             // The current server left the pool: move with a planned switch.
             inner.switch_request = Some(crate::connection::SwitchReason::Requested);

@@ -35,8 +35,9 @@
 //! the reconnect, bounded by its timeout. The timeout bounds the request's whole life,
 //! the wait for buffer room included. A request that ends without its reply (a timeout,
 //! or a caller that drops the future, through `tokio::time::timeout` or `select!`) leaves
-//! nothing behind, and if its frame was not written yet it never will be: a request the
-//! caller was told failed is never sent. `Error::retry_method` answers
+//! nothing behind: a frame still waiting in the buffer is removed, and one already in the
+//! chunk being written may still go out on that link but is never resent after a
+//! reconnect. A request the caller was told failed before it was written is never sent. `Error::retry_method` answers
 //! `RetryIfIdempotent` for requests that may already have been processed.
 //!
 //! # Flush, drain, close
@@ -47,8 +48,8 @@
 //! `flush_timeout`) and returns a [`crate::CloseReport`] of what was unsent and
 //! unconfirmed. The connection lives while any `Client` clone or `Subscriber` lives;
 //! dropping the last one closes it, but a runtime that shuts down cancels the driver:
-//! await `close()` or `drain()` first. A drain that reaches `drain_timeout` closes with
-//! `ClosedReason::DrainTimeout`; `drain()` on a lazy client that never connected returns
+//! await `close()` or `drain()` first. A drain that reaches `drain_timeout` closes at once
+//! (no further flush) with `ClosedReason::DrainTimeout`; `drain()` on a lazy client that never connected returns
 //! at once. If the connection's task fails (a panic in a user callback such as
 //! `reconnect_delay`), the client closes with `ClosedReason::DriverFailed`, every waiter
 //! fails at once and the event stream ends with `Closed`: never a client that accepts

@@ -429,7 +429,10 @@ impl ServerPool {
                     e.auth_strikes.max(1)
                 };
                 e.auth_strikes = strikes;
-                e.last_strike = Some(now);
+                if !same || spaced {
+                    // A strike too soon after the last one does not restart the spacing.
+                    e.last_strike = Some(now);
+                }
                 e.strike_credentials = credentials;
                 AuthVerdict::Strike { strikes }
             }
@@ -568,13 +571,26 @@ mod tests {
             pool.record_auth(0, Some(Strike), Some(1), false, now, wait),
             s(1)
         );
-        // Too soon: not a second strike.
+        // Too soon: not a second strike, and the spacing still runs from the first.
         assert_eq!(
             pool.record_auth(0, Some(Strike), Some(1), false, t1, wait),
             s(1)
         );
+        let t15 = now + Duration::from_millis(2100);
         assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t2, wait),
+            pool.record_auth(0, Some(Strike), Some(1), false, t15, wait),
+            s(2)
+        );
+        // A longer reconnect_wait spaces them further (any wait works, not only 2 s).
+        let long = Duration::from_secs(5);
+        let mut pool = fresh(&mut rng);
+        pool.record_auth(0, Some(Strike), Some(1), false, now, long);
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, t2, long),
+            s(1)
+        );
+        assert_eq!(
+            pool.record_auth(0, Some(Strike), Some(1), false, t3, long),
             s(2)
         );
         // B17: a refused connection in between breaks the row.

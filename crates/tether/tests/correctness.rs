@@ -308,34 +308,71 @@ async fn b12_a_request_timeout_bounds_the_wait_for_buffer_room() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b11_a_request_waiting_for_room_when_the_link_drops_is_not_maybe_processed() {
-    let (_server, proxy, client) = through_proxy(
+async fn b11_a_request_still_waiting_for_room_when_the_link_drops_is_sent_and_answered_later() {
+    // Under the Block policy a request waits for room across the outage. It was never
+    // buffered when the link dropped, so it is not failed as maybe processed (the old code
+    // failed it, then sent it anyway and dropped the reply): it goes out after the
+    // reconnect and gets its answer.
+    let (server, proxy, client) = through_proxy(
         ConnectOptions::new()
             .outbound_buffer(4 * 1024 * 1024, 3)
+            .overflow(OverflowPolicy::Block)
+            .block_deadline(Duration::from_secs(20))
             .ping_interval(Duration::from_secs(60)),
     )
     .await;
+    let responder = tether::connect(server.url()).await.unwrap();
+    let seen = echo(&responder, "b11.req").await;
     let mut events = client.events();
     client.flush().await.unwrap();
     proxy.pause();
     fill_paused(&client).await;
-    let mut req = Box::pin(client.request_with("b11.req", None, b"x", Duration::from_secs(10)));
+    let mut req = Box::pin(client.request_with("b11.req", None, b"x", Duration::from_secs(20)));
     assert!(
         (&mut req).now_or_never().is_none(),
-        "the request now waits for room"
+        "the request waits for room"
     );
     proxy.cut(tether_testkit::CutMode::Rst);
     next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
-    let err = tokio::time::timeout(T, req).await.unwrap().unwrap_err();
-    assert!(
-        !matches!(
-            err,
-            RequestError::ConnectionLost {
-                maybe_processed: true,
-                ..
-            }
-        ),
-        "a request never buffered was not written: {err:?}"
+    proxy.pass();
+    let reply = tokio::time::timeout(T, req).await.unwrap().unwrap();
+    assert_eq!(&reply.payload[..], b"x");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b12_a_buffered_request_that_timed_out_is_never_sent_later() {
+    let (server, proxy, client) = through_proxy(
+        ConnectOptions::new()
+            .outbound_buffer(64 * 1024 * 1024, 1_000_000)
+            .ping_interval(Duration::from_secs(60)),
+    )
+    .await;
+    let responder = tether::connect(server.url()).await.unwrap();
+    let seen = echo(&responder, "b12.late").await;
+    client.flush().await.unwrap();
+    proxy.pause();
+    // More than the sockets hold, less than the buffer: the request is buffered behind.
+    let big = vec![0u8; 512 * 1024];
+    for _ in 0..32 {
+        client.try_publish("b12.fill", &big).unwrap();
+    }
+    let err = client
+        .request_with("b12.late", None, b"x", Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout { .. }), "{err:?}");
+    // The link resumes: everything buffered goes out, except the abandoned request.
+    proxy.pass();
+    tokio::time::timeout(T, client.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    responder.flush().await.unwrap();
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the timed-out request was not sent"
     );
 }
 
@@ -628,7 +665,7 @@ async fn b20_a_drain_that_times_out_closes_with_drain_timeout() {
     let (_server, proxy, client) = through_proxy(
         ConnectOptions::new()
             .drain_timeout(Duration::from_millis(500))
-            .flush_timeout(Duration::from_millis(300))
+            .flush_timeout(Duration::from_secs(3))
             .ping_interval(Duration::from_secs(60)),
     )
     .await;
@@ -636,11 +673,18 @@ async fn b20_a_drain_that_times_out_closes_with_drain_timeout() {
     let _sub = client.subscribe("b20").await.unwrap();
     client.flush().await.unwrap();
     proxy.pause();
+    let start = Instant::now();
     let report = tokio::time::timeout(T, client.drain())
         .await
         .unwrap()
         .unwrap();
     assert!(report.timed_out);
+    // Bounded by drain_timeout, without close()'s own flush_timeout on top.
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
     let EventKind::Closed { reason, .. } =
         next_event(&mut events, |e| matches!(e, EventKind::Closed { .. })).await
     else {
@@ -862,4 +906,36 @@ fn a_driver_cancelled_with_data_buffered_says_so_at_warn() {
         "{text}"
     );
     drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_pool_while_reconnecting_is_used_at_once() {
+    let mut a = NatsServer::start().unwrap();
+    let b = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .fixed_reconnect_wait(Duration::from_secs(60))
+        .connect(a.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    a.kill();
+    // The first retry goes out at once and fails; the next one is a minute away.
+    next_event(&mut events, |e| {
+        matches!(e, EventKind::ReconnectFailed { .. })
+    })
+    .await;
+    let start = Instant::now();
+    client.set_server_pool(b.url()).unwrap();
+    let EventKind::Reconnected { server, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(server, b.url());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.servers(), vec![b.url()]);
 }

@@ -192,7 +192,7 @@ async fn two_hundred_clients_with_callbacks_start_no_thread_per_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_callback_that_has_not_returned_never_holds_up_the_connection() {
+async fn a_callback_that_waits_holds_one_worker_and_the_connection_goes_on() {
     let server = NatsServer::start().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The callback waits for the test to open a gate, once per event. It holds one runtime
@@ -428,4 +428,34 @@ async fn the_server_sees_the_crate_version_in_connect() {
     assert_eq!(conn["version"], tether::VERSION);
     assert_eq!(tether::VERSION, env!("CARGO_PKG_VERSION"));
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_panics_still_gets_the_next_events() {
+    let server = NatsServer::start().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = ConnectOptions::new()
+        .event_callback(move |e| {
+            // The user's bug: it panics on the first event it sees.
+            assert!(
+                !matches!(e.kind, EventKind::CurrentState { .. }),
+                "callback bug"
+            );
+            let _ = tx.send(e.kind);
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert!(matches!(next, EventKind::Connected { .. }), "{next:?}");
+    client.close().await;
+    loop {
+        let k = tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("still delivered up to Closed")
+            .unwrap();
+        if matches!(k, EventKind::Closed { .. }) {
+            break;
+        }
+    }
 }

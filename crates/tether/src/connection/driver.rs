@@ -11,8 +11,8 @@ use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
 use tether_proto::conn::{
-    classify_auth_err, Auth, ConnEvent, Connection, DetachedLink, DisconnectReason, HandshakeError,
-    RemovedReason, SubEndReason,
+    classify_auth_err, Auth, ConnEvent, Connection, DetachedLink, HandshakeError, RemovedReason,
+    SubEndReason,
 };
 use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::transport;
-use super::{Inner, Shared, SwitchReason};
+use super::{CloseMode, Inner, Shared, SwitchReason};
 use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
 use crate::events::{ClosedReason, EventKind, State};
@@ -38,6 +38,10 @@ const READ_BUF: usize = 64 * 1024;
 fn tokio_instant(t: Instant) -> tokio::time::Instant {
     tokio::time::Instant::from_std(t)
 }
+
+/// A user JWT this close to its `exp` is treated as expired when the server refuses it:
+/// the server's clock may run ahead of ours.
+pub(crate) const JWT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// How often the credentials are read again after `CredentialsExpiring`, until a fresher
 /// JWT appears (then the planned switch moves to it) or the link ends.
@@ -352,6 +356,11 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     guard.done = true;
                     return;
                 }
+                if inner.pool.position(&addr).is_none() {
+                    // set_server_pool removed it while the handshake ran: pick again.
+                    attempts -= 1;
+                    continue;
+                }
                 match adopt(&shared, &mut inner, &addr, &mut est) {
                     None => Ok(est),
                     Some(reason) => Err(Failure {
@@ -443,9 +452,10 @@ fn record_attempt_failure(
         None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, rng),
     };
     let class = f.server_err.as_deref().and_then(classify_auth_err);
+    // Within JWT_CLOCK_SKEW of its exp counts as expired: the server's clock may be ahead.
     let jwt_expired = f
         .jwt
-        .is_some_and(|t| t.expires_in(std::time::SystemTime::now()).is_zero());
+        .is_some_and(|t| t.expires_in(std::time::SystemTime::now()) <= JWT_CLOCK_SKEW);
     let verdict = inner.pool.record_auth(
         i,
         class,
@@ -460,7 +470,8 @@ fn record_attempt_failure(
             remove = strikes >= 2
                 && shared.opts.auth_failure_policy
                     == crate::options::AuthFailurePolicy::RemoveServer;
-            delay = delay.max(shared.opts.reconnect_wait.min(Duration::from_secs(2)));
+            // The next strike may count only reconnect_wait later: do not try before.
+            delay = delay.max(shared.opts.reconnect_wait);
         }
         AuthVerdict::Expired => delay = Duration::ZERO,
         AuthVerdict::ExpiredRefused { first } => {
@@ -537,8 +548,8 @@ async fn pick_and_wait(
     }
 }
 
-/// Sleep until `due`. Returns false early when close() or force_reconnect() asks to pick
-/// again; other wake-ups (publishers, waiters) leave the schedule as it is, so the next
+/// Sleep until `due`. Returns false early when close(), force_reconnect() or a new server
+/// pool asks to pick again; other wake-ups (publishers, waiters) leave the schedule as it is, so the next
 /// attempt keeps its number and its `Reconnecting` event is not repeated.
 async fn wait_until_due(shared: &Shared, due: Instant) -> bool {
     let sleep = tokio::time::sleep_until(tokio_instant(due));
@@ -547,8 +558,11 @@ async fn wait_until_due(shared: &Shared, due: Instant) -> bool {
         tokio::select! {
             () = &mut sleep => return true,
             () = shared.wake.notified() => {
-                let inner = shared.lock("reconnect wait");
-                if inner.close.is_some() || inner.force_reconnect {
+                let mut inner = shared.lock("reconnect wait");
+                if inner.close.is_some()
+                    || inner.force_reconnect
+                    || std::mem::take(&mut inner.repick)
+                {
                     return false;
                 }
             }
@@ -817,7 +831,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
             if inner.close.is_some() {
                 match &mut close_flush {
-                    None if inner.conn.is_up() => {
+                    None if inner.conn.is_up() && inner.close == Some(CloseMode::Graceful) => {
                         let token = inner.token();
                         let (tx, rx) = oneshot::channel();
                         inner.flushes.insert(token, tx);
@@ -1080,7 +1094,6 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 unconfirmed_msgs: unconfirmed.msgs,
                 unconfirmed_bytes: unconfirmed.bytes,
             });
-            let _ = matches!(reason, DisconnectReason::Requested);
             Some(text)
         }
         ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => None,
@@ -1169,13 +1182,15 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 // No reply can reach those inboxes. Requests already written may have
                 // been acted on (S4); those still buffered are removed, never sent.
                 inner.inbox_refused = Some(why.clone());
-                let buffered: Vec<u64> = inner.conn.buffered_requests().collect();
-                inner.conn.remove_requests(|t| buffered.contains(&t));
+                // Frames still pending are removed, never sent; one in flight may be
+                // written yet, so it counts as maybe processed.
+                let pending: Vec<u64> = inner.conn.pending_requests().collect();
+                inner.conn.remove_requests(|t| pending.contains(&t));
                 for (token, r) in inner.requests.drain() {
                     let _ = r.tx.send(Err(RequestError::InboxDenied {
                         subject: r.subject,
                         message: why.clone(),
-                        maybe_processed: !buffered.contains(&token),
+                        maybe_processed: !pending.contains(&token),
                     }));
                 }
                 return None;

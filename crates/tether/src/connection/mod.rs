@@ -45,6 +45,8 @@ pub(crate) struct Mux {
 pub(crate) enum CloseMode {
     /// Flush (bounded by flush_timeout), then close.
     Graceful,
+    /// Close without a last flush (a drain already out of time).
+    Now,
 }
 
 /// State under the connection lock.
@@ -84,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) overflow_reported_at: Option<Instant>,
     /// force_reconnect asked for.
     pub(crate) force_reconnect: bool,
+    /// The pool changed while reconnecting: the attempt being waited for is picked again.
+    pub(crate) repick: bool,
     /// The Lazy policy's first attempt is running.
     pub(crate) lazy_connecting: bool,
     pub(crate) driver_started: bool,
