@@ -939,3 +939,45 @@ async fn a_new_server_pool_while_reconnecting_is_used_at_once() {
     );
     assert_eq!(client.servers(), vec![b.url()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b18_what_a_retired_link_left_unconfirmed_is_in_the_statistics() {
+    let a = NatsServer::start().unwrap();
+    let b = NatsServer::start().unwrap();
+    let proxy = Proxy::start(a.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .no_randomize(true)
+        .ldm_overlap(Duration::from_millis(100))
+        .ping_interval(Duration::from_secs(30))
+        .pong_timeout(Duration::from_millis(300))
+        .connect([proxy.url().as_str(), b.url().as_str()])
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    // Written into the paused link's socket, never confirmed there.
+    proxy.pause();
+    for i in 0..10u8 {
+        client.publish("b18.m", [i]).await.unwrap();
+    }
+    tokio::time::timeout(T, async {
+        while client.statistics().buffered_msgs > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    client.force_reconnect();
+    let EventKind::Migrated {
+        unconfirmed_msgs,
+        unconfirmed_bytes,
+        ..
+    } = next_event(&mut events, |e| matches!(e, EventKind::Migrated { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(unconfirmed_msgs, 10);
+    let stats = client.statistics();
+    assert_eq!(stats.unconfirmed_reported_msgs, 10);
+    assert_eq!(stats.unconfirmed_reported_bytes, unconfirmed_bytes);
+}
