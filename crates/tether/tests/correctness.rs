@@ -378,14 +378,19 @@ async fn b12_a_buffered_request_that_timed_out_is_never_sent_later() {
 
 // ===== B6, B9, B13 and the Lazy policy =====
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b6_a_request_failed_by_a_lazy_attempt_is_never_sent_later() {
-    let port = closed_port();
-    let client = ConnectOptions::new()
+/// A client with the Lazy policy for a server on 127.0.0.1:`port` (maybe not up yet).
+async fn lazy_client(port: u16) -> tether::Client {
+    ConnectOptions::new()
         .connect_policy(ConnectPolicy::Lazy)
         .connect(format!("nats://127.0.0.1:{port}"))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b6_a_request_failed_by_a_lazy_attempt_is_never_sent_later() {
+    let port = closed_port();
+    let client = lazy_client(port).await;
     assert_eq!(client.status(), State::Idle);
     let err = client
         .request_with("b6.svc", None, b"x", Duration::from_secs(5))
@@ -421,11 +426,7 @@ async fn b6_a_request_failed_by_a_lazy_attempt_is_never_sent_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b9_drain_of_an_idle_lazy_client_returns_at_once() {
     let port = closed_port();
-    let client = ConnectOptions::new()
-        .connect_policy(ConnectPolicy::Lazy)
-        .connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let client = lazy_client(port).await;
     let start = Instant::now();
     let report = client.drain().await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(1));
@@ -434,11 +435,7 @@ async fn b9_drain_of_an_idle_lazy_client_returns_at_once() {
 
     // Used once, its attempt failed, one publish buffered: drain tries once more and
     // reports the publish as unsent, without waiting out drain_timeout.
-    let client = ConnectOptions::new()
-        .connect_policy(ConnectPolicy::Lazy)
-        .connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let client = lazy_client(port).await;
     client.publish("b9", "x").await.unwrap();
     assert!(client.flush().await.is_err());
     assert_eq!(client.status(), State::Idle);
