@@ -1,6 +1,6 @@
 //! The outbound buffer: one byte stream with whole-frame boundaries.
 //!
-//! Publishers encode straight into [`OutboundBuffer::pending`]; the writer takes everything
+//! Publishers encode straight into [`OutboundBuffer::pending_mut`]; the writer takes everything
 //! queued as one chunk ([`OutboundBuffer::take_chunk`]) and reports progress with
 //! [`OutboundBuffer::advance`]. Each frame carries its kind, so that when a link drops:
 //!
