@@ -80,6 +80,18 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run tether")
 }
 
+/// The stderr of a run that failed as the CLI should: exit status 1, one line.
+fn one_line_error(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "more than one line: {err}"
+    );
+    err
+}
+
 #[test]
 fn pub_reaches_sub() {
     let server = NatsServer::start().expect("start nats-server");
@@ -222,13 +234,7 @@ fn bench_reqrep_starts_its_own_server() {
 fn connection_failure_is_one_line() {
     let url = format!("nats://127.0.0.1:{}", closed_port());
     let out = run(tether(&url).args(["pub", "cli.x", "y"]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "more than one line: {err}"
-    );
+    let err = one_line_error(&out);
     assert!(
         err.starts_with("error: could not connect to any server: ") && err.contains(&url),
         "{err}"
@@ -298,13 +304,7 @@ fn bench_refuses_an_invalid_subject() {
         ("reqrep", "bench..x", "empty token"),
     ] {
         let out = run(tether(&url).args(["bench", mode, "--subject", subject, "--json"]));
-        assert_eq!(out.status.code(), Some(1), "{mode} {subject}");
-        let err = text(&out.stderr);
-        assert_eq!(
-            err.trim_end().lines().count(),
-            1,
-            "more than one line: {err}"
-        );
+        let err = one_line_error(&out);
         assert!(
             err.starts_with(&format!(
                 "error: --subject: invalid publish subject {subject:?}: {reason}"
@@ -449,13 +449,7 @@ fn chaos_refuses_an_invalid_subject() {
         .env_remove("NATS_URL")
         .env_remove("RUST_LOG")
         .args(["chaos", "--subject", "chaos.>", "--json"]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "more than one line: {err}"
-    );
+    let err = one_line_error(&out);
     assert!(
         err.starts_with("error: --subject: invalid publish subject \"chaos.>\": wildcard token"),
         "{err}"

@@ -1961,21 +1961,18 @@ fn starts_with_ci(text: &str, prefix: &str) -> bool {
 }
 
 fn quoted(text: &str, after: &str) -> Option<String> {
+    quoted_with_rest(text, after).map(|(q, _)| q.to_owned())
+}
+
+/// The first quoted string after `after` (case-insensitive), and the text after its
+/// closing quote.
+fn quoted_with_rest<'a>(text: &'a str, after: &str) -> Option<(&'a str, &'a str)> {
     let lower = text.to_ascii_lowercase();
     let i = lower.find(&after.to_ascii_lowercase())? + after.len();
     let rest = text.get(i..)?;
     let start = rest.find('"')? + 1;
     let end = start + rest.get(start..)?.find('"')?;
-    rest.get(start..end).map(str::to_owned)
-}
-
-/// The byte index just past the quoted subject of `... Subscription to "S"`.
-fn subject_end(text: &str) -> Option<usize> {
-    let key = "subscription to";
-    let i = text.to_ascii_lowercase().find(key)? + key.len();
-    let open = i + text.get(i..)?.find('"')? + 1;
-    let close = open + text.get(open..)?.find('"')?;
-    Some(close + 1)
+    Some((rest.get(start..end)?, rest.get(end + 1..)?))
 }
 
 /// The sid of a trailing `(sid "N")` (nats-server quotes it; older servers did not).
@@ -2020,14 +2017,13 @@ pub fn classify_err(text: &str) -> ErrClass {
         return ErrClass::Fatal { ours: false };
     }
     if starts_with_ci(t, "permissions violation for subscription") {
-        if let Some(subject) = quoted(t, "subscription to") {
-            // The subject is quoted: look for the rest only after it.
-            let after = subject_end(t).map_or("", |i| &t[i..]);
+        // The subject is quoted: look for the rest only after it.
+        if let Some((subject, after)) = quoted_with_rest(t, "subscription to") {
             return ErrClass::SubPermission {
                 queue: quoted(after, "using queue"),
                 sid: sid_after(after),
                 any_queue: after.to_ascii_lowercase().contains("too many tokens"),
-                subject,
+                subject: subject.to_owned(),
             };
         }
         return ErrClass::Other;

@@ -365,7 +365,12 @@ impl Client {
     /// queued: an attempt that failed in between returned to Idle, and the operation
     /// must not wait out its timeout for an attempt nobody starts.
     fn ensure_started(&self) {
-        if self.shared().opts.connect_policy == ConnectPolicy::Lazy {
+        let shared = self.shared();
+        // The watch is read without the connection lock: a connected lazy client pays no
+        // lock for this check on every publish.
+        if shared.opts.connect_policy == ConnectPolicy::Lazy
+            && *shared.state_tx.borrow() == State::Idle
+        {
             self.start_lazy();
         }
     }

@@ -291,10 +291,9 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
     };
     let mut rng = SmallRng::from_entropy();
     let mut link = first;
-    // Without a first link (Retry policy) the client is down from the start.
-    let mut outage: Option<Instant> = link.is_none().then(Instant::now);
-    if outage.is_some() {
-        shared.lock("driver start").outage_since = outage;
+    if link.is_none() {
+        // Without a first link (Retry policy) the client is down from the start.
+        shared.lock("driver start").outage_since = Some(Instant::now());
     }
     let mut attempts: u32 = 0;
     let mut ever_connected = link.is_some();
@@ -315,7 +314,6 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                         return;
                     }
                     let now = Instant::now();
-                    outage = Some(now);
                     attempts = 0;
                     let mut inner = shared.lock("reconnect");
                     inner.outage_since = Some(now);
@@ -380,8 +378,7 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
         match result {
             Ok(est) => {
                 let mut inner = shared.lock("reconnect");
-                let downtime = outage.take().map_or(Duration::ZERO, |o| o.elapsed());
-                shared.end_outage(&mut inner);
+                let downtime = shared.end_outage(&mut inner);
                 if ever_connected {
                     shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("tether_reconnects_total").increment(1);
@@ -420,7 +417,7 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     // trying, as after a lost link (DESIGN: Connecting → Reconnecting).
                     shared.set_state(&mut inner, State::Reconnecting);
                 }
-                record_attempt_failure(&shared, &mut inner, &addr, &f, outage, &mut rng);
+                record_attempt_failure(&shared, &mut inner, &addr, &f, &mut rng);
                 if !ever_connected && shared.opts.connect_policy == ConnectPolicy::Lazy {
                     drop(inner);
                     shared.connected.notify_waiters();
@@ -438,7 +435,6 @@ fn record_attempt_failure(
     inner: &mut Inner,
     addr: &ServerAddr,
     f: &Failure,
-    outage: Option<Instant>,
     rng: &mut SmallRng,
 ) {
     let now = Instant::now();
@@ -446,7 +442,7 @@ fn record_attempt_failure(
         return;
     };
     let failures = inner.pool.get(i).map_or(0, |e| e.failures) + 1;
-    let elapsed = outage.map_or(Duration::ZERO, |o| o.elapsed());
+    let elapsed = inner.outage_since.map_or(Duration::ZERO, |o| o.elapsed());
     let mut delay = match &shared.opts.reconnect_delay {
         Some(f) => f(&addr.to_string(), failures, elapsed),
         None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, rng),
@@ -549,8 +545,8 @@ async fn pick_and_wait(
 }
 
 /// Sleep until `due`. Returns false early when close(), force_reconnect() or a new server
-/// pool asks to pick again; other wake-ups (publishers, waiters) leave the schedule as it is, so the next
-/// attempt keeps its number and its `Reconnecting` event is not repeated.
+/// pool asks to pick again; other wake-ups (publishers, waiters) leave the schedule as it
+/// is, so the next attempt keeps its number and its `Reconnecting` event is not repeated.
 async fn wait_until_due(shared: &Shared, due: Instant) -> bool {
     let sleep = tokio::time::sleep_until(tokio_instant(due));
     tokio::pin!(sleep);
@@ -1179,11 +1175,9 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
                     _ => "the request inbox subscription ended".to_owned(),
                 };
-                // No reply can reach those inboxes. Requests already written may have
-                // been acted on (S4); those still buffered are removed, never sent.
+                // No reply can reach those inboxes. Frames still pending are removed,
+                // never sent; one written or in flight may have been acted on (S4).
                 inner.inbox_refused = Some(why.clone());
-                // Frames still pending are removed, never sent; one in flight may be
-                // written yet, so it counts as maybe processed.
                 let pending: Vec<u64> = inner.conn.pending_requests().collect();
                 inner.conn.remove_requests(|t| pending.contains(&t));
                 for (token, r) in inner.requests.drain() {

@@ -210,12 +210,16 @@ impl Shared {
     }
 
     /// An outage ended (or the client closed during one): add it to disconnected_time.
-    pub(crate) fn end_outage(&self, inner: &mut Inner) {
-        if let Some(t) = inner.outage_since.take() {
-            self.counters
-                .disconnected_nanos
-                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        }
+    /// Returns how long it lasted.
+    pub(crate) fn end_outage(&self, inner: &mut Inner) -> Duration {
+        let Some(t) = inner.outage_since.take() else {
+            return Duration::ZERO;
+        };
+        let downtime = t.elapsed();
+        self.counters
+            .disconnected_nanos
+            .fetch_add(downtime.as_nanos() as u64, Ordering::Relaxed);
+        downtime
     }
 
     pub(crate) fn stats_snapshot(
