@@ -1174,7 +1174,7 @@ impl Client {
         let shared = self.shared();
         let mut inner = shared.lock("force_reconnect");
         if inner.conn.is_up() {
-            inner.switch_request = Some(crate::connection::SwitchReason::Requested);
+            inner.switch_request = Some(crate::MigrateReason::Requested);
         } else {
             inner.force_reconnect = true;
         }
@@ -1201,7 +1201,7 @@ impl Client {
         }
         if inner.server_index().is_none() && inner.conn.is_up() {
             // The current server left the pool: move with a planned switch.
-            inner.switch_request = Some(crate::connection::SwitchReason::Requested);
+            inner.switch_request = Some(crate::MigrateReason::ServerPool);
             drop(inner);
             shared.wake.notify_one();
         }

@@ -82,6 +82,31 @@ impl std::fmt::Display for ClosedReason {
     }
 }
 
+/// Why a planned (make-before-break) switch moves the client ([`EventKind::Migrating`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrateReason {
+    /// The server entered lame duck mode.
+    LameDuck,
+    /// `Client::force_reconnect()`.
+    Requested,
+    /// `Client::set_server_pool()` dropped the connected server.
+    ServerPool,
+    /// The user JWT nears its expiry and fresher credentials were found.
+    Credentials,
+}
+
+impl std::fmt::Display for MigrateReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LameDuck => "lame duck mode",
+            Self::Requested => "force_reconnect",
+            Self::ServerPool => "the server left the pool",
+            Self::Credentials => "credentials refresh",
+        })
+    }
+}
+
 /// One thing a client reports, with the wall-clock time at which it happened. Every event
 /// is also logged with `tracing`; its [`Display`](std::fmt::Display) is one line for logs.
 ///
@@ -195,7 +220,18 @@ pub enum EventKind {
         /// The server.
         server: String,
     },
-    /// A planned switch moved the client to another server.
+    /// A planned switch starts: a new link to `to` completed its handshake and its
+    /// subscriptions, and publishing moves to it now. The old link keeps delivering until
+    /// the cluster knows the new interest; `Migrated` follows when it is closed.
+    Migrating {
+        /// The old server.
+        from: String,
+        /// The new server.
+        to: String,
+        /// Why the client moves.
+        reason: MigrateReason,
+    },
+    /// A planned switch ended: the old link was retired and closed.
     Migrated {
         /// The old server.
         from: String,
@@ -372,6 +408,9 @@ impl std::fmt::Display for EventKind {
                 removed.join(", ")
             ),
             Self::LameDuck { server } => write!(f, "{server} entered lame duck mode"),
+            Self::Migrating { from, to, reason } => {
+                write!(f, "migrating from {from} to {to} ({reason})")
+            }
             Self::Migrated {
                 from,
                 to,
@@ -864,6 +903,9 @@ fn log(event: &EventKind) {
         }
         EventKind::LameDuck { server } => {
             tracing::warn!(server = %server, "server entered lame duck mode")
+        }
+        EventKind::Migrating { from, to, reason } => {
+            tracing::info!(from = %from, to = %to, reason = %reason, "migrating")
         }
         EventKind::Migrated {
             from,

@@ -51,7 +51,7 @@ pub use error::{
     ConnectError, DrainError, Error, FlushError, OptionsError, PublishError, RequestError,
     RetryMethod, SubscribeError,
 };
-pub use events::{ClosedReason, Event, EventKind, Events, State};
+pub use events::{ClosedReason, Event, EventKind, Events, MigrateReason, State};
 pub use message::Message;
 pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
 pub use stats::Statistics;

@@ -44,6 +44,8 @@ pub struct Statistics {
     pub unconfirmed_reported_msgs: u64,
     /// Their encoded bytes.
     pub unconfirmed_reported_bytes: u64,
+    /// Planned switches completed (`Migrated`).
+    pub migrations: u64,
     /// Requests waiting for their reply.
     pub pending_requests: usize,
     /// Events dropped because an event queue was full.

@@ -23,9 +23,10 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::transport;
-use super::{CloseMode, Inner, Shared, SwitchReason};
+use super::{CloseMode, Inner, Shared};
 use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
+use crate::events::MigrateReason as SwitchReason;
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
 use crate::options::ConnectPolicy;
@@ -610,6 +611,10 @@ fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
 /// `Migrated`, with the old link's unconfirmed counts also in the statistics.
 fn report_migrated(shared: &Shared, from: String, to: String, unconfirmed: Counts) {
     shared.count_unconfirmed(unconfirmed);
+    shared
+        .counters
+        .migrations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     shared.emit(EventKind::Migrated {
         from,
         to,
@@ -704,6 +709,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
     let mut pos = 0usize;
     let mut close_flush: Option<(oneshot::Receiver<Result<(), FlushError>>, Instant)> = None;
     let mut switching: Option<SwitchFuture> = None;
+    // Why the switch under way (switching, ready or not yet adopted) was asked for.
+    let mut switch_reason = SwitchReason::Requested;
     let mut ready: Option<(ServerAddr, Established)> = None;
     let mut old: Option<OldLink> = None;
     // The credentials being read again ahead of the JWT's expiry.
@@ -742,6 +749,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         .or_else(|| (reason == SwitchReason::Credentials).then_some(current));
                     match target.and_then(|i| inner.pool.get(i)) {
                         Some(e) => {
+                            switch_reason = reason;
                             let addr = e.addr.clone();
                             let sh = shared.clone();
                             switching = Some(Box::pin(async move {
@@ -751,7 +759,13 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         }
                         // No other server: a requested move reconnects; lame duck mode
                         // stays on the old link until the server closes it.
-                        None if reason == SwitchReason::Requested => inner.conn.handle_close_link(),
+                        None if matches!(
+                            reason,
+                            SwitchReason::Requested | SwitchReason::ServerPool
+                        ) =>
+                        {
+                            inner.conn.handle_close_link()
+                        }
                         None => {}
                     }
                 }
@@ -763,6 +777,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     unreachable!("can_detach was checked")
                 };
                 let from = inner.server_name.clone();
+                shared.emit(EventKind::Migrating {
+                    from: from.clone(),
+                    to: addr.to_string(),
+                    reason: switch_reason,
+                });
                 if let Some(reason) = adopt(shared, &mut inner, &addr, &mut est) {
                     // The new link died at once; the old one is already detached: report
                     // what stayed unconfirmed on it.

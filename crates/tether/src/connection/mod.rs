@@ -96,24 +96,13 @@ pub(crate) struct Inner {
     /// The current link's socket, for direct writes of requests while the driver is idle.
     pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
     /// A planned (make-before-break) switch was asked for.
-    pub(crate) switch_request: Option<SwitchReason>,
+    pub(crate) switch_request: Option<crate::events::MigrateReason>,
     /// The current link's user JWT validity, when it expires.
     pub(crate) jwt: Option<crate::credentials::JwtTimes>,
     /// When to read the credentials again ahead of the JWT's expiry.
     pub(crate) jwt_refresh_at: Option<Instant>,
     /// CredentialsExpiring was emitted for the current link.
     pub(crate) expiring_reported: bool,
-}
-
-/// Why a planned switch was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SwitchReason {
-    /// The server is in lame duck mode: stay if no other server answers.
-    LameDuck,
-    /// force_reconnect or a new server pool: fall back to a plain reconnect.
-    Requested,
-    /// The user JWT nears expiry and fresher credentials exist: the same server will do.
-    Credentials,
 }
 
 impl Inner {
@@ -139,6 +128,7 @@ pub(crate) struct Counters {
     pub(crate) refused_bytes: AtomicU64,
     pub(crate) unconfirmed_reported_msgs: AtomicU64,
     pub(crate) unconfirmed_reported_bytes: AtomicU64,
+    pub(crate) migrations: AtomicU64,
 }
 
 /// Everything handles and the driver share.
@@ -251,6 +241,7 @@ impl Shared {
             refused_msgs: c.refused_msgs.load(Ordering::Relaxed),
             refused_bytes: c.refused_bytes.load(Ordering::Relaxed),
             unconfirmed_reported_msgs: c.unconfirmed_reported_msgs.load(Ordering::Relaxed),
+            migrations: c.migrations.load(Ordering::Relaxed),
             unconfirmed_reported_bytes: c.unconfirmed_reported_bytes.load(Ordering::Relaxed),
             pending_requests: inner.requests.len(),
             events_lagged: self.events.lagged_total.load(Ordering::Relaxed),
