@@ -1718,6 +1718,8 @@ pub struct DetachedLink {
     out: BytesMut,
     retiring: bool,
     done: bool,
+    /// The retiring PONG arrived: everything written on this link was processed.
+    retired: bool,
     /// Frames written on this link and retained for resending until it confirms them.
     retained: crate::outbound::Retained,
     /// Flushes asked before the switch whose PING goes out on the new link: they also
@@ -1734,6 +1736,12 @@ impl DetachedLink {
     /// True once UNSUB and the last PING were queued.
     pub fn is_retiring(&self) -> bool {
         self.retiring
+    }
+
+    /// True once the retiring PONG arrived: the server processed every frame written on
+    /// this link. A link done without it (closed, an -ERR, bad bytes) may have lost some.
+    pub fn is_retired(&self) -> bool {
+        self.retired
     }
 
     /// Publish frames written on this link and not confirmed.
@@ -1789,6 +1797,7 @@ impl Connection {
             out: BytesMut::new(),
             retiring: false,
             done: false,
+            retired: false,
             retained: self.out.take_retained(),
             flushes,
         };
@@ -1841,6 +1850,7 @@ impl Connection {
                         }
                         PingPurpose::Retire => {
                             link.done = true;
+                            link.retired = true;
                             // Flushes that spanned the switch: the old part is confirmed.
                             for token in std::mem::take(&mut link.flushes) {
                                 self.flushes_on_old_link.retain(|t| *t != token);

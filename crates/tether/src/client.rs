@@ -120,7 +120,7 @@ pub struct Client {
     inner: Arc<ClientRef>,
 }
 
-fn nuid() -> String {
+pub(crate) fn nuid() -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(22)
@@ -227,6 +227,7 @@ impl Client {
                 driver_started: false,
                 ldm_switch_at: None,
                 switch_request: None,
+                probe: None,
                 jwt: None,
                 jwt_refresh_at: None,
                 expiring_reported: false,

@@ -91,16 +91,39 @@
 //!
 //! # Lame duck mode and planned switches
 //! When the server announces lame duck mode (INFO `ldm`), tether sends a confirm PING,
-//! emits `EventKind::LameDuck`, waits a random 0..`ldm_jitter` (5 s) so a fleet does not move
-//! at once, then switches make-before-break: a handshake with another server on a core of
-//! its own, the subscription replay there, publishing moved at a frame boundary, the old
-//! link kept for `ldm_overlap` (1 s) so deliveries in flight still arrive, then UNSUB for
-//! everything and a last PING on the old link, closed on its PONG. `EventKind::Migrated`
-//! carries the old link's unconfirmed counts (zero when that PONG came). The status stays
-//! `Connected`. Messages that arrive on both links during the overlap may be delivered
-//! twice. With no other server, the client stays on the old link until the server closes
-//! it, then reconnects as usual; the lame-duck server is tried only when nothing else is
-//! left. `Client::force_reconnect` and `Client::set_server_pool` (when the current server
+//! emits `EventKind::LameDuck`, waits a random 0..`ldm_jitter` (500 ms, inside even a 1 s
+//! `lame_duck_grace_period`) so a fleet does not move at once, then switches
+//! make-before-break:
+//! - a handshake with another server on a core of its own. A target that fails is followed
+//!   by the next, with the pool's backoff, until one succeeds or the old link closes (then
+//!   the usual reconnect takes over). A target whose INFO shows the `server_id` of the
+//!   node being left (the same node under another address) is abandoned for the next.
+//! - `EventKind::Migrating { from, to, reason }`; the subscription replay on the new link,
+//!   and publishing moved to it at a frame boundary.
+//! - the old link keeps delivering until the cluster knows the new interest: a probe
+//!   subject (`<inbox_prefix>.<nuid>.probe`) subscribed on the new link after the replayed
+//!   subscriptions is published on the old link every millisecond until it arrives on the
+//!   new one. A route carries one account's interest in order, so the old node then knows
+//!   every new subscription. After one more probe trip (publishers on a third node learn
+//!   the interest at about the same time), the old link gets UNSUB for everything and a
+//!   last PING, and closes on its PONG. `ldm_overlap` (1 s) bounds the wait, for servers
+//!   not in one cluster or a probe subject the user may not use.
+//! - `EventKind::Migrated` carries the old link's unconfirmed counts (zero when that PONG
+//!   came); `Statistics::migrations` counts completed switches.
+//!
+//! Messages published during the overlap can arrive twice: a few per switch at
+//! 1 msg/ms. A request written on the old link that dies before its last PONG fails with
+//! `ConnectionLost { maybe_processed: true }`. The status stays `Connected` throughout.
+//!
+//! The lame-duck server is not a switch target while it is in lame duck mode: its mark
+//! ends when a peer lists its URL in `connect_urls` again (peers stop announcing a
+//! lame-duck node and announce it again when it rejoins), when a handshake with it
+//! completes, or after `server_pool::LAME_DUCK_MARK_MAX` (30 s). With no other server,
+//! the client stays on the old link, moves as soon as one appears, and otherwise
+//! reconnects as usual when the server closes the link (the lame-duck server goes after
+//! every other server due at once). A link the server closes while the client still
+//! waits out its jitter reconnects at once, its subscriptions replayed before anything
+//! else. `Client::force_reconnect` and `Client::set_server_pool` (when the current server
 //! leaves the pool) use the same switch.
 //!
 //! # Credentials and JWT refresh

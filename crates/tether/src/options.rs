@@ -62,8 +62,9 @@ pub const EARLY_OUTAGE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECONNECT_BASE: Duration = Duration::from_millis(50);
 /// Default for [`ConnectOptions::reconnect_jitter_tls`].
 pub const DEFAULT_RECONNECT_JITTER_TLS: Duration = Duration::from_secs(1);
-/// Default for [`ConnectOptions::ldm_jitter`].
-pub const DEFAULT_LDM_JITTER: Duration = Duration::from_secs(5);
+/// Default for [`ConnectOptions::ldm_jitter`]: 500 ms, so a client moves well inside a
+/// 1 s `lame_duck_grace_period` as well as inside nats-server's default 10 s.
+pub const DEFAULT_LDM_JITTER: Duration = Duration::from_millis(500);
 /// Default for [`ConnectOptions::ldm_overlap`].
 pub const DEFAULT_LDM_OVERLAP: Duration = Duration::from_secs(1);
 
@@ -321,13 +322,27 @@ impl ConnectOptions {
         reconnect_jitter_tls: Duration
     );
     setter!(
-        /// Spread of the random wait before moving off a lame-duck server. Default: 5 s;
-        /// at most [`MAX_RECONNECT_DELAY`].
+        /// Spread of the random wait (uniform in `0..ldm_jitter`) before moving off a
+        /// server that entered lame duck mode, so its clients do not all move at once.
+        /// Default: 500 ms ([`DEFAULT_LDM_JITTER`]); at most [`MAX_RECONNECT_DELAY`].
+        ///
+        /// Keep it under the servers' `lame_duck_grace_period` (nats-server's default is
+        /// 10 s): the server starts closing links when the grace ends, and a link closed
+        /// while its client still waits is a plain disconnect (the client then reconnects
+        /// at once, its subscriptions replayed before anything else). Raise it for fleets
+        /// of thousands of clients per node, where 500 ms would bunch the new handshakes.
         ldm_jitter: Duration
     );
     setter!(
-        /// How long the old link's subscriptions are kept after a planned switch.
-        /// Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
+        /// The bound on how long a planned switch keeps the old link's subscriptions.
+        /// They end as soon as the cluster knows the new link's interest: a probe subject
+        /// (under `inbox_prefix`) subscribed on the new link after the replayed
+        /// subscriptions is published on the old link until it arrives on the new one,
+        /// then one more probe trip passes (for publishers on a third node) and the old
+        /// link gets UNSUB. Only when the probe never arrives (the two servers are not in
+        /// one cluster, or the user may not publish or subscribe to the probe subject)
+        /// does the overlap last this long. Messages published during the overlap can
+        /// arrive twice. Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
         ldm_overlap: Duration
     );
     setter!(

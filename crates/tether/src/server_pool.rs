@@ -198,10 +198,40 @@ pub struct PoolEntry {
     pub last_strike: Option<Instant>,
     /// Which credentials the strikes were against (strikes count only while unchanged).
     pub strike_credentials: Option<u64>,
-    /// In lame duck mode: not tried while set.
-    pub lame_duck: bool,
+    /// In lame duck mode: not a planned switch's target while the mark holds (see
+    /// [`LameDuckMark`]); a reconnect tries it after every other server due at once.
+    pub lame_duck: Option<LameDuckMark>,
     /// The last attempt was refused while the user JWT it used had expired.
     pub expired_refused: bool,
+}
+
+/// How long a lame-duck mark holds at most when the node is never seen back. A node in
+/// lame duck mode refuses new connections anyway, so a mark that ends early costs one
+/// refused attempt; one that lasted forever would leave a rolling restart with no server
+/// to move to (B3 of the semantics review).
+pub const LAME_DUCK_MARK_MAX: Duration = Duration::from_secs(30);
+
+/// A server announced lame duck mode. The mark ends when the node is back: peers stop
+/// announcing a lame-duck node's URLs in `connect_urls` and announce them again when it
+/// rejoins, so an INFO from another node that lists the URL again, after one that left it
+/// out, ends it. A completed handshake with the server ends it too, and it lapses after
+/// [`LAME_DUCK_MARK_MAX`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LameDuckMark {
+    /// When the server announced it.
+    pub since: Instant,
+    /// The node's INFO `server_id`: the same node under another address is in lame duck
+    /// mode too.
+    pub server_id: Option<String>,
+    /// An INFO from another node left this server out of its `connect_urls`.
+    pub absent_seen: bool,
+}
+
+impl LameDuckMark {
+    /// True while the mark holds at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < LAME_DUCK_MARK_MAX
+    }
 }
 
 /// What an attempt's failure means for the auth rules of DESIGN semantics 5, as decided by
@@ -261,7 +291,7 @@ impl ServerPool {
                 auth_strikes: 0,
                 last_strike: None,
                 strike_credentials: None,
-                lame_duck: false,
+                lame_duck: None,
                 expired_refused: false,
             });
         }
@@ -290,20 +320,24 @@ impl ServerPool {
     }
 
     /// The server to try next: due earliest; ties by fewer failures, then the one whose
-    /// link dropped longest ago (or never). Lame-duck servers are skipped.
-    pub fn next(&self) -> Option<usize> {
-        // A lame-duck server goes after every other server due at the same time, but is
-        // not excluded: it may be back (and healthy) while others fail.
-        self.best(|_, _| true)
+    /// link dropped longest ago (or never). A server under a lame-duck mark goes after
+    /// every other server due at the same time, but is not excluded: it may be back (and
+    /// healthy) while others fail.
+    pub fn next(&self, now: Instant) -> Option<usize> {
+        self.best(now, |_, _| true)
     }
 
-    /// The best server other than `i` that is not in lame duck mode (a planned switch).
-    pub fn next_other(&self, i: usize) -> Option<usize> {
-        self.best(|j, e| j != i && !e.lame_duck)
+    /// The best server other than `i` that is not under a lame-duck mark: a planned
+    /// switch's next target.
+    pub fn next_other(&self, i: usize, now: Instant) -> Option<usize> {
+        self.best(now, |j, e| {
+            j != i && !e.lame_duck.as_ref().is_some_and(|m| m.holds(now))
+        })
     }
 
     /// The first among the entries `keep` accepts, in the order of [`Self::next`].
-    fn best(&self, keep: impl Fn(usize, &PoolEntry) -> bool) -> Option<usize> {
+    fn best(&self, now: Instant, keep: impl Fn(usize, &PoolEntry) -> bool) -> Option<usize> {
+        let ldm = |e: &PoolEntry| e.lame_duck.as_ref().is_some_and(|m| m.holds(now));
         self.entries
             .iter()
             .enumerate()
@@ -311,7 +345,7 @@ impl ServerPool {
             .min_by(|(ai, a), (bi, b)| {
                 a.due
                     .cmp(&b.due)
-                    .then(a.lame_duck.cmp(&b.lame_duck))
+                    .then(ldm(a).cmp(&ldm(b)))
                     .then(a.failures.cmp(&b.failures))
                     .then(a.last_dropped.cmp(&b.last_dropped))
                     .then(ai.cmp(bi))
@@ -334,7 +368,7 @@ impl ServerPool {
         if let Some(e) = self.entries.get_mut(i) {
             e.failures = 0;
             e.auth_strikes = 0;
-            e.lame_duck = false;
+            e.lame_duck = None;
         }
     }
 
@@ -454,18 +488,66 @@ impl ServerPool {
         }
     }
 
-    /// True when a server other than `i` that is not in lame duck mode is in the pool.
-    pub fn has_alternative(&self, i: usize) -> bool {
-        self.entries
-            .iter()
-            .enumerate()
-            .any(|(j, e)| j != i && !e.lame_duck)
+    /// Mark `i` as in lame duck mode at `now`, with its INFO `server_id` when known. Every
+    /// other entry already known to reach the same node (by `server_id`) is marked too.
+    pub fn mark_lame_duck(&mut self, i: usize, server_id: Option<&str>, now: Instant) {
+        let server_id = server_id.filter(|s| !s.is_empty()).map(str::to_owned);
+        for (j, e) in self.entries.iter_mut().enumerate() {
+            let same_node = server_id.is_some()
+                && e.lame_duck.as_ref().and_then(|m| m.server_id.as_ref()) == server_id.as_ref();
+            if j == i || same_node {
+                e.lame_duck = Some(LameDuckMark {
+                    since: now,
+                    server_id: server_id.clone(),
+                    absent_seen: false,
+                });
+            }
+        }
     }
 
-    /// Mark a server as in lame duck mode, or not.
-    pub fn set_lame_duck(&mut self, i: usize, on: bool) {
+    /// True when `server_id` belongs to a node under a lame-duck mark at `now` (a switch
+    /// that reached it under another address goes on to the next server).
+    pub fn is_lame_duck_node(&self, server_id: &str, now: Instant) -> bool {
+        !server_id.is_empty()
+            && self.entries.iter().any(|e| {
+                e.lame_duck
+                    .as_ref()
+                    .is_some_and(|m| m.holds(now) && m.server_id.as_deref() == Some(server_id))
+            })
+    }
+
+    /// Keep `i` from being a planned switch's target until `until`, without counting a
+    /// failure (a switch reached the node it is leaving under another address).
+    pub fn defer(&mut self, i: usize, until: Instant) {
         if let Some(e) = self.entries.get_mut(i) {
-            e.lame_duck = on;
+            e.due = e.due.max(until);
+        }
+    }
+
+    /// An INFO from `via` announced `connect_urls`: lame-duck marks of other servers end
+    /// when their URL is listed again after an INFO that left it out (the node rejoined).
+    /// An empty list says nothing.
+    pub fn note_announced(&mut self, connect_urls: &[String], via: &ServerAddr) {
+        if connect_urls.is_empty() {
+            return;
+        }
+        let announced: Vec<(String, u16)> = connect_urls
+            .iter()
+            .filter_map(|u| via.inherit(u))
+            .map(|a| a.key())
+            .collect();
+        for e in &mut self.entries {
+            if e.addr.key() == via.key() {
+                continue;
+            }
+            let Some(mark) = e.lame_duck.as_mut() else {
+                continue;
+            };
+            if !announced.contains(&e.addr.key()) {
+                mark.absent_seen = true;
+            } else if mark.absent_seen {
+                e.lame_duck = None;
+            }
         }
     }
 
@@ -502,7 +584,7 @@ impl ServerPool {
                     auth_strikes: 0,
                     last_strike: None,
                     strike_credentials: None,
-                    lame_duck: false,
+                    lame_duck: None,
                     expired_refused: false,
                 });
             }
@@ -538,6 +620,7 @@ impl ServerPool {
             if let Some(old) = self.entries.iter().find(|o| o.addr.key() == e.addr.key()) {
                 e.failures = old.failures;
                 e.due = old.due;
+                e.lame_duck = old.lame_duck.clone();
             }
         }
         self.entries = fresh.entries;
@@ -693,20 +776,72 @@ mod tests {
     }
 
     #[test]
+    fn a_lame_duck_mark_ends_when_a_peer_lists_the_node_again_or_lapses() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let now = Instant::now();
+        let list = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let mut pool = ServerPool::new(addrs(&list), true, None, now, &mut rng);
+        let (a, b) = (
+            ServerAddr::parse(list[0]).unwrap(),
+            ServerAddr::parse(list[1]).unwrap(),
+        );
+        pool.mark_lame_duck(0, Some("NODE_A"), now);
+        assert_eq!(pool.next_other(1, now), Some(2), "never the lame-duck node");
+        assert!(pool.is_lame_duck_node("NODE_A", now));
+        assert_eq!(
+            pool.next(now),
+            Some(1),
+            "a reconnect tries it last among equals"
+        );
+        // The peer B still lists A (it has not heard of lame duck mode yet): nothing ends.
+        let all: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+        pool.note_announced(&all, &b);
+        assert!(pool.get(0).unwrap().lame_duck.is_some());
+        // An empty list says nothing; A's own INFO does not count.
+        pool.note_announced(&[], &b);
+        pool.note_announced(&all[1..], &a);
+        assert!(!pool.get(0).unwrap().lame_duck.as_ref().unwrap().absent_seen);
+        // B drops A (lame duck), then lists it again (A rejoined): the mark ends.
+        pool.note_announced(&all[1..], &b);
+        assert!(pool.get(0).unwrap().lame_duck.is_some());
+        pool.note_announced(&all, &b);
+        assert!(
+            pool.get(0).unwrap().lame_duck.is_none(),
+            "back after its restart"
+        );
+        assert_eq!(pool.next_other(2, now), Some(0));
+        // A mark never seen ended lapses.
+        pool.mark_lame_duck(1, None, now);
+        assert_eq!(pool.next_other(0, now), Some(2));
+        let later = now + LAME_DUCK_MARK_MAX;
+        assert_eq!(pool.next_other(2, later), Some(0));
+        assert!(!pool.is_lame_duck_node("NODE_A", later));
+        // The same node under another address, once known, is marked with it.
+        pool.mark_lame_duck(2, Some("NODE_C"), now);
+        pool.mark_lame_duck(0, Some("NODE_C"), now);
+        assert!(pool.get(2).unwrap().lame_duck.is_some());
+        // A completed handshake ends a mark; set_server_pool keeps marks.
+        pool.record_success(2);
+        assert!(pool.get(2).unwrap().lame_duck.is_none());
+        pool.replace(addrs(&list[..1]), now, &mut rng, false);
+        assert!(pool.get(0).unwrap().lame_duck.is_some());
+    }
+
+    #[test]
     fn next_prefers_due_then_fewer_failures_then_not_just_dropped() {
         let mut rng = SmallRng::seed_from_u64(1);
         let now = Instant::now();
         let mut pool = ServerPool::new(addrs(&["a:1", "b:2", "c:3"]), true, Some(3), now, &mut rng);
         pool.record_dropped(0, now);
         assert_eq!(
-            pool.next(),
+            pool.next(now),
             Some(1),
             "the server that just dropped goes last among equals"
         );
         pool.record_failure(1, now, Duration::ZERO);
-        assert_eq!(pool.next(), Some(2), "fewer failures first");
+        assert_eq!(pool.next(now), Some(2), "fewer failures first");
         pool.record_failure(2, now, Duration::from_secs(1));
-        assert_eq!(pool.next(), Some(0));
+        assert_eq!(pool.next(now), Some(0));
         assert!(pool.record_failure(1, now, Duration::ZERO).is_none());
         let removed = pool.record_failure(1, now, Duration::ZERO).unwrap();
         assert_eq!(

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::transport;
-use super::{CloseMode, Inner, Shared};
+use super::{CloseMode, Inner, Probe, Shared};
 use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
 use crate::events::MigrateReason as SwitchReason;
@@ -208,10 +208,10 @@ pub(crate) fn adopt(
     inner.conn.adopt_link(now, est.info.clone());
     inner.jwt = est.jwt;
     inner.expiring_reported = false;
-    // This link read the credentials just now: a pending refresh switch has nothing to do.
-    if inner.switch_request == Some(SwitchReason::Credentials) {
-        inner.switch_request = None;
-    }
+    // A pending switch (a refresh, lame duck mode, a request) has moved, or the reconnect
+    // made it moot; an INFO on this link may ask for a new one.
+    inner.switch_request = None;
+    inner.ldm_switch_at = None;
     inner.jwt_refresh_at = est.jwt.map(|t| {
         later(
             now,
@@ -514,7 +514,7 @@ async fn pick_and_wait(
             }
             let next = inner
                 .pool
-                .next()
+                .next(Instant::now())
                 .and_then(|i| inner.pool.get(i).map(|e| (e.due, e.addr.clone())));
             let Some(next) = next else {
                 drop(inner);
@@ -569,6 +569,8 @@ async fn wait_until_due(shared: &Shared, due: Instant) -> bool {
 
 /// Merge INFO `connect_urls` into the pool.
 pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, via: &ServerAddr) {
+    // A lame-duck node listed again by a peer is back.
+    inner.pool.note_announced(&info.connect_urls, via);
     if shared.opts.ignore_discovered_servers {
         return;
     }
@@ -592,8 +594,13 @@ struct OldLink {
     link: DetachedLink,
     rbuf: BytesMut,
     out: BytesMut,
+    /// The bound on the overlap (ldm_overlap after the switch).
     retire_at: Instant,
     give_up_at: Instant,
+    /// When the next probe goes out on this link (None: not probing).
+    next_probe: Option<Instant>,
+    /// Requests written on this link: they fail if it dies before its last PONG.
+    requests: Vec<u64>,
     from: String,
     to: String,
     failed: bool,
@@ -602,9 +609,147 @@ struct OldLink {
 /// Close a retired link now (the current link went down, or the client closes): what
 /// stayed unconfirmed on it is reported in `Migrated`, its flushes fail or re-arm.
 fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
-    if let Some(o) = old {
-        let unconfirmed = inner.conn.finish_detached(o.link);
-        report_migrated(shared, o.from, o.to, unconfirmed);
+    let Some(o) = old else {
+        return;
+    };
+    end_probe(inner);
+    let retired = o.link.is_retired();
+    let unconfirmed = inner.conn.finish_detached(o.link);
+    if !retired && !shared.opts.request_retry_after_reconnect {
+        // Written on a link that died unconfirmed: a responder may have acted on them,
+        // and no reply can come back through it (B7).
+        for t in o.requests {
+            if let Some(r) = inner.requests.remove(&t) {
+                let _ = r.tx.send(Err(RequestError::ConnectionLost {
+                    subject: r.subject,
+                    maybe_processed: true,
+                }));
+            }
+        }
+    }
+    report_migrated(shared, o.from, o.to, unconfirmed);
+}
+
+/// How often the old link publishes the probe while waiting for it on the new link.
+const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The next target of a pending planned switch and when it is due: another server not in
+/// lame duck mode (for fresh credentials, the same server will do).
+fn next_switch_target(
+    inner: &Inner,
+    reason: SwitchReason,
+    now: Instant,
+) -> Option<(ServerAddr, Instant)> {
+    let current = inner.server_index();
+    let target = inner
+        .pool
+        .next_other(current.unwrap_or(usize::MAX), now)
+        .or(current.filter(|_| reason == SwitchReason::Credentials))?;
+    inner.pool.get(target).map(|e| (e.addr.clone(), e.due))
+}
+
+/// A switch's new link answered with the `server_id` of the node being left, or of a node
+/// in lame duck mode: it reached such a node under another address. Returns why, after
+/// keeping that address out of the switch's way.
+fn same_node_as_left(
+    inner: &mut Inner,
+    addr: &ServerAddr,
+    est: &Established,
+    reason: SwitchReason,
+    reconnect_wait: Duration,
+) -> Option<&'static str> {
+    let now = Instant::now();
+    let id = est.info.server_id.as_str();
+    let current_id = inner.conn.server_info().map(|i| i.server_id.as_str());
+    let i = inner.pool.position(addr);
+    if inner.pool.is_lame_duck_node(id, now) {
+        if let Some(i) = i {
+            inner.pool.mark_lame_duck(i, Some(id), now);
+        }
+        return Some("this address reaches a server in lame duck mode");
+    }
+    if reason != SwitchReason::Credentials && !id.is_empty() && current_id == Some(id) {
+        if let Some(i) = i {
+            inner.pool.defer(i, later(now, reconnect_wait));
+        }
+        return Some("this address reaches the server the client is moving away from");
+    }
+    None
+}
+
+/// A refresh's switch that could not move yet tries again after reconnect_wait, while the
+/// JWT is inside its refresh window.
+fn rearm_refresh(shared: &Shared, inner: &mut Inner, reason: SwitchReason) {
+    if reason != SwitchReason::Credentials {
+        return;
+    }
+    let in_window = inner.jwt.is_some_and(|t| {
+        t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now())
+            .is_zero()
+    });
+    if inner.jwt_refresh_at.is_none() && in_window {
+        inner.jwt_refresh_at = Some(later(Instant::now(), shared.opts.reconnect_wait));
+    }
+}
+
+/// Subscribe the probe on the new link (after the replayed subscriptions).
+fn start_probe(shared: &Shared, inner: &mut Inner, now: Instant) {
+    let subject = format!(
+        "{}.{}.probe",
+        shared.opts.inbox_prefix,
+        crate::client::nuid()
+    );
+    inner.probe = inner.conn.subscribe(&subject, None).ok().map(|sid| Probe {
+        sid,
+        subject,
+        started: now,
+        arrived: None,
+        refused: false,
+    });
+}
+
+/// Publish one probe on the old link. Returns when the next one is due (None once the
+/// probe arrived or was refused).
+fn send_probe(inner: &Inner, now: Instant, out: &mut BytesMut) -> Option<Instant> {
+    let p = inner.probe.as_ref()?;
+    if p.arrived.is_some() || p.refused {
+        return None;
+    }
+    let micros = now.saturating_duration_since(p.started).as_micros();
+    tether_proto::encode::encode_pub(out, &p.subject, None, micros.to_string().as_bytes());
+    Some(later(now, PROBE_INTERVAL))
+}
+
+/// When the old link's subscriptions may end: one more probe trip after the first probe
+/// arrived, a margin for publishers on a third node, whose routes learn the new interest at
+/// about the same time as the old node.
+fn probe_retire_at(inner: &Inner) -> Option<Instant> {
+    let (at, trip) = inner.probe.as_ref()?.arrived?;
+    Some(later(at, trip))
+}
+
+fn probe_done(inner: &Inner, now: Instant) -> bool {
+    probe_retire_at(inner).is_some_and(|t| now >= t)
+}
+
+/// The probe arrived on the new link.
+fn probe_arrived(p: &mut Probe, payload: &[u8]) {
+    if p.arrived.is_some() {
+        return;
+    }
+    let now = Instant::now();
+    let sent = std::str::from_utf8(payload)
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(|us| p.started + Duration::from_micros(us));
+    let trip = sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+    p.arrived = Some((now, trip));
+}
+
+/// Unsubscribe the probe on the current link.
+fn end_probe(inner: &mut Inner) {
+    if let Some(p) = inner.probe.take() {
+        inner.conn.unsubscribe(p.sid, None);
     }
 }
 
@@ -709,8 +854,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
     let mut pos = 0usize;
     let mut close_flush: Option<(oneshot::Receiver<Result<(), FlushError>>, Instant)> = None;
     let mut switching: Option<SwitchFuture> = None;
-    // Why the switch under way (switching, ready or not yet adopted) was asked for.
+    // Why the switch under way (switching, ready or not yet adopted) was asked for, and
+    // how many targets it tried.
     let mut switch_reason = SwitchReason::Requested;
+    let mut switch_attempts: u32 = 0;
+    let mut rng = SmallRng::from_entropy();
     let mut ready: Option<(ServerAddr, Established)> = None;
     let mut old: Option<OldLink> = None;
     // The credentials being read again ahead of the JWT's expiry.
@@ -739,18 +887,19 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     refresh = Some(Box::pin(load_keys(keys)));
                 }
             }
+            // A switch waiting for its next target to be due.
+            let mut switch_due = None;
             if inner.close.is_none() && idle_link {
-                if let Some(reason) = inner.switch_request.take() {
-                    let current = inner.server_index().unwrap_or(usize::MAX);
-                    // Fresh credentials may also go to the same server.
-                    let target = inner
-                        .pool
-                        .next_other(current)
-                        .or_else(|| (reason == SwitchReason::Credentials).then_some(current));
-                    match target.and_then(|i| inner.pool.get(i)) {
-                        Some(e) => {
+                if let Some(reason) = inner.switch_request {
+                    match next_switch_target(&inner, reason, now) {
+                        Some((_, due)) if due > now => switch_due = Some(due),
+                        Some((addr, _)) => {
+                            if reason == SwitchReason::Credentials {
+                                // One attempt; a failed one is re-armed by the refresh.
+                                inner.switch_request = None;
+                            }
                             switch_reason = reason;
-                            let addr = e.addr.clone();
+                            switch_attempts += 1;
                             let sh = shared.clone();
                             switching = Some(Box::pin(async move {
                                 let r = establish(&sh, &addr).await;
@@ -758,15 +907,17 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                             }));
                         }
                         // No other server: a requested move reconnects; lame duck mode
-                        // stays on the old link until the server closes it.
-                        None if matches!(
-                            reason,
-                            SwitchReason::Requested | SwitchReason::ServerPool
-                        ) =>
-                        {
-                            inner.conn.handle_close_link()
+                        // stays on the old link until the pool offers another server (a
+                        // node back from its restart) or the server closes the link.
+                        None => {
+                            if reason != SwitchReason::LameDuck {
+                                inner.switch_request = None;
+                            }
+                            if matches!(reason, SwitchReason::Requested | SwitchReason::ServerPool)
+                            {
+                                inner.conn.handle_close_link();
+                            }
                         }
-                        None => {}
                     }
                 }
             }
@@ -776,12 +927,21 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 let Some(link) = inner.conn.detach() else {
                     unreachable!("can_detach was checked")
                 };
+                // Requests written on the old link: they fail if it dies before confirming.
+                let pending: Vec<u64> = inner.conn.pending_requests().collect();
+                let requests: Vec<u64> = inner
+                    .requests
+                    .keys()
+                    .copied()
+                    .filter(|t| !pending.contains(t))
+                    .collect();
                 let from = inner.server_name.clone();
                 shared.emit(EventKind::Migrating {
                     from: from.clone(),
                     to: addr.to_string(),
                     reason: switch_reason,
                 });
+                switch_attempts = 0;
                 if let Some(reason) = adopt(shared, &mut inner, &addr, &mut est) {
                     // The new link died at once; the old one is already detached: report
                     // what stayed unconfirmed on it.
@@ -792,18 +952,19 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         ready: None,
                     };
                 }
+                start_probe(shared, &mut inner, now);
                 let fresh = Arc::new(est.stream);
                 inner.direct = Some(fresh.clone());
+                let bound = later(now, shared.opts.ldm_overlap);
                 old = Some(OldLink {
                     stream: std::mem::replace(stream, fresh),
                     link,
                     rbuf: std::mem::replace(&mut rbuf, BytesMut::with_capacity(READ_BUF)),
                     out: BytesMut::new(),
-                    retire_at: later(now, shared.opts.ldm_overlap),
-                    give_up_at: later(
-                        later(now, shared.opts.ldm_overlap),
-                        shared.opts.effective_pong_timeout(),
-                    ),
+                    retire_at: bound,
+                    give_up_at: later(bound, shared.opts.effective_pong_timeout()),
+                    next_probe: inner.probe.is_some().then_some(now),
+                    requests,
                     from,
                     to: addr.to_string(),
                     failed: false,
@@ -812,8 +973,17 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 pos = 0;
             }
             if let Some(o) = &mut old {
-                if now >= o.retire_at && !o.link.is_retiring() {
-                    inner.conn.retire_detached(now, &mut o.link);
+                if !o.link.is_retiring() {
+                    if probe_done(&inner, now) || now >= o.retire_at {
+                        // The cluster knows the new interest (or the bound passed): end
+                        // the old link's subscriptions.
+                        inner.conn.retire_detached(now, &mut o.link);
+                        end_probe(&mut inner);
+                        o.next_probe = None;
+                        o.give_up_at = later(now, shared.opts.effective_pong_timeout());
+                    } else if o.next_probe.is_some_and(|at| now >= at) {
+                        o.next_probe = send_probe(&inner, now, &mut o.out);
+                    }
                 }
                 if let Some(b) = o.link.poll_transmit() {
                     o.out.extend_from_slice(&b);
@@ -837,7 +1007,9 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 pos = 0;
             }
             if let Some(reason) = dispatch(shared, &mut inner) {
+                // The reconnect replaces any switch still waiting (its jitter, a target).
                 inner.ldm_switch_at = None;
+                inner.switch_request = None;
                 retire_now(shared, &mut inner, old.take());
                 return LinkEnd::Down {
                     reason,
@@ -876,9 +1048,14 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     if o.link.is_retiring() {
                         o.give_up_at
                     } else {
-                        o.retire_at
+                        [Some(o.retire_at), o.next_probe, probe_retire_at(&inner)]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .unwrap_or(o.retire_at)
                     }
                 }),
+                switch_due,
             ]
             .into_iter()
             .flatten()
@@ -938,32 +1115,37 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
             (addr, result) = async { switching.as_mut().expect("guarded").await }, if switching.is_some() => {
                 switching = None;
+                let mut inner = shared.lock("switch");
                 match result {
-                    Ok(est) => ready = Some((addr, est)),
+                    Ok(est) => {
+                        if let Some(why) = same_node_as_left(&mut inner, &addr, &est, switch_reason, shared.opts.reconnect_wait) {
+                            // Dropping `est` closes that link; the next target is tried.
+                            tracing::info!(server = %addr, reason = why, "planned switch reached the node it is leaving; trying the next server");
+                            shared.emit(EventKind::ReconnectFailed {
+                                server: addr.to_string(),
+                                address: None,
+                                attempt: switch_attempts,
+                                error: why.to_owned(),
+                            });
+                            rearm_refresh(shared, &mut inner, switch_reason);
+                        } else {
+                            ready = Some((addr, est));
+                        }
+                    }
                     Err(f) => {
                         shared.emit(EventKind::ReconnectFailed {
                             server: f.attempt.server.clone(),
                             address: f.attempt.address.clone(),
-                            attempt: 1,
+                            attempt: switch_attempts,
                             error: f.attempt.error.clone(),
                         });
-                        let mut inner = shared.lock("switch");
                         // The connected server (a refresh's target) is never failed out of
-                        // the pool by a second link's attempt.
+                        // the pool by a second link's attempt. Others get the pool's
+                        // backoff and auth rules, and the switch goes on with the next.
                         if inner.current.as_ref() != Some(&addr) {
-                            if let Some(i) = inner.pool.position(&addr) {
-                                let _ = inner.pool.record_failure(i, Instant::now(), shared.opts.reconnect_wait);
-                            }
+                            record_attempt_failure(shared, &mut inner, &addr, &f, &mut rng);
                         }
-                        // A refresh that could not move yet tries again after
-                        // reconnect_wait, while the JWT is inside its refresh window.
-                        let in_window = inner.jwt.is_some_and(|t| {
-                            t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now())
-                                .is_zero()
-                        });
-                        if inner.jwt_refresh_at.is_none() && in_window {
-                            inner.jwt_refresh_at = Some(later(Instant::now(), shared.opts.reconnect_wait));
-                        }
+                        rearm_refresh(shared, &mut inner, switch_reason);
                     }
                 }
             }
@@ -1041,6 +1223,10 @@ fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
 /// Hand deliveries to their subscriptions and replies to their requests.
 fn route_messages(inner: &mut Inner) {
     while let Some(msg) = inner.conn.poll_message() {
+        if let Some(p) = inner.probe.as_mut().filter(|p| p.sid == msg.sid) {
+            probe_arrived(p, &msg.payload);
+            continue;
+        }
         if let Some(mux) = &inner.mux {
             if msg.sid == mux.sid {
                 let token = msg
@@ -1123,19 +1309,19 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 server: inner.server_name.clone(),
             });
             // Confirm what was written so far at once, then move after a random jitter so a
-            // fleet does not move at the same moment.
+            // fleet does not move at the same moment. With no other server to go to yet,
+            // the switch waits for one (a node back from its restart) until the server
+            // closes the link.
             let token = inner.token();
             inner.conn.flush(token);
+            let now = Instant::now();
             if let Some(i) = inner.server_index() {
-                inner.pool.set_lame_duck(i, true);
-                if inner.pool.has_alternative(i) {
-                    let wait = crate::server_pool::uniform_below(
-                        shared.opts.ldm_jitter,
-                        &mut rand::thread_rng(),
-                    );
-                    inner.ldm_switch_at = Some(later(Instant::now(), wait));
-                }
+                let id = inner.conn.server_info().map(|i| i.server_id.clone());
+                inner.pool.mark_lame_duck(i, id.as_deref(), now);
             }
+            let wait =
+                crate::server_pool::uniform_below(shared.opts.ldm_jitter, &mut rand::thread_rng());
+            inner.ldm_switch_at = Some(later(now, wait));
             None
         }
         ConnEvent::FlushDone(token) => {
@@ -1154,6 +1340,16 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::ServerError(message) => {
+            if let Some(p) = inner
+                .probe
+                .as_mut()
+                .filter(|p| message.contains(p.subject.as_str()))
+            {
+                // No permission for the probe subject: the overlap runs to its bound.
+                tracing::debug!(subject = %p.subject, error = %message, "planned switch probe refused");
+                p.refused = true;
+                return None;
+            }
             shared.emit(EventKind::ServerError { message });
             None
         }
@@ -1185,6 +1381,11 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::SubscriptionEnded { sid, reason } => {
+            if let Some(p) = inner.probe.as_mut().filter(|p| p.sid == sid) {
+                tracing::debug!(subject = %p.subject, reason = ?reason, "planned switch probe subscription ended");
+                p.refused = true;
+                return None;
+            }
             if inner.mux.as_ref().is_some_and(|m| m.sid == sid) {
                 // The request inbox itself was refused (permissions on `_INBOX.>`, say):
                 // fail what waits on it; the next request subscribes a new inbox.

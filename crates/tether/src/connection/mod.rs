@@ -40,6 +40,23 @@ pub(crate) struct Mux {
     pub(crate) prefix: String,
 }
 
+/// The probe of a planned switch (DESIGN semantics 9): a subject subscribed on the new
+/// link after the replayed subscriptions and published on the old link until it arrives on
+/// the new one. Its arrival shows that the old node knows the new link's interest (a route
+/// carries one account's interest in order), so the old link's subscriptions can end.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// Its sid on the new link.
+    pub(crate) sid: u64,
+    pub(crate) subject: String,
+    /// Payloads carry the microseconds since this instant at which they were sent.
+    pub(crate) started: Instant,
+    /// When the first probe arrived, and how long it travelled.
+    pub(crate) arrived: Option<(Instant, Duration)>,
+    /// The server refused the probe (permissions): the overlap runs to ldm_overlap.
+    pub(crate) refused: bool,
+}
+
 /// How the client is being closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseMode {
@@ -97,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
     /// A planned (make-before-break) switch was asked for.
     pub(crate) switch_request: Option<crate::events::MigrateReason>,
+    /// The probe of the planned switch under way, while its old link still delivers.
+    pub(crate) probe: Option<Probe>,
     /// The current link's user JWT validity, when it expires.
     pub(crate) jwt: Option<crate::credentials::JwtTimes>,
     /// When to read the credentials again ahead of the JWT's expiry.
