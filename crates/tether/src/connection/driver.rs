@@ -692,58 +692,86 @@ fn rearm_refresh(shared: &Shared, inner: &mut Inner, reason: SwitchReason) {
     }
 }
 
-/// Subscribe the probe on the new link (after the replayed subscriptions).
+/// Subscribe the probe on the new link (after the replayed subscriptions), followed by a
+/// PING: its PONG says the new server registered them all, the moment the old node is
+/// about to learn the interest, so a probe goes out then as well as every
+/// [`PROBE_INTERVAL`].
 fn start_probe(shared: &Shared, inner: &mut Inner, now: Instant) {
     let subject = format!(
         "{}.{}.probe",
         shared.opts.inbox_prefix,
         crate::client::nuid()
     );
-    inner.probe = inner.conn.subscribe(&subject, None).ok().map(|sid| Probe {
+    let Ok(sid) = inner.conn.subscribe(&subject, None) else {
+        return;
+    };
+    let token = inner.token();
+    let (tx, registered) = oneshot::channel();
+    inner.flushes.insert(token, tx);
+    inner.conn.flush(token);
+    inner.probe = Some(Probe {
         sid,
         subject,
         started: now,
         arrived: None,
+        confirmed: false,
+        send_now: false,
         refused: false,
+        registered: Some(registered),
     });
 }
 
+/// True once (and only once) the new server confirmed the probe's subscription.
+fn probe_registered(inner: &mut Inner) -> bool {
+    let Some(p) = inner.probe.as_mut() else {
+        return false;
+    };
+    let Some(rx) = p.registered.as_mut() else {
+        return false;
+    };
+    if let Err(oneshot::error::TryRecvError::Empty) = rx.try_recv() {
+        return false;
+    }
+    p.registered = None;
+    true
+}
+
 /// Publish one probe on the old link. Returns when the next one is due (None once the
-/// probe arrived or was refused).
+/// probe is confirmed or was refused).
 fn send_probe(inner: &Inner, now: Instant, out: &mut BytesMut) -> Option<Instant> {
     let p = inner.probe.as_ref()?;
-    if p.arrived.is_some() || p.refused {
+    if p.confirmed || p.refused {
         return None;
     }
-    let micros = now.saturating_duration_since(p.started).as_micros();
-    tether_proto::encode::encode_pub(out, &p.subject, None, micros.to_string().as_bytes());
+    let nanos = now.saturating_duration_since(p.started).as_nanos();
+    tether_proto::encode::encode_pub(out, &p.subject, None, nanos.to_string().as_bytes());
     Some(later(now, PROBE_INTERVAL))
 }
 
-/// When the old link's subscriptions may end: one more probe trip after the first probe
-/// arrived, a margin for publishers on a third node, whose routes learn the new interest at
-/// about the same time as the old node.
-fn probe_retire_at(inner: &Inner) -> Option<Instant> {
-    let (at, trip) = inner.probe.as_ref()?.arrived?;
-    Some(later(at, trip))
+/// True when the old link's subscriptions may end: the first probe to arrive showed that
+/// the old node knows the new interest, and a probe sent after that arrived too. That one
+/// more trip is the margin for publishers on a third node, whose routes learn the interest
+/// at about the same time as the old node; it costs no timer, and every millisecond of
+/// overlap is a duplicate at 1 msg/ms.
+fn probe_done(inner: &Inner) -> bool {
+    inner.probe.as_ref().is_some_and(|p| p.confirmed)
 }
 
-fn probe_done(inner: &Inner, now: Instant) -> bool {
-    probe_retire_at(inner).is_some_and(|t| now >= t)
-}
-
-/// The probe arrived on the new link.
+/// A probe arrived on the new link. After the first one, the next probe goes out at once.
 fn probe_arrived(p: &mut Probe, payload: &[u8]) {
-    if p.arrived.is_some() {
-        return;
-    }
     let now = Instant::now();
+    let Some(first) = p.arrived else {
+        p.arrived = Some(now);
+        p.send_now = true;
+        return;
+    };
     let sent = std::str::from_utf8(payload)
         .ok()
         .and_then(|t| t.parse::<u64>().ok())
-        .map(|us| p.started + Duration::from_micros(us));
-    let trip = sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-    p.arrived = Some((now, trip));
+        .map(|ns| p.started + Duration::from_nanos(ns));
+    if sent.is_some_and(|t| t >= first) {
+        p.confirmed = true;
+    }
 }
 
 /// Unsubscribe the probe on the current link.
@@ -974,14 +1002,20 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
             if let Some(o) = &mut old {
                 if !o.link.is_retiring() {
-                    if probe_done(&inner, now) || now >= o.retire_at {
+                    if probe_done(&inner) || now >= o.retire_at {
                         // The cluster knows the new interest (or the bound passed): end
                         // the old link's subscriptions.
                         inner.conn.retire_detached(now, &mut o.link);
                         end_probe(&mut inner);
                         o.next_probe = None;
                         o.give_up_at = later(now, shared.opts.effective_pong_timeout());
-                    } else if o.next_probe.is_some_and(|at| now >= at) {
+                    } else if o.next_probe.is_some_and(|at| now >= at)
+                        | probe_registered(&mut inner)
+                        | inner
+                            .probe
+                            .as_mut()
+                            .is_some_and(|p| std::mem::take(&mut p.send_now))
+                    {
                         o.next_probe = send_probe(&inner, now, &mut o.out);
                     }
                 }
@@ -1048,11 +1082,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     if o.link.is_retiring() {
                         o.give_up_at
                     } else {
-                        [Some(o.retire_at), o.next_probe, probe_retire_at(&inner)]
-                            .into_iter()
-                            .flatten()
-                            .min()
-                            .unwrap_or(o.retire_at)
+                        o.next_probe.map_or(o.retire_at, |t| t.min(o.retire_at))
                     }
                 }),
                 switch_due,

@@ -49,12 +49,19 @@ pub(crate) struct Probe {
     /// Its sid on the new link.
     pub(crate) sid: u64,
     pub(crate) subject: String,
-    /// Payloads carry the microseconds since this instant at which they were sent.
+    /// Payloads carry the nanoseconds since this instant at which they were sent.
     pub(crate) started: Instant,
-    /// When the first probe arrived, and how long it travelled.
-    pub(crate) arrived: Option<(Instant, Duration)>,
+    /// When the first probe arrived (the old node knows the new interest).
+    pub(crate) arrived: Option<Instant>,
+    /// A probe sent after the first arrived came back too: the margin for publishers on a
+    /// third node has passed.
+    pub(crate) confirmed: bool,
+    /// Send a probe at once (the first one arrived: the margin's probe).
+    pub(crate) send_now: bool,
     /// The server refused the probe (permissions): the overlap runs to ldm_overlap.
     pub(crate) refused: bool,
+    /// The PONG after the probe's SUB: the new server registered every subscription.
+    pub(crate) registered: Option<oneshot::Receiver<Result<(), FlushError>>>,
 }
 
 /// How the client is being closed.
