@@ -11,9 +11,10 @@
 //!   timeout, so the stale link is found during the outage).
 //! - `ldm` (with `--cluster`, whose nodes run with the testkit's `lame_duck_duration` of
 //!   30 s and `lame_duck_grace_period` of 2 s) signals lame duck mode to the node the
-//!   publisher is on. The clients run with the library's defaults (`ldm_jitter` included)
-//!   and should move off it make-before-break (DESIGN semantics 9: `Migrating`, then
-//!   `Migrated`) within the grace period. The outage lasts until the node has exited and
+//!   publisher is on. The clients run with the library's defaults (`ldm_jitter` included:
+//!   chaos checks the default, as users get it, and notes on stderr if it is not under the
+//!   grace period) and should move off it make-before-break (DESIGN semantics 9:
+//!   `Migrating`, then `Migrated`) within the grace period. The outage lasts until the node has exited and
 //!   is restarted, so successive faults roll across the nodes.
 //! - Every payload is a u64 big-endian sequence number. `lost` = published and accepted
 //!   by `publish` − distinct delivered, counted after a final `flush` and 1 s of quiet.
@@ -77,8 +78,10 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_BLACKHOLE_OUTAGE: Duration = Duration::from_secs(3);
 /// Ping interval and pong timeout under `blackhole`.
 const BLACKHOLE_PING: Duration = Duration::from_secs(1);
-/// ldm_jitter for `--fault ldm`: under the server's lame_duck_grace_period (2 s in tests).
-const LDM_JITTER: Duration = Duration::from_millis(500);
+/// The `lame_duck_grace_period` of the testkit's nodes (`ServerConfig::lame_duck_for_tests`):
+/// after it the lame-duck node closes its clients, those still waiting out their
+/// `ldm_jitter` included.
+const LDM_GRACE: Duration = Duration::from_secs(2);
 /// How long a lame-duck node may take to exit before it is killed.
 const LDM_EXIT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Pending limits cover rate × (longest outage + this).
@@ -1018,12 +1021,21 @@ async fn drive(
             .pong_timeout(BLACKHOLE_PING);
     }
     if args.fault == Fault::Ldm {
-        // Move within the server's grace period, before it starts closing clients.
-        opts = opts.ldm_jitter(LDM_JITTER);
+        // The library's default ldm_jitter, as users get it: it is meant to fit inside a
+        // short grace period (DESIGN semantics 9), and chaos checks that it does.
+        let jitter = tether::options::DEFAULT_LDM_JITTER;
         if !args.json {
             eprintln!(
                 "chaos: each lame-duck outage lasts until the node exits (lame_duck_duration, 30 s) \
-                 and is restarted; the client moves to another node within {LDM_JITTER:?}"
+                 and is restarted; the clients should move to another node within ldm_jitter \
+                 ({jitter:?}, the library's default)"
+            );
+        }
+        if jitter >= LDM_GRACE {
+            eprintln!(
+                "chaos: note: the default ldm_jitter ({jitter:?}) is not under the nodes' \
+                 lame_duck_grace_period ({LDM_GRACE:?}): a client still waiting when the grace \
+                 period ends is closed (Disconnected)"
             );
         }
     }
