@@ -1002,6 +1002,53 @@ fn invariant_failure(r: &Report) -> String {
     why
 }
 
+/// `--fault ldm`: what the outages look like, and whether the library's default
+/// ldm_jitter fits under the nodes' grace period.
+fn ldm_notes(json: bool) {
+    // The library's default ldm_jitter, as users get it: it is meant to fit inside a
+    // short grace period (DESIGN semantics 9), and chaos checks that it does.
+    let jitter = tether::options::DEFAULT_LDM_JITTER;
+    if !json {
+        eprintln!(
+            "chaos: each lame-duck outage lasts until the node exits (lame_duck_duration, 30 s) \
+             and is restarted; the clients should move to another node within ldm_jitter \
+             ({jitter:?}, the library's default)"
+        );
+    }
+    if jitter >= LDM_GRACE {
+        eprintln!(
+            "chaos: note: the default ldm_jitter ({jitter:?}) is not under the nodes' \
+             lame_duck_grace_period ({LDM_GRACE:?}): a client still waiting when the grace \
+             period ends is closed (Disconnected)"
+        );
+    }
+}
+
+/// The line said after outage `i` of `outages`.
+fn outage_line(i: usize, outages: u32, w: &Window, up_at: Instant, fault_at: Instant) -> String {
+    let mut line = format!("outage {i}/{outages}: downtime {:.0} ms", ms(w.downtime));
+    if let Some(r) = w.reconnected_at {
+        let _ = write!(
+            line,
+            ", reconnect {:.0} ms after the server was back",
+            since_ms(r, up_at)
+        );
+    }
+    if let Some(m) = w.migrated_at {
+        let _ = write!(
+            line,
+            ", moved (Migrated) {:.0} ms after the fault",
+            since_ms(m, fault_at)
+        );
+    }
+    let _ = write!(
+        line,
+        ", unconfirmed {}, peak buffer {} B",
+        w.unconfirmed, w.max_buffer
+    );
+    line
+}
+
 async fn drive(
     args: &ChaosArgs,
     outage: Duration,
@@ -1021,23 +1068,7 @@ async fn drive(
             .pong_timeout(BLACKHOLE_PING);
     }
     if args.fault == Fault::Ldm {
-        // The library's default ldm_jitter, as users get it: it is meant to fit inside a
-        // short grace period (DESIGN semantics 9), and chaos checks that it does.
-        let jitter = tether::options::DEFAULT_LDM_JITTER;
-        if !args.json {
-            eprintln!(
-                "chaos: each lame-duck outage lasts until the node exits (lame_duck_duration, 30 s) \
-                 and is restarted; the clients should move to another node within ldm_jitter \
-                 ({jitter:?}, the library's default)"
-            );
-        }
-        if jitter >= LDM_GRACE {
-            eprintln!(
-                "chaos: note: the default ldm_jitter ({jitter:?}) is not under the nodes' \
-                 lame_duck_grace_period ({LDM_GRACE:?}): a client still waiting when the grace \
-                 period ends is closed (Disconnected)"
-            );
-        }
+        ldm_notes(args.json);
     }
     let pub_client = util::connect(url, opts.clone())
         .await
@@ -1174,31 +1205,7 @@ async fn drive(
         }
         tokio::time::sleep(SETTLE / 2).await;
         let w = lock(&shared.windows)[i].clone();
-        let mut line = format!(
-            "outage {i}/{}: downtime {:.0} ms",
-            args.outages,
-            ms(w.downtime)
-        );
-        if let Some(r) = w.reconnected_at {
-            let _ = write!(
-                line,
-                ", reconnect {:.0} ms after the server was back",
-                since_ms(r, up_at)
-            );
-        }
-        if let Some(m) = w.migrated_at {
-            let _ = write!(
-                line,
-                ", moved (Migrated) {:.0} ms after the fault",
-                since_ms(m, fault_at)
-            );
-        }
-        let _ = write!(
-            line,
-            ", unconfirmed {}, peak buffer {} B",
-            w.unconfirmed, w.max_buffer
-        );
-        say(line);
+        say(outage_line(i, args.outages, &w, up_at, fault_at));
         pb.inc(1);
     }
 
