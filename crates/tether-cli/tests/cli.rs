@@ -319,24 +319,103 @@ fn bench_refuses_an_invalid_subject() {
     }
 }
 
-/// `tether chaos --outages 2 --outage-ms 300 --rate 500 --json EXTRA...` against the
-/// nats-server chaos starts itself (kill and restart); its report, checked for what
+/// A count in a chaos report.
+fn count(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} is not a count in {v}"))
+}
+
+/// `tether chaos ARGS... --json` against the nats-server(s) chaos starts itself: its
+/// output and its report (printed whether the invariant held or not), checked for what
 /// holds in every mode.
-fn chaos(extra: &[&str]) -> serde_json::Value {
+fn chaos_report(args: &[&str]) -> (Output, serde_json::Value) {
     let out = run(Command::new(BIN)
         .env_remove("NATS_URL")
         .env_remove("RUST_LOG")
-        .args([
-            "chaos",
-            "--outages",
-            "2",
-            "--outage-ms",
-            "300",
-            "--rate",
-            "500",
-            "--json",
-        ])
-        .args(extra));
+        .arg("chaos")
+        .args(args)
+        .arg("--json"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "chaos {args:?} --json printed {:?} ({e}); stderr {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    });
+    let n = count;
+    let per = v["per_outage"].as_array().expect("per_outage");
+    assert_eq!(per.len() as u64, n(&v, "outages"), "{v}");
+    for o in per {
+        assert!(n(o, "lost") <= n(o, "published"), "{o}");
+        assert!(
+            n(o, "delivered") <= n(o, "published") + n(o, "refused"),
+            "{o}"
+        );
+        assert!(n(o, "lost_undetectable") <= n(o, "lost"), "{o}");
+    }
+    // lost = published - delivered, where delivered also counts messages whose publish
+    // returned an error and that arrived all the same.
+    let (published, delivered, lost) = (n(&v, "published"), n(&v, "delivered"), n(&v, "lost"));
+    let delivered_refused = n(&v, "delivered_refused");
+    assert!(delivered_refused <= n(&v, "errors"), "{v}");
+    assert!(published >= delivered - delivered_refused, "{v}");
+    assert_eq!(lost, published - (delivered - delivered_refused), "{v}");
+    assert!(n(&v, "lost_undetectable") <= lost, "{v}");
+    // The outages' windows are part of the run (the totals add the warm-up).
+    for k in [
+        "published",
+        "delivered",
+        "lost",
+        "duplicates",
+        "unconfirmed",
+        "removed",
+        "disconnects",
+        "subscriber_disconnects",
+    ] {
+        let sum: u64 = per.iter().map(|o| n(o, k)).sum();
+        assert!(
+            sum <= n(&v, k),
+            "sum of per_outage {k} {sum} > total in {v}"
+        );
+    }
+    for k in ["migrations", "subscriber_migrations"] {
+        for m in [
+            "migrating",
+            "migrated",
+            "unconfirmed_msgs",
+            "unconfirmed_bytes",
+        ] {
+            let sum: u64 = per.iter().map(|o| n(&o[k], m)).sum();
+            assert!(
+                sum <= n(&v[k], m),
+                "sum of per_outage {k}.{m} {sum} > total in {v}"
+            );
+        }
+    }
+    // Event sums agree with the client's own counters when no event was dropped.
+    if n(&v, "events_lagged") == 0 {
+        assert_eq!(n(&v, "stats_unconfirmed"), n(&v, "unconfirmed"), "{v}");
+        assert_eq!(n(&v, "stats_removed"), n(&v, "removed"), "{v}");
+        assert_eq!(
+            n(&v, "stats_migrations"),
+            n(&v["migrations"], "migrated"),
+            "{v}"
+        );
+        assert_eq!(
+            n(&v, "subscriber_stats_migrations"),
+            n(&v["subscriber_migrations"], "migrated"),
+            "{v}"
+        );
+    }
+    (out, v)
+}
+
+/// `tether chaos --outages 2 --outage-ms 300 --rate 500 EXTRA...` with the default
+/// fault (kill): it succeeds, and every outage was a disconnect and a reconnect.
+fn chaos(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--outages", "2", "--outage-ms", "300", "--rate", "500"];
+    args.extend_from_slice(extra);
+    let (out, v) = chaos_report(&args);
     assert!(
         out.status.success(),
         "chaos {extra:?} failed ({}): {}\n{}",
@@ -344,22 +423,14 @@ fn chaos(extra: &[&str]) -> serde_json::Value {
         text(&out.stderr),
         text(&out.stdout)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("chaos --json printed {:?}: {e}", text(&out.stdout)));
-    let n = |v: &serde_json::Value, k: &str| {
-        v[k].as_u64()
-            .unwrap_or_else(|| panic!("{k} is not a count in {v}"))
-    };
-
+    let n = count;
     assert_eq!(v["fault"], "kill", "{v}");
     assert_eq!(v["outages"], 2, "{v}");
     assert_eq!(v["invariant_ok"], true, "{v}");
     assert_eq!(n(&v, "not_reconnected"), 0, "{v}");
-    let per = v["per_outage"].as_array().expect("per_outage");
-    assert_eq!(per.len(), 2, "{v}");
     assert_eq!(v["downtime_ms"].as_array().map(Vec::len), Some(2), "{v}");
     assert_eq!(v["reconnect_ms"].as_array().map(Vec::len), Some(2), "{v}");
-    for o in per {
+    for o in v["per_outage"].as_array().expect("per_outage") {
         // Every outage: the client saw the link go and reconnected (a number, not null).
         assert!(n(o, "disconnects") >= 1, "{o}");
         assert!(
@@ -369,41 +440,16 @@ fn chaos(extra: &[&str]) -> serde_json::Value {
         assert!(o["downtime_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{o}");
         assert_eq!(o["invariant_ok"], true, "{o}");
         assert!(n(o, "published") > 0, "{o}");
-        assert!(n(o, "lost") <= n(o, "published"), "{o}");
-        assert!(
-            n(o, "delivered") <= n(o, "published") + n(o, "refused"),
-            "{o}"
-        );
-        assert!(n(o, "lost_undetectable") <= n(o, "lost"), "{o}");
+        // A kill is no planned switch.
+        assert_eq!(n(&o["migrations"], "migrating"), 0, "{o}");
     }
-
-    // lost = published - delivered, where delivered also counts messages whose publish
-    // returned an error and that arrived all the same.
-    let (published, delivered, lost) = (n(&v, "published"), n(&v, "delivered"), n(&v, "lost"));
-    let delivered_refused = n(&v, "delivered_refused");
-    assert!(delivered_refused <= n(&v, "errors"), "{v}");
-    assert!(published >= delivered - delivered_refused, "{v}");
-    assert_eq!(lost, published - (delivered - delivered_refused), "{v}");
     // The rule, recomputed from the counts.
     let undetectable = n(&v, "lost_undetectable");
-    assert!(undetectable <= lost, "{v}");
     assert!(
-        lost - undetectable <= n(&v, "unconfirmed") + n(&v, "client_dropped") + n(&v, "removed"),
+        n(&v, "lost") - undetectable
+            <= n(&v, "unconfirmed") + n(&v, "client_dropped") + n(&v, "removed"),
         "{v}"
     );
-    // The outages' windows are part of the run (the totals add the warm-up).
-    for k in ["published", "delivered", "lost", "unconfirmed", "removed"] {
-        let sum: u64 = per.iter().map(|o| n(o, k)).sum();
-        assert!(
-            sum <= n(&v, k),
-            "sum of per_outage {k} {sum} > total in {v}"
-        );
-    }
-    // Event sums agree with the client's own counters when no event was dropped.
-    if n(&v, "events_lagged") == 0 {
-        assert_eq!(n(&v, "stats_unconfirmed"), n(&v, "unconfirmed"), "{v}");
-        assert_eq!(n(&v, "stats_removed"), n(&v, "removed"), "{v}");
-    }
     v
 }
 
@@ -441,6 +487,84 @@ fn chaos_two_clients_checks_the_invariant() {
         );
     }
     assert!(v["subscriber_disconnects"].as_u64() >= Some(2), "{v}");
+}
+
+/// Issue 11: a rolling lame-duck restart with library defaults, publisher and subscriber
+/// on two clients at 1 msg/ms. Each fault puts the publisher's node in lame duck mode,
+/// waits for it to exit and restarts it, so three faults move the publisher across the
+/// nodes. Nothing may be lost, no link may drop (the clients move before the 2 s grace
+/// period ends), every fault is a planned switch of the publisher, and the report counts
+/// the duplicates (the old link's subscriptions overlap the new ones for a while).
+#[test]
+fn chaos_ldm_rolls_without_loss_or_disconnect() {
+    const OUTAGES: u64 = 3;
+    let (out, v) = chaos_report(&[
+        "--cluster",
+        "--fault",
+        "ldm",
+        "--two-clients",
+        "--outages",
+        &OUTAGES.to_string(),
+        "--outage-ms",
+        "300",
+        "--rate",
+        "1000",
+    ]);
+    let n = count;
+    let per = v["per_outage"].as_array().expect("per_outage");
+    let column = |k: &str| per.iter().map(|o| n(o, k)).collect::<Vec<_>>();
+    let switches = |k: &str| {
+        per.iter()
+            .map(|o| format!("{}/{}", n(&o[k], "migrating"), n(&o[k], "migrated")))
+            .collect::<Vec<_>>()
+    };
+    // What the run shows, for the test's output whether it passes or not.
+    let summary = format!(
+        "lost {} {:?}, duplicates {} {:?}, disconnects {:?}, subscriber disconnects {:?}, \
+         publisher migrating/migrated {:?}, subscriber {:?}, unconfirmed {:?}",
+        n(&v, "lost"),
+        column("lost"),
+        n(&v, "duplicates"),
+        column("duplicates"),
+        column("disconnects"),
+        column("subscriber_disconnects"),
+        switches("migrations"),
+        switches("subscriber_migrations"),
+        column("unconfirmed"),
+    );
+    println!(
+        "chaos --fault ldm: {summary}\nstderr:\n{}",
+        text(&out.stderr).trim_end()
+    );
+
+    assert_eq!(v["fault"], "ldm", "{v}");
+    assert_eq!(v["two_clients"], true, "{v}");
+    assert_eq!(
+        v["invariant"], "lost == 0 and disconnects + subscriber_disconnects == 0",
+        "{v}"
+    );
+    // The duplicates are reported, per outage and in total.
+    assert!(v["duplicates"].is_u64(), "{v}");
+    assert!(per.iter().all(|o| o["duplicates"].is_u64()), "{v}");
+    // A planned switch is no outage: neither client's link dropped.
+    assert_eq!(n(&v, "disconnects"), 0, "{summary}\n{v}");
+    assert_eq!(n(&v, "subscriber_disconnects"), 0, "{summary}\n{v}");
+    // The publisher is on the lame-duck node at every fault, and moves every time.
+    for o in per {
+        assert!(n(&o["migrations"], "migrating") >= 1, "{summary}\n{o}");
+        assert!(n(&o["migrations"], "migrated") >= 1, "{summary}\n{o}");
+        assert!(o["migrated_ms"].as_f64().is_some(), "{o}");
+    }
+    assert!(n(&v["migrations"], "migrated") >= OUTAGES, "{v}");
+    assert_eq!(n(&v, "lost"), 0, "{summary}\n{v}");
+    assert_eq!(n(&v, "not_reconnected"), 0, "{summary}\n{v}");
+    assert_eq!(v["invariant_ok"], true, "{v}");
+    assert!(
+        out.status.success(),
+        "chaos failed ({}): {summary}; stderr {}",
+        out.status,
+        text(&out.stderr)
+    );
 }
 
 #[test]

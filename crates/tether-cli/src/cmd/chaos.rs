@@ -9,6 +9,13 @@
 //!   port after the outage. `blackhole` puts a testkit `Proxy` between client and server
 //!   and stops forwarding for the outage (at least 3 s, with a 1 s ping interval and pong
 //!   timeout, so the stale link is found during the outage).
+//! - `ldm` (with `--cluster`, whose nodes run with the testkit's `lame_duck_duration` of
+//!   30 s and `lame_duck_grace_period` of 2 s) signals lame duck mode to the node the
+//!   publisher is on. The clients run with the library's defaults (`ldm_jitter` included:
+//!   chaos checks the default, as users get it, and notes on stderr if it is not under the
+//!   grace period) and should move off it make-before-break (DESIGN semantics 9:
+//!   `Migrating`, then `Migrated`) within the grace period. The outage lasts until the node has exited and
+//!   is restarted, so successive faults roll across the nodes.
 //! - Every payload is a u64 big-endian sequence number. `lost` = published and accepted
 //!   by `publish` − distinct delivered, counted after a final `flush` and 1 s of quiet.
 //!   Refused publishes (`publish` returned an error) are not published: the caller knows.
@@ -20,15 +27,25 @@
 //! - With `--two-clients` the subscriber's own outages lose messages no client can count:
 //!   the server confirms them to the publisher while the subscriber has no subscription.
 //!   Chaos measures those outages as sequence ranges: from the first message the
-//!   subscriber had not received when its link went down (`Disconnected`, or `Migrated`)
-//!   to the first message published after a probe that reached it again (probes: 16-byte
+//!   subscriber had not received when its link went down (`Disconnected`) to the first
+//!   message published after a probe that reached it again (probes: 16-byte
 //!   payloads the publisher sends every 20 ms once the subscriber is connected, so the
 //!   range ends only when the subscriber's interest is in place where the publisher's
 //!   messages are processed, e.g. across a cluster route). Losses in those ranges are
 //!   `lost_undetectable`; the rest must satisfy the one-client rule with the publisher's
-//!   unconfirmed and removed counts and the subscriber's slow-consumer drops.
+//!   unconfirmed and removed counts and the subscriber's slow-consumer drops. A planned
+//!   switch is no outage (the old link delivers until the new one does): what a client
+//!   misses during one is lost like any other message, never set apart.
+//! - Under `--fault ldm` the rule is stricter: nothing lost and no `Disconnected` on
+//!   either client. A switch that loses messages but reports them unconfirmed (in
+//!   `Migrated`) would pass the reporting rule; semantics 9 promises no loss at all.
 //! - The invariant is checked per outage (with all client drops, which cannot be tied to
-//!   a window) and in total; a client that does not reconnect fails it too.
+//!   a window) and in total; a client that does not reconnect (or finish its planned
+//!   switch) fails it too.
+//! - Besides the loss counts, the report gives per outage and in total each client's
+//!   `Disconnected` events, its planned switches (`Migrating` and `Migrated` events, and
+//!   the messages `Migrated` reported unconfirmed on the old link), and the duplicates
+//!   (deliveries beyond the first of a sequence number).
 //! - Outage windows: outage i covers every message published from halfway through the
 //!   quiet run before its fault to halfway through the one after it (the last to the end
 //!   of the run), so the messages in flight when the fault hits count for it.
@@ -61,8 +78,10 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_BLACKHOLE_OUTAGE: Duration = Duration::from_secs(3);
 /// Ping interval and pong timeout under `blackhole`.
 const BLACKHOLE_PING: Duration = Duration::from_secs(1);
-/// ldm_jitter for `--fault ldm`: under the server's lame_duck_grace_period (2 s in tests).
-const LDM_JITTER: Duration = Duration::from_millis(500);
+/// The `lame_duck_grace_period` of the testkit's nodes (`ServerConfig::lame_duck_for_tests`):
+/// after it the lame-duck node closes its clients, those still waiting out their
+/// `ldm_jitter` included.
+const LDM_GRACE: Duration = Duration::from_secs(2);
 /// How long a lame-duck node may take to exit before it is killed.
 const LDM_EXIT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Pending limits cover rate × (longest outage + this).
@@ -89,7 +108,7 @@ pub enum Fault {
     Restart,
     /// Stop forwarding through a proxy for the outage (at least 3 s)
     Blackhole,
-    /// Lame duck mode on the connected node (needs --cluster)
+    /// Lame duck mode on the publisher's node (needs --cluster); restarted once it exits
     Ldm,
 }
 
@@ -101,6 +120,7 @@ Examples:
   tether chaos --fault blackhole --json
   tether chaos --fault restart --resend-unconfirmed
   tether chaos --fault kill --cluster --two-clients
+  tether chaos --fault ldm --cluster --two-clients --outages 3
 
 Without --server (or NATS_URL) chaos starts its own nats-server (NATS_SERVER_BIN or
 PATH); with --server only --fault blackhole is possible (through a local proxy).
@@ -114,7 +134,14 @@ client does not reconnect):
                   subscriber's drops. Messages lost while the subscriber was away (from
                   its link going down until a probe from the publisher reached it
                   again) cannot be counted by either client: reported as
-                  lost_undetectable.")]
+                  lost_undetectable.
+  --fault ldm     lost == 0 and no Disconnected on either client: the clients move off
+                  the lame-duck node (Migrating, then Migrated) before it closes them.
+                  A planned switch is no outage: nothing lost during one is excused.
+
+The report also gives, per outage and in total, each client's disconnects, its
+planned switches (migrations: Migrating and Migrated events, and the messages Migrated
+reported unconfirmed on the old link) and the duplicates.")]
 pub struct ChaosArgs {
     /// Start a 3-node cluster instead of one server
     #[arg(long)]
@@ -139,7 +166,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub resend_unconfirmed: bool,
     /// Publisher and subscriber on two clients (losses during the subscriber's own
-    /// outages are then undetectable: reported, not checked)
+    /// outages are then undetectable: reported, not checked, except under --fault ldm)
     #[arg(long)]
     pub two_clients: bool,
     /// Refused: the shared-client invariant needs echo
@@ -167,6 +194,50 @@ pub async fn run(mut args: Args, global: &Global) -> Result<(), CliError> {
 
 // ===== report =====
 
+/// The planned switches (semantics 9: lame duck mode) of one client, from its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Migrations {
+    /// `Migrating` events: switches started (publishing moved to the new link).
+    pub migrating: u64,
+    /// `Migrated` events: switches ended (the old link retired and closed).
+    pub migrated: u64,
+    /// Messages `Migrated` reported unconfirmed on the old links (possibly lost). The
+    /// publisher's are also in `unconfirmed`.
+    pub unconfirmed_msgs: u64,
+    /// Their encoded bytes.
+    pub unconfirmed_bytes: u64,
+}
+
+impl Migrations {
+    /// Counts one event of the client (other events are ignored).
+    fn count(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::Migrating { .. } => self.migrating += 1,
+            EventKind::Migrated {
+                unconfirmed_msgs,
+                unconfirmed_bytes,
+                ..
+            } => {
+                self.migrated += 1;
+                self.unconfirmed_msgs += unconfirmed_msgs;
+                self.unconfirmed_bytes += unconfirmed_bytes;
+            }
+            _ => {}
+        }
+    }
+
+    fn add(&mut self, other: &Migrations) {
+        self.migrating += other.migrating;
+        self.migrated += other.migrated;
+        self.unconfirmed_msgs += other.unconfirmed_msgs;
+        self.unconfirmed_bytes += other.unconfirmed_bytes;
+    }
+
+    fn any(&self) -> bool {
+        *self != Migrations::default()
+    }
+}
+
 /// One outage.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OutageReport {
@@ -175,18 +246,30 @@ pub struct OutageReport {
     /// Disconnected → Reconnected, as observed on the event stream.
     pub observed_downtime_ms: f64,
     /// Server accepting again (restarted, proxy passing; the fault for a cluster, where
-    /// another node accepts all along) → Reconnected.
+    /// another node accepts all along) → Reconnected; NaN (null in JSON) without a
+    /// reconnect, e.g. after a planned switch.
     pub reconnect_ms: f64,
+    /// The fault → the publisher's first `Migrated` (its planned switch ended); null
+    /// without one.
+    pub migrated_ms: Option<f64>,
+    /// The publisher's `Disconnected` events (with one client, the only client's).
     pub disconnects: u64,
+    /// The publisher's planned switches (with one client, the only client's).
+    pub migrations: Migrations,
     pub published: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// Deliveries beyond the first of a sequence number.
+    pub duplicates: u64,
     pub refused: u64,
     pub unconfirmed: u64,
     pub removed: u64,
     pub max_buffer_bytes: u64,
-    /// `--two-clients`: the subscriber's disconnects (and migrations).
+    /// `--two-clients`: the subscriber's `Disconnected` events (a planned switch is not
+    /// an outage: see `subscriber_migrations`).
     pub subscriber_disconnects: u64,
+    /// `--two-clients`: the subscriber's planned switches.
+    pub subscriber_migrations: Migrations,
     /// `--two-clients`: messages published during the subscriber's own outages.
     pub subscriber_outage_msgs: u64,
     /// `--two-clients`: of those, the lost ones.
@@ -213,14 +296,21 @@ pub struct Report {
     pub unconfirmed: u64,
     pub client_dropped: u64,
     pub removed: u64,
+    /// Deliveries beyond the first of a sequence number.
     pub duplicates: u64,
     /// Publishes refused with an error.
     pub errors: u64,
     pub downtime_ms: Vec<f64>,
     pub reconnect_ms: Vec<f64>,
     pub max_buffer_bytes: u64,
-    /// `--two-clients`: the subscriber's disconnects (and migrations).
+    /// The publisher's `Disconnected` events (with one client, the only client's).
+    pub disconnects: u64,
+    /// The publisher's planned switches (with one client, the only client's).
+    pub migrations: Migrations,
+    /// `--two-clients`: the subscriber's `Disconnected` events.
     pub subscriber_disconnects: u64,
+    /// `--two-clients`: the subscriber's planned switches.
+    pub subscriber_migrations: Migrations,
     /// `--two-clients`: messages published during the subscriber's own outages.
     pub subscriber_outage_msgs: u64,
     /// `--two-clients`: messages lost during the subscriber's own outages, which no
@@ -234,11 +324,15 @@ pub struct Report {
     /// `statistics()` counters, to cross-check the event sums.
     pub stats_unconfirmed: u64,
     pub stats_removed: u64,
+    pub stats_migrations: u64,
+    /// `--two-clients`: the subscriber's `statistics().migrations`.
+    pub subscriber_stats_migrations: u64,
     pub events_lagged: u64,
     /// The first publish error, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
-    /// Outages after which a client did not reconnect in time (with two clients: or the
+    /// Outages after which the publisher neither reconnected nor finished a planned
+    /// switch in time, or a client was not connected (with two clients: or the
     /// subscriber did not receive a probe again).
     pub not_reconnected: u64,
     pub per_outage: Vec<OutageReport>,
@@ -256,9 +350,23 @@ struct Window {
     downtime: Duration,
     disconnected_at: Option<Instant>,
     reconnected_at: Option<Instant>,
+    /// When the fault was injected.
+    fault_at: Option<Instant>,
     up_at: Option<Instant>,
+    /// The publisher's first `Migrated`.
+    migrated_at: Option<Instant>,
+    migrations: Migrations,
     max_buffer: u64,
     sub_disconnects: u64,
+    sub_migrations: Migrations,
+}
+
+impl Window {
+    /// The publisher is on a working link again after the fault: it reconnected, or a
+    /// planned switch ended.
+    fn recovered(&self) -> bool {
+        self.reconnected_at.is_some() || self.migrated_at.is_some()
+    }
 }
 
 /// `--two-clients`: one outage of the subscriber, as the sequence numbers `start..end`
@@ -318,8 +426,9 @@ impl Shared {
         }
     }
 
-    /// The subscriber lost its link (or moved): opens an outage at the first message it
-    /// has not received, or restarts the probing of the one still open.
+    /// The subscriber lost its link: opens an outage at the first message it has not
+    /// received, or restarts the probing of the one still open. (A planned switch is no
+    /// outage: the old link delivers until the new one does.)
     fn subscriber_down(&self) {
         let mut gaps = lock(&self.gaps);
         let first_probe = lock(&self.probes).after.len() as u64;
@@ -556,7 +665,7 @@ fn check_args(args: &ChaosArgs) -> Result<(), String> {
 // ===== tasks =====
 
 /// The publisher's client (also the subscriber's with one client): disconnects, downtime,
-/// unconfirmed and removed messages.
+/// planned switches, unconfirmed and removed messages.
 fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     let mut events = client.events();
     tokio::spawn(async move {
@@ -570,13 +679,20 @@ fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task::JoinHandle
                     w.disconnects += 1;
                     w.disconnected_at.get_or_insert(now);
                 }),
-                // Lame duck mode: a planned switch, no downtime; it ends the outage.
-                EventKind::Migrated {
-                    unconfirmed_msgs, ..
-                } => shared.with_window(|w| {
-                    w.unconfirmed += unconfirmed_msgs;
-                    w.reconnected_at.get_or_insert(now);
-                }),
+                // A planned switch: no downtime. What stayed unconfirmed on the old link
+                // may be lost, like a Disconnected's.
+                EventKind::Migrating { .. } | EventKind::Migrated { .. } => {
+                    shared.with_window(|w| {
+                        w.migrations.count(&e.kind);
+                        if let EventKind::Migrated {
+                            unconfirmed_msgs, ..
+                        } = e.kind
+                        {
+                            w.unconfirmed += unconfirmed_msgs;
+                            w.migrated_at.get_or_insert(now);
+                        }
+                    });
+                }
                 EventKind::Reconnected { downtime, .. } => shared.with_window(|w| {
                     w.downtime += downtime;
                     w.reconnected_at = Some(now);
@@ -593,12 +709,16 @@ fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task::JoinHandle
 
 /// `--two-clients`: an event of the subscriber's client. Its unconfirmed and removed
 /// counts would be of its own publishes, of which there are none; what matters is its
-/// own outages.
+/// own outages. Its planned switches are counted, but they are no outage: what it misses
+/// during one is lost like any other message, not set apart as undetectable.
 fn subscriber_event(shared: &Shared, e: tether::Event) {
     match e.kind {
-        EventKind::Disconnected { .. } | EventKind::Migrated { .. } => {
+        EventKind::Disconnected { .. } => {
             shared.subscriber_down();
             shared.with_window(|w| w.sub_disconnects += 1);
+        }
+        EventKind::Migrating { .. } | EventKind::Migrated { .. } => {
+            shared.with_window(|w| w.sub_migrations.count(&e.kind));
         }
         EventKind::EventsLagged { dropped } => {
             shared.lagged.fetch_add(dropped, Ordering::Relaxed);
@@ -810,6 +930,47 @@ pub async fn run_chaos(args: ChaosArgs) -> Result<(), String> {
     }
 }
 
+/// "2 started, 2 ended, 0 unconfirmed".
+fn migrations_text(m: &Migrations) -> String {
+    format!(
+        "{} started, {} ended, {} unconfirmed",
+        m.migrating, m.migrated, m.unconfirmed_msgs
+    )
+}
+
+/// Per outage: the clients' disconnects and planned switches.
+fn print_migrations(r: &Report) {
+    println!(
+        "{:>3} {:>11} {:>19} {:>11} {:>15} {:>19}",
+        "#",
+        "disconnects",
+        "migrating/migrated",
+        "migrated in",
+        "sub disconnects",
+        "sub migr./migrated"
+    );
+    for (i, o) in r.per_outage.iter().enumerate() {
+        let pair = |m: &Migrations| format!("{}/{}", m.migrating, m.migrated);
+        println!(
+            "{:>3} {:>11} {:>19} {:>8.0} ms {:>15} {:>19}",
+            i + 1,
+            o.disconnects,
+            pair(&o.migrations),
+            o.migrated_ms.unwrap_or(f64::NAN),
+            if r.two_clients {
+                o.subscriber_disconnects.to_string()
+            } else {
+                "-".into()
+            },
+            if r.two_clients {
+                pair(&o.subscriber_migrations)
+            } else {
+                "-".into()
+            },
+        );
+    }
+}
+
 /// One line saying why the run failed.
 fn invariant_failure(r: &Report) -> String {
     let failed: Vec<String> = (r.per_outage.iter().enumerate())
@@ -818,8 +979,15 @@ fn invariant_failure(r: &Report) -> String {
         .collect();
     let mut why = format!(
         "invariant failed ({}): lost {}, lost_undetectable {}, unconfirmed {}, \
-         client_dropped {}, removed {}",
-        r.invariant, r.lost, r.lost_undetectable, r.unconfirmed, r.client_dropped, r.removed
+         client_dropped {}, removed {}, disconnects {}, subscriber_disconnects {}",
+        r.invariant,
+        r.lost,
+        r.lost_undetectable,
+        r.unconfirmed,
+        r.client_dropped,
+        r.removed,
+        r.disconnects,
+        r.subscriber_disconnects
     );
     if !failed.is_empty() {
         let _ = write!(why, "; outages failing it: {}", failed.join(", "));
@@ -832,6 +1000,53 @@ fn invariant_failure(r: &Report) -> String {
         );
     }
     why
+}
+
+/// `--fault ldm`: what the outages look like, and whether the library's default
+/// ldm_jitter fits under the nodes' grace period.
+fn ldm_notes(json: bool) {
+    // The library's default ldm_jitter, as users get it: it is meant to fit inside a
+    // short grace period (DESIGN semantics 9), and chaos checks that it does.
+    let jitter = tether::options::DEFAULT_LDM_JITTER;
+    if !json {
+        eprintln!(
+            "chaos: each lame-duck outage lasts until the node exits (lame_duck_duration, 30 s) \
+             and is restarted; the clients should move to another node within ldm_jitter \
+             ({jitter:?}, the library's default)"
+        );
+    }
+    if jitter >= LDM_GRACE {
+        eprintln!(
+            "chaos: note: the default ldm_jitter ({jitter:?}) is not under the nodes' \
+             lame_duck_grace_period ({LDM_GRACE:?}): a client still waiting when the grace \
+             period ends is closed (Disconnected)"
+        );
+    }
+}
+
+/// The line said after outage `i` of `outages`.
+fn outage_line(i: usize, outages: u32, w: &Window, up_at: Instant, fault_at: Instant) -> String {
+    let mut line = format!("outage {i}/{outages}: downtime {:.0} ms", ms(w.downtime));
+    if let Some(r) = w.reconnected_at {
+        let _ = write!(
+            line,
+            ", reconnect {:.0} ms after the server was back",
+            since_ms(r, up_at)
+        );
+    }
+    if let Some(m) = w.migrated_at {
+        let _ = write!(
+            line,
+            ", moved (Migrated) {:.0} ms after the fault",
+            since_ms(m, fault_at)
+        );
+    }
+    let _ = write!(
+        line,
+        ", unconfirmed {}, peak buffer {} B",
+        w.unconfirmed, w.max_buffer
+    );
+    line
 }
 
 async fn drive(
@@ -853,14 +1068,7 @@ async fn drive(
             .pong_timeout(BLACKHOLE_PING);
     }
     if args.fault == Fault::Ldm {
-        // Move within the server's grace period, before it starts closing clients.
-        opts = opts.ldm_jitter(LDM_JITTER);
-        if !args.json {
-            eprintln!(
-                "chaos: each lame-duck outage lasts until the node exits (lame_duck_duration, 30 s) \
-                 and is restarted; the client moves to another node within {LDM_JITTER:?}"
-            );
-        }
+        ldm_notes(args.json);
     }
     let pub_client = util::connect(url, opts.clone())
         .await
@@ -945,6 +1153,7 @@ async fn drive(
     for i in 1..=args.outages as usize {
         shared.window.store(i, Ordering::SeqCst);
         let fault_at = Instant::now();
+        shared.with_window(|w| w.fault_at = Some(fault_at));
         let fault = args.fault;
         let connected = pub_client.connected_server();
         let node = match blocking(target, move |t| inject(t, fault, connected.as_deref())).await {
@@ -971,17 +1180,17 @@ async fn drive(
         let deadline = Instant::now() + RECONNECT_TIMEOUT;
         let clients = [&pub_client, &sub_client];
         loop {
-            let reconnected = lock(&shared.windows)[i].reconnected_at.is_some();
+            let recovered = lock(&shared.windows)[i].recovered();
             // With two clients, until a probe has reached the subscriber again.
             let receiving = !shared.subscriber_outage_open();
-            if reconnected && all_connected(&clients) && receiving {
+            if recovered && all_connected(&clients) && receiving {
                 break;
             }
             if Instant::now() > deadline {
                 not_reconnected += 1;
                 say(format!(
-                    "outage {i}: not reconnected within {RECONNECT_TIMEOUT:?} of the server \
-                     being back (publisher {:?}, subscriber {:?}{})",
+                    "outage {i}: neither reconnected nor moved within {RECONNECT_TIMEOUT:?} \
+                     of the server being back (publisher {:?}, subscriber {:?}{})",
                     pub_client.status(),
                     sub_client.status(),
                     if receiving { "" } else { ", no probe received" }
@@ -996,15 +1205,7 @@ async fn drive(
         }
         tokio::time::sleep(SETTLE / 2).await;
         let w = lock(&shared.windows)[i].clone();
-        say(format!(
-            "outage {i}/{}: downtime {:.0} ms, reconnect {:.0} ms after the server was back, \
-             unconfirmed {}, peak buffer {} B",
-            args.outages,
-            ms(w.downtime),
-            w.reconnected_at.map_or(f64::NAN, |r| since_ms(r, up_at)),
-            w.unconfirmed,
-            w.max_buffer,
-        ));
+        say(outage_line(i, args.outages, &w, up_at, fault_at));
         pb.inc(1);
     }
 
@@ -1042,33 +1243,140 @@ async fn drive(
     ))
 }
 
-/// The invariant for one set of messages: are the `lost` ones accounted for? Those
-/// lost during the subscriber's own outages (`undetectable`, two clients) are set apart;
-/// every other loss must have been reported as unconfirmed, dropped by the client or
-/// removed (none at all with `--resend-unconfirmed`, which resends unconfirmed messages).
-fn accounted(
+/// What the invariant is checked on: one outage's messages, or the whole run's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
     lost: u64,
+    /// Lost during the subscriber's own outages (two clients).
     undetectable: u64,
     unconfirmed: u64,
     client_dropped: u64,
     removed: u64,
+    /// `Disconnected` events of both clients.
+    disconnects: u64,
+}
+
+/// The rule a run is checked against.
+#[derive(Debug, Clone, Copy)]
+struct Invariant {
+    /// `--fault ldm`: a planned switch loses nothing and never disconnects.
+    ldm: bool,
+    two_clients: bool,
     resend_unconfirmed: bool,
-) -> bool {
-    let reportable = lost.saturating_sub(undetectable);
-    if resend_unconfirmed {
-        reportable == 0
-    } else {
-        reportable <= unconfirmed + client_dropped + removed
+}
+
+impl Invariant {
+    fn of(args: &ChaosArgs) -> Self {
+        Self {
+            ldm: args.fault == Fault::Ldm,
+            two_clients: args.two_clients,
+            resend_unconfirmed: args.resend_unconfirmed,
+        }
+    }
+
+    /// Are the `lost` ones accounted for? Under lame duck mode nothing may be lost and no
+    /// link may drop: the client moves before the server closes it (DESIGN semantics 9).
+    /// Otherwise those lost during the subscriber's own outages (`undetectable`, two
+    /// clients) are set apart; every other loss must have been reported as unconfirmed,
+    /// dropped by the client or removed (none at all with `--resend-unconfirmed`, which
+    /// resends unconfirmed messages).
+    fn holds(self, t: &Tally) -> bool {
+        if self.ldm {
+            return t.lost == 0 && t.disconnects == 0;
+        }
+        let reportable = t.lost.saturating_sub(t.undetectable);
+        if self.resend_unconfirmed {
+            reportable == 0
+        } else {
+            reportable <= t.unconfirmed + t.client_dropped + t.removed
+        }
+    }
+
+    /// The rule [`Invariant::holds`] checks, in words.
+    fn rule(self) -> &'static str {
+        match (self.ldm, self.two_clients, self.resend_unconfirmed) {
+            (true, false, _) => "lost == 0 and disconnects == 0",
+            (true, true, _) => "lost == 0 and disconnects + subscriber_disconnects == 0",
+            (false, false, false) => "lost <= unconfirmed + client_dropped + removed",
+            (false, false, true) => "lost == 0",
+            (false, true, false) => {
+                "lost - lost_undetectable <= unconfirmed + client_dropped + removed"
+            }
+            (false, true, true) => "lost - lost_undetectable == 0",
+        }
     }
 }
 
-/// The rule [`accounted`] checks, in words.
-fn invariant_rule(two_clients: bool, resend_unconfirmed: bool) -> &'static str {
-    match (two_clients, resend_unconfirmed) {
-        (false, false) => "lost <= unconfirmed + client_dropped + removed",
-        (false, true) => "lost == 0",
-        (true, false) => "lost - lost_undetectable <= unconfirmed + client_dropped + removed",
-        (true, true) => "lost - lost_undetectable == 0",
+/// A sequence number's fate, for [`window_report`].
+#[derive(Debug, Clone, Copy)]
+struct Fate {
+    /// `publish` returned Ok.
+    accepted: bool,
+    /// Times delivered.
+    delivered: u32,
+    /// Published during one of the subscriber's own outages.
+    away: bool,
+}
+
+/// One window's report, from the fates of its messages and what the events said;
+/// `delivered_refused` counts refused publishes that arrived all the same.
+fn window_report(
+    w: &Window,
+    fates: impl Iterator<Item = Fate>,
+    delivered_refused: &mut u64,
+) -> OutageReport {
+    let mut o = OutageReport::default();
+    for f in fates {
+        if f.accepted {
+            o.published += 1;
+            o.subscriber_outage_msgs += u64::from(f.away);
+            if f.delivered == 0 {
+                o.lost += 1;
+                o.lost_undetectable += u64::from(f.away);
+            }
+        } else {
+            o.refused += 1;
+            if f.delivered > 0 {
+                *delivered_refused += 1;
+            }
+        }
+        if f.delivered > 0 {
+            o.delivered += 1;
+            o.duplicates += u64::from(f.delivered - 1);
+        }
+    }
+    o.downtime_ms = ms(w.downtime);
+    o.observed_downtime_ms = match (w.disconnected_at, w.reconnected_at) {
+        (Some(d), Some(r)) => since_ms(r, d),
+        _ => 0.0,
+    };
+    o.reconnect_ms = match (w.up_at, w.reconnected_at) {
+        (Some(u), Some(r)) => since_ms(r, u),
+        _ => f64::NAN,
+    };
+    o.migrated_ms = w.fault_at.zip(w.migrated_at).map(|(f, m)| since_ms(m, f));
+    o.disconnects = w.disconnects;
+    o.migrations = w.migrations;
+    o.subscriber_disconnects = w.sub_disconnects;
+    o.subscriber_migrations = w.sub_migrations;
+    o.unconfirmed = w.unconfirmed;
+    o.removed = w.removed;
+    o.max_buffer_bytes = w.max_buffer;
+    o
+}
+
+impl OutageReport {
+    /// What the invariant is checked on; client drops cannot be tied to a window, so
+    /// each outage may use all of them.
+    fn tally(&self, client_dropped: u64) -> Tally {
+        Tally {
+            lost: self.lost,
+            undetectable: self.lost_undetectable,
+            unconfirmed: self.unconfirmed,
+            client_dropped,
+            removed: self.removed,
+            disconnects: self.disconnects + self.subscriber_disconnects,
+        }
     }
 }
 
@@ -1088,96 +1396,55 @@ fn build_report(
         .iter()
         .map(|g| (g.start, g.end.unwrap_or(u64::MAX)))
         .collect();
-    let got = |s: usize| delivered.get(s).copied().unwrap_or(0);
-    let in_gap = |s: usize| gaps.iter().any(|&(a, b)| a <= s as u64 && (s as u64) < b);
+    let fate = |s: usize| Fate {
+        accepted: accepted[s],
+        delivered: delivered.get(s).copied().unwrap_or(0),
+        away: gaps.iter().any(|&(a, b)| a <= s as u64 && (s as u64) < b),
+    };
     let client_dropped = sub_stats.slow_consumer_dropped;
-    let resend = args.resend_unconfirmed;
+    let invariant = Invariant::of(args);
 
-    let mut per = Vec::new();
-    let (mut published, mut deliv, mut lost, mut refused, mut dups, mut delivered_refused) =
-        (0, 0, 0, 0, 0, 0);
-    for (wi, w) in windows.iter().enumerate() {
-        let end = windows
-            .get(wi + 1)
-            .map_or(accepted.len() as u64, |n| n.first_seq) as usize;
-        let mut o = OutageReport::default();
-        for (s, &ok) in accepted
-            .iter()
-            .enumerate()
-            .take(end)
-            .skip(w.first_seq as usize)
-        {
-            let n = got(s);
-            if ok {
-                o.published += 1;
-                let away = in_gap(s);
-                o.subscriber_outage_msgs += u64::from(away);
-                if n == 0 {
-                    o.lost += 1;
-                    o.lost_undetectable += u64::from(away);
-                }
-            } else {
-                o.refused += 1;
-                if n > 0 {
-                    delivered_refused += 1;
-                }
-            }
-            if n > 0 {
-                o.delivered += 1;
-                dups += u64::from(n - 1);
-            }
-        }
-        published += o.published;
-        deliv += o.delivered;
-        lost += o.lost;
-        refused += o.refused;
-        o.downtime_ms = ms(w.downtime);
-        o.observed_downtime_ms = match (w.disconnected_at, w.reconnected_at) {
-            (Some(d), Some(r)) => since_ms(r, d),
-            _ => 0.0,
-        };
-        o.reconnect_ms = match (w.up_at, w.reconnected_at) {
-            (Some(u), Some(r)) => since_ms(r, u),
-            _ => f64::NAN,
-        };
-        o.disconnects = w.disconnects;
-        o.subscriber_disconnects = w.sub_disconnects;
-        o.unconfirmed = w.unconfirmed;
-        o.removed = w.removed;
-        o.max_buffer_bytes = w.max_buffer;
-        // Client drops cannot be tied to a window: each outage may use all of them.
-        o.invariant_ok = accounted(
-            o.lost,
-            o.lost_undetectable,
-            o.unconfirmed,
-            client_dropped,
-            o.removed,
-            resend,
-        );
-        per.push(o);
-    }
+    let mut delivered_refused = 0;
+    let mut per: Vec<OutageReport> = (windows.iter().enumerate())
+        .map(|(wi, w)| {
+            let end = windows
+                .get(wi + 1)
+                .map_or(accepted.len() as u64, |n| n.first_seq) as usize;
+            let mut o = window_report(
+                w,
+                (w.first_seq as usize..end.min(accepted.len())).map(fate),
+                &mut delivered_refused,
+            );
+            o.invariant_ok = invariant.holds(&o.tally(client_dropped));
+            o
+        })
+        .collect();
     // Window 0 (before the first fault) is folded into the totals only.
     let pre = per.remove(0);
     let sum = |f: fn(&OutageReport) -> u64| f(&pre) + per.iter().map(f).sum::<u64>();
-    let unconfirmed = sum(|o| o.unconfirmed);
-    let removed = sum(|o| o.removed);
-    let lost_undetectable = sum(|o| o.lost_undetectable);
+    let total = |f: fn(&OutageReport) -> &Migrations| {
+        let mut m = *f(&pre);
+        for o in &per {
+            m.add(f(o));
+        }
+        m
+    };
+    let all = Tally {
+        lost: sum(|o| o.lost),
+        undetectable: sum(|o| o.lost_undetectable),
+        unconfirmed: sum(|o| o.unconfirmed),
+        client_dropped,
+        removed: sum(|o| o.removed),
+        disconnects: sum(|o| o.disconnects + o.subscriber_disconnects),
+    };
+    let invariant_ok =
+        invariant.holds(&all) && per.iter().all(|o| o.invariant_ok) && not_reconnected == 0;
     let max_buffer_bytes = windows
         .iter()
         .map(|w| w.max_buffer)
         .max()
         .unwrap_or(0)
         .max(pub_stats.buffer_high_water_bytes);
-
-    let invariant_ok = accounted(
-        lost,
-        lost_undetectable,
-        unconfirmed,
-        client_dropped,
-        removed,
-        resend,
-    ) && per.iter().all(|o| o.invariant_ok)
-        && not_reconnected == 0;
 
     Report {
         fault: args.fault,
@@ -1187,25 +1454,34 @@ fn build_report(
         rate: args.rate,
         outage_ms: outage.as_millis() as u64,
         outages: args.outages,
-        published,
-        delivered: deliv,
-        lost,
-        unconfirmed,
+        published: sum(|o| o.published),
+        delivered: sum(|o| o.delivered),
+        lost: all.lost,
+        unconfirmed: all.unconfirmed,
         client_dropped,
-        removed,
-        duplicates: dups,
-        errors: refused,
+        removed: all.removed,
+        duplicates: sum(|o| o.duplicates),
+        errors: sum(|o| o.refused),
         downtime_ms: per.iter().map(|o| o.downtime_ms).collect(),
         reconnect_ms: per.iter().map(|o| o.reconnect_ms).collect(),
         max_buffer_bytes,
+        disconnects: sum(|o| o.disconnects),
+        migrations: total(|o| &o.migrations),
         subscriber_disconnects: sum(|o| o.subscriber_disconnects),
+        subscriber_migrations: total(|o| &o.subscriber_migrations),
         subscriber_outage_msgs: sum(|o| o.subscriber_outage_msgs),
-        lost_undetectable,
-        invariant: invariant_rule(args.two_clients, resend),
+        lost_undetectable: all.undetectable,
+        invariant: invariant.rule(),
         invariant_ok,
         delivered_refused,
         stats_unconfirmed: pub_stats.unconfirmed_reported_msgs,
         stats_removed: pub_stats.frames_removed,
+        stats_migrations: pub_stats.migrations,
+        subscriber_stats_migrations: if args.two_clients {
+            sub_stats.migrations
+        } else {
+            0
+        },
         events_lagged: shared.lagged.load(Ordering::Relaxed),
         first_error: lock(&shared.first_error).clone(),
         not_reconnected,
@@ -1233,13 +1509,14 @@ fn print_report(r: &Report) {
         r.rate
     );
     println!(
-        "{:>3} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7} {:>11} {:>8} {:>12} {:>9}",
+        "{:>3} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>11} {:>8} {:>12} {:>9}",
         "#",
         "downtime",
         "reconnect",
         "published",
         "delivered",
         "lost",
+        "dups",
         "refused",
         "unconfirmed",
         "removed",
@@ -1248,13 +1525,14 @@ fn print_report(r: &Report) {
     );
     for (i, o) in r.per_outage.iter().enumerate() {
         println!(
-            "{:>3} {:>7.0} ms {:>7.0} ms {:>9} {:>9} {:>7} {:>7} {:>11} {:>8} {:>10} B {:>9}",
+            "{:>3} {:>7.0} ms {:>7.0} ms {:>9} {:>9} {:>7} {:>7} {:>7} {:>11} {:>8} {:>10} B {:>9}",
             i + 1,
             o.downtime_ms,
             o.reconnect_ms,
             o.published,
             o.delivered,
             o.lost,
+            o.duplicates,
             o.refused,
             o.unconfirmed,
             o.removed,
@@ -1262,9 +1540,13 @@ fn print_report(r: &Report) {
             if o.invariant_ok { "ok" } else { "FAILED" }
         );
     }
+    let migrated = r.migrations.any() || r.subscriber_migrations.any();
+    if r.fault == Fault::Ldm || migrated {
+        print_migrations(r);
+    }
     println!(
         "total: published {}, delivered {}, lost {}, refused {}, duplicates {}, unconfirmed {}, \
-         client dropped {}, removed {}, peak buffer {} B",
+         client dropped {}, removed {}, peak buffer {} B, disconnects {}",
         r.published,
         r.delivered,
         r.lost,
@@ -1273,8 +1555,20 @@ fn print_report(r: &Report) {
         r.unconfirmed,
         r.client_dropped,
         r.removed,
-        r.max_buffer_bytes
+        r.max_buffer_bytes,
+        r.disconnects
     );
+    if r.fault == Fault::Ldm || migrated {
+        println!(
+            "planned switches: publisher {}{}",
+            migrations_text(&r.migrations),
+            if r.two_clients {
+                format!(", subscriber {}", migrations_text(&r.subscriber_migrations))
+            } else {
+                String::new()
+            }
+        );
+    }
     if r.two_clients {
         println!(
             "subscriber outages: {} disconnects, {} messages published meanwhile, {} of them \
@@ -1295,6 +1589,18 @@ fn print_report(r: &Report) {
         println!(
             "note: statistics() says unconfirmed {} and removed {}; events say {} and {}",
             r.stats_unconfirmed, r.stats_removed, r.unconfirmed, r.removed
+        );
+    }
+    if r.stats_migrations != r.migrations.migrated
+        || (r.two_clients && r.subscriber_stats_migrations != r.subscriber_migrations.migrated)
+    {
+        println!(
+            "note: statistics() says {} and {} migrations; Migrated events say {} and {} \
+             (publisher, subscriber)",
+            r.stats_migrations,
+            r.subscriber_stats_migrations,
+            r.migrations.migrated,
+            r.subscriber_migrations.migrated
         );
     }
     println!(
@@ -1335,6 +1641,12 @@ mod tests {
         client_dropped: u64,
         not_reconnected: u64,
     ) -> Report {
+        let shared = fixture(lost, unconfirmed, gaps);
+        report(args, &shared, client_dropped, not_reconnected)
+    }
+
+    /// The state [`run`] reports on.
+    fn fixture(lost: &[usize], unconfirmed: [u64; 3], gaps: &[(u64, u64)]) -> Shared {
         let shared = Shared::default();
         *lock(&shared.windows) = (0..3)
             .map(|i| Window {
@@ -1353,36 +1665,207 @@ mod tests {
                 first_probe: 0,
             })
             .collect();
+        shared
+    }
+
+    fn report(
+        args: &ChaosArgs,
+        shared: &Shared,
+        client_dropped: u64,
+        not_reconnected: u64,
+    ) -> Report {
         let mut sub_stats = tether::Statistics::default();
         sub_stats.slow_consumer_dropped = client_dropped;
         build_report(
             args,
             Duration::from_millis(300),
-            &shared,
+            shared,
             tether::Statistics::default(),
             sub_stats,
             not_reconnected,
         )
     }
 
+    fn ldm_args() -> ChaosArgs {
+        ChaosArgs {
+            cluster: true,
+            fault: Fault::Ldm,
+            ..args(true, false)
+        }
+    }
+
+    fn migrating() -> tether::Event {
+        tether::Event::now(EventKind::Migrating {
+            from: "nats://127.0.0.1:4222".into(),
+            to: "nats://127.0.0.1:4223".into(),
+            reason: tether::MigrateReason::LameDuck,
+        })
+    }
+
+    fn migrated(unconfirmed_msgs: u64) -> tether::Event {
+        tether::Event::now(EventKind::Migrated {
+            from: "nats://127.0.0.1:4222".into(),
+            to: "nats://127.0.0.1:4223".into(),
+            unconfirmed_msgs,
+            unconfirmed_bytes: 10 * unconfirmed_msgs,
+        })
+    }
+
+    #[test]
+    fn migrations_and_duplicates_are_reported_per_outage() {
+        let shared = fixture(&[], [0, 0, 0], &[]);
+        // Outage 1: both clients move; sequence numbers 12 and 13 arrive twice.
+        shared.window.store(1, Ordering::SeqCst);
+        {
+            let mut w = lock(&shared.windows);
+            w[1].migrations.count(&migrating().kind);
+            w[1].migrations.count(&migrated(2).kind);
+            w[2].migrations.count(&migrating().kind);
+        }
+        subscriber_event(&shared, migrating());
+        subscriber_event(&shared, migrated(0));
+        lock(&shared.delivered)[12] = 2;
+        lock(&shared.delivered)[13] = 3;
+        let r = report(&ldm_args(), &shared, 0, 0);
+        let o = &r.per_outage;
+        assert_eq!((o[0].duplicates, o[1].duplicates, r.duplicates), (3, 0, 3));
+        let one = Migrations {
+            migrating: 1,
+            migrated: 1,
+            unconfirmed_msgs: 2,
+            unconfirmed_bytes: 20,
+        };
+        assert_eq!(o[0].migrations, one);
+        assert_eq!(
+            o[1].migrations,
+            Migrations {
+                migrating: 1,
+                ..Migrations::default()
+            }
+        );
+        assert_eq!(r.migrations.migrating, 2);
+        assert_eq!(r.migrations.migrated, 1);
+        assert_eq!(
+            o[0].subscriber_migrations,
+            Migrations {
+                migrating: 1,
+                migrated: 1,
+                ..Migrations::default()
+            }
+        );
+        assert_eq!(r.subscriber_migrations.migrated, 1);
+        // Nothing lost, no disconnect: lame duck mode's rule holds.
+        assert_eq!((r.lost, r.disconnects, r.subscriber_disconnects), (0, 0, 0));
+        assert!(r.invariant_ok, "{r:?}");
+        assert_eq!(
+            r.invariant,
+            "lost == 0 and disconnects + subscriber_disconnects == 0"
+        );
+    }
+
+    #[test]
+    fn a_planned_switch_is_no_outage() {
+        let shared = fixture(&[14], [0, 1, 0], &[]);
+        shared.window.store(1, Ordering::SeqCst);
+        shared.delivered_upto.store(14, Ordering::SeqCst);
+        // The subscriber moves: no subscriber outage opens, so a message it missed is
+        // lost, not undetectable.
+        subscriber_event(&shared, migrating());
+        subscriber_event(&shared, migrated(0));
+        assert!(!shared.subscriber_outage_open());
+        assert!(lock(&shared.gaps).is_empty());
+        let r = report(&ldm_args(), &shared, 0, 0);
+        assert_eq!((r.lost, r.lost_undetectable), (1, 0));
+        assert_eq!(r.subscriber_disconnects, 0);
+        // Lame duck mode: a loss fails the run, even one reported unconfirmed...
+        assert!(!r.invariant_ok);
+        assert!(!r.per_outage[0].invariant_ok);
+        // ... which the other faults accept.
+        let r = report(&args(true, false), &shared, 0, 0);
+        assert!(r.invariant_ok, "{r:?}");
+        // A Disconnected is an outage, and fails lame duck mode even without a loss.
+        let shared = fixture(&[], [0, 0, 0], &[]);
+        shared.window.store(2, Ordering::SeqCst);
+        subscriber_event(
+            &shared,
+            tether::Event::now(EventKind::Disconnected {
+                server: "nats://127.0.0.1:4222".into(),
+                reason: "the server closed the connection".into(),
+                unconfirmed_msgs: 0,
+                unconfirmed_bytes: 0,
+            }),
+        );
+        assert!(shared.subscriber_outage_open());
+        let r = report(&ldm_args(), &shared, 0, 0);
+        assert_eq!(r.per_outage[1].subscriber_disconnects, 1);
+        assert!(!r.per_outage[1].invariant_ok);
+        assert!(r.per_outage[0].invariant_ok);
+    }
+
     fn per_outage_ok(r: &Report) -> Vec<bool> {
         r.per_outage.iter().map(|o| o.invariant_ok).collect()
     }
 
+    fn holds(inv: Invariant, lost: u64, undetectable: u64, unconfirmed: u64) -> bool {
+        let t = Tally {
+            lost,
+            undetectable,
+            unconfirmed,
+            client_dropped: 1,
+            removed: 0,
+            disconnects: 0,
+        };
+        inv.holds(&t)
+    }
+
     #[test]
-    fn accounted_needs_a_report_for_every_loss() {
-        assert!(accounted(3, 0, 2, 1, 0, false));
-        assert!(!accounted(4, 0, 2, 1, 0, false));
-        assert!(accounted(4, 0, 2, 1, 1, false));
+    fn the_invariant_needs_a_report_for_every_loss() {
+        let inv = |ldm, resend_unconfirmed| Invariant {
+            ldm,
+            two_clients: true,
+            resend_unconfirmed,
+        };
+        assert!(holds(inv(false, false), 3, 0, 2));
+        assert!(!holds(inv(false, false), 4, 0, 2));
+        let removed = Tally {
+            lost: 4,
+            unconfirmed: 2,
+            client_dropped: 1,
+            removed: 1,
+            ..Tally::default()
+        };
+        assert!(inv(false, false).holds(&removed));
         // With resending, nothing may be lost, whatever was unconfirmed.
-        assert!(accounted(0, 0, 5, 0, 0, true));
-        assert!(!accounted(1, 0, 5, 0, 0, true));
+        assert!(holds(inv(false, true), 0, 0, 5));
+        assert!(!holds(inv(false, true), 1, 0, 5));
         // Losses during the subscriber's own outages are set apart, not the others.
-        assert!(accounted(4, 4, 0, 0, 0, false));
-        assert!(!accounted(4, 3, 0, 0, 0, false));
-        assert!(accounted(4, 3, 1, 0, 0, false));
-        assert!(accounted(4, 4, 0, 0, 0, true));
-        assert!(!accounted(4, 3, 1, 0, 0, true));
+        assert!(holds(inv(false, false), 5, 4, 0));
+        assert!(!holds(inv(false, false), 5, 3, 0));
+        assert!(holds(inv(false, false), 5, 3, 1));
+        assert!(holds(inv(false, true), 4, 4, 0));
+        assert!(!holds(inv(false, true), 4, 3, 1));
+    }
+
+    #[test]
+    fn lame_duck_mode_may_neither_lose_nor_disconnect() {
+        for (two_clients, resend_unconfirmed) in [(false, false), (true, false), (true, true)] {
+            let inv = Invariant {
+                ldm: true,
+                two_clients,
+                resend_unconfirmed,
+            };
+            assert!(holds(inv, 0, 0, 5));
+            // A loss fails it, reported or not, even during a subscriber outage.
+            assert!(!holds(inv, 1, 0, 5));
+            assert!(!holds(inv, 1, 1, 0));
+            // So does a link the server closed before the client moved.
+            let dropped = Tally {
+                disconnects: 1,
+                ..Tally::default()
+            };
+            assert!(!inv.holds(&dropped));
+            assert!(inv.rule().starts_with("lost == 0 and disconnects"));
+        }
     }
 
     #[test]
