@@ -177,6 +177,23 @@ impl NatsCluster {
         self.wait_routes(ROUTES_TIMEOUT)
     }
 
+    /// One step of a rolling restart: sends node `i` the lame-duck signal, waits up to
+    /// `exit_timeout` for it to exit ([`NatsServer::lame_duck_exit`]), starts it again on
+    /// the same ports and waits for it and for all routes. Returns how long the exit took.
+    ///
+    /// The restarted node has a new server id; the other nodes add its client URL back to
+    /// their `connect_urls` once the routes are up. A node that does not exit in time is
+    /// left running and the error says so.
+    pub fn lame_duck_restart(
+        &mut self,
+        i: usize,
+        exit_timeout: Duration,
+    ) -> Result<Duration, TestkitError> {
+        let took = self.nodes[i].lame_duck_exit(exit_timeout)?;
+        self.restart(i)?;
+        Ok(took)
+    }
+
     /// Sets node `i`'s `client_advertise`; takes effect at its next (re)start.
     pub fn set_client_advertise(&mut self, i: usize, addr: String) {
         self.nodes[i].config_mut().client_advertise = Some(addr);

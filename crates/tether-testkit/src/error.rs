@@ -43,6 +43,15 @@ pub enum TestkitError {
         /// The server's log at the time.
         log: String,
     },
+    /// A server in lame duck mode (or asked to stop) was still running at the deadline.
+    NoExit {
+        /// The server's name.
+        name: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+        /// The server's log at the time.
+        log: String,
+    },
     /// A monitoring endpoint could not be read or gave an unexpected answer.
     Monitor {
         /// The URL requested.
@@ -118,6 +127,12 @@ impl fmt::Display for TestkitError {
                 f,
                 "nats-server {name} not ready: {reason}; check its log below (a port clash means \
                  another process took the port: rerun)\n--- log of {name} ---\n{log}--- end of log ---"
+            ),
+            TestkitError::NoExit { name, waited, log } => write!(
+                f,
+                "nats-server {name} was still running {waited:?} after the signal; a lame-duck \
+                 server exits after lame_duck_grace_period once it closed its clients, so check \
+                 the grace period and the deadline\n--- log of {name} ---\n{log}--- end of log ---"
             ),
             TestkitError::Monitor { url, detail } => write!(
                 f,

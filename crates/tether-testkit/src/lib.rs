@@ -37,5 +37,5 @@ pub use hostile::{closed_port, Hostile, HostilePeer, VALID_INFO};
 pub use jwt::{nkey_user, NkeyUser, Operator, UserCreds};
 pub use ports::free_port;
 pub use proxy::{CutMode, Proxy};
-pub use server::{NatsServer, ServerConfig};
+pub use server::{NatsServer, ServerConfig, DEFAULT_LAME_DUCK_GRACE, LAME_DUCK_DURATION};
 pub use wait::{wait_for, wait_for_async};

@@ -19,6 +19,11 @@ use crate::{free_port, http, nats_server_bin, TestkitError};
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`NatsServer::stop`] waits after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// `lame_duck_duration` with [`ServerConfig::lame_duck_for_tests`]: the server's minimum.
+pub const LAME_DUCK_DURATION: Duration = Duration::from_secs(30);
+/// `lame_duck_grace_period` with [`ServerConfig::lame_duck_for_tests`] unless
+/// [`ServerConfig::lame_duck_grace`] says otherwise.
+pub const DEFAULT_LAME_DUCK_GRACE: Duration = Duration::from_secs(2);
 
 /// How to configure a server. `Default` gives a plain server with no auth.
 ///
@@ -51,8 +56,20 @@ pub struct ServerConfig {
     pub operator: Option<String>,
     /// Appended verbatim to the generated config file (TLS, nkeys, limits, accounts...).
     pub extra_config: Option<String>,
-    /// `lame_duck_duration: 30s` (the server's minimum) and `lame_duck_grace_period: 2s`.
+    /// `lame_duck_duration: 30s` (the server's minimum, [`LAME_DUCK_DURATION`]) and
+    /// `lame_duck_grace_period` from [`lame_duck_grace`](Self::lame_duck_grace) (2 s,
+    /// [`DEFAULT_LAME_DUCK_GRACE`], when unset).
+    ///
+    /// In lame duck mode nats-server closes its client listener and sends INFO `ldm` at
+    /// once, waits the grace period, then closes its remaining clients one by one (0.5 to
+    /// 1 s apart, counting every client it had when lame duck mode began, even those
+    /// gone since) and exits; a server without clients exits at once.
     pub lame_duck_for_tests: bool,
+    /// `lame_duck_grace_period` with [`lame_duck_for_tests`](Self::lame_duck_for_tests);
+    /// `None` is 2 s. Whole milliseconds, under [`LAME_DUCK_DURATION`]; setting it
+    /// without `lame_duck_for_tests` is a [`TestkitError::Config`]. See
+    /// [`with_lame_duck_grace`](Self::with_lame_duck_grace).
+    pub lame_duck_grace: Option<Duration>,
     /// `max_payload`, in bytes.
     pub max_payload: Option<usize>,
     /// `server_name`; default `tether-<port>` (clusters add `-<index>` to a given name).
@@ -72,6 +89,21 @@ impl ServerConfig {
     pub fn with_port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
+    }
+
+    /// This config with lame duck settings for tests and a grace period of `grace`
+    /// (sets [`lame_duck_for_tests`](Self::lame_duck_for_tests) and
+    /// [`lame_duck_grace`](Self::lame_duck_grace)).
+    #[must_use]
+    pub fn with_lame_duck_grace(mut self, grace: Duration) -> Self {
+        self.lame_duck_for_tests = true;
+        self.lame_duck_grace = Some(grace);
+        self
+    }
+
+    /// The grace period written with [`lame_duck_for_tests`](Self::lame_duck_for_tests).
+    pub fn effective_lame_duck_grace(&self) -> Duration {
+        self.lame_duck_grace.unwrap_or(DEFAULT_LAME_DUCK_GRACE)
     }
 
     /// This config in operator mode, trusting `op` and preloading its accounts (sets
@@ -105,6 +137,16 @@ impl ServerConfig {
                 "operator mode with token, user/password or nkey_users (nats-server ignores \
                  the token and refuses the users); authenticate with Operator::user instead",
             );
+        }
+        if self.lame_duck_grace.is_some() && !self.lame_duck_for_tests {
+            return bad(
+                "lame_duck_grace without lame_duck_for_tests (it would be ignored); use \
+                 with_lame_duck_grace, which sets both",
+            );
+        }
+        if self.effective_lame_duck_grace() >= LAME_DUCK_DURATION {
+            // nats-server refuses a grace period that is not below the duration.
+            return bad("lame_duck_grace of 30 s or more (nats-server wants it under lame_duck_duration, 30 s)");
         }
         Ok(())
     }
@@ -220,7 +262,12 @@ impl NatsServer {
             let _ = writeln!(c, "client_advertise: {}", q(adv));
         }
         if self.cfg.lame_duck_for_tests {
-            c.push_str("lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"2s\"\n");
+            let _ = writeln!(
+                c,
+                "lame_duck_duration: \"{}s\"\nlame_duck_grace_period: \"{}ms\"",
+                LAME_DUCK_DURATION.as_secs(),
+                self.cfg.effective_lame_duck_grace().as_millis()
+            );
         }
         if self.cfg.token.is_some() || self.cfg.user.is_some() || !self.cfg.nkey_users.is_empty() {
             c.push_str("authorization {\n");
@@ -482,6 +529,29 @@ impl NatsServer {
         })?;
         signal::kill(Pid::from_raw(pid as i32), Signal::SIGUSR2)
             .map_err(|e| TestkitError::io("sending SIGUSR2", e.into()))
+    }
+
+    /// Sends SIGUSR2 and waits up to `timeout` for the process to exit, as a rolling restart
+    /// does before it starts the node again. Returns how long the exit took from the
+    /// signal.
+    ///
+    /// nats-server exits at once when it has no clients, else after the grace period
+    /// once it has closed the clients it had (see
+    /// [`ServerConfig::lame_duck_for_tests`]); with 2 clients and a 2 s grace that is
+    /// about 2.5 to 3 s. A process still running at the deadline is left running:
+    /// [`TestkitError::NoExit`].
+    pub fn lame_duck_exit(&mut self, timeout: Duration) -> Result<Duration, TestkitError> {
+        let signalled = Instant::now();
+        self.lame_duck()?;
+        if self.wait_exit(timeout) {
+            Ok(signalled.elapsed())
+        } else {
+            Err(TestkitError::NoExit {
+                name: self.name.clone(),
+                waited: timeout,
+                log: self.log(),
+            })
+        }
     }
 
     /// Rewrites the config file from the current config (with the changes made through

@@ -1,10 +1,11 @@
-//! A 3-node cluster: routes, killing and restarting a node, adding a node.
+//! A 3-node cluster: routes, killing and restarting a node, adding a node, a rolling
+//! lame-duck restart.
 
 mod common;
 
 use std::time::Duration;
 
-use common::Raw;
+use common::{read_outcome, Raw, ReadOutcome};
 use tether_testkit::{NatsCluster, Proxy, ServerConfig};
 
 #[test]
@@ -94,4 +95,71 @@ fn cluster_client_advertise_points_at_proxies() {
             .is_some_and(|u| u.iter().any(|u| u.as_str() == Some(direct.as_str())))
     });
     assert!(ok, "{}", c.node(0).varz().unwrap());
+}
+
+/// Whether node `i`'s `/varz` lists a connect URL on `port`.
+fn announces(c: &NatsCluster, i: usize, port: u16) -> bool {
+    c.node(i).varz().unwrap()["connect_urls"]
+        .as_array()
+        .is_some_and(|u| {
+            u.iter()
+                .any(|u| u.as_str().is_some_and(|u| u.ends_with(&format!(":{port}"))))
+        })
+}
+
+#[test]
+fn lame_duck_restart_waits_out_the_grace_then_restarts_on_the_same_ports() {
+    let grace = Duration::from_secs(1);
+    let mut c =
+        NatsCluster::start_with(3, ServerConfig::default().with_lame_duck_grace(grace)).unwrap();
+    let conf = std::fs::read_to_string(c.node(1).dir().join("server.conf")).unwrap();
+    assert!(
+        conf.contains("lame_duck_grace_period: \"1000ms\""),
+        "{conf}"
+    );
+    let port = c.node(1).port();
+    let old_id = c.node(1).varz().unwrap()["server_id"].clone();
+    assert!(tether_testkit::wait_for(Duration::from_secs(10), || {
+        announces(&c, 0, port)
+    }));
+    // A client on node 1 keeps it up for the grace period: INFO ldm, then nothing until
+    // the server closes the link and exits.
+    let mut raw = Raw::connect(c.node(1).addr()).unwrap();
+    raw.handshake().unwrap();
+    let mut watcher = raw.stream().try_clone().unwrap();
+    let ldm = std::thread::spawn(move || {
+        raw.until(|l| l.starts_with("INFO ") && l.contains("\"ldm\":true"))
+            .unwrap();
+        // Open through most of the grace period.
+        let open = read_outcome(&mut watcher, grace / 2);
+        let closed = read_outcome(&mut watcher, Duration::from_secs(10));
+        (open, closed)
+    });
+    let took = c.lame_duck_restart(1, Duration::from_secs(40)).unwrap();
+    let (open, closed) = ldm.join().unwrap();
+    assert_eq!(
+        open,
+        ReadOutcome::Timeout,
+        "the link stays open in the grace"
+    );
+    assert!(
+        matches!(closed, ReadOutcome::Eof | ReadOutcome::Reset),
+        "{closed:?}"
+    );
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(5),
+        "exit took {took:?} with a {grace:?} grace and one client"
+    );
+    assert_eq!(c.node(1).port(), port);
+    assert_ne!(c.node(1).varz().unwrap()["server_id"], old_id);
+    Raw::connect(c.node(1).addr()).unwrap().handshake().unwrap();
+    // The peers announce the restarted node's client URL again.
+    assert!(tether_testkit::wait_for(Duration::from_secs(10), || {
+        announces(&c, 0, port)
+    }));
+
+    // A node without clients exits at once, without waiting out the grace.
+    let took = c.lame_duck_restart(2, Duration::from_secs(40)).unwrap();
+    assert!(took < grace, "exit took {took:?} without clients");
+    c.wait_routes(Duration::from_secs(10)).unwrap();
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::Raw;
 use tether_testkit::{
     nats_server_bin, nats_server_version, wait_for, wait_for_async, NatsServer, ServerConfig,
+    TestkitError,
 };
 
 #[test]
@@ -98,6 +99,35 @@ fn lame_duck_sends_ldm_info() {
     .is_err()));
     s.kill();
     assert!(!s.is_running());
+}
+
+#[test]
+fn lame_duck_exit_reports_a_server_that_outlives_the_deadline() {
+    let mut s = NatsServer::start_with(
+        ServerConfig::default().with_lame_duck_grace(Duration::from_millis(1500)),
+    )
+    .unwrap();
+    let mut c = Raw::connect(s.addr()).unwrap();
+    c.handshake().unwrap();
+    // The client keeps the server up for the 1.5 s grace: a 100 ms deadline is too short.
+    let err = s.lame_duck_exit(Duration::from_millis(100)).unwrap_err();
+    assert!(matches!(err, TestkitError::NoExit { .. }), "{err}");
+    assert!(err.to_string().contains("still running"), "{err}");
+    assert!(s.wait_exit(Duration::from_secs(10)));
+}
+
+#[test]
+fn lame_duck_grace_must_come_with_lame_duck_settings_and_stay_under_the_duration() {
+    for cfg in [
+        ServerConfig {
+            lame_duck_grace: Some(Duration::from_secs(1)),
+            ..ServerConfig::default()
+        },
+        ServerConfig::default().with_lame_duck_grace(Duration::from_secs(30)),
+    ] {
+        let err = NatsServer::start_with(cfg).unwrap_err();
+        assert!(matches!(err, TestkitError::Config { .. }), "{err}");
+    }
 }
 
 #[test]
