@@ -1,10 +1,13 @@
 //! A cluster of `nats-server` nodes routed on loopback.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::server::{ClusterSpec, READY_TIMEOUT};
 use crate::{free_port, NatsServer, ServerConfig, TestkitError};
+
+/// nats-server's default route `pool_size` (2.10+): routes per pair of nodes.
+const ROUTE_POOL_SIZE: usize = 3;
 
 /// How long starting a cluster or restarting a node waits for routes.
 const ROUTES_TIMEOUT: Duration = Duration::from_secs(15);
@@ -110,9 +113,9 @@ impl NatsCluster {
         self.nodes.iter().map(NatsServer::url).collect()
     }
 
-    /// Waits until every running node's `/routez` lists a route to the current server id
-    /// (from `/varz`) of every other running node. Route pooling opens several routes
-    /// per peer, so this checks ids, not counts.
+    /// Waits until every running node's `/routez` lists all its pooled routes (nats-server's
+    /// default pool of 3) to the current server id (from `/varz`) of every other running
+    /// node.
     pub fn wait_routes(&self, timeout: Duration) -> Result<(), TestkitError> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(5);
@@ -149,14 +152,24 @@ impl NatsCluster {
         }
         for (node, _) in &running {
             let routez = node.routez()?;
-            let have: HashSet<&str> = routez["routes"]
-                .as_array()
-                .map(|rs| rs.iter().filter_map(|r| r["remote_id"].as_str()).collect())
-                .unwrap_or_default();
+            // Route pooling (nats-server 2.10+, `pool_size` 3 by default) opens several
+            // routes per peer and pins each account to one of them: a peer counts as
+            // routed only once all of them are up, or one account's interest may still
+            // be on its way while another's already flows.
+            let mut have: HashMap<&str, usize> = HashMap::new();
+            for r in routez["routes"].as_array().into_iter().flatten() {
+                if r.get("account").is_some_and(|a| !a.is_null()) {
+                    continue; // a dedicated account route ($SYS)
+                }
+                if let Some(id) = r["remote_id"].as_str() {
+                    *have.entry(id).or_default() += 1;
+                }
+            }
             for (other, other_id) in &running {
-                if other.name() != node.name() && !have.contains(other_id.as_str()) {
+                let n = have.get(other_id.as_str()).copied().unwrap_or(0);
+                if other.name() != node.name() && n < ROUTE_POOL_SIZE {
                     return Ok(Some(format!(
-                        "{} has no route to {} ({other_id})",
+                        "{} has {n} of {ROUTE_POOL_SIZE} routes to {} ({other_id})",
                         node.name(),
                         other.name()
                     )));

@@ -576,9 +576,16 @@ enum Configured {
     OneUrl,
 }
 
+/// The rolling restarts run one at a time. Duplicates are the milliseconds of overlap
+/// between the old link's UNSUB and the new interest, so they measure the switch only
+/// while the machine is not starved: four 3-node clusters and eight clients at 1 msg/ms on
+/// two cores stretch every hop of a debug build.
+static ONE_ROLLING_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Lame-duck restarts of n0, n1, n2, n0, n1, n2 while a publisher and a subscriber on two
 /// clients with library defaults exchange 1 msg/ms.
 async fn rolling_restart(grace: Duration, configured: Configured) {
+    let _alone = ONE_ROLLING_AT_A_TIME.lock().await;
     let label = format!("rolling [grace {grace:?}, {configured:?}]");
     let started = Instant::now();
     let mut cluster = cluster(grace);
@@ -1147,4 +1154,102 @@ async fn a_link_closed_during_the_jitter_reconnects_at_once_2s_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_closed_during_the_jitter_reconnects_at_once_1s_grace() {
     closed_during_the_jitter(GRACE_1S).await;
+}
+
+// ===== B4: a requested switch retries until a target answers =====
+
+/// `set_server_pool` drops the connected server while the new one is not up yet, and
+/// `force_reconnect` asks to move while the only other server is down: the switch retries
+/// with the pool's backoff and moves, make-before-break, once the server answers.
+async fn requested_switch_retries(via_pool: bool) {
+    let label = if via_pool {
+        "set_server_pool to a server not up yet"
+    } else {
+        "force_reconnect to a server not up yet"
+    };
+    let a = tether_testkit::NatsServer::start().unwrap();
+    let port = tether_testkit::free_port();
+    let later_url = format!("nats://127.0.0.1:{port}");
+    let servers = if via_pool {
+        vec![a.url()]
+    } else {
+        vec![a.url(), later_url.clone()]
+    };
+    let client = ConnectOptions::new()
+        .no_randomize(true)
+        .ignore_discovered_servers(true)
+        .connect(servers)
+        .await
+        .unwrap();
+    let mut events = client.events();
+    if via_pool {
+        client.set_server_pool(vec![later_url.clone()]).unwrap();
+    } else {
+        client.force_reconnect();
+    }
+    // It tries, fails, and tries again: more than the single attempt of old.
+    for _ in 0..2 {
+        match next_event(&mut events, |e| {
+            matches!(
+                e,
+                EventKind::ReconnectFailed { .. }
+                    | EventKind::Disconnected { .. }
+                    | EventKind::Migrating { .. }
+            )
+        })
+        .await
+        {
+            EventKind::ReconnectFailed { server, .. } => assert_eq!(server, later_url, "{label}"),
+            other => panic!("{label}: expected failed attempts first, got {other:?}"),
+        }
+    }
+    assert_eq!(client.connected_server(), Some(a.url()), "{label}");
+    let _b = tether_testkit::NatsServer::start_with(
+        tether_testkit::ServerConfig::default().with_port(port),
+    )
+    .unwrap();
+    let migrating = next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::Migrating { .. } | EventKind::Disconnected { .. }
+        )
+    })
+    .await;
+    let EventKind::Migrating { from, to, reason } = migrating else {
+        panic!("{label}: expected Migrating, got {migrating:?}");
+    };
+    assert_eq!(
+        (from.as_str(), to.as_str()),
+        (a.url().as_str(), later_url.as_str())
+    );
+    let expected = if via_pool {
+        tether::MigrateReason::ServerPool
+    } else {
+        tether::MigrateReason::Requested
+    };
+    assert_eq!(reason, expected, "{label}");
+    let migrated = next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
+        )
+    })
+    .await;
+    assert!(
+        matches!(migrated, EventKind::Migrated { .. }),
+        "{label}: {migrated:?}"
+    );
+    assert_eq!(client.connected_server(), Some(later_url), "{label}");
+    assert_eq!(client.statistics().migrations, 1, "{label}");
+    assert_eq!(client.status(), State::Connected, "{label}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b4_set_server_pool_retries_until_the_new_server_answers() {
+    requested_switch_retries(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b4_force_reconnect_retries_until_another_server_answers() {
+    requested_switch_retries(false).await;
 }
