@@ -1169,8 +1169,11 @@ impl Client {
 
     /// Move to another server. On a live link this is the planned make-before-break switch
     /// of lame duck mode (a handshake with another server first, then the old link is
-    /// retired; `EventKind::Migrated` reports it); with no other server it reconnects. While
-    /// reconnecting, it makes every server due now.
+    /// retired; `EventKind::Migrating` and `EventKind::Migrated` report it). A target that
+    /// fails is followed by the next, with the pool's backoff, until one answers; one that
+    /// turns out to be the connected server under another address is skipped. With no
+    /// other server in the pool it reconnects. While reconnecting, it makes every server
+    /// due now.
     pub fn force_reconnect(&self) {
         let shared = self.shared();
         let mut inner = shared.lock("force_reconnect");
@@ -1183,7 +1186,10 @@ impl Client {
         shared.wake.notify_one();
     }
 
-    /// Replace the configured servers. Discovered servers are learnt again from INFO.
+    /// Replace the configured servers. Discovered servers are learnt again from INFO. When
+    /// the connected server is no longer in the pool, the client moves with the planned
+    /// switch of [`Self::force_reconnect`] (reason `MigrateReason::ServerPool`), retrying
+    /// until a new server answers.
     pub fn set_server_pool(&self, servers: impl crate::IntoServers) -> Result<(), ConnectError> {
         let servers = servers.into_servers()?;
         let shared = self.shared();

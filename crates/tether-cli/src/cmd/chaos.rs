@@ -1525,10 +1525,15 @@ fn print_report(r: &Report) {
     );
     for (i, o) in r.per_outage.iter().enumerate() {
         println!(
-            "{:>3} {:>7.0} ms {:>7.0} ms {:>9} {:>9} {:>7} {:>7} {:>7} {:>11} {:>8} {:>10} B {:>9}",
+            "{:>3} {:>7.0} ms {:>10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>11} {:>8} {:>10} B {:>9}",
             i + 1,
             o.downtime_ms,
-            o.reconnect_ms,
+            // NaN: no Reconnected (a planned switch moved the client instead).
+            if o.reconnect_ms.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:.0} ms", o.reconnect_ms)
+            },
             o.published,
             o.delivered,
             o.lost,
