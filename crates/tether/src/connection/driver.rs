@@ -630,8 +630,14 @@ fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     report_migrated(shared, o.from, o.to, unconfirmed);
 }
 
-/// How often the old link publishes the probe while waiting for it on the new link.
+/// How often the old link publishes the probe while waiting for it on the new link (a
+/// timer's resolution).
 const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+/// A loop turn for another reason (a delivery, a PONG) sends the probe early, this long
+/// after the last one: the sooner a probe reaches the old node after it learned the new
+/// interest, the shorter the overlap, and every millisecond of it is a duplicate at
+/// 1 msg/ms.
+const PROBE_MIN_GAP: Duration = Duration::from_micros(200);
 
 /// The next target of a pending planned switch and when it is due: another server not in
 /// lame duck mode (for fresh credentials, the same server will do).
@@ -1009,7 +1015,9 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         end_probe(&mut inner);
                         o.next_probe = None;
                         o.give_up_at = later(now, shared.opts.effective_pong_timeout());
-                    } else if o.next_probe.is_some_and(|at| now >= at)
+                    } else if o
+                        .next_probe
+                        .is_some_and(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
                         | probe_registered(&mut inner)
                         | inner
                             .probe
