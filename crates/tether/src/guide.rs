@@ -14,8 +14,8 @@
 //! forwarded to routes, or dropped for lack of interest), not that JetStream stored it or
 //! that a subscriber elsewhere received it. While unconfirmed frames exist a confirm PING
 //! goes out every `confirm_interval` (20 ms) or 1 MiB written, whichever comes first, so
-//! the report covers about the last `confirm_interval` plus one round trip of traffic: at
-//! 1,000 msg/s a SIGKILLed server costs a report of some 20 messages, not a second's
+//! the report covers at most the last `confirm_interval` plus one round trip of traffic:
+//! at 1,000 msg/s on a local network, some 25 messages at most, not up to a second's
 //! worth. With `resend_unconfirmed(true)` those frames are retained and resent:
 //! at-least-once for core NATS, duplicates possible.
 //!

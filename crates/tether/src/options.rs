@@ -367,8 +367,9 @@ impl ConnectOptions {
         /// every 1 MiB written). A `Disconnected` reports as possibly lost what was
         /// written in the last `confirm_interval` plus one round trip: with the default
         /// 20 ms, at most about 25 messages at 1,000 msg/s on a local network. Longer
-        /// intervals send fewer PINGs and report more. Default: 20 ms; positive, at most
-        /// [`MAX_TIMEOUT`].
+        /// intervals send fewer PINGs and report more; the default's throughput cost
+        /// against 1 s is under 2 % (`tether bench pub --confirm-interval 20ms,1s`).
+        /// Default: 20 ms; positive, at most [`MAX_TIMEOUT`].
         confirm_interval: Duration
     );
     setter!(
