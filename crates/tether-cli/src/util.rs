@@ -21,9 +21,13 @@ pub async fn connect(servers: &str, opts: ConnectOptions) -> Result<Client, CliE
     }
     let client = opts.name(CLIENT_NAME).connect(servers).await?;
     tracing::info!(server = ?client.connected_server(), "connected");
-    OPEN.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(client.clone());
+    let mut open = OPEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A command that connects again and again (bench rounds) keeps only live clients,
+    // not every closed one with its buffers.
+    open.retain(|c| c.status() != tether::State::Closed);
+    open.push(client.clone());
     Ok(client)
 }
 

@@ -209,6 +209,123 @@ fn bench_pub_and_pubsub_json() {
 }
 
 #[test]
+fn bench_compares_confirm_intervals_in_interleaved_rounds() {
+    let server = NatsServer::start().expect("start nats-server");
+    let url = server.url();
+    let v = json(&run(tether(&url).args([
+        "bench",
+        "pub",
+        "--msgs",
+        "2000",
+        "--confirm-interval",
+        "20ms,1s",
+        "--rounds",
+        "2",
+        "--json",
+    ])));
+    assert_eq!(
+        (v["mode"].as_str(), v["rounds"].as_u64()),
+        (Some("pub"), Some(2)),
+        "{v}"
+    );
+    let cadences = v["cadences"].as_array().expect("cadences");
+    let ms: Vec<f64> = cadences
+        .iter()
+        .map(|c| {
+            c["confirm_interval_ms"]
+                .as_f64()
+                .expect("confirm_interval_ms")
+        })
+        .collect();
+    assert_eq!(ms, [20.0, 1000.0], "{v}");
+    for c in cadences {
+        assert_eq!(c["msgs_per_sec"].as_array().map(Vec::len), Some(2), "{c}");
+        assert!(
+            c["median_msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0),
+            "{c}"
+        );
+    }
+    for field in ["ratio", "paired_ratio"] {
+        assert_eq!(cadences[0][field].as_f64(), Some(1.0), "{field} in {v}");
+        assert!(
+            cadences[1][field].as_f64().is_some_and(|x| x > 0.0),
+            "{field} in {v}"
+        );
+    }
+    // Interleaved: round 1 runs 20ms then 1s, round 2 the other way round.
+    let order: Vec<(u64, f64)> = v["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            assert_rates(r, "pub", 2000);
+            (
+                r["round"].as_u64().unwrap(),
+                r["confirm_interval_ms"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(order, [(1, 20.0), (1, 1000.0), (2, 1000.0), (2, 20.0)]);
+
+    // The human summary names both, the second with its ratio to the first.
+    let out = run(tether(&url).args([
+        "bench",
+        "pub",
+        "-n",
+        "2000",
+        "--confirm-interval",
+        "20ms,1s",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("5 rounds per confirm_interval"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("confirm_interval 20ms: median "),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("confirm_interval 1s: median "),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("; ratio ") && summary.contains(" to 20ms (median of the per-round"),
+        "{summary}"
+    );
+
+    // One value: the usual report, which names it.
+    let v = json(&run(tether(&url).args([
+        "bench",
+        "pub",
+        "-n",
+        "2000",
+        "--confirm-interval",
+        "5ms",
+        "--json",
+    ])));
+    assert_rates(&v, "pub", 2000);
+    assert_eq!(v["confirm_interval_ms"].as_f64(), Some(5.0), "{v}");
+    assert!(v.get("cadences").is_none(), "{v}");
+
+    // Refused before anything connects.
+    for (args, msg) in [
+        (
+            ["--confirm-interval", "0s"],
+            "error: --confirm-interval: 0ns is out of range",
+        ),
+        (["--rounds", "0"], "error: --rounds must be at least 1"),
+    ] {
+        let out = run(tether(&url).args(["bench", "pub"]).args(args));
+        let err = one_line_error(&out);
+        assert!(err.starts_with(msg), "{err}");
+    }
+    let out = run(tether(&url).args(["bench", "pub", "--confirm-interval", "20xs"]));
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+}
+
+#[test]
 fn bench_reqrep_starts_its_own_server() {
     let out = run(Command::new(BIN)
         .env_remove("NATS_URL")

@@ -178,6 +178,46 @@ fn pong_confirms_and_unconfirmed_is_exact() {
     );
 }
 
+/// The default confirm cadence at 1,000 msg/s with a 5 ms round trip: at no instant is
+/// more than `confirm_interval + RTT` of traffic (plus a message gap) unconfirmed, so a
+/// link lost at any moment reports at most that many messages; DESIGN asks for ≤ 50.
+#[test]
+fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
+    let mut h = Harness::new(Config::default());
+    h.handshake();
+    let gap = Duration::from_millis(1);
+    let rtt = Duration::from_millis(5);
+    let mut pongs_due = std::collections::VecDeque::<Instant>::new();
+    let (mut pings, mut worst) = (0u64, 0u64);
+    for _ in 0..1000 {
+        h.advance(gap);
+        while pongs_due.front().is_some_and(|t| *t <= h.now) {
+            pongs_due.pop_front();
+            h.read(b"PONG\r\n");
+        }
+        worst = worst.max(h.conn.unconfirmed().msgs);
+        h.conn
+            .publish("a", None, None, b"x", FrameKind::Pub)
+            .unwrap();
+        let out = h.written();
+        for _ in out.windows(6).filter(|w| w == b"PING\r\n") {
+            pings += 1;
+            pongs_due.push_back(h.now + rtt);
+        }
+        worst = worst.max(h.conn.unconfirmed().msgs);
+    }
+    let interval = tether_proto::conn::DEFAULT_CONFIRM_INTERVAL;
+    let bound = ((interval + rtt).as_millis() / gap.as_millis()) as u64 + 1;
+    assert!(bound <= 50, "the default itself is too long: {interval:?}");
+    assert!(
+        worst <= bound,
+        "{worst} unconfirmed at worst, bound {bound}"
+    );
+    // About one PING per interval while publishing (49 here), none with the old 1 s
+    // default in this second (which let all 1,000 messages stand unconfirmed).
+    assert!((40..=50).contains(&pings), "{pings} confirm PINGs in 1 s");
+}
+
 #[test]
 fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
     let mut h = Harness::new(quick());

@@ -12,8 +12,12 @@
 //! `unconfirmed_msgs` in `EventKind::Disconnected`: possibly lost. A PONG confirms that the
 //! server processed what was written before its PING (delivered to local subscribers,
 //! forwarded to routes, or dropped for lack of interest), not that JetStream stored it or
-//! that a subscriber elsewhere received it. With `resend_unconfirmed(true)` those frames
-//! are retained and resent: at-least-once for core NATS, duplicates possible.
+//! that a subscriber elsewhere received it. While unconfirmed frames exist a confirm PING
+//! goes out every `confirm_interval` (20 ms) or 1 MiB written, whichever comes first, so
+//! the report covers at most the last `confirm_interval` plus one round trip of traffic:
+//! at 1,000 msg/s on a local network, some 25 messages at most, not up to a second's
+//! worth. With `resend_unconfirmed(true)` those frames are retained and resent:
+//! at-least-once for core NATS, duplicates possible.
 //!
 //! A successful `flush` says that everything written *on the current link* before it was
 //! processed; it says nothing about frames lost with an earlier link. Code that publishes

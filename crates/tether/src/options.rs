@@ -30,7 +30,8 @@ pub const DEFAULT_BUFFER_BYTES: usize = core::DEFAULT_BUFFER_BYTES;
 pub const DEFAULT_BUFFER_MSGS: usize = core::DEFAULT_BUFFER_MSGS;
 /// Default for [`ConnectOptions::block_deadline`].
 pub const DEFAULT_BLOCK_DEADLINE: Duration = Duration::from_secs(5);
-/// Default for [`ConnectOptions::confirm_interval`].
+/// Default for [`ConnectOptions::confirm_interval`]: 20 ms (see
+/// [`tether_proto::conn::DEFAULT_CONFIRM_INTERVAL`] for why).
 pub const DEFAULT_CONFIRM_INTERVAL: Duration = core::DEFAULT_CONFIRM_INTERVAL;
 /// Default for [`ConnectOptions::assumed_max_payload`]: 1 MiB until the first INFO.
 pub const DEFAULT_ASSUMED_MAX_PAYLOAD: usize = core::DEFAULT_ASSUMED_MAX_PAYLOAD;
@@ -377,8 +378,13 @@ impl ConnectOptions {
         resend_unconfirmed: bool
     );
     setter!(
-        /// While unconfirmed data exists, a confirm PING at least this often. Default: 1 s;
-        /// positive, at most [`MAX_TIMEOUT`].
+        /// While unconfirmed data exists, a confirm PING at least this often (also after
+        /// every 1 MiB written). A `Disconnected` reports as possibly lost what was
+        /// written in the last `confirm_interval` plus one round trip: with the default
+        /// 20 ms, at most about 25 messages at 1,000 msg/s on a local network. Longer
+        /// intervals send fewer PINGs and report more; the default's throughput cost
+        /// against 1 s is under 2 % (`tether bench pub --confirm-interval 20ms,1s`).
+        /// Default: 20 ms; positive, at most [`MAX_TIMEOUT`].
         confirm_interval: Duration
     );
     setter!(
