@@ -1206,6 +1206,12 @@ impl Client {
             shared.wake.notify_one();
             return Ok(());
         }
+        if inner.server_index().is_some()
+            && inner.switch_request == Some(crate::MigrateReason::ServerPool)
+        {
+            // The connected server is in the pool again: nothing to move for.
+            inner.switch_request = None;
+        }
         if inner.server_index().is_none() && inner.conn.is_up() {
             // The current server left the pool: move with a planned switch.
             inner.switch_request = Some(crate::MigrateReason::ServerPool);

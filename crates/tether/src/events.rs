@@ -220,8 +220,8 @@ pub enum EventKind {
         /// The server.
         server: String,
     },
-    /// A planned switch starts: a new link to `to` completed its handshake and its
-    /// subscriptions, and publishing moves to it now. The old link keeps delivering until
+    /// A planned switch starts: a new link to `to` completed its handshake, its
+    /// subscriptions are replayed on it, and publishing moves to it now. The old link keeps delivering until
     /// the cluster knows the new interest; `Migrated` follows when it is closed.
     Migrating {
         /// The old server.

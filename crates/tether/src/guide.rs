@@ -14,9 +14,11 @@
 //! forwarded to routes, or dropped for lack of interest), not that JetStream stored it or
 //! that a subscriber elsewhere received it. While unconfirmed frames exist a confirm PING
 //! goes out every `confirm_interval` (20 ms) or 1 MiB written, whichever comes first, so
-//! the report covers at most the last `confirm_interval` plus one round trip of traffic:
-//! at 1,000 msg/s on a local network, some 25 messages at most, not up to a second's
-//! worth. With `resend_unconfirmed(true)` those frames are retained and resent:
+//! the report covers at most the last `confirm_interval` plus one round trip of traffic
+//! before the loss was seen: at 1,000 msg/s on a local network, some 25 messages when a
+//! killed server resets the link, not up to a second's worth. A link that goes silent
+//! (half-open, black-holed) is found after `pong_timeout`, and what was written meanwhile
+//! is reported as well. With `resend_unconfirmed(true)` those frames are retained and resent:
 //! at-least-once for core NATS, duplicates possible.
 //!
 //! A successful `flush` says that everything written *on the current link* before it was
@@ -106,26 +108,38 @@
 //!   and publishing moved to it at a frame boundary.
 //! - the old link keeps delivering until the cluster knows the new interest: a probe
 //!   subject (`<inbox_prefix>.<nuid>.probe`) subscribed on the new link after the replayed
-//!   subscriptions is published on the old link every millisecond until it arrives on the
-//!   new one. A route carries one account's interest in order, so the old node then knows
-//!   every new subscription. After one more probe trip (publishers on a third node learn
-//!   the interest at about the same time), the old link gets UNSUB for everything and a
-//!   last PING, and closes on its PONG. `ldm_overlap` (1 s) bounds the wait, for servers
-//!   not in one cluster or a probe subject the user may not use.
+//!   subscriptions is published on the old link (every millisecond, and at once when the
+//!   new server confirms the subscriptions) until it arrives on the new one. A route
+//!   carries one account's interest in order, so the old node then knows every new
+//!   subscription. Then one more probe must make the trip (the margin for publishers on a
+//!   third node, whose routes learn the interest at about the same time), and the old link
+//!   gets UNSUB for everything and a last PING, and closes on its PONG. `ldm_overlap` (1 s,
+//!   counted from when the new server confirms the subscriptions) bounds the wait, for
+//!   servers not in one cluster or a probe subject the user may not use; a switch that
+//!   reaches the bound logs a warning.
 //! - `EventKind::Migrated` carries the old link's unconfirmed counts (zero when that PONG
-//!   came); `Statistics::migrations` counts completed switches.
+//!   came); `Statistics::migrations` counts switches ended.
 //!
 //! Messages published during the overlap can arrive twice: a few per switch at
 //! 1 msg/ms. A request written on the old link that dies before its last PONG fails with
 //! `ConnectionLost { maybe_processed: true }`. The status stays `Connected` throughout.
+//! The margin assumes the nodes are about equally far apart: a publisher on a node much
+//! farther from the new node than the old one is (another zone, say) can still lose the
+//! messages it sends in the difference. Interest in an account's imports travels with the
+//! exporting account, perhaps on another route connection than the probe, so it is not
+//! covered either. Probes are ordinary messages: a subscriber of `>` or `_INBOX.>` in the
+//! account sees them (the client's own subscriptions are kept from them while the switch
+//! lasts).
 //!
-//! The lame-duck server is not a switch target while it is in lame duck mode: its mark
-//! ends when a peer lists its URL in `connect_urls` again (peers stop announcing a
+//! A server in lame duck mode is a switch target only when no other server is left: its
+//! mark ends when a peer lists its URL in `connect_urls` again (peers stop announcing a
 //! lame-duck node and announce it again when it rejoins), when a handshake with it
-//! completes, or after `server_pool::LAME_DUCK_MARK_MAX` (30 s). With no other server,
-//! the client stays on the old link, moves as soon as one appears, and otherwise
-//! reconnects as usual when the server closes the link (the lame-duck server goes after
-//! every other server due at once). A link the server closes while the client still
+//! completes, or after `server_pool::LAME_DUCK_MARK_MAX` (30 s). A node still in lame duck
+//! mode refuses new connections, and one reached under another address shows its
+//! `server_id`, so trying a marked server as a last resort costs a refused attempt at the
+//! pool's backoff. With no server that answers, the client stays on the old link until
+//! the server closes it, then reconnects as usual (the lame-duck server goes after every
+//! other server due at once). A link the server closes while the client still
 //! waits out its jitter reconnects at once, its subscriptions replayed before anything
 //! else. `Client::force_reconnect` and `Client::set_server_pool` (when the current server
 //! leaves the pool) use the same switch.

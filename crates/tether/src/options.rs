@@ -342,7 +342,8 @@ impl ConnectOptions {
         /// then one more probe trip passes (for publishers on a third node) and the old
         /// link gets UNSUB. Only when the probe never arrives (the two servers are not in
         /// one cluster, or the user may not publish or subscribe to the probe subject)
-        /// does the overlap last this long. Messages published during the overlap can
+        /// does the overlap last this long, counted from when the new server confirmed
+        /// the replayed subscriptions. Messages published during the overlap can
         /// arrive twice. Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
         ldm_overlap: Duration
     );
@@ -380,8 +381,11 @@ impl ConnectOptions {
     setter!(
         /// While unconfirmed data exists, a confirm PING at least this often (also after
         /// every 1 MiB written). A `Disconnected` reports as possibly lost what was
-        /// written in the last `confirm_interval` plus one round trip: with the default
-        /// 20 ms, at most about 25 messages at 1,000 msg/s on a local network. Longer
+        /// written in the last `confirm_interval` plus one round trip before the link was
+        /// found dead: with the default 20 ms, at most about 25 messages at 1,000 msg/s on
+        /// a local network when the loss shows at once (a reset, a closed socket). A link
+        /// that goes silent is found only after `pong_timeout`, and what was written
+        /// meanwhile is reported too. Longer
         /// intervals send fewer PINGs and report more; the default's throughput cost
         /// against 1 s is under 2 % (`tether bench pub --confirm-interval 20ms,1s`).
         /// Default: 20 ms; positive, at most [`MAX_TIMEOUT`].

@@ -327,12 +327,19 @@ impl ServerPool {
         self.best(now, |_, _| true)
     }
 
-    /// The best server other than `i` that is not under a lame-duck mark: a planned
-    /// switch's next target.
-    pub fn next_other(&self, i: usize, now: Instant) -> Option<usize> {
+    /// A planned switch's next target: the best server other than `i` and those in
+    /// `skip`, one not under a lame-duck mark if there is any. A marked server is a last
+    /// resort rather than excluded: its mark may outlive its lame duck mode (its URL in
+    /// `connect_urls` may differ from the configured one), a node still in lame duck mode
+    /// refuses the connection at once, and a handshake that reaches it under another
+    /// address shows its `server_id`.
+    pub fn next_other(&self, i: usize, now: Instant, skip: &[ServerAddr]) -> Option<usize> {
+        let other =
+            |j: usize, e: &PoolEntry| j != i && !skip.iter().any(|s| s.key() == e.addr.key());
         self.best(now, |j, e| {
-            j != i && !e.lame_duck.as_ref().is_some_and(|m| m.holds(now))
+            other(j, e) && !e.lame_duck.as_ref().is_some_and(|m| m.holds(now))
         })
+        .or_else(|| self.best(now, other))
     }
 
     /// The first among the entries `keep` accepts, in the order of [`Self::next`].
@@ -514,14 +521,6 @@ impl ServerPool {
                     .as_ref()
                     .is_some_and(|m| m.holds(now) && m.server_id.as_deref() == Some(server_id))
             })
-    }
-
-    /// Keep `i` from being a planned switch's target until `until`, without counting a
-    /// failure (a switch reached the node it is leaving under another address).
-    pub fn defer(&mut self, i: usize, until: Instant) {
-        if let Some(e) = self.entries.get_mut(i) {
-            e.due = e.due.max(until);
-        }
     }
 
     /// An INFO from `via` announced `connect_urls`: lame-duck marks of other servers end
@@ -786,7 +785,21 @@ mod tests {
             ServerAddr::parse(list[1]).unwrap(),
         );
         pool.mark_lame_duck(0, Some("NODE_A"), now);
-        assert_eq!(pool.next_other(1, now), Some(2), "never the lame-duck node");
+        assert_eq!(
+            pool.next_other(1, now, &[]),
+            Some(2),
+            "not the lame-duck node"
+        );
+        let c = ServerAddr::parse(list[2]).unwrap();
+        assert_eq!(
+            pool.next_other(1, now, &[c]),
+            Some(0),
+            "the lame-duck node is a last resort"
+        );
+        assert_eq!(
+            pool.next_other(1, now, &[a.clone(), ServerAddr::parse(list[2]).unwrap()]),
+            None
+        );
         assert!(pool.is_lame_duck_node("NODE_A", now));
         assert_eq!(
             pool.next(now),
@@ -809,12 +822,12 @@ mod tests {
             pool.get(0).unwrap().lame_duck.is_none(),
             "back after its restart"
         );
-        assert_eq!(pool.next_other(2, now), Some(0));
+        assert_eq!(pool.next_other(2, now, &[]), Some(0));
         // A mark never seen ended lapses.
         pool.mark_lame_duck(1, None, now);
-        assert_eq!(pool.next_other(0, now), Some(2));
+        assert_eq!(pool.next_other(0, now, &[]), Some(2));
         let later = now + LAME_DUCK_MARK_MAX;
-        assert_eq!(pool.next_other(2, later), Some(0));
+        assert_eq!(pool.next_other(2, later, &[]), Some(0));
         assert!(!pool.is_lame_duck_node("NODE_A", later));
         // The same node under another address, once known, is marked with it.
         pool.mark_lame_duck(2, Some("NODE_C"), now);

@@ -44,7 +44,7 @@ pub struct Statistics {
     pub unconfirmed_reported_msgs: u64,
     /// Their encoded bytes.
     pub unconfirmed_reported_bytes: u64,
-    /// Planned switches completed (`Migrated`).
+    /// Planned switches ended (`Migrated` events: the old link was retired or died).
     pub migrations: u64,
     /// Requests waiting for their reply.
     pub pending_requests: usize,

@@ -1253,3 +1253,123 @@ async fn b4_set_server_pool_retries_until_the_new_server_answers() {
 async fn b4_force_reconnect_retries_until_another_server_answers() {
     requested_switch_retries(false).await;
 }
+
+// ===== a switch that reaches the lame-duck node under another address =====
+
+/// nats-server closes its listener in lame duck mode, so a real node is refused under any
+/// address. Two scripted peers that share one `server_id` stand for a node reachable under
+/// a second address (a load balancer, a second listener): the first announces lame duck
+/// mode; the second completes a handshake, and its INFO shows the same `server_id`; the
+/// switch must leave it and go on to the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_reaches_the_lame_duck_node_by_server_id_goes_on() {
+    use tether_testkit::{Hostile, HostilePeer, NatsServer};
+    let ldm_info = b"INFO {\"server_id\":\"hostile\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"max_payload\":1048576,\"ldm\":true}\r\n";
+    // The handshake's two PINGs get their PONGs; the lame one then announces lame duck mode.
+    let pong = |then: &[u8]| [b"PONG\r\n".as_slice(), then].concat();
+    let lame = HostilePeer::start(Hostile::Dialogue(vec![
+        ("PING".into(), pong(b"")),
+        ("PING".into(), pong(ldm_info)),
+    ]))
+    .unwrap();
+    let alias = HostilePeer::start(Hostile::Dialogue(vec![
+        ("PING".into(), pong(b"")),
+        ("PING".into(), pong(b"")),
+    ]))
+    .unwrap();
+    let real = NatsServer::start().unwrap();
+    let client = ConnectOptions::new()
+        .no_randomize(true)
+        .ignore_discovered_servers(true)
+        .ldm_jitter(Duration::from_millis(1))
+        .connect(vec![lame.url(), alias.url(), real.url()])
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut failed_alias = false;
+    loop {
+        match next_event(&mut events, |e| {
+            matches!(
+                e,
+                EventKind::ReconnectFailed { .. }
+                    | EventKind::Migrating { .. }
+                    | EventKind::Disconnected { .. }
+            )
+        })
+        .await
+        {
+            EventKind::ReconnectFailed { server, error, .. } => {
+                assert_eq!(server, alias.url());
+                assert!(error.contains("lame duck"), "{error}");
+                failed_alias = true;
+            }
+            EventKind::Migrating { to, .. } => {
+                assert_eq!(
+                    to,
+                    real.url(),
+                    "never onto the lame-duck node's other address"
+                );
+                break;
+            }
+            other => panic!("expected a switch, got {other:?}"),
+        }
+    }
+    assert!(failed_alias, "the alias was tried and left");
+    assert_eq!(client.connected_server(), Some(real.url()));
+    assert_eq!(alias.accepted(), 1, "the alias was tried once");
+}
+
+/// A requested switch whose only target is the connected node under another address: the
+/// switch must end, not retry for ever. `force_reconnect` then reconnects (there is no
+/// other server); `set_server_pool` naming only that address keeps the link, since the
+/// client is on a server of the new pool already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_with_only_the_connected_node_under_another_name_ends() {
+    let server = tether_testkit::NatsServer::start().unwrap();
+    let alias = format!("nats://localhost:{}", server.port());
+    let options = || {
+        ConnectOptions::new()
+            .no_randomize(true)
+            .ignore_discovered_servers(true)
+    };
+    // force_reconnect: the alias is left, then a plain reconnect.
+    let client = options()
+        .connect(vec![server.url(), alias.clone()])
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.force_reconnect();
+    let EventKind::ReconnectFailed { server: tried, .. } = next_event(&mut events, |e| {
+        matches!(e, EventKind::ReconnectFailed { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(tried, alias);
+    next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
+    assert_eq!(client.statistics().migrations, 0);
+    // set_server_pool: the alias becomes the current server, the link stays.
+    let client = options().connect(server.url()).await.unwrap();
+    let mut events = client.events();
+    client.set_server_pool(vec![alias.clone()]).unwrap();
+    let moved = poll_until(T, || async {
+        client.connected_server().as_deref() == Some(alias.as_str())
+    })
+    .await;
+    assert!(moved, "still on {:?}", client.connected_server());
+    client.flush().await.unwrap();
+    let stats = client.statistics();
+    assert_eq!((stats.migrations, stats.reconnects), (0, 0));
+    let EventKind::ReconnectFailed { server: tried, .. } = next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::ReconnectFailed { .. } | EventKind::Disconnected { .. }
+        )
+    })
+    .await
+    else {
+        panic!("the link must stay");
+    };
+    assert_eq!(tried, alias);
+}

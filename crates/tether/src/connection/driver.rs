@@ -218,6 +218,15 @@ pub(crate) fn adopt(
             t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()),
         )
     });
+    // The link's server is current before the bytes that followed its handshake are
+    // handled (an INFO with `ldm` among them concerns this server).
+    let previous = inner.current.replace(addr.clone());
+    let previous_name = std::mem::replace(&mut inner.server_name, addr.to_string());
+    // The handshake completed: failures and a lame-duck mark end (before those bytes,
+    // which may mark it again).
+    if let Some(i) = inner.pool.position(addr) {
+        inner.pool.record_success(i);
+    }
     if !est.leftover.is_empty() {
         inner.conn.handle_read(now, &mut est.leftover);
     }
@@ -231,12 +240,10 @@ pub(crate) fn adopt(
             down = Some(r);
         }
     }
-    if down.is_none() {
-        if let Some(i) = inner.pool.position(addr) {
-            inner.pool.record_success(i);
-        }
-        inner.current = Some(addr.clone());
-        inner.server_name = addr.to_string();
+    if down.is_some() {
+        inner.current = previous;
+        inner.server_name = previous_name;
+    } else {
         merge_pool(shared, inner, &est.info, addr);
         if matches!(
             inner.state,
@@ -418,7 +425,8 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                     // trying, as after a lost link (DESIGN: Connecting → Reconnecting).
                     shared.set_state(&mut inner, State::Reconnecting);
                 }
-                record_attempt_failure(&shared, &mut inner, &addr, &f, &mut rng);
+                let elapsed = inner.outage_since.map_or(Duration::ZERO, |o| o.elapsed());
+                record_attempt_failure(&shared, &mut inner, &addr, &f, elapsed, &mut rng);
                 if !ever_connected && shared.opts.connect_policy == ConnectPolicy::Lazy {
                     drop(inner);
                     shared.connected.notify_waiters();
@@ -429,13 +437,15 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
 }
 
 /// A reconnect attempt to `addr` failed: schedule its next attempt with the backoff (or
-/// the user's reconnect_delay), apply the auth rules, and remove the server when they or
-/// max_reconnects say so.
+/// the user's reconnect_delay; `elapsed` is how long the outage, or the planned switch,
+/// has lasted), apply the auth rules, and remove the server when they or max_reconnects
+/// say so.
 fn record_attempt_failure(
     shared: &Shared,
     inner: &mut Inner,
     addr: &ServerAddr,
     f: &Failure,
+    elapsed: Duration,
     rng: &mut SmallRng,
 ) {
     let now = Instant::now();
@@ -443,7 +453,6 @@ fn record_attempt_failure(
         return;
     };
     let failures = inner.pool.get(i).map_or(0, |e| e.failures) + 1;
-    let elapsed = inner.outage_since.map_or(Duration::ZERO, |o| o.elapsed());
     let mut delay = match &shared.opts.reconnect_delay {
         Some(f) => f(&addr.to_string(), failures, elapsed),
         None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, rng),
@@ -645,40 +654,42 @@ fn next_switch_target(
     inner: &Inner,
     reason: SwitchReason,
     now: Instant,
+    skip: &[ServerAddr],
 ) -> Option<(ServerAddr, Instant)> {
     let current = inner.server_index();
     let target = inner
         .pool
-        .next_other(current.unwrap_or(usize::MAX), now)
+        .next_other(current.unwrap_or(usize::MAX), now, skip)
         .or(current.filter(|_| reason == SwitchReason::Credentials))?;
     inner.pool.get(target).map(|e| (e.addr.clone(), e.due))
 }
 
 /// A switch's new link answered with the `server_id` of the node being left, or of a node
-/// in lame duck mode: it reached such a node under another address. Returns why, after
-/// keeping that address out of the switch's way.
+/// in lame duck mode: it reached such a node under another address. Returns why, and
+/// whether it is the connected node; the switch goes on without that address.
 fn same_node_as_left(
     inner: &mut Inner,
     addr: &ServerAddr,
     est: &Established,
     reason: SwitchReason,
-    reconnect_wait: Duration,
-) -> Option<&'static str> {
+) -> Option<(&'static str, bool)> {
     let now = Instant::now();
     let id = est.info.server_id.as_str();
-    let current_id = inner.conn.server_info().map(|i| i.server_id.as_str());
-    let i = inner.pool.position(addr);
+    if id.is_empty() {
+        return None;
+    }
     if inner.pool.is_lame_duck_node(id, now) {
-        if let Some(i) = i {
+        if let Some(i) = inner.pool.position(addr) {
             inner.pool.mark_lame_duck(i, Some(id), now);
         }
-        return Some("this address reaches a server in lame duck mode");
+        return Some(("this address reaches a server in lame duck mode", false));
     }
-    if reason != SwitchReason::Credentials && !id.is_empty() && current_id == Some(id) {
-        if let Some(i) = i {
-            inner.pool.defer(i, later(now, reconnect_wait));
-        }
-        return Some("this address reaches the server the client is moving away from");
+    let current_id = inner.conn.server_info().map(|i| i.server_id.as_str());
+    if reason != SwitchReason::Credentials && current_id == Some(id) {
+        return Some((
+            "this address reaches the server the client is moving away from",
+            true,
+        ));
     }
     None
 }
@@ -771,10 +782,12 @@ fn probe_arrived(p: &mut Probe, payload: &[u8]) {
         p.send_now = true;
         return;
     };
+    // Trust a timestamp only if it could be ours: not later than now.
     let sent = std::str::from_utf8(payload)
         .ok()
         .and_then(|t| t.parse::<u64>().ok())
-        .map(|ns| p.started + Duration::from_nanos(ns));
+        .and_then(|ns| p.started.checked_add(Duration::from_nanos(ns)))
+        .filter(|t| *t <= now);
     if sent.is_some_and(|t| t >= first) {
         p.confirmed = true;
     }
@@ -892,6 +905,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
     // how many targets it tried.
     let mut switch_reason = SwitchReason::Requested;
     let mut switch_attempts: u32 = 0;
+    let mut switch_started = Instant::now();
+    // Addresses this switch reached and left again (the node being left, or one in lame
+    // duck mode, under another address), and whether one was the connected node.
+    let mut skip: Vec<ServerAddr> = Vec::new();
+    let mut alias_of_current: Option<ServerAddr> = None;
     let mut rng = SmallRng::from_entropy();
     let mut ready: Option<(ServerAddr, Established)> = None;
     let mut old: Option<OldLink> = None;
@@ -924,13 +942,21 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             // A switch waiting for its next target to be due.
             let mut switch_due = None;
             if inner.close.is_none() && idle_link {
+                if inner.switch_request.is_none() {
+                    skip.clear();
+                    alias_of_current = None;
+                    switch_attempts = 0;
+                }
                 if let Some(reason) = inner.switch_request {
-                    match next_switch_target(&inner, reason, now) {
+                    match next_switch_target(&inner, reason, now, &skip) {
                         Some((_, due)) if due > now => switch_due = Some(due),
                         Some((addr, _)) => {
                             if reason == SwitchReason::Credentials {
                                 // One attempt; a failed one is re-armed by the refresh.
                                 inner.switch_request = None;
+                            }
+                            if switch_attempts == 0 {
+                                switch_started = now;
                             }
                             switch_reason = reason;
                             switch_attempts += 1;
@@ -947,9 +973,17 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                             if reason != SwitchReason::LameDuck {
                                 inner.switch_request = None;
                             }
-                            if matches!(reason, SwitchReason::Requested | SwitchReason::ServerPool)
-                            {
-                                inner.conn.handle_close_link();
+                            match (reason, alias_of_current.take()) {
+                                // The new pool names the connected node under another
+                                // address: it is the current server already.
+                                (SwitchReason::ServerPool, Some(alias)) => {
+                                    inner.server_name = alias.to_string();
+                                    inner.current = Some(alias);
+                                }
+                                (SwitchReason::Requested | SwitchReason::ServerPool, _) => {
+                                    inner.conn.handle_close_link();
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -962,7 +996,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     unreachable!("can_detach was checked")
                 };
                 // Requests written on the old link: they fail if it dies before confirming.
-                let pending: Vec<u64> = inner.conn.pending_requests().collect();
+                let pending: std::collections::HashSet<u64> =
+                    inner.conn.pending_requests().collect();
                 let requests: Vec<u64> = inner
                     .requests
                     .keys()
@@ -976,6 +1011,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     reason: switch_reason,
                 });
                 switch_attempts = 0;
+                skip.clear();
+                alias_of_current = None;
                 if let Some(reason) = adopt(shared, &mut inner, &addr, &mut est) {
                     // The new link died at once; the old one is already detached: report
                     // what stayed unconfirmed on it.
@@ -985,6 +1022,10 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         reason,
                         ready: None,
                     };
+                }
+                if inner.server_index().is_none() {
+                    // set_server_pool dropped this server while the switch ran.
+                    inner.switch_request = Some(SwitchReason::ServerPool);
                 }
                 start_probe(shared, &mut inner, now);
                 let fresh = Arc::new(est.stream);
@@ -1008,7 +1049,25 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             }
             if let Some(o) = &mut old {
                 if !o.link.is_retiring() {
-                    if probe_done(&inner) || now >= o.retire_at {
+                    let registered = probe_registered(&mut inner);
+                    if registered {
+                        // The bound counts from when the new server holds the
+                        // subscriptions: a long replay does not eat into it.
+                        o.retire_at = o.retire_at.max(later(now, shared.opts.ldm_overlap));
+                    }
+                    let done = probe_done(&inner);
+                    if done || now >= o.retire_at {
+                        if !done {
+                            tracing::warn!(
+                                from = %o.from,
+                                to = %o.to,
+                                overlap_ms = shared.opts.ldm_overlap.as_millis() as u64,
+                                "planned switch: the probe did not come back within \
+                                 ldm_overlap; ending the old link's subscriptions anyway \
+                                 (servers not in one cluster, or the probe subject not \
+                                 permitted)"
+                            );
+                        }
                         // The cluster knows the new interest (or the bound passed): end
                         // the old link's subscriptions.
                         inner.conn.retire_detached(now, &mut o.link);
@@ -1018,7 +1077,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     } else if o
                         .next_probe
                         .is_some_and(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
-                        | probe_registered(&mut inner)
+                        | registered
                         | inner
                             .probe
                             .as_mut()
@@ -1156,7 +1215,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 let mut inner = shared.lock("switch");
                 match result {
                     Ok(est) => {
-                        if let Some(why) = same_node_as_left(&mut inner, &addr, &est, switch_reason, shared.opts.reconnect_wait) {
+                        if let Some((why, current)) = same_node_as_left(&mut inner, &addr, &est, switch_reason) {
+                            skip.push(addr.clone());
+                            if current {
+                                alias_of_current = Some(addr.clone());
+                            }
                             // Dropping `est` closes that link; the next target is tried.
                             tracing::info!(server = %addr, reason = why, "planned switch reached the node it is leaving; trying the next server");
                             shared.emit(EventKind::ReconnectFailed {
@@ -1181,7 +1244,8 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         // the pool by a second link's attempt. Others get the pool's
                         // backoff and auth rules, and the switch goes on with the next.
                         if inner.current.as_ref() != Some(&addr) {
-                            record_attempt_failure(shared, &mut inner, &addr, &f, &mut rng);
+                            let elapsed = switch_started.elapsed();
+                            record_attempt_failure(shared, &mut inner, &addr, &f, elapsed, &mut rng);
                         }
                         rearm_refresh(shared, &mut inner, switch_reason);
                     }
@@ -1261,9 +1325,15 @@ fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
 /// Hand deliveries to their subscriptions and replies to their requests.
 fn route_messages(inner: &mut Inner) {
     while let Some(msg) = inner.conn.poll_message() {
-        if let Some(p) = inner.probe.as_mut().filter(|p| p.sid == msg.sid) {
-            probe_arrived(p, &msg.payload);
-            continue;
+        if let Some(p) = inner.probe.as_mut() {
+            if p.sid == msg.sid {
+                probe_arrived(p, &msg.payload);
+                continue;
+            }
+            if msg.subject.as_str() == p.subject {
+                // A probe reaching a user's wildcard subscription is not theirs.
+                continue;
+            }
         }
         if let Some(mux) = &inner.mux {
             if msg.sid == mux.sid {
