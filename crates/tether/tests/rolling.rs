@@ -1,7 +1,8 @@
 //! Rolling restarts and planned switches against real 3-node clusters in lame duck mode
 //! (issue 11, DESIGN semantics 9): nothing lost, duplicates at 1 msg/ms at most 5 for the
-//! median switch of a run and 15 for any (see [`MAX_DUPLICATES_PER_SWITCH`]), no Disconnected, and every move announced with Migrating then Migrated; a
-//! switch whose target refuses or is the lame-duck node under another name; a retired link
+//! median switch of a run and 15 for any (see [`MAX_DUPLICATES_PER_SWITCH`]), no
+//! Disconnected, and every move announced with Migrating then Migrated; a switch whose
+//! target refuses or is the lame-duck node under another name; a retired link
 //! that dies with a request written on it; a link the server closes during the jitter.
 //!
 //! Each lame-duck scenario runs with the testkit's 2 s grace period and with a 1 s one.
