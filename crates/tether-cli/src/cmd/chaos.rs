@@ -81,7 +81,7 @@ const BLACKHOLE_PING: Duration = Duration::from_secs(1);
 /// The `lame_duck_grace_period` of the testkit's nodes (`ServerConfig::lame_duck_for_tests`):
 /// after it the lame-duck node closes its clients, those still waiting out their
 /// `ldm_jitter` included.
-const LDM_GRACE: Duration = Duration::from_secs(2);
+const LDM_GRACE: Duration = tether_testkit::DEFAULT_LAME_DUCK_GRACE;
 /// How long a lame-duck node may take to exit before it is killed.
 const LDM_EXIT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Pending limits cover rate × (longest outage + this).
