@@ -1054,6 +1054,9 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         // The bound counts from when the new server holds the
                         // subscriptions: a long replay does not eat into it.
                         o.retire_at = o.retire_at.max(later(now, shared.opts.ldm_overlap));
+                        o.give_up_at = o
+                            .give_up_at
+                            .max(later(o.retire_at, shared.opts.effective_pong_timeout()));
                     }
                     let done = probe_done(&inner);
                     if done || now >= o.retire_at {
