@@ -561,6 +561,9 @@ pub struct Connection {
     drop_partial_after_rewind: bool,
     /// Flushes asked before a planned switch, until the retired link confirms its part.
     flushes_on_old_link: Vec<u64>,
+    /// A planned switch's cut: the current (new) link's deliveries held until the
+    /// retired link shows where the two streams join.
+    gate: Option<Gate>,
     /// Requests cancelled while their frames were in flight: not resent after a rewind.
     cancelled_in_flight: Vec<u64>,
     /// Of those, the ones the current link already confirmed.
@@ -611,6 +614,7 @@ impl Connection {
             pause_after_handshake: false,
             drop_partial_after_rewind: false,
             flushes_on_old_link: Vec::new(),
+            gate: None,
             cancelled_in_flight: Vec::new(),
             flushes_done_on_new_link: Vec::new(),
             config,
@@ -741,13 +745,36 @@ impl Connection {
 
     fn handle_op(&mut self, now: Instant, op: ServerOp) {
         match op {
-            ServerOp::Msg(msg) => self.handle_msg(msg),
+            ServerOp::Msg(msg) => self.handle_current_msg(msg),
             ServerOp::Ping => self.queue_pong(),
             ServerOp::Pong => self.handle_pong(now),
             ServerOp::Info(info) => self.handle_info(info),
             ServerOp::Ok => {}
             ServerOp::Err(text) => self.handle_err(text),
         }
+    }
+
+    fn is_queue_sub(&self, sid: u64) -> bool {
+        self.subs.get(&sid).is_some_and(|s| s.queue.is_some())
+    }
+
+    /// A delivery on the current link: held while a planned switch's gate is closed.
+    fn handle_current_msg(&mut self, msg: Msg) {
+        let queue = self.is_queue_sub(msg.sid);
+        if let Some(g) = self.gate.as_mut() {
+            if msg.sid == g.marker {
+                if let Some(seq) = marker_seq(&msg.payload) {
+                    g.segment = g.segment.max(seq);
+                }
+                return;
+            }
+            // Queue groups get one copy per group, and the probe is the driver's own.
+            if !queue && msg.sid != g.exempt {
+                g.held.push_back((g.segment, msg));
+                return;
+            }
+        }
+        self.handle_msg(msg);
     }
 
     fn handle_msg(&mut self, msg: Msg) {
@@ -1719,6 +1746,21 @@ impl Connection {
 
 // ===== planned switch (make-before-break) =====
 
+/// The hold on the new link's deliveries during a planned switch's cut.
+#[derive(Debug)]
+struct Gate {
+    marker: u64,
+    exempt: u64,
+    /// The highest marker sequence number seen on the current link.
+    segment: u64,
+    held: VecDeque<(u64, Msg)>,
+}
+
+/// A cut marker's sequence number (its payload, in decimal).
+fn marker_seq(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload).ok()?.parse().ok()
+}
+
 /// A link retired by a planned switch (lame duck mode, force_reconnect, a new server
 /// pool): it keeps delivering for the overlap, then gets UNSUB for everything and a last
 /// PING, and is closed once that PONG confirms what was written on it.
@@ -1733,6 +1775,12 @@ pub struct DetachedLink {
     out: BytesMut,
     retiring: bool,
     done: bool,
+    /// The sid of the cut marker subscribed on this link too (see [`Connection::gate_switch`]).
+    marker: Option<u64>,
+    /// The marker sequence number at which the two streams were cut.
+    cut: Option<u64>,
+    /// Deliveries dropped after the cut (the new link delivered them).
+    dropped_after_cut: u64,
     /// The retiring PONG arrived: everything written on this link was processed.
     retired: bool,
     /// Frames written on this link and retained for resending until it confirms them.
@@ -1751,6 +1799,11 @@ impl DetachedLink {
     /// True once UNSUB and the last PING were queued.
     pub fn is_retiring(&self) -> bool {
         self.retiring
+    }
+
+    /// True once the cut marker arrived on this link: the new link delivers from here on.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_some()
     }
 
     /// True once the retiring PONG arrived: the server processed every frame written on
@@ -1812,6 +1865,9 @@ impl Connection {
             out: BytesMut::new(),
             retiring: false,
             done: false,
+            marker: None,
+            cut: None,
+            dropped_after_cut: 0,
             retired: false,
             retained: self.out.take_retained(),
             flushes,
@@ -1844,7 +1900,25 @@ impl Connection {
     pub fn handle_detached_read(&mut self, link: &mut DetachedLink, buf: &mut BytesMut) {
         loop {
             match link.decoder.decode(buf) {
-                Ok(Some(ServerOp::Msg(msg))) => self.handle_msg(msg),
+                Ok(Some(ServerOp::Msg(msg))) => {
+                    if link.marker == Some(msg.sid) {
+                        if link.cut.is_none() {
+                            if let Some(k) = marker_seq(&msg.payload) {
+                                // The streams join here: what the new link delivered
+                                // before marker k reached this node before it too.
+                                link.cut = Some(k);
+                                self.release_gate(Some(k));
+                            }
+                        }
+                        continue;
+                    }
+                    if link.cut.is_some() && !self.is_queue_sub(msg.sid) {
+                        // After the cut the new link delivers it.
+                        link.dropped_after_cut += 1;
+                        continue;
+                    }
+                    self.handle_msg(msg);
+                }
                 Ok(Some(ServerOp::Ping)) => encode::encode_pong(&mut link.out),
                 Ok(Some(ServerOp::Pong)) => {
                     let Some(ping) = link.pings_out.pop_front() else {
@@ -1897,6 +1971,68 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Start a planned switch's cut. `marker_sid` is a subscription to `subject` made on
+    /// the current (new) link with [`Self::subscribe`]; it is subscribed on `link` too,
+    /// with the same sid. From now on the current link's deliveries (but for queue
+    /// subscriptions and `exempt`) are held, each tagged with the last marker sequence
+    /// number seen on the current link. Markers published on the current link
+    /// ([`Self::publish_marker`]) reach `link` through the old node; the first to arrive
+    /// there, k, is the cut: held deliveries tagged below k are dropped (the new node
+    /// processed them before marker k, so they reached the old node, and `link`, before it
+    /// too), the rest are delivered, and `link` drops what it delivers after k.
+    pub fn gate_switch(
+        &mut self,
+        link: &mut DetachedLink,
+        subject: &str,
+        marker_sid: u64,
+        exempt: u64,
+    ) {
+        encode::encode_sub(&mut link.out, subject, None, marker_sid);
+        link.marker = Some(marker_sid);
+        self.gate = Some(Gate {
+            marker: marker_sid,
+            exempt,
+            segment: 0,
+            held: VecDeque::new(),
+        });
+    }
+
+    /// Publish cut marker `seq` on the current link (a control frame: never counted,
+    /// retained or resent).
+    pub fn publish_marker(&mut self, subject: &str, seq: u64) {
+        if self.state != LinkState::Up {
+            return;
+        }
+        let buf = self.out.pending_mut();
+        let start = buf.len();
+        encode::encode_pub(buf, subject, None, seq.to_string().as_bytes());
+        let len = buf.len() - start;
+        self.out.commit(len, 0, FrameKind::Control);
+    }
+
+    /// End the cut's hold. With the cut's marker `from`, held deliveries tagged below it
+    /// are dropped as duplicates; without it (the old link died, or the wait reached its
+    /// bound) everything held is delivered. Returns how many were dropped.
+    pub fn release_gate(&mut self, from: Option<u64>) -> u64 {
+        let Some(g) = self.gate.take() else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for (segment, msg) in g.held {
+            if from.is_some_and(|k| segment < k) {
+                dropped += 1;
+                continue;
+            }
+            self.handle_msg(msg);
+        }
+        dropped
+    }
+
+    /// True while a planned switch's cut holds the current link's deliveries.
+    pub fn is_gated(&self) -> bool {
+        self.gate.is_some()
     }
 
     /// The overlap is over: UNSUB every subscription and a last PING on the detached link.

@@ -111,25 +111,36 @@
 //!   subscriptions is published on the old link (every millisecond, and at once when the
 //!   new server confirms the subscriptions) until it arrives on the new one. A route
 //!   carries one account's interest in order, so the old node then knows every new
-//!   subscription. Then one more probe must make the trip (the margin for publishers on a
-//!   third node, whose routes learn the interest at about the same time), and the old link
-//!   gets UNSUB for everything and a last PING, and closes on its PONG. `ldm_overlap` (1 s,
-//!   counted from when the new server confirms the subscriptions) bounds the wait, for
-//!   servers not in one cluster or a probe subject the user may not use; a switch that
-//!   reaches the bound logs a warning.
+//!   subscription. One more probe must then make the trip: the margin for publishers on a
+//!   third node, whose routes learn the interest at about the same time.
+//! - the two streams are then cut at one point, so that nothing arrives twice: a marker
+//!   subject (`<inbox_prefix>.<nuid>.cut`) is subscribed on both links at the switch, and
+//!   the new link's deliveries are held from then on. Markers published on the new link
+//!   (numbered, every millisecond) reach the old link through the old node; the first to
+//!   arrive there, k, is the cut. Held deliveries that the new node sent before marker k
+//!   are dropped: the new node processed them before k, so they reached the old node, and
+//!   the old link, before k too. The rest are delivered, and the old link's deliveries
+//!   after k are dropped, the new link's copies being delivered instead. Queue
+//!   subscriptions are never held or dropped (a queue group gets one copy). Then the old
+//!   link gets UNSUB for everything and a last PING, and closes on its PONG.
+//! - `ldm_overlap` (1 s, counted from when the new server confirms the subscriptions)
+//!   bounds the wait, for servers not in one cluster or subjects the user may not use;
+//!   at the bound, everything held is delivered (duplicates possible), and a warning is
+//!   logged.
 //! - `EventKind::Migrated` carries the old link's unconfirmed counts (zero when that PONG
 //!   came); `Statistics::migrations` counts switches ended.
 //!
-//! Messages published during the overlap can arrive twice: a few per switch at
-//! 1 msg/ms. A request written on the old link that dies before its last PONG fails with
+//! A switch delays the new link's deliveries by a few milliseconds and duplicates nothing
+//! in the tests (a rolling restart of a 3-node cluster at 1 msg/ms). A request written on
+//! the old link that dies before its last PONG fails with
 //! `ConnectionLost { maybe_processed: true }`. The status stays `Connected` throughout.
-//! The margin assumes the nodes are about equally far apart: a publisher on a node much
-//! farther from the new node than the old one is (another zone, say) can still lose the
-//! messages it sends in the difference. Interest in an account's imports travels with the
-//! exporting account, perhaps on another route connection than the probe, so it is not
-//! covered either. Probes are ordinary messages: a subscriber of `>` or `_INBOX.>` in the
-//! account sees them (the client's own subscriptions are kept from them while the switch
-//! lasts).
+//! The margin and the cut assume the nodes are about equally far apart: a publisher on a
+//! node much farther from the old node than from the new one (another zone, say) can lose
+//! a message that reaches the old node after the cut. Interest in an account's imports
+//! travels with the exporting account, perhaps on another route connection than the probe,
+//! so it is not covered either. Probes and markers are ordinary messages: a subscriber of
+//! `>` or `_INBOX.>` in the account sees them (the client's own subscriptions are kept
+//! from them while the switch lasts).
 //!
 //! A server in lame duck mode is a switch target only when no other server is left: its
 //! mark ends when a peer lists its URL in `connect_urls` again (peers stop announcing a

@@ -339,12 +339,13 @@ impl ConnectOptions {
         /// They end as soon as the cluster knows the new link's interest: a probe subject
         /// (under `inbox_prefix`) subscribed on the new link after the replayed
         /// subscriptions is published on the old link until it arrives on the new one,
-        /// then one more probe trip passes (for publishers on a third node) and the old
+        /// then one more probe trip passes (for publishers on a third node), the two
+        /// links' streams are cut at a marker so that nothing arrives twice, and the old
         /// link gets UNSUB. Only when the probe never arrives (the two servers are not in
         /// one cluster, or the user may not publish or subscribe to the probe subject)
         /// does the overlap last this long, counted from when the new server confirmed
-        /// the replayed subscriptions. Messages published during the overlap can
-        /// arrive twice. Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
+        /// the replayed subscriptions; messages published during it can then arrive
+        /// twice. Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
         ldm_overlap: Duration
     );
     setter!(

@@ -608,6 +608,8 @@ struct OldLink {
     give_up_at: Instant,
     /// When the next probe goes out on this link (None: not probing).
     next_probe: Option<Instant>,
+    /// When the next cut marker goes out on the new link (None: not cutting yet).
+    next_marker: Option<Instant>,
     /// Requests written on this link: they fail if it dies before its last PONG.
     requests: Vec<u64>,
     from: String,
@@ -734,6 +736,8 @@ fn start_probe(shared: &Shared, inner: &mut Inner, now: Instant) {
         confirmed: false,
         send_now: false,
         refused: false,
+        marker: None,
+        marker_seq: 0,
         registered: Some(registered),
     });
 }
@@ -793,10 +797,32 @@ fn probe_arrived(p: &mut Probe, payload: &[u8]) {
     }
 }
 
-/// Unsubscribe the probe on the current link.
+/// Start the switch's cut (see `Connection::gate_switch`): a marker subject subscribed on
+/// both links; the new link's deliveries are held until a marker published on it comes
+/// back through the old node, and the two streams are joined there without duplicates.
+fn start_cut(shared: &Shared, inner: &mut Inner, link: &mut DetachedLink) {
+    let Some(probe_sid) = inner.probe.as_ref().map(|p| p.sid) else {
+        return;
+    };
+    let subject = format!("{}.{}.cut", shared.opts.inbox_prefix, crate::client::nuid());
+    let Ok(sid) = inner.conn.subscribe(&subject, None) else {
+        return;
+    };
+    inner.conn.gate_switch(link, &subject, sid, probe_sid);
+    if let Some(p) = inner.probe.as_mut() {
+        p.marker = Some((sid, subject));
+    }
+}
+
+/// Unsubscribe the probe and the cut marker on the current link; deliveries still held
+/// (the cut never came) are delivered.
 fn end_probe(inner: &mut Inner) {
+    inner.conn.release_gate(None);
     if let Some(p) = inner.probe.take() {
         inner.conn.unsubscribe(p.sid, None);
+        if let Some((sid, _)) = p.marker {
+            inner.conn.unsubscribe(sid, None);
+        }
     }
 }
 
@@ -1027,7 +1053,9 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     // set_server_pool dropped this server while the switch ran.
                     inner.switch_request = Some(SwitchReason::ServerPool);
                 }
+                let mut link = link;
                 start_probe(shared, &mut inner, now);
+                start_cut(shared, &mut inner, &mut link);
                 let fresh = Arc::new(est.stream);
                 inner.direct = Some(fresh.clone());
                 let bound = later(now, shared.opts.ldm_overlap);
@@ -1039,6 +1067,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     retire_at: bound,
                     give_up_at: later(bound, shared.opts.effective_pong_timeout()),
                     next_probe: inner.probe.is_some().then_some(now),
+                    next_marker: None,
                     requests,
                     from,
                     to: addr.to_string(),
@@ -1059,24 +1088,44 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                             .max(later(o.retire_at, shared.opts.effective_pong_timeout()));
                     }
                     let done = probe_done(&inner);
-                    if done || now >= o.retire_at {
-                        if !done {
+                    let cutting = inner.probe.as_ref().is_some_and(|p| p.marker.is_some());
+                    // The streams are joined when the cut marker reached the old link (or,
+                    // without a cut, once the probe is done).
+                    let joined = o.link.is_cut() || (done && !cutting);
+                    if joined || now >= o.retire_at {
+                        if !joined {
                             tracing::warn!(
                                 from = %o.from,
                                 to = %o.to,
                                 overlap_ms = shared.opts.ldm_overlap.as_millis() as u64,
-                                "planned switch: the probe did not come back within \
-                                 ldm_overlap; ending the old link's subscriptions anyway \
-                                 (servers not in one cluster, or the probe subject not \
-                                 permitted)"
+                                "planned switch: the probe or the cut marker did not come \
+                                 back within ldm_overlap; ending the old link's \
+                                 subscriptions anyway (servers not in one cluster, or the \
+                                 probe subject not permitted); duplicates are possible"
                             );
                         }
-                        // The cluster knows the new interest (or the bound passed): end
-                        // the old link's subscriptions.
+                        // The cluster knows the new interest and the streams are cut (or
+                        // the bound passed): end the old link's subscriptions.
                         inner.conn.retire_detached(now, &mut o.link);
                         end_probe(&mut inner);
                         o.next_probe = None;
+                        o.next_marker = None;
                         o.give_up_at = later(now, shared.opts.effective_pong_timeout());
+                    } else if done {
+                        // The old node knows the new interest: cut markers on the new link
+                        // until one comes back through the old node.
+                        if o.next_marker
+                            .is_none_or(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
+                        {
+                            if let Some(p) = inner.probe.as_mut().filter(|p| !p.refused) {
+                                p.marker_seq += 1;
+                                let seq = p.marker_seq;
+                                if let Some((_, subject)) = p.marker.clone() {
+                                    inner.conn.publish_marker(&subject, seq);
+                                }
+                            }
+                            o.next_marker = Some(later(now, PROBE_INTERVAL));
+                        }
                     } else if o
                         .next_probe
                         .is_some_and(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
@@ -1152,7 +1201,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                     if o.link.is_retiring() {
                         o.give_up_at
                     } else {
-                        o.next_probe.map_or(o.retire_at, |t| t.min(o.retire_at))
+                        [Some(o.retire_at), o.next_probe, o.next_marker]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .unwrap_or(o.retire_at)
                     }
                 }),
                 switch_due,
@@ -1333,8 +1386,14 @@ fn route_messages(inner: &mut Inner) {
                 probe_arrived(p, &msg.payload);
                 continue;
             }
-            if msg.subject.as_str() == p.subject {
-                // A probe reaching a user's wildcard subscription is not theirs.
+            let marker = p.marker.as_ref();
+            if marker.is_some_and(|(sid, _)| *sid == msg.sid) {
+                continue;
+            }
+            if msg.subject.as_str() == p.subject
+                || marker.is_some_and(|(_, subject)| msg.subject.as_str() == subject)
+            {
+                // A probe or marker reaching a user's wildcard subscription is not theirs.
                 continue;
             }
         }
@@ -1451,11 +1510,12 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::ServerError(message) => {
-            if let Some(p) = inner
-                .probe
-                .as_mut()
-                .filter(|p| message.contains(p.subject.as_str()))
-            {
+            if let Some(p) = inner.probe.as_mut().filter(|p| {
+                message.contains(p.subject.as_str())
+                    || p.marker
+                        .as_ref()
+                        .is_some_and(|(_, m)| message.contains(m.as_str()))
+            }) {
                 // No permission for the probe subject: the overlap runs to its bound.
                 tracing::debug!(subject = %p.subject, error = %message, "planned switch probe refused");
                 p.refused = true;
@@ -1492,7 +1552,11 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             None
         }
         ConnEvent::SubscriptionEnded { sid, reason } => {
-            if let Some(p) = inner.probe.as_mut().filter(|p| p.sid == sid) {
+            if let Some(p) = inner
+                .probe
+                .as_mut()
+                .filter(|p| p.sid == sid || p.marker.as_ref().is_some_and(|(m, _)| *m == sid))
+            {
                 tracing::debug!(subject = %p.subject, reason = ?reason, "planned switch probe subscription ended");
                 p.refused = true;
                 return None;

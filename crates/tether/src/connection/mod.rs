@@ -60,6 +60,10 @@ pub(crate) struct Probe {
     pub(crate) send_now: bool,
     /// The server refused the probe (permissions): the overlap runs to ldm_overlap.
     pub(crate) refused: bool,
+    /// The cut marker (sid on both links, subject), once the switch's cut started.
+    pub(crate) marker: Option<(u64, String)>,
+    /// The last cut marker published on the new link.
+    pub(crate) marker_seq: u64,
     /// The PONG after the probe's SUB: the new server registered every subscription.
     pub(crate) registered: Option<oneshot::Receiver<Result<(), FlushError>>>,
 }
