@@ -130,8 +130,10 @@
 //! - `EventKind::Migrated` carries the old link's unconfirmed counts (zero when that PONG
 //!   came); `Statistics::migrations` counts switches ended.
 //!
-//! A switch delays the new link's deliveries by a few milliseconds and duplicates nothing
-//! in the tests (a rolling restart of a 3-node cluster at 1 msg/ms). A request written on
+//! A switch delays the new link's deliveries by a few milliseconds. The cut is exact for
+//! messages that reach the new node first; a message the old node processed within one
+//! route round trip before the cut can still arrive on both links (a rolling restart of a
+//! 3-node cluster at 1 msg/ms sees 0 duplicates on most switches, 1 on a few). A request written on
 //! the old link that dies before its last PONG fails with
 //! `ConnectionLost { maybe_processed: true }`. The status stays `Connected` throughout.
 //! The margin and the cut assume the nodes are about equally far apart: a publisher on a
