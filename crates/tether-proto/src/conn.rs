@@ -1779,8 +1779,6 @@ pub struct DetachedLink {
     marker: Option<u64>,
     /// The marker sequence number at which the two streams were cut.
     cut: Option<u64>,
-    /// Deliveries dropped after the cut (the new link delivered them).
-    dropped_after_cut: u64,
     /// The retiring PONG arrived: everything written on this link was processed.
     retired: bool,
     /// Frames written on this link and retained for resending until it confirms them.
@@ -1867,7 +1865,6 @@ impl Connection {
             done: false,
             marker: None,
             cut: None,
-            dropped_after_cut: 0,
             retired: false,
             retained: self.out.take_retained(),
             flushes,
@@ -1913,9 +1910,7 @@ impl Connection {
                         continue;
                     }
                     if link.cut.is_some() && !self.is_queue_sub(msg.sid) {
-                        // After the cut the new link delivers it.
-                        link.dropped_after_cut += 1;
-                        continue;
+                        continue; // after the cut the new link delivers it
                     }
                     self.handle_msg(msg);
                 }
@@ -2014,25 +2009,16 @@ impl Connection {
 
     /// End the cut's hold. With the cut's marker `from`, held deliveries tagged below it
     /// are dropped as duplicates; without it (the old link died, or the wait reached its
-    /// bound) everything held is delivered. Returns how many were dropped.
-    pub fn release_gate(&mut self, from: Option<u64>) -> u64 {
+    /// bound) everything held is delivered.
+    pub fn release_gate(&mut self, from: Option<u64>) {
         let Some(g) = self.gate.take() else {
-            return 0;
+            return;
         };
-        let mut dropped = 0;
         for (segment, msg) in g.held {
-            if from.is_some_and(|k| segment < k) {
-                dropped += 1;
-                continue;
+            if from.is_none_or(|k| segment >= k) {
+                self.handle_msg(msg);
             }
-            self.handle_msg(msg);
         }
-        dropped
-    }
-
-    /// True while a planned switch's cut holds the current link's deliveries.
-    pub fn is_gated(&self) -> bool {
-        self.gate.is_some()
     }
 
     /// The overlap is over: UNSUB every subscription and a last PING on the detached link.

@@ -1,7 +1,7 @@
 //! Clusters: discovery, failover and lame duck mode against real 3-node clusters.
 
 mod common;
-use common::{next_event, T};
+use common::{next_event, wait_interest, T};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -9,21 +9,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tether::{ConnectOptions, EventKind, State};
 use tether_testkit::{NatsCluster, ServerConfig};
-
-/// Publish probes until one reaches `sub`: route interest has propagated.
-async fn wait_interest(publisher: &tether::Client, sub: &mut tether::Subscriber, subject: &str) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        publisher.publish(subject, "probe").await.unwrap();
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "interest never propagated"
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovers_servers_and_fails_over_fast_after_kill() {

@@ -2,7 +2,7 @@
 //! window of traffic, and every message really lost lies in it (DESIGN, semantics 2).
 
 mod common;
-use common::{next_event, T};
+use common::{next_event, wait_interest, T};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,21 +16,6 @@ const SUBJECT: &str = "confirm.seq";
 const PERIOD: Duration = Duration::from_millis(1);
 /// DESIGN's bound on what a Disconnected flags at 1,000 msg/s.
 const MAX_FLAGGED: u64 = 50;
-
-/// Publish probes until one reaches `sub`: route interest has propagated.
-async fn wait_interest(publisher: &tether::Client, sub: &mut tether::Subscriber) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        publisher.publish(SUBJECT, "probe").await.unwrap();
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "interest never propagated"
-        );
-    }
-}
 
 /// A publisher on node A (all nodes configured, A first) sends sequence numbers at
 /// 1,000 msg/s to a subscriber on node B; A is SIGKILLed. The publisher's Disconnected
@@ -58,7 +43,7 @@ async fn a_sigkilled_node_at_1000_msgs_a_second_flags_at_most_50_and_all_that_wa
         .unwrap();
     let mut sub = subscriber.subscribe(SUBJECT).await.unwrap();
     subscriber.flush().await.unwrap();
-    wait_interest(&publisher, &mut sub).await;
+    wait_interest(&publisher, &mut sub, SUBJECT).await;
     // Confirms the probes: the next confirm PING is timed from the first number sent.
     publisher.flush().await.unwrap();
 

@@ -9,7 +9,7 @@
 //! the figures the closing note asks for.
 
 mod common;
-use common::{next_event, T};
+use common::{next_event, wait_interest, T};
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -213,21 +213,6 @@ async fn settle(clients: &[&Watched], ports: &[u16]) {
             })
             .collect();
         panic!("the clients did not settle within {T:?}: {states:#?}");
-    }
-}
-
-/// Publishes probes until one reaches `sub`: the interest has reached `publisher`'s node.
-async fn wait_interest(publisher: &Client, sub: &mut tether::Subscriber, subject: &str) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        publisher.publish(subject, "probe").await.unwrap();
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the interest in {subject} never reached the publisher's node"
-        );
     }
 }
 

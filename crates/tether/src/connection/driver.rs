@@ -629,16 +629,22 @@ fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     if !retired && !shared.opts.request_retry_after_reconnect {
         // Written on a link that died unconfirmed: a responder may have acted on them,
         // and no reply can come back through it (B7).
-        for t in o.requests {
-            if let Some(r) = inner.requests.remove(&t) {
-                let _ = r.tx.send(Err(RequestError::ConnectionLost {
-                    subject: r.subject,
-                    maybe_processed: true,
-                }));
-            }
-        }
+        fail_written_requests(inner, o.requests);
     }
     report_migrated(shared, o.from, o.to, unconfirmed);
+}
+
+/// Fail these requests, whose frames were written on a link now lost: a responder may
+/// have acted on them, and their replies cannot come back.
+fn fail_written_requests(inner: &mut Inner, tokens: impl IntoIterator<Item = u64>) {
+    for t in tokens {
+        if let Some(r) = inner.requests.remove(&t) {
+            let _ = r.tx.send(Err(RequestError::ConnectionLost {
+                subject: r.subject,
+                maybe_processed: true,
+            }));
+        }
+    }
 }
 
 /// How often the old link publishes the probe while waiting for it on the new link (a
@@ -1442,14 +1448,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     .copied()
                     .filter(|t| !buffered_requests.contains(t))
                     .collect();
-                for t in written {
-                    if let Some(r) = inner.requests.remove(&t) {
-                        let _ = r.tx.send(Err(RequestError::ConnectionLost {
-                            subject: r.subject,
-                            maybe_processed: true,
-                        }));
-                    }
-                }
+                fail_written_requests(inner, written);
             }
             // Publishers waiting for room re-check now: under the Error policy a
             // disconnected buffer refuses at once instead of at block_deadline.

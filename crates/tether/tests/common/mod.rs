@@ -25,6 +25,27 @@ pub async fn next_event(
     }
 }
 
+/// Publishes probes on `subject` until one reaches `sub`: the interest has reached the
+/// publisher's node (route interest propagates asynchronously in a cluster).
+#[allow(dead_code)] // only the cluster tests need it
+pub async fn wait_interest(
+    publisher: &tether::Client,
+    sub: &mut tether::Subscriber,
+    subject: &str,
+) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        publisher.publish(subject, "probe").await.unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the interest in {subject} never reached the publisher's node"
+        );
+    }
+}
+
 /// A server, a fault proxy in front of it, and a client connected through the proxy.
 #[allow(dead_code)] // not every test binary puts a proxy in the way
 pub async fn through_proxy(
