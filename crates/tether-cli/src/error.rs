@@ -35,7 +35,7 @@ impl<E: std::error::Error> From<E> for CliError {
 }
 
 /// `result.context("publishing to foo")` → `publishing to foo: <error>`.
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     /// Prefix the error with what was being done.
     fn context(self, what: impl fmt::Display) -> Result<T, CliError>;
 }

@@ -11,11 +11,11 @@ use crate::error::Context as _;
 use crate::CliError;
 
 /// Connection name the CLI shows in the server's monitoring.
-pub const CLIENT_NAME: &str = "tether-cli";
+pub(crate) const CLIENT_NAME: &str = "tether-cli";
 
 /// Connect to `servers` (comma-separated URLs) with `opts`. The error is the library's,
 /// which lists every server and address tried and why it failed.
-pub async fn connect(servers: &str, opts: ConnectOptions) -> Result<Client, CliError> {
+pub(crate) async fn connect(servers: &str, opts: ConnectOptions) -> Result<Client, CliError> {
     if servers.split(',').all(|s| s.trim().is_empty()) {
         return Err(CliError::new("no server URL given (--server or NATS_URL)"));
     }
@@ -33,7 +33,7 @@ pub async fn connect(servers: &str, opts: ConnectOptions) -> Result<Client, CliE
 
 /// Subscribe to `subject`, as a member of `queue` when given; an error says `what` was
 /// being done.
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     client: &Client,
     subject: &str,
     queue: Option<&str>,
@@ -47,7 +47,7 @@ pub async fn subscribe(
 
 /// [`subscribe`], then wait until the server confirms it (a flush): messages published
 /// from then on reach it.
-pub async fn subscribe_confirmed(
+pub(crate) async fn subscribe_confirmed(
     client: &Client,
     subject: &str,
     queue: Option<&str>,
@@ -63,7 +63,7 @@ pub async fn subscribe_confirmed(
 
 /// Checks a subject given with `flag` (e.g. `--subject`) for publishing, with tether's
 /// own rules: one line saying what is wrong, e.g. that wildcards are for subscriptions.
-pub fn check_publish_subject(flag: &str, subject: &str) -> Result<(), CliError> {
+pub(crate) fn check_publish_subject(flag: &str, subject: &str) -> Result<(), CliError> {
     tether_proto::subject::validate_publish_subject(subject)
         .map_err(|e| CliError::new(format!("{flag}: {e}")))
 }
@@ -74,7 +74,7 @@ static OPEN: Mutex<Vec<Client>> = Mutex::new(Vec::new());
 
 /// Closes every client [`connect`] made (writing what they buffered and waiting for the
 /// server's PONG), each bounded by `timeout`. Already-closed clients return at once.
-pub async fn close_all(timeout: Duration) {
+pub(crate) async fn close_all(timeout: Duration) {
     let clients = std::mem::take(
         &mut *OPEN
             .lock()
@@ -88,7 +88,7 @@ pub async fn close_all(timeout: Duration) {
 }
 
 /// Parses `2s`, `500ms`, `1.5s`, `250us`, `1m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -115,7 +115,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Writes `[#n] subject: payload` (payload as lossy UTF-8) and the headers, if any.
 /// A closed stdout (`| head`) is reported as `Ok(false)`: stop quietly.
-pub fn print_message(n: u64, msg: &Message) -> Result<bool, CliError> {
+pub(crate) fn print_message(n: u64, msg: &Message) -> Result<bool, CliError> {
     let mut out = std::io::stdout().lock();
     let mut text = format!(
         "[#{n}] {}: {}\n",

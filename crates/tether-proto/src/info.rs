@@ -16,6 +16,7 @@ pub const DEFAULT_SERVER_MAX_PAYLOAD: usize = 1024 * 1024;
 /// ignored, so newer servers stay compatible.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[allow(clippy::struct_excessive_bools)] // mirrors the INFO JSON the server sends: one field per key
 pub struct ServerInfo {
     /// The server's unique id.
     pub server_id: String,
@@ -100,6 +101,7 @@ impl Default for ServerInfo {
 ///
 /// `Debug` hides `pass` and `auth_token`.
 #[derive(Clone, PartialEq, Eq, Serialize)]
+#[allow(clippy::struct_excessive_bools)] // mirrors the CONNECT JSON the server reads: one field per key
 pub struct ConnectInfo {
     /// `+OK` after every operation; tether always sends `false`.
     pub verbose: bool,

@@ -138,6 +138,7 @@ pub type EventCallback = Arc<dyn Fn(Event) + Send + Sync>;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
+#[allow(clippy::struct_excessive_bools)] // issue 12 step 4 (embed the core Config); remove then
 pub struct ConnectOptions {
     pub(crate) name: Option<String>,
     pub(crate) no_randomize: bool,
@@ -571,6 +572,7 @@ impl ConnectOptions {
     }
 
     /// Check the options for contradictions.
+    #[allow(clippy::too_many_lines)] // a flat list of independent checks: kept as one list on purpose
     pub fn validate(&self) -> Result<(), OptionsError> {
         let contradiction = |first: String, second: String, fix: &str| {
             Err(OptionsError::Contradiction {

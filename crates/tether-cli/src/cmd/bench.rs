@@ -49,9 +49,9 @@ use crate::error::Context;
 use crate::{util, CliError, Global};
 
 /// Default --msgs for `pub` and `pubsub`.
-pub const DEFAULT_MSGS: u64 = 1_000_000;
+pub(crate) const DEFAULT_MSGS: u64 = 1_000_000;
 /// Default --msgs for `reqrep`.
-pub const DEFAULT_REQREP_MSGS: u64 = 10_000;
+pub(crate) const DEFAULT_REQREP_MSGS: u64 = 10_000;
 /// How long to wait for the end marker after the last publish.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(60);
 /// `pubsub`: the subscriber gives up after this long without a message.
@@ -63,12 +63,12 @@ const PROGRESS_STEP: u64 = 4096;
 /// Outbound buffer of the bench connections.
 const BENCH_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 /// Default --rounds when several --confirm-interval values are compared.
-pub const DEFAULT_COMPARE_ROUNDS: u32 = 5;
+pub(crate) const DEFAULT_COMPARE_ROUNDS: u32 = 5;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Publish only; ends on a marker received by the publisher's own subscription
     Pub,
     /// One publisher, one subscriber connection; counts what arrives
@@ -103,7 +103,7 @@ size, rounds, cadences (per value: confirm_interval_ms, msgs_per_sec of each of 
 runs, median_msgs_per_sec, min_msgs_per_sec, max_msgs_per_sec, median_mb_per_sec,
 ratio, paired_ratio) and runs (every run's report in the order run, with round and
 confirm_interval_ms).")]
-pub struct Args {
+pub(crate) struct Args {
     /// What to measure
     #[arg(value_enum)]
     pub mode: Mode,
@@ -140,7 +140,7 @@ pub struct Args {
 
 /// The result of a run.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub mode: Mode,
     /// The subject the messages (requests) went to.
     pub subject: String,
@@ -240,7 +240,7 @@ fn group(n: u64) -> String {
     out
 }
 
-pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let msgs = args.msgs.unwrap_or(match args.mode {
         Mode::Reqrep => DEFAULT_REQREP_MSGS,
         _ => DEFAULT_MSGS,
@@ -445,7 +445,7 @@ fn millis(d: Duration) -> f64 {
 
 /// Runs of several confirm_interval values, interleaved.
 #[derive(Debug, Serialize)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     pub mode: Mode,
     pub subject: String,
     pub msgs: u64,
@@ -460,7 +460,7 @@ pub struct Comparison {
 
 /// The runs of one confirm_interval value.
 #[derive(Debug, Serialize)]
-pub struct CadenceSummary {
+pub(crate) struct CadenceSummary {
     pub confirm_interval_ms: f64,
     /// msgs/s of each run, in the order run.
     pub msgs_per_sec: Vec<f64>,

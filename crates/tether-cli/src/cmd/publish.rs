@@ -12,7 +12,7 @@ Examples:
 
 The command returns once the server has confirmed every message (PING/PONG after the
 last one), so `tether pub` in a script never loses its messages on exit.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Subject to publish to (no wildcards)
     pub subject: String,
     /// Message payload
@@ -22,7 +22,7 @@ pub struct Args {
     pub count: u64,
 }
 
-pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     for _ in 0..args.count {
         client

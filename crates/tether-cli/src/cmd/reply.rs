@@ -14,7 +14,7 @@ Examples:
 
 Prints each request as `[#n] subject: payload`. Runs until --count requests were
 answered, or until Ctrl-C.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Subject to answer on (wildcards allowed)
     pub subject: String,
     /// Payload of every reply
@@ -27,7 +27,7 @@ pub struct Args {
     pub count: Option<u64>,
 }
 
-pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let what = format!("subscribing to {}", args.subject);
     let mut sub =

@@ -14,7 +14,7 @@ Examples:
   tether req echo hello --timeout 500ms
 
 Fails at once with `no responders` when nobody listens on the subject.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Subject to send the request to
     pub subject: String,
     /// Request payload
@@ -24,7 +24,7 @@ pub struct Args {
     pub timeout: Duration,
 }
 
-pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let start = Instant::now();
     let reply = client

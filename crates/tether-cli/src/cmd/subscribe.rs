@@ -14,7 +14,7 @@ Examples:
   tether sub 'sensors.*.temp' --count 10
 
 Runs until --count messages arrived, or until Ctrl-C.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Subject to subscribe to (wildcards `*` and `>` allowed)
     pub subject: String,
     /// Join this queue group (each message goes to one member of the group)
@@ -25,7 +25,7 @@ pub struct Args {
     pub count: Option<u64>,
 }
 
-pub async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
     let what = format!("subscribing to {}", args.subject);
     let mut sub = util::subscribe(&client, &args.subject, args.queue.as_deref(), &what).await?;

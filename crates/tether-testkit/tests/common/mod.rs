@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A raw protocol client: write lines, read lines with a timeout.
-pub struct Raw {
+pub(crate) struct Raw {
     pub reader: BufReader<TcpStream>,
 }
 
 impl Raw {
-    pub fn connect(addr: SocketAddr) -> io::Result<Raw> {
+    pub(crate) fn connect(addr: SocketAddr) -> io::Result<Raw> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Raw {
@@ -21,27 +21,27 @@ impl Raw {
         })
     }
 
-    pub fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
     }
 
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.reader.get_mut().write_all(bytes)
     }
 
     /// Reads one line (with its CRLF); `Ok("")` on EOF.
-    pub fn line(&mut self) -> io::Result<String> {
+    pub(crate) fn line(&mut self) -> io::Result<String> {
         let mut l = String::new();
         self.reader.read_line(&mut l)?;
         Ok(l)
     }
 
-    pub fn set_timeout(&self, d: Duration) {
+    pub(crate) fn set_timeout(&self, d: Duration) {
         self.stream().set_read_timeout(Some(d)).unwrap();
     }
 
     /// Reads INFO, sends CONNECT + PING, and reads until PONG.
-    pub fn handshake(&mut self) -> io::Result<()> {
+    pub(crate) fn handshake(&mut self) -> io::Result<()> {
         let info = self.line()?;
         assert!(info.starts_with("INFO "), "expected INFO, got {info:?}");
         self.send(b"CONNECT {\"protocol\":1,\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nPING\r\n")?;
@@ -49,7 +49,7 @@ impl Raw {
     }
 
     /// Reads lines until `pred` matches one; returns it.
-    pub fn until(&mut self, mut pred: impl FnMut(&str) -> bool) -> io::Result<String> {
+    pub(crate) fn until(&mut self, mut pred: impl FnMut(&str) -> bool) -> io::Result<String> {
         loop {
             let l = self.line()?;
             if l.is_empty() {
@@ -62,14 +62,14 @@ impl Raw {
     }
 
     /// Sends PING and waits for PONG (skipping INFO and server PINGs).
-    pub fn ping(&mut self) -> io::Result<()> {
+    pub(crate) fn ping(&mut self) -> io::Result<()> {
         self.send(b"PING\r\n")?;
         self.until(|l| l == "PONG\r\n").map(|_| ())
     }
 }
 
 /// Whether a read error means "nothing arrived before the timeout".
-pub fn is_timeout(e: &io::Error) -> bool {
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -78,7 +78,7 @@ pub fn is_timeout(e: &io::Error) -> bool {
 
 /// Reads once; classifies the outcome.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReadOutcome {
+pub(crate) enum ReadOutcome {
     Data(usize),
     Eof,
     Reset,
@@ -86,7 +86,7 @@ pub enum ReadOutcome {
     Other(io::ErrorKind),
 }
 
-pub fn read_outcome(s: &mut TcpStream, timeout: Duration) -> ReadOutcome {
+pub(crate) fn read_outcome(s: &mut TcpStream, timeout: Duration) -> ReadOutcome {
     s.set_read_timeout(Some(timeout)).unwrap();
     let mut buf = [0u8; 4096];
     match s.read(&mut buf) {
@@ -99,13 +99,13 @@ pub fn read_outcome(s: &mut TcpStream, timeout: Duration) -> ReadOutcome {
 }
 
 /// A TCP echo server on its own thread; counts accepted connections.
-pub struct Echo {
+pub(crate) struct Echo {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
 }
 
 impl Echo {
-    pub fn start() -> Echo {
+    pub(crate) fn start() -> Echo {
         let l = TcpListener::bind(("127.0.0.1", tether_testkit::free_port())).unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -123,7 +123,7 @@ impl Echo {
         Echo { addr, accepted }
     }
 
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 }

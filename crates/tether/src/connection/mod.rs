@@ -79,6 +79,7 @@ pub(crate) enum CloseMode {
 
 /// State under the connection lock.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // issue 12 step 4; remove then
 pub(crate) struct Inner {
     pub(crate) conn: Connection,
     pub(crate) state: State,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::server_pool::ServerAddr;
 
 /// Delay between starting connection attempts to successive addresses.
-pub const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 
 /// A failed dial, naming the address when resolution got that far.
 #[derive(Debug, Clone)]

@@ -6,10 +6,10 @@ use futures_util::StreamExt;
 use tether::EventKind;
 
 /// How long a test waits for any one thing.
-pub const T: Duration = Duration::from_secs(15);
+pub(crate) const T: Duration = Duration::from_secs(15);
 
 /// The kind of the next event matching `pred`, within [`T`].
-pub async fn next_event(
+pub(crate) async fn next_event(
     events: &mut tether::Events,
     mut pred: impl FnMut(&EventKind) -> bool,
 ) -> EventKind {
@@ -28,7 +28,7 @@ pub async fn next_event(
 /// Publishes probes on `subject` until one reaches `sub`: the interest has reached the
 /// publisher's node (route interest propagates asynchronously in a cluster).
 #[allow(dead_code)] // only the cluster tests need it
-pub async fn wait_interest(
+pub(crate) async fn wait_interest(
     publisher: &tether::Client,
     sub: &mut tether::Subscriber,
     subject: &str,
@@ -48,7 +48,7 @@ pub async fn wait_interest(
 
 /// A server, a fault proxy in front of it, and a client connected through the proxy.
 #[allow(dead_code)] // not every test binary puts a proxy in the way
-pub async fn through_proxy(
+pub(crate) async fn through_proxy(
     options: tether::ConnectOptions,
 ) -> (
     tether_testkit::NatsServer,
