@@ -546,7 +546,7 @@ impl Client {
                         inner.requests.insert(token, r);
                     }
                     // Latency path: put the request on the wire from this thread.
-                    driver::try_direct_write(inner);
+                    crate::connection::link::try_direct_write(inner);
                 }
                 shared.wake_driver(inner);
                 Ok(())

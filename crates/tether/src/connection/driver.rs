@@ -5,14 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use std::future::Future;
-use std::pin::Pin;
 use tether_proto::conn::{
-    classify_auth_err, Auth, ConnEvent, Connection, DetachedLink, HandshakeError, RemovedReason,
-    SubEndReason,
+    classify_auth_err, Auth, ConnEvent, Connection, HandshakeError, RemovedReason, SubEndReason,
 };
 use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
@@ -20,13 +17,12 @@ use tether_proto::ServerInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
+use super::switch::probe_arrived;
 use super::transport;
-use super::{CloseMode, Inner, Probe, Shared};
+use super::{Inner, Shared};
 use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
-use crate::events::MigrateReason as SwitchReason;
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
 use crate::options::ConnectPolicy;
@@ -34,9 +30,9 @@ use crate::server_pool::{backoff_delay, AuthVerdict, ServerAddr};
 use crate::subscription::Ended;
 
 /// Read buffer size; grows for large messages.
-const READ_BUF: usize = 64 * 1024;
+pub(super) const READ_BUF: usize = 64 * 1024;
 
-fn tokio_instant(t: Instant) -> tokio::time::Instant {
+pub(super) fn tokio_instant(t: Instant) -> tokio::time::Instant {
     tokio::time::Instant::from_std(t)
 }
 
@@ -50,7 +46,7 @@ pub(crate) const CREDENTIALS_RECHECK: Duration = Duration::from_secs(1);
 
 /// Read the credentials (a creds file, or a seed) on the blocking pool: a file read never
 /// blocks a runtime worker, and never happens under the connection lock.
-async fn load_keys(keys: credentials::KeySource) -> Result<Loaded, String> {
+pub(super) async fn load_keys(keys: credentials::KeySource) -> Result<Loaded, String> {
     tokio::task::spawn_blocking(move || credentials::load(&keys))
         .await
         .unwrap_or_else(|e| Err(format!("reading the credentials failed: {e}")))
@@ -257,7 +253,7 @@ pub(crate) fn adopt(
 }
 
 /// How a link ended.
-enum LinkEnd {
+pub(super) enum LinkEnd {
     Closed,
     /// The link went down. `ready` is a planned switch's new link whose handshake had
     /// completed: the reconnect adopts it instead of dialling again (S7).
@@ -309,7 +305,7 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
     let mut prepared: Option<(ServerAddr, Established)> = None;
     loop {
         if let Some(stream) = link.take() {
-            match run_link(&shared, stream).await {
+            match super::link::run_link(&shared, stream).await {
                 LinkEnd::Closed => {
                     finish(&shared, ClosedReason::Requested);
                     guard.done = true;
@@ -441,7 +437,7 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
 /// the user's reconnect_delay; `elapsed` is how long the outage, or the planned switch,
 /// has lasted), apply the auth rules, and remove the server when they or max_reconnects
 /// say so.
-fn record_attempt_failure(
+pub(super) fn record_attempt_failure(
     shared: &Shared,
     inner: &mut Inner,
     addr: &ServerAddr,
@@ -597,47 +593,9 @@ pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, 
     }
 }
 
-/// A link retired by a planned switch: it delivers for the overlap, then gets UNSUB and a
-/// last PING, and closes once that PONG arrives (or pong_timeout passes).
-struct OldLink {
-    stream: Arc<TcpStream>,
-    link: DetachedLink,
-    rbuf: BytesMut,
-    out: BytesMut,
-    /// The bound on the overlap (ldm_overlap after the switch).
-    retire_at: Instant,
-    give_up_at: Instant,
-    /// When the next probe goes out on this link (None: not probing).
-    next_probe: Option<Instant>,
-    /// When the next cut marker goes out on the new link (None: not cutting yet).
-    next_marker: Option<Instant>,
-    /// Requests written on this link: they fail if it dies before its last PONG.
-    requests: Vec<u64>,
-    from: String,
-    to: String,
-    failed: bool,
-}
-
-/// Close a retired link now (the current link went down, or the client closes): what
-/// stayed unconfirmed on it is reported in `Migrated`, its flushes fail or re-arm.
-fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
-    let Some(o) = old else {
-        return;
-    };
-    end_probe(inner);
-    let retired = o.link.is_retired();
-    let unconfirmed = inner.conn.finish_detached(o.link);
-    if !retired && !shared.opts.request_retry_after_reconnect {
-        // Written on a link that died unconfirmed: a responder may have acted on them,
-        // and no reply can come back through it (B7).
-        fail_written_requests(inner, o.requests);
-    }
-    report_migrated(shared, o.from, o.to, unconfirmed);
-}
-
 /// Fail these requests, whose frames were written on a link now lost: a responder may
 /// have acted on them, and their replies cannot come back.
-fn fail_written_requests(inner: &mut Inner, tokens: impl IntoIterator<Item = u64>) {
+pub(super) fn fail_written_requests(inner: &mut Inner, tokens: impl IntoIterator<Item = u64>) {
     for t in tokens {
         if let Some(r) = inner.requests.remove(&t) {
             let _ = r.tx.send(Err(RequestError::ConnectionLost {
@@ -648,734 +606,8 @@ fn fail_written_requests(inner: &mut Inner, tokens: impl IntoIterator<Item = u64
     }
 }
 
-/// How often the old link publishes the probe while waiting for it on the new link (a
-/// timer's resolution).
-const PROBE_INTERVAL: Duration = Duration::from_millis(1);
-/// A loop turn for another reason (a delivery, a PONG) sends the probe early, this long
-/// after the last one: the sooner a probe reaches the old node after it learned the new
-/// interest, the shorter the overlap, and every millisecond of it is a duplicate at
-/// 1 msg/ms.
-const PROBE_MIN_GAP: Duration = Duration::from_micros(200);
-
-/// The next target of a pending planned switch and when it is due: another server not in
-/// lame duck mode (for fresh credentials, the same server will do).
-fn next_switch_target(
-    inner: &Inner,
-    reason: SwitchReason,
-    now: Instant,
-    skip: &[ServerAddr],
-) -> Option<(ServerAddr, Instant)> {
-    let current = inner.server_index();
-    let target = inner
-        .pool
-        .next_other(current.unwrap_or(usize::MAX), now, skip)
-        .or(current.filter(|_| reason == SwitchReason::Credentials))?;
-    inner.pool.get(target).map(|e| (e.addr.clone(), e.due))
-}
-
-/// A switch's new link answered with the `server_id` of the node being left, or of a node
-/// in lame duck mode: it reached such a node under another address. Returns why, and
-/// whether it is the connected node; the switch goes on without that address.
-fn same_node_as_left(
-    inner: &mut Inner,
-    addr: &ServerAddr,
-    est: &Established,
-    reason: SwitchReason,
-) -> Option<(&'static str, bool)> {
-    let now = Instant::now();
-    let id = est.info.server_id.as_str();
-    if id.is_empty() {
-        return None;
-    }
-    if inner.pool.is_lame_duck_node(id, now) {
-        if let Some(i) = inner.pool.position(addr) {
-            inner.pool.mark_lame_duck(i, Some(id), now);
-        }
-        return Some(("this address reaches a server in lame duck mode", false));
-    }
-    let current_id = inner.conn.server_info().map(|i| i.server_id.as_str());
-    if reason != SwitchReason::Credentials && current_id == Some(id) {
-        return Some((
-            "this address reaches the server the client is moving away from",
-            true,
-        ));
-    }
-    None
-}
-
-/// A refresh's switch that could not move yet tries again after reconnect_wait, while the
-/// JWT is inside its refresh window.
-fn rearm_refresh(shared: &Shared, inner: &mut Inner, reason: SwitchReason) {
-    if reason != SwitchReason::Credentials {
-        return;
-    }
-    let in_window = inner.jwt.is_some_and(|t| {
-        t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now())
-            .is_zero()
-    });
-    if inner.jwt_refresh_at.is_none() && in_window {
-        inner.jwt_refresh_at = Some(later(Instant::now(), shared.opts.reconnect_wait));
-    }
-}
-
-/// Subscribe the probe on the new link (after the replayed subscriptions), followed by a
-/// PING: its PONG says the new server registered them all, the moment the old node is
-/// about to learn the interest, so a probe goes out then as well as every
-/// [`PROBE_INTERVAL`].
-fn start_probe(shared: &Shared, inner: &mut Inner, now: Instant) {
-    let subject = format!(
-        "{}.{}.probe",
-        shared.opts.inbox_prefix,
-        crate::client::nuid()
-    );
-    let Ok(sid) = inner.conn.subscribe(&subject, None) else {
-        return;
-    };
-    let token = inner.token();
-    let (tx, registered) = oneshot::channel();
-    inner.flushes.insert(token, tx);
-    inner.conn.flush(token);
-    inner.probe = Some(Probe {
-        sid,
-        subject,
-        started: now,
-        arrived: None,
-        confirmed: false,
-        send_now: false,
-        refused: false,
-        marker: None,
-        marker_seq: 0,
-        registered: Some(registered),
-    });
-}
-
-/// True once (and only once) the new server confirmed the probe's subscription.
-fn probe_registered(inner: &mut Inner) -> bool {
-    let Some(p) = inner.probe.as_mut() else {
-        return false;
-    };
-    let Some(rx) = p.registered.as_mut() else {
-        return false;
-    };
-    if let Err(oneshot::error::TryRecvError::Empty) = rx.try_recv() {
-        return false;
-    }
-    p.registered = None;
-    true
-}
-
-/// Publish one probe on the old link. Returns when the next one is due (None once the
-/// probe is confirmed or was refused).
-fn send_probe(inner: &Inner, now: Instant, out: &mut BytesMut) -> Option<Instant> {
-    let p = inner.probe.as_ref()?;
-    if p.confirmed || p.refused {
-        return None;
-    }
-    let nanos = now.saturating_duration_since(p.started).as_nanos();
-    tether_proto::encode::encode_pub(out, &p.subject, None, nanos.to_string().as_bytes());
-    Some(later(now, PROBE_INTERVAL))
-}
-
-/// True when the old link's subscriptions may end: the first probe to arrive showed that
-/// the old node knows the new interest, and a probe sent after that arrived too. That one
-/// more trip is the margin for publishers on a third node, whose routes learn the interest
-/// at about the same time as the old node; it costs no timer, and every millisecond of
-/// overlap is a duplicate at 1 msg/ms.
-fn probe_done(inner: &Inner) -> bool {
-    inner.probe.as_ref().is_some_and(|p| p.confirmed)
-}
-
-/// A probe arrived on the new link. After the first one, the next probe goes out at once.
-fn probe_arrived(p: &mut Probe, payload: &[u8]) {
-    let now = Instant::now();
-    let Some(first) = p.arrived else {
-        p.arrived = Some(now);
-        p.send_now = true;
-        return;
-    };
-    // Trust a timestamp only if it could be ours: not later than now.
-    let sent = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|t| t.parse::<u64>().ok())
-        .and_then(|ns| p.started.checked_add(Duration::from_nanos(ns)))
-        .filter(|t| *t <= now);
-    if sent.is_some_and(|t| t >= first) {
-        p.confirmed = true;
-    }
-}
-
-/// Start the switch's cut (see `Connection::gate_switch`): a marker subject subscribed on
-/// both links; the new link's deliveries are held until a marker published on it comes
-/// back through the old node, and the two streams are joined there without duplicates.
-fn start_cut(shared: &Shared, inner: &mut Inner, link: &mut DetachedLink) {
-    let Some(probe_sid) = inner.probe.as_ref().map(|p| p.sid) else {
-        return;
-    };
-    let subject = format!("{}.{}.cut", shared.opts.inbox_prefix, crate::client::nuid());
-    let Ok(sid) = inner.conn.subscribe(&subject, None) else {
-        return;
-    };
-    inner.conn.gate_switch(link, &subject, sid, probe_sid);
-    if let Some(p) = inner.probe.as_mut() {
-        p.marker = Some((sid, subject));
-    }
-}
-
-/// Unsubscribe the probe and the cut marker on the current link; deliveries still held
-/// (the cut never came) are delivered.
-fn end_probe(inner: &mut Inner) {
-    inner.conn.release_gate(None);
-    if let Some(p) = inner.probe.take() {
-        inner.conn.unsubscribe(p.sid, None);
-        if let Some((sid, _)) = p.marker {
-            inner.conn.unsubscribe(sid, None);
-        }
-    }
-}
-
-/// `Migrated`, with the old link's unconfirmed counts also in the statistics.
-fn report_migrated(shared: &Shared, from: String, to: String, unconfirmed: Counts) {
-    shared.count_unconfirmed(unconfirmed);
-    shared
-        .counters
-        .migrations
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    shared.emit(EventKind::Migrated {
-        from,
-        to,
-        unconfirmed_msgs: unconfirmed.msgs,
-        unconfirmed_bytes: unconfirmed.bytes,
-    });
-}
-
-enum OldIo {
-    Read(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
-}
-
-async fn old_io(old: &mut OldLink) -> OldIo {
-    let OldLink {
-        stream, rbuf, out, ..
-    } = old;
-    if rbuf.capacity() - rbuf.len() < 1024 {
-        rbuf.reserve(READ_BUF);
-    }
-    tokio::select! {
-        r = read_some(stream, rbuf) => OldIo::Read(r),
-        w = write_some(stream, &out[..]), if !out.is_empty() => OldIo::Wrote(w),
-    }
-}
-
-type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send>>;
-
-type SwitchFuture =
-    Pin<Box<dyn Future<Output = (ServerAddr, Result<Established, Failure>)> + Send>>;
-
-/// Run one established link until it goes down or the client closes. Planned switches
-/// (lame duck mode, force_reconnect, a new pool) happen here, make-before-break.
-async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
-    let mut stream = Arc::new(stream);
-    shared.lock("driver").direct = Some(stream.clone());
-    let end = run_link_inner(shared, &mut stream).await;
-    shared.lock("driver").direct = None;
-    if matches!(end, LinkEnd::Closed) {
-        // Shut down the write side so the server sees a clean end of stream.
-        if let Ok(mut s) = Arc::try_unwrap(stream) {
-            let _ = s.shutdown().await;
-        }
-    }
-    end
-}
-
-/// Read what the socket has (cancel-safe).
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
-    }
-}
-
-/// Write what the socket takes (cancel-safe).
-async fn write_some(stream: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
-    loop {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
-    }
-}
-
-/// Write pending frames from the caller's thread while the driver is idle, as nats.c does
-/// for requests: the frame is on the wire without waiting for the driver task to run.
-/// Whatever the socket does not take stays in flight for the driver, which the caller
-/// then wakes as usual (it also re-arms the driver's timers).
-pub(crate) fn try_direct_write(inner: &mut Inner) {
-    if !inner.driver_waiting {
-        return; // the driver is running and will write it
-    }
-    let Some(stream) = inner.direct.as_ref() else {
-        return;
-    };
-    let now = Instant::now();
-    if let Some(chunk) = inner.conn.poll_transmit(now) {
-        if let Ok(n) = stream.try_write(&chunk) {
-            inner.conn.handle_written(now, n);
-        }
-    }
-}
-
-#[allow(clippy::too_many_lines)] // issue 12 step 4 splits it; remove then
-async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> LinkEnd {
-    let mut rbuf = BytesMut::with_capacity(READ_BUF);
-    let mut chunk = Bytes::new();
-    let mut pos = 0usize;
-    let mut close_flush: Option<(oneshot::Receiver<Result<(), FlushError>>, Instant)> = None;
-    let mut switching: Option<SwitchFuture> = None;
-    // Why the switch under way (switching, ready or not yet adopted) was asked for, and
-    // how many targets it tried.
-    let mut switch_reason = SwitchReason::Requested;
-    let mut switch_attempts: u32 = 0;
-    let mut switch_started = Instant::now();
-    // Addresses this switch reached and left again (the node being left, or one in lame
-    // duck mode, under another address), and whether one was the connected node.
-    let mut skip: Vec<ServerAddr> = Vec::new();
-    let mut alias_of_current: Option<ServerAddr> = None;
-    let mut rng = SmallRng::from_entropy();
-    let mut ready: Option<(ServerAddr, Established)> = None;
-    let mut old: Option<OldLink> = None;
-    // The credentials being read again ahead of the JWT's expiry.
-    let mut refresh: Option<RefreshFuture> = None;
-    // One timer for the whole link, moved only when the deadline changes: creating a
-    // Sleep per loop iteration costs a timer-wheel registration each time.
-    let timer = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    loop {
-        let deadline;
-        let mut shutdown = false;
-        {
-            let mut inner = shared.lock("driver");
-            let now = Instant::now();
-            if let Some(at) = inner.ldm_switch_at {
-                if now >= at {
-                    inner.ldm_switch_at = None;
-                    inner.switch_request = Some(SwitchReason::LameDuck);
-                }
-            }
-            let idle_link = switching.is_none() && ready.is_none() && old.is_none();
-            if idle_link && refresh.is_none() && inner.jwt_refresh_at.is_some_and(|at| now >= at) {
-                inner.jwt_refresh_at = None;
-                if let Some(keys) = shared.opts.keys.clone() {
-                    refresh = Some(Box::pin(load_keys(keys)));
-                }
-            }
-            // A switch waiting for its next target to be due.
-            let mut switch_due = None;
-            if inner.close.is_none() && idle_link {
-                if inner.switch_request.is_none() {
-                    skip.clear();
-                    alias_of_current = None;
-                    switch_attempts = 0;
-                }
-                if let Some(reason) = inner.switch_request {
-                    match next_switch_target(&inner, reason, now, &skip) {
-                        Some((_, due)) if due > now => switch_due = Some(due),
-                        Some((addr, _)) => {
-                            if reason == SwitchReason::Credentials {
-                                // One attempt; a failed one is re-armed by the refresh.
-                                inner.switch_request = None;
-                            }
-                            if switch_attempts == 0 {
-                                switch_started = now;
-                            }
-                            switch_reason = reason;
-                            switch_attempts += 1;
-                            let sh = shared.clone();
-                            switching = Some(Box::pin(async move {
-                                let r = establish(&sh, &addr).await;
-                                (addr, r)
-                            }));
-                        }
-                        // No other server: a requested move reconnects; lame duck mode
-                        // stays on the old link until the pool offers another server (a
-                        // node back from its restart) or the server closes the link.
-                        None => {
-                            if reason != SwitchReason::LameDuck {
-                                inner.switch_request = None;
-                            }
-                            match (reason, alias_of_current.take()) {
-                                // The new pool names the connected node under another
-                                // address: it is the current server already.
-                                (SwitchReason::ServerPool, Some(alias)) => {
-                                    inner.server_name = alias.to_string();
-                                    inner.current = Some(alias);
-                                }
-                                (SwitchReason::Requested | SwitchReason::ServerPool, _) => {
-                                    inner.conn.handle_close_link();
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-            }
-            // Switch publishing at a frame boundary: no data chunk half written.
-            if ready.is_some() && pos >= chunk.len() && inner.conn.can_detach() {
-                let (addr, mut est) = ready.take().expect("checked");
-                let Some(link) = inner.conn.detach() else {
-                    unreachable!("can_detach was checked")
-                };
-                // Requests written on the old link: they fail if it dies before confirming.
-                let pending: std::collections::HashSet<u64> =
-                    inner.conn.pending_requests().collect();
-                let requests: Vec<u64> = inner
-                    .requests
-                    .keys()
-                    .copied()
-                    .filter(|t| !pending.contains(t))
-                    .collect();
-                let from = inner.server_name.clone();
-                shared.emit(EventKind::Migrating {
-                    from: from.clone(),
-                    to: addr.to_string(),
-                    reason: switch_reason,
-                });
-                switch_attempts = 0;
-                skip.clear();
-                alias_of_current = None;
-                if let Some(reason) = adopt(shared, &mut inner, &addr, &mut est) {
-                    // The new link died at once; the old one is already detached: report
-                    // what stayed unconfirmed on it.
-                    let unconfirmed = inner.conn.finish_detached(link);
-                    report_migrated(shared, from, addr.to_string(), unconfirmed);
-                    return LinkEnd::Down {
-                        reason,
-                        ready: None,
-                    };
-                }
-                if inner.server_index().is_none() {
-                    // set_server_pool dropped this server while the switch ran.
-                    inner.switch_request = Some(SwitchReason::ServerPool);
-                }
-                let mut link = link;
-                start_probe(shared, &mut inner, now);
-                start_cut(shared, &mut inner, &mut link);
-                let fresh = Arc::new(est.stream);
-                inner.direct = Some(fresh.clone());
-                let bound = later(now, shared.opts.ldm_overlap);
-                old = Some(OldLink {
-                    stream: std::mem::replace(stream, fresh),
-                    link,
-                    rbuf: std::mem::replace(&mut rbuf, BytesMut::with_capacity(READ_BUF)),
-                    out: BytesMut::new(),
-                    retire_at: bound,
-                    give_up_at: later(bound, shared.opts.effective_pong_timeout()),
-                    next_probe: inner.probe.is_some().then_some(now),
-                    next_marker: None,
-                    requests,
-                    from,
-                    to: addr.to_string(),
-                    failed: false,
-                });
-                chunk = Bytes::new();
-                pos = 0;
-            }
-            if let Some(o) = &mut old {
-                if !o.link.is_retiring() {
-                    let registered = probe_registered(&mut inner);
-                    if registered {
-                        // The bound counts from when the new server holds the
-                        // subscriptions: a long replay does not eat into it.
-                        o.retire_at = o.retire_at.max(later(now, shared.opts.ldm_overlap));
-                        o.give_up_at = o
-                            .give_up_at
-                            .max(later(o.retire_at, shared.opts.effective_pong_timeout()));
-                    }
-                    let done = probe_done(&inner);
-                    let cutting = inner.probe.as_ref().is_some_and(|p| p.marker.is_some());
-                    // The streams are joined when the cut marker reached the old link (or,
-                    // without a cut, once the probe is done).
-                    let joined = o.link.is_cut() || (done && !cutting);
-                    if joined || now >= o.retire_at {
-                        if !joined {
-                            tracing::warn!(
-                                from = %o.from,
-                                to = %o.to,
-                                overlap_ms = shared.opts.ldm_overlap.as_millis() as u64,
-                                "planned switch: the probe or the cut marker did not come \
-                                 back within ldm_overlap; ending the old link's \
-                                 subscriptions anyway (servers not in one cluster, or the \
-                                 probe subject not permitted); duplicates are possible"
-                            );
-                        }
-                        // The cluster knows the new interest and the streams are cut (or
-                        // the bound passed): end the old link's subscriptions.
-                        inner.conn.retire_detached(now, &mut o.link);
-                        end_probe(&mut inner);
-                        o.next_probe = None;
-                        o.next_marker = None;
-                        o.give_up_at = later(now, shared.opts.effective_pong_timeout());
-                    } else if done {
-                        // The old node knows the new interest: cut markers on the new link
-                        // until one comes back through the old node.
-                        if o.next_marker
-                            .is_none_or(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
-                        {
-                            if let Some(p) = inner.probe.as_mut().filter(|p| !p.refused) {
-                                p.marker_seq += 1;
-                                let seq = p.marker_seq;
-                                if let Some((_, subject)) = p.marker.clone() {
-                                    inner.conn.publish_marker(&subject, seq);
-                                }
-                            }
-                            o.next_marker = Some(later(now, PROBE_INTERVAL));
-                        }
-                    } else if o
-                        .next_probe
-                        .is_some_and(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
-                        | registered
-                        | inner
-                            .probe
-                            .as_mut()
-                            .is_some_and(|p| std::mem::take(&mut p.send_now))
-                    {
-                        o.next_probe = send_probe(&inner, now, &mut o.out);
-                    }
-                }
-                if let Some(b) = o.link.poll_transmit() {
-                    o.out.extend_from_slice(&b);
-                }
-                if o.link.is_done() || o.failed || now >= o.give_up_at {
-                    retire_now(shared, &mut inner, old.take());
-                }
-            }
-            if !inner.conn.may_write() {
-                // A closing -ERR: stop writing, even mid-chunk; the core rewinds what this
-                // chunk held and resends it on the next link (a poison frame excepted).
-                chunk = Bytes::new();
-                pos = 0;
-            } else if pos >= chunk.len() {
-                // A caller's direct write may have left part of a chunk in flight.
-                chunk = inner
-                    .conn
-                    .in_flight_rest()
-                    .or_else(|| inner.conn.poll_transmit(now))
-                    .unwrap_or_default();
-                pos = 0;
-            }
-            if let Some(reason) = dispatch(shared, &mut inner) {
-                // The reconnect replaces any switch still waiting (its jitter, a target).
-                inner.ldm_switch_at = None;
-                inner.switch_request = None;
-                retire_now(shared, &mut inner, old.take());
-                return LinkEnd::Down {
-                    reason,
-                    ready: ready.take().map(Box::new),
-                };
-            }
-            if inner.close.is_some() {
-                match &mut close_flush {
-                    None if inner.conn.is_up() && inner.close == Some(CloseMode::Graceful) => {
-                        let token = inner.token();
-                        let (tx, rx) = oneshot::channel();
-                        inner.flushes.insert(token, tx);
-                        inner.conn.flush(token);
-                        close_flush = Some((rx, later(now, shared.opts.flush_timeout)));
-                        continue;
-                    }
-                    None => {
-                        retire_now(shared, &mut inner, old.take());
-                        return LinkEnd::Closed;
-                    }
-                    Some((rx, until)) => {
-                        let done =
-                            !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-                        shutdown = done || now >= *until;
-                    }
-                }
-            }
-            inner.driver_waiting = pos >= chunk.len();
-            deadline = [
-                inner.conn.poll_timeout(),
-                close_flush.as_ref().map(|(_, until)| *until),
-                inner.ldm_switch_at,
-                // Checked only between switches (the end of one wakes the loop anyway).
-                inner.jwt_refresh_at.filter(|_| idle_link),
-                old.as_ref().map(|o| {
-                    if o.link.is_retiring() {
-                        o.give_up_at
-                    } else {
-                        [Some(o.retire_at), o.next_probe, o.next_marker]
-                            .into_iter()
-                            .flatten()
-                            .min()
-                            .unwrap_or(o.retire_at)
-                    }
-                }),
-                switch_due,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-        }
-        if shutdown {
-            retire_now(shared, &mut shared.lock("driver"), old.take());
-            return LinkEnd::Closed;
-        }
-        if rbuf.capacity() - rbuf.len() < READ_BUF / 4 {
-            rbuf.reserve(READ_BUF);
-        }
-        if let Some(d) = deadline {
-            if armed != Some(d) {
-                timer.as_mut().reset(tokio_instant(d));
-                armed = Some(d);
-            }
-        }
-        // Unbiased: tokio picks a ready branch at random, so a receive backlog that keeps
-        // the read branch ready can never starve the writer (PONGs, publishes, flush
-        // PINGs) or the timers (S1 of the review).
-        tokio::select! {
-            r = read_some(stream, &mut rbuf) => {
-                let mut inner = shared.lock("driver read");
-                match r {
-                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
-                    Ok(_) => {
-                        inner.conn.handle_read(Instant::now(), &mut rbuf);
-                        // Hand deliveries and replies over now, not a loop turn later.
-                        route_messages(&mut inner);
-                    }
-                    Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
-                }
-            }
-            w = write_some(stream, &chunk[pos..]), if pos < chunk.len() => {
-                let mut inner = shared.lock("driver write");
-                match w {
-                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), Some("write returned 0".into())),
-                    Ok(n) => {
-                        pos += n;
-                        inner.conn.handle_written(Instant::now(), n);
-                    }
-                    Err(e) => inner.conn.handle_link_lost(Instant::now(), Some(e.to_string())),
-                }
-            }
-            io = async { old_io(old.as_mut().expect("guarded")).await }, if old.is_some() => {
-                let o = old.as_mut().expect("guarded");
-                match io {
-                    OldIo::Read(Ok(n)) if n > 0 => {
-                        shared.lock("driver old read").conn.handle_detached_read(&mut o.link, &mut o.rbuf);
-                    }
-                    OldIo::Wrote(Ok(n)) if n > 0 => {
-                        let _ = o.out.split_to(n);
-                    }
-                    _ => o.failed = true,
-                }
-            }
-            (addr, result) = async { switching.as_mut().expect("guarded").await }, if switching.is_some() => {
-                switching = None;
-                let mut inner = shared.lock("switch");
-                match result {
-                    Ok(est) => {
-                        if let Some((why, current)) = same_node_as_left(&mut inner, &addr, &est, switch_reason) {
-                            skip.push(addr.clone());
-                            if current {
-                                alias_of_current = Some(addr.clone());
-                            }
-                            // Dropping `est` closes that link; the next target is tried.
-                            tracing::info!(server = %addr, reason = why, "planned switch reached the node it is leaving; trying the next server");
-                            shared.emit(EventKind::ReconnectFailed {
-                                server: addr.to_string(),
-                                address: None,
-                                attempt: switch_attempts,
-                                error: why.to_owned(),
-                            });
-                            rearm_refresh(shared, &mut inner, switch_reason);
-                        } else {
-                            ready = Some((addr, est));
-                        }
-                    }
-                    Err(f) => {
-                        shared.emit(EventKind::ReconnectFailed {
-                            server: f.attempt.server.clone(),
-                            address: f.attempt.address.clone(),
-                            attempt: switch_attempts,
-                            error: f.attempt.error.clone(),
-                        });
-                        // The connected server (a refresh's target) is never failed out of
-                        // the pool by a second link's attempt. Others get the pool's
-                        // backoff and auth rules, and the switch goes on with the next.
-                        if inner.current.as_ref() != Some(&addr) {
-                            let elapsed = switch_started.elapsed();
-                            record_attempt_failure(shared, &mut inner, &addr, &f, elapsed, &mut rng);
-                        }
-                        rearm_refresh(shared, &mut inner, switch_reason);
-                    }
-                }
-            }
-            fresh = async { refresh.as_mut().expect("guarded").await }, if refresh.is_some() => {
-                refresh = None;
-                check_fresh_credentials(shared, &mut shared.lock("credentials"), fresh);
-            }
-            // Always armed, even mid-chunk: close(), force_reconnect() and a dropped last
-            // handle must be seen while a write is blocked on a full socket.
-            () = shared.wake.notified() => {}
-            () = &mut timer, if deadline.is_some() => {
-                armed = None;
-                shared.lock("driver timer").conn.handle_timeout(Instant::now());
-            }
-        }
-    }
-}
-
-/// The user JWT is within its refresh lead and the credentials were read again: move to a
-/// new link with them if they expire later (semantics 13); else say so (once per link),
-/// and read them again every [`CREDENTIALS_RECHECK`] until a fresher JWT appears or the
-/// server ends the link (the reconnect then reads them again at once).
-fn check_fresh_credentials(shared: &Shared, inner: &mut Inner, fresh: Result<Loaded, String>) {
-    let Some(current) = inner.jwt else {
-        return;
-    };
-    let now = std::time::SystemTime::now();
-    let fresher = match &fresh {
-        // A JWT without expiry outlives any that has one.
-        Ok(l) => l.jwt.is_none_or(|t| t.expires_at > current.expires_at),
-        Err(_) => false,
-    };
-    if fresher {
-        if inner.switch_request.is_some() {
-            // A switch already pending reads the credentials again anyway.
-            return;
-        }
-        tracing::info!(
-            server = %inner.server_name,
-            expires_in_s = current.expires_in(now).as_secs(),
-            "user JWT close to expiry; moving to a new link with fresher credentials"
-        );
-        inner.switch_request = Some(SwitchReason::Credentials);
-        return;
-    }
-    inner.jwt_refresh_at = Some(later(Instant::now(), CREDENTIALS_RECHECK));
-    if std::mem::replace(&mut inner.expiring_reported, true) {
-        return;
-    }
-    let reason = match fresh {
-        Err(e) => e,
-        Ok(_) => "the credentials read again expire no later than the ones in use; \
-                  provide a fresher JWT before it expires, or the server will end the link"
-            .to_owned(),
-    };
-    shared.emit(EventKind::CredentialsExpiring {
-        server: inner.server_name.clone(),
-        expires_in: current.expires_in(now),
-        reason,
-    });
-}
-
 /// Route deliveries and handle the core's events. Returns the reason when the link went down.
-fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
+pub(super) fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
     route_messages(inner);
     let mut down = None;
     while let Some(ev) = inner.conn.poll_event() {
@@ -1387,7 +619,7 @@ fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
 }
 
 /// Hand deliveries to their subscriptions and replies to their requests.
-fn route_messages(inner: &mut Inner) {
+pub(super) fn route_messages(inner: &mut Inner) {
     while let Some(msg) = inner.conn.poll_message() {
         if let Some(p) = inner.probe.as_mut() {
             if p.sid == msg.sid {

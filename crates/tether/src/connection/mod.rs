@@ -5,6 +5,8 @@
 //! the reconnect loop.
 
 pub(crate) mod driver;
+pub(crate) mod link;
+mod switch;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
@@ -123,7 +125,7 @@ pub(crate) struct Inner {
     /// Lame duck mode: when to move off the current server.
     pub(crate) ldm_switch_at: Option<Instant>,
     /// The current link's socket, for direct writes of requests while the driver is idle.
-    pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
+    pub(crate) direct: Option<Arc<transport::Transport>>,
     /// A planned (make-before-break) switch was asked for.
     pub(crate) switch_request: Option<crate::events::MigrateReason>,
     /// The probe of the planned switch under way, while its old link still delivers.

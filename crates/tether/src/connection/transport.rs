@@ -1,5 +1,32 @@
-//! Dialing: every address a host resolves to, IPv6 and IPv4 alternated 250 ms apart
-//! (happy eyeballs, RFC 8305), within one deadline. Names are re-resolved at each attempt.
+//! The transport under a link, and dialing it.
+//!
+//! # The seam
+//! [`Transport`] is the byte stream one link runs over. Everything above it (the
+//! driver's loop, the handshake, the retiring link of a planned switch, a caller's direct
+//! write) sees plaintext NATS protocol bytes and three operations: [`Transport::read`],
+//! [`Transport::write`] (both readiness-based and cancel-safe, for the driver's
+//! `select!`) and [`Transport::try_write`] (non-blocking, for a caller's thread). Today it
+//! is plain TCP. TLS fills it with rustls's sans-IO `ClientConnection`: `read` reads TLS
+//! records from the socket into the session and returns the plaintext it yields; `write`
+//! and `try_write` hand plaintext to the session and write the records it produces,
+//! keeping any the socket did not take for the next write; the session sits behind a
+//! short lock of its own (never held across an await), so the driver task and a caller's
+//! thread can share one transport as they share the TCP socket now.
+//!
+//! Who writes through it:
+//! - **The driver** writes the chunks the sans-IO core hands out ([`Transport::write`]),
+//!   and reads into its buffer ([`Transport::read`]).
+//! - **A caller's direct write** (a request written from the caller's thread while the
+//!   driver is idle, as nats.c does) holds the connection lock and calls
+//!   [`Transport::try_write`] once: what the transport takes is reported to the core as
+//!   written, the rest stays in flight for the driver.
+//! - **The retiring link** of a planned switch keeps its own `Transport` (the old one)
+//!   for the overlap: the driver reads its deliveries and writes its UNSUBs, probes and
+//!   last PING through it, until its last PONG, then drops it.
+//!
+//! # Dialing
+//! Every address a host resolves to, IPv6 and IPv4 alternated 250 ms apart (happy
+//! eyeballs, RFC 8305), within one deadline. Names are re-resolved at each attempt.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +36,53 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::server_pool::ServerAddr;
+
+/// The byte stream under one link (see the module docs): plain TCP today.
+#[derive(Debug)]
+pub(crate) struct Transport {
+    tcp: TcpStream,
+}
+
+impl Transport {
+    /// A transport over a connected TCP socket.
+    pub(crate) fn tcp(tcp: TcpStream) -> Self {
+        Self { tcp }
+    }
+
+    /// Read what the link has into `buf` (cancel-safe: nothing is lost when the future is
+    /// dropped). `Ok(0)` is the end of the stream.
+    pub(crate) async fn read(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+        loop {
+            self.tcp.readable().await?;
+            match self.tcp.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// Write what the link takes of `data` (cancel-safe).
+    pub(crate) async fn write(&self, data: &[u8]) -> std::io::Result<usize> {
+        loop {
+            self.tcp.writable().await?;
+            match self.tcp.try_write(data) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// Write what the link takes of `data` now, without waiting (a caller's direct write).
+    pub(crate) fn try_write(&self, data: &[u8]) -> std::io::Result<usize> {
+        self.tcp.try_write(data)
+    }
+
+    /// End the write side cleanly, so the server sees the end of the stream.
+    pub(crate) async fn shutdown(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.tcp.shutdown().await;
+    }
+}
 
 /// Delay between starting connection attempts to successive addresses.
 pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
