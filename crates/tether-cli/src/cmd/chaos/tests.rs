@@ -339,3 +339,17 @@ fn a_subscriber_outage_ends_at_its_first_probe_received() {
     assert_eq!(lock(&shared.gaps)[1].start, 20);
     assert!(shared.subscriber_outage_open());
 }
+
+#[test]
+fn the_json_report_starts_with_what_was_run() {
+    let r = run(&args(false, false), &[], [0, 0, 0], &[], 0, 0);
+    let json = serde_json::to_string(&r).expect("encode the report");
+    assert!(
+        json.starts_with(
+            "{\"fault\":\"kill\",\"cluster\":false,\"two_clients\":false,\
+             \"resend_unconfirmed\":false,\"rate\":500,\"outage_ms\":300,\"outages\":2,\
+             \"published\":30,"
+        ),
+        "{json}"
+    );
+}
