@@ -35,11 +35,7 @@ pub(super) async fn drive(
     let clients = connect_clients(args, outage, url).await?;
     let shared = Arc::new(Shared::default());
     lock(&shared.windows).push(Window::default());
-    let progress = Progress {
-        bar: progress_bar(args.outages),
-        json: args.json,
-    };
-    let tasks = Tasks::start(args, &clients, &shared, &progress).await?;
+    let (tasks, progress) = Tasks::start(args, &clients, &shared).await?;
     let run = Run {
         args,
         outage,
@@ -154,13 +150,14 @@ struct Tasks {
 }
 
 impl Tasks {
-    /// Starts the tasks; the subscription is confirmed before the publisher starts.
+    /// Starts the tasks; the subscription is confirmed before the publisher starts. The
+    /// progress bar, which the sampler updates, is made once it is (an error before leaves
+    /// no bar on the terminal).
     async fn start(
         args: &ChaosArgs,
         clients: &Clients,
         shared: &Arc<Shared>,
-        progress: &Progress,
-    ) -> Result<Self, CliError> {
+    ) -> Result<(Self, Progress), CliError> {
         let Clients {
             publisher,
             subscriber,
@@ -183,6 +180,10 @@ impl Tasks {
         )
         .await?;
         let sub_task = tasks::spawn_subscriber(sub, sub_events, Arc::clone(shared));
+        let progress = Progress {
+            bar: progress_bar(args.outages),
+            json: args.json,
+        };
         others.push(tasks::spawn_sampler(
             publisher.clone(),
             subscriber.clone(),
@@ -195,11 +196,12 @@ impl Tasks {
             args.rate,
             Arc::clone(shared),
         );
-        Ok(Self {
+        let tasks = Self {
             publisher: pub_task,
             subscriber: sub_task,
             others,
-        })
+        };
+        Ok((tasks, progress))
     }
 }
 
