@@ -209,11 +209,18 @@ fn bench_pub_and_pubsub_json() {
 }
 
 #[test]
-#[allow(clippy::too_many_lines)] // issue 12 step 6 splits it; remove then
 fn bench_compares_confirm_intervals_in_interleaved_rounds() {
     let server = NatsServer::start().expect("start nats-server");
     let url = server.url();
-    let v = json(&run(tether(&url).args([
+    compared_json(&url);
+    compared_summary(&url);
+    one_confirm_interval(&url);
+    confirm_interval_refused(&url);
+}
+
+/// Two values in two rounds, as JSON: a summary per value and every run, interleaved.
+fn compared_json(url: &str) {
+    let v = json(&run(tether(url).args([
         "bench",
         "pub",
         "--msgs",
@@ -267,9 +274,11 @@ fn bench_compares_confirm_intervals_in_interleaved_rounds() {
         })
         .collect();
     assert_eq!(order, [(1, 20.0), (1, 1000.0), (2, 1000.0), (2, 20.0)]);
+}
 
-    // The human summary names both, the second with its ratio to the first.
-    let out = run(tether(&url).args([
+/// The human summary of two values names both, the second with its ratio to the first.
+fn compared_summary(url: &str) {
+    let out = run(tether(url).args([
         "bench",
         "pub",
         "-n",
@@ -295,9 +304,11 @@ fn bench_compares_confirm_intervals_in_interleaved_rounds() {
         summary.contains("; ratio ") && summary.contains(" to 20ms (median of the per-round"),
         "{summary}"
     );
+}
 
-    // One value: the usual report, which names it.
-    let v = json(&run(tether(&url).args([
+/// One value: the usual report, which names it.
+fn one_confirm_interval(url: &str) {
+    let v = json(&run(tether(url).args([
         "bench",
         "pub",
         "-n",
@@ -309,8 +320,10 @@ fn bench_compares_confirm_intervals_in_interleaved_rounds() {
     assert_rates(&v, "pub", 2000);
     assert_eq!(v["confirm_interval_ms"].as_f64(), Some(5.0), "{v}");
     assert!(v.get("cadences").is_none(), "{v}");
+}
 
-    // Refused before anything connects.
+/// Values out of range (and no rounds), refused before anything connects.
+fn confirm_interval_refused(url: &str) {
     for (args, msg) in [
         (
             ["--confirm-interval", "0s"],
@@ -318,11 +331,11 @@ fn bench_compares_confirm_intervals_in_interleaved_rounds() {
         ),
         (["--rounds", "0"], "error: --rounds must be at least 1"),
     ] {
-        let out = run(tether(&url).args(["bench", "pub"]).args(args));
+        let out = run(tether(url).args(["bench", "pub"]).args(args));
         let err = one_line_error(&out);
         assert!(err.starts_with(msg), "{err}");
     }
-    let out = run(tether(&url).args(["bench", "pub", "--confirm-interval", "20xs"]));
+    let out = run(tether(url).args(["bench", "pub", "--confirm-interval", "20xs"]));
     assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
 }
 

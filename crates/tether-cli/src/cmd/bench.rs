@@ -42,7 +42,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use tether::{Client, ConnectOptions};
+use tether::{Client, ConnectOptions, Subscriber};
 use tether_testkit::{NatsServer, TestkitError};
 
 use crate::error::Context;
@@ -619,6 +619,19 @@ impl<T, E: std::fmt::Display> WithContextFn<T> for Result<T, E> {
     }
 }
 
+/// A fresh connection to `url` with a subscription to `subject` the server has confirmed;
+/// an error says `what` was being done.
+async fn connect_subscribed(
+    url: &str,
+    opts: ConnectOptions,
+    subject: &str,
+    what: &str,
+) -> Result<(Client, Subscriber), CliError> {
+    let client = util::connect(url, opts).await?;
+    let sub = util::subscribe_confirmed(&client, subject, None, what).await?;
+    Ok((client, sub))
+}
+
 async fn bench_pub(
     url: &str,
     data: &str,
@@ -628,9 +641,8 @@ async fn bench_pub(
     opts: ConnectOptions,
     progress: &ProgressBar,
 ) -> Result<Report, CliError> {
-    let client = util::connect(url, opts).await?;
-    let mut marker =
-        util::subscribe_confirmed(&client, end, None, "subscribing to the marker").await?;
+    let (client, mut marker) =
+        connect_subscribed(url, opts, end, "subscribing to the marker").await?;
     let payload = Bytes::from(vec![b'x'; size]);
     progress.set_message("publishing");
 
@@ -764,10 +776,8 @@ async fn bench_reqrep(
     opts: ConnectOptions,
     progress: &ProgressBar,
 ) -> Result<Report, CliError> {
-    let responder = util::connect(url, opts.clone()).await?;
-    let mut requests =
-        util::subscribe_confirmed(&responder, subject, None, "subscribing the echo responder")
-            .await?;
+    let (responder, mut requests) =
+        connect_subscribed(url, opts.clone(), subject, "subscribing the echo responder").await?;
     let echo_client = responder.clone();
     let echo = tokio::spawn(async move {
         while let Some(m) = requests.next().await {

@@ -2,6 +2,7 @@
 
 use futures_util::StreamExt;
 
+use super::SubjectArgs;
 use crate::error::Context;
 use crate::{util, CliError, Global};
 
@@ -14,28 +15,34 @@ Examples:
 
 Prints each request as `[#n] subject: payload`. Runs until --count requests were
 answered, or until Ctrl-C.")]
+#[command(
+    mut_arg("subject", |a| a.help("Subject to answer on (wildcards allowed)")),
+    mut_arg("queue", |a| a.help(
+        "Join this queue group (each request goes to one member of the group)"
+    )),
+    mut_arg("count", |a| a.help("Exit after answering this many requests")),
+)]
 pub(crate) struct Args {
-    /// Subject to answer on (wildcards allowed)
-    pub subject: String,
+    #[command(flatten)]
+    pub subscription: SubjectArgs,
     /// Payload of every reply
+    #[arg(index = 2)]
     pub response: String,
-    /// Join this queue group (each request goes to one member of the group)
-    #[arg(long, short = 'q')]
-    pub queue: Option<String>,
-    /// Exit after answering this many requests
-    #[arg(long, short = 'c')]
-    pub count: Option<u64>,
 }
 
 pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let SubjectArgs {
+        subject,
+        queue,
+        count,
+    } = args.subscription;
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
-    let what = format!("subscribing to {}", args.subject);
-    let mut sub =
-        util::subscribe_confirmed(&client, &args.subject, args.queue.as_deref(), &what).await?;
-    tracing::info!(subject = %args.subject, queue = ?args.queue, "answering requests");
+    let what = format!("subscribing to {subject}");
+    let mut sub = util::subscribe_confirmed(&client, &subject, queue.as_deref(), &what).await?;
+    tracing::info!(subject = %subject, queue = ?queue, "answering requests");
     let mut answered = 0;
     let mut seen = 0;
-    while args.count.is_none_or(|c| answered < c) {
+    while count.is_none_or(|c| answered < c) {
         let Some(msg) = sub.next().await else {
             break;
         };
@@ -55,8 +62,7 @@ pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     }
     if let Some(e) = sub.error() {
         return Err(CliError::new(format!(
-            "subscription to {} ended: {e}",
-            args.subject
+            "subscription to {subject} ended: {e}"
         )));
     }
     let report = client.close().await;

@@ -2,6 +2,7 @@
 
 use futures_util::StreamExt;
 
+use super::SubjectArgs;
 use crate::error::Context;
 use crate::{util, CliError, Global};
 
@@ -15,50 +16,48 @@ Examples:
 
 Runs until --count messages arrived, or until Ctrl-C.")]
 pub(crate) struct Args {
-    /// Subject to subscribe to (wildcards `*` and `>` allowed)
-    pub subject: String,
-    /// Join this queue group (each message goes to one member of the group)
-    #[arg(long, short = 'q')]
-    pub queue: Option<String>,
-    /// Exit after this many messages
-    #[arg(long, short = 'c')]
-    pub count: Option<u64>,
+    #[command(flatten)]
+    pub subscription: SubjectArgs,
 }
 
 pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let SubjectArgs {
+        subject,
+        queue,
+        count,
+    } = args.subscription;
     let client = util::connect(global.server_or_default(), global.connect_options()?).await?;
-    let what = format!("subscribing to {}", args.subject);
-    let mut sub = util::subscribe(&client, &args.subject, args.queue.as_deref(), &what).await?;
-    if args.count == Some(0) {
+    let what = format!("subscribing to {subject}");
+    let mut sub = util::subscribe(&client, &subject, queue.as_deref(), &what).await?;
+    if count == Some(0) {
         return Ok(());
     }
-    if let Some(n) = args.count {
+    if let Some(n) = count {
         sub.unsubscribe_after(n);
     }
     // Confirms the server has the subscription before saying so.
     client.flush().await.context(&what)?;
-    tracing::info!(subject = %args.subject, queue = ?args.queue, "subscribed");
+    tracing::info!(subject = %subject, queue = ?queue, "subscribed");
     let mut n = 0;
     while let Some(msg) = sub.next().await {
         n += 1;
         if !util::print_message(n, &msg)? {
             break;
         }
-        if args.count.is_some_and(|c| n >= c) {
+        if count.is_some_and(|c| n >= c) {
             break;
         }
     }
     if let Some(e) = sub.error() {
         return Err(CliError::new(format!(
-            "subscription to {} ended: {e}",
-            args.subject
+            "subscription to {subject} ended: {e}"
         )));
     }
-    if args.count.is_some_and(|c| n < c) {
+    if count.is_some_and(|c| n < c) {
         return Err(CliError::new(format!(
             "subscription to {} ended after {n} of {} messages (connection closed)",
-            args.subject,
-            args.count.unwrap_or_default()
+            subject,
+            count.unwrap_or_default()
         )));
     }
     client.close().await;
