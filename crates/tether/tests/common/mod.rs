@@ -60,3 +60,50 @@ pub(crate) async fn through_proxy(
     let client = options.connect(proxy.url()).await.unwrap();
     (server, proxy, client)
 }
+
+/// A server, a fault proxy in front of it, and a client through the proxy with `options`
+/// that sends a PING after `ping` of quiet and gives up on its PONG after `ping` too; its
+/// events, taken before its first flush, which has completed.
+#[allow(dead_code)] // not every test binary puts a proxy in the way
+pub(crate) async fn proxied_with(
+    options: tether::ConnectOptions,
+    ping: Duration,
+) -> (
+    tether_testkit::NatsServer,
+    tether_testkit::Proxy,
+    tether::Client,
+    tether::Events,
+) {
+    let (server, proxy, client) =
+        through_proxy(options.ping_interval(ping).pong_timeout(ping)).await;
+    let events = client.events();
+    client.flush().await.unwrap();
+    (server, proxy, client, events)
+}
+
+/// [`proxied_with`] the default options.
+#[allow(dead_code)] // not every test binary puts a proxy in the way
+pub(crate) async fn proxied(
+    ping: Duration,
+) -> (
+    tether_testkit::NatsServer,
+    tether_testkit::Proxy,
+    tether::Client,
+    tether::Events,
+) {
+    proxied_with(tether::ConnectOptions::new(), ping).await
+}
+
+/// A client connected with `options` to a server that is then killed; its events, read
+/// up to the `Disconnected`.
+#[allow(dead_code)] // only the tests of a client without a server need it
+pub(crate) async fn disconnected(
+    options: tether::ConnectOptions,
+) -> (tether_testkit::NatsServer, tether::Client, tether::Events) {
+    let mut server = tether_testkit::NatsServer::start().unwrap();
+    let client = options.connect(server.url()).await.unwrap();
+    let mut events = client.events();
+    server.kill();
+    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    (server, client, events)
+}
