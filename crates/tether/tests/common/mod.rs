@@ -107,3 +107,22 @@ pub(crate) async fn disconnected(
     next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
     (server, client, events)
 }
+
+/// A cluster of `nodes` with its routes up, and a client connected to node 0 with
+/// `options` that has discovered every node; its events, taken before the discovery.
+#[allow(dead_code)] // only the cluster tests need it
+pub(crate) async fn cluster_client(
+    nodes: usize,
+    options: tether::ConnectOptions,
+) -> (tether_testkit::NatsCluster, tether::Client, tether::Events) {
+    let cluster = tether_testkit::NatsCluster::start(nodes).unwrap();
+    cluster.wait_routes(T).unwrap();
+    let client = options.connect(cluster.node(0).url()).await.unwrap();
+    let events = client.events();
+    assert!(
+        tether_testkit::wait_for(T, || client.servers().len() == nodes),
+        "the other nodes are discovered: {:?}",
+        client.servers()
+    );
+    (cluster, client, events)
+}
