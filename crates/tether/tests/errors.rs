@@ -27,14 +27,19 @@ authorization {
     .unwrap()
 }
 
+/// A client of `server` logged in as `user` (password `pw`).
+async fn connect_as(server: &NatsServer, user: &str) -> tether::Client {
+    ConnectOptions::new()
+        .user_and_password(user, "pw")
+        .connect(server.url())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_subscription_ends_with_permission_denied_and_the_link_stays() {
     let server = server();
-    let client = ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = connect_as(&server, "app").await;
     let mut ok = client.subscribe("open.x").await.unwrap();
     let mut denied = client.subscribe("secret.x").await.unwrap();
     assert!(
@@ -58,11 +63,7 @@ async fn denied_subscription_ends_with_permission_denied_and_the_link_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_publish_fails_the_request_or_counts_publish_denied() {
     let server = server();
-    let client = ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = connect_as(&server, "app").await;
     let mut events = client.events();
     let err = client
         .request_with("secret.q", None, b"x", Duration::from_secs(5))
@@ -104,18 +105,10 @@ authorization {
         ..ServerConfig::default()
     })
     .unwrap();
-    let responder = ConnectOptions::new()
-        .user_and_password("svc", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let responder = connect_as(&server, "svc").await;
     let mut requests = responder.subscribe("svc.do").await.unwrap();
     responder.flush().await.unwrap();
-    let client = ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = connect_as(&server, "app").await;
     let err = client
         .request_with("svc.do", None, b"x", Duration::from_secs(5))
         .await
