@@ -61,19 +61,19 @@ pub(crate) async fn through_proxy(
     (server, proxy, client)
 }
 
-/// A server, a fault proxy in front of it, and a client through the proxy with `options`
-/// that sends a PING after `ping` of quiet and gives up on its PONG after `ping` too; its
-/// events, taken before its first flush, which has completed.
-#[allow(dead_code)] // not every test binary puts a proxy in the way
-pub(crate) async fn proxied_with(
-    options: tether::ConnectOptions,
-    ping: Duration,
-) -> (
+/// What [`proxied`] returns: the server, the proxy, the client and its events.
+pub(crate) type Proxied = (
     tether_testkit::NatsServer,
     tether_testkit::Proxy,
     tether::Client,
     tether::Events,
-) {
+);
+
+/// A server, a fault proxy in front of it, and a client through the proxy with `options`
+/// that sends a PING after `ping` of quiet and gives up on its PONG after `ping` too; its
+/// events, taken before its first flush, which has completed.
+#[allow(dead_code)] // not every test binary puts a proxy in the way
+pub(crate) async fn proxied_with(options: tether::ConnectOptions, ping: Duration) -> Proxied {
     let (server, proxy, client) =
         through_proxy(options.ping_interval(ping).pong_timeout(ping)).await;
     let events = client.events();
@@ -83,14 +83,7 @@ pub(crate) async fn proxied_with(
 
 /// [`proxied_with`] the default options.
 #[allow(dead_code)] // not every test binary puts a proxy in the way
-pub(crate) async fn proxied(
-    ping: Duration,
-) -> (
-    tether_testkit::NatsServer,
-    tether_testkit::Proxy,
-    tether::Client,
-    tether::Events,
-) {
+pub(crate) async fn proxied(ping: Duration) -> Proxied {
     proxied_with(tether::ConnectOptions::new(), ping).await
 }
 
