@@ -119,3 +119,31 @@ pub(crate) async fn cluster_client(
     );
     (cluster, client, events)
 }
+
+/// A server whose only user is `app`/`pw` with these `permissions { ... }`.
+#[allow(dead_code)] // only the permission tests need it
+pub(crate) fn server_with_permissions(permissions: &str) -> tether_testkit::NatsServer {
+    tether_testkit::NatsServer::start_with(tether_testkit::ServerConfig {
+        extra_config: Some(users_block(permissions)),
+        ..tether_testkit::ServerConfig::default()
+    })
+    .unwrap()
+}
+
+/// The `authorization` block of [`server_with_permissions`].
+#[allow(dead_code)] // only the permission tests need it
+pub(crate) fn users_block(permissions: &str) -> String {
+    format!(
+        "authorization {{\n  users = [\n    {{ user: app, password: pw, permissions: {{ {permissions} }} }}\n  ]\n}}\n"
+    )
+}
+
+/// A client of `server` logged in as `user` (password `pw`).
+#[allow(dead_code)] // only the permission tests need it
+pub(crate) async fn connect_as(server: &tether_testkit::NatsServer, user: &str) -> tether::Client {
+    tether::ConnectOptions::new()
+        .user_and_password(user, "pw")
+        .connect(server.url())
+        .await
+        .unwrap()
+}
