@@ -1,7 +1,7 @@
 //! Reconnection against real processes and the fault proxy.
 
 mod common;
-use common::{disconnected, next_event, proxied, proxied_with, through_proxy, T};
+use common::{disconnected, echo_responder, next_event, proxied, proxied_with, through_proxy, T};
 
 use std::time::{Duration, Instant};
 
@@ -387,16 +387,7 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
     proxy.pause();
     server.restart().unwrap();
     let echo = tether::connect(server.url()).await.unwrap();
-    let mut esub = echo.subscribe("echo").await.unwrap();
-    echo.flush().await.unwrap();
-    let e2 = echo.clone();
-    tokio::spawn(async move {
-        while let Some(m) = esub.next().await {
-            if let Some(r) = m.reply {
-                e2.publish(r.as_str(), &m.payload).await.unwrap();
-            }
-        }
-    });
+    echo_responder(&echo, "echo").await;
     proxy.pass();
     next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
     let reply = buffered
@@ -628,16 +619,7 @@ async fn request_retry_after_reconnect_resends_a_written_request() {
     )
     .await;
     let responder = tether::connect(server.url()).await.unwrap();
-    let mut rsub = responder.subscribe("svc").await.unwrap();
-    responder.flush().await.unwrap();
-    let r2 = responder.clone();
-    tokio::spawn(async move {
-        while let Some(m) = rsub.next().await {
-            if let Some(reply) = m.reply {
-                r2.publish(reply.as_str(), &m.payload).await.unwrap();
-            }
-        }
-    });
+    echo_responder(&responder, "svc").await;
     proxy.black_hole();
     let c = client.clone();
     let req = tokio::spawn(async move {

@@ -147,3 +147,19 @@ pub(crate) async fn connect_as(server: &tether_testkit::NatsServer, user: &str) 
         .await
         .unwrap()
 }
+
+/// Answers every request on `subject` with its own payload, from a task on `client`;
+/// returns once the server has the subscription.
+#[allow(dead_code)] // only the request tests need it
+pub(crate) async fn echo_responder(client: &tether::Client, subject: &str) {
+    let mut sub = client.subscribe(subject).await.unwrap();
+    client.flush().await.unwrap();
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                client.publish(reply.as_str(), &m.payload).await.unwrap();
+            }
+        }
+    });
+}
