@@ -48,10 +48,35 @@ impl Harness {
         self.conn.handle_timeout(self.now);
     }
 
-    fn handshake(&mut self) {
+    /// A harness whose link is up: [`handshake`](Self::handshake) done.
+    fn up(config: Config) -> Self {
+        let mut h = Self::new(config);
+        h.handshake();
+        h
+    }
+
+    /// The transport is connected, with `auth`; the handshake starts (5 s to finish).
+    fn transport_connected(&mut self, auth: Auth) {
         let deadline = self.now + Duration::from_secs(5);
         self.conn
-            .handle_transport_connected(self.now, deadline, Auth::default());
+            .handle_transport_connected(self.now, deadline, auth);
+    }
+
+    /// Publishes `payload` to `subject` (no reply, no headers), which must be accepted.
+    fn publish(&mut self, subject: &str, payload: &[u8]) {
+        self.conn
+            .publish(subject, None, None, payload, FrameKind::Pub)
+            .unwrap();
+    }
+
+    /// The link is lost (no error given); returns the events that follow.
+    fn link_lost(&mut self) -> Vec<ConnEvent> {
+        self.conn.handle_link_lost(self.now, None);
+        self.events()
+    }
+
+    fn handshake(&mut self) {
+        self.transport_connected(Auth::default());
         self.read(INFO);
         let out = String::from_utf8(self.written()).unwrap();
         assert!(out.starts_with("CONNECT {"), "{out}");
@@ -80,8 +105,7 @@ fn quick() -> Config {
 
 #[test]
 fn handshake_then_publish_subscribe_bytes() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("foo.*", Some("q")).unwrap();
     h.conn
         .publish("foo.bar", Some("r"), None, b"hi", FrameKind::Pub)
@@ -102,8 +126,7 @@ fn handshake_then_publish_subscribe_bytes() {
 #[test]
 fn server_ping_is_answered_at_any_stage() {
     let mut h = Harness::new(quick());
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.transport_connected(Auth::default());
     h.read(b"PING\r\n");
     assert_eq!(h.written(), b"PONG\r\n");
     h.read(INFO);
@@ -116,8 +139,7 @@ fn server_ping_is_answered_at_any_stage() {
 #[test]
 fn err_before_pong_fails_the_handshake() {
     let mut h = Harness::new(quick());
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.transport_connected(Auth::default());
     h.read(INFO);
     h.written();
     h.read(b"-ERR 'Authorization Violation'\r\n");
@@ -132,13 +154,10 @@ fn err_before_pong_fails_the_handshake() {
 
 #[test]
 fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     // Outbound traffic proves nothing: publishing does not delay the keepalive.
     h.advance(Duration::from_millis(1999));
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"x");
     assert_eq!(h.written(), b"PUB a 1\r\nx\r\n");
     h.advance(Duration::from_millis(1));
     assert_eq!(h.written(), b"PING\r\n");
@@ -153,17 +172,12 @@ fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
 
 #[test]
 fn pong_confirms_and_unconfirmed_is_exact() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     for _ in 0..3 {
-        h.conn
-            .publish("a", None, None, b"x", FrameKind::Pub)
-            .unwrap();
+        h.publish("a", b"x");
     }
     h.conn.flush(7);
-    h.conn
-        .publish("a", None, None, b"y", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"y");
     h.written();
     assert_eq!(h.conn.unconfirmed().msgs, 4);
     h.read(b"PONG\r\n");
@@ -196,9 +210,7 @@ fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
             h.read(b"PONG\r\n");
         }
         worst = worst.max(h.conn.unconfirmed().msgs);
-        h.conn
-            .publish("a", None, None, b"x", FrameKind::Pub)
-            .unwrap();
+        h.publish("a", b"x");
         let out = h.written();
         for _ in out.windows(6).filter(|w| w == b"PING\r\n") {
             pings += 1;
@@ -220,21 +232,15 @@ fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
 
 #[test]
 fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn.subscribe("s", None).unwrap();
     h.written();
-    h.conn
-        .publish("a", None, None, b"one", FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("a", None, None, b"two", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"one");
+    h.publish("a", b"two");
     let chunk: Bytes = h.conn.poll_transmit(h.now).unwrap();
     assert_eq!(&chunk[..], b"PUB a 3\r\none\r\nPUB a 3\r\ntwo\r\n");
     h.conn.handle_written(h.now, 20); // first frame whole, second cut in half
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(
         ev.iter().any(
             |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 1)
@@ -248,14 +254,11 @@ fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
 
 #[test]
 fn write_stall_is_stale() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         write_stall_timeout: Duration::from_secs(1),
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"x");
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
     h.read(b"PING\r\n"); // inbound traffic keeps the keepalive quiet
     h.advance(Duration::from_secs(1));
@@ -270,8 +273,7 @@ fn write_stall_is_stale() {
 
 #[test]
 fn garbage_after_handshake_is_a_protocol_error() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.read(b"BOGUS\r\n");
     assert!(h.events().iter().any(|e| matches!(
         e,
@@ -284,18 +286,13 @@ fn garbage_after_handshake_is_a_protocol_error() {
 
 #[test]
 fn lowered_max_payload_removes_buffered_frames() {
-    let mut h = Harness::new(quick());
-    h.handshake();
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    let mut h = Harness::up(quick());
+    h.link_lost();
     h.conn
         .publish("a", None, None, &[0u8; 100], FrameKind::Pub)
         .unwrap();
-    h.conn
-        .publish("a", None, None, b"small", FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.publish("a", b"small");
+    h.transport_connected(Auth::default());
     h.read(b"INFO {\"headers\":true,\"max_payload\":64}\r\n");
     h.written();
     h.read(b"PONG\r\nPONG\r\n");
@@ -310,14 +307,11 @@ fn lowered_max_payload_removes_buffered_frames() {
 
 #[test]
 fn poison_frame_is_reported_removed_not_unconfirmed() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"x");
     h.written();
     h.read(b"-ERR 'Maximum Payload Violation'\r\n");
     let ev = h.events();
@@ -331,16 +325,14 @@ fn poison_frame_is_reported_removed_not_unconfirmed() {
         LinkState::Closing,
         "reads on after a closing -ERR"
     );
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(ev.iter().any(|e| matches!(e, ConnEvent::Disconnected { reason: DisconnectReason::ServerError(_), unconfirmed, .. } if unconfirmed.msgs == 0)), "{ev:?}");
     assert_eq!(h.conn.buffered().msgs, 0, "never resent");
 }
 
 #[test]
 fn permission_violation_ends_the_matching_subscription_only() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let a = h.conn.subscribe("secret", None).unwrap();
     let b = h.conn.subscribe("open", None).unwrap();
     h.written();
@@ -357,8 +349,7 @@ fn permission_violation_ends_the_matching_subscription_only() {
 
 #[test]
 fn a_poison_frame_cut_in_half_is_removed_not_resent() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn
         .publish("big", None, None, &[0u8; 1000], FrameKind::Pub)
         .unwrap();
@@ -394,8 +385,7 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
     // B10: the chunk holds [a (half written), b, c]; the -ERR names our bytes. Bytes the
     // driver reports written afterwards are not counted: b and c are resent whole, only a
     // (the likely poison) is removed, and nothing is reported unconfirmed twice.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let a = pub100(&mut h, "a");
     pub100(&mut h, "b");
     pub100(&mut h, "c");
@@ -412,8 +402,7 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
     );
     // A driver that kept writing: ignored.
     h.conn.handle_written(h.now, chunk.len() - a / 2);
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(
         ev.iter()
             .any(|e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. }
@@ -432,8 +421,7 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
 fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
     // B10: the half-written front is a PING, not a publish: no publish is the poison, and
     // the rewind must not drop the innocent PUB behind it.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn.flush(7);
     pub100(&mut h, "b");
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
@@ -454,8 +442,7 @@ fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
 #[test]
 fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
     // S8: a server that sends PINGs but never reads our PONGs.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let ping = b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS + 10);
     h.read(&ping);
     let ev = h.events();
@@ -470,8 +457,7 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
         "{ev:?}"
     );
     // Written PONGs are not a backlog: a server that reads is answered forever.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     for _ in 0..3 {
         h.read(&b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS - 1));
         h.written();
@@ -481,8 +467,7 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
 
 #[test]
 fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn
         .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
         .unwrap();
@@ -502,8 +487,7 @@ fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
 
 #[test]
 fn removed_requests_are_never_sent() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn
         .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
         .unwrap();
@@ -521,8 +505,7 @@ fn removed_requests_are_never_sent() {
 
 #[test]
 fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("s", None).unwrap();
     h.written();
     h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\n");
@@ -536,14 +519,12 @@ fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
 
 #[test]
 fn auto_unsubscribe_counts_are_sent_relative_to_the_current_link() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("s", None).unwrap();
     h.conn.unsubscribe(sid, Some(10));
     assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 10\r\n");
     h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\nMSG s 1 1\r\nc\r\n");
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    h.link_lost();
     // The replay asks the new server for the 7 still wanted ...
     h.handshake();
     assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 7\r\n");
@@ -570,8 +551,7 @@ fn the_nonce_is_signed_and_sent_with_the_jwt() {
         })),
         ..Auth::default()
     };
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), auth);
+    h.transport_connected(auth);
     h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"n0nce\",\"max_payload\":1048576}\r\n");
     let out = String::from_utf8(h.written()).unwrap();
     assert!(
@@ -588,8 +568,7 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
         signer: Some(std::sync::Arc::new(|_: &[u8]| Err("no seed".to_owned()))),
         ..Auth::default()
     };
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), auth);
+    h.transport_connected(auth);
     h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"x\",\"max_payload\":1048576}\r\n");
     let failed = h.events().into_iter().find_map(|e| match e {
         ConnEvent::HandshakeFailed(e) => Some(e),
@@ -604,8 +583,7 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
 
 #[test]
 fn repeated_ldm_info_announces_lame_duck_once() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.read(b"INFO {\"headers\":true,\"ldm\":true}\r\nINFO {\"headers\":true,\"ldm\":true,\"connect_urls\":[\"a:1\"]}\r\n");
     let n = h
         .events()
@@ -625,11 +603,8 @@ fn info() -> Box<tether_proto::ServerInfo> {
 
 #[test]
 fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
-    let mut h = Harness::new(quick());
-    h.handshake();
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    let mut h = Harness::up(quick());
+    h.publish("a", b"x");
     h.written();
     h.conn.flush(7);
     let mut old = h.conn.detach().expect("detach");
@@ -656,24 +631,17 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
 
 #[test]
 fn retained_frames_stay_with_their_link_across_a_planned_switch() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("old", None, None, b"1", FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("old", None, None, b"2", FrameKind::Pub)
-        .unwrap();
+    h.publish("old", b"1");
+    h.publish("old", b"2");
     h.written();
     let old = h.conn.detach().expect("detach");
     h.conn.adopt_link(h.now, info());
     h.events();
-    h.conn
-        .publish("new", None, None, b"3", FrameKind::Pub)
-        .unwrap();
+    h.publish("new", b"3");
     h.conn.flush(1);
     h.written();
     h.read(b"PONG\r\n");
@@ -684,8 +652,7 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
 
 #[test]
 fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn.flush(1); // a PING written before the SUB
     let sid = h.conn.subscribe("s", None).unwrap();
     assert_eq!(h.written(), b"PING\r\nSUB s 1\r\n");
@@ -774,8 +741,7 @@ fn ended(events: &[ConnEvent]) -> Vec<u64> {
 
 #[test]
 fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let queued = h.conn.subscribe("work", Some("workers")).unwrap();
     let plain = h.conn.subscribe("work", None).unwrap();
     let other_queue = h.conn.subscribe("work", Some("others")).unwrap();
@@ -793,8 +759,7 @@ fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
 
 #[test]
 fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let a = h.conn.subscribe("s", None).unwrap();
     let b = h.conn.subscribe("s", None).unwrap();
     let q = h.conn.subscribe("s", Some("q")).unwrap();
@@ -829,8 +794,7 @@ fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
 #[test]
 fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
     use tether_proto::conn::SubEndReason;
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let first = h.conn.subscribe("a", None).unwrap();
     let second = h.conn.subscribe("b", None).unwrap();
     let third = h.conn.subscribe("c", None).unwrap();
@@ -838,8 +802,7 @@ fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
     h.written();
     h.read(b"PONG\r\n");
     h.events();
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    h.link_lost();
     // The new server allows two subscriptions: the newest replayed SUB is refused.
     h.handshake();
     assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
@@ -885,18 +848,13 @@ const BIG: &[u8] = &[b'x'; 100];
 /// [BIG "g", small "c"] still pending, when an INFO lowers max_payload to 64: only the
 /// pending BIG can be removed at once; the chunk cannot be recalled.
 fn lowered_while_in_flight() -> (Harness, Bytes) {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     for (subject, payload) in [("a", &b"1"[..]), ("f", BIG), ("b", b"2")] {
-        h.conn
-            .publish(subject, None, None, payload, FrameKind::Pub)
-            .unwrap();
+        h.publish(subject, payload);
     }
     let chunk = h.conn.poll_transmit(h.now).expect("a chunk in flight");
     for (subject, payload) in [("g", BIG), ("c", &b"3"[..])] {
-        h.conn
-            .publish(subject, None, None, payload, FrameKind::Pub)
-            .unwrap();
+        h.publish(subject, payload);
     }
     h.read(b"INFO {\"server_id\":\"s\",\"headers\":true,\"max_payload\":64}\r\n");
     assert_eq!(h.conn.max_payload(), 64);
@@ -920,8 +878,7 @@ fn an_info_lowering_max_payload_mid_chunk_reports_the_in_flight_frame_when_rejec
         vec![(RemovedReason::PoisonFrame, 3)],
         "everything written since the last PONG, f included, is reported"
     );
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(
         ev.iter().any(
             |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 0)
@@ -946,8 +903,7 @@ fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resen
         vec![(RemovedReason::PoisonFrame, 2)],
         "a (written, unconfirmed) and the half-written f"
     );
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    h.link_lost();
     // f is dropped; b (never written) and c go out on the next link. 1 + 2 + 2 = five.
     assert_eq!(h.conn.buffered().msgs, 2);
     h.handshake();
@@ -956,20 +912,13 @@ fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resen
 
 #[test]
 fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("s", None).unwrap();
     h.written();
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
-    h.conn
-        .publish("big", None, None, BIG, FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("small", None, None, b"ok", FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.link_lost();
+    h.publish("big", BIG);
+    h.publish("small", b"ok");
+    h.transport_connected(Auth::default());
     h.read(INFO);
     assert!(String::from_utf8(h.written())
         .unwrap()
@@ -1004,17 +953,12 @@ fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay
 
 #[test]
 fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_payload() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("big", None, None, BIG, FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("small", None, None, b"ok", FrameKind::Pub)
-        .unwrap();
+    h.publish("big", BIG);
+    h.publish("small", b"ok");
     h.written();
     let old = h.conn.detach().expect("detach");
     // The new server's limit is lower than the old one's.

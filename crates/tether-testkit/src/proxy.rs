@@ -369,9 +369,9 @@ fn close(s: TcpStream, mode: CutMode) {
     }
 }
 
-/// One direction's bytes read but not yet written.
-#[derive(Default)]
-struct Queue {
+/// One direction of a connection: bytes read from one socket, queued (each chunk held
+/// until its latency has passed), and written to the other.
+struct Pump {
     chunks: VecDeque<(Instant, Vec<u8>)>,
     /// How much of the front chunk is already written.
     offset: usize,
@@ -380,12 +380,67 @@ struct Queue {
     eof: bool,
     /// EOF was passed on to the writer side.
     shut: bool,
+    buf: Vec<u8>,
 }
 
-impl Queue {
-    fn push(&mut self, at: Instant, data: &[u8]) {
-        self.bytes += data.len();
-        self.chunks.push_back((at, data.to_vec()));
+impl Pump {
+    fn new() -> Self {
+        Pump {
+            chunks: VecDeque::new(),
+            offset: 0,
+            bytes: 0,
+            eof: false,
+            shut: false,
+            buf: vec![0u8; READ_BUF],
+        }
+    }
+
+    /// Passes EOF on to `to` once everything before it is written.
+    fn pass_eof(&mut self, to: &TcpStream) {
+        if self.eof && self.chunks.is_empty() && !self.shut {
+            let _ = SockRef::from(to).shutdown(Shutdown::Write);
+            self.shut = true;
+        }
+    }
+
+    /// Moves bytes one step: reads `from` (when `ctl` is [`Ctl::Run`] and the queue has
+    /// room) or writes the front chunk to `to` once its time has come (unless `ctl` is
+    /// [`Ctl::Hold`]). Never completes while it may do neither. Cancel safe: the state
+    /// changes only after the last await.
+    async fn step(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        ctl: Ctl,
+        shared: &Shared,
+    ) -> io::Result<()> {
+        let read = ctl == Ctl::Run && !self.eof && self.bytes < QUEUE_CAP;
+        let at = if ctl == Ctl::Hold {
+            None
+        } else {
+            self.front_deadline()
+        };
+        tokio::select! {
+            r = from.readable(), if read => {
+                r?;
+                match from.try_read(&mut self.buf) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        self.bytes += n;
+                        let at = Instant::now() + shared.latency();
+                        self.chunks.push_back((at, self.buf[..n].to_vec()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(())
+            }
+            r = write_ready(to, at), if at.is_some() => {
+                r?;
+                self.write_some(to)
+            }
+            else => std::future::pending().await,
+        }
     }
 
     fn front_deadline(&self) -> Option<Instant> {
@@ -420,7 +475,42 @@ async fn write_ready(s: &TcpStream, at: Option<Instant>) -> io::Result<()> {
     s.writable().await
 }
 
-#[allow(clippy::too_many_lines)] // issue 12 step 6 splits it; remove then
+/// Connects upstream, unless held by a black hole (then waits for the cut). `None` when
+/// the connection ended before that (the client socket is closed then).
+async fn dial(
+    client: TcpStream,
+    rx: &mut watch::Receiver<(u64, Ctl)>,
+    applied: &AtomicU64,
+    shared: &Shared,
+) -> Option<(TcpStream, TcpStream)> {
+    loop {
+        let (generation, ctl) = *rx.borrow_and_update();
+        match ctl {
+            Ctl::Cut(mode) => {
+                close(client, mode);
+                return None;
+            }
+            Ctl::Hold => {
+                applied.store(generation, Ordering::Release);
+                rx.changed().await.ok()?;
+            }
+            Ctl::Run | Ctl::Pause => {
+                applied.store(generation, Ordering::Release);
+                tokio::select! {
+                    r = TcpStream::connect(shared.upstream()) => {
+                        if let Ok(s) = r {
+                            return Some((client, s));
+                        }
+                        close(client, CutMode::Rst);
+                        return None;
+                    }
+                    r = rx.changed() => r.ok()?,
+                }
+            }
+        }
+    }
+}
+
 async fn connection(
     guard: Registered,
     client: TcpStream,
@@ -428,44 +518,13 @@ async fn connection(
     applied: Arc<AtomicU64>,
 ) {
     let shared = guard.shared.clone();
-    // Connect upstream, unless held by a black hole (then wait for the cut).
-    let upstream = loop {
-        let (generation, ctl) = *rx.borrow_and_update();
-        match ctl {
-            Ctl::Cut(mode) => {
-                close(client, mode);
-                return;
-            }
-            Ctl::Hold => {
-                applied.store(generation, Ordering::Release);
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-            Ctl::Run | Ctl::Pause => {
-                applied.store(generation, Ordering::Release);
-                tokio::select! {
-                    r = TcpStream::connect(shared.upstream()) => {
-                        if let Ok(s) = r {
-                            break s;
-                        }
-                        close(client, CutMode::Rst);
-                        return;
-                    }
-                    r = rx.changed() => if r.is_err() { return },
-                }
-            }
-        }
+    let Some((client, upstream)) = dial(client, &mut rx, &applied, &shared).await else {
+        return;
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let mut up = Queue::default(); // client -> upstream
-    let mut down = Queue::default(); // upstream -> client
-    let mut buf = vec![0u8; READ_BUF];
-    let reset_both = |client: TcpStream, upstream: TcpStream| {
-        close(client, CutMode::Rst);
-        close(upstream, CutMode::Rst);
-    };
+    let mut up = Pump::new(); // client -> upstream
+    let mut down = Pump::new(); // upstream -> client
     loop {
         let (generation, ctl) = *rx.borrow_and_update();
         if let Ctl::Cut(mode) = ctl {
@@ -474,68 +533,25 @@ async fn connection(
             return;
         }
         applied.store(generation, Ordering::Release);
-        let read = ctl == Ctl::Run;
-        let write = ctl != Ctl::Hold;
-        // Pass EOF on once everything before it is written.
-        if write && up.eof && up.chunks.is_empty() && !up.shut {
-            let _ = SockRef::from(&upstream).shutdown(Shutdown::Write);
-            up.shut = true;
-        }
-        if write && down.eof && down.chunks.is_empty() && !down.shut {
-            let _ = SockRef::from(&client).shutdown(Shutdown::Write);
-            down.shut = true;
+        if ctl != Ctl::Hold {
+            up.pass_eof(&upstream);
+            down.pass_eof(&client);
         }
         if up.shut && down.shut {
             return;
         }
-        let read_client = read && !up.eof && up.bytes < QUEUE_CAP;
-        let read_upstream = read && !down.eof && down.bytes < QUEUE_CAP;
-        let up_at = if write { up.front_deadline() } else { None };
-        let down_at = if write { down.front_deadline() } else { None };
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            r = client.readable(), if read_client => {
-                if r.is_err() {
-                    reset_both(client, upstream);
-                    return;
-                }
-                match client.try_read(&mut buf) {
-                    Ok(0) => up.eof = true,
-                    Ok(n) => up.push(Instant::now() + shared.latency(), &buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        reset_both(client, upstream);
-                        return;
-                    }
-                }
-            }
-            r = upstream.readable(), if read_upstream => {
-                if r.is_err() {
-                    reset_both(client, upstream);
-                    return;
-                }
-                match upstream.try_read(&mut buf) {
-                    Ok(0) => down.eof = true,
-                    Ok(n) => down.push(Instant::now() + shared.latency(), &buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        reset_both(client, upstream);
-                        return;
-                    }
-                }
-            }
-            r = write_ready(&upstream, up_at), if up_at.is_some() => {
-                if r.is_err() || up.write_some(&upstream).is_err() {
-                    reset_both(client, upstream);
-                    return;
-                }
-            }
-            r = write_ready(&client, down_at), if down_at.is_some() => {
-                if r.is_err() || down.write_some(&client).is_err() {
-                    reset_both(client, upstream);
-                    return;
-                }
-            }
+        let moved = tokio::select! {
+            r = rx.changed() => match r {
+                Ok(()) => Ok(()),
+                Err(_) => return,
+            },
+            r = up.step(&client, &upstream, ctl, &shared) => r,
+            r = down.step(&upstream, &client, ctl, &shared) => r,
+        };
+        if moved.is_err() {
+            close(client, CutMode::Rst);
+            close(upstream, CutMode::Rst);
+            return;
         }
     }
 }

@@ -36,13 +36,29 @@ fn connect_with(c: &mut Raw, auth: &str) -> String {
         .unwrap()
 }
 
-fn jwt_auth(c: &mut Raw, nonce: &str, creds: &UserCreds) -> String {
-    let auth = format!(
-        "\"jwt\":\"{}\",\"sig\":\"{}\"",
-        creds.jwt,
-        creds.sign_nonce(nonce)
-    );
-    connect_with(c, &auth)
+/// Connects with `field` (`nkey` or `jwt`) set to `id` and the nonce signed by `sign`;
+/// returns the connection and the server's answer (`PONG` or an `-ERR`).
+fn connect_signed(
+    s: &NatsServer,
+    field: &str,
+    id: &str,
+    sign: impl FnOnce(&str) -> String,
+) -> (Raw, String) {
+    let (mut c, nonce) = connect_for_nonce(s);
+    let auth = format!("\"{field}\":\"{id}\",\"sig\":\"{}\"", sign(&nonce));
+    let answer = connect_with(&mut c, &auth);
+    (c, answer)
+}
+
+/// [`connect_signed`] with a user's JWT and its own signature.
+fn connect_jwt(s: &NatsServer, creds: &UserCreds) -> (Raw, String) {
+    connect_signed(s, "jwt", &creds.jwt, |nonce| creds.sign_nonce(nonce))
+}
+
+/// The server answered an Authorization Violation, then closed the connection.
+fn assert_refused((mut c, answer): (Raw, String)) {
+    assert_eq!(answer, AUTH_VIOLATION);
+    assert_closed(&mut c);
 }
 
 /// After an `-ERR`, the server closes the connection.
@@ -81,35 +97,20 @@ fn nkey_user_signs_the_nonce() {
         .contains(&alice.public_key));
 
     for user in [&alice, &bob] {
-        let (mut c, nonce) = connect_for_nonce(&s);
-        let auth = format!(
-            "\"nkey\":\"{}\",\"sig\":\"{}\"",
-            user.public_key,
-            user.sign_nonce(&nonce)
-        );
-        assert_eq!(connect_with(&mut c, &auth), "PONG\r\n");
+        let (_c, answer) = connect_signed(&s, "nkey", &user.public_key, |n| user.sign_nonce(n));
+        assert_eq!(answer, "PONG\r\n");
     }
 
     // A key the server does not know, with a correct signature.
     let stranger = nkey_user();
-    let (mut c, nonce) = connect_for_nonce(&s);
-    let auth = format!(
-        "\"nkey\":\"{}\",\"sig\":\"{}\"",
-        stranger.public_key,
-        stranger.sign_nonce(&nonce)
-    );
-    assert_eq!(connect_with(&mut c, &auth), AUTH_VIOLATION);
-    assert_closed(&mut c);
+    assert_refused(connect_signed(&s, "nkey", &stranger.public_key, |n| {
+        stranger.sign_nonce(n)
+    }));
 
     // A known key, signed by someone else's seed.
-    let (mut c, nonce) = connect_for_nonce(&s);
-    let auth = format!(
-        "\"nkey\":\"{}\",\"sig\":\"{}\"",
-        alice.public_key,
-        sign_nonce(&stranger.seed, &nonce)
-    );
-    assert_eq!(connect_with(&mut c, &auth), AUTH_VIOLATION);
-    assert_closed(&mut c);
+    assert_refused(connect_signed(&s, "nkey", &alice.public_key, |n| {
+        sign_nonce(&stranger.seed, n)
+    }));
 }
 
 #[test]
@@ -124,8 +125,8 @@ fn operator_mode_user_jwt_connects_and_round_trips() {
     );
     let alice = op.user("alice", None);
     assert_eq!(alice.expires_at, None);
-    let (mut c, nonce) = connect_for_nonce(&s);
-    assert_eq!(jwt_auth(&mut c, &nonce, &alice), "PONG\r\n");
+    let (mut c, answer) = connect_jwt(&s, &alice);
+    assert_eq!(answer, "PONG\r\n");
     c.send(b"SUB greet 7\r\nPUB greet 5\r\nhello\r\nPING\r\n")
         .unwrap();
     let msg = c.until(|l| l.starts_with("MSG ")).unwrap();
@@ -146,19 +147,12 @@ fn operator_mode_user_jwt_connects_and_round_trips() {
 
     // A user issued by another operator's account is refused.
     let other = Operator::new().user("mallory", None);
-    let (mut c, nonce) = connect_for_nonce(&s);
-    assert_eq!(jwt_auth(&mut c, &nonce, &other), AUTH_VIOLATION);
-    assert_closed(&mut c);
+    assert_refused(connect_jwt(&s, &other));
 
     // A valid JWT with a signature by the wrong seed is refused.
-    let (mut c, nonce) = connect_for_nonce(&s);
-    let auth = format!(
-        "\"jwt\":\"{}\",\"sig\":\"{}\"",
-        alice.jwt,
-        sign_nonce(&other.seed, &nonce)
-    );
-    assert_eq!(connect_with(&mut c, &auth), AUTH_VIOLATION);
-    assert_closed(&mut c);
+    assert_refused(connect_signed(&s, "jwt", &alice.jwt, |n| {
+        sign_nonce(&other.seed, n)
+    }));
 }
 
 #[test]
@@ -170,8 +164,8 @@ fn user_jwt_expiry_disconnects_with_the_server_error() {
     let issued = unix_now();
     assert!((issued + 2..=issued + 3).contains(&exp), "{issued} {exp}");
 
-    let (mut c, nonce) = connect_for_nonce(&s);
-    assert_eq!(jwt_auth(&mut c, &nonce, &user), "PONG\r\n");
+    let (mut c, answer) = connect_jwt(&s, &user);
+    assert_eq!(answer, "PONG\r\n");
     let connected = Instant::now();
     // Still usable before expiry.
     c.ping().unwrap();
@@ -193,15 +187,9 @@ fn already_expired_user_jwt_is_refused_at_connect() {
     let op = Operator::new();
     let s = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
     let user = op.user_expiring_at("stale", Some(unix_now() - 60));
-    let (mut c, nonce) = connect_for_nonce(&s);
-    assert_eq!(jwt_auth(&mut c, &nonce, &user), AUTH_VIOLATION);
-    assert_closed(&mut c);
+    assert_refused(connect_jwt(&s, &user));
     // The same account's fresh user still gets in.
-    let (mut c, nonce) = connect_for_nonce(&s);
-    assert_eq!(
-        jwt_auth(&mut c, &nonce, &op.user("fresh", None)),
-        "PONG\r\n"
-    );
+    assert_eq!(connect_jwt(&s, &op.user("fresh", None)).1, "PONG\r\n");
 }
 
 /// Pulls the line between `begin` and `end` marker lines out of a creds file.
@@ -258,9 +246,8 @@ fn creds_file_round_trips_and_authenticates() {
 
     // What was read back from the file authenticates.
     let s = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
-    let (mut c, nonce) = connect_for_nonce(&s);
-    let auth = format!("\"jwt\":\"{jwt}\",\"sig\":\"{}\"", sign_nonce(seed, &nonce));
-    assert_eq!(connect_with(&mut c, &auth), "PONG\r\n");
+    let (_c, answer) = connect_signed(&s, "jwt", jwt, |n| sign_nonce(seed, n));
+    assert_eq!(answer, "PONG\r\n");
 }
 
 #[test]

@@ -18,6 +18,30 @@ async fn round_trip(client: &tether::Client, sub: &mut tether::Subscriber, subje
     assert_eq!(&m.payload[..], b"ping");
 }
 
+/// Connecting with `options` to `url` fails, and the error names the refusal.
+async fn assert_refused(options: ConnectOptions, url: &str) {
+    let err = options.connect(url).await.unwrap_err().to_string();
+    assert!(err.contains("Authorization Violation"), "{err}");
+}
+
+/// The next of `Migrated` and `Disconnected` is `Migrated`: a planned switch, with no
+/// disconnect first. Returns its unconfirmed messages.
+async fn next_migrated(events: &mut tether::Events) -> u64 {
+    match next_event(events, |e| {
+        matches!(
+            e,
+            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
+        )
+    })
+    .await
+    {
+        EventKind::Migrated {
+            unconfirmed_msgs, ..
+        } => unconfirmed_msgs,
+        other => panic!("expected Migrated (a planned switch), got {other:?}"),
+    }
+}
+
 /// A server in operator mode and where its users' creds file goes.
 fn operator_server() -> (Operator, NatsServer, std::path::PathBuf) {
     let op = Operator::new();
@@ -49,13 +73,7 @@ async fn nkey_auth_connects_and_another_key_is_refused_by_name() {
     let mut sub = client.subscribe("nkey.t").await.unwrap();
     round_trip(&client, &mut sub, "nkey.t").await;
 
-    let err = ConnectOptions::new()
-        .nkey(nkey_user().seed)
-        .connect(server.url())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("Authorization Violation"), "{err}");
+    assert_refused(ConnectOptions::new().nkey(nkey_user().seed), &server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,12 +89,7 @@ async fn a_creds_file_authenticates_in_operator_mode() {
     round_trip(&client, &mut sub, "jwt.t").await;
 
     // Without credentials the same server refuses, and says so.
-    let err = ConnectOptions::new()
-        .connect(server.url())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("Authorization Violation"), "{err}");
+    assert_refused(ConnectOptions::new(), &server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,19 +111,7 @@ async fn a_jwt_near_expiry_moves_to_fresher_credentials_without_a_disconnect() {
         .write_to(&path)
         .unwrap();
 
-    match next_event(&mut events, |e| {
-        matches!(
-            e,
-            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
-        )
-    })
-    .await
-    {
-        EventKind::Migrated {
-            unconfirmed_msgs, ..
-        } => assert_eq!(unconfirmed_msgs, 0),
-        other => panic!("expected a planned switch, got {other:?}"),
-    }
+    assert_eq!(next_migrated(&mut events).await, 0);
     // The first JWT's expiry passes: the server would end a link that still used it.
     let past = first.expires_at.unwrap() + 2;
     while unix_now() <= past {
@@ -184,17 +185,7 @@ async fn a_creds_file_rotated_after_credentials_expiring_is_used_before_expiry()
     op.user("bob", Some(Duration::from_secs(120)))
         .write_to(&path)
         .unwrap();
-    match next_event(&mut events, |e| {
-        matches!(
-            e,
-            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
-        )
-    })
-    .await
-    {
-        EventKind::Migrated { .. } => {}
-        other => panic!("expected Migrated before the expiry, got {other:?}"),
-    }
+    next_migrated(&mut events).await; // before the expiry
     assert_eq!(client.status(), State::Connected);
     assert_eq!(client.statistics().reconnects, 0);
     round_trip(&client, &mut sub, "jwt.expire").await;
@@ -387,16 +378,6 @@ async fn a_creds_file_that_blocks_on_read_never_stalls_the_connection() {
     fresh.write_to(&path).unwrap();
     writer.write_all(fresh.creds_text().as_bytes()).unwrap();
     drop(writer);
-    match next_event(&mut events, |e| {
-        matches!(
-            e,
-            EventKind::Migrated { .. } | EventKind::Disconnected { .. }
-        )
-    })
-    .await
-    {
-        EventKind::Migrated { .. } => {}
-        other => panic!("expected Migrated, got {other:?}"),
-    }
+    next_migrated(&mut events).await;
     round_trip(&client, &mut sub, "jwt.fifo").await;
 }

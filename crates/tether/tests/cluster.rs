@@ -1,7 +1,7 @@
 //! Clusters: discovery, failover and lame duck mode against real 3-node clusters.
 
 mod common;
-use common::{next_event, wait_interest, T};
+use common::{cluster_client, next_event, wait_interest, T};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -12,18 +12,7 @@ use tether_testkit::{NatsCluster, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovers_servers_and_fails_over_fast_after_kill() {
-    let mut cluster = NatsCluster::start(3).unwrap();
-    cluster.wait_routes(T).unwrap();
-    let client = ConnectOptions::new()
-        .connect(cluster.node(0).url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    assert!(
-        tether_testkit::wait_for(T, || client.servers().len() == 3),
-        "the other nodes are discovered: {:?}",
-        client.servers()
-    );
+    let (mut cluster, client, mut events) = cluster_client(3, ConnectOptions::new()).await;
     let mut sub = client.subscribe("fo").await.unwrap();
     client.flush().await.unwrap();
     cluster.kill(0);
@@ -135,17 +124,13 @@ async fn lame_duck_moves_to_another_node_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_reconnect_is_a_planned_switch() {
-    let cluster = NatsCluster::start(2).unwrap();
-    cluster.wait_routes(T).unwrap();
-    let client = ConnectOptions::new()
-        .ldm_overlap(Duration::from_millis(100))
-        .connect(cluster.node(0).url())
-        .await
-        .unwrap();
-    assert!(tether_testkit::wait_for(T, || client.servers().len() == 2));
+    let (cluster, client, mut events) = cluster_client(
+        2,
+        ConnectOptions::new().ldm_overlap(Duration::from_millis(100)),
+    )
+    .await;
     let mut sub = client.subscribe("fr").await.unwrap();
     client.flush().await.unwrap();
-    let mut events = client.events();
     client.force_reconnect();
     let EventKind::Migrated { to, .. } =
         next_event(&mut events, |e| matches!(e, EventKind::Migrated { .. })).await
@@ -161,18 +146,7 @@ async fn force_reconnect_is_a_planned_switch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_info_adds_and_prunes_discovered_nodes() {
-    let mut cluster = NatsCluster::start(2).unwrap();
-    cluster.wait_routes(T).unwrap();
-    let client = ConnectOptions::new()
-        .connect(cluster.node(0).url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    assert!(
-        tether_testkit::wait_for(T, || client.servers().len() == 2),
-        "{:?}",
-        client.servers()
-    );
+    let (mut cluster, client, mut events) = cluster_client(2, ConnectOptions::new()).await;
     let added = cluster.add_node().unwrap();
     cluster.wait_routes(T).unwrap();
     let new_url = cluster.node(added).url();

@@ -1,5 +1,8 @@
 //! Core client behaviour against a real nats-server.
 
+mod common;
+use common::echo_responder;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -61,15 +64,7 @@ async fn headers_and_reply_round_trip() {
 async fn request_reply_and_no_responders() {
     let server = NatsServer::start().unwrap();
     let client = tether::connect(server.url()).await.unwrap();
-    let responder = client.clone();
-    let mut sub = client.subscribe("echo").await.unwrap();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(r) = m.reply {
-                responder.publish(r.as_str(), &m.payload).await.unwrap();
-            }
-        }
-    });
+    echo_responder(&client, "echo").await;
     let reply = client.request("echo", "ping").await.unwrap();
     assert_eq!(&reply.payload[..], b"ping");
     let start = std::time::Instant::now();

@@ -3,7 +3,7 @@
 //! review read.
 
 mod common;
-use common::{next_event, through_proxy, T};
+use common::{disconnected, next_event, through_proxy, T};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -590,15 +590,9 @@ async fn b8_retry_reports_reconnecting_while_it_fails_then_connected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b19_publishing_during_the_backoff_does_not_repeat_reconnecting() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .reconnect_delay(|_, _, _| Duration::from_millis(200))
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, mut events) =
+        disconnected(ConnectOptions::new().reconnect_delay(|_, _, _| Duration::from_millis(200)))
+            .await;
     let deadline = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < deadline {
         let _ = client.try_publish("b19", "x");

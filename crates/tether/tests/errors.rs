@@ -1,40 +1,22 @@
 //! -ERR classification against a real server with permissions (DESIGN semantics 7).
 
+mod common;
+use common::{connect_as, server_with_permissions};
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, EventKind, RequestError, State, SubscribeError};
+use tether::{EventKind, RequestError, State, SubscribeError};
 use tether_testkit::{NatsServer, ServerConfig};
 
 const T: Duration = Duration::from_secs(10);
 
-fn server() -> NatsServer {
-    NatsServer::start_with(ServerConfig {
-        extra_config: Some(
-            r#"
-authorization {
-  users = [
-    { user: app, password: pw, permissions: {
-        publish: { deny: ["secret.>"] },
-        subscribe: { deny: ["secret.>"] } } }
-  ]
-}
-"#
-            .into(),
-        ),
-        ..ServerConfig::default()
-    })
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_subscription_ends_with_permission_denied_and_the_link_stays() {
-    let server = server();
-    let client = ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let server = server_with_permissions(
+        r#"publish: { deny: ["secret.>"] }, subscribe: { deny: ["secret.>"] }"#,
+    );
+    let client = connect_as(&server, "app").await;
     let mut ok = client.subscribe("open.x").await.unwrap();
     let mut denied = client.subscribe("secret.x").await.unwrap();
     assert!(
@@ -57,12 +39,10 @@ async fn denied_subscription_ends_with_permission_denied_and_the_link_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_publish_fails_the_request_or_counts_publish_denied() {
-    let server = server();
-    let client = ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let server = server_with_permissions(
+        r#"publish: { deny: ["secret.>"] }, subscribe: { deny: ["secret.>"] }"#,
+    );
+    let client = connect_as(&server, "app").await;
     let mut events = client.events();
     let err = client
         .request_with("secret.q", None, b"x", Duration::from_secs(5))
@@ -104,18 +84,10 @@ authorization {
         ..ServerConfig::default()
     })
     .unwrap();
-    let responder = ConnectOptions::new()
-        .user_and_password("svc", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let responder = connect_as(&server, "svc").await;
     let mut requests = responder.subscribe("svc.do").await.unwrap();
     responder.flush().await.unwrap();
-    let client = ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = connect_as(&server, "app").await;
     let err = client
         .request_with("svc.do", None, b"x", Duration::from_secs(5))
         .await

@@ -6,7 +6,7 @@ mod common;
 use common::T;
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, ConnectPolicy, EventKind, Events, State};
+use tether::{Client, ConnectOptions, ConnectPolicy, EventKind, Events, State};
 use tether_testkit::{CutMode, NatsServer, Proxy};
 
 /// The next event within [`T`]; `None` when the stream ended.
@@ -272,12 +272,107 @@ fn unconfirmed(kinds: &[EventKind]) -> (u64, u64, usize) {
     })
 }
 
+/// Rounds of outages in the small-queue test.
+const ROUNDS: usize = 3;
+/// Messages written into a paused link before each outage: unconfirmed, so lost.
+const N: u64 = 10;
+
+/// One outage: [`N`] messages written into a paused link, the server killed and the link
+/// reset, two failed attempts, then the server back and the client reconnected. Every
+/// event read from `all` goes into `log`.
+async fn outage(
+    round: usize,
+    client: &Client,
+    server: &mut NatsServer,
+    proxy: &Proxy,
+    all: &mut Events,
+    log: &mut Vec<EventKind>,
+) {
+    client.flush().await.unwrap();
+    proxy.pause();
+    let written = client.statistics().out_msgs;
+    for i in 0..N {
+        client.publish("lost", i.to_string()).await.unwrap();
+    }
+    // Written into the paused link: no PONG can confirm them.
+    assert!(
+        tether_testkit::wait_for(T, || client.statistics().out_msgs == written + N),
+        "round {round}: the batch was not written"
+    );
+    server.kill();
+    proxy.cut(CutMode::Rst);
+    proxy.pass();
+    record_until(all, log, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    // Attempts fail while the server is down (the proxy accepts, finds no upstream
+    // and resets): Reconnecting is a state change, ReconnectFailed is not.
+    for _ in 0..2 {
+        record_until(all, log, |e| matches!(e, EventKind::ReconnectFailed { .. })).await;
+    }
+    server.restart().unwrap();
+    record_until(all, log, |e| matches!(e, EventKind::Reconnected { .. })).await;
+}
+
+/// State changes in `got` collapsed (each queued one stands for itself and `collapsed`
+/// others of `log`), and other events were dropped, counted by one `EventsLagged`, the
+/// last item. Returns that count.
+fn assert_collapsed_and_counted(got: &[EventKind], log: &[EventKind], summary: &str) -> u64 {
+    let states: Vec<&EventKind> = got.iter().filter(|k| is_state_change(k)).collect();
+    assert!(states.iter().any(|k| collapsed(k) > 0), "{summary}");
+    assert_eq!(
+        states.iter().map(|k| 1 + collapsed(k)).sum::<u64>(),
+        log.iter().filter(|k| is_state_change(k)).count() as u64,
+        "{summary}"
+    );
+
+    let lagged: Vec<u64> = got
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::EventsLagged { dropped } => Some(*dropped),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lagged.len(), 1, "{summary}");
+    assert!(
+        matches!(got.last(), Some(EventKind::EventsLagged { .. })),
+        "{summary}"
+    );
+    let others = |kinds: &[EventKind]| {
+        kinds
+            .iter()
+            .filter(|k| {
+                !is_state_change(k) && !is_loss(k) && !matches!(k, EventKind::EventsLagged { .. })
+            })
+            .count() as u64
+    };
+    assert!(lagged[0] > 0, "{summary}");
+    assert_eq!(lagged[0], others(log) - others(got), "{summary}");
+    lagged[0]
+}
+
+/// No loss was dropped from `got`: every outage's unconfirmed batch in `log` is counted,
+/// merged or not, and `Closed` is there once. Returns the unconfirmed messages.
+fn assert_every_loss_kept(got: &[EventKind], log: &[EventKind], summary: &str) -> u64 {
+    let (got_msgs, got_bytes, got_events) = unconfirmed(got);
+    let (all_msgs, all_bytes, all_events) = unconfirmed(log);
+    assert_eq!(all_events, ROUNDS, "{summary}");
+    assert_eq!(all_msgs, ROUNDS as u64 * N, "{summary}");
+    assert!(
+        got_events >= 1 && got_events < all_events,
+        "merged: {summary}"
+    );
+    assert_eq!((got_msgs, got_bytes), (all_msgs, all_bytes), "{summary}");
+    assert_eq!(
+        got.iter()
+            .filter(|k| matches!(k, EventKind::Closed { .. }))
+            .count(),
+        1,
+        "{summary}"
+    );
+    all_msgs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::too_many_lines)] // issue 12 step 6 splits it; remove then
 async fn a_small_event_queue_collapses_states_counts_what_it_drops_and_keeps_every_loss() {
-    const ROUNDS: usize = 3;
-    /// Messages written into a paused link before each outage: unconfirmed, so lost.
-    const N: u64 = 10;
     let mut server = NatsServer::start().unwrap();
     let proxy = Proxy::start(server.addr()).unwrap();
     let client = ConnectOptions::new()
@@ -296,37 +391,7 @@ async fn a_small_event_queue_collapses_states_counts_what_it_drops_and_keeps_eve
     .await;
 
     for round in 0..ROUNDS {
-        client.flush().await.unwrap();
-        proxy.pause();
-        let written = client.statistics().out_msgs;
-        for i in 0..N {
-            client.publish("lost", i.to_string()).await.unwrap();
-        }
-        // Written into the paused link: no PONG can confirm them.
-        assert!(
-            tether_testkit::wait_for(T, || client.statistics().out_msgs == written + N),
-            "round {round}: the batch was not written"
-        );
-        server.kill();
-        proxy.cut(CutMode::Rst);
-        proxy.pass();
-        record_until(&mut all, &mut log, |e| {
-            matches!(e, EventKind::Disconnected { .. })
-        })
-        .await;
-        // Attempts fail while the server is down (the proxy accepts, finds no upstream
-        // and resets): Reconnecting is a state change, ReconnectFailed is not.
-        for _ in 0..2 {
-            record_until(&mut all, &mut log, |e| {
-                matches!(e, EventKind::ReconnectFailed { .. })
-            })
-            .await;
-        }
-        server.restart().unwrap();
-        record_until(&mut all, &mut log, |e| {
-            matches!(e, EventKind::Reconnected { .. })
-        })
-        .await;
+        outage(round, &client, &mut server, &proxy, &mut all, &mut log).await;
     }
     client.close().await;
     record_until(&mut all, &mut log, |e| {
@@ -354,59 +419,10 @@ async fn a_small_event_queue_collapses_states_counts_what_it_drops_and_keeps_eve
         ),
         "{summary}"
     );
-
-    // State changes collapsed: each queued one stands for itself and `collapsed` others.
-    let states: Vec<&EventKind> = got.iter().filter(|k| is_state_change(k)).collect();
-    assert!(states.iter().any(|k| collapsed(k) > 0), "{summary}");
-    assert_eq!(
-        states.iter().map(|k| 1 + collapsed(k)).sum::<u64>(),
-        log.iter().filter(|k| is_state_change(k)).count() as u64,
-        "{summary}"
-    );
-
-    // Other events were dropped, and one EventsLagged, the last item, says how many.
-    let lagged: Vec<u64> = got
-        .iter()
-        .filter_map(|k| match k {
-            EventKind::EventsLagged { dropped } => Some(*dropped),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(lagged.len(), 1, "{summary}");
-    assert!(
-        matches!(got.last(), Some(EventKind::EventsLagged { .. })),
-        "{summary}"
-    );
-    let others = |kinds: &[EventKind]| {
-        kinds
-            .iter()
-            .filter(|k| {
-                !is_state_change(k) && !is_loss(k) && !matches!(k, EventKind::EventsLagged { .. })
-            })
-            .count() as u64
-    };
-    assert!(lagged[0] > 0, "{summary}");
-    assert_eq!(lagged[0], others(&log) - others(&got), "{summary}");
-    assert_eq!(client.statistics().events_lagged, lagged[0]);
-
-    // No loss was dropped: every outage's unconfirmed batch is counted, merged or not.
-    let (got_msgs, got_bytes, got_events) = unconfirmed(&got);
-    let (all_msgs, all_bytes, all_events) = unconfirmed(&log);
-    assert_eq!(all_events, ROUNDS, "{summary}");
-    assert_eq!(all_msgs, ROUNDS as u64 * N, "{summary}");
-    assert!(
-        got_events >= 1 && got_events < all_events,
-        "merged: {summary}"
-    );
-    assert_eq!((got_msgs, got_bytes), (all_msgs, all_bytes), "{summary}");
-    assert_eq!(client.statistics().unconfirmed_reported_msgs, all_msgs);
-    assert_eq!(
-        got.iter()
-            .filter(|k| matches!(k, EventKind::Closed { .. }))
-            .count(),
-        1,
-        "{summary}"
-    );
+    let dropped = assert_collapsed_and_counted(&got, &log, &summary);
+    assert_eq!(client.statistics().events_lagged, dropped);
+    let lost = assert_every_loss_kept(&got, &log, &summary);
+    assert_eq!(client.statistics().unconfirmed_reported_msgs, lost);
 }
 
 #[tokio::test]

@@ -1,5 +1,8 @@
 //! Slow consumers, drain, and event queueing under storms.
 
+mod common;
+use common::disconnected;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -109,25 +112,13 @@ async fn drain_delivers_in_flight_then_ends_streams_and_refuses_publishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusal_storm_is_reported_in_full_by_few_events() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .event_queue(2)
-        .outbound_buffer(1024 * 1024, 1)
-        .assumed_max_payload(1024)
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    loop {
-        let e = tokio::time::timeout(T, events.next())
-            .await
-            .unwrap()
-            .unwrap();
-        if matches!(e.kind, EventKind::Disconnected { .. }) {
-            break;
-        }
-    }
+    let (_server, client, mut events) = disconnected(
+        ConnectOptions::new()
+            .event_queue(2)
+            .outbound_buffer(1024 * 1024, 1)
+            .assumed_max_payload(1024),
+    )
+    .await;
     client.publish("x", "1").await.unwrap();
     let mut refused = 0u64;
     for _ in 0..1000 {

@@ -1,7 +1,7 @@
 //! Reconnection against real processes and the fault proxy.
 
 mod common;
-use common::{next_event, through_proxy, T};
+use common::{disconnected, echo_responder, next_event, proxied, proxied_with, through_proxy, T};
 
 use std::time::{Duration, Instant};
 
@@ -37,14 +37,7 @@ async fn kill_restart_resubscribes_and_delivers_buffered_batch_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
-    let (_server, proxy, client) = through_proxy(
-        ConnectOptions::new()
-            .ping_interval(Duration::from_millis(500))
-            .pong_timeout(Duration::from_millis(500)),
-    )
-    .await;
-    let mut events = client.events();
-    client.flush().await.unwrap();
+    let (_server, proxy, client, mut events) = proxied(Duration::from_millis(500)).await;
     let before = client.statistics().out_msgs;
     proxy.black_hole();
     let start = Instant::now();
@@ -83,20 +76,14 @@ async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_unconfirmed_delivers_everything_after_black_hole() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
+    let (server, proxy, client, mut events) = proxied_with(
+        ConnectOptions::new().resend_unconfirmed(true),
+        Duration::from_millis(500),
+    )
+    .await;
     let watcher = tether::connect(server.url()).await.unwrap();
     let mut sub = watcher.subscribe("rs").await.unwrap();
     watcher.flush().await.unwrap();
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_millis(500))
-        .pong_timeout(Duration::from_millis(500))
-        .resend_unconfirmed(true)
-        .connect(proxy.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    client.flush().await.unwrap();
     proxy.black_hole();
     const N: u32 = 100;
     for i in 0..N {
@@ -118,17 +105,13 @@ async fn resend_unconfirmed_delivers_everything_after_black_hole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_bounds_while_disconnected() {
-    let mut server = NatsServer::start().unwrap();
     // Frames of "PUB b 4\r\nxxxx\r\n" are 15 bytes; bound at 10 messages.
-    let client = ConnectOptions::new()
-        .outbound_buffer(2 * 1024 * 1024, 10)
-        .assumed_max_payload(1024)
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, mut events) = disconnected(
+        ConnectOptions::new()
+            .outbound_buffer(2 * 1024 * 1024, 10)
+            .assumed_max_payload(1024),
+    )
+    .await;
     for _ in 0..10 {
         client.publish("b", "xxxx").await.unwrap();
     }
@@ -154,15 +137,8 @@ async fn buffer_bounds_while_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffering_off_fails_at_once_while_disconnected() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .buffer_while_disconnected(false)
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, _events) =
+        disconnected(ConnectOptions::new().buffer_while_disconnected(false)).await;
     assert_eq!(
         client.publish("x", "y").await,
         Err(PublishError::Disconnected)
@@ -171,18 +147,14 @@ async fn buffering_off_fails_at_once_while_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_policy_waits_up_to_deadline() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .outbound_buffer(2 * 1024 * 1024, 2)
-        .assumed_max_payload(1024)
-        .overflow(tether::OverflowPolicy::Block)
-        .block_deadline(Duration::from_millis(300))
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, _events) = disconnected(
+        ConnectOptions::new()
+            .outbound_buffer(2 * 1024 * 1024, 2)
+            .assumed_max_payload(1024)
+            .overflow(tether::OverflowPolicy::Block)
+            .block_deadline(Duration::from_millis(300)),
+    )
+    .await;
     client.publish("x", "1").await.unwrap();
     client.publish("x", "2").await.unwrap();
     let start = Instant::now();
@@ -203,13 +175,7 @@ async fn block_policy_waits_up_to_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_fails_when_link_drops_first() {
-    let (_server, proxy, client) = through_proxy(
-        ConnectOptions::new()
-            .ping_interval(Duration::from_millis(300))
-            .pong_timeout(Duration::from_millis(300)),
-    )
-    .await;
-    client.flush().await.unwrap();
+    let (_server, proxy, client, _events) = proxied(Duration::from_millis(300)).await;
     proxy.black_hole();
     client.publish("f", "x").await.unwrap();
     let err = client.flush().await.unwrap_err();
@@ -218,16 +184,12 @@ async fn flush_fails_when_link_drops_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_reconnects_exhausted_closes_with_reason() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .max_reconnects(Some(3))
-        .reconnect_delay(|_, _, _| Duration::from_millis(150))
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, mut events) = disconnected(
+        ConnectOptions::new()
+            .max_reconnects(Some(3))
+            .reconnect_delay(|_, _, _| Duration::from_millis(150)),
+    )
+    .await;
     client.publish("x", "unsent").await.unwrap();
     match next_event(&mut events, |e| matches!(e, EventKind::Closed { .. })).await {
         EventKind::Closed {
@@ -285,14 +247,7 @@ async fn lazy_policy_connects_on_first_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_hole_on_idle_connection_is_detected() {
-    let (_server, proxy, client) = through_proxy(
-        ConnectOptions::new()
-            .ping_interval(Duration::from_millis(500))
-            .pong_timeout(Duration::from_millis(500)),
-    )
-    .await;
-    let mut events = client.events();
-    client.flush().await.unwrap();
+    let (_server, proxy, _client, mut events) = proxied(Duration::from_millis(500)).await;
     proxy.black_hole();
     let start = Instant::now();
     let EventKind::Disconnected { reason, .. } =
@@ -432,16 +387,7 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
     proxy.pause();
     server.restart().unwrap();
     let echo = tether::connect(server.url()).await.unwrap();
-    let mut esub = echo.subscribe("echo").await.unwrap();
-    echo.flush().await.unwrap();
-    let e2 = echo.clone();
-    tokio::spawn(async move {
-        while let Some(m) = esub.next().await {
-            if let Some(r) = m.reply {
-                e2.publish(r.as_str(), &m.payload).await.unwrap();
-            }
-        }
-    });
+    echo_responder(&echo, "echo").await;
     proxy.pass();
     next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
     let reply = buffered
@@ -453,15 +399,8 @@ async fn buffered_request_is_sent_after_reconnect_and_written_one_fails_at_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_while_reconnecting_closes_at_deadline_and_reports_unsent() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .drain_timeout(Duration::from_millis(500))
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, _events) =
+        disconnected(ConnectOptions::new().drain_timeout(Duration::from_millis(500))).await;
     client.publish("x", "never").await.unwrap();
     let start = Instant::now();
     let report = client.drain().await.unwrap();
@@ -632,16 +571,12 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_high_water_events_as_the_buffer_fills() {
-    let mut server = NatsServer::start().unwrap();
-    let client = ConnectOptions::new()
-        .outbound_buffer(2 * 1024 * 1024, 100)
-        .assumed_max_payload(1024)
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let (_server, client, mut events) = disconnected(
+        ConnectOptions::new()
+            .outbound_buffer(2 * 1024 * 1024, 100)
+            .assumed_max_payload(1024),
+    )
+    .await;
     for _ in 0..95 {
         client.publish("hw", "x").await.unwrap();
     }
@@ -678,28 +613,13 @@ async fn set_server_pool_moves_off_a_removed_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_retry_after_reconnect_resends_a_written_request() {
-    let server = NatsServer::start().unwrap();
-    let proxy = Proxy::start(server.addr()).unwrap();
+    let (server, proxy, client, mut events) = proxied_with(
+        ConnectOptions::new().request_retry_after_reconnect(true),
+        Duration::from_millis(300),
+    )
+    .await;
     let responder = tether::connect(server.url()).await.unwrap();
-    let mut rsub = responder.subscribe("svc").await.unwrap();
-    responder.flush().await.unwrap();
-    let r2 = responder.clone();
-    tokio::spawn(async move {
-        while let Some(m) = rsub.next().await {
-            if let Some(reply) = m.reply {
-                r2.publish(reply.as_str(), &m.payload).await.unwrap();
-            }
-        }
-    });
-    let client = ConnectOptions::new()
-        .ping_interval(Duration::from_millis(300))
-        .pong_timeout(Duration::from_millis(300))
-        .request_retry_after_reconnect(true)
-        .connect(proxy.url())
-        .await
-        .unwrap();
-    let mut events = client.events();
-    client.flush().await.unwrap();
+    echo_responder(&responder, "svc").await;
     proxy.black_hole();
     let c = client.clone();
     let req = tokio::spawn(async move {

@@ -3,36 +3,13 @@
 //! credentials in URLs, a server without headers, queue groups, and flush re-arming.
 
 mod common;
-use common::{next_event, through_proxy, T};
+use common::{connect_as, next_event, server_with_permissions, through_proxy, users_block, T};
 
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use tether::{ConnectOptions, EventKind, PublishError, State, SubscribeError};
 use tether_testkit::{CutMode, NatsCluster, NatsServer, Proxy, ServerConfig};
-
-/// A server whose only user is `app`/`pw` with these `permissions { ... }`.
-fn server_with_permissions(permissions: &str) -> NatsServer {
-    NatsServer::start_with(ServerConfig {
-        extra_config: Some(users_block(permissions)),
-        ..ServerConfig::default()
-    })
-    .unwrap()
-}
-
-fn users_block(permissions: &str) -> String {
-    format!(
-        "authorization {{\n  users = [\n    {{ user: app, password: pw, permissions: {{ {permissions} }} }}\n  ]\n}}\n"
-    )
-}
-
-async fn app_client(server: &NatsServer) -> tether::Client {
-    ConnectOptions::new()
-        .user_and_password("app", "pw")
-        .connect(server.url())
-        .await
-        .unwrap()
-}
 
 /// The next message on `sub` within [`T`].
 async fn next_msg(sub: &mut tether::Subscriber) -> tether::Message {
@@ -72,7 +49,7 @@ async fn a_queue_only_permission_denies_the_plain_subscription_and_keeps_the_que
     let server = server_with_permissions(
         r#"subscribe: { allow: ["work workers", "_INBOX.>"] }, publish: { allow: [">"] }"#,
     );
-    let client = app_client(&server).await;
+    let client = connect_as(&server, "app").await;
     let mut queued = client.queue_subscribe("work", "workers").await.unwrap();
     let mut plain = client.subscribe("work").await.unwrap();
     let mut other_group = client.queue_subscribe("work", "others").await.unwrap();
@@ -105,7 +82,7 @@ async fn a_queue_only_permission_denies_the_plain_subscription_and_keeps_the_que
 async fn a_reload_revoking_a_permission_ends_exactly_the_named_sids() {
     let mut server =
         server_with_permissions(r#"subscribe: { allow: [">"] }, publish: { allow: [">"] }"#);
-    let client = app_client(&server).await;
+    let client = connect_as(&server, "app").await;
     let mut events = client.events();
     let mut open = client.subscribe("open.x").await.unwrap();
     let mut first = client.subscribe("secret.x").await.unwrap();
