@@ -16,6 +16,7 @@ use tether_proto::{HeaderMap, ServerInfo};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::connection::driver::{self, establish, finish, percent};
+use crate::connection::reconnect;
 use crate::connection::{CloseMode, Counters, Inner, Mux, PendingRequest, Shared};
 use crate::error::{
     ConnectError, DrainError, FlushError, PublishError, RequestError, SubscribeError,
@@ -250,7 +251,7 @@ impl Client {
             ConnectPolicy::Retry => {
                 let shared = client.shared().clone();
                 shared.lock("connect").driver_started = true;
-                driver::spawn(shared, None);
+                reconnect::spawn(shared, None);
             }
             ConnectPolicy::Lazy => {}
         }
@@ -280,22 +281,14 @@ impl Client {
                         return Err(ConnectError::Closed);
                     }
                     if let Some(reason) = driver::adopt(shared, &mut inner, &addr, &mut est) {
-                        attempts.push(crate::error::AttemptError {
-                            server: addr.to_string(),
-                            address: None,
-                            error: reason,
-                        });
+                        let cause = reconnect::AttemptCause::LinkLost(reason);
+                        attempts.push(reconnect::Failure::new(&addr, None, cause).attempt);
                         continue;
                     }
                     inner.driver_started = true;
-                    inner.lazy_connecting = false;
+                    reconnect::on_connected(shared, &mut inner, &addr, None);
                     drop(inner);
-                    shared.emit(EventKind::Connected {
-                        server: addr.to_string(),
-                        collapsed: 0,
-                    });
-                    driver::spawn(shared.clone(), Some(est.stream));
-                    shared.connected.notify_waiters();
+                    reconnect::spawn(shared.clone(), Some(est.stream));
                     return Ok(());
                 }
                 Err(f) => {

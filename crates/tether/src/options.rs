@@ -789,11 +789,14 @@ fn parse_list<'a>(
             if part.is_empty() {
                 continue;
             }
-            out.push(ServerAddr::parse(part).map_err(ConnectError::InvalidUrl)?);
+            out.push(ServerAddr::parse(part).map_err(|e| ConnectError::InvalidUrl(e.to_string()))?);
         }
     }
     if out.is_empty() {
-        out.push(ServerAddr::parse(DEFAULT_SERVER).map_err(ConnectError::InvalidUrl)?);
+        out.push(
+            ServerAddr::parse(DEFAULT_SERVER)
+                .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?,
+        );
     }
     Ok(out)
 }

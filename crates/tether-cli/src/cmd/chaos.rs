@@ -565,7 +565,7 @@ fn restore(t: &mut Target, fault: Fault, node: usize) -> Result<(), String> {
 
 async fn resolve(url: &str) -> Result<SocketAddr, String> {
     let first = url.split(',').next().unwrap_or("").trim();
-    let addr = ServerAddr::parse(first)?;
+    let addr = ServerAddr::parse(first).map_err(|e| e.to_string())?;
     let hostport = (addr.host(), addr.port());
     let mut addrs = tokio::net::lookup_host(hostport)
         .await

@@ -1,7 +1,6 @@
 //! The I/O driver: one task per client. It owns the socket, feeds the sans-IO core, writes
 //! what the core queues, fires its timers, routes deliveries, and runs the reconnect loop.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +9,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
-use tether_proto::conn::{
-    classify_auth_err, Auth, ConnEvent, Connection, DetachedLink, HandshakeError, RemovedReason,
-    SubEndReason,
-};
+use tether_proto::conn::{Auth, ConnEvent, Connection, DetachedLink, RemovedReason, SubEndReason};
 use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
 use tether_proto::ServerInfo;
@@ -22,27 +18,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::reconnect::{record_attempt_failure, AttemptCause, Failure, UsedCredentials};
 use super::transport;
 use super::{CloseMode, Inner, Probe, Shared};
 use crate::credentials::{self, JwtTimes, Loaded};
-use crate::error::{AttemptError, FlushError, RequestError, SubscribeError};
+use crate::error::{FlushError, RequestError, SubscribeError};
 use crate::events::MigrateReason as SwitchReason;
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
-use crate::options::ConnectPolicy;
-use crate::server_pool::{backoff_delay, AuthVerdict, ServerAddr};
+use crate::server_pool::ServerAddr;
 use crate::subscription::Ended;
 
 /// Read buffer size; grows for large messages.
 const READ_BUF: usize = 64 * 1024;
 
-fn tokio_instant(t: Instant) -> tokio::time::Instant {
+pub(crate) fn tokio_instant(t: Instant) -> tokio::time::Instant {
     tokio::time::Instant::from_std(t)
 }
-
-/// A user JWT this close to its `exp` is treated as expired when the server refuses it:
-/// the server's clock may run ahead of ours.
-pub(crate) const JWT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// How often the credentials are read again after `CredentialsExpiring`, until a fresher
 /// JWT appears (then the planned switch moves to it) or the link ends.
@@ -82,18 +74,6 @@ async fn auth_for(shared: &Shared, addr: &ServerAddr) -> Result<Loaded, String> 
     })
 }
 
-/// Why an attempt failed, for the pool's auth rules.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) attempt: AttemptError,
-    pub(crate) server_err: Option<String>,
-    /// The credentials the attempt used (see [`Loaded::fingerprint`]); `None` when they
-    /// could not be read.
-    pub(crate) credentials: Option<u64>,
-    /// The validity of the user JWT the attempt used, if it had one that expires.
-    pub(crate) jwt: Option<JwtTimes>,
-}
-
 /// A link whose handshake completed, ready to be adopted by the session core.
 pub(crate) struct Established {
     pub(crate) stream: TcpStream,
@@ -118,32 +98,14 @@ impl std::fmt::Debug for Established {
 pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
     let deadline = later(start, shared.opts.connection_timeout);
-    let loaded = auth_for(shared, addr).await.map_err(|error| Failure {
-        attempt: AttemptError {
-            server: addr.to_string(),
-            address: None,
-            error,
-        },
-        server_err: None,
-        credentials: None,
-        jwt: None,
-    })?;
-    let credentials = Some(loaded.fingerprint);
-    let jwt = loaded.jwt;
-    let fail = |address: Option<String>, error: String, server_err: Option<String>| Failure {
-        attempt: AttemptError {
-            server: addr.to_string(),
-            address,
-            error,
-        },
-        server_err,
-        credentials,
-        jwt,
-    };
+    let loaded = auth_for(shared, addr)
+        .await
+        .map_err(|e| Failure::new(addr, None, AttemptCause::Credentials(e)))?;
     let (mut stream, sock) = transport::dial(addr, tokio_instant(deadline))
         .await
-        .map_err(|e| fail(e.address, e.error, None))?;
+        .map_err(|e| Failure::new(addr, e.address, AttemptCause::Dial(e.error)))?;
     let address = Some(sock.to_string());
+    let credentials = UsedCredentials::of(&loaded, std::time::SystemTime::now());
     let mut core = Connection::new(shared.opts.core_config(), start);
     core.set_pause_after_handshake(true);
     core.handle_transport_connected(Instant::now(), deadline, loaded.auth);
@@ -166,12 +128,9 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
                         jwt: loaded.jwt,
                     });
                 }
-                ConnEvent::HandshakeFailed(e) => {
-                    let server_err = match &e {
-                        HandshakeError::Server(t) => Some(t.clone()),
-                        _ => None,
-                    };
-                    return Err(fail(address, e.to_string(), server_err));
+                ConnEvent::HandshakeFailed(error) => {
+                    let cause = AttemptCause::Handshake { error, credentials };
+                    return Err(Failure::new(addr, address, cause));
                 }
                 _ => {}
             }
@@ -257,7 +216,8 @@ pub(crate) fn adopt(
 }
 
 /// How a link ended.
-enum LinkEnd {
+pub(crate) enum LinkEnd {
+    /// The client closes.
     Closed,
     /// The link went down. `ready` is a planned switch's new link whose handshake had
     /// completed: the reconnect adopts it instead of dialling again (S7).
@@ -265,316 +225,6 @@ enum LinkEnd {
         reason: String,
         ready: Option<Box<(ServerAddr, Established)>>,
     },
-}
-
-/// Start the driver task on the client's runtime. A panic inside it (a user callback
-/// such as `reconnect_delay`, or a bug) is never silent: the client closes with
-/// [`ClosedReason::DriverFailed`], every waiter fails at once, and the event stream ends
-/// with `Closed`.
-pub(crate) fn spawn(shared: Arc<Shared>, first: Option<TcpStream>) {
-    use futures_util::FutureExt;
-    let runtime = shared.runtime.clone();
-    runtime.spawn(async move {
-        let run = std::panic::AssertUnwindSafe(run(shared.clone(), first));
-        if let Err(panic) = run.catch_unwind().await {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
-            tracing::error!(panic = %what, "the connection driver panicked; closing the client");
-            shared.emit(EventKind::ClientError {
-                error: format!("the connection driver panicked: {what}"),
-            });
-            finish(&shared, ClosedReason::DriverFailed(what));
-        }
-    });
-}
-
-/// Run the client: the given link first (if any), then the reconnect loop.
-#[allow(clippy::too_many_lines)] // issue 12 step 4 splits it; remove then
-async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
-    let mut guard = CancelGuard {
-        shared: shared.clone(),
-        done: false,
-    };
-    let mut rng = SmallRng::from_entropy();
-    let mut link = first;
-    if link.is_none() {
-        // Without a first link (Retry policy) the client is down from the start.
-        shared.lock("driver start").outage_since = Some(Instant::now());
-    }
-    let mut attempts: u32 = 0;
-    let mut ever_connected = link.is_some();
-    let mut prepared: Option<(ServerAddr, Established)> = None;
-    loop {
-        if let Some(stream) = link.take() {
-            match run_link(&shared, stream).await {
-                LinkEnd::Closed => {
-                    finish(&shared, ClosedReason::Requested);
-                    guard.done = true;
-                    return;
-                }
-                LinkEnd::Down { reason, ready } => {
-                    prepared = ready.map(|b| *b);
-                    if !shared.opts.allow_reconnect {
-                        finish(&shared, ClosedReason::Disconnected(reason));
-                        guard.done = true;
-                        return;
-                    }
-                    let now = Instant::now();
-                    attempts = 0;
-                    let mut inner = shared.lock("reconnect");
-                    inner.outage_since = Some(now);
-                    if let Some(i) = inner.server_index() {
-                        inner.pool.record_dropped(i, now);
-                    }
-                    if matches!(inner.state, State::Connected) {
-                        shared.set_state(&mut inner, State::Reconnecting);
-                    }
-                }
-            }
-        }
-        // A switch's new link, ready when the old one died, is adopted as it is.
-        let picked = if let Some((addr, est)) = prepared.take() {
-            attempts += 1;
-            Some((addr, Some(est)))
-        } else {
-            pick_and_wait(&shared, &mut attempts).await
-        };
-        let Some((addr, est)) = picked else {
-            if shared.lock("reconnect").state != State::Closed {
-                finish(&shared, ClosedReason::Requested);
-            }
-            guard.done = true;
-            return;
-        };
-        let established = match est {
-            Some(est) => Ok(est),
-            None => establish(&shared, &addr).await,
-        };
-        let result = match established {
-            Ok(mut est) => {
-                let mut inner = shared.lock("reconnect");
-                if inner.close.is_some() {
-                    drop(inner);
-                    drop(est);
-                    finish(&shared, ClosedReason::Requested);
-                    guard.done = true;
-                    return;
-                }
-                if inner.pool.position(&addr).is_none() {
-                    // set_server_pool removed it while the handshake ran: pick again.
-                    attempts -= 1;
-                    continue;
-                }
-                match adopt(&shared, &mut inner, &addr, &mut est) {
-                    None => Ok(est),
-                    Some(reason) => Err(Failure {
-                        attempt: AttemptError {
-                            server: addr.to_string(),
-                            address: None,
-                            error: reason,
-                        },
-                        server_err: None,
-                        credentials: None,
-                        jwt: None,
-                    }),
-                }
-            }
-            Err(f) => Err(f),
-        };
-        match result {
-            Ok(est) => {
-                let mut inner = shared.lock("reconnect");
-                let downtime = shared.end_outage(&mut inner);
-                if ever_connected {
-                    shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("tether_reconnects_total").increment(1);
-                    shared.emit(EventKind::Reconnected {
-                        server: addr.to_string(),
-                        attempts,
-                        downtime,
-                        collapsed: 0,
-                    });
-                } else {
-                    shared.emit(EventKind::Connected {
-                        server: addr.to_string(),
-                        collapsed: 0,
-                    });
-                }
-                ever_connected = true;
-                inner.lazy_connecting = false;
-                drop(inner);
-                shared.connected.notify_waiters();
-                link = Some(est.stream);
-            }
-            Err(f) => {
-                shared.emit(EventKind::ReconnectFailed {
-                    server: f.attempt.server.clone(),
-                    address: f.attempt.address.clone(),
-                    attempt: attempts,
-                    error: f.attempt.error.clone(),
-                });
-                let mut inner = shared.lock("reconnect");
-                if shared.opts.connect_policy == ConnectPolicy::Lazy && !ever_connected {
-                    // A failed lazy attempt returns to Idle (handled by the caller).
-                    inner.lazy_connecting = false;
-                }
-                if inner.state == State::Connecting {
-                    // The Retry policy's first attempt failed: the client is down and
-                    // trying, as after a lost link (DESIGN: Connecting → Reconnecting).
-                    shared.set_state(&mut inner, State::Reconnecting);
-                }
-                let elapsed = inner.outage_since.map_or(Duration::ZERO, |o| o.elapsed());
-                record_attempt_failure(&shared, &mut inner, &addr, &f, elapsed, &mut rng);
-                if !ever_connected && shared.opts.connect_policy == ConnectPolicy::Lazy {
-                    drop(inner);
-                    shared.connected.notify_waiters();
-                }
-            }
-        }
-    }
-}
-
-/// A reconnect attempt to `addr` failed: schedule its next attempt with the backoff (or
-/// the user's reconnect_delay; `elapsed` is how long the outage, or the planned switch,
-/// has lasted), apply the auth rules, and remove the server when they or max_reconnects
-/// say so.
-fn record_attempt_failure(
-    shared: &Shared,
-    inner: &mut Inner,
-    addr: &ServerAddr,
-    f: &Failure,
-    elapsed: Duration,
-    rng: &mut SmallRng,
-) {
-    let now = Instant::now();
-    let Some(i) = inner.pool.position(addr) else {
-        return;
-    };
-    let failures = inner.pool.get(i).map_or(0, |e| e.failures) + 1;
-    let mut delay = match &shared.opts.reconnect_delay {
-        Some(f) => f(&addr.to_string(), failures, elapsed),
-        None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, rng),
-    };
-    let class = f.server_err.as_deref().and_then(classify_auth_err);
-    // Within JWT_CLOCK_SKEW of its exp counts as expired: the server's clock may be ahead.
-    let jwt_expired = f
-        .jwt
-        .is_some_and(|t| t.expires_in(std::time::SystemTime::now()) <= JWT_CLOCK_SKEW);
-    let verdict = inner.pool.record_auth(
-        i,
-        class,
-        f.credentials,
-        jwt_expired,
-        now,
-        shared.opts.reconnect_wait,
-    );
-    let mut remove = false;
-    match verdict {
-        AuthVerdict::Strike { strikes } => {
-            remove = strikes >= 2
-                && shared.opts.auth_failure_policy
-                    == crate::options::AuthFailurePolicy::RemoveServer;
-            // The next strike may count only reconnect_wait later: do not try before.
-            delay = delay.max(shared.opts.reconnect_wait);
-        }
-        AuthVerdict::Expired => delay = Duration::ZERO,
-        AuthVerdict::ExpiredRefused { first } => {
-            if first {
-                let expired_for = f.jwt.map_or(Duration::ZERO, |t| {
-                    t.expired_for(std::time::SystemTime::now())
-                });
-                shared.emit(EventKind::CredentialsExpired {
-                    server: addr.to_string(),
-                    expired_for,
-                });
-            }
-        }
-        AuthVerdict::Transient | AuthVerdict::NotAuth => {}
-    }
-    let removed = if remove {
-        inner.pool.remove(i)
-    } else {
-        inner.pool.record_failure(i, now, delay)
-    };
-    if let Some(r) = removed {
-        shared.emit(EventKind::ServersChanged {
-            added: Vec::new(),
-            removed: vec![r.addr.to_string()],
-        });
-    }
-}
-
-/// Pick the server due earliest, emit `Reconnecting` for it and wait until it is due.
-/// `None` when the client closes (or the pool is empty: then it is closed here).
-async fn pick_and_wait(
-    shared: &Shared,
-    attempts: &mut u32,
-) -> Option<(ServerAddr, Option<Established>)> {
-    loop {
-        let (due, addr) = {
-            let mut inner = shared.lock("reconnect");
-            if inner.close.is_some() {
-                return None;
-            }
-            if std::mem::take(&mut inner.force_reconnect) {
-                inner.pool.make_all_due(Instant::now());
-            }
-            let next = inner
-                .pool
-                .next(Instant::now())
-                .and_then(|i| inner.pool.get(i).map(|e| (e.due, e.addr.clone())));
-            let Some(next) = next else {
-                drop(inner);
-                finish(
-                    shared,
-                    ClosedReason::PoolExhausted(
-                        "every server failed max_reconnects times or refused the credentials"
-                            .into(),
-                    ),
-                );
-                return None;
-            };
-            next
-        };
-        *attempts += 1;
-        let delay = due.saturating_duration_since(Instant::now());
-        shared.emit(EventKind::Reconnecting {
-            attempt: *attempts,
-            server: addr.to_string(),
-            delay,
-            collapsed: 0,
-        });
-        if delay.is_zero() || wait_until_due(shared, due).await {
-            return Some((addr, None));
-        }
-        // Close or force_reconnect: pick again (this attempt was not made).
-        *attempts -= 1;
-    }
-}
-
-/// Sleep until `due`. Returns false early when close(), force_reconnect() or a new server
-/// pool asks to pick again; other wake-ups (publishers, waiters) leave the schedule as it
-/// is, so the next attempt keeps its number and its `Reconnecting` event is not repeated.
-async fn wait_until_due(shared: &Shared, due: Instant) -> bool {
-    let sleep = tokio::time::sleep_until(tokio_instant(due));
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            () = &mut sleep => return true,
-            () = shared.wake.notified() => {
-                let mut inner = shared.lock("reconnect wait");
-                if inner.close.is_some()
-                    || inner.force_reconnect
-                    || std::mem::take(&mut inner.repick)
-                {
-                    return false;
-                }
-            }
-        }
-    }
 }
 
 /// Merge INFO `connect_urls` into the pool.
@@ -873,7 +523,7 @@ type SwitchFuture =
 
 /// Run one established link until it goes down or the client closes. Planned switches
 /// (lame duck mode, force_reconnect, a new pool) happen here, make-before-break.
-async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
+pub(crate) async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
     let mut stream = Arc::new(stream);
     shared.lock("driver").direct = Some(stream.clone());
     let end = run_link_inner(shared, &mut stream).await;
@@ -1711,34 +1361,4 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     shared.events.close();
     shared.space.notify_waiters();
     shared.connected.notify_waiters();
-}
-
-/// Logs buffered counts at WARN when the runtime cancels the driver mid-flight.
-struct CancelGuard {
-    shared: Arc<Shared>,
-    done: bool,
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if self.done || std::thread::panicking() {
-            // A panic is reported by the task that spawned the driver.
-            return;
-        }
-        if let Some(inner) = self.shared.inner.try_lock() {
-            let unsent = inner.conn.unsent();
-            let unconfirmed = inner.conn.unconfirmed();
-            if unsent.msgs == 0 && unconfirmed.msgs == 0 {
-                tracing::debug!("connection driver cancelled with nothing buffered");
-                return;
-            }
-            tracing::warn!(
-                unsent_msgs = unsent.msgs,
-                unsent_bytes = unsent.bytes,
-                unconfirmed_msgs = unconfirmed.msgs,
-                unconfirmed_bytes = unconfirmed.bytes,
-                "connection driver cancelled (runtime shut down?) before close() or drain(); buffered data is lost"
-            );
-        }
-    }
 }

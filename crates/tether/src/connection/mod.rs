@@ -5,6 +5,7 @@
 //! the reconnect loop.
 
 pub(crate) mod driver;
+pub(crate) mod reconnect;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
