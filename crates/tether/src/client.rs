@@ -17,13 +17,14 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::connection::driver::{self, establish, finish, percent};
 use crate::connection::reconnect;
-use crate::connection::{CloseMode, Counters, Inner, Mux, PendingRequest, Shared};
+use crate::connection::{CloseMode, Counters, Inner, Shared};
 use crate::error::{
     ConnectError, DrainError, FlushError, PublishError, RequestError, SubscribeError,
 };
 use crate::events::{ClosedReason, EventHub, EventKind, Events, State};
 use crate::message::Message;
 use crate::options::{ConnectOptions, ConnectPolicy, OverflowPolicy};
+use crate::request::{self, PendingRequest, RequestGuard};
 use crate::server_pool::{ServerAddr, ServerPool};
 use crate::stats::Statistics;
 use crate::subscription::{Ended, SubQueue, SubscribeOptions, Subscriber};
@@ -86,25 +87,6 @@ fn later_tokio(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
     tether_proto::time::saturating_add(t.into_std(), d).into()
 }
 
-/// Removes a request that ends without its reply being routed (timeout, error, or the
-/// caller dropping the future): its entry, and its frame if still unsent.
-struct RequestGuard<'a> {
-    shared: &'a Shared,
-    token: u64,
-    armed: bool,
-}
-
-impl Drop for RequestGuard<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut inner = self.shared.lock("request end");
-        inner.requests.remove(&self.token);
-        inner.conn.cancel_request(self.token);
-    }
-}
-
 /// A NATS client: a cheap, cloneable handle to one connection.
 ///
 /// # Behavior
@@ -129,7 +111,7 @@ pub(crate) fn nuid() -> String {
         .collect()
 }
 
-fn refused_to_publish(r: PublishRefused) -> PublishError {
+pub(crate) fn refused_to_publish(r: PublishRefused) -> PublishError {
     match r {
         PublishRefused::BufferFull {
             bytes,
@@ -338,16 +320,9 @@ impl Client {
                     let _ = tx.send(Err(FlushError::Connect(Box::new(e.clone()))));
                 }
                 // Requests told "not published" must never go out later (B6).
-                let failed: Vec<_> = inner.requests.drain().collect();
-                inner
-                    .conn
-                    .remove_requests(|t| failed.iter().any(|(f, _)| *f == t));
-                for (_, r) in failed {
-                    let _ =
-                        r.tx.send(Err(RequestError::Publish(PublishError::Connect(Box::new(
-                            e.clone(),
-                        )))));
-                }
+                request::fail_all(&mut inner, true, || {
+                    RequestError::Publish(PublishError::Connect(Box::new(e.clone())))
+                });
                 drop(inner);
                 shared.connected.notify_waiters();
             }
@@ -512,19 +487,9 @@ impl Client {
             _ if inner.draining_pubs => return Err((PublishError::Draining, false)),
             _ => {}
         }
-        if let (FrameKind::Request(_), Some(r)) = (kind, request.as_ref()) {
-            if inner.mux.as_ref().map(|m| m.sid) != Some(r.mux_sid) {
-                // Its inbox was refused before the frame was buffered: no reply could
-                // come. Never sent; the caller hears it at once.
-                if let Some(r) = request.take() {
-                    let _ = r.tx.send(Err(RequestError::InboxDenied {
-                        subject: r.subject,
-                        message: inner.inbox_refused.clone().unwrap_or_default(),
-                        maybe_processed: false,
-                    }));
-                }
-                return Ok(());
-            }
+        if matches!(kind, FrameKind::Request(_)) && !request::inbox_still_valid(inner, request) {
+            // Never sent; the caller hears it at once.
+            return Ok(());
         }
         match inner.conn.publish(subject, reply, headers, payload, kind) {
             Ok(()) => {
@@ -830,20 +795,7 @@ impl Client {
             if inner.state == State::Closed {
                 return Err(RequestError::Closed);
             }
-            if inner.mux.is_none() {
-                let prefix = format!("{}.{}.", shared.opts.inbox_prefix, nuid());
-                let sid = inner
-                    .conn
-                    .subscribe(&format!("{prefix}*"), None)
-                    .map_err(|r| RequestError::Publish(refused_to_publish(r)))?;
-                inner.mux = Some(Mux { sid, prefix });
-            }
-            let token = inner.token();
-            let (reply, mux_sid) = match inner.mux.as_ref() {
-                Some(m) => (format!("{}{token}", m.prefix), m.sid),
-                None => (String::new(), 0),
-            };
-            (token, reply, mux_sid)
+            request::start(shared, &mut inner)?
         };
         let mut pending = Some(PendingRequest {
             subject: subject.to_owned(),

@@ -42,6 +42,7 @@ pub mod events;
 pub mod guide;
 mod message;
 pub mod options;
+mod request;
 mod server_addr;
 pub mod server_pool;
 pub mod stats;

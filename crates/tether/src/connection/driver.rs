@@ -26,6 +26,7 @@ use crate::error::{FlushError, RequestError, SubscribeError};
 use crate::events::MigrateReason as SwitchReason;
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
+use crate::request;
 use crate::server_pool::ServerAddr;
 use crate::subscription::Ended;
 
@@ -280,22 +281,9 @@ fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     if !retired && !shared.opts.request_retry_after_reconnect {
         // Written on a link that died unconfirmed: a responder may have acted on them,
         // and no reply can come back through it (B7).
-        fail_written_requests(inner, o.requests);
+        request::fail_written(inner, o.requests);
     }
     report_migrated(shared, o.from, o.to, unconfirmed);
-}
-
-/// Fail these requests, whose frames were written on a link now lost: a responder may
-/// have acted on them, and their replies cannot come back.
-fn fail_written_requests(inner: &mut Inner, tokens: impl IntoIterator<Item = u64>) {
-    for t in tokens {
-        if let Some(r) = inner.requests.remove(&t) {
-            let _ = r.tx.send(Err(RequestError::ConnectionLost {
-                subject: r.subject,
-                maybe_processed: true,
-            }));
-        }
-    }
 }
 
 /// How often the old link publishes the probe while waiting for it on the new link (a
@@ -1055,26 +1043,9 @@ fn route_messages(inner: &mut Inner) {
                 continue;
             }
         }
-        if let Some(mux) = &inner.mux {
-            if msg.sid == mux.sid {
-                let token = msg
-                    .subject
-                    .as_str()
-                    .strip_prefix(mux.prefix.as_str())
-                    .and_then(|t| t.parse::<u64>().ok());
-                if let Some(req) = token.and_then(|t| inner.requests.remove(&t)) {
-                    let message = Message::from(msg);
-                    let result = if message.is_no_responders() {
-                        Err(RequestError::NoResponders {
-                            subject: req.subject,
-                        })
-                    } else {
-                        Ok(message)
-                    };
-                    let _ = req.tx.send(result);
-                }
-                continue;
-            }
+        if request::is_inbox(inner, msg.sid) {
+            request::on_reply(inner, msg);
+            continue;
         }
         if let Some(q) = inner.subs.get(&msg.sid) {
             q.push(Message::from(msg));
@@ -1082,7 +1053,7 @@ fn route_messages(inner: &mut Inner) {
     }
 }
 
-#[allow(clippy::too_many_lines)] // issue 12 step 4 splits it; remove then
+/// Act on one event of the session core. Returns the reason when the link went down.
 fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<String> {
     match ev {
         ConnEvent::Disconnected {
@@ -1090,67 +1061,20 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             unconfirmed,
             buffered_requests,
         } => {
-            let text = reason.to_string();
-            shared.count_unconfirmed(unconfirmed);
-            metrics::counter!("tether_disconnects_total").increment(1);
-            // Requests whose frames were written may have been processed: fail them now.
-            if !shared.opts.request_retry_after_reconnect {
-                let written: Vec<u64> = inner
-                    .requests
-                    .keys()
-                    .copied()
-                    .filter(|t| !buffered_requests.contains(t))
-                    .collect();
-                fail_written_requests(inner, written);
-            }
-            // Publishers waiting for room re-check now: under the Error policy a
-            // disconnected buffer refuses at once instead of at block_deadline.
-            shared.space.notify_waiters();
-            // The state changes with the event, in one lock section: a stream taken in
-            // between never starts with a Connected that is already over.
-            if shared.opts.allow_reconnect && inner.state == State::Connected {
-                shared.set_state(inner, State::Reconnecting);
-            }
-            shared.emit(EventKind::Disconnected {
-                server: inner.server_name.clone(),
-                reason: text.clone(),
-                unconfirmed_msgs: unconfirmed.msgs,
-                unconfirmed_bytes: unconfirmed.bytes,
-            });
-            Some(text)
+            request::on_disconnected(shared, inner, &buffered_requests);
+            return Some(on_disconnected(shared, inner, &reason, unconfirmed));
         }
-        ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => None,
+        ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => {}
         ConnEvent::InfoUpdated(info) => {
             if let Some(addr) = inner.current.clone() {
                 merge_pool(shared, inner, &info, &addr);
             }
-            None
         }
-        ConnEvent::LameDuck => {
-            shared.emit(EventKind::LameDuck {
-                server: inner.server_name.clone(),
-            });
-            // Confirm what was written so far at once, then move after a random jitter so a
-            // fleet does not move at the same moment. With no other server to go to yet,
-            // the switch waits for one (a node back from its restart) until the server
-            // closes the link.
-            let token = inner.token();
-            inner.conn.flush(token);
-            let now = Instant::now();
-            if let Some(i) = inner.server_index() {
-                let id = inner.conn.server_info().map(|i| i.server_id.clone());
-                inner.pool.mark_lame_duck(i, id.as_deref(), now);
-            }
-            let wait =
-                crate::server_pool::uniform_below(shared.opts.ldm_jitter, &mut rand::thread_rng());
-            inner.ldm_switch_at = Some(later(now, wait));
-            None
-        }
+        ConnEvent::LameDuck => on_lame_duck(shared, inner),
         ConnEvent::FlushDone(token) => {
             if let Some(tx) = inner.flushes.remove(&token) {
                 let _ = tx.send(Ok(()));
             }
-            None
         }
         ConnEvent::FlushFailed { token, unconfirmed } => {
             if let Some(tx) = inner.flushes.remove(&token) {
@@ -1159,122 +1083,151 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     unconfirmed_bytes: unconfirmed.bytes,
                 }));
             }
-            None
         }
-        ConnEvent::ServerError(message) => {
-            if let Some(p) = inner.probe.as_mut().filter(|p| {
-                message.contains(p.subject.as_str())
-                    || p.marker
-                        .as_ref()
-                        .is_some_and(|(_, m)| message.contains(m.as_str()))
-            }) {
-                // No permission for the probe subject: the overlap runs to its bound.
-                tracing::debug!(subject = %p.subject, error = %message, "planned switch probe refused");
-                p.refused = true;
-                return None;
-            }
-            shared.emit(EventKind::ServerError { message });
-            None
-        }
+        ConnEvent::ServerError(message) => on_server_error(shared, inner, message),
         ConnEvent::PublishDenied {
             subject,
             reply,
             message,
         } => {
-            let matched = inner
-                .requests
-                .iter()
-                .filter(|(t, r)| {
-                    subject.as_deref() == Some(r.subject.as_str())
-                        || reply.as_deref().is_some_and(|rp| {
-                            inner
-                                .mux
-                                .as_ref()
-                                .is_some_and(|m| rp == format!("{}{t}", m.prefix))
-                        })
-                })
-                .map(|(t, _)| *t)
-                .min();
-            if let Some(r) = matched.and_then(|t| inner.requests.remove(&t)) {
-                let _ = r.tx.send(Err(RequestError::PermissionDenied(message)));
-            } else {
+            let (subject, reply) = (subject.as_deref(), reply.as_deref());
+            if let Some(message) = request::on_publish_denied(inner, subject, reply, message) {
                 inner.conn.note_publish_denied();
                 shared.emit(EventKind::ServerError { message });
             }
-            None
         }
-        ConnEvent::SubscriptionEnded { sid, reason } => {
-            if let Some(p) = inner
-                .probe
-                .as_mut()
-                .filter(|p| p.sid == sid || p.marker.as_ref().is_some_and(|(m, _)| *m == sid))
-            {
-                tracing::debug!(subject = %p.subject, reason = ?reason, "planned switch probe subscription ended");
-                p.refused = true;
-                return None;
-            }
-            if inner.mux.as_ref().is_some_and(|m| m.sid == sid) {
-                // The request inbox itself was refused (permissions on `_INBOX.>`, say):
-                // fail what waits on it; the next request subscribes a new inbox.
-                inner.mux = None;
-                let why: String = match &reason {
-                    SubEndReason::PermissionDenied(t)
-                    | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
-                    _ => "the request inbox subscription ended".to_owned(),
-                };
-                // No reply can reach those inboxes. Frames still pending are removed,
-                // never sent; one written or in flight may have been acted on (S4).
-                inner.inbox_refused = Some(why.clone());
-                let pending: Vec<u64> = inner.conn.pending_requests().collect();
-                inner.conn.remove_requests(|t| pending.contains(&t));
-                for (token, r) in inner.requests.drain() {
-                    let _ = r.tx.send(Err(RequestError::InboxDenied {
-                        subject: r.subject,
-                        message: why.clone(),
-                        maybe_processed: !pending.contains(&token),
-                    }));
-                }
-                return None;
-            }
-            if let Some(q) = inner.subs.remove(&sid) {
-                q.end(match reason {
-                    SubEndReason::MaxReached => Ended::Done,
-                    SubEndReason::PermissionDenied(t) => {
-                        Ended::Error(SubscribeError::PermissionDenied(t))
-                    }
-                    SubEndReason::MaxSubscriptionsExceeded(t) => {
-                        Ended::Error(SubscribeError::MaxSubscriptionsExceeded(t))
-                    }
-                    _ => Ended::Done,
-                });
-            }
-            None
-        }
+        ConnEvent::SubscriptionEnded { sid, reason } => on_subscription_ended(inner, sid, reason),
         ConnEvent::FramesRemoved { reason, counts } => {
-            let reason = match reason {
-                RemovedReason::MaxPayloadLowered { max_payload } => {
-                    format!("the server lowered max_payload to {max_payload}")
-                }
-                RemovedReason::PoisonFrame => {
-                    "the server closed the connection over frames we sent (poison frame); they are not resent".to_owned()
-                }
-                _ => "removed".to_owned(),
-            };
             shared.emit(EventKind::FramesRemoved {
-                reason,
+                reason: removed_text(&reason),
                 msgs: counts.msgs,
                 bytes: counts.bytes,
             });
-            None
         }
         ConnEvent::BufferSpace => {
             shared.space.notify_waiters();
             report_overflow_if_due(shared, inner);
             let c = inner.conn.buffered();
             rearm_high_water(inner, c);
-            None
         }
-        _ => None,
+        _ => {}
+    }
+    None
+}
+
+/// The link went down: count what it left unconfirmed, wake publishers, and move to
+/// Reconnecting together with the `Disconnected` event. Returns the reason as text.
+fn on_disconnected(
+    shared: &Shared,
+    inner: &mut Inner,
+    reason: &tether_proto::conn::DisconnectReason,
+    unconfirmed: Counts,
+) -> String {
+    let text = reason.to_string();
+    shared.count_unconfirmed(unconfirmed);
+    metrics::counter!("tether_disconnects_total").increment(1);
+    // Publishers waiting for room re-check now: under the Error policy a disconnected
+    // buffer refuses at once instead of at block_deadline.
+    shared.space.notify_waiters();
+    // The state changes with the event, in one lock section: a stream taken in between
+    // never starts with a Connected that is already over.
+    if shared.opts.allow_reconnect && inner.state == State::Connected {
+        shared.set_state(inner, State::Reconnecting);
+    }
+    shared.emit(EventKind::Disconnected {
+        server: inner.server_name.clone(),
+        reason: text.clone(),
+        unconfirmed_msgs: unconfirmed.msgs,
+        unconfirmed_bytes: unconfirmed.bytes,
+    });
+    text
+}
+
+/// The server entered lame duck mode. Confirm what was written so far at once, then move
+/// after a random jitter so a fleet does not move at the same moment. With no other
+/// server to go to yet, the switch waits for one (a node back from its restart) until the
+/// server closes the link.
+fn on_lame_duck(shared: &Shared, inner: &mut Inner) {
+    shared.emit(EventKind::LameDuck {
+        server: inner.server_name.clone(),
+    });
+    let token = inner.token();
+    inner.conn.flush(token);
+    let now = Instant::now();
+    if let Some(i) = inner.server_index() {
+        let id = inner.conn.server_info().map(|i| i.server_id.clone());
+        inner.pool.mark_lame_duck(i, id.as_deref(), now);
+    }
+    let wait = crate::server_pool::uniform_below(shared.opts.ldm_jitter, &mut rand::thread_rng());
+    inner.ldm_switch_at = Some(later(now, wait));
+}
+
+/// An -ERR about the planned switch's probe or cut marker (no permission for the
+/// subject): the overlap runs to its bound. Returns false when it is about something else.
+fn probe_refused(inner: &mut Inner, message: &str) -> bool {
+    let Some(p) = inner.probe.as_mut().filter(|p| {
+        message.contains(p.subject.as_str())
+            || p.marker
+                .as_ref()
+                .is_some_and(|(_, m)| message.contains(m.as_str()))
+    }) else {
+        return false;
+    };
+    tracing::debug!(subject = %p.subject, error = %message, "planned switch probe refused");
+    p.refused = true;
+    true
+}
+
+/// The probe's or the cut marker's subscription ended. Returns false for another `sid`.
+fn probe_ended(inner: &mut Inner, sid: u64, reason: &SubEndReason) -> bool {
+    let Some(p) = inner
+        .probe
+        .as_mut()
+        .filter(|p| p.sid == sid || p.marker.as_ref().is_some_and(|(m, _)| *m == sid))
+    else {
+        return false;
+    };
+    tracing::debug!(subject = %p.subject, reason = ?reason, "planned switch probe subscription ended");
+    p.refused = true;
+    true
+}
+
+/// An -ERR the server sent on a link that stays open; one about the planned switch's
+/// probe is not the user's.
+fn on_server_error(shared: &Shared, inner: &mut Inner, message: String) {
+    if !probe_refused(inner, &message) {
+        shared.emit(EventKind::ServerError { message });
+    }
+}
+
+/// A subscription ended: the probe's, the request inbox, or a user's (its stream ends,
+/// with the server's refusal if any).
+fn on_subscription_ended(inner: &mut Inner, sid: u64, reason: SubEndReason) {
+    if probe_ended(inner, sid, &reason) || request::on_inbox_ended(inner, sid, &reason) {
+        return;
+    }
+    if let Some(q) = inner.subs.remove(&sid) {
+        q.end(match reason {
+            SubEndReason::MaxReached => Ended::Done,
+            SubEndReason::PermissionDenied(t) => Ended::Error(SubscribeError::PermissionDenied(t)),
+            SubEndReason::MaxSubscriptionsExceeded(t) => {
+                Ended::Error(SubscribeError::MaxSubscriptionsExceeded(t))
+            }
+            _ => Ended::Done,
+        });
+    }
+}
+
+/// `FramesRemoved`'s reason as text.
+fn removed_text(reason: &RemovedReason) -> String {
+    match reason {
+        RemovedReason::MaxPayloadLowered { max_payload } => {
+            format!("the server lowered max_payload to {max_payload}")
+        }
+        RemovedReason::PoisonFrame => "the server closed the connection over frames we sent \
+                                       (poison frame); they are not resent"
+            .to_owned(),
+        _ => "removed".to_owned(),
     }
 }
 
@@ -1333,9 +1286,7 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     while inner.conn.poll_event().is_some() {}
     let unsent = inner.conn.clear_buffer();
     report_overflow(shared, &mut inner);
-    for (_, r) in inner.requests.drain() {
-        let _ = r.tx.send(Err(RequestError::Closed));
-    }
+    request::fail_all(&mut inner, false, || RequestError::Closed);
     for (_, tx) in inner.flushes.drain() {
         let _ = tx.send(Err(FlushError::Closed));
     }

@@ -17,29 +17,12 @@ use parking_lot::{Mutex, MutexGuard};
 use tether_proto::conn::{ConnStats, Connection};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::error::{FlushError, RequestError};
+use crate::error::FlushError;
 use crate::events::{ClosedReason, EventHub, EventKind, State};
-use crate::message::Message;
 use crate::options::ConnectOptions;
+use crate::request::{Mux, PendingRequest};
 use crate::server_pool::ServerPool;
 use crate::subscription::SubQueue;
-
-/// A request waiting for its reply.
-#[derive(Debug)]
-pub(crate) struct PendingRequest {
-    pub(crate) subject: String,
-    /// The sid of the inbox subscription its reply subject belongs to.
-    pub(crate) mux_sid: u64,
-    pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
-}
-
-/// The request mux: one wildcard subscription serves every request.
-#[derive(Debug)]
-pub(crate) struct Mux {
-    pub(crate) sid: u64,
-    /// `<inbox_prefix>.<nuid>.`
-    pub(crate) prefix: String,
-}
 
 /// The probe of a planned switch (DESIGN semantics 9): a subject subscribed on the new
 /// link after the replayed subscriptions and published on the old link until it arrives on

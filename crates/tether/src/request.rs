@@ -1,0 +1,228 @@
+//! The request mux (DESIGN semantics 11): one wildcard inbox subscription,
+//! `<inbox_prefix>.<nuid>.*`, serves every request; the reply subject's last token picks
+//! the waiting request.
+//!
+//! A request is registered in the lock section that buffers its frame. It ends with its
+//! reply, its timeout (the caller's [`RequestGuard`] removes it, and its frame if still
+//! unsent), or one of the failures below, each decided where the driver learns of it:
+//! - [`on_disconnected`]: the link dropped after its frame was written (a responder may
+//!   have acted on it; `request_retry_after_reconnect` keeps it pending instead);
+//! - [`fail_written`]: a retired link that held its frame died unconfirmed;
+//! - [`on_publish_denied`]: the server refused to publish its subject or reply;
+//! - [`on_inbox_ended`]: the server refused the inbox subscription itself;
+//! - [`fail_all`]: the client closed, or the Lazy policy's attempt failed.
+
+use tether_proto::conn::SubEndReason;
+use tether_proto::op::Msg;
+use tokio::sync::oneshot;
+
+use crate::client::{nuid, refused_to_publish};
+use crate::connection::{Inner, Shared};
+use crate::error::RequestError;
+use crate::message::Message;
+
+/// A request waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct PendingRequest {
+    pub(crate) subject: String,
+    /// The sid of the inbox subscription its reply subject belongs to.
+    pub(crate) mux_sid: u64,
+    pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
+}
+
+/// The request mux: one wildcard subscription serves every request.
+#[derive(Debug)]
+pub(crate) struct Mux {
+    pub(crate) sid: u64,
+    /// `<inbox_prefix>.<nuid>.`
+    pub(crate) prefix: String,
+}
+
+/// A new request: subscribes the inbox if there is none yet, and returns the request's
+/// token, its reply subject and the inbox's sid.
+pub(crate) fn start(
+    shared: &Shared,
+    inner: &mut Inner,
+) -> Result<(u64, String, u64), RequestError> {
+    if inner.mux.is_none() {
+        let prefix = format!("{}.{}.", shared.opts.inbox_prefix, nuid());
+        let sid = inner
+            .conn
+            .subscribe(&format!("{prefix}*"), None)
+            .map_err(|r| RequestError::Publish(refused_to_publish(r)))?;
+        inner.mux = Some(Mux { sid, prefix });
+    }
+    let token = inner.token();
+    let (reply, mux_sid) = match inner.mux.as_ref() {
+        Some(m) => (format!("{}{token}", m.prefix), m.sid),
+        None => (String::new(), 0),
+    };
+    Ok((token, reply, mux_sid))
+}
+
+/// Before its frame is buffered: a request whose inbox was refused in the meantime can
+/// get no reply. It is failed at once and never sent; returns false then.
+pub(crate) fn inbox_still_valid(inner: &Inner, request: &mut Option<PendingRequest>) -> bool {
+    let Some(r) = request.as_ref() else {
+        return true;
+    };
+    if inner.mux.as_ref().map(|m| m.sid) == Some(r.mux_sid) {
+        return true;
+    }
+    if let Some(r) = request.take() {
+        let _ = r.tx.send(Err(RequestError::InboxDenied {
+            subject: r.subject,
+            message: inner.inbox_refused.clone().unwrap_or_default(),
+            maybe_processed: false,
+        }));
+    }
+    false
+}
+
+/// True when `sid` is the request inbox.
+pub(crate) fn is_inbox(inner: &Inner, sid: u64) -> bool {
+    inner.mux.as_ref().is_some_and(|m| m.sid == sid)
+}
+
+/// A delivery on the inbox: the reply of the request its last token names (a reply
+/// whose request already ended is dropped). A 503 status without a body says that
+/// nobody listens: `NoResponders`.
+pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
+    let Some(mux) = &inner.mux else {
+        return;
+    };
+    let token = msg
+        .subject
+        .as_str()
+        .strip_prefix(mux.prefix.as_str())
+        .and_then(|t| t.parse::<u64>().ok());
+    if let Some(req) = token.and_then(|t| inner.requests.remove(&t)) {
+        let message = Message::from(msg);
+        let result = if message.is_no_responders() {
+            Err(RequestError::NoResponders {
+                subject: req.subject,
+            })
+        } else {
+            Ok(message)
+        };
+        let _ = req.tx.send(result);
+    }
+}
+
+/// The link dropped. Requests whose frames were written may have been processed and
+/// their replies cannot come back: they fail now, unless request_retry_after_reconnect
+/// keeps them pending (their frames are resent). Those still buffered wait for the next
+/// link.
+pub(crate) fn on_disconnected(shared: &Shared, inner: &mut Inner, buffered: &[u64]) {
+    if shared.opts.request_retry_after_reconnect {
+        return;
+    }
+    let written: Vec<u64> = inner
+        .requests
+        .keys()
+        .copied()
+        .filter(|t| !buffered.contains(t))
+        .collect();
+    fail_written(inner, written);
+}
+
+/// Fail these requests, whose frames were written on a link now lost: a responder may
+/// have acted on them, and their replies cannot come back.
+pub(crate) fn fail_written(inner: &mut Inner, tokens: impl IntoIterator<Item = u64>) {
+    for t in tokens {
+        if let Some(r) = inner.requests.remove(&t) {
+            let _ = r.tx.send(Err(RequestError::ConnectionLost {
+                subject: r.subject,
+                maybe_processed: true,
+            }));
+        }
+    }
+}
+
+/// The server refused to publish `subject` (or with `reply`). The oldest request for
+/// that subject, or the one with that reply subject, fails with `PermissionDenied`.
+/// Returns the message back when no request matched: a publish's refusal.
+pub(crate) fn on_publish_denied(
+    inner: &mut Inner,
+    subject: Option<&str>,
+    reply: Option<&str>,
+    message: String,
+) -> Option<String> {
+    let mux = inner.mux.as_ref();
+    let matched = inner
+        .requests
+        .iter()
+        .filter(|(t, r)| {
+            subject == Some(r.subject.as_str())
+                || reply.is_some_and(|rp| mux.is_some_and(|m| rp == format!("{}{t}", m.prefix)))
+        })
+        .map(|(t, _)| *t)
+        .min();
+    match matched.and_then(|t| inner.requests.remove(&t)) {
+        Some(r) => {
+            let _ = r.tx.send(Err(RequestError::PermissionDenied(message)));
+            None
+        }
+        None => Some(message),
+    }
+}
+
+/// The subscription `sid` ended. When it is the inbox (permissions on `_INBOX.>`, say),
+/// every request fails: no reply can reach those inboxes. Frames still pending are
+/// removed, never sent; one written or in flight may have been acted on (S4). The next
+/// request subscribes a new inbox. Returns false when `sid` is not the inbox.
+pub(crate) fn on_inbox_ended(inner: &mut Inner, sid: u64, reason: &SubEndReason) -> bool {
+    if !is_inbox(inner, sid) {
+        return false;
+    }
+    inner.mux = None;
+    let why: String = match reason {
+        SubEndReason::PermissionDenied(t) | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
+        _ => "the request inbox subscription ended".to_owned(),
+    };
+    inner.inbox_refused = Some(why.clone());
+    let pending: Vec<u64> = inner.conn.pending_requests().collect();
+    inner.conn.remove_requests(|t| pending.contains(&t));
+    for (token, r) in inner.requests.drain() {
+        let _ = r.tx.send(Err(RequestError::InboxDenied {
+            subject: r.subject,
+            message: why.clone(),
+            maybe_processed: !pending.contains(&token),
+        }));
+    }
+    true
+}
+
+/// Fail every request with `err()`: the client closed, or the Lazy policy's attempt
+/// failed (then their frames are removed too: a request told "not published" must
+/// never go out later, B6).
+pub(crate) fn fail_all(inner: &mut Inner, remove_frames: bool, err: impl Fn() -> RequestError) {
+    let failed: Vec<_> = inner.requests.drain().collect();
+    if remove_frames {
+        inner
+            .conn
+            .remove_requests(|t| failed.iter().any(|(f, _)| *f == t));
+    }
+    for (_, r) in failed {
+        let _ = r.tx.send(Err(err()));
+    }
+}
+
+/// Removes a request that ends without its reply being routed (timeout, error, or the
+/// caller dropping the future): its entry, and its frame if still unsent.
+pub(crate) struct RequestGuard<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) token: u64,
+    pub(crate) armed: bool,
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut inner = self.shared.lock("request end");
+        inner.requests.remove(&self.token);
+        inner.conn.cancel_request(self.token);
+    }
+}
