@@ -15,7 +15,8 @@ use tether_proto::subject;
 use tether_proto::{HeaderMap, ServerInfo};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::connection::driver::{self, establish, finish, percent};
+use crate::buffer_watch::{self, Change};
+use crate::connection::driver::{self, establish, finish};
 use crate::connection::reconnect;
 use crate::connection::{CloseMode, Counters, Inner, Shared};
 use crate::error::{
@@ -198,13 +199,10 @@ impl Client {
                 closed_reason: None,
                 closed_report: CloseReport::default(),
                 draining_pubs: false,
-                high_water: 0,
+                buffer_watch: crate::buffer_watch::BufferWatch::default(),
                 close_as: None,
                 repick: false,
-                high_water_bytes: 0,
                 outage_since: None,
-                refused: (0, 0),
-                overflow_reported_at: None,
                 force_reconnect: false,
                 lazy_connecting: false,
                 driver_started: false,
@@ -493,12 +491,7 @@ impl Client {
         }
         match inner.conn.publish(subject, reply, headers, payload, kind) {
             Ok(()) => {
-                let c = inner.conn.buffered();
-                inner.high_water_bytes = inner.high_water_bytes.max(c.bytes);
-                let limits = inner.conn.config().buffer;
-                if c.bytes * 2 >= limits.max_bytes as u64 || c.msgs * 2 >= limits.max_msgs as u64 {
-                    self.high_water(inner, c, limits);
-                }
+                buffer_watch::on_level(shared, inner, Change::Filled);
                 if let FrameKind::Request(token) = kind {
                     if let Some(r) = request.take() {
                         inner.requests.insert(token, r);
@@ -528,29 +521,6 @@ impl Client {
         }
     }
 
-    fn high_water(
-        &self,
-        inner: &mut Inner,
-        c: tether_proto::outbound::Counts,
-        limits: tether_proto::outbound::BufferLimits,
-    ) {
-        let shared = self.shared();
-        let pct = percent(c, limits);
-        for t in [90u8, 75, 50] {
-            if pct >= t {
-                if inner.high_water < t {
-                    inner.high_water = t;
-                    shared.emit(EventKind::BufferHighWater {
-                        percent: t,
-                        bytes: c.bytes,
-                        msgs: c.msgs,
-                    });
-                }
-                break;
-            }
-        }
-    }
-
     fn note_refused(
         &self,
         inner: &mut Inner,
@@ -565,17 +535,7 @@ impl Client {
             headers.map(HeaderMap::encoded_len),
             payload_len,
         );
-        let c = &self.shared().counters;
-        c.refused_msgs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        c.refused_bytes
-            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("tether_publish_refused_total").increment(1);
-        inner.refused.0 += 1;
-        inner.refused.1 += len as u64;
-        // The first refusal is reported at once; after that at most one event per
-        // interval carries the counts (a storm of refusals is not a storm of events).
-        driver::report_overflow_if_due(self.shared(), inner);
+        buffer_watch::note_refused(self.shared(), inner, len as u64);
     }
 
     /// Buffer a frame, waiting for room up to block_deadline (or `deadline`, if earlier)

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use super::reconnect::{record_attempt_failure, AttemptCause, Failure, UsedCredentials};
 use super::transport;
 use super::{CloseMode, Inner, Probe, Shared};
+use crate::buffer_watch::{self, Change};
 use crate::credentials::{self, JwtTimes, Loaded};
 use crate::error::{FlushError, RequestError, SubscribeError};
 use crate::events::MigrateReason as SwitchReason;
@@ -1106,9 +1107,8 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
         }
         ConnEvent::BufferSpace => {
             shared.space.notify_waiters();
-            report_overflow_if_due(shared, inner);
-            let c = inner.conn.buffered();
-            rearm_high_water(inner, c);
+            buffer_watch::report_overflow(shared, inner, false);
+            buffer_watch::on_level(shared, inner, Change::Drained);
         }
         _ => {}
     }
@@ -1231,46 +1231,6 @@ fn removed_text(reason: &RemovedReason) -> String {
     }
 }
 
-/// At most one BufferOverflow event per this interval; the counts in between accumulate
-/// into the next one (and into Closed), so none is lost.
-pub(crate) const OVERFLOW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Report refused publishes if the last report is at least [`OVERFLOW_REPORT_INTERVAL`] old.
-pub(crate) fn report_overflow_if_due(shared: &Shared, inner: &mut Inner) {
-    let due = inner
-        .overflow_reported_at
-        .is_none_or(|t| t.elapsed() >= OVERFLOW_REPORT_INTERVAL);
-    if due {
-        report_overflow(shared, inner);
-    }
-}
-
-/// Emit one BufferOverflow summarizing publishes refused since the last one.
-pub(crate) fn report_overflow(shared: &Shared, inner: &mut Inner) {
-    let (m, b) = std::mem::take(&mut inner.refused);
-    if m > 0 {
-        inner.overflow_reported_at = Some(Instant::now());
-        shared.emit(EventKind::BufferOverflow {
-            refused_msgs: m,
-            refused_bytes: b,
-        });
-    }
-}
-
-fn rearm_high_water(inner: &mut Inner, c: Counts) {
-    let limits = inner.conn.config().buffer;
-    let pct = percent(c, limits);
-    if pct < 25 {
-        inner.high_water = 0;
-    }
-}
-
-pub(crate) fn percent(c: Counts, limits: tether_proto::outbound::BufferLimits) -> u8 {
-    let b = c.bytes.saturating_mul(100) / (limits.max_bytes as u64).max(1);
-    let m = c.msgs.saturating_mul(100) / (limits.max_msgs as u64).max(1);
-    b.max(m).min(100) as u8
-}
-
 /// Close for good: report what was unsent and unconfirmed, fail waiters, end streams.
 pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     let mut inner = shared.lock("close");
@@ -1285,7 +1245,7 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     inner.conn.handle_close_link();
     while inner.conn.poll_event().is_some() {}
     let unsent = inner.conn.clear_buffer();
-    report_overflow(shared, &mut inner);
+    buffer_watch::report_overflow(shared, &mut inner, true);
     request::fail_all(&mut inner, false, || RequestError::Closed);
     for (_, tx) in inner.flushes.drain() {
         let _ = tx.send(Err(FlushError::Closed));

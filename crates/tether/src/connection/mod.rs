@@ -87,16 +87,10 @@ pub(crate) struct Inner {
     pub(crate) closed_reason: Option<ClosedReason>,
     pub(crate) closed_report: crate::client::CloseReport,
     pub(crate) draining_pubs: bool,
-    /// Buffer high-water level reported (0, 50, 75, 90).
-    pub(crate) high_water: u8,
-    /// Highest byte fill of the outbound buffer seen.
-    pub(crate) high_water_bytes: u64,
+    /// The outbound buffer's level as reported (high water, refused publishes).
+    pub(crate) buffer_watch: crate::buffer_watch::BufferWatch,
     /// When the current outage started (no link), if the client is in one.
     pub(crate) outage_since: Option<Instant>,
-    /// Publishes refused since the last BufferOverflow event.
-    pub(crate) refused: (u64, u64),
-    /// When the last BufferOverflow event went out (they are rate-limited).
-    pub(crate) overflow_reported_at: Option<Instant>,
     /// force_reconnect asked for.
     pub(crate) force_reconnect: bool,
     /// The pool changed while reconnecting: the attempt being waited for is picked again.
@@ -249,7 +243,7 @@ impl Shared {
             },
             buffered_msgs: buffered.msgs,
             buffered_bytes: buffered.bytes,
-            buffer_high_water_bytes: inner.high_water_bytes,
+            buffer_high_water_bytes: inner.buffer_watch.high_water_bytes,
             publish_denied: core.publish_denied,
             frames_removed: core.frames_removed,
             slow_consumer_dropped: c.slow_consumer_dropped.load(Ordering::Relaxed),
