@@ -600,10 +600,10 @@ impl ConnectOptions {
             );
         }
         if let Some(crate::credentials::KeySource::Seed(seed)) = &self.keys {
-            crate::credentials::check_seed(seed).map_err(|fix| OptionsError::Invalid {
+            crate::credentials::check_seed(seed).map_err(|e| OptionsError::Invalid {
                 option: "nkey",
                 value: "<redacted>".into(),
-                fix,
+                fix: e.to_string(),
             })?;
         }
         if self.jwt_refresh_lead.is_some_and(|l| l.is_zero()) {

@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
-use tether_proto::conn::{Auth, ConnEvent, Connection, DetachedLink, RemovedReason, SubEndReason};
+use tether_proto::conn::{ConnEvent, Connection, DetachedLink, RemovedReason, SubEndReason};
 use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
 use tether_proto::ServerInfo;
@@ -22,7 +22,7 @@ use super::reconnect::{record_attempt_failure, AttemptCause, Failure, UsedCreden
 use super::transport;
 use super::{CloseMode, Inner, Probe, Shared};
 use crate::buffer_watch::{self, Change};
-use crate::credentials::{self, JwtTimes, Loaded};
+use crate::credentials::{self, CredentialsError, JwtTimes, Loaded};
 use crate::error::{FlushError, RequestError, SubscribeError};
 use crate::events::MigrateReason as SwitchReason;
 use crate::events::{ClosedReason, EventKind, State};
@@ -41,40 +41,6 @@ pub(crate) fn tokio_instant(t: Instant) -> tokio::time::Instant {
 /// How often the credentials are read again after `CredentialsExpiring`, until a fresher
 /// JWT appears (then the planned switch moves to it) or the link ends.
 pub(crate) const CREDENTIALS_RECHECK: Duration = Duration::from_secs(1);
-
-/// Read the credentials (a creds file, or a seed) on the blocking pool: a file read never
-/// blocks a runtime worker, and never happens under the connection lock.
-async fn load_keys(keys: credentials::KeySource) -> Result<Loaded, String> {
-    tokio::task::spawn_blocking(move || credentials::load(&keys))
-        .await
-        .unwrap_or_else(|e| Err(format!("reading the credentials failed: {e}")))
-}
-
-/// Credentials for an attempt, read now (creds files are read again at every attempt):
-/// the options first, then the URL's.
-async fn auth_for(shared: &Shared, addr: &ServerAddr) -> Result<Loaded, String> {
-    if let Some(keys) = &shared.opts.keys {
-        return load_keys(keys.clone()).await;
-    }
-    let mut auth = Auth::default();
-    if let Some((u, p)) = &shared.opts.user {
-        auth.user = Some(u.clone());
-        auth.pass = Some(p.clone());
-    } else if let Some(t) = &shared.opts.token {
-        auth.token = Some(t.clone());
-    } else if let (Some(u), Some(p)) = (addr.user(), addr.pass()) {
-        auth.user = Some(u.to_owned());
-        auth.pass = Some(p.to_owned());
-    } else if let Some(t) = addr.user() {
-        auth.token = Some(t.to_owned());
-    }
-    // Static credentials never change.
-    Ok(Loaded {
-        auth,
-        jwt: None,
-        fingerprint: 0,
-    })
-}
 
 /// A link whose handshake completed, ready to be adopted by the session core.
 pub(crate) struct Established {
@@ -100,7 +66,7 @@ impl std::fmt::Debug for Established {
 pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
     let deadline = later(start, shared.opts.connection_timeout);
-    let loaded = auth_for(shared, addr)
+    let loaded = credentials::auth_for(&shared.opts, addr)
         .await
         .map_err(|e| Failure::new(addr, None, AttemptCause::Credentials(e)))?;
     let (mut stream, sock) = transport::dial(addr, tokio_instant(deadline))
@@ -505,7 +471,7 @@ async fn old_io(old: &mut OldLink) -> OldIo {
     }
 }
 
-type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send>>;
+type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, CredentialsError>> + Send>>;
 
 type SwitchFuture =
     Pin<Box<dyn Future<Output = (ServerAddr, Result<Established, Failure>)> + Send>>;
@@ -609,7 +575,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
             if idle_link && refresh.is_none() && inner.jwt_refresh_at.is_some_and(|at| now >= at) {
                 inner.jwt_refresh_at = None;
                 if let Some(keys) = shared.opts.keys.clone() {
-                    refresh = Some(Box::pin(load_keys(keys)));
+                    refresh = Some(Box::pin(credentials::load_keys(keys)));
                 }
             }
             // A switch waiting for its next target to be due.
@@ -973,7 +939,11 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
 /// new link with them if they expire later (semantics 13); else say so (once per link),
 /// and read them again every [`CREDENTIALS_RECHECK`] until a fresher JWT appears or the
 /// server ends the link (the reconnect then reads them again at once).
-fn check_fresh_credentials(shared: &Shared, inner: &mut Inner, fresh: Result<Loaded, String>) {
+fn check_fresh_credentials(
+    shared: &Shared,
+    inner: &mut Inner,
+    fresh: Result<Loaded, CredentialsError>,
+) {
     let Some(current) = inner.jwt else {
         return;
     };
@@ -1001,7 +971,7 @@ fn check_fresh_credentials(shared: &Shared, inner: &mut Inner, fresh: Result<Loa
         return;
     }
     let reason = match fresh {
-        Err(e) => e,
+        Err(e) => e.to_string(),
         Ok(_) => "the credentials read again expire no later than the ones in use; \
                   provide a fresher JWT before it expires, or the server will end the link"
             .to_owned(),

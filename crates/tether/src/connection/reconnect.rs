@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::driver::{adopt, establish, finish, run_link, tokio_instant, Established, LinkEnd};
 use super::{Inner, Shared};
-use crate::credentials::{JwtTimes, Loaded};
+use crate::credentials::{CredentialsError, JwtTimes, Loaded};
 use crate::error::AttemptError;
 use crate::events::{ClosedReason, EventKind, State};
 use crate::server_pool::{AuthRefusal, ReconnectPolicy, ServerAddr};
@@ -33,7 +33,7 @@ pub(crate) const JWT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) enum AttemptCause {
     /// The credentials could not be read.
-    Credentials(String),
+    Credentials(CredentialsError),
     /// The name did not resolve, or no address took the connection in time.
     Dial(String),
     /// The handshake failed (an -ERR from the server among others).
@@ -88,7 +88,8 @@ impl AttemptCause {
 impl fmt::Display for AttemptCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Credentials(e) | Self::Dial(e) | Self::LinkLost(e) => f.write_str(e),
+            Self::Credentials(e) => fmt::Display::fmt(e, f),
+            Self::Dial(e) | Self::LinkLost(e) => f.write_str(e),
             Self::Handshake { error, .. } => fmt::Display::fmt(error, f),
         }
     }
