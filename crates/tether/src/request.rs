@@ -193,16 +193,14 @@ pub(crate) fn on_inbox_ended(inner: &mut Inner, sid: u64, reason: &SubEndReason)
     true
 }
 
-/// Fail every request with `err()`: the client closed, or the Lazy policy's attempt
-/// failed (then their frames are removed too: a request told "not published" must
-/// never go out later, B6).
-pub(crate) fn fail_all(inner: &mut Inner, remove_frames: bool, err: impl Fn() -> RequestError) {
+/// Fail every request with `err()` (see `Inner::fail_waiters`): the client closed, or the
+/// Lazy policy's attempt failed. Their frames are removed too: a request told "not
+/// published" must never go out later (B6).
+pub(crate) fn fail_all(inner: &mut Inner, err: impl Fn() -> RequestError) {
     let failed: Vec<_> = inner.requests.drain().collect();
-    if remove_frames {
-        inner
-            .conn
-            .remove_requests(|t| failed.iter().any(|(f, _)| *f == t));
-    }
+    inner
+        .conn
+        .remove_requests(|t| failed.iter().any(|(f, _)| *f == t));
     for (_, r) in failed {
         let _ = r.tx.send(Err(err()));
     }

@@ -20,10 +20,10 @@ use tokio::sync::oneshot;
 
 use super::reconnect::{record_attempt_failure, AttemptCause, Failure, UsedCredentials};
 use super::transport;
-use super::{CloseMode, Inner, Probe, Shared};
+use super::{CloseMode, Inner, Probe, Shared, WaitersFail};
 use crate::buffer_watch::{self, Change};
 use crate::credentials::{self, CredentialsError, JwtTimes, Loaded};
-use crate::error::{FlushError, RequestError, SubscribeError};
+use crate::error::{FlushError, SubscribeError};
 use crate::events::MigrateReason as SwitchReason;
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
@@ -1216,10 +1216,7 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     while inner.conn.poll_event().is_some() {}
     let unsent = inner.conn.clear_buffer();
     buffer_watch::report_overflow(shared, &mut inner, true);
-    request::fail_all(&mut inner, false, || RequestError::Closed);
-    for (_, tx) in inner.flushes.drain() {
-        let _ = tx.send(Err(FlushError::Closed));
-    }
+    inner.fail_waiters(WaitersFail::Closed);
     for (_, q) in inner.subs.drain() {
         q.end(Ended::Done);
     }

@@ -19,7 +19,7 @@ use tether_proto::conn::{classify_auth_err, HandshakeError};
 use tokio::net::TcpStream;
 
 use super::driver::{adopt, establish, finish, run_link, tokio_instant, Established, LinkEnd};
-use super::{Inner, Shared};
+use super::{Inner, Repick, Shared};
 use crate::credentials::{CredentialsError, JwtTimes, Loaded};
 use crate::error::AttemptError;
 use crate::events::{ClosedReason, EventKind, State};
@@ -238,7 +238,8 @@ fn pick(shared: &Shared) -> Result<(ServerAddr, Instant), ClosedReason> {
     if inner.close.is_some() {
         return Err(ClosedReason::Requested);
     }
-    if std::mem::take(&mut inner.force_reconnect) {
+    if inner.repick == Repick::AllDueNow {
+        inner.repick = Repick::No;
         inner.pool.make_all_due(Instant::now());
     }
     inner
@@ -274,10 +275,13 @@ async fn wait_until_due(shared: &Shared, addr: &ServerAddr, due: Instant, attemp
             () = &mut sleep => return true,
             () = shared.wake.notified() => {
                 let mut inner = shared.lock("reconnect wait");
-                if inner.close.is_some()
-                    || inner.force_reconnect
-                    || std::mem::take(&mut inner.repick)
-                {
+                // A new pool is picked from once; force_reconnect's "all due now"
+                // is applied by the pick.
+                let repick = inner.repick;
+                if inner.repick == Repick::PoolChanged {
+                    inner.repick = Repick::No;
+                }
+                if inner.close.is_some() || repick != Repick::No {
                     return false;
                 }
             }
@@ -336,7 +340,6 @@ pub(crate) fn on_connected(
             collapsed: 0,
         }),
     }
-    inner.lazy_connecting = false;
     shared.connected.notify_waiters();
 }
 
