@@ -114,7 +114,8 @@ pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
 /// keeps them pending (their frames are resent). Those still buffered wait for the next
 /// link.
 pub(crate) fn on_disconnected(shared: &Shared, inner: &mut Inner, buffered: &[u64]) {
-    if shared.opts.request_retry_after_reconnect {
+    // request_retry_after_reconnect
+    if shared.opts.core.retain_requests {
         return;
     }
     let written: Vec<u64> = inner

@@ -245,7 +245,7 @@ fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     end_probe(inner);
     let retired = o.link.is_retired();
     let unconfirmed = inner.conn.finish_detached(o.link);
-    if !retired && !shared.opts.request_retry_after_reconnect {
+    if !retired && !shared.opts.core.retain_requests {
         // Written on a link that died unconfirmed: a responder may have acted on them,
         // and no reply can come back through it (B7).
         request::fail_written(inner, o.requests);
