@@ -225,3 +225,159 @@ impl Drop for RequestGuard<'_> {
         inner.conn.cancel_request(self.token);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tether_proto::conn::{Config, Connection};
+    use tether_proto::outbound::FrameKind;
+
+    use super::*;
+    use crate::events::State;
+    use crate::server_pool::ServerPool;
+
+    const PREFIX: &str = "_INBOX.abc.";
+
+    /// A client state with the inbox subscribed as sid 1 and no link.
+    fn inner() -> Inner {
+        let now = Instant::now();
+        let mut rng = rand::thread_rng();
+        let pool = ServerPool::new(Vec::new(), true, None, now, &mut rng);
+        let mut inner = Inner::new(
+            Connection::new(Config::default(), now),
+            State::Connected,
+            pool,
+        );
+        inner.mux = Some(Mux {
+            sid: 1,
+            prefix: PREFIX.to_owned(),
+        });
+        inner
+    }
+
+    /// Register a request for `subject`; with `buffered`, its frame waits in the buffer.
+    fn request(
+        inner: &mut Inner,
+        subject: &str,
+        buffered: bool,
+    ) -> (u64, oneshot::Receiver<Result<Message, RequestError>>) {
+        let token = inner.token();
+        if buffered {
+            let reply = format!("{PREFIX}{token}");
+            let kind = FrameKind::Request(token);
+            inner
+                .conn
+                .publish(subject, Some(&reply), None, b"x", kind)
+                .unwrap();
+        }
+        let (tx, rx) = oneshot::channel();
+        let r = PendingRequest {
+            subject: subject.to_owned(),
+            mux_sid: 1,
+            tx,
+        };
+        inner.requests.insert(token, r);
+        (token, rx)
+    }
+
+    fn outcome(rx: &mut oneshot::Receiver<Result<Message, RequestError>>) -> Option<RequestError> {
+        rx.try_recv().ok().map(|r| r.expect_err("failed"))
+    }
+
+    #[test]
+    fn a_publish_refusal_fails_the_oldest_request_for_its_subject_or_its_reply() {
+        let mut inner = inner();
+        let (_, mut a1) = request(&mut inner, "a", false);
+        let (_, mut a2) = request(&mut inner, "a", false);
+        let (b, mut b1) = request(&mut inner, "b", false);
+        assert_eq!(
+            on_publish_denied(&mut inner, Some("a"), None, "no".into()),
+            None
+        );
+        assert!(matches!(outcome(&mut a1), Some(RequestError::PermissionDenied(m)) if m == "no"));
+        assert!(outcome(&mut a2).is_none(), "only the oldest");
+        let reply = format!("{PREFIX}{b}");
+        assert_eq!(
+            on_publish_denied(&mut inner, None, Some(&reply), "r".into()),
+            None
+        );
+        assert!(matches!(
+            outcome(&mut b1),
+            Some(RequestError::PermissionDenied(_))
+        ));
+        // Nobody's request: the message comes back (a publish's refusal).
+        assert_eq!(
+            on_publish_denied(&mut inner, Some("c"), None, "c".into()),
+            Some("c".to_owned())
+        );
+        assert_eq!(inner.requests.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_inbox_fails_every_request_and_says_which_may_have_been_processed() {
+        let mut inner = inner();
+        let (_, mut written) = request(&mut inner, "a", false);
+        let (_, mut pending) = request(&mut inner, "a", true);
+        let reason = SubEndReason::PermissionDenied("no inbox".into());
+        assert!(!on_inbox_ended(&mut inner, 2, &reason), "not the inbox");
+        assert!(on_inbox_ended(&mut inner, 1, &reason));
+        assert!(inner.mux.is_none() && inner.requests.is_empty());
+        assert_eq!(inner.inbox_refused.as_deref(), Some("no inbox"));
+        assert!(matches!(
+            outcome(&mut written),
+            Some(RequestError::InboxDenied {
+                maybe_processed: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            outcome(&mut pending),
+            Some(RequestError::InboxDenied {
+                maybe_processed: false,
+                ..
+            })
+        ));
+        assert_eq!(inner.conn.pending_requests().count(), 0, "never sent");
+    }
+
+    #[test]
+    fn a_request_whose_inbox_went_meanwhile_fails_before_it_is_buffered() {
+        let mut inner = inner();
+        let (tx, mut rx) = oneshot::channel();
+        let mut r = Some(PendingRequest {
+            subject: "a".into(),
+            mux_sid: 7,
+            tx,
+        });
+        inner.inbox_refused = Some("refused".into());
+        assert!(!inbox_still_valid(&inner, &mut r));
+        assert!(r.is_none());
+        assert!(matches!(
+            outcome(&mut rx),
+            Some(RequestError::InboxDenied {
+                maybe_processed: false,
+                ..
+            })
+        ));
+        assert!(inbox_still_valid(&inner, &mut None));
+    }
+
+    #[test]
+    fn written_requests_fail_as_maybe_processed_and_others_stay() {
+        let mut inner = inner();
+        let (t1, mut r1) = request(&mut inner, "a", false);
+        let (_, mut r2) = request(&mut inner, "a", false);
+        fail_written(&mut inner, [t1, 99]);
+        assert!(matches!(
+            outcome(&mut r1),
+            Some(RequestError::ConnectionLost {
+                maybe_processed: true,
+                ..
+            })
+        ));
+        assert!(outcome(&mut r2).is_none());
+        fail_all(&mut inner, || RequestError::Closed);
+        assert!(matches!(outcome(&mut r2), Some(RequestError::Closed)));
+    }
+}
