@@ -1,5 +1,6 @@
-//! The I/O driver: one task per client. It owns the socket, feeds the sans-IO core, writes
-//! what the core queues, fires its timers, routes deliveries, and runs the reconnect loop.
+//! The I/O driver of one link: it owns the socket, feeds the sans-IO core, writes what the
+//! core queues, fires its timers, routes deliveries and runs planned switches. The
+//! reconnect loop around it is in [`super::reconnect`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

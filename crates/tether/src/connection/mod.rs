@@ -1,8 +1,8 @@
 //! The connection: state shared by handles and the driver, and the driver itself.
 //!
 //! Handles lock [`Shared::inner`] briefly, act on the sans-IO [`Connection`], and wake the
-//! driver; there is no per-message channel hop. The driver task owns the socket and runs
-//! the reconnect loop.
+//! driver; there is no per-message channel hop. The driver task owns the socket
+//! ([`driver`]) and runs the reconnect loop ([`reconnect`]).
 
 pub(crate) mod driver;
 pub(crate) mod reconnect;
