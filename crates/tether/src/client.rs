@@ -1,6 +1,5 @@
 //! The cloneable [`Client`] handle.
 
-use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,14 +14,17 @@ use tether_proto::subject;
 use tether_proto::{HeaderMap, ServerInfo};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::connection::driver::{self, establish, finish, percent};
-use crate::connection::{CloseMode, Counters, Inner, Mux, PendingRequest, Shared};
+use crate::buffer_watch::{self, Change};
+use crate::connection::driver::{self, establish};
+use crate::connection::reconnect;
+use crate::connection::{CloseMode, Counters, Inner, Repick, Shared, Startup, WaitersFail};
 use crate::error::{
     ConnectError, DrainError, FlushError, PublishError, RequestError, SubscribeError,
 };
 use crate::events::{ClosedReason, EventHub, EventKind, Events, State};
 use crate::message::Message;
 use crate::options::{ConnectOptions, ConnectPolicy, OverflowPolicy};
+use crate::request::{self, PendingRequest, RequestGuard};
 use crate::server_pool::{ServerAddr, ServerPool};
 use crate::stats::Statistics;
 use crate::subscription::{Ended, SubQueue, SubscribeOptions, Subscriber};
@@ -65,43 +67,13 @@ struct ClientRef {
 
 impl Drop for ClientRef {
     fn drop(&mut self) {
-        let mut inner = self.shared.lock("drop");
-        if inner.state == State::Closed {
-            return;
-        }
-        if inner.driver_started {
-            inner.close = Some(CloseMode::Graceful);
-            drop(inner);
-            self.shared.wake.notify_one();
-        } else {
-            drop(inner);
-            finish(&self.shared, ClosedReason::Requested);
-        }
+        self.shared.request_close(CloseMode::Graceful);
     }
 }
 
 /// `t + d`, never overflowing (a caller may pass `Duration::MAX` for "no timeout").
 fn later_tokio(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
     tether_proto::time::saturating_add(t.into_std(), d).into()
-}
-
-/// Removes a request that ends without its reply being routed (timeout, error, or the
-/// caller dropping the future): its entry, and its frame if still unsent.
-struct RequestGuard<'a> {
-    shared: &'a Shared,
-    token: u64,
-    armed: bool,
-}
-
-impl Drop for RequestGuard<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut inner = self.shared.lock("request end");
-        inner.requests.remove(&self.token);
-        inner.conn.cancel_request(self.token);
-    }
 }
 
 /// A NATS client: a cheap, cloneable handle to one connection.
@@ -128,7 +100,7 @@ pub(crate) fn nuid() -> String {
         .collect()
 }
 
-fn refused_to_publish(r: PublishRefused) -> PublishError {
+pub(crate) fn refused_to_publish(r: PublishRefused) -> PublishError {
     match r {
         PublishRefused::BufferFull {
             bytes,
@@ -198,41 +170,7 @@ impl Client {
         }
         let counters = Counters::default();
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                conn,
-                state: initial,
-                subs: HashMap::new(),
-                mux: None,
-                inbox_refused: None,
-                requests: HashMap::new(),
-                flushes: HashMap::new(),
-                next_token: 0,
-                driver_waiting: false,
-                pool,
-                current: None,
-                server_name: String::new(),
-                close: None,
-                closed_reason: None,
-                closed_report: CloseReport::default(),
-                draining_pubs: false,
-                high_water: 0,
-                close_as: None,
-                repick: false,
-                high_water_bytes: 0,
-                outage_since: None,
-                refused: (0, 0),
-                overflow_reported_at: None,
-                force_reconnect: false,
-                lazy_connecting: false,
-                driver_started: false,
-                ldm_switch_at: None,
-                switch_request: None,
-                probe: None,
-                jwt: None,
-                jwt_refresh_at: None,
-                expiring_reported: false,
-                direct: None,
-            }),
+            inner: Mutex::new(Inner::new(conn, initial, pool)),
             wake: Notify::new(),
             space: Notify::new(),
             connected: Notify::new(),
@@ -249,8 +187,8 @@ impl Client {
             ConnectPolicy::FailFast => client.first_connect().await?,
             ConnectPolicy::Retry => {
                 let shared = client.shared().clone();
-                shared.lock("connect").driver_started = true;
-                driver::spawn(shared, None);
+                shared.lock("connect").startup = Startup::Running;
+                reconnect::spawn(shared, None);
             }
             ConnectPolicy::Lazy => {}
         }
@@ -280,22 +218,14 @@ impl Client {
                         return Err(ConnectError::Closed);
                     }
                     if let Some(reason) = driver::adopt(shared, &mut inner, &addr, &mut est) {
-                        attempts.push(crate::error::AttemptError {
-                            server: addr.to_string(),
-                            address: None,
-                            error: reason,
-                        });
+                        let cause = reconnect::AttemptCause::LinkLost(reason);
+                        attempts.push(reconnect::Failure::new(&addr, None, cause).attempt);
                         continue;
                     }
-                    inner.driver_started = true;
-                    inner.lazy_connecting = false;
+                    inner.startup = Startup::Running;
+                    reconnect::on_connected(shared, &mut inner, &addr, None);
                     drop(inner);
-                    shared.emit(EventKind::Connected {
-                        server: addr.to_string(),
-                        collapsed: 0,
-                    });
-                    driver::spawn(shared.clone(), Some(est.stream));
-                    shared.connected.notify_waiters();
+                    reconnect::spawn(shared.clone(), Some(est.stream));
                     return Ok(());
                 }
                 Err(f) => {
@@ -312,10 +242,10 @@ impl Client {
     fn start_lazy(&self) {
         let shared = self.shared();
         let mut inner = shared.lock("lazy");
-        if inner.state != State::Idle || inner.lazy_connecting {
+        if inner.state != State::Idle || inner.startup == Startup::LazyAttempt {
             return;
         }
-        inner.lazy_connecting = true;
+        inner.startup = Startup::LazyAttempt;
         shared.set_state(&mut inner, State::Connecting);
         drop(inner);
         let client = self.clone();
@@ -332,29 +262,17 @@ impl Client {
             });
             let shared = client.shared();
             let mut inner = shared.lock("lazy");
-            inner.lazy_connecting = false;
+            if inner.startup == Startup::LazyAttempt {
+                // Failed (a success left the driver running).
+                inner.startup = Startup::NotStarted;
+            }
             if let Err(e) = result {
                 tracing::warn!(error = %e, "lazy connect failed; the next use tries again");
                 if inner.state == State::Connecting {
                     shared.set_state(&mut inner, State::Idle);
                 }
                 // Waiters blocked on this attempt fail now rather than at their timeouts.
-                let flushes: Vec<_> = inner.flushes.drain().collect();
-                for (token, tx) in flushes {
-                    inner.conn.cancel_flush(token);
-                    let _ = tx.send(Err(FlushError::Connect(Box::new(e.clone()))));
-                }
-                // Requests told "not published" must never go out later (B6).
-                let failed: Vec<_> = inner.requests.drain().collect();
-                inner
-                    .conn
-                    .remove_requests(|t| failed.iter().any(|(f, _)| *f == t));
-                for (_, r) in failed {
-                    let _ =
-                        r.tx.send(Err(RequestError::Publish(PublishError::Connect(Box::new(
-                            e.clone(),
-                        )))));
-                }
+                inner.fail_waiters(WaitersFail::Connect(&e));
                 drop(inner);
                 shared.connected.notify_waiters();
             }
@@ -385,16 +303,8 @@ impl Client {
         subject: impl AsRef<str>,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), PublishError> {
-        self.publish_inner(
-            subject.as_ref(),
-            None,
-            None,
-            payload.as_ref(),
-            FrameKind::Pub,
-            None,
-            &mut None,
-        )
-        .await
+        let f = Frame::publish(subject.as_ref(), None, None, payload.as_ref());
+        self.publish_inner(f, None, &mut None).await
     }
 
     /// Publish with a reply subject.
@@ -404,16 +314,13 @@ impl Client {
         reply: impl AsRef<str>,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), PublishError> {
-        self.publish_inner(
+        let f = Frame::publish(
             subject.as_ref(),
             Some(reply.as_ref()),
             None,
             payload.as_ref(),
-            FrameKind::Pub,
-            None,
-            &mut None,
-        )
-        .await
+        );
+        self.publish_inner(f, None, &mut None).await
     }
 
     /// Publish with headers (HPUB).
@@ -423,16 +330,8 @@ impl Client {
         headers: &HeaderMap,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), PublishError> {
-        self.publish_inner(
-            subject.as_ref(),
-            None,
-            Some(headers),
-            payload.as_ref(),
-            FrameKind::Pub,
-            None,
-            &mut None,
-        )
-        .await
+        let f = Frame::publish(subject.as_ref(), None, Some(headers), payload.as_ref());
+        self.publish_inner(f, None, &mut None).await
     }
 
     /// Publish with an optional reply subject and optional headers.
@@ -443,16 +342,8 @@ impl Client {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> Result<(), PublishError> {
-        self.publish_inner(
-            subject,
-            reply,
-            headers,
-            payload,
-            FrameKind::Pub,
-            None,
-            &mut None,
-        )
-        .await
+        let f = Frame::publish(subject, reply, headers, payload);
+        self.publish_inner(f, None, &mut None).await
     }
 
     /// Publish without ever waiting: Ok when buffered, else the reason at once.
@@ -472,26 +363,14 @@ impl Client {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> Result<(), PublishError> {
-        validate_publish(subject, reply, headers)?;
+        let f = Frame::publish(subject, reply, headers, payload);
+        f.validate()?;
         self.ensure_started();
         let shared = self.shared();
         let mut inner = shared.lock("try_publish");
         let r = self
-            .buffer_publish(
-                &mut inner,
-                subject,
-                reply,
-                headers,
-                payload,
-                FrameKind::Pub,
-                &mut None,
-            )
-            .map_err(|(e, _)| {
-                if matches!(e, PublishError::BufferFull { .. }) {
-                    self.note_refused(&mut inner, subject, reply, headers, payload.len());
-                }
-                e
-            });
+            .buffer_publish(&mut inner, f, &mut None)
+            .map_err(|(e, _)| self.give_up(&mut inner, f, e));
         drop(inner);
         if r.is_ok() {
             self.ensure_started();
@@ -502,46 +381,29 @@ impl Client {
     /// Encode into the buffer, or say why not (and whether waiting could help). A request
     /// is registered in the same lock section as its frame is buffered, so a link that
     /// drops in between cannot fail a request that was never buffered (B11).
-    #[allow(clippy::too_many_arguments)]
     fn buffer_publish(
         &self,
         inner: &mut Inner,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
-        kind: FrameKind,
+        f: Frame<'_>,
         request: &mut Option<PendingRequest>,
     ) -> Result<(), (PublishError, bool)> {
         let shared = self.shared();
         match inner.state {
             State::Closed => return Err((PublishError::Closed, false)),
-            _ if inner.draining_pubs => return Err((PublishError::Draining, false)),
+            State::DrainingPubs => return Err((PublishError::Draining, false)),
             _ => {}
         }
-        if let (FrameKind::Request(_), Some(r)) = (kind, request.as_ref()) {
-            if inner.mux.as_ref().map(|m| m.sid) != Some(r.mux_sid) {
-                // Its inbox was refused before the frame was buffered: no reply could
-                // come. Never sent; the caller hears it at once.
-                if let Some(r) = request.take() {
-                    let _ = r.tx.send(Err(RequestError::InboxDenied {
-                        subject: r.subject,
-                        message: inner.inbox_refused.clone().unwrap_or_default(),
-                        maybe_processed: false,
-                    }));
-                }
-                return Ok(());
-            }
+        if matches!(f.kind, FrameKind::Request(_)) && !request::inbox_still_valid(inner, request) {
+            // Never sent; the caller hears it at once.
+            return Ok(());
         }
-        match inner.conn.publish(subject, reply, headers, payload, kind) {
+        match inner
+            .conn
+            .publish(f.subject, f.reply, f.headers, f.payload, f.kind)
+        {
             Ok(()) => {
-                let c = inner.conn.buffered();
-                inner.high_water_bytes = inner.high_water_bytes.max(c.bytes);
-                let limits = inner.conn.config().buffer;
-                if c.bytes * 2 >= limits.max_bytes as u64 || c.msgs * 2 >= limits.max_msgs as u64 {
-                    self.high_water(inner, c, limits);
-                }
-                if let FrameKind::Request(token) = kind {
+                buffer_watch::on_level(shared, inner, Change::Filled);
+                if let FrameKind::Request(token) = f.kind {
                     if let Some(r) = request.take() {
                         inner.requests.insert(token, r);
                     }
@@ -570,87 +432,41 @@ impl Client {
         }
     }
 
-    fn high_water(
-        &self,
-        inner: &mut Inner,
-        c: tether_proto::outbound::Counts,
-        limits: tether_proto::outbound::BufferLimits,
-    ) {
-        let shared = self.shared();
-        let pct = percent(c, limits);
-        for t in [90u8, 75, 50] {
-            if pct >= t {
-                if inner.high_water < t {
-                    inner.high_water = t;
-                    shared.emit(EventKind::BufferHighWater {
-                        percent: t,
-                        bytes: c.bytes,
-                        msgs: c.msgs,
-                    });
-                }
-                break;
-            }
+    /// A publish fails with `e`: a full buffer counts it as refused (`BufferOverflow`).
+    fn give_up(&self, inner: &mut Inner, f: Frame<'_>, e: PublishError) -> PublishError {
+        if matches!(e, PublishError::BufferFull { .. }) {
+            let len = tether_proto::encode::pub_frame_len(
+                f.subject,
+                f.reply,
+                f.headers.map(HeaderMap::encoded_len),
+                f.payload.len(),
+            );
+            buffer_watch::note_refused(self.shared(), inner, len as u64);
         }
-    }
-
-    fn note_refused(
-        &self,
-        inner: &mut Inner,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&HeaderMap>,
-        payload_len: usize,
-    ) {
-        let len = tether_proto::encode::pub_frame_len(
-            subject,
-            reply,
-            headers.map(HeaderMap::encoded_len),
-            payload_len,
-        );
-        let c = &self.shared().counters;
-        c.refused_msgs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        c.refused_bytes
-            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("tether_publish_refused_total").increment(1);
-        inner.refused.0 += 1;
-        inner.refused.1 += len as u64;
-        // The first refusal is reported at once; after that at most one event per
-        // interval carries the counts (a storm of refusals is not a storm of events).
-        driver::report_overflow_if_due(self.shared(), inner);
+        e
     }
 
     /// Buffer a frame, waiting for room up to block_deadline (or `deadline`, if earlier)
     /// where the policy allows. `request` is registered when the frame is buffered.
-    #[allow(clippy::too_many_arguments)]
     async fn publish_inner(
         &self,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
-        kind: FrameKind,
+        f: Frame<'_>,
         deadline: Option<tokio::time::Instant>,
         request: &mut Option<PendingRequest>,
     ) -> Result<(), PublishError> {
-        validate_publish(subject, reply, headers)?;
+        f.validate()?;
         self.ensure_started();
         let shared = self.shared();
         // Fast path: no waiter registration unless the buffer is full.
         {
             let mut inner = shared.lock("publish");
-            match self.buffer_publish(&mut inner, subject, reply, headers, payload, kind, request) {
+            match self.buffer_publish(&mut inner, f, request) {
                 Ok(()) => {
                     drop(inner);
                     self.ensure_started();
                     return Ok(());
                 }
-                Err((e, can_wait)) if !can_wait => {
-                    if matches!(e, PublishError::BufferFull { .. }) {
-                        self.note_refused(&mut inner, subject, reply, headers, payload.len());
-                    }
-                    return Err(e);
-                }
+                Err((e, false)) => return Err(self.give_up(&mut inner, f, e)),
                 Err(_) => {}
             }
         }
@@ -661,9 +477,7 @@ impl Client {
             let mut notified = pin!(notified);
             {
                 let mut inner = shared.lock("publish");
-                match self
-                    .buffer_publish(&mut inner, subject, reply, headers, payload, kind, request)
-                {
+                match self.buffer_publish(&mut inner, f, request) {
                     Ok(()) => {
                         drop(inner);
                         self.ensure_started();
@@ -672,16 +486,7 @@ impl Client {
                     Err((e, can_wait)) => {
                         let expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
                         if !can_wait || expired {
-                            if matches!(e, PublishError::BufferFull { .. }) {
-                                self.note_refused(
-                                    &mut inner,
-                                    subject,
-                                    reply,
-                                    headers,
-                                    payload.len(),
-                                );
-                            }
-                            return Err(e);
+                            return Err(self.give_up(&mut inner, f, e));
                         }
                         notified.as_mut().enable();
                         // Make sure the writer is running while we wait for it.
@@ -837,20 +642,7 @@ impl Client {
             if inner.state == State::Closed {
                 return Err(RequestError::Closed);
             }
-            if inner.mux.is_none() {
-                let prefix = format!("{}.{}.", shared.opts.inbox_prefix, nuid());
-                let sid = inner
-                    .conn
-                    .subscribe(&format!("{prefix}*"), None)
-                    .map_err(|r| RequestError::Publish(refused_to_publish(r)))?;
-                inner.mux = Some(Mux { sid, prefix });
-            }
-            let token = inner.token();
-            let (reply, mux_sid) = match inner.mux.as_ref() {
-                Some(m) => (format!("{}{token}", m.prefix), m.sid),
-                None => (String::new(), 0),
-            };
-            (token, reply, mux_sid)
+            request::start(shared, &mut inner)?
         };
         let mut pending = Some(PendingRequest {
             subject: subject.to_owned(),
@@ -870,11 +662,10 @@ impl Client {
         };
         if let Err(e) = self
             .publish_inner(
-                subject,
-                Some(&reply),
-                headers,
-                payload,
-                FrameKind::Request(token),
+                Frame {
+                    kind: FrameKind::Request(token),
+                    ..Frame::publish(subject, Some(&reply), headers, payload)
+                },
                 Some(deadline),
                 &mut pending,
             )
@@ -963,19 +754,7 @@ impl Client {
     async fn close_as(&self, mode: CloseMode) -> CloseReport {
         let shared = self.shared();
         let mut watch = shared.state_tx.subscribe();
-        {
-            let mut inner = shared.lock("close");
-            if inner.state != State::Closed {
-                if inner.driver_started {
-                    inner.close = Some(mode);
-                    drop(inner);
-                    shared.wake.notify_one();
-                } else {
-                    drop(inner);
-                    finish(shared, ClosedReason::Requested);
-                }
-            }
-        }
+        shared.request_close(mode);
         let _ = watch.wait_for(|s| *s == State::Closed).await;
         self.last_report()
     }
@@ -1058,7 +837,6 @@ impl Client {
                 inner.subs.remove(&q.sid);
                 q.end(Ended::Done);
             }
-            inner.draining_pubs = true;
             if inner.state != State::Closed {
                 shared.set_state(&mut inner, State::DrainingPubs);
             }
@@ -1180,7 +958,7 @@ impl Client {
         if inner.conn.is_up() {
             inner.switch_request = Some(crate::MigrateReason::Requested);
         } else {
-            inner.force_reconnect = true;
+            inner.repick = Repick::AllDueNow;
         }
         drop(inner);
         shared.wake.notify_one();
@@ -1201,7 +979,7 @@ impl Client {
             .replace(servers, Instant::now(), &mut rng, shuffle);
         if !inner.conn.is_up() {
             // Reconnecting: the attempt being waited for may target a server that left.
-            inner.repick = true;
+            inner.repick = inner.repick.max(Repick::PoolChanged);
             drop(inner);
             shared.wake.notify_one();
             return Ok(());
@@ -1219,6 +997,37 @@ impl Client {
             shared.wake.notify_one();
         }
         Ok(())
+    }
+}
+
+/// A frame to publish, as the caller gave it.
+#[derive(Debug, Clone, Copy)]
+struct Frame<'a> {
+    subject: &'a str,
+    reply: Option<&'a str>,
+    headers: Option<&'a HeaderMap>,
+    payload: &'a [u8],
+    kind: FrameKind,
+}
+
+impl<'a> Frame<'a> {
+    fn publish(
+        subject: &'a str,
+        reply: Option<&'a str>,
+        headers: Option<&'a HeaderMap>,
+        payload: &'a [u8],
+    ) -> Self {
+        Self {
+            subject,
+            reply,
+            headers,
+            payload,
+            kind: FrameKind::Pub,
+        }
+    }
+
+    fn validate(&self) -> Result<(), PublishError> {
+        validate_publish(self.subject, self.reply, self.headers)
     }
 }
 

@@ -13,6 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use tether_proto::conn::Auth;
 
+use crate::options::ConnectOptions;
+use crate::server_pool::ServerAddr;
+
 /// Where the nkey-based credentials come from.
 #[derive(Clone)]
 pub(crate) enum KeySource {
@@ -91,20 +94,60 @@ pub(crate) struct Loaded {
     pub(crate) fingerprint: u64,
 }
 
+/// Why the credentials could not be loaded. The text names the file and says what to
+/// fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CredentialsError {
+    /// The creds file could not be read.
+    #[error(
+        "cannot read the credentials file {}: {source}; check the path and its permissions",
+        .path.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not a `.creds` file (a block is missing).
+    #[error("the credentials file {} {problem}", .path.display())]
+    NotCreds { path: PathBuf, problem: String },
+    /// The user JWT cannot be decoded.
+    #[error("the user JWT in {} is malformed: {problem}", .path.display())]
+    MalformedJwt { path: PathBuf, problem: String },
+    /// The nkey seed is not one (`path` is the creds file that held it).
+    #[error(
+        "the nkey seed{} is not valid ({problem}); a user seed starts with `SU`",
+        in_file(.path.as_deref())
+    )]
+    BadSeed {
+        path: Option<PathBuf>,
+        problem: String,
+    },
+    /// The blocking task reading them failed.
+    #[error("reading the credentials failed: {0}")]
+    Task(String),
+}
+
+fn in_file(path: Option<&Path>) -> String {
+    path.map_or_else(String::new, |p| format!(" in {}", p.display()))
+}
+
 /// Load the credentials of `source` now.
-pub(crate) fn load(source: &KeySource) -> Result<Loaded, String> {
+pub(crate) fn load(source: &KeySource) -> Result<Loaded, CredentialsError> {
     match source {
         KeySource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "cannot read the credentials file {}: {e}; check the path and its permissions",
-                    path.display()
-                )
+            let text =
+                std::fs::read_to_string(path).map_err(|source| CredentialsError::Unreadable {
+                    path: path.clone(),
+                    source,
+                })?;
+            let (jwt, seed) = parse_creds(&text).map_err(|problem| CredentialsError::NotCreds {
+                path: path.clone(),
+                problem,
             })?;
-            let (jwt, seed) = parse_creds(&text)
-                .map_err(|e| format!("the credentials file {} {e}", path.display()))?;
-            let times = jwt_times(&jwt)
-                .map_err(|e| format!("the user JWT in {} is malformed: {e}", path.display()))?;
+            let times = jwt_times(&jwt).map_err(|problem| CredentialsError::MalformedJwt {
+                path: path.clone(),
+                problem,
+            })?;
             let pair = key_pair(&seed, Some(path))?;
             Ok(Loaded {
                 fingerprint: fingerprint(&[&jwt, &seed]),
@@ -131,15 +174,52 @@ pub(crate) fn load(source: &KeySource) -> Result<Loaded, String> {
     }
 }
 
+/// Read the credentials (a creds file, or a seed) on the blocking pool: a file read never
+/// blocks a runtime worker, and never happens under the connection lock.
+pub(crate) async fn load_keys(keys: KeySource) -> Result<Loaded, CredentialsError> {
+    tokio::task::spawn_blocking(move || load(&keys))
+        .await
+        .unwrap_or_else(|e| Err(CredentialsError::Task(e.to_string())))
+}
+
+/// Credentials for an attempt to `addr`, read now (creds files are read again at every
+/// attempt): the options first, then the URL's.
+pub(crate) async fn auth_for(
+    opts: &ConnectOptions,
+    addr: &ServerAddr,
+) -> Result<Loaded, CredentialsError> {
+    if let Some(keys) = &opts.keys {
+        return load_keys(keys.clone()).await;
+    }
+    let mut auth = Auth::default();
+    if let Some((u, p)) = &opts.user {
+        auth.user = Some(u.clone());
+        auth.pass = Some(p.clone());
+    } else if let Some(t) = &opts.token {
+        auth.token = Some(t.clone());
+    } else if let (Some(u), Some(p)) = (addr.user(), addr.pass()) {
+        auth.user = Some(u.to_owned());
+        auth.pass = Some(p.to_owned());
+    } else if let Some(t) = addr.user() {
+        auth.token = Some(t.to_owned());
+    }
+    // Static credentials never change.
+    Ok(Loaded {
+        auth,
+        jwt: None,
+        fingerprint: 0,
+    })
+}
+
 /// Check a seed when options are built.
-pub(crate) fn check_seed(seed: &str) -> Result<(), String> {
+pub(crate) fn check_seed(seed: &str) -> Result<(), CredentialsError> {
     key_pair(seed, None).map(|_| ())
 }
 
-fn key_pair(seed: &str, path: Option<&Path>) -> Result<nkeys::KeyPair, String> {
-    nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| {
-        let whence = path.map_or_else(String::new, |p| format!(" in {}", p.display()));
-        format!("the nkey seed{whence} is not valid ({e}); a user seed starts with `SU`")
+fn key_pair(seed: &str, path: Option<&Path>) -> Result<nkeys::KeyPair, CredentialsError> {
+    nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| CredentialsError::BadSeed {
+        path: path.map(Path::to_path_buf),
+        problem: e.to_string(),
     })
 }
 
@@ -280,7 +360,7 @@ mod tests {
             .decode(sig)
             .unwrap();
         assert!(user.verify(b"nonce", &raw).is_ok());
-        let err = check_seed("not a seed").unwrap_err();
+        let err = check_seed("not a seed").unwrap_err().to_string();
         assert!(
             err.contains("starts with `SU`") && !err.contains("not a seed"),
             "{err}"
@@ -292,6 +372,11 @@ mod tests {
         let err = load(&KeySource::File("/nonexistent/user.creds".into()))
             .err()
             .unwrap();
+        assert!(
+            matches!(err, CredentialsError::Unreadable { .. }),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("/nonexistent/user.creds"), "{err}");
     }
 }

@@ -34,6 +34,7 @@
 #![cfg_attr(not(test), forbid(clippy::print_stdout, clippy::print_stderr))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+mod buffer_watch;
 mod client;
 mod connection;
 mod credentials;
@@ -42,6 +43,8 @@ pub mod events;
 pub mod guide;
 mod message;
 pub mod options;
+mod request;
+mod server_addr;
 pub mod server_pool;
 pub mod stats;
 mod subscription;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::conn as core;
+use tether_proto::outbound::BufferLimits;
 
 use crate::error::{ConnectError, OptionsError};
 use crate::events::Event;
@@ -38,7 +39,7 @@ pub const DEFAULT_ASSUMED_MAX_PAYLOAD: usize = core::DEFAULT_ASSUMED_MAX_PAYLOAD
 /// Default for [`ConnectOptions::max_control_line`].
 pub const DEFAULT_MAX_CONTROL_LINE: usize = core::DEFAULT_MAX_CONTROL_LINE;
 /// Default for [`ConnectOptions::max_inbound_payload`]: 64 MiB.
-pub const DEFAULT_MAX_INBOUND_PAYLOAD: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_INBOUND_PAYLOAD: usize = tether_proto::decode::DEFAULT_MAX_INBOUND_PAYLOAD;
 /// Default pending message limit per subscription.
 pub const DEFAULT_PENDING_MSGS: usize = 65_536;
 /// Default pending byte limit per subscription: 64 MiB.
@@ -138,9 +139,10 @@ pub type EventCallback = Arc<dyn Fn(Event) + Send + Sync>;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-#[allow(clippy::struct_excessive_bools)] // issue 12 step 4 (embed the core Config); remove then
 pub struct ConnectOptions {
-    pub(crate) name: Option<String>,
+    /// What the session core is configured with (ping, buffer, payload limits, CONNECT
+    /// fields); its `pong_timeout` is set from [`Self::effective_pong_timeout`].
+    pub(crate) core: core::Config,
     pub(crate) no_randomize: bool,
     pub(crate) ignore_discovered_servers: bool,
     pub(crate) connect_policy: ConnectPolicy,
@@ -153,28 +155,15 @@ pub struct ConnectOptions {
     pub(crate) reconnect_delay: Option<ReconnectDelayFn>,
     pub(crate) ldm_jitter: Duration,
     pub(crate) ldm_overlap: Duration,
-    pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Option<Duration>,
-    pub(crate) max_pings_outstanding: usize,
-    pub(crate) write_stall_timeout: Duration,
-    pub(crate) buffer_bytes: usize,
-    pub(crate) buffer_msgs: usize,
-    pub(crate) buffer_while_disconnected: bool,
     pub(crate) overflow: OverflowPolicy,
     pub(crate) block_deadline: Duration,
-    pub(crate) resend_unconfirmed: bool,
-    pub(crate) confirm_interval: Duration,
-    pub(crate) request_retry_after_reconnect: bool,
-    pub(crate) assumed_max_payload: usize,
-    pub(crate) max_control_line: usize,
-    pub(crate) max_inbound_payload: usize,
     pub(crate) pending_msgs: usize,
     pub(crate) pending_bytes: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) flush_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) inbox_prefix: String,
-    pub(crate) no_echo: bool,
     pub(crate) event_queue: usize,
     pub(crate) event_callback: Option<EventCallback>,
     pub(crate) user: Option<(String, String)>,
@@ -186,17 +175,17 @@ pub struct ConnectOptions {
 impl fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectOptions")
-            .field("name", &self.name)
+            .field("name", &self.core.name)
             .field("connect_policy", &self.connect_policy)
             .field("connection_timeout", &self.connection_timeout)
             .field("allow_reconnect", &self.allow_reconnect)
             .field("max_reconnects", &self.max_reconnects)
-            .field("ping_interval", &self.ping_interval)
+            .field("ping_interval", &self.core.ping_interval)
             .field("pong_timeout", &self.effective_pong_timeout())
-            .field("buffer_bytes", &self.buffer_bytes)
-            .field("buffer_msgs", &self.buffer_msgs)
+            .field("buffer_bytes", &self.core.buffer.max_bytes)
+            .field("buffer_msgs", &self.core.buffer.max_msgs)
             .field("overflow", &self.overflow)
-            .field("resend_unconfirmed", &self.resend_unconfirmed)
+            .field("resend_unconfirmed", &self.core.resend_unconfirmed)
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("keys", &self.keys)
@@ -221,11 +210,28 @@ macro_rules! setter {
     };
 }
 
+/// A setter of a field of the embedded core configuration.
+macro_rules! core_setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $($field:ident).+) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.core.$($field).+ = value;
+            self
+        }
+    };
+}
+
 impl ConnectOptions {
     /// Options with every default.
     pub fn new() -> Self {
         Self {
-            name: None,
+            // Every default of the core is this crate's default too (the DEFAULT_*
+            // constants above are the core's).
+            core: core::Config {
+                version: crate::VERSION.to_owned(),
+                ..core::Config::default()
+            },
             no_randomize: false,
             ignore_discovered_servers: false,
             connect_policy: ConnectPolicy::FailFast,
@@ -238,28 +244,15 @@ impl ConnectOptions {
             reconnect_delay: None,
             ldm_jitter: DEFAULT_LDM_JITTER,
             ldm_overlap: DEFAULT_LDM_OVERLAP,
-            ping_interval: DEFAULT_PING_INTERVAL,
             pong_timeout: None,
-            max_pings_outstanding: DEFAULT_MAX_PINGS_OUTSTANDING,
-            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
-            buffer_bytes: DEFAULT_BUFFER_BYTES,
-            buffer_msgs: DEFAULT_BUFFER_MSGS,
-            buffer_while_disconnected: true,
             overflow: OverflowPolicy::Error,
             block_deadline: DEFAULT_BLOCK_DEADLINE,
-            resend_unconfirmed: false,
-            confirm_interval: DEFAULT_CONFIRM_INTERVAL,
-            request_retry_after_reconnect: false,
-            assumed_max_payload: DEFAULT_ASSUMED_MAX_PAYLOAD,
-            max_control_line: DEFAULT_MAX_CONTROL_LINE,
-            max_inbound_payload: DEFAULT_MAX_INBOUND_PAYLOAD,
             pending_msgs: DEFAULT_PENDING_MSGS,
             pending_bytes: DEFAULT_PENDING_BYTES,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
-            no_echo: false,
             event_queue: DEFAULT_EVENT_QUEUE,
             event_callback: None,
             user: None,
@@ -272,7 +265,7 @@ impl ConnectOptions {
     /// Connection name shown by the server's monitoring. Default: none.
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+        self.core.name = Some(name.into());
         self
     }
 
@@ -349,23 +342,23 @@ impl ConnectOptions {
         /// twice. Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
         ldm_overlap: Duration
     );
-    setter!(
+    core_setter!(
         /// A PING goes out after this long without inbound bytes. Default: 30 s; at most
         /// [`MAX_TIMEOUT`].
-        ping_interval: Duration
+        ping_interval: Duration => ping_interval
     );
-    setter!(
+    core_setter!(
         /// Unanswered PINGs above this count mark the link stale. Default: 2.
-        max_pings_outstanding: usize
+        max_pings_outstanding: usize => max_pings_outstanding
     );
-    setter!(
+    core_setter!(
         /// Data pending and no byte accepted by the socket for this long marks the link
         /// stale. Default: 10 s; positive, at most [`MAX_TIMEOUT`].
-        write_stall_timeout: Duration
+        write_stall_timeout: Duration => write_stall_timeout
     );
-    setter!(
+    core_setter!(
         /// Accept publishes while disconnected (up to the buffer bounds). Default: true.
-        buffer_while_disconnected: bool
+        buffer_while_disconnected: bool => buffer_while_disconnected
     );
     setter!(
         /// What a publish does when the buffer is full while disconnected. Default: Error.
@@ -375,12 +368,12 @@ impl ConnectOptions {
         /// How long `publish().await` waits for room. Default: 5 s; at most [`MAX_TIMEOUT`].
         block_deadline: Duration
     );
-    setter!(
+    core_setter!(
         /// Retain written, unconfirmed publishes and resend them after a reconnect
         /// (at-least-once for core NATS; duplicates possible). Default: false.
-        resend_unconfirmed: bool
+        resend_unconfirmed: bool => resend_unconfirmed
     );
-    setter!(
+    core_setter!(
         /// While unconfirmed data exists, a confirm PING at least this often (also after
         /// every 1 MiB written). A `Disconnected` reports as possibly lost what was
         /// written in the last `confirm_interval` plus one round trip before the link was
@@ -391,23 +384,23 @@ impl ConnectOptions {
         /// intervals send fewer PINGs and report more; the default's throughput cost
         /// against 1 s is under 2 % (`tether bench pub --confirm-interval 20ms,1s`).
         /// Default: 20 ms; positive, at most [`MAX_TIMEOUT`].
-        confirm_interval: Duration
+        confirm_interval: Duration => confirm_interval
     );
-    setter!(
+    core_setter!(
         /// Keep written requests pending across a reconnect and resend them. Default: false.
-        request_retry_after_reconnect: bool
+        request_retry_after_reconnect: bool => retain_requests
     );
-    setter!(
+    core_setter!(
         /// max_payload assumed until the first INFO. Default: 1 MiB.
-        assumed_max_payload: usize
+        assumed_max_payload: usize => assumed_max_payload
     );
-    setter!(
+    core_setter!(
         /// Outbound control lines longer than this are refused. Default: 4096.
-        max_control_line: usize
+        max_control_line: usize => max_control_line
     );
-    setter!(
+    core_setter!(
         /// Largest inbound payload accepted; more is a protocol error. Default: 64 MiB.
-        max_inbound_payload: usize
+        max_inbound_payload: usize => decoder.max_payload
     );
     setter!(
         /// Time bound of `drain()`. Default: 30 s; at most [`MAX_TIMEOUT`].
@@ -423,10 +416,12 @@ impl ConnectOptions {
         /// timeout given to `request_with` may be anything, `Duration::MAX` included).
         request_timeout: Duration
     );
-    setter!(
-        /// Do not receive this connection's own publishes. Default: false.
-        no_echo: bool
-    );
+    /// Do not receive this connection's own publishes. Default: false.
+    #[must_use]
+    pub fn no_echo(mut self, value: bool) -> Self {
+        self.core.echo = !value;
+        self
+    }
     setter!(
         /// Capacity of the event queue. Default: 1024.
         event_queue: usize
@@ -444,8 +439,10 @@ impl ConnectOptions {
     /// Default: 8 MiB and 1,000,000.
     #[must_use]
     pub fn outbound_buffer(mut self, bytes: usize, msgs: usize) -> Self {
-        self.buffer_bytes = bytes;
-        self.buffer_msgs = msgs;
+        self.core.buffer = BufferLimits {
+            max_bytes: bytes,
+            max_msgs: msgs,
+        };
         self
     }
 
@@ -568,7 +565,7 @@ impl ConnectOptions {
 
     pub(crate) fn effective_pong_timeout(&self) -> Duration {
         self.pong_timeout
-            .unwrap_or_else(|| DEFAULT_PONG_TIMEOUT.min(self.ping_interval))
+            .unwrap_or_else(|| DEFAULT_PONG_TIMEOUT.min(self.core.ping_interval))
     }
 
     /// Check the options for contradictions.
@@ -600,10 +597,10 @@ impl ConnectOptions {
             );
         }
         if let Some(crate::credentials::KeySource::Seed(seed)) = &self.keys {
-            crate::credentials::check_seed(seed).map_err(|fix| OptionsError::Invalid {
+            crate::credentials::check_seed(seed).map_err(|e| OptionsError::Invalid {
                 option: "nkey",
                 value: "<redacted>".into(),
-                fix,
+                fix: e.to_string(),
             })?;
         }
         if self.jwt_refresh_lead.is_some_and(|l| l.is_zero()) {
@@ -615,12 +612,13 @@ impl ConnectOptions {
                         .into(),
             });
         }
+        let c = &self.core;
         let bounded = [
             ("connection_timeout", self.connection_timeout, MAX_TIMEOUT),
-            ("ping_interval", self.ping_interval, MAX_TIMEOUT),
+            ("ping_interval", c.ping_interval, MAX_TIMEOUT),
             ("pong_timeout", self.effective_pong_timeout(), MAX_TIMEOUT),
-            ("write_stall_timeout", self.write_stall_timeout, MAX_TIMEOUT),
-            ("confirm_interval", self.confirm_interval, MAX_TIMEOUT),
+            ("write_stall_timeout", c.write_stall_timeout, MAX_TIMEOUT),
+            ("confirm_interval", c.confirm_interval, MAX_TIMEOUT),
             ("block_deadline", self.block_deadline, MAX_TIMEOUT),
             ("drain_timeout", self.drain_timeout, MAX_TIMEOUT),
             ("flush_timeout", self.flush_timeout, MAX_TIMEOUT),
@@ -651,8 +649,8 @@ impl ConnectOptions {
             }
         }
         for (option, value) in [
-            ("write_stall_timeout", self.write_stall_timeout),
-            ("confirm_interval", self.confirm_interval),
+            ("write_stall_timeout", c.write_stall_timeout),
+            ("confirm_interval", c.confirm_interval),
         ] {
             if value.is_zero() {
                 return Err(OptionsError::Invalid {
@@ -662,14 +660,14 @@ impl ConnectOptions {
                 });
             }
         }
-        if self.max_pings_outstanding == 0 {
+        if c.max_pings_outstanding == 0 {
             return contradiction(
                 "max_pings_outstanding = 0".into(),
-                format!("ping_interval = {:?}", self.ping_interval),
+                format!("ping_interval = {:?}", c.ping_interval),
                 "a keepalive PING would count as stale at once; set max_pings_outstanding to 1 or more",
             );
         }
-        if self.ping_interval.is_zero() {
+        if c.ping_interval.is_zero() {
             return Err(OptionsError::Invalid {
                 option: "ping_interval",
                 value: "0s".into(),
@@ -683,21 +681,21 @@ impl ConnectOptions {
                 fix: "use a positive timeout, for example 10s".into(),
             });
         }
-        if self.buffer_bytes < self.assumed_max_payload {
+        if c.buffer.max_bytes < c.assumed_max_payload {
             return contradiction(
-                format!("outbound_buffer bytes = {}", self.buffer_bytes),
-                format!("assumed_max_payload = {}", self.assumed_max_payload),
+                format!("outbound_buffer bytes = {}", c.buffer.max_bytes),
+                format!("assumed_max_payload = {}", c.assumed_max_payload),
                 "a message of max_payload could never be buffered; raise the buffer or lower assumed_max_payload",
             );
         }
-        if self.buffer_msgs == 0 {
+        if c.buffer.max_msgs == 0 {
             return Err(OptionsError::Invalid {
                 option: "outbound_buffer msgs",
                 value: "0".into(),
                 fix: "allow at least one message".into(),
             });
         }
-        if self.overflow == OverflowPolicy::Block && !self.buffer_while_disconnected {
+        if self.overflow == OverflowPolicy::Block && !c.buffer_while_disconnected {
             return contradiction(
                 "overflow = Block".into(),
                 "buffer_while_disconnected = false".into(),
@@ -737,28 +735,8 @@ impl ConnectOptions {
 
     pub(crate) fn core_config(&self) -> core::Config {
         core::Config {
-            ping_interval: self.ping_interval,
             pong_timeout: self.effective_pong_timeout(),
-            max_pings_outstanding: self.max_pings_outstanding,
-            write_stall_timeout: self.write_stall_timeout,
-            confirm_interval: self.confirm_interval,
-            confirm_bytes: core::DEFAULT_CONFIRM_BYTES,
-            buffer: tether_proto::outbound::BufferLimits {
-                max_bytes: self.buffer_bytes,
-                max_msgs: self.buffer_msgs,
-            },
-            buffer_while_disconnected: self.buffer_while_disconnected,
-            resend_unconfirmed: self.resend_unconfirmed,
-            retain_requests: self.request_retry_after_reconnect,
-            assumed_max_payload: self.assumed_max_payload,
-            max_control_line: self.max_control_line,
-            decoder: tether_proto::DecoderLimits {
-                max_payload: self.max_inbound_payload,
-                ..tether_proto::DecoderLimits::default()
-            },
-            echo: !self.no_echo,
-            name: self.name.clone(),
-            version: crate::VERSION.to_owned(),
+            ..self.core.clone()
         }
     }
 
@@ -789,11 +767,14 @@ fn parse_list<'a>(
             if part.is_empty() {
                 continue;
             }
-            out.push(ServerAddr::parse(part).map_err(ConnectError::InvalidUrl)?);
+            out.push(ServerAddr::parse(part).map_err(|e| ConnectError::InvalidUrl(e.to_string()))?);
         }
     }
     if out.is_empty() {
-        out.push(ServerAddr::parse(DEFAULT_SERVER).map_err(ConnectError::InvalidUrl)?);
+        out.push(
+            ServerAddr::parse(DEFAULT_SERVER)
+                .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?,
+        );
     }
     Ok(out)
 }
@@ -852,6 +833,56 @@ mod tests {
                 .effective_pong_timeout(),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn the_core_gets_this_crates_defaults_and_every_setter() {
+        let c = ConnectOptions::new().core_config();
+        assert_eq!(
+            (c.ping_interval, c.pong_timeout, c.max_pings_outstanding),
+            (
+                DEFAULT_PING_INTERVAL,
+                DEFAULT_PONG_TIMEOUT,
+                DEFAULT_MAX_PINGS_OUTSTANDING
+            )
+        );
+        assert_eq!(
+            (c.write_stall_timeout, c.confirm_interval, c.confirm_bytes),
+            (
+                DEFAULT_WRITE_STALL_TIMEOUT,
+                DEFAULT_CONFIRM_INTERVAL,
+                core::DEFAULT_CONFIRM_BYTES
+            )
+        );
+        assert_eq!(
+            (c.buffer.max_bytes, c.buffer.max_msgs),
+            (DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_MSGS)
+        );
+        assert!(c.buffer_while_disconnected && c.echo);
+        assert!(!c.resend_unconfirmed && !c.retain_requests);
+        assert_eq!(
+            (c.assumed_max_payload, c.max_control_line),
+            (DEFAULT_ASSUMED_MAX_PAYLOAD, DEFAULT_MAX_CONTROL_LINE)
+        );
+        assert_eq!(c.decoder.max_payload, DEFAULT_MAX_INBOUND_PAYLOAD);
+        assert_eq!((c.name, c.version.as_str()), (None, crate::VERSION));
+        let c = ConnectOptions::new()
+            .name("n")
+            .ping_interval(Duration::from_secs(3))
+            .pong_timeout(Duration::from_secs(1))
+            .outbound_buffer(10, 2)
+            .no_echo(true)
+            .request_retry_after_reconnect(true)
+            .max_inbound_payload(99)
+            .core_config();
+        assert_eq!(c.name.as_deref(), Some("n"));
+        assert_eq!(
+            (c.ping_interval, c.pong_timeout),
+            (Duration::from_secs(3), Duration::from_secs(1))
+        );
+        assert_eq!((c.buffer.max_bytes, c.buffer.max_msgs), (10, 2));
+        assert!(!c.echo && c.retain_requests);
+        assert_eq!(c.decoder.max_payload, 99);
     }
 
     #[test]

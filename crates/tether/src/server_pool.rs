@@ -8,136 +8,19 @@
 //! `connect_urls` join the pool and are pruned when no longer announced (an INFO without
 //! the field prunes nothing; the connected server is never pruned).
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::options::{DEFAULT_EARLY_RECONNECT_CAP, DEFAULT_RECONNECT_BASE, EARLY_OUTAGE};
+use tether_proto::conn::AuthErrorClass;
 
-/// A server URL: `nats://[user:pass@|token@]host[:port]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ServerAddr {
-    scheme: String,
-    host: String,
-    port: u16,
-    user: Option<String>,
-    pass: Option<String>,
-}
-
-impl ServerAddr {
-    /// Parse a URL. A bare `host:port` means `nats://host:port`; the port defaults to 4222.
-    pub fn parse(input: &str) -> Result<Self, String> {
-        let with_scheme = if input.contains("://") {
-            input.to_owned()
-        } else {
-            format!("nats://{input}")
-        };
-        let url = url::Url::parse(&with_scheme).map_err(|e| format!("`{input}`: {e}"))?;
-        let scheme = url.scheme().to_ascii_lowercase();
-        if scheme == "tls" {
-            // Never dial a tls:// server in plaintext: credentials would go out in clear.
-            return Err(format!(
-                "`{input}`: TLS is not supported yet by this tether build, and a tls:// \
-                 server is never contacted in plaintext; use nats:// for a server without TLS"
-            ));
-        }
-        if scheme != "nats" {
-            return Err(format!(
-                "`{input}`: unsupported scheme `{scheme}`; use nats:// (TLS is not supported yet)"
-            ));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("`{input}`: no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let user = (!url.username().is_empty()).then(|| decode(url.username()));
-        let pass = url.password().map(decode);
-        Ok(Self {
-            scheme,
-            host,
-            port: url.port().unwrap_or(4222),
-            user,
-            pass,
-        })
-    }
-
-    /// The host name or address.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// User (or token, when no password is given) from the URL.
-    pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
-    }
-
-    /// Password from the URL.
-    pub fn pass(&self) -> Option<&str> {
-        self.pass.as_deref()
-    }
-
-    /// A discovered address inherits the scheme and credentials of the URL it was
-    /// learnt through.
-    pub(crate) fn inherit(&self, discovered: &str) -> Option<Self> {
-        let mut d = ServerAddr::parse(discovered).ok()?;
-        d.scheme.clone_from(&self.scheme);
-        if d.user.is_none() {
-            d.user.clone_from(&self.user);
-            d.pass.clone_from(&self.pass);
-        }
-        Some(d)
-    }
-
-    fn key(&self) -> (String, u16) {
-        (self.host.to_ascii_lowercase(), self.port)
-    }
-}
-
-fn decode(s: &str) -> String {
-    // Percent-decoding of credentials; invalid sequences are kept as they are.
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
-}
-
-impl fmt::Display for ServerAddr {
-    /// The URL with credentials left out.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "{}://[{}]:{}", self.scheme, self.host, self.port)
-        } else {
-            write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-        }
-    }
-}
-
-impl fmt::Debug for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+use crate::connection::reconnect::AttemptCause;
+use crate::options::{
+    AuthFailurePolicy, ConnectOptions, ReconnectDelayFn, DEFAULT_EARLY_RECONNECT_CAP,
+    DEFAULT_RECONNECT_BASE, EARLY_OUTAGE,
+};
+pub use crate::server_addr::{AddrError, ServerAddr};
 
 /// Reconnect backoff (DESIGN options): the first retry at once, then exponential from
 /// 50 ms with full jitter, capped at 500 ms during the first 10 s of an outage and at
@@ -192,17 +75,44 @@ pub struct PoolEntry {
     pub due: Instant,
     /// When its link last dropped (tie-break: the most recently dropped goes last).
     pub last_dropped: Option<Instant>,
-    /// Auth strikes in a row and when the last came.
-    pub auth_strikes: u32,
-    /// When the last auth strike came.
-    pub last_strike: Option<Instant>,
-    /// Which credentials the strikes were against (strikes count only while unchanged).
-    pub strike_credentials: Option<u64>,
+    /// Auth strikes in a row (None once a failure of another kind broke the row).
+    pub strikes: Option<Strikes>,
     /// In lame duck mode: not a planned switch's target while the mark holds (see
     /// [`LameDuckMark`]); a reconnect tries it after every other server due at once.
     pub lame_duck: Option<LameDuckMark>,
     /// The last attempt was refused while the user JWT it used had expired.
     pub expired_refused: bool,
+}
+
+impl PoolEntry {
+    /// A server never tried yet, due at `now`.
+    pub fn new(addr: ServerAddr, discovered: bool, now: Instant) -> Self {
+        Self {
+            addr,
+            discovered,
+            failures: 0,
+            due: now,
+            last_dropped: None,
+            strikes: None,
+            lame_duck: None,
+            expired_refused: false,
+        }
+    }
+}
+
+/// Auth strikes against one server (DESIGN semantics 5): they count in a row, at least
+/// `reconnect_wait` apart, with unchanged credentials; two remove the server under
+/// [`AuthFailurePolicy::RemoveServer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strikes {
+    /// Strikes in a row. Zero after a first `Authentication Expired` (not a strike yet,
+    /// but the next one with the same credentials is) and after a completed handshake.
+    pub count: u32,
+    /// When the last strike (or expired refusal) came: the next counts only
+    /// `reconnect_wait` later.
+    pub last: Instant,
+    /// The credentials they were against (see `Loaded::fingerprint`).
+    pub credentials: u64,
 }
 
 /// How long a lame-duck mark holds at most when the node is never seen back. A node in
@@ -235,7 +145,7 @@ impl LameDuckMark {
 }
 
 /// What an attempt's failure means for the auth rules of DESIGN semantics 5, as decided by
-/// [`ServerPool::record_auth`].
+/// `ServerPool::record_attempt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthVerdict {
     /// Not an auth refusal (refused connection, timeout, ...): strikes count only in a row,
@@ -261,6 +171,125 @@ pub enum AuthVerdict {
     },
 }
 
+/// An attempt the server refused with an auth -ERR, as the auth rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AuthRefusal {
+    /// The -ERR's class.
+    pub(crate) class: AuthErrorClass,
+    /// The credentials the attempt used (see `Loaded::fingerprint`).
+    pub(crate) credentials: u64,
+    /// The user JWT they held counted as expired (past its `exp`, or within
+    /// `JWT_CLOCK_SKEW` of it): how long ago it expired.
+    pub(crate) jwt_expired: Option<Duration>,
+}
+
+/// The options the pool's attempt policy reads.
+#[derive(Clone, Copy)]
+pub(crate) struct ReconnectPolicy<'a> {
+    pub(crate) reconnect_wait: Duration,
+    /// The user's delay, in place of [`backoff_delay`].
+    pub(crate) reconnect_delay: Option<&'a ReconnectDelayFn>,
+    pub(crate) auth_failure_policy: AuthFailurePolicy,
+}
+
+impl<'a> ReconnectPolicy<'a> {
+    pub(crate) fn of(opts: &'a ConnectOptions) -> Self {
+        Self {
+            reconnect_wait: opts.reconnect_wait,
+            reconnect_delay: opts.reconnect_delay.as_ref(),
+            auth_failure_policy: opts.auth_failure_policy,
+        }
+    }
+}
+
+impl std::fmt::Debug for ReconnectPolicy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReconnectPolicy")
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("reconnect_delay", &self.reconnect_delay.is_some())
+            .field("auth_failure_policy", &self.auth_failure_policy)
+            .finish()
+    }
+}
+
+/// What [`ServerPool::record_attempt`] decided for a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// What the auth rules made of it.
+    pub(crate) auth: AuthVerdict,
+    /// When the server may be tried again; `None` when it left the pool.
+    pub(crate) due: Option<Instant>,
+    /// The server left the pool (two auth strikes, or max_reconnects failures).
+    pub(crate) removed: Option<ServerAddr>,
+    /// The first refusal in a row of a user JWT past its `exp`: it expired this long
+    /// ago (the `CredentialsExpired` event).
+    pub(crate) credentials_expired: Option<Duration>,
+}
+
+/// The auth rules of DESIGN semantics 5 for a failed attempt on `e`; `refusal` is `None`
+/// when the attempt failed otherwise. Strikes count in a row, at least `wait` apart, with
+/// unchanged credentials.
+fn auth_rules(
+    e: &mut PoolEntry,
+    refusal: Option<&AuthRefusal>,
+    now: Instant,
+    wait: Duration,
+) -> AuthVerdict {
+    let was_expired_refused = std::mem::take(&mut e.expired_refused);
+    let Some(r) = refusal else {
+        // Strikes count only in a row: any other failure starts over.
+        e.strikes = None;
+        return AuthVerdict::NotAuth;
+    };
+    let mut class = r.class;
+    if r.jwt_expired.is_some() && matches!(class, AuthErrorClass::Strike | AuthErrorClass::Expired)
+    {
+        // The JWT itself is past its exp: neither a strike nor a reason to retry at once
+        // with the same file; back off and read the credentials again.
+        e.strikes = None;
+        e.expired_refused = true;
+        return AuthVerdict::ExpiredRefused {
+            first: !was_expired_refused,
+        };
+    }
+    let same = e.strikes.is_some_and(|s| s.credentials == r.credentials);
+    if class == AuthErrorClass::Expired {
+        if !same {
+            // Reconnect at once with the credentials read again; the same ones refused
+            // as expired once more will be a strike.
+            e.strikes = Some(Strikes {
+                count: e.strikes.map_or(0, |s| s.count),
+                last: now,
+                credentials: r.credentials,
+            });
+            return AuthVerdict::Expired;
+        }
+        class = AuthErrorClass::Strike;
+    }
+    if class != AuthErrorClass::Strike {
+        // Authentication timeout, connection limits, throttling: back off, no strike, and
+        // the row starts over.
+        e.strikes = None;
+        return AuthVerdict::Transient;
+    }
+    let spaced = e.strikes.is_none_or(|s| now.duration_since(s.last) >= wait);
+    let (count, last) = match e.strikes {
+        // New credentials (a rotated creds file) start over.
+        _ if !same => (1, now),
+        Some(s) if spaced => (s.count + 1, now),
+        // Too soon after the last one: not another strike, and the spacing still runs
+        // from the last.
+        Some(s) => (s.count.max(1), s.last),
+        None => (1, now),
+    };
+    e.strikes = Some(Strikes {
+        count,
+        last,
+        credentials: r.credentials,
+    });
+    AuthVerdict::Strike { strikes: count }
+}
+
 /// The pool.
 #[derive(Debug, Clone)]
 pub struct ServerPool {
@@ -282,18 +311,7 @@ impl ServerPool {
             if entries.iter().any(|e| e.addr.key() == addr.key()) {
                 continue;
             }
-            entries.push(PoolEntry {
-                addr,
-                discovered: false,
-                failures: 0,
-                due: now,
-                last_dropped: None,
-                auth_strikes: 0,
-                last_strike: None,
-                strike_credentials: None,
-                lame_duck: None,
-                expired_refused: false,
-            });
+            entries.push(PoolEntry::new(addr, false, now));
         }
         if !no_randomize {
             entries.shuffle(rng);
@@ -374,7 +392,11 @@ impl ServerPool {
     pub fn record_success(&mut self, i: usize) {
         if let Some(e) = self.entries.get_mut(i) {
             e.failures = 0;
-            e.auth_strikes = 0;
+            if let Some(s) = &mut e.strikes {
+                // The row ends; when and against which credentials it came stays known,
+                // so an expired refusal with the same credentials is still a strike.
+                s.count = 0;
+            }
             e.lame_duck = None;
         }
     }
@@ -406,86 +428,57 @@ impl ServerPool {
         (i < self.entries.len()).then(|| self.entries.remove(i))
     }
 
-    /// Apply the auth rules of DESIGN semantics 5 to a failed attempt on `i`. `class` is
-    /// the server's -ERR class (None when the attempt failed otherwise), `credentials`
-    /// identifies the credentials used, `jwt_expired` says whether the user JWT they held
-    /// was already past its `exp`. Strikes count in a row, at least `reconnect_wait`
-    /// apart, with unchanged credentials.
-    pub fn record_auth(
+    /// A failed attempt to `addr` (DESIGN semantics 5): the next attempt is due after the
+    /// backoff (or the user's `reconnect_delay`; `outage` is how long the outage, or the
+    /// planned switch, has lasted), the auth rules apply, and the server leaves the pool
+    /// after two strikes (under RemoveServer) or `max_reconnects` failures. `None` when
+    /// `addr` is not in the pool.
+    pub(crate) fn record_attempt(
         &mut self,
-        i: usize,
-        class: Option<tether_proto::conn::AuthErrorClass>,
-        credentials: Option<u64>,
-        jwt_expired: bool,
+        addr: &ServerAddr,
         now: Instant,
-        reconnect_wait: Duration,
-    ) -> AuthVerdict {
-        use tether_proto::conn::AuthErrorClass;
-        let Some(e) = self.entries.get_mut(i) else {
-            return AuthVerdict::NotAuth;
+        outage: Duration,
+        cause: &AttemptCause,
+        policy: &ReconnectPolicy<'_>,
+        rng: &mut impl Rng,
+    ) -> Option<Verdict> {
+        let i = self.position(addr)?;
+        let e = &mut self.entries[i];
+        let failures = e.failures + 1;
+        let mut delay = match policy.reconnect_delay {
+            Some(f) => f(&addr.to_string(), failures, outage),
+            None => backoff_delay(failures, outage, policy.reconnect_wait, rng),
         };
-        let was_expired_refused = std::mem::take(&mut e.expired_refused);
-        let clear = |e: &mut PoolEntry| {
-            e.auth_strikes = 0;
-            e.last_strike = None;
-            e.strike_credentials = None;
+        let refusal = cause.auth_refusal();
+        let auth = auth_rules(e, refusal.as_ref(), now, policy.reconnect_wait);
+        let mut remove = false;
+        let mut credentials_expired = None;
+        match auth {
+            AuthVerdict::Strike { strikes } => {
+                remove =
+                    strikes >= 2 && policy.auth_failure_policy == AuthFailurePolicy::RemoveServer;
+                // The next strike may count only reconnect_wait later: do not try before.
+                delay = delay.max(policy.reconnect_wait);
+            }
+            AuthVerdict::Expired => delay = Duration::ZERO,
+            AuthVerdict::ExpiredRefused { first: true } => {
+                credentials_expired = refusal.and_then(|r| r.jwt_expired);
+            }
+            AuthVerdict::ExpiredRefused { first: false }
+            | AuthVerdict::Transient
+            | AuthVerdict::NotAuth => {}
+        }
+        let removed = if remove {
+            self.remove(i)
+        } else {
+            self.record_failure(i, now, delay)
         };
-        if jwt_expired
-            && matches!(
-                class,
-                Some(AuthErrorClass::Strike | AuthErrorClass::Expired)
-            )
-        {
-            // The JWT itself is past its exp: neither a strike nor a reason to retry at
-            // once with the same file; back off and read the credentials again.
-            clear(e);
-            e.expired_refused = true;
-            return AuthVerdict::ExpiredRefused {
-                first: !was_expired_refused,
-            };
-        }
-        let mut class = class;
-        if class == Some(AuthErrorClass::Expired) {
-            // Expired again with the very same credentials is a strike.
-            if e.last_strike.is_some() && e.strike_credentials == credentials {
-                class = Some(AuthErrorClass::Strike);
-            } else {
-                e.last_strike = Some(now);
-                e.strike_credentials = credentials;
-                return AuthVerdict::Expired;
-            }
-        }
-        match class {
-            Some(AuthErrorClass::Strike) => {
-                let same = e.strike_credentials == credentials;
-                let spaced = e
-                    .last_strike
-                    .is_none_or(|t| now.duration_since(t) >= reconnect_wait);
-                let strikes = if !same {
-                    // New credentials (a rotated creds file) start over.
-                    1
-                } else if spaced {
-                    e.auth_strikes + 1
-                } else {
-                    e.auth_strikes.max(1)
-                };
-                e.auth_strikes = strikes;
-                if !same || spaced {
-                    // A strike too soon after the last one does not restart the spacing.
-                    e.last_strike = Some(now);
-                }
-                e.strike_credentials = credentials;
-                AuthVerdict::Strike { strikes }
-            }
-            Some(AuthErrorClass::Transient) => {
-                clear(e);
-                AuthVerdict::Transient
-            }
-            _ => {
-                clear(e);
-                AuthVerdict::NotAuth
-            }
-        }
+        Some(Verdict {
+            auth,
+            due: removed.is_none().then(|| self.entries[i].due),
+            removed: removed.map(|r| r.addr),
+            credentials_expired,
+        })
     }
 
     /// Make every server due now (force_reconnect while reconnecting).
@@ -574,18 +567,7 @@ impl ServerPool {
                     .any(|e: &PoolEntry| e.addr.key() == addr.key())
             {
                 added.push(addr.to_string());
-                new_entries.push(PoolEntry {
-                    addr: addr.clone(),
-                    discovered: true,
-                    failures: 0,
-                    due: now,
-                    last_dropped: None,
-                    auth_strikes: 0,
-                    last_strike: None,
-                    strike_credentials: None,
-                    lame_duck: None,
-                    expired_refused: false,
-                });
+                new_entries.push(PoolEntry::new(addr.clone(), true, now));
             }
         }
         let mut removed = Vec::new();
@@ -636,112 +618,238 @@ mod tests {
         list.iter().map(|s| ServerAddr::parse(s).unwrap()).collect()
     }
 
-    #[test]
-    fn strikes_count_only_in_a_row_spaced_and_with_the_same_credentials() {
-        use tether_proto::conn::AuthErrorClass::{Expired, Strike, Transient};
-        let now = Instant::now();
-        let wait = Duration::from_secs(2);
-        let mut rng = SmallRng::seed_from_u64(1);
-        let fresh = |rng: &mut SmallRng| ServerPool::new(addrs(&["a:1"]), true, None, now, rng);
-        let s = |n| AuthVerdict::Strike { strikes: n };
-        let t1 = now + Duration::from_millis(500);
-        let t2 = now + Duration::from_secs(3);
-        let t3 = now + Duration::from_secs(6);
-        let t4 = now + Duration::from_secs(9);
-        let mut pool = fresh(&mut rng);
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, now, wait),
-            s(1)
-        );
-        // Too soon: not a second strike, and the spacing still runs from the first.
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t1, wait),
-            s(1)
-        );
-        let t15 = now + Duration::from_millis(2100);
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t15, wait),
-            s(2)
-        );
-        // A longer reconnect_wait spaces them further (any wait works, not only 2 s).
-        let long = Duration::from_secs(5);
-        let mut pool = fresh(&mut rng);
-        pool.record_auth(0, Some(Strike), Some(1), false, now, long);
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t2, long),
-            s(1)
-        );
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t3, long),
-            s(2)
-        );
-        // B17: a refused connection in between breaks the row.
-        let mut pool = fresh(&mut rng);
-        pool.record_auth(0, Some(Strike), Some(1), false, now, wait);
-        assert_eq!(
-            pool.record_auth(0, None, Some(1), false, t1, wait),
-            AuthVerdict::NotAuth
-        );
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t2, wait),
-            s(1)
-        );
-        // ... and so does a transient refusal.
-        assert_eq!(
-            pool.record_auth(0, Some(Transient), Some(1), false, t2, wait),
-            AuthVerdict::Transient
-        );
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(1), false, t3, wait),
-            s(1)
-        );
-        // New credentials start over.
-        assert_eq!(
-            pool.record_auth(0, Some(Strike), Some(2), false, t4, wait),
-            s(1)
-        );
-        // Expired once reconnects at once; expired again with the same credentials strikes.
-        let mut pool = fresh(&mut rng);
-        assert_eq!(
-            pool.record_auth(0, Some(Expired), Some(1), false, now, wait),
-            AuthVerdict::Expired
-        );
-        assert_eq!(
-            pool.record_auth(0, Some(Expired), Some(1), false, t2, wait),
-            s(1)
-        );
-        // S6: refusals of an expired JWT are never strikes, however many.
-        let mut pool = fresh(&mut rng);
-        for (k, t) in [now, t2, t3, t4].into_iter().enumerate() {
-            let class = if k % 2 == 0 { Strike } else { Expired };
-            assert_eq!(
-                pool.record_auth(0, Some(class), Some(1), true, t, wait),
-                AuthVerdict::ExpiredRefused { first: k == 0 }
-            );
+    use crate::connection::reconnect::{AttemptCause, UsedCredentials};
+    use tether_proto::conn::HandshakeError;
+
+    const VIOLATION: &str = "Authorization Violation";
+    const EXPIRED: &str = "User Authentication Expired";
+    const AUTH_TIMEOUT: &str = "Authentication Timeout";
+
+    /// A handshake refused with `err` for credentials `creds` (a JWT past its exp when
+    /// `jwt_expired`).
+    fn refused(err: &str, creds: u64, jwt_expired: bool) -> AttemptCause {
+        AttemptCause::Handshake {
+            error: HandshakeError::Server(err.to_owned()),
+            credentials: UsedCredentials {
+                fingerprint: creds,
+                jwt_expired: jwt_expired.then_some(Duration::from_secs(3)),
+            },
+        }
+    }
+
+    /// One attempt of a table: ms after the start, its cause, the auth verdict expected.
+    type Row = (u64, AttemptCause, AuthVerdict);
+
+    fn dial_failed() -> AttemptCause {
+        AttemptCause::Dial("connection refused".to_owned())
+    }
+
+    fn policy(wait: Duration, auth: AuthFailurePolicy) -> ReconnectPolicy<'static> {
+        ReconnectPolicy {
+            reconnect_wait: wait,
+            reconnect_delay: None,
+            auth_failure_policy: auth,
+        }
+    }
+
+    /// Run `rows` (ms after the start, the attempt's cause, the expected auth verdict)
+    /// against a fresh one-server pool.
+    fn run_table(name: &str, wait: Duration, auth: AuthFailurePolicy, rows: &[Row]) {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let start = Instant::now();
+        let addr = ServerAddr::parse("a:1").unwrap();
+        let mut pool = ServerPool::new(vec![addr.clone()], true, None, start, &mut rng);
+        let policy = policy(wait, auth);
+        for (k, (ms, cause, expect)) in rows.iter().enumerate() {
+            let now = start + Duration::from_millis(*ms);
+            let v = pool
+                .record_attempt(&addr, now, Duration::ZERO, cause, &policy, &mut rng)
+                .expect("in the pool");
+            assert_eq!(v.auth, *expect, "{name}, row {k}: {cause}");
         }
     }
 
     #[test]
-    fn parse_urls() {
-        let a = ServerAddr::parse("nats://u:p%40ss@example.com:4333").unwrap();
-        assert_eq!(
-            (a.host(), a.port(), a.user(), a.pass()),
-            ("example.com", 4333, Some("u"), Some("p@ss"))
+    fn strikes_count_only_in_a_row_spaced_and_with_the_same_credentials() {
+        use AuthVerdict::{Expired, ExpiredRefused, NotAuth, Transient};
+        let s = |n| AuthVerdict::Strike { strikes: n };
+        let two = Duration::from_secs(2);
+        let keep = AuthFailurePolicy::KeepRetrying;
+        let tables: Vec<(&str, Duration, Vec<Row>)> = vec![
+            (
+                "too soon is not a second strike, and the spacing runs from the first",
+                two,
+                vec![
+                    (0, refused(VIOLATION, 1, false), s(1)),
+                    (500, refused(VIOLATION, 1, false), s(1)),
+                    (2100, refused(VIOLATION, 1, false), s(2)),
+                ],
+            ),
+            (
+                "a longer reconnect_wait spaces them further",
+                Duration::from_secs(5),
+                vec![
+                    (0, refused(VIOLATION, 1, false), s(1)),
+                    (3000, refused(VIOLATION, 1, false), s(1)),
+                    (6000, refused(VIOLATION, 1, false), s(2)),
+                ],
+            ),
+            (
+                "B17: another failure or a transient refusal breaks the row; new credentials start over",
+                two,
+                vec![
+                    (0, refused(VIOLATION, 1, false), s(1)),
+                    (500, dial_failed(), NotAuth),
+                    (3000, refused(VIOLATION, 1, false), s(1)),
+                    (3000, refused(AUTH_TIMEOUT, 1, false), Transient),
+                    (6000, refused(VIOLATION, 1, false), s(1)),
+                    (9000, refused(VIOLATION, 2, false), s(1)),
+                ],
+            ),
+            (
+                "expired once reconnects at once; expired again with the same credentials strikes",
+                two,
+                vec![
+                    (0, refused(EXPIRED, 1, false), Expired),
+                    (3000, refused(EXPIRED, 1, false), s(1)),
+                ],
+            ),
+            (
+                "expired with other credentials is not a strike",
+                two,
+                vec![
+                    (0, refused(EXPIRED, 1, false), Expired),
+                    (3000, refused(EXPIRED, 2, false), Expired),
+                ],
+            ),
+            (
+                "S6: refusals of an expired JWT are never strikes, however many",
+                two,
+                vec![
+                    (0, refused(VIOLATION, 1, true), ExpiredRefused { first: true }),
+                    (3000, refused(EXPIRED, 1, true), ExpiredRefused { first: false }),
+                    (6000, refused(VIOLATION, 1, true), ExpiredRefused { first: false }),
+                    (9000, refused(EXPIRED, 1, true), ExpiredRefused { first: false }),
+                ],
+            ),
+        ];
+        for (name, wait, rows) in tables {
+            run_table(name, wait, keep, &rows);
+        }
+    }
+
+    #[test]
+    fn the_verdict_says_when_the_server_is_due_and_whether_it_left() {
+        let wait = Duration::from_secs(2);
+        let start = Instant::now();
+        let addr = ServerAddr::parse("a:1").unwrap();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut pool = ServerPool::new(vec![addr.clone()], true, None, start, &mut rng);
+        let remove = policy(wait, AuthFailurePolicy::RemoveServer);
+        let mut attempt = |pool: &mut ServerPool, ms: u64, cause: &AttemptCause| {
+            let now = start + Duration::from_millis(ms);
+            pool.record_attempt(&addr, now, Duration::ZERO, cause, &remove, &mut rng)
+        };
+        // The first failure of another kind: the backoff's first step (0..=50 ms).
+        let v = attempt(&mut pool, 0, &dial_failed()).unwrap();
+        let due = v.due.unwrap();
+        assert!(
+            due >= start && due <= start + Duration::from_millis(50),
+            "{v:?}"
         );
-        assert_eq!(
-            a.to_string(),
-            "nats://example.com:4333",
-            "no credentials in Display"
+        // Expired: at once, whatever the failures so far.
+        let v = attempt(&mut pool, 100, &refused(EXPIRED, 1, false)).unwrap();
+        assert_eq!(v.due, Some(start + Duration::from_millis(100)));
+        // A strike: not before reconnect_wait (the next may count only then).
+        let v = attempt(&mut pool, 200, &refused(VIOLATION, 1, false)).unwrap();
+        assert_eq!(v.auth, AuthVerdict::Strike { strikes: 1 });
+        assert!(
+            v.due.unwrap() >= start + Duration::from_millis(200) + wait,
+            "{v:?}"
         );
-        let b = ServerAddr::parse("127.0.0.1").unwrap();
-        assert_eq!(b.to_string(), "nats://127.0.0.1:4222");
-        assert!(ServerAddr::parse("http://x")
-            .unwrap_err()
-            .contains("unsupported scheme"));
-        assert!(ServerAddr::parse("nats://").is_err());
-        // B1: never dialled in plaintext.
-        let e = ServerAddr::parse("tls://127.0.0.1:4443").unwrap_err();
-        assert!(e.contains("TLS is not supported yet"), "{e}");
+        // Two strikes with unchanged credentials, spaced: removed under RemoveServer.
+        let v = attempt(&mut pool, 3000, &refused(VIOLATION, 1, false)).unwrap();
+        assert_eq!((v.due, v.removed), (None, Some(addr.clone())));
+        assert!(pool.is_empty());
+        assert!(
+            attempt(&mut pool, 7000, &dial_failed()).is_none(),
+            "not in the pool"
+        );
+    }
+
+    #[test]
+    fn an_expired_jwt_is_reported_once_per_row_and_max_reconnects_removes() {
+        let start = Instant::now();
+        let addr = ServerAddr::parse("a:1").unwrap();
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut pool = ServerPool::new(vec![addr.clone()], true, Some(3), start, &mut rng);
+        let p = policy(Duration::from_secs(2), AuthFailurePolicy::RemoveServer);
+        let mut attempt = |pool: &mut ServerPool, cause: &AttemptCause| {
+            pool.record_attempt(&addr, start, Duration::ZERO, cause, &p, &mut rng)
+                .unwrap()
+        };
+        let v = attempt(&mut pool, &refused(VIOLATION, 1, true));
+        assert_eq!(v.credentials_expired, Some(Duration::from_secs(3)));
+        let v = attempt(&mut pool, &refused(VIOLATION, 1, true));
+        assert_eq!(v.credentials_expired, None, "once per row");
+        // The third consecutive failure reaches max_reconnects.
+        let v = attempt(&mut pool, &dial_failed());
+        assert_eq!((v.due, v.removed), (None, Some(addr.clone())));
+    }
+
+    #[test]
+    fn a_completed_handshake_ends_the_row_but_remembers_the_credentials() {
+        let start = Instant::now();
+        let addr = ServerAddr::parse("a:1").unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut pool = ServerPool::new(vec![addr.clone()], true, None, start, &mut rng);
+        let p = policy(Duration::from_secs(2), AuthFailurePolicy::KeepRetrying);
+        let v = pool
+            .record_attempt(
+                &addr,
+                start,
+                Duration::ZERO,
+                &refused(EXPIRED, 1, false),
+                &p,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(v.auth, AuthVerdict::Expired);
+        pool.record_success(0);
+        assert_eq!(pool.get(0).unwrap().strikes.map(|s| s.count), Some(0));
+        let later = start + Duration::from_secs(3);
+        let v = pool
+            .record_attempt(
+                &addr,
+                later,
+                Duration::ZERO,
+                &refused(EXPIRED, 1, false),
+                &p,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(v.auth, AuthVerdict::Strike { strikes: 1 });
+    }
+
+    #[test]
+    fn a_user_reconnect_delay_replaces_the_backoff() {
+        let start = Instant::now();
+        let addr = ServerAddr::parse("a:1").unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut pool = ServerPool::new(vec![addr.clone()], true, None, start, &mut rng);
+        let f: ReconnectDelayFn = std::sync::Arc::new(|server: &str, failures, outage| {
+            assert_eq!((server, failures), ("nats://a:1", 1));
+            outage + Duration::from_secs(7)
+        });
+        let p = ReconnectPolicy {
+            reconnect_delay: Some(&f),
+            ..policy(Duration::from_secs(2), AuthFailurePolicy::RemoveServer)
+        };
+        let outage = Duration::from_secs(1);
+        let v = pool
+            .record_attempt(&addr, start, outage, &dial_failed(), &p, &mut rng)
+            .unwrap();
+        assert_eq!(v.due, Some(start + Duration::from_secs(8)));
     }
 
     #[test]

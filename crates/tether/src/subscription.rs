@@ -28,9 +28,8 @@ struct SubQ {
     msgs: VecDeque<Message>,
     bytes: usize,
     ended: Option<Ended>,
-    /// In a slow-consumer episode, and drops since its start event.
-    slow: bool,
-    episode_dropped: u64,
+    /// In a slow-consumer episode: the drops since its start event.
+    slow_episode: Option<u64>,
 }
 
 /// The queue between the driver and a [`Subscriber`].
@@ -70,8 +69,7 @@ impl SubQueue {
                 msgs: VecDeque::new(),
                 bytes: 0,
                 ended: None,
-                slow: false,
-                episode_dropped: 0,
+                slow_episode: None,
             }),
             waker: AtomicWaker::new(),
             hub,
@@ -93,12 +91,11 @@ impl SubQueue {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.slow_total.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("tether_slow_consumer_dropped_total").increment(1);
-            if q.slow {
-                q.episode_dropped += 1;
+            if let Some(dropped) = q.slow_episode.as_mut() {
+                *dropped += 1;
             } else {
                 // One event when an episode starts; the rest are counted into its end.
-                q.slow = true;
-                q.episode_dropped = 0;
+                q.slow_episode = Some(0);
                 self.hub.emit(EventKind::SlowConsumer {
                     subject: self.subject.clone(),
                     sid: self.sid,
@@ -143,9 +140,8 @@ impl SubQueue {
         let mut q = self.q.lock();
         if let Some(m) = q.msgs.pop_front() {
             q.bytes -= m.size;
-            if q.slow && q.msgs.len() < self.max_msgs / 2 && q.bytes < self.max_bytes / 2 {
-                q.slow = false;
-                let dropped = std::mem::take(&mut q.episode_dropped);
+            let drained = q.msgs.len() < self.max_msgs / 2 && q.bytes < self.max_bytes / 2;
+            if let Some(dropped) = q.slow_episode.take_if(|_| drained) {
                 self.hub.emit(EventKind::SlowConsumerEnded {
                     subject: self.subject.clone(),
                     sid: self.sid,

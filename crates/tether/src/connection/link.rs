@@ -23,9 +23,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::driver::{
-    adopt, dispatch, establish, load_keys, record_attempt_failure, route_messages, tokio_instant,
-    Established, Failure, LinkEnd, READ_BUF,
+    adopt, dispatch, establish, route_messages, tokio_instant, Established, LinkEnd, READ_BUF,
 };
+use super::reconnect::{record_attempt_failure, Failure};
 use super::switch::{
     check_fresh_credentials, end_probe, next_switch_target, probe_done, probe_registered,
     rearm_refresh, report_migrated, retire_now, same_node_as_left, send_probe, start_cut,
@@ -33,13 +33,13 @@ use super::switch::{
 };
 use super::transport::Transport;
 use super::{CloseMode, Inner, Shared};
-use crate::credentials::Loaded;
+use crate::credentials::{self, CredentialsError, Loaded};
 use crate::error::FlushError;
 use crate::events::EventKind;
 use crate::events::MigrateReason as SwitchReason;
 use crate::server_pool::ServerAddr;
 
-type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, String>> + Send>>;
+type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, CredentialsError>> + Send>>;
 
 type SwitchFuture =
     Pin<Box<dyn Future<Output = (ServerAddr, Result<Established, Failure>)> + Send>>;
@@ -214,7 +214,7 @@ enum Wake {
     Wrote(std::io::Result<usize>),
     Retiring(RetiringWake),
     Dialed(ServerAddr, Result<Established, Failure>),
-    Refreshed(Result<Loaded, String>),
+    Refreshed(Result<Loaded, CredentialsError>),
     Notified,
     Timer,
 }
@@ -331,7 +331,7 @@ impl<'a> LinkDriver<'a> {
         {
             inner.jwt_refresh_at = None;
             if let Some(keys) = self.shared.opts.keys.clone() {
-                self.refresh = Some(Box::pin(load_keys(keys)));
+                self.refresh = Some(Box::pin(credentials::load_keys(keys)));
             }
         }
     }

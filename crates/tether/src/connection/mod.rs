@@ -1,11 +1,12 @@
 //! The connection: state shared by handles and the driver, and the driver itself.
 //!
 //! Handles lock [`Shared::inner`] briefly, act on the sans-IO [`Connection`], and wake the
-//! driver; there is no per-message channel hop. The driver task owns the socket and runs
-//! the reconnect loop.
+//! driver; there is no per-message channel hop. The driver task owns the socket
+//! ([`driver`]) and runs the reconnect loop ([`reconnect`]).
 
 pub(crate) mod driver;
 pub(crate) mod link;
+pub(crate) mod reconnect;
 mod switch;
 pub(crate) mod transport;
 
@@ -18,29 +19,12 @@ use parking_lot::{Mutex, MutexGuard};
 use tether_proto::conn::{ConnStats, Connection};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::error::{FlushError, RequestError};
+use crate::error::{ConnectError, FlushError, PublishError, RequestError};
 use crate::events::{ClosedReason, EventHub, EventKind, State};
-use crate::message::Message;
 use crate::options::ConnectOptions;
+use crate::request::{Mux, PendingRequest};
 use crate::server_pool::ServerPool;
 use crate::subscription::SubQueue;
-
-/// A request waiting for its reply.
-#[derive(Debug)]
-pub(crate) struct PendingRequest {
-    pub(crate) subject: String,
-    /// The sid of the inbox subscription its reply subject belongs to.
-    pub(crate) mux_sid: u64,
-    pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
-}
-
-/// The request mux: one wildcard subscription serves every request.
-#[derive(Debug)]
-pub(crate) struct Mux {
-    pub(crate) sid: u64,
-    /// `<inbox_prefix>.<nuid>.`
-    pub(crate) prefix: String,
-}
 
 /// The probe of a planned switch (DESIGN semantics 9): a subject subscribed on the new
 /// link after the replayed subscriptions and published on the old link until it arrives on
@@ -79,9 +63,40 @@ pub(crate) enum CloseMode {
     Now,
 }
 
+/// Whether the client's driver task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Startup {
+    /// Not yet: the FailFast policy's first connect, or the Lazy policy before its
+    /// first use (or after a failed attempt).
+    NotStarted,
+    /// The Lazy policy's first attempt is under way.
+    LazyAttempt,
+    /// The driver task runs (it closes the client when asked).
+    Running,
+}
+
+/// A request to the reconnect loop, while it waits for the next attempt, to pick the
+/// server again. The stronger request wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Repick {
+    No,
+    /// The pool changed (set_server_pool): the server waited for may have left it.
+    PoolChanged,
+    /// force_reconnect(): every server is due now.
+    AllDueNow,
+}
+
+/// Who waits on the client is failed: why.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WaitersFail<'a> {
+    /// The client closed.
+    Closed,
+    /// The Lazy policy's attempt failed.
+    Connect(&'a ConnectError),
+}
+
 /// State under the connection lock.
 #[derive(Debug)]
-#[allow(clippy::struct_excessive_bools)] // issue 12 step 4; remove then
 pub(crate) struct Inner {
     pub(crate) conn: Connection,
     pub(crate) state: State,
@@ -104,24 +119,14 @@ pub(crate) struct Inner {
     pub(crate) close_as: Option<ClosedReason>,
     pub(crate) closed_reason: Option<ClosedReason>,
     pub(crate) closed_report: crate::client::CloseReport,
-    pub(crate) draining_pubs: bool,
-    /// Buffer high-water level reported (0, 50, 75, 90).
-    pub(crate) high_water: u8,
-    /// Highest byte fill of the outbound buffer seen.
-    pub(crate) high_water_bytes: u64,
+    /// The outbound buffer's level as reported (high water, refused publishes).
+    pub(crate) buffer_watch: crate::buffer_watch::BufferWatch,
     /// When the current outage started (no link), if the client is in one.
     pub(crate) outage_since: Option<Instant>,
-    /// Publishes refused since the last BufferOverflow event.
-    pub(crate) refused: (u64, u64),
-    /// When the last BufferOverflow event went out (they are rate-limited).
-    pub(crate) overflow_reported_at: Option<Instant>,
-    /// force_reconnect asked for.
-    pub(crate) force_reconnect: bool,
-    /// The pool changed while reconnecting: the attempt being waited for is picked again.
-    pub(crate) repick: bool,
-    /// The Lazy policy's first attempt is running.
-    pub(crate) lazy_connecting: bool,
-    pub(crate) driver_started: bool,
+    /// While reconnecting: pick the next server again (and how).
+    pub(crate) repick: Repick,
+    /// Whether the driver runs (or the Lazy policy's first attempt).
+    pub(crate) startup: Startup,
     /// Lame duck mode: when to move off the current server.
     pub(crate) ldm_switch_at: Option<Instant>,
     /// The current link's socket, for direct writes of requests while the driver is idle.
@@ -139,6 +144,57 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The state of a new client: no link yet, nothing buffered.
+    pub(crate) fn new(conn: Connection, state: State, pool: ServerPool) -> Self {
+        Self {
+            conn,
+            state,
+            subs: HashMap::new(),
+            mux: None,
+            inbox_refused: None,
+            requests: HashMap::new(),
+            flushes: HashMap::new(),
+            next_token: 0,
+            driver_waiting: false,
+            pool,
+            current: None,
+            server_name: String::new(),
+            close: None,
+            close_as: None,
+            closed_reason: None,
+            closed_report: crate::client::CloseReport::default(),
+            buffer_watch: crate::buffer_watch::BufferWatch::default(),
+            outage_since: None,
+            repick: Repick::No,
+            startup: Startup::NotStarted,
+            ldm_switch_at: None,
+            direct: None,
+            switch_request: None,
+            probe: None,
+            jwt: None,
+            jwt_refresh_at: None,
+            expiring_reported: false,
+        }
+    }
+
+    /// Fail every flush and request that waits: their frames are removed too, so that
+    /// one told "not published" never goes out later (B6).
+    pub(crate) fn fail_waiters(&mut self, why: WaitersFail<'_>) {
+        for (token, tx) in std::mem::take(&mut self.flushes) {
+            self.conn.cancel_flush(token);
+            let _ = tx.send(Err(match why {
+                WaitersFail::Closed => FlushError::Closed,
+                WaitersFail::Connect(e) => FlushError::Connect(Box::new(e.clone())),
+            }));
+        }
+        crate::request::fail_all(self, || match why {
+            WaitersFail::Closed => RequestError::Closed,
+            WaitersFail::Connect(e) => {
+                RequestError::Publish(PublishError::Connect(Box::new(e.clone())))
+            }
+        });
+    }
+
     /// The pool index of the current server, resolved now.
     pub(crate) fn server_index(&self) -> Option<usize> {
         self.current.as_ref().and_then(|a| self.pool.position(a))
@@ -184,6 +240,24 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Close the client (`close()`, or the last handle dropped): the driver closes it,
+    /// after a last flush when `mode` is Graceful; a client whose driver never started
+    /// closes at once.
+    pub(crate) fn request_close(&self, mode: CloseMode) {
+        let mut inner = self.lock("close");
+        if inner.state == State::Closed {
+            return;
+        }
+        if inner.startup == Startup::Running {
+            inner.close = Some(mode);
+            drop(inner);
+            self.wake.notify_one();
+        } else {
+            drop(inner);
+            driver::finish(self, ClosedReason::Requested);
+        }
+    }
+
     /// Lock the connection state. The purpose names the caller for tracing lock waits.
     pub(crate) fn lock(&self, purpose: &'static str) -> MutexGuard<'_, Inner> {
         if let Some(g) = self.inner.try_lock() {
@@ -267,7 +341,7 @@ impl Shared {
             },
             buffered_msgs: buffered.msgs,
             buffered_bytes: buffered.bytes,
-            buffer_high_water_bytes: inner.high_water_bytes,
+            buffer_high_water_bytes: inner.buffer_watch.high_water_bytes,
             publish_denied: core.publish_denied,
             frames_removed: core.frames_removed,
             slow_consumer_dropped: c.slow_consumer_dropped.load(Ordering::Relaxed),

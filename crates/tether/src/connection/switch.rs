@@ -13,10 +13,10 @@ use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
 use tokio::sync::oneshot;
 
-use super::driver::{fail_written_requests, Established, CREDENTIALS_RECHECK};
+use super::driver::{Established, CREDENTIALS_RECHECK};
 use super::transport::Transport;
 use super::{Inner, Probe, Shared};
-use crate::credentials::Loaded;
+use crate::credentials::{CredentialsError, Loaded};
 use crate::events::EventKind;
 use crate::events::MigrateReason as SwitchReason;
 use crate::server_pool::ServerAddr;
@@ -44,10 +44,10 @@ pub(super) fn retire_now(shared: &Shared, inner: &mut Inner, old: RetiringIo) {
     end_probe(inner);
     let retired = old.link.is_retired();
     let unconfirmed = inner.conn.finish_detached(old.link);
-    if !retired && !shared.opts.request_retry_after_reconnect {
+    if !retired && !shared.opts.core.retain_requests {
         // Written on a link that died unconfirmed: a responder may have acted on them,
         // and no reply can come back through it (B7).
-        fail_written_requests(inner, old.requests);
+        crate::request::fail_written(inner, old.requests);
     }
     report_migrated(shared, old.from, old.to, unconfirmed);
 }
@@ -259,7 +259,7 @@ pub(super) fn report_migrated(shared: &Shared, from: String, to: String, unconfi
 pub(super) fn check_fresh_credentials(
     shared: &Shared,
     inner: &mut Inner,
-    fresh: Result<Loaded, String>,
+    fresh: Result<Loaded, CredentialsError>,
 ) {
     let Some(current) = inner.jwt else {
         return;
@@ -288,7 +288,7 @@ pub(super) fn check_fresh_credentials(
         return;
     }
     let reason = match fresh {
-        Err(e) => e,
+        Err(e) => e.to_string(),
         Ok(_) => "the credentials read again expire no later than the ones in use; \
                   provide a fresher JWT before it expires, or the server will end the link"
             .to_owned(),

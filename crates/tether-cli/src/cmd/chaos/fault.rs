@@ -120,7 +120,7 @@ pub(super) fn restore(t: &mut Target, fault: Fault, node: usize) -> Result<(), C
 /// The first address of the first server in `url` (comma-separated URLs).
 async fn resolve(url: &str) -> Result<SocketAddr, CliError> {
     let first = url.split(',').next().unwrap_or("").trim();
-    let addr = ServerAddr::parse(first).map_err(CliError::new)?;
+    let addr = ServerAddr::parse(first).map_err(|e| CliError::new(e.to_string()))?;
     let hostport = (addr.host(), addr.port());
     let mut addrs = tokio::net::lookup_host(hostport)
         .await
