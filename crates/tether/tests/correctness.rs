@@ -344,7 +344,7 @@ async fn b11_a_request_still_waiting_for_room_when_the_link_drops_is_sent_and_an
 async fn b12_a_buffered_request_that_timed_out_is_never_sent_later() {
     let (server, proxy, client) = through_proxy(
         ConnectOptions::new()
-            .outbound_buffer(64 * 1024 * 1024, 1_000_000)
+            .outbound_buffer(128 * 1024 * 1024, 1_000_000)
             .ping_interval(Duration::from_secs(60)),
     )
     .await;
@@ -352,9 +352,10 @@ async fn b12_a_buffered_request_that_timed_out_is_never_sent_later() {
     let seen = echo(&responder, "b12.late").await;
     client.flush().await.unwrap();
     proxy.pause();
-    // More than the sockets hold, less than the buffer: the request is buffered behind.
+    // More than the sockets hold (loopback receive buffers grow to tcp_rmem's maximum, 32 MiB
+    // here), less than the buffer: the request is buffered behind.
     let big = vec![0u8; 512 * 1024];
-    for _ in 0..32 {
+    for _ in 0..96 {
         client.try_publish("b12.fill", &big).unwrap();
     }
     let err = client
