@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::reconnect::{AttemptCause, Failure, UsedCredentials};
 use super::switch::probe_arrived;
+use super::timer::DriverTimer;
 use super::transport;
 use super::{Inner, Shared, WaitersFail};
 use crate::buffer_watch::{self, Change};
@@ -135,13 +136,16 @@ pub(crate) fn adopt(
     // A pending switch (a refresh, lame duck mode, a request) has moved, or the reconnect
     // made it moot; an INFO on this link may ask for a new one.
     inner.switch_request = None;
-    inner.ldm_switch_at = None;
-    inner.jwt_refresh_at = est.jwt.map(|t| {
+    inner.timers.stop(DriverTimer::LdmSwitch);
+    let refresh_at = est.jwt.map(|t| {
         later(
             now,
             t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()),
         )
     });
+    inner
+        .timers
+        .set_or_stop(DriverTimer::JwtRefresh, refresh_at);
     // The link's server is current before the bytes that followed its handshake are
     // handled (an INFO with `ldm` among them concerns this server).
     let previous = inner.current.replace(addr.clone());
@@ -358,7 +362,7 @@ fn on_lame_duck(shared: &Shared, inner: &mut Inner) {
         inner.pool.mark_lame_duck(i, id.as_deref(), now);
     }
     let wait = crate::server_pool::uniform_below(shared.opts.ldm_jitter, &mut rand::thread_rng());
-    inner.ldm_switch_at = Some(later(now, wait));
+    inner.timers.set(DriverTimer::LdmSwitch, later(now, wait));
 }
 
 /// An -ERR about the planned switch's probe or cut marker (no permission for the

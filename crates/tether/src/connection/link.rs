@@ -31,6 +31,7 @@ use super::switch::{
     rearm_refresh, report_migrated, retire_now, same_node_as_left, send_probe, start_cut,
     start_probe, RetiringIo, PROBE_INTERVAL, PROBE_MIN_GAP,
 };
+use super::timer::DriverTimer;
 use super::transport::Transport;
 use super::{CloseMode, Inner, Shared};
 use crate::credentials::{self, CredentialsError, Loaded};
@@ -47,7 +48,13 @@ type SwitchFuture =
 /// Run one established link until it goes down or the client closes.
 pub(super) async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
     let io = Arc::new(Transport::tcp(stream));
-    shared.lock("driver").direct = Some(io.clone());
+    {
+        let mut inner = shared.lock("driver");
+        inner.direct = Some(io.clone());
+        for t in DriverTimer::LINK {
+            inner.timers.stop(t);
+        }
+    }
     let mut link = LinkDriver::new(shared, io);
     let end = link.drive().await;
     shared.lock("driver").direct = None;
@@ -133,59 +140,6 @@ impl SwitchPlan {
     }
 }
 
-/// The driver's own deadlines; the core's are behind `Connection::poll_timeout`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DriverTimer {
-    /// The next target of a pending planned switch is due.
-    SwitchDue,
-    /// close(): stop waiting for its flush.
-    CloseFlush,
-    /// The bound on the retiring link's overlap (ldm_overlap).
-    Retire,
-    /// The retiring link's last PONG is overdue: close it anyway.
-    RetireGiveUp,
-    /// The next probe on the retiring link.
-    Probe,
-    /// The next cut marker on the new link.
-    Marker,
-}
-
-impl DriverTimer {
-    const COUNT: usize = 6;
-}
-
-/// One deadline per [`DriverTimer`], as quinn-proto keeps its timers.
-#[derive(Debug, Default)]
-struct TimerTable {
-    data: [Option<Instant>; DriverTimer::COUNT],
-}
-
-impl TimerTable {
-    fn set(&mut self, timer: DriverTimer, at: Instant) {
-        self.data[timer as usize] = Some(at);
-    }
-
-    fn set_or_stop(&mut self, timer: DriverTimer, at: Option<Instant>) {
-        self.data[timer as usize] = at;
-    }
-
-    fn stop(&mut self, timer: DriverTimer) {
-        self.data[timer as usize] = None;
-    }
-
-    fn get(&self, timer: DriverTimer) -> Option<Instant> {
-        self.data[timer as usize]
-    }
-
-    fn is_expired(&self, timer: DriverTimer, now: Instant) -> bool {
-        self.get(timer).is_some_and(|at| now >= at)
-    }
-
-    fn next_timeout(&self) -> Option<Instant> {
-        self.data.iter().flatten().min().copied()
-    }
-}
-
 /// The chunk being written to the transport.
 #[derive(Default)]
 struct Transmit {
@@ -254,7 +208,6 @@ pub(super) struct LinkDriver<'a> {
     refresh: Option<RefreshFuture>,
     /// close()'s flush, while it is awaited.
     close_flush: Option<oneshot::Receiver<Result<(), FlushError>>>,
-    timers: TimerTable,
     /// One timer for the whole link, moved only when the deadline changes: creating a
     /// Sleep per loop turn costs a timer-wheel registration each time.
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -279,7 +232,6 @@ impl<'a> LinkDriver<'a> {
             },
             refresh: None,
             close_flush: None,
-            timers: TimerTable::default(),
             sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
             armed: None,
         }
@@ -321,15 +273,15 @@ impl<'a> LinkDriver<'a> {
 
     /// Lame duck mode's jittered switch falls due; the JWT's refresh window opens.
     fn drive_timers(&mut self, inner: &mut Inner, now: Instant) {
-        if inner.ldm_switch_at.is_some_and(|at| now >= at) {
-            inner.ldm_switch_at = None;
+        if inner.timers.is_expired(DriverTimer::LdmSwitch, now) {
+            inner.timers.stop(DriverTimer::LdmSwitch);
             inner.switch_request = Some(SwitchReason::LameDuck);
         }
         if self.switch.is_idle()
             && self.refresh.is_none()
-            && inner.jwt_refresh_at.is_some_and(|at| now >= at)
+            && inner.timers.is_expired(DriverTimer::JwtRefresh, now)
         {
-            inner.jwt_refresh_at = None;
+            inner.timers.stop(DriverTimer::JwtRefresh);
             if let Some(keys) = self.shared.opts.keys.clone() {
                 self.refresh = Some(Box::pin(credentials::load_keys(keys)));
             }
@@ -339,7 +291,7 @@ impl<'a> LinkDriver<'a> {
     /// Move the planned switch on: start dialing a requested one, adopt a ready link at a
     /// frame boundary, and run the overlap.
     fn drive_switch(&mut self, inner: &mut Inner, now: Instant) -> Option<LinkEnd> {
-        self.timers.stop(DriverTimer::SwitchDue);
+        inner.timers.stop(DriverTimer::SwitchDue);
         if self.switch.is_idle() && inner.close.is_none() {
             self.start_switch(inner, now);
         }
@@ -363,7 +315,7 @@ impl<'a> LinkDriver<'a> {
             return;
         };
         match next_switch_target(inner, reason, now, &self.plan.skip) {
-            Some((_, due)) if due > now => self.timers.set(DriverTimer::SwitchDue, due),
+            Some((_, due)) if due > now => inner.timers.set(DriverTimer::SwitchDue, due),
             Some((addr, _)) => {
                 if reason == SwitchReason::Credentials {
                     // One attempt; a failed one is re-armed by the refresh.
@@ -503,14 +455,15 @@ impl<'a> LinkDriver<'a> {
         let fresh = Arc::new(Transport::tcp(est.stream));
         inner.direct = Some(fresh.clone());
         let bound = later(now, shared.opts.ldm_overlap);
-        self.timers.set(DriverTimer::Retire, bound);
-        self.timers.set(
+        inner.timers.set(DriverTimer::Retire, bound);
+        inner.timers.set(
             DriverTimer::RetireGiveUp,
             later(bound, shared.opts.effective_pong_timeout()),
         );
-        self.timers
+        inner
+            .timers
             .set_or_stop(DriverTimer::Probe, inner.probe.is_some().then_some(now));
-        self.timers.stop(DriverTimer::Marker);
+        inner.timers.stop(DriverTimer::Marker);
         self.switch = Switch::Overlap(Box::new(RetiringIo {
             io: std::mem::replace(&mut self.io, fresh),
             link,
@@ -532,12 +485,12 @@ impl<'a> LinkDriver<'a> {
             return;
         };
         if !o.link.is_retiring() {
-            overlap_step(self.shared, inner, o, &mut self.timers, now);
+            overlap_step(self.shared, inner, o, now);
         }
         if let Some(b) = o.link.poll_transmit() {
             o.out.extend_from_slice(&b);
         }
-        if o.link.is_done() || o.failed || self.timers.is_expired(DriverTimer::RetireGiveUp, now) {
+        if o.link.is_done() || o.failed || inner.timers.is_expired(DriverTimer::RetireGiveUp, now) {
             self.end_overlap(inner);
         }
     }
@@ -554,7 +507,7 @@ impl<'a> LinkDriver<'a> {
                 DriverTimer::Probe,
                 DriverTimer::Marker,
             ] {
-                self.timers.stop(t);
+                inner.timers.stop(t);
             }
             retire_now(self.shared, inner, *o);
         }
@@ -580,7 +533,7 @@ impl<'a> LinkDriver<'a> {
     /// The link went down: the reconnect replaces any switch still waiting (its jitter, a
     /// target); a new link whose handshake completed goes to the reconnect loop.
     fn link_down(&mut self, inner: &mut Inner, reason: String) -> LinkEnd {
-        inner.ldm_switch_at = None;
+        inner.timers.stop(DriverTimer::LdmSwitch);
         inner.switch_request = None;
         self.end_overlap(inner);
         let ready = match std::mem::replace(&mut self.switch, Switch::Idle) {
@@ -600,7 +553,7 @@ impl<'a> LinkDriver<'a> {
                 inner.flushes.insert(token, tx);
                 inner.conn.flush(token);
                 self.close_flush = Some(rx);
-                self.timers.set(
+                inner.timers.set(
                     DriverTimer::CloseFlush,
                     later(now, self.shared.opts.flush_timeout),
                 );
@@ -609,7 +562,7 @@ impl<'a> LinkDriver<'a> {
             None => true,
             Some(rx) => {
                 !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                    || self.timers.is_expired(DriverTimer::CloseFlush, now)
+                    || inner.timers.is_expired(DriverTimer::CloseFlush, now)
             }
         };
         if !done {
@@ -620,16 +573,13 @@ impl<'a> LinkDriver<'a> {
     }
 
     fn next_deadline(&self, inner: &Inner) -> Option<Instant> {
-        [
-            inner.conn.poll_timeout(),
-            self.timers.next_timeout(),
-            inner.ldm_switch_at,
-            // Checked only between switches (the end of one wakes the loop anyway).
-            inner.jwt_refresh_at.filter(|_| self.switch.is_idle()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // The JWT refresh is looked at only between switches (the end of one wakes the
+        // loop anyway).
+        let except = (!self.switch.is_idle()).then_some(DriverTimer::JwtRefresh);
+        [inner.conn.poll_timeout(), inner.timers.next_timeout(except)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Wait for the transport, the switch, the credentials, a handle's wake-up or the
@@ -743,28 +693,24 @@ impl<'a> LinkDriver<'a> {
 /// One turn of the overlap before the old link retires: count the bound from the new
 /// server's registration, probe, cut, and retire once the streams are joined (or the
 /// bound passed).
-fn overlap_step(
-    shared: &Shared,
-    inner: &mut Inner,
-    o: &mut RetiringIo,
-    timers: &mut TimerTable,
-    now: Instant,
-) {
+fn overlap_step(shared: &Shared, inner: &mut Inner, o: &mut RetiringIo, now: Instant) {
     let pong_timeout = shared.opts.effective_pong_timeout();
     let registered = probe_registered(inner);
     if registered {
         // The bound counts from when the new server holds the subscriptions: a long
         // replay does not eat into it.
         let bound = later(now, shared.opts.ldm_overlap);
-        let retire_at = timers
+        let retire_at = inner
+            .timers
             .get(DriverTimer::Retire)
             .map_or(bound, |t| t.max(bound));
-        timers.set(DriverTimer::Retire, retire_at);
+        inner.timers.set(DriverTimer::Retire, retire_at);
         let give_up = later(retire_at, pong_timeout);
-        let give_up_at = timers
+        let give_up_at = inner
+            .timers
             .get(DriverTimer::RetireGiveUp)
             .map_or(give_up, |t| t.max(give_up));
-        timers.set(DriverTimer::RetireGiveUp, give_up_at);
+        inner.timers.set(DriverTimer::RetireGiveUp, give_up_at);
     }
     let done = probe_done(inner);
     let cutting = inner.probe.as_ref().is_some_and(|p| p.marker.is_some());
@@ -775,7 +721,7 @@ fn overlap_step(
     let due = |t: Option<Instant>| {
         t.is_none_or(|at| later(now, PROBE_INTERVAL) >= later(at, PROBE_MIN_GAP))
     };
-    if joined || timers.is_expired(DriverTimer::Retire, now) {
+    if joined || inner.timers.is_expired(DriverTimer::Retire, now) {
         if !joined {
             tracing::warn!(
                 from = %o.from,
@@ -790,14 +736,16 @@ fn overlap_step(
         // passed): end the old link's subscriptions.
         inner.conn.retire_detached(now, &mut o.link);
         end_probe(inner);
-        timers.stop(DriverTimer::Retire);
-        timers.stop(DriverTimer::Probe);
-        timers.stop(DriverTimer::Marker);
-        timers.set(DriverTimer::RetireGiveUp, later(now, pong_timeout));
+        inner.timers.stop(DriverTimer::Retire);
+        inner.timers.stop(DriverTimer::Probe);
+        inner.timers.stop(DriverTimer::Marker);
+        inner
+            .timers
+            .set(DriverTimer::RetireGiveUp, later(now, pong_timeout));
     } else if done {
         // The old node knows the new interest: cut markers on the new link until one
         // comes back through the old node.
-        if due(timers.get(DriverTimer::Marker)) {
+        if due(inner.timers.get(DriverTimer::Marker)) {
             if let Some(p) = inner.probe.as_mut().filter(|p| !p.refused) {
                 p.marker_seq += 1;
                 let seq = p.marker_seq;
@@ -805,9 +753,12 @@ fn overlap_step(
                     inner.conn.publish_marker(&subject, seq);
                 }
             }
-            timers.set(DriverTimer::Marker, later(now, PROBE_INTERVAL));
+            inner
+                .timers
+                .set(DriverTimer::Marker, later(now, PROBE_INTERVAL));
         }
-    } else if (timers.get(DriverTimer::Probe).is_some() && due(timers.get(DriverTimer::Probe)))
+    } else if (inner.timers.get(DriverTimer::Probe).is_some()
+        && due(inner.timers.get(DriverTimer::Probe)))
         | registered
         | inner
             .probe
@@ -815,31 +766,13 @@ fn overlap_step(
             .is_some_and(|p| std::mem::take(&mut p.send_now))
     {
         let next = send_probe(inner, now, &mut o.out);
-        timers.set_or_stop(DriverTimer::Probe, next);
+        inner.timers.set_or_stop(DriverTimer::Probe, next);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn the_timer_table_reports_the_earliest_deadline_and_what_expired() {
-        let t0 = Instant::now();
-        let mut t = TimerTable::default();
-        assert_eq!(t.next_timeout(), None);
-        t.set(DriverTimer::Retire, t0 + Duration::from_secs(2));
-        t.set(DriverTimer::Probe, t0 + Duration::from_millis(1));
-        assert_eq!(t.next_timeout(), Some(t0 + Duration::from_millis(1)));
-        assert!(t.is_expired(DriverTimer::Probe, t0 + Duration::from_millis(1)));
-        assert!(!t.is_expired(DriverTimer::Retire, t0 + Duration::from_millis(1)));
-        assert!(!t.is_expired(DriverTimer::Marker, t0 + Duration::from_secs(9)));
-        t.stop(DriverTimer::Probe);
-        assert_eq!(t.next_timeout(), Some(t0 + Duration::from_secs(2)));
-        t.set_or_stop(DriverTimer::Retire, None);
-        assert_eq!(t.next_timeout(), None);
-    }
 
     #[test]
     fn a_transmit_is_idle_once_its_chunk_is_written() {

@@ -8,6 +8,7 @@ pub(crate) mod driver;
 pub(crate) mod link;
 pub(crate) mod reconnect;
 mod switch;
+pub(crate) mod timer;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
@@ -127,8 +128,9 @@ pub(crate) struct Inner {
     pub(crate) repick: Repick,
     /// Whether the driver runs (or the Lazy policy's first attempt).
     pub(crate) startup: Startup,
-    /// Lame duck mode: when to move off the current server.
-    pub(crate) ldm_switch_at: Option<Instant>,
+    /// The driver's deadlines: lame duck mode's switch, the JWT refresh, and the current
+    /// link's own (a switch's next target, close's flush, the retiring link's).
+    pub(crate) timers: timer::TimerTable,
     /// The current link's socket, for direct writes of requests while the driver is idle.
     pub(crate) direct: Option<Arc<transport::Transport>>,
     /// A planned (make-before-break) switch was asked for.
@@ -137,8 +139,6 @@ pub(crate) struct Inner {
     pub(crate) probe: Option<Probe>,
     /// The current link's user JWT validity, when it expires.
     pub(crate) jwt: Option<crate::credentials::JwtTimes>,
-    /// When to read the credentials again ahead of the JWT's expiry.
-    pub(crate) jwt_refresh_at: Option<Instant>,
     /// CredentialsExpiring was emitted for the current link.
     pub(crate) expiring_reported: bool,
 }
@@ -167,12 +167,11 @@ impl Inner {
             outage_since: None,
             repick: Repick::No,
             startup: Startup::NotStarted,
-            ldm_switch_at: None,
+            timers: timer::TimerTable::default(),
             direct: None,
             switch_request: None,
             probe: None,
             jwt: None,
-            jwt_refresh_at: None,
             expiring_reported: false,
         }
     }

@@ -14,6 +14,7 @@ use tether_proto::time::saturating_add as later;
 use tokio::sync::oneshot;
 
 use super::driver::{Established, CREDENTIALS_RECHECK};
+use super::timer::DriverTimer;
 use super::transport::Transport;
 use super::{Inner, Probe, Shared};
 use crate::credentials::{CredentialsError, Loaded};
@@ -117,8 +118,9 @@ pub(super) fn rearm_refresh(shared: &Shared, inner: &mut Inner, reason: SwitchRe
         t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now())
             .is_zero()
     });
-    if inner.jwt_refresh_at.is_none() && in_window {
-        inner.jwt_refresh_at = Some(later(Instant::now(), shared.opts.reconnect_wait));
+    if inner.timers.get(DriverTimer::JwtRefresh).is_none() && in_window {
+        let at = later(Instant::now(), shared.opts.reconnect_wait);
+        inner.timers.set(DriverTimer::JwtRefresh, at);
     }
 }
 
@@ -283,7 +285,8 @@ pub(super) fn check_fresh_credentials(
         inner.switch_request = Some(SwitchReason::Credentials);
         return;
     }
-    inner.jwt_refresh_at = Some(later(Instant::now(), CREDENTIALS_RECHECK));
+    let at = later(Instant::now(), CREDENTIALS_RECHECK);
+    inner.timers.set(DriverTimer::JwtRefresh, at);
     if std::mem::replace(&mut inner.expiring_reported, true) {
         return;
     }
