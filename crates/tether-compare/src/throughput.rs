@@ -1,0 +1,435 @@
+//! The comparison workloads: pub, pubsub and reqrep, and what one run of them measured.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::stats::percentile;
+use crate::{within, Lib, Res, Workload, STALL_TIMEOUT};
+
+/// Unmeasured requests at the start of each reqrep run.
+const REQ_WARMUP: usize = 100;
+
+/// What every run of pub, pubsub and reqrep is given.
+pub(crate) struct Params {
+    pub(crate) url: String,
+    pub(crate) msgs: u64,
+    pub(crate) requests: u64,
+    pub(crate) payload: Bytes,
+    pub(crate) echo_subject: String,
+    /// The local nats-server's process id, for its CPU time.
+    pub(crate) server_pid: Option<u32>,
+}
+
+/// CPU time of the nats-server process (all threads), from `/proc/PID/stat`.
+struct ServerCpu {
+    pid: Option<u32>,
+    ticks: Option<u64>,
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+impl ServerCpu {
+    fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            ticks: pid.and_then(cpu_ticks),
+        }
+    }
+
+    /// CPU seconds since `start` over `secs` of wall time.
+    fn share(&self, secs: f64) -> Option<f64> {
+        let now = cpu_ticks(self.pid?)?;
+        Some(now.saturating_sub(self.ticks?) as f64 / USER_HZ / secs)
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: state is field 3, utime 14
+    // and stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// What one throughput run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Throughput {
+    pub(crate) msgs_per_sec: f64,
+    pub(crate) received: u64,
+    pub(crate) dropped: u64,
+    pub(crate) secs: f64,
+    /// The nats-server's CPU time over the measured window, as a share of one core
+    /// (known only for the server this binary started).
+    pub(crate) server_cpu: Option<f64>,
+    /// False when the run ended on a stall instead of on the last message or the marker.
+    pub(crate) complete: bool,
+}
+
+/// What one reqrep run measured, in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) mean: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RunResult {
+    Throughput(Throughput),
+    Latency(Latency),
+}
+
+/// The measured rounds of one workload, per library.
+#[derive(Debug)]
+pub(crate) struct Series {
+    pub(crate) workload: Workload,
+    pub(crate) tether: Vec<RunResult>,
+    pub(crate) async_nats: Vec<RunResult>,
+}
+
+impl Series {
+    pub(crate) fn of(&self, lib: Lib) -> &[RunResult] {
+        match lib {
+            Lib::Tether => &self.tether,
+            Lib::AsyncNats => &self.async_nats,
+        }
+    }
+
+    pub(crate) fn push(&mut self, lib: Lib, r: RunResult) {
+        match lib {
+            Lib::Tether => self.tether.push(r),
+            Lib::AsyncNats => self.async_nats.push(r),
+        }
+    }
+
+    pub(crate) fn values(&self, lib: Lib, f: impl Fn(&RunResult) -> Option<f64>) -> Vec<f64> {
+        self.of(lib).iter().filter_map(f).collect()
+    }
+}
+
+pub(crate) fn rate(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Throughput(t) => Some(t.msgs_per_sec),
+        RunResult::Latency(_) => None,
+    }
+}
+
+pub(crate) fn server_cpu(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Throughput(t) => t.server_cpu,
+        RunResult::Latency(_) => None,
+    }
+}
+
+pub(crate) fn p50(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => Some(l.p50),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) fn p90(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => Some(l.p90),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) fn p99(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => Some(l.p99),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) async fn run_one(w: Workload, lib: Lib, p: &Params, tag: &str) -> Res<RunResult> {
+    Ok(match (w, lib) {
+        (Workload::Pub, Lib::Tether) => RunResult::Throughput(pub_tether(p, tag).await?),
+        (Workload::Pub, Lib::AsyncNats) => RunResult::Throughput(pub_async_nats(p, tag).await?),
+        (Workload::Pubsub, Lib::Tether) => RunResult::Throughput(pubsub_tether(p, tag).await?),
+        (Workload::Pubsub, Lib::AsyncNats) => {
+            RunResult::Throughput(pubsub_async_nats(p, tag).await?)
+        }
+        (Workload::Reqrep, Lib::Tether) => RunResult::Latency(reqrep_tether(p).await?),
+        (Workload::Reqrep, Lib::AsyncNats) => RunResult::Latency(reqrep_async_nats(p).await?),
+        (Workload::Reconnect | Workload::Memory, _) => {
+            return Err(format!("{} is not a throughput or latency workload", w.name()).into());
+        }
+    })
+}
+
+// ----- pub -----
+
+async fn pub_tether(p: &Params, tag: &str) -> Res<Throughput> {
+    let client = tether::ConnectOptions::new()
+        .connect(p.url.as_str())
+        .await?;
+    let data = format!("cmp.{tag}.data");
+    let marker = format!("cmp.{tag}.marker");
+    let mut sub = client.subscribe(&marker).await?;
+    // Round-trip once through the marker subscription: the SUB is registered.
+    client.publish(&marker, b"sync").await?;
+    within("the sync message", sub.next()).await?;
+
+    let payload: &[u8] = &p.payload;
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    for _ in 0..p.msgs {
+        client.publish(&data, payload).await?;
+    }
+    client.publish(&marker, b"end").await?;
+    within("the marker", sub.next())
+        .await?
+        .ok_or("subscription ended")?;
+    let secs = start.elapsed().as_secs_f64();
+
+    drop(sub);
+    client.close().await;
+    Ok(Throughput {
+        msgs_per_sec: p.msgs as f64 / secs,
+        received: p.msgs,
+        dropped: 0,
+        secs,
+        server_cpu: cpu.share(secs),
+        complete: true,
+    })
+}
+
+async fn pub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
+    let client = async_nats::ConnectOptions::new()
+        .connect(p.url.as_str())
+        .await?;
+    let data = async_nats::Subject::from(format!("cmp.{tag}.data"));
+    let marker = async_nats::Subject::from(format!("cmp.{tag}.marker"));
+    let mut sub = client.subscribe(marker.clone()).await?;
+    client
+        .publish(marker.clone(), Bytes::from_static(b"sync"))
+        .await?;
+    within("the sync message", sub.next()).await?;
+
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    for _ in 0..p.msgs {
+        client.publish(data.clone(), p.payload.clone()).await?;
+    }
+    client
+        .publish(marker.clone(), Bytes::from_static(b"end"))
+        .await?;
+    within("the marker", sub.next())
+        .await?
+        .ok_or("subscription ended")?;
+    let secs = start.elapsed().as_secs_f64();
+
+    drop(sub);
+    client.drain().await?;
+    Ok(Throughput {
+        msgs_per_sec: p.msgs as f64 / secs,
+        received: p.msgs,
+        dropped: 0,
+        secs,
+        server_cpu: cpu.share(secs),
+        complete: true,
+    })
+}
+
+// ----- pubsub -----
+
+/// How a pubsub subscriber stopped counting.
+#[derive(Debug)]
+struct Counted {
+    received: u64,
+    last: Option<Instant>,
+    complete: bool,
+}
+
+/// Counts data messages (no reply subject) until `n` or the marker (has a reply subject).
+async fn count<S, M>(mut sub: S, n: u64, is_marker: impl Fn(&M) -> bool) -> (Counted, S)
+where
+    S: futures_util::Stream<Item = M> + Unpin,
+{
+    let mut received = 0;
+    let mut last = None;
+    let complete = loop {
+        match tokio::time::timeout(STALL_TIMEOUT, sub.next()).await {
+            Ok(Some(m)) => {
+                last = Some(Instant::now());
+                if is_marker(&m) {
+                    break true;
+                }
+                received += 1;
+                if received == n {
+                    break true;
+                }
+            }
+            Ok(None) | Err(_) => break false,
+        }
+    };
+    (
+        Counted {
+            received,
+            last,
+            complete,
+        },
+        sub,
+    )
+}
+
+fn throughput(n: u64, start: Instant, c: &Counted) -> Throughput {
+    let secs = c
+        .last
+        .map_or(f64::NAN, |t| t.duration_since(start).as_secs_f64());
+    Throughput {
+        msgs_per_sec: c.received as f64 / secs,
+        received: c.received,
+        dropped: n - c.received,
+        secs,
+        server_cpu: None,
+        complete: c.complete,
+    }
+}
+
+async fn pubsub_tether(p: &Params, tag: &str) -> Res<Throughput> {
+    let opts = tether::ConnectOptions::new().pending_limits(p.msgs as usize + 10, 1 << 30);
+    let sub_client = opts.clone().connect(p.url.as_str()).await?;
+    let pub_client = opts.connect(p.url.as_str()).await?;
+    let subject = format!("cmp.{tag}");
+    let sync = format!("cmp.{tag}.sync");
+    let sub = sub_client.subscribe(&subject).await?;
+    let mut sync_sub = sub_client.subscribe(&sync).await?;
+    sub_client.publish(&sync, b"sync").await?;
+    within("the sync message", sync_sub.next()).await?;
+    drop(sync_sub);
+
+    let n = p.msgs;
+    let counter = tokio::spawn(count(sub, n, |m: &tether::Message| m.reply.is_some()));
+    let payload: &[u8] = &p.payload;
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    for _ in 0..n {
+        pub_client.publish(&subject, payload).await?;
+    }
+    pub_client
+        .publish_with_reply(&subject, "cmp.marker", b"")
+        .await?;
+    let (counted, sub) = counter.await?;
+    let mut t = throughput(n, start, &counted);
+    t.server_cpu = cpu.share(t.secs);
+    // The library's own count, for the record (the subscriber may stop before the marker).
+    t.dropped = t.dropped.max(sub.dropped());
+
+    drop(sub);
+    pub_client.close().await;
+    sub_client.close().await;
+    Ok(t)
+}
+
+async fn pubsub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
+    let opts = || async_nats::ConnectOptions::new().subscription_capacity(p.msgs as usize + 10);
+    let sub_client = opts().connect(p.url.as_str()).await?;
+    let pub_client = opts().connect(p.url.as_str()).await?;
+    let subject = async_nats::Subject::from(format!("cmp.{tag}"));
+    let sync = async_nats::Subject::from(format!("cmp.{tag}.sync"));
+    let sub = sub_client.subscribe(subject.clone()).await?;
+    let mut sync_sub = sub_client.subscribe(sync.clone()).await?;
+    sub_client
+        .publish(sync.clone(), Bytes::from_static(b"sync"))
+        .await?;
+    within("the sync message", sync_sub.next()).await?;
+    drop(sync_sub);
+
+    let n = p.msgs;
+    let counter = tokio::spawn(count(sub, n, |m: &async_nats::Message| m.reply.is_some()));
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    for _ in 0..n {
+        pub_client
+            .publish(subject.clone(), p.payload.clone())
+            .await?;
+    }
+    pub_client
+        .publish_with_reply(subject.clone(), "cmp.marker", Bytes::new())
+        .await?;
+    let (counted, sub) = counter.await?;
+    let mut t = throughput(n, start, &counted);
+    t.server_cpu = cpu.share(t.secs);
+
+    drop(sub);
+    pub_client.drain().await?;
+    sub_client.drain().await?;
+    Ok(t)
+}
+
+// ----- reqrep -----
+
+fn latency(mut us: Vec<f64>) -> Latency {
+    us.sort_by(f64::total_cmp);
+    let mean = us.iter().sum::<f64>() / us.len() as f64;
+    Latency {
+        p50: percentile(&us, 0.50),
+        p90: percentile(&us, 0.90),
+        p99: percentile(&us, 0.99),
+        mean,
+    }
+}
+
+fn check_echo(got: &[u8], sent: &[u8]) -> Res<()> {
+    if got == sent {
+        Ok(())
+    } else {
+        Err(format!(
+            "the responder echoed {} bytes instead of the {} sent",
+            got.len(),
+            sent.len()
+        )
+        .into())
+    }
+}
+
+async fn reqrep_tether(p: &Params) -> Res<Latency> {
+    let client = tether::ConnectOptions::new()
+        .connect(p.url.as_str())
+        .await?;
+    let subject = p.echo_subject.as_str();
+    let payload: &[u8] = &p.payload;
+    for _ in 0..REQ_WARMUP {
+        let m = client.request(subject, payload).await?;
+        check_echo(&m.payload, payload)?;
+    }
+    let mut us = Vec::with_capacity(p.requests as usize);
+    for _ in 0..p.requests {
+        let t = Instant::now();
+        let m = client.request(subject, payload).await?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        check_echo(&m.payload, payload)?;
+    }
+    client.close().await;
+    Ok(latency(us))
+}
+
+async fn reqrep_async_nats(p: &Params) -> Res<Latency> {
+    let client = async_nats::ConnectOptions::new()
+        .connect(p.url.as_str())
+        .await?;
+    let subject = async_nats::Subject::from(p.echo_subject.as_str());
+    for _ in 0..REQ_WARMUP {
+        let m = client.request(subject.clone(), p.payload.clone()).await?;
+        check_echo(&m.payload, &p.payload)?;
+    }
+    let mut us = Vec::with_capacity(p.requests as usize);
+    for _ in 0..p.requests {
+        let t = Instant::now();
+        let m = client.request(subject.clone(), p.payload.clone()).await?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        check_echo(&m.payload, &p.payload)?;
+    }
+    client.drain().await?;
+    Ok(latency(us))
+}
