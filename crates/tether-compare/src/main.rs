@@ -92,6 +92,9 @@
 //! # Layout
 //!
 //! - `main.rs`: the command line and the run of the comparison rounds.
+//! - `client.rs`: the calls the workloads make, as one trait with an implementation per
+//!   library (`client/tether_client.rs`, `client/async_nats_client.rs`); every workload
+//!   is written once, generic over it.
 //! - `throughput.rs`: the pub, pubsub and reqrep workloads and what one run measured.
 //! - `responder.rs`: the echo responder process of reqrep.
 //! - `reconnect.rs` and `memory.rs`: the workloads that kill their server.
@@ -99,6 +102,7 @@
 //! - `report.rs`: the progress lines, the summary table and the JSON object.
 //! - `stats.rs`: median and percentile.
 
+mod client;
 mod faulty;
 mod memory;
 mod reconnect;

@@ -1,14 +1,14 @@
 //! The memory workload: VmHWM growth while each library is fed publishes with its
 //! server down, one child process per measurement.
 
+use std::fmt::Display;
 use std::io::{BufRead as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{FutureExt as _, StreamExt};
-use tokio::sync::mpsc;
 
+use crate::client::{AsyncNatsClient, BenchClient, Offer, TetherClient};
 use crate::{within, BoxError, Lib, Res, SETTLE};
 
 /// Size of every message of the memory workload.
@@ -21,9 +21,9 @@ pub(crate) const MEM_FLOOD_BYTES: usize = 50 << 20;
 pub(crate) const ASYNC_NATS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
 /// Once async-nats refuses, every this many refusals one publish waits the full timeout
 /// again; the others are polled once.
-const ASYNC_NATS_PROBE_EVERY: u64 = 1024;
+pub(crate) const ASYNC_NATS_PROBE_EVERY: u64 = 1024;
 /// How long the memory child collects tether's events after the flood.
-const EVENT_DRAIN: Duration = Duration::from_millis(500);
+pub(crate) const EVENT_DRAIN: Duration = Duration::from_millis(500);
 
 /// The peak resident set size of this process, in KiB.
 fn vm_hwm_kib() -> Res<u64> {
@@ -83,7 +83,7 @@ pub(crate) struct TetherRefusals {
     pub(crate) buffered_bytes: u64,
     pub(crate) buffer_overflow_events: u64,
     pub(crate) overflow_event_refused_msgs: u64,
-    overflow_event_refused_bytes: u64,
+    pub(crate) overflow_event_refused_bytes: u64,
 }
 
 pub(crate) fn run_memory_child(lib: Lib, server: &str) -> Res<()> {
@@ -92,8 +92,8 @@ pub(crate) fn run_memory_child(lib: Lib, server: &str) -> Res<()> {
         .build()?;
     let subject = format!("cmp.mem.{}", std::process::id());
     let run = match lib {
-        Lib::Tether => memory_tether(&rt, server, &subject)?,
-        Lib::AsyncNats => memory_async_nats(&rt, server, &subject)?,
+        Lib::Tether => memory_run::<TetherClient>(&rt, server, &subject)?,
+        Lib::AsyncNats => memory_run::<AsyncNatsClient>(&rt, server, &subject)?,
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string(&run)?)?;
@@ -108,106 +108,49 @@ fn growth_mib(baseline_kib: u64, after_kib: u64) -> f64 {
     (after_kib as f64 - baseline_kib as f64) / 1024.0
 }
 
-fn memory_tether(rt: &tokio::runtime::Runtime, server: &str, subject: &str) -> Res<MemRun> {
-    let payload = vec![b'm'; MEM_MSG_SIZE];
-    let client = rt.block_on(tether::connect(server))?;
-    let mut events = client.events();
-    rt.block_on(async {
-        for _ in 0..MEM_WARMUP_BYTES / MEM_MSG_SIZE {
-            client.publish(subject, &payload).await?;
-        }
-        client.flush().await?;
-        Ok::<_, BoxError>(())
-    })?;
-    let baseline_kib = vm_hwm_kib()?;
-    ready_then_go()?;
-    let go = Instant::now();
-    rt.block_on(within("the Disconnected event", async {
-        while let Some(e) = events.next().await {
-            if matches!(e.kind, tether::EventKind::Disconnected { .. }) {
-                return Ok(());
-            }
-        }
-        Err(BoxError::from("the event stream ended"))
-    }))??;
-    let disconnect_seen_ms = go.elapsed().as_secs_f64() * 1e3;
-
-    let n = (MEM_FLOOD_BYTES / MEM_MSG_SIZE) as u64;
-    let (mut accepted, mut refused, mut other) = (0_u64, 0_u64, 0_u64);
-    let mut first_other = None;
-    let start = Instant::now();
-    rt.block_on(async {
-        for _ in 0..n {
-            match client.try_publish(subject, &payload) {
-                Ok(()) => accepted += 1,
-                Err(tether::PublishError::BufferFull { .. }) => refused += 1,
-                Err(e) => {
-                    other += 1;
-                    first_other.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-    });
-    let publish_secs = start.elapsed().as_secs_f64();
-    let after_kib = vm_hwm_kib()?;
-
-    let (mut overflow_events, mut ev_msgs, mut ev_bytes) = (0, 0, 0);
-    rt.block_on(async {
-        let deadline = tokio::time::Instant::now() + EVENT_DRAIN;
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
-            if let tether::EventKind::BufferOverflow {
-                refused_msgs,
-                refused_bytes,
-            } = e.kind
-            {
-                overflow_events += 1;
-                ev_msgs += refused_msgs;
-                ev_bytes += refused_bytes;
-            }
-        }
-    });
-    let stats = client.statistics();
-    Ok(MemRun {
-        client: Lib::Tether.name().to_owned(),
-        baseline_kib,
-        after_kib,
-        growth_mib: growth_mib(baseline_kib, after_kib),
-        disconnect_seen_ms,
-        publish_secs,
-        attempted_msgs: n,
-        accepted_msgs: accepted,
-        accepted_bytes: accepted * MEM_MSG_SIZE as u64,
-        refused_msgs: refused,
-        refused_bytes: refused * MEM_MSG_SIZE as u64,
-        other_errors: other,
-        first_other_error: first_other,
-        tether: Some(TetherRefusals {
-            stats_refused_msgs: stats.refused_msgs,
-            stats_refused_bytes: stats.refused_bytes,
-            buffered_msgs: stats.buffered_msgs,
-            buffered_bytes: stats.buffered_bytes,
-            buffer_overflow_events: overflow_events,
-            overflow_event_refused_msgs: ev_msgs,
-            overflow_event_refused_bytes: ev_bytes,
-        }),
-    })
+/// The tally of the flood.
+#[derive(Debug, Default)]
+pub(crate) struct Flood {
+    accepted: u64,
+    pub(crate) refused: u64,
+    other: u64,
+    first_other: Option<String>,
+    /// The last publish answered was refused (for async-nats: its channel is full).
+    pub(crate) full: bool,
 }
 
-fn memory_async_nats(rt: &tokio::runtime::Runtime, server: &str, subject: &str) -> Res<MemRun> {
+impl Flood {
+    fn record<E: Display>(&mut self, offer: Offer<E>) {
+        match offer {
+            Offer::Accepted => {
+                self.accepted += 1;
+                self.full = false;
+            }
+            Offer::Refused => {
+                self.refused += 1;
+                self.full = true;
+            }
+            Offer::Failed(e) => {
+                self.other += 1;
+                self.first_other.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// One measurement in the child: warm-up and baseline, READY, GO, the Disconnected
+/// event, the flood, VmHWM again.
+fn memory_run<C: BenchClient>(
+    rt: &tokio::runtime::Runtime,
+    server: &str,
+    subject: &str,
+) -> Res<MemRun> {
     let payload = Bytes::from(vec![b'm'; MEM_MSG_SIZE]);
-    let subject = async_nats::Subject::from(subject);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = rt.block_on(
-        async_nats::ConnectOptions::new()
-            .event_callback(move |e| {
-                let _ = tx.send(e);
-                async {}
-            })
-            .connect(server),
-    )?;
+    let subject = C::subject(subject.to_owned());
+    let (client, mut events) = rt.block_on(C::connect_with_events(server))?;
     rt.block_on(async {
         for _ in 0..MEM_WARMUP_BYTES / MEM_MSG_SIZE {
-            client.publish(subject.clone(), payload.clone()).await?;
+            client.publish(&subject, &payload).await?;
         }
         client.flush().await?;
         Ok::<_, BoxError>(())
@@ -215,64 +158,39 @@ fn memory_async_nats(rt: &tokio::runtime::Runtime, server: &str, subject: &str) 
     let baseline_kib = vm_hwm_kib()?;
     ready_then_go()?;
     let go = Instant::now();
-    rt.block_on(within("the Disconnected event", async {
-        while let Some(e) = rx.recv().await {
-            if matches!(e, async_nats::Event::Disconnected) {
-                return Ok(());
-            }
-        }
-        Err(BoxError::from("the event channel closed"))
-    }))??;
+    rt.block_on(within(
+        "the Disconnected event",
+        C::disconnected(&mut events),
+    ))??;
     let disconnect_seen_ms = go.elapsed().as_secs_f64() * 1e3;
 
     let n = (MEM_FLOOD_BYTES / MEM_MSG_SIZE) as u64;
-    let (mut accepted, mut refused, mut other) = (0_u64, 0_u64, 0_u64);
-    let mut first_other = None;
-    let mut full = false;
+    let mut flood = Flood::default();
     let start = Instant::now();
     rt.block_on(async {
         for _ in 0..n {
-            let publish = client.publish(subject.clone(), payload.clone());
-            let done = if full && refused % ASYNC_NATS_PROBE_EVERY != 0 {
-                publish.now_or_never()
-            } else {
-                tokio::time::timeout(ASYNC_NATS_PUBLISH_TIMEOUT, publish)
-                    .await
-                    .ok()
-            };
-            match done {
-                Some(Ok(())) => {
-                    accepted += 1;
-                    full = false;
-                }
-                None => {
-                    refused += 1;
-                    full = true;
-                }
-                Some(Err(e)) => {
-                    other += 1;
-                    first_other.get_or_insert_with(|| e.to_string());
-                }
-            }
+            let offer = client.offer(&subject, &payload, &flood).await;
+            flood.record(offer);
         }
     });
     let publish_secs = start.elapsed().as_secs_f64();
     let after_kib = vm_hwm_kib()?;
+    let tether = rt.block_on(client.refusals(&mut events));
     Ok(MemRun {
-        client: Lib::AsyncNats.name().to_owned(),
+        client: C::LIB.name().to_owned(),
         baseline_kib,
         after_kib,
         growth_mib: growth_mib(baseline_kib, after_kib),
         disconnect_seen_ms,
         publish_secs,
         attempted_msgs: n,
-        accepted_msgs: accepted,
-        accepted_bytes: accepted * MEM_MSG_SIZE as u64,
-        refused_msgs: refused,
-        refused_bytes: refused * MEM_MSG_SIZE as u64,
-        other_errors: other,
-        first_other_error: first_other,
-        tether: None,
+        accepted_msgs: flood.accepted,
+        accepted_bytes: flood.accepted * MEM_MSG_SIZE as u64,
+        refused_msgs: flood.refused,
+        refused_bytes: flood.refused * MEM_MSG_SIZE as u64,
+        other_errors: flood.other,
+        first_other_error: flood.first_other,
+        tether,
     })
 }
 

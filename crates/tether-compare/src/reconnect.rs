@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
 use crate::stats::percentile;
 use crate::{within, BoxError, Lib, Res, SETTLE};
 
@@ -43,6 +43,17 @@ impl ReconnectWait {
             ReconnectWait::Default => "default_wait",
             ReconnectWait::Fixed => "fixed_100ms_wait",
             ReconnectWait::DefaultVaried => "default_wait_varied_downtime",
+        }
+    }
+
+    /// The connect options that differ from the library's defaults.
+    fn setup(self) -> Setup {
+        match self {
+            ReconnectWait::Default | ReconnectWait::DefaultVaried => Setup::default(),
+            ReconnectWait::Fixed => Setup {
+                reconnect_wait: Some(FIXED_WAIT),
+                ..Setup::default()
+            },
         }
     }
 
@@ -97,92 +108,12 @@ impl ReconnectSeries {
 
 /// A link change a client reported, as the reconnect workload sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
+pub(crate) enum Link {
     Down,
     Up,
 }
 
-/// A client of either library, kept alive through its reconnects.
-#[derive(Debug)]
-enum AnyClient {
-    Tether(tether::Client),
-    AsyncNats(async_nats::Client),
-}
-
-impl AnyClient {
-    async fn close(self) -> Res<()> {
-        match self {
-            AnyClient::Tether(c) => {
-                c.close().await;
-            }
-            AnyClient::AsyncNats(c) => c.drain().await?,
-        }
-        Ok(())
-    }
-}
-
-type LinkRx = mpsc::UnboundedReceiver<(Instant, Link)>;
-
-/// Connects `lib` and forwards its disconnect and (re)connect events, each timestamped
-/// when it reaches us.
-async fn connect_watched(lib: Lib, wait: ReconnectWait, url: &str) -> Res<(AnyClient, LinkRx)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    match lib {
-        Lib::Tether => {
-            let client = match wait {
-                ReconnectWait::Default | ReconnectWait::DefaultVaried => {
-                    tether::connect(url).await?
-                }
-                ReconnectWait::Fixed => {
-                    tether::ConnectOptions::new()
-                        .reconnect_delay(|_, _, _| FIXED_WAIT)
-                        .connect(url)
-                        .await?
-                }
-            };
-            let mut events = client.events();
-            tokio::spawn(async move {
-                while let Some(e) = events.next().await {
-                    let link = match e.kind {
-                        tether::EventKind::Disconnected { .. } => Link::Down,
-                        tether::EventKind::Reconnected { .. } => Link::Up,
-                        _ => continue,
-                    };
-                    if tx.send((Instant::now(), link)).is_err() {
-                        break;
-                    }
-                }
-            });
-            Ok((AnyClient::Tether(client), rx))
-        }
-        Lib::AsyncNats => {
-            let opts = match wait {
-                ReconnectWait::Default | ReconnectWait::DefaultVaried => {
-                    async_nats::ConnectOptions::new()
-                }
-                ReconnectWait::Fixed => {
-                    async_nats::ConnectOptions::new().reconnect_delay_callback(|_| FIXED_WAIT)
-                }
-            };
-            let client = opts
-                .event_callback(move |e| {
-                    let now = Instant::now();
-                    let link = match e {
-                        async_nats::Event::Disconnected => Some(Link::Down),
-                        async_nats::Event::Connected => Some(Link::Up),
-                        _ => None,
-                    };
-                    if let Some(link) = link {
-                        let _ = tx.send((now, link));
-                    }
-                    async {}
-                })
-                .connect(url)
-                .await?;
-            Ok((AnyClient::AsyncNats(client), rx))
-        }
-    }
-}
+pub(crate) type LinkRx = mpsc::UnboundedReceiver<(Instant, Link)>;
 
 /// The arrival time of the next `want` event, skipping others (async-nats reports its
 /// first connect as `Connected` too).
@@ -208,7 +139,8 @@ fn signed_ms(from: Instant, to: Instant) -> f64 {
     }
 }
 
-/// One library's [`RESTARTS`] restarts on one connection.
+/// One library's [`RESTARTS`] restarts on one connection: (ms from the server
+/// accepting again to the reconnected event, outage seen by the client) per restart.
 fn reconnect_one(
     rt: &tokio::runtime::Runtime,
     server: &mut tether_testkit::NatsServer,
@@ -216,8 +148,20 @@ fn reconnect_one(
     wait: ReconnectWait,
     quiet: bool,
 ) -> Res<(Vec<f64>, Vec<f64>)> {
+    match lib {
+        Lib::Tether => restarts::<TetherClient>(rt, server, wait, quiet),
+        Lib::AsyncNats => restarts::<AsyncNatsClient>(rt, server, wait, quiet),
+    }
+}
+
+fn restarts<C: BenchClient>(
+    rt: &tokio::runtime::Runtime,
+    server: &mut tether_testkit::NatsServer,
+    wait: ReconnectWait,
+    quiet: bool,
+) -> Res<(Vec<f64>, Vec<f64>)> {
     let url = server.url();
-    let (client, mut rx) = rt.block_on(connect_watched(lib, wait, &url))?;
+    let (client, mut rx) = rt.block_on(C::connect_watched(&url, wait.setup()))?;
     let mut ms = Vec::with_capacity(RESTARTS);
     let mut outage = Vec::with_capacity(RESTARTS);
     for i in 0..RESTARTS {
@@ -235,7 +179,7 @@ fn reconnect_one(
                  again (outage seen by the client {o:.1} ms)",
                 wait.name(),
                 i + 1,
-                lib.name()
+                C::LIB.name()
             );
         }
         ms.push(d);

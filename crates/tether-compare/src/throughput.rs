@@ -5,6 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
 use crate::stats::percentile;
 use crate::{within, Lib, Res, Workload, STALL_TIMEOUT};
 
@@ -151,16 +152,18 @@ pub(crate) fn p99(r: &RunResult) -> Option<f64> {
 }
 
 pub(crate) async fn run_one(w: Workload, lib: Lib, p: &Params, tag: &str) -> Res<RunResult> {
-    Ok(match (w, lib) {
-        (Workload::Pub, Lib::Tether) => RunResult::Throughput(pub_tether(p, tag).await?),
-        (Workload::Pub, Lib::AsyncNats) => RunResult::Throughput(pub_async_nats(p, tag).await?),
-        (Workload::Pubsub, Lib::Tether) => RunResult::Throughput(pubsub_tether(p, tag).await?),
-        (Workload::Pubsub, Lib::AsyncNats) => {
-            RunResult::Throughput(pubsub_async_nats(p, tag).await?)
-        }
-        (Workload::Reqrep, Lib::Tether) => RunResult::Latency(reqrep_tether(p).await?),
-        (Workload::Reqrep, Lib::AsyncNats) => RunResult::Latency(reqrep_async_nats(p).await?),
-        (Workload::Reconnect | Workload::Memory, _) => {
+    match lib {
+        Lib::Tether => run_with::<TetherClient>(w, p, tag).await,
+        Lib::AsyncNats => run_with::<AsyncNatsClient>(w, p, tag).await,
+    }
+}
+
+async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<RunResult> {
+    Ok(match w {
+        Workload::Pub => RunResult::Throughput(run_pub::<C>(p, tag).await?),
+        Workload::Pubsub => RunResult::Throughput(run_pubsub::<C>(p, tag).await?),
+        Workload::Reqrep => RunResult::Latency(run_reqrep::<C>(p).await?),
+        Workload::Reconnect | Workload::Memory => {
             return Err(format!("{} is not a throughput or latency workload", w.name()).into());
         }
     })
@@ -168,68 +171,30 @@ pub(crate) async fn run_one(w: Workload, lib: Lib, p: &Params, tag: &str) -> Res
 
 // ----- pub -----
 
-async fn pub_tether(p: &Params, tag: &str) -> Res<Throughput> {
-    let client = tether::ConnectOptions::new()
-        .connect(p.url.as_str())
-        .await?;
-    let data = format!("cmp.{tag}.data");
-    let marker = format!("cmp.{tag}.marker");
+async fn run_pub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
+    let client = C::connect(&p.url, Setup::default()).await?;
+    let data = C::subject(format!("cmp.{tag}.data"));
+    let marker = C::subject(format!("cmp.{tag}.marker"));
     let mut sub = client.subscribe(&marker).await?;
     // Round-trip once through the marker subscription: the SUB is registered.
-    client.publish(&marker, b"sync").await?;
-    within("the sync message", sub.next()).await?;
-
-    let payload: &[u8] = &p.payload;
-    let cpu = ServerCpu::start(p.server_pid);
-    let start = Instant::now();
-    for _ in 0..p.msgs {
-        client.publish(&data, payload).await?;
-    }
-    client.publish(&marker, b"end").await?;
-    within("the marker", sub.next())
-        .await?
-        .ok_or("subscription ended")?;
-    let secs = start.elapsed().as_secs_f64();
-
-    drop(sub);
-    client.close().await;
-    Ok(Throughput {
-        msgs_per_sec: p.msgs as f64 / secs,
-        received: p.msgs,
-        dropped: 0,
-        secs,
-        server_cpu: cpu.share(secs),
-        complete: true,
-    })
-}
-
-async fn pub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
-    let client = async_nats::ConnectOptions::new()
-        .connect(p.url.as_str())
-        .await?;
-    let data = async_nats::Subject::from(format!("cmp.{tag}.data"));
-    let marker = async_nats::Subject::from(format!("cmp.{tag}.marker"));
-    let mut sub = client.subscribe(marker.clone()).await?;
     client
-        .publish(marker.clone(), Bytes::from_static(b"sync"))
+        .publish(&marker, &Bytes::from_static(b"sync"))
         .await?;
     within("the sync message", sub.next()).await?;
 
     let cpu = ServerCpu::start(p.server_pid);
     let start = Instant::now();
     for _ in 0..p.msgs {
-        client.publish(data.clone(), p.payload.clone()).await?;
+        client.publish(&data, &p.payload).await?;
     }
-    client
-        .publish(marker.clone(), Bytes::from_static(b"end"))
-        .await?;
+    client.publish(&marker, &Bytes::from_static(b"end")).await?;
     within("the marker", sub.next())
         .await?
         .ok_or("subscription ended")?;
     let secs = start.elapsed().as_secs_f64();
 
     drop(sub);
-    client.drain().await?;
+    client.close().await?;
     Ok(Throughput {
         msgs_per_sec: p.msgs as f64 / secs,
         received: p.msgs,
@@ -296,74 +261,42 @@ fn throughput(n: u64, start: Instant, c: &Counted) -> Throughput {
     }
 }
 
-async fn pubsub_tether(p: &Params, tag: &str) -> Res<Throughput> {
-    let opts = tether::ConnectOptions::new().pending_limits(p.msgs as usize + 10, 1 << 30);
-    let sub_client = opts.clone().connect(p.url.as_str()).await?;
-    let pub_client = opts.connect(p.url.as_str()).await?;
-    let subject = format!("cmp.{tag}");
-    let sync = format!("cmp.{tag}.sync");
+async fn run_pubsub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
+    let setup = Setup {
+        pending_msgs: Some(p.msgs as usize + 10),
+        ..Setup::default()
+    };
+    let sub_client = C::connect(&p.url, setup).await?;
+    let pub_client = C::connect(&p.url, setup).await?;
+    let subject = C::subject(format!("cmp.{tag}"));
+    let sync = C::subject(format!("cmp.{tag}.sync"));
     let sub = sub_client.subscribe(&subject).await?;
     let mut sync_sub = sub_client.subscribe(&sync).await?;
-    sub_client.publish(&sync, b"sync").await?;
+    sub_client
+        .publish(&sync, &Bytes::from_static(b"sync"))
+        .await?;
     within("the sync message", sync_sub.next()).await?;
     drop(sync_sub);
 
     let n = p.msgs;
-    let counter = tokio::spawn(count(sub, n, |m: &tether::Message| m.reply.is_some()));
-    let payload: &[u8] = &p.payload;
+    let counter = tokio::spawn(count(sub, n, C::has_reply));
     let cpu = ServerCpu::start(p.server_pid);
     let start = Instant::now();
     for _ in 0..n {
-        pub_client.publish(&subject, payload).await?;
+        pub_client.publish(&subject, &p.payload).await?;
     }
     pub_client
-        .publish_with_reply(&subject, "cmp.marker", b"")
+        .publish_with_reply(&subject, "cmp.marker", &Bytes::new())
         .await?;
     let (counted, sub) = counter.await?;
     let mut t = throughput(n, start, &counted);
     t.server_cpu = cpu.share(t.secs);
     // The library's own count, for the record (the subscriber may stop before the marker).
-    t.dropped = t.dropped.max(sub.dropped());
+    t.dropped = t.dropped.max(C::dropped(&sub));
 
     drop(sub);
-    pub_client.close().await;
-    sub_client.close().await;
-    Ok(t)
-}
-
-async fn pubsub_async_nats(p: &Params, tag: &str) -> Res<Throughput> {
-    let opts = || async_nats::ConnectOptions::new().subscription_capacity(p.msgs as usize + 10);
-    let sub_client = opts().connect(p.url.as_str()).await?;
-    let pub_client = opts().connect(p.url.as_str()).await?;
-    let subject = async_nats::Subject::from(format!("cmp.{tag}"));
-    let sync = async_nats::Subject::from(format!("cmp.{tag}.sync"));
-    let sub = sub_client.subscribe(subject.clone()).await?;
-    let mut sync_sub = sub_client.subscribe(sync.clone()).await?;
-    sub_client
-        .publish(sync.clone(), Bytes::from_static(b"sync"))
-        .await?;
-    within("the sync message", sync_sub.next()).await?;
-    drop(sync_sub);
-
-    let n = p.msgs;
-    let counter = tokio::spawn(count(sub, n, |m: &async_nats::Message| m.reply.is_some()));
-    let cpu = ServerCpu::start(p.server_pid);
-    let start = Instant::now();
-    for _ in 0..n {
-        pub_client
-            .publish(subject.clone(), p.payload.clone())
-            .await?;
-    }
-    pub_client
-        .publish_with_reply(subject.clone(), "cmp.marker", Bytes::new())
-        .await?;
-    let (counted, sub) = counter.await?;
-    let mut t = throughput(n, start, &counted);
-    t.server_cpu = cpu.share(t.secs);
-
-    drop(sub);
-    pub_client.drain().await?;
-    sub_client.drain().await?;
+    pub_client.close().await?;
+    sub_client.close().await?;
     Ok(t)
 }
 
@@ -393,43 +326,20 @@ fn check_echo(got: &[u8], sent: &[u8]) -> Res<()> {
     }
 }
 
-async fn reqrep_tether(p: &Params) -> Res<Latency> {
-    let client = tether::ConnectOptions::new()
-        .connect(p.url.as_str())
-        .await?;
-    let subject = p.echo_subject.as_str();
-    let payload: &[u8] = &p.payload;
+async fn run_reqrep<C: BenchClient>(p: &Params) -> Res<Latency> {
+    let client = C::connect(&p.url, Setup::default()).await?;
+    let subject = C::subject(p.echo_subject.clone());
     for _ in 0..REQ_WARMUP {
-        let m = client.request(subject, payload).await?;
-        check_echo(&m.payload, payload)?;
+        let m = client.request(&subject, &p.payload).await?;
+        check_echo(C::payload(&m), &p.payload)?;
     }
     let mut us = Vec::with_capacity(p.requests as usize);
     for _ in 0..p.requests {
         let t = Instant::now();
-        let m = client.request(subject, payload).await?;
+        let m = client.request(&subject, &p.payload).await?;
         us.push(t.elapsed().as_secs_f64() * 1e6);
-        check_echo(&m.payload, payload)?;
+        check_echo(C::payload(&m), &p.payload)?;
     }
-    client.close().await;
-    Ok(latency(us))
-}
-
-async fn reqrep_async_nats(p: &Params) -> Res<Latency> {
-    let client = async_nats::ConnectOptions::new()
-        .connect(p.url.as_str())
-        .await?;
-    let subject = async_nats::Subject::from(p.echo_subject.as_str());
-    for _ in 0..REQ_WARMUP {
-        let m = client.request(subject.clone(), p.payload.clone()).await?;
-        check_echo(&m.payload, &p.payload)?;
-    }
-    let mut us = Vec::with_capacity(p.requests as usize);
-    for _ in 0..p.requests {
-        let t = Instant::now();
-        let m = client.request(subject.clone(), p.payload.clone()).await?;
-        us.push(t.elapsed().as_secs_f64() * 1e6);
-        check_echo(&m.payload, &p.payload)?;
-    }
-    client.drain().await?;
+    client.close().await?;
     Ok(latency(us))
 }
