@@ -96,7 +96,6 @@ pub(crate) fn faulty_table(o: &mut String, f: &Faulty) {
     }
 }
 
-#[allow(clippy::too_many_lines)] // issue 12 step 6 splits it; remove then
 pub(crate) fn faulty_details(o: &mut String, f: &Faulty) {
     if f.reconnect.is_empty() && f.memory.is_none() {
         return;
@@ -106,7 +105,22 @@ pub(crate) fn faulty_details(o: &mut String, f: &Faulty) {
         "\nreconnect/memory: own nats-server at {} (killed and restarted)",
         f.url
     );
-    if !f.reconnect.is_empty() {
+    reconnect_details(o, &f.reconnect);
+    if let Some(m) = &f.memory {
+        memory_details(o, m);
+    }
+    let _ = writeln!(o, "\ntargets:");
+    for s in &f.reconnect {
+        reconnect_target(o, s);
+    }
+    if let Some(m) = &f.memory {
+        memory_targets(o, m);
+    }
+}
+
+/// Every restart's figure, per series and library.
+fn reconnect_details(o: &mut String, reconnect: &[ReconnectSeries]) {
+    if !reconnect.is_empty() {
         let _ = writeln!(
             o,
             "reconnect: {RESTARTS} restarts per library and series, {} s down each (the \
@@ -116,7 +130,7 @@ pub(crate) fn faulty_details(o: &mut String, f: &Faulty) {
             DOWNTIME_STEP.as_secs_f64()
         );
     }
-    for s in &f.reconnect {
+    for s in reconnect {
         for lib in [Lib::Tether, Lib::AsyncNats] {
             let v: Vec<String> = s.of(lib).iter().map(|v| format!("{v:.1}")).collect();
             let _ = writeln!(
@@ -130,98 +144,103 @@ pub(crate) fn faulty_details(o: &mut String, f: &Faulty) {
             let _ = writeln!(o, "  {:<14} {:<10} outage seen: {}", "", "", v.join("  "));
         }
     }
-    if let Some(m) = &f.memory {
-        let _ = writeln!(
-            o,
-            "memory: VmHWM growth from a warmed-up connected baseline while publishing {} MiB \
-             of {} B messages disconnected, default buffers; per round:",
-            MEM_FLOOD_BYTES >> 20,
-            MEM_MSG_SIZE
-        );
-        for lib in [Lib::Tether, Lib::AsyncNats] {
-            for (i, r) in m.of(lib).iter().enumerate() {
-                let mut line = format!(
-                    "  round {:>2} {:<10} {:+6.1} MiB  accepted {:>6}  refused {:>6}",
-                    i + 1,
-                    lib.name(),
-                    r.growth_mib,
-                    r.accepted_msgs,
-                    r.refused_msgs
-                );
-                if let Some(t) = r.tether {
-                    let _ = write!(
-                        line,
-                        "  stats refused {} ({} B)  BufferOverflow events {} (refused {})  \
-                         buffered {} ({} B)",
-                        t.stats_refused_msgs,
-                        t.stats_refused_bytes,
-                        t.buffer_overflow_events,
-                        t.overflow_event_refused_msgs,
-                        t.buffered_msgs,
-                        t.buffered_bytes
-                    );
-                }
-                if r.other_errors > 0 {
-                    let _ = write!(line, "  OTHER ERRORS {}", r.other_errors);
-                }
-                let _ = writeln!(o, "{line}");
-            }
-        }
-        for p in m.tether_problems() {
-            let _ = writeln!(o, "WARNING: tether memory {p}");
-        }
-    }
-    let _ = writeln!(o, "\ntargets:");
-    for s in &f.reconnect {
-        let t = s.stats(Lib::Tether).0;
-        let a = s.stats(Lib::AsyncNats).0;
-        match s.wait {
-            ReconnectWait::Default => {
-                let _ = writeln!(
-                    o,
-                    "  reconnect, default wait: p50 {t:.1} ms vs {a:.1} ms, ratio {:.3} \
-                     (at most {TARGET_DEFAULT_RATIO}): {}",
-                    t / a,
-                    verdict(t / a <= TARGET_DEFAULT_RATIO)
+}
+
+/// Every round's figures, per library, and what does not add up in tether's account.
+fn memory_details(o: &mut String, m: &MemorySeries) {
+    let _ = writeln!(
+        o,
+        "memory: VmHWM growth from a warmed-up connected baseline while publishing {} MiB \
+         of {} B messages disconnected, default buffers; per round:",
+        MEM_FLOOD_BYTES >> 20,
+        MEM_MSG_SIZE
+    );
+    for lib in [Lib::Tether, Lib::AsyncNats] {
+        for (i, r) in m.of(lib).iter().enumerate() {
+            let mut line = format!(
+                "  round {:>2} {:<10} {:+6.1} MiB  accepted {:>6}  refused {:>6}",
+                i + 1,
+                lib.name(),
+                r.growth_mib,
+                r.accepted_msgs,
+                r.refused_msgs
+            );
+            if let Some(t) = r.tether {
+                let _ = write!(
+                    line,
+                    "  stats refused {} ({} B)  BufferOverflow events {} (refused {})  \
+                     buffered {} ({} B)",
+                    t.stats_refused_msgs,
+                    t.stats_refused_bytes,
+                    t.buffer_overflow_events,
+                    t.overflow_event_refused_msgs,
+                    t.buffered_msgs,
+                    t.buffered_bytes
                 );
             }
-            ReconnectWait::Fixed => {
-                let _ = writeln!(
-                    o,
-                    "  reconnect, 100 ms wait: p50 {t:.1} ms vs {a:.1} ms, diff {:+.1} ms \
-                     (at most +{TARGET_FIXED_DIFF_MS} ms): {}",
-                    t - a,
-                    verdict(t - a <= TARGET_FIXED_DIFF_MS)
-                );
+            if r.other_errors > 0 {
+                let _ = write!(line, "  OTHER ERRORS {}", r.other_errors);
             }
-            ReconnectWait::DefaultVaried => {
-                let _ = writeln!(
-                    o,
-                    "  reconnect, default wait, 1.0-1.9 s down (no target; shows how the \
-                     1 s figure depends on where each library's retry schedule falls): p50 \
-                     {t:.1} ms vs {a:.1} ms, ratio {:.3}",
-                    t / a
-                );
-            }
+            let _ = writeln!(o, "{line}");
         }
     }
-    if let Some(m) = &f.memory {
-        let v = m.values(Lib::Tether, |r| r.growth_mib);
-        let worst = v.iter().copied().fold(f64::NAN, f64::max);
-        let _ = writeln!(
-            o,
-            "  memory: tether VmHWM growth median {:.1} MiB, max {worst:.1} MiB \
-             (at most {TARGET_GROWTH_MIB} MiB, checked on the max): {}",
-            median(&v),
-            verdict(worst <= TARGET_GROWTH_MIB)
-        );
-        let problems = m.tether_problems();
-        let _ = writeln!(
-            o,
-            "  memory: every refused tether publish reported (counters and BufferOverflow): {}",
-            verdict(problems.is_empty())
-        );
+    for p in m.tether_problems() {
+        let _ = writeln!(o, "WARNING: tether memory {p}");
     }
+}
+
+/// The target of one reconnect series, if it has one.
+fn reconnect_target(o: &mut String, s: &ReconnectSeries) {
+    let t = s.stats(Lib::Tether).0;
+    let a = s.stats(Lib::AsyncNats).0;
+    match s.wait {
+        ReconnectWait::Default => {
+            let _ = writeln!(
+                o,
+                "  reconnect, default wait: p50 {t:.1} ms vs {a:.1} ms, ratio {:.3} \
+                 (at most {TARGET_DEFAULT_RATIO}): {}",
+                t / a,
+                verdict(t / a <= TARGET_DEFAULT_RATIO)
+            );
+        }
+        ReconnectWait::Fixed => {
+            let _ = writeln!(
+                o,
+                "  reconnect, 100 ms wait: p50 {t:.1} ms vs {a:.1} ms, diff {:+.1} ms \
+                 (at most +{TARGET_FIXED_DIFF_MS} ms): {}",
+                t - a,
+                verdict(t - a <= TARGET_FIXED_DIFF_MS)
+            );
+        }
+        ReconnectWait::DefaultVaried => {
+            let _ = writeln!(
+                o,
+                "  reconnect, default wait, 1.0-1.9 s down (no target; shows how the \
+                 1 s figure depends on where each library's retry schedule falls): p50 \
+                 {t:.1} ms vs {a:.1} ms, ratio {:.3}",
+                t / a
+            );
+        }
+    }
+}
+
+/// The memory targets: growth, and every refused tether publish reported.
+fn memory_targets(o: &mut String, m: &MemorySeries) {
+    let v = m.values(Lib::Tether, |r| r.growth_mib);
+    let worst = v.iter().copied().fold(f64::NAN, f64::max);
+    let _ = writeln!(
+        o,
+        "  memory: tether VmHWM growth median {:.1} MiB, max {worst:.1} MiB \
+         (at most {TARGET_GROWTH_MIB} MiB, checked on the max): {}",
+        median(&v),
+        verdict(worst <= TARGET_GROWTH_MIB)
+    );
+    let problems = m.tether_problems();
+    let _ = writeln!(
+        o,
+        "  memory: every refused tether publish reported (counters and BufferOverflow): {}",
+        verdict(problems.is_empty())
+    );
 }
 
 pub(crate) fn faulty_json(f: &Faulty, workloads: &mut serde_json::Map<String, Value>) {

@@ -260,7 +260,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[allow(clippy::too_many_lines)] // issue 12 step 6 splits it; remove then
 fn run_compare(cli: &Cli) -> Res<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -313,51 +312,13 @@ fn run_compare(cli: &Cli) -> Res<()> {
             async_nats: Vec::new(),
         };
         for round in 0..total_rounds {
-            // Parity of the measured round index: tether first in measured rounds 1, 3, 5...
-            let order = if (round + cli.warmup) % 2 == 0 {
-                [Lib::Tether, Lib::AsyncNats]
-            } else {
-                [Lib::AsyncNats, Lib::Tether]
-            };
-            let measured = round >= cli.warmup;
-            for lib in order {
-                let tag = format!("{}.{}.{round}.{}", w.name(), lib.key(), std::process::id());
-                let r = rt.block_on(run_one(w, lib, &params, &tag))?;
-                if !cli.json {
-                    eprintln!(
-                        "{:<7} {} {:<10} {}",
-                        w.name(),
-                        if measured {
-                            format!("round {:>2}", round - cli.warmup + 1)
-                        } else {
-                            "warm-up ".to_owned()
-                        },
-                        lib.name(),
-                        describe(&r)
-                    );
-                }
-                if measured {
-                    series.push(lib, r);
-                }
-                std::thread::sleep(SETTLE);
-            }
+            run_round(&rt, cli, w, round, &params, &mut series)?;
         }
         all.push(series);
     }
     drop(responder);
 
-    let mut faulty = Faulty::default();
-    if !faults.is_empty() {
-        // The fault workloads kill their server: never the shared one, nor a given one.
-        let mut server = tether_testkit::NatsServer::start()?;
-        faulty.url = server.url();
-        if faults.contains(&Workload::Reconnect) {
-            faulty.reconnect = run_reconnect(&rt, &mut server, cli.json)?;
-        }
-        if faults.contains(&Workload::Memory) {
-            faulty.memory = run_memory(&mut server, cli.rounds, cli.json)?;
-        }
-    }
+    let faulty = run_faults(&rt, cli, &faults)?;
     let elapsed = started.elapsed();
 
     if cli.json {
@@ -380,6 +341,65 @@ fn run_compare(cli: &Cli) -> Res<()> {
     }
     drop(local);
     Ok(())
+}
+
+/// Both libraries once, in this round's order, on `w`; adds the measured rounds to
+/// `series`.
+fn run_round(
+    rt: &tokio::runtime::Runtime,
+    cli: &Cli,
+    w: Workload,
+    round: u32,
+    params: &Params,
+    series: &mut Series,
+) -> Res<()> {
+    // Parity of the measured round index: tether first in measured rounds 1, 3, 5...
+    let order = if (round + cli.warmup) % 2 == 0 {
+        [Lib::Tether, Lib::AsyncNats]
+    } else {
+        [Lib::AsyncNats, Lib::Tether]
+    };
+    let measured = round >= cli.warmup;
+    for lib in order {
+        let tag = format!("{}.{}.{round}.{}", w.name(), lib.key(), std::process::id());
+        let r = rt.block_on(run_one(w, lib, params, &tag))?;
+        if !cli.json {
+            eprintln!(
+                "{:<7} {} {:<10} {}",
+                w.name(),
+                if measured {
+                    format!("round {:>2}", round - cli.warmup + 1)
+                } else {
+                    "warm-up ".to_owned()
+                },
+                lib.name(),
+                describe(&r)
+            );
+        }
+        if measured {
+            series.push(lib, r);
+        }
+        std::thread::sleep(SETTLE);
+    }
+    Ok(())
+}
+
+/// The workloads that kill their server, on a server of their own: never the shared
+/// one, nor a given one.
+fn run_faults(rt: &tokio::runtime::Runtime, cli: &Cli, faults: &[Workload]) -> Res<Faulty> {
+    let mut faulty = Faulty::default();
+    if faults.is_empty() {
+        return Ok(faulty);
+    }
+    let mut server = tether_testkit::NatsServer::start()?;
+    faulty.url = server.url();
+    if faults.contains(&Workload::Reconnect) {
+        faulty.reconnect = run_reconnect(rt, &mut server, cli.json)?;
+    }
+    if faults.contains(&Workload::Memory) {
+        faulty.memory = run_memory(&mut server, cli.rounds, cli.json)?;
+    }
+    Ok(faulty)
 }
 
 /// Waits for `fut`, failing with `what` after `STALL_TIMEOUT`.
