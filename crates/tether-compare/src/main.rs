@@ -244,6 +244,29 @@ impl Lib {
     }
 }
 
+/// One value per library.
+#[derive(Debug, Default)]
+struct ByLib<T> {
+    tether: T,
+    async_nats: T,
+}
+
+impl<T> ByLib<T> {
+    fn of(&self, lib: Lib) -> &T {
+        match lib {
+            Lib::Tether => &self.tether,
+            Lib::AsyncNats => &self.async_nats,
+        }
+    }
+
+    fn of_mut(&mut self, lib: Lib) -> &mut T {
+        match lib {
+            Lib::Tether => &mut self.tether,
+            Lib::AsyncNats => &mut self.async_nats,
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
@@ -308,8 +331,7 @@ fn run_compare(cli: &Cli) -> Res<()> {
     for &w in &workloads {
         let mut series = Series {
             workload: w,
-            tether: Vec::new(),
-            async_nats: Vec::new(),
+            runs: ByLib::default(),
         };
         for round in 0..total_rounds {
             run_round(&rt, cli, w, round, &params, &mut series)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::client::{AsyncNatsClient, BenchClient, Offer, TetherClient};
-use crate::{within, BoxError, Lib, Res, SETTLE};
+use crate::{within, BoxError, ByLib, Lib, Res, SETTLE};
 
 /// Size of every message of the memory workload.
 pub(crate) const MEM_MSG_SIZE: usize = 1024;
@@ -247,16 +247,12 @@ fn memory_one(server: &mut tether_testkit::NatsServer, lib: Lib) -> Res<MemRun> 
 /// Memory runs per library.
 #[derive(Debug, Default)]
 pub(crate) struct MemorySeries {
-    tether: Vec<MemRun>,
-    async_nats: Vec<MemRun>,
+    runs: ByLib<Vec<MemRun>>,
 }
 
 impl MemorySeries {
     pub(crate) fn of(&self, lib: Lib) -> &[MemRun] {
-        match lib {
-            Lib::Tether => &self.tether,
-            Lib::AsyncNats => &self.async_nats,
-        }
+        self.runs.of(lib)
     }
 
     pub(crate) fn values(&self, lib: Lib, f: impl Fn(&MemRun) -> f64) -> Vec<f64> {
@@ -266,7 +262,7 @@ impl MemorySeries {
     /// Why tether's account of refused messages does not add up, if it does not.
     pub(crate) fn tether_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (i, r) in self.tether.iter().enumerate() {
+        for (i, r) in self.runs.tether.iter().enumerate() {
             let Some(t) = r.tether else {
                 continue;
             };
@@ -338,10 +334,7 @@ pub(crate) fn run_memory(
                     r.publish_secs
                 );
             }
-            match lib {
-                Lib::Tether => series.tether.push(r),
-                Lib::AsyncNats => series.async_nats.push(r),
-            }
+            series.runs.of_mut(lib).push(r);
             std::thread::sleep(SETTLE);
         }
     }

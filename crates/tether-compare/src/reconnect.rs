@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
 use crate::stats::percentile;
-use crate::{within, BoxError, Lib, Res, SETTLE};
+use crate::{within, BoxError, ByLib, Lib, Res, SETTLE};
 
 /// Server restarts per library and reconnect wait.
 pub(crate) const RESTARTS: usize = 10;
@@ -71,27 +71,19 @@ impl ReconnectWait {
 #[derive(Debug)]
 pub(crate) struct ReconnectSeries {
     pub(crate) wait: ReconnectWait,
-    tether: Vec<f64>,
-    async_nats: Vec<f64>,
+    ms: ByLib<Vec<f64>>,
     /// Per restart, ms from the client's disconnected event to its reconnected event (the
     /// outage as the client saw it; about `DOWNTIME` plus the restart plus the figure above).
-    tether_outage: Vec<f64>,
-    async_nats_outage: Vec<f64>,
+    outage: ByLib<Vec<f64>>,
 }
 
 impl ReconnectSeries {
     pub(crate) fn of(&self, lib: Lib) -> &[f64] {
-        match lib {
-            Lib::Tether => &self.tether,
-            Lib::AsyncNats => &self.async_nats,
-        }
+        self.ms.of(lib)
     }
 
     pub(crate) fn outage_of(&self, lib: Lib) -> &[f64] {
-        match lib {
-            Lib::Tether => &self.tether_outage,
-            Lib::AsyncNats => &self.async_nats_outage,
-        }
+        self.outage.of(lib)
     }
 
     /// (p50, p90, max) in ms.
@@ -203,17 +195,13 @@ pub(crate) fn run_reconnect(
     ] {
         let mut series = ReconnectSeries {
             wait,
-            tether: Vec::new(),
-            async_nats: Vec::new(),
-            tether_outage: Vec::new(),
-            async_nats_outage: Vec::new(),
+            ms: ByLib::default(),
+            outage: ByLib::default(),
         };
         for lib in order {
             let (ms, outage) = reconnect_one(rt, server, lib, wait, quiet)?;
-            match lib {
-                Lib::Tether => (series.tether, series.tether_outage) = (ms, outage),
-                Lib::AsyncNats => (series.async_nats, series.async_nats_outage) = (ms, outage),
-            }
+            *series.ms.of_mut(lib) = ms;
+            *series.outage.of_mut(lib) = outage;
         }
         out.push(series);
     }

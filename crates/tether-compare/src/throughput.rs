@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 
 use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
 use crate::stats::percentile;
-use crate::{within, Lib, Res, Workload, STALL_TIMEOUT};
+use crate::{within, ByLib, Lib, Res, Workload, STALL_TIMEOUT};
 
 /// Unmeasured requests at the start of each reqrep run.
 const REQ_WARMUP: usize = 100;
@@ -92,23 +92,16 @@ pub(crate) enum RunResult {
 #[derive(Debug)]
 pub(crate) struct Series {
     pub(crate) workload: Workload,
-    pub(crate) tether: Vec<RunResult>,
-    pub(crate) async_nats: Vec<RunResult>,
+    pub(crate) runs: ByLib<Vec<RunResult>>,
 }
 
 impl Series {
     pub(crate) fn of(&self, lib: Lib) -> &[RunResult] {
-        match lib {
-            Lib::Tether => &self.tether,
-            Lib::AsyncNats => &self.async_nats,
-        }
+        self.runs.of(lib)
     }
 
     pub(crate) fn push(&mut self, lib: Lib, r: RunResult) {
-        match lib {
-            Lib::Tether => self.tether.push(r),
-            Lib::AsyncNats => self.async_nats.push(r),
-        }
+        self.runs.of_mut(lib).push(r);
     }
 
     pub(crate) fn values(&self, lib: Lib, f: impl Fn(&RunResult) -> Option<f64>) -> Vec<f64> {
