@@ -1,0 +1,338 @@
+//! The comparison workloads: pub, pubsub and reqrep, and what one run of them measured.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
+use crate::stats::percentile;
+use crate::{within, ByLib, Lib, Res, Workload, STALL_TIMEOUT};
+
+/// Unmeasured requests at the start of each reqrep run.
+const REQ_WARMUP: usize = 100;
+
+/// What every run of pub, pubsub and reqrep is given.
+pub(crate) struct Params {
+    pub(crate) url: String,
+    pub(crate) msgs: u64,
+    pub(crate) requests: u64,
+    pub(crate) payload: Bytes,
+    pub(crate) echo_subject: String,
+    /// The local nats-server's process id, for its CPU time.
+    pub(crate) server_pid: Option<u32>,
+}
+
+/// CPU time of the nats-server process (all threads), from `/proc/PID/stat`.
+struct ServerCpu {
+    pid: Option<u32>,
+    ticks: Option<u64>,
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+impl ServerCpu {
+    fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            ticks: pid.and_then(cpu_ticks),
+        }
+    }
+
+    /// CPU seconds since `start` over `secs` of wall time.
+    fn share(&self, secs: f64) -> Option<f64> {
+        let now = cpu_ticks(self.pid?)?;
+        Some(now.saturating_sub(self.ticks?) as f64 / USER_HZ / secs)
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: state is field 3, utime 14
+    // and stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// What one throughput run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Throughput {
+    pub(crate) msgs_per_sec: f64,
+    pub(crate) received: u64,
+    pub(crate) dropped: u64,
+    pub(crate) secs: f64,
+    /// The nats-server's CPU time over the measured window, as a share of one core
+    /// (known only for the server this binary started).
+    pub(crate) server_cpu: Option<f64>,
+    /// False when the run ended on a stall instead of on the last message or the marker.
+    pub(crate) complete: bool,
+}
+
+/// What one reqrep run measured, in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) mean: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RunResult {
+    Throughput(Throughput),
+    Latency(Latency),
+}
+
+/// The measured rounds of one workload, per library.
+#[derive(Debug)]
+pub(crate) struct Series {
+    pub(crate) workload: Workload,
+    pub(crate) runs: ByLib<Vec<RunResult>>,
+}
+
+impl Series {
+    pub(crate) fn of(&self, lib: Lib) -> &[RunResult] {
+        self.runs.of(lib)
+    }
+
+    pub(crate) fn push(&mut self, lib: Lib, r: RunResult) {
+        self.runs.of_mut(lib).push(r);
+    }
+
+    pub(crate) fn values(&self, lib: Lib, f: impl Fn(&RunResult) -> Option<f64>) -> Vec<f64> {
+        self.of(lib).iter().filter_map(f).collect()
+    }
+}
+
+pub(crate) fn rate(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Throughput(t) => Some(t.msgs_per_sec),
+        RunResult::Latency(_) => None,
+    }
+}
+
+pub(crate) fn server_cpu(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Throughput(t) => t.server_cpu,
+        RunResult::Latency(_) => None,
+    }
+}
+
+pub(crate) fn p50(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => Some(l.p50),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) fn p90(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => Some(l.p90),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) fn p99(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => Some(l.p99),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) async fn run_one(w: Workload, lib: Lib, p: &Params, tag: &str) -> Res<RunResult> {
+    match lib {
+        Lib::Tether => run_with::<TetherClient>(w, p, tag).await,
+        Lib::AsyncNats => run_with::<AsyncNatsClient>(w, p, tag).await,
+    }
+}
+
+async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<RunResult> {
+    Ok(match w {
+        Workload::Pub => RunResult::Throughput(run_pub::<C>(p, tag).await?),
+        Workload::Pubsub => RunResult::Throughput(run_pubsub::<C>(p, tag).await?),
+        Workload::Reqrep => RunResult::Latency(run_reqrep::<C>(p).await?),
+        Workload::Reconnect | Workload::Memory => {
+            return Err(format!("{} is not a throughput or latency workload", w.name()).into());
+        }
+    })
+}
+
+// ----- pub -----
+
+async fn run_pub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
+    let client = C::connect(&p.url, Setup::default()).await?;
+    let data = C::subject(format!("cmp.{tag}.data"));
+    let marker = C::subject(format!("cmp.{tag}.marker"));
+    let mut sub = client.subscribe(&marker).await?;
+    // Round-trip once through the marker subscription: the SUB is registered.
+    client
+        .publish(&marker, &Bytes::from_static(b"sync"))
+        .await?;
+    within("the sync message", sub.next()).await?;
+
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    for _ in 0..p.msgs {
+        client.publish(&data, &p.payload).await?;
+    }
+    client.publish(&marker, &Bytes::from_static(b"end")).await?;
+    within("the marker", sub.next())
+        .await?
+        .ok_or("subscription ended")?;
+    let secs = start.elapsed().as_secs_f64();
+
+    drop(sub);
+    client.close().await?;
+    Ok(Throughput {
+        msgs_per_sec: p.msgs as f64 / secs,
+        received: p.msgs,
+        dropped: 0,
+        secs,
+        server_cpu: cpu.share(secs),
+        complete: true,
+    })
+}
+
+// ----- pubsub -----
+
+/// How a pubsub subscriber stopped counting.
+#[derive(Debug)]
+struct Counted {
+    received: u64,
+    last: Option<Instant>,
+    complete: bool,
+}
+
+/// Counts data messages (no reply subject) until `n` or the marker (has a reply subject).
+async fn count<S, M>(mut sub: S, n: u64, is_marker: impl Fn(&M) -> bool) -> (Counted, S)
+where
+    S: futures_util::Stream<Item = M> + Unpin,
+{
+    let mut received = 0;
+    let mut last = None;
+    let complete = loop {
+        match tokio::time::timeout(STALL_TIMEOUT, sub.next()).await {
+            Ok(Some(m)) => {
+                last = Some(Instant::now());
+                if is_marker(&m) {
+                    break true;
+                }
+                received += 1;
+                if received == n {
+                    break true;
+                }
+            }
+            Ok(None) | Err(_) => break false,
+        }
+    };
+    (
+        Counted {
+            received,
+            last,
+            complete,
+        },
+        sub,
+    )
+}
+
+fn throughput(n: u64, start: Instant, c: &Counted) -> Throughput {
+    let secs = c
+        .last
+        .map_or(f64::NAN, |t| t.duration_since(start).as_secs_f64());
+    Throughput {
+        msgs_per_sec: c.received as f64 / secs,
+        received: c.received,
+        dropped: n - c.received,
+        secs,
+        server_cpu: None,
+        complete: c.complete,
+    }
+}
+
+async fn run_pubsub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
+    let setup = Setup {
+        pending_msgs: Some(p.msgs as usize + 10),
+        ..Setup::default()
+    };
+    let sub_client = C::connect(&p.url, setup).await?;
+    let pub_client = C::connect(&p.url, setup).await?;
+    let subject = C::subject(format!("cmp.{tag}"));
+    let sync = C::subject(format!("cmp.{tag}.sync"));
+    let sub = sub_client.subscribe(&subject).await?;
+    let mut sync_sub = sub_client.subscribe(&sync).await?;
+    sub_client
+        .publish(&sync, &Bytes::from_static(b"sync"))
+        .await?;
+    within("the sync message", sync_sub.next()).await?;
+    drop(sync_sub);
+
+    let n = p.msgs;
+    let counter = tokio::spawn(count(sub, n, C::has_reply));
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    for _ in 0..n {
+        pub_client.publish(&subject, &p.payload).await?;
+    }
+    pub_client
+        .publish_with_reply(&subject, "cmp.marker", &Bytes::new())
+        .await?;
+    let (counted, sub) = counter.await?;
+    let mut t = throughput(n, start, &counted);
+    t.server_cpu = cpu.share(t.secs);
+    // The library's own count, for the record (the subscriber may stop before the marker).
+    t.dropped = t.dropped.max(C::dropped(&sub));
+
+    drop(sub);
+    pub_client.close().await?;
+    sub_client.close().await?;
+    Ok(t)
+}
+
+// ----- reqrep -----
+
+fn latency(mut us: Vec<f64>) -> Latency {
+    us.sort_by(f64::total_cmp);
+    let mean = us.iter().sum::<f64>() / us.len() as f64;
+    Latency {
+        p50: percentile(&us, 0.50),
+        p90: percentile(&us, 0.90),
+        p99: percentile(&us, 0.99),
+        mean,
+    }
+}
+
+fn check_echo(got: &[u8], sent: &[u8]) -> Res<()> {
+    if got == sent {
+        Ok(())
+    } else {
+        Err(format!(
+            "the responder echoed {} bytes instead of the {} sent",
+            got.len(),
+            sent.len()
+        )
+        .into())
+    }
+}
+
+async fn run_reqrep<C: BenchClient>(p: &Params) -> Res<Latency> {
+    let client = C::connect(&p.url, Setup::default()).await?;
+    let subject = C::subject(p.echo_subject.clone());
+    for _ in 0..REQ_WARMUP {
+        let m = client.request(&subject, &p.payload).await?;
+        check_echo(C::payload(&m), &p.payload)?;
+    }
+    let mut us = Vec::with_capacity(p.requests as usize);
+    for _ in 0..p.requests {
+        let t = Instant::now();
+        let m = client.request(&subject, &p.payload).await?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        check_echo(C::payload(&m), &p.payload)?;
+    }
+    client.close().await?;
+    Ok(latency(us))
+}
