@@ -32,6 +32,7 @@ use crate::headers::HeaderMap;
 use crate::info::{ConnectInfo, ServerInfo};
 use crate::op::{Msg, ServerOp};
 use crate::outbound::{BufferLimits, Counts, FrameKind, OutboundBuffer};
+use crate::server_err::ServerErr;
 use crate::time::saturating_add as later;
 
 /// Default for [`Config::ping_interval`]: a PING after 30 s without inbound bytes.
@@ -203,7 +204,7 @@ pub enum DisconnectReason {
     /// The server sent bytes that are not the NATS protocol.
     Protocol(ProtocolError),
     /// The server sent an -ERR that closes the connection.
-    ServerError(String),
+    ServerError(ServerErr),
     /// A PING went unanswered for pong_timeout.
     PongTimeout {
         /// The configured bound.
@@ -273,7 +274,7 @@ impl fmt::Display for DisconnectReason {
 #[non_exhaustive]
 pub enum HandshakeError {
     /// The server answered with an -ERR (authorization and the like).
-    Server(String),
+    Server(ServerErr),
     /// The peer sent something that is not a NATS INFO.
     NotNats {
         /// The first bytes received, escaped.
@@ -951,89 +952,37 @@ impl Connection {
     }
 
     fn handle_err(&mut self, text: String) {
+        let err = ServerErr::parse(&text);
         if self.is_handshaking() {
-            self.fail_handshake(HandshakeError::Server(text));
+            self.fail_handshake(HandshakeError::Server(err));
             return;
         }
-        match classify_err(&text) {
-            ErrClass::Fatal { ours } => {
-                if ours {
-                    let removed = self.out.discard_retained();
-                    let unconfirmed = self.unconfirmed();
-                    let mut counts = Counts {
-                        msgs: unconfirmed.msgs.max(removed.msgs),
-                        bytes: unconfirmed.bytes.max(removed.bytes),
-                    };
-                    // The server rejects a large frame after its control line, often
-                    // before it is fully written: that frame is the likely poison. It is
-                    // dropped after the rewind, never resent.
-                    if let Some(f) = self.out.partial_front().filter(|f| f.kind.is_publish()) {
-                        counts.msgs += 1;
-                        counts.bytes += u64::from(f.len);
-                        self.drop_partial_after_rewind = true;
-                    }
-                    self.events.push_back(ConnEvent::BufferSpace);
-                    // They are reported as removed, not as unconfirmed.
-                    self.confirmed = self.written;
-                    self.confirmed_retained = self.written_retained;
-                    if counts.msgs > 0 {
-                        self.stats.frames_removed += counts.msgs;
-                        self.events.push_back(ConnEvent::FramesRemoved {
-                            reason: RemovedReason::PoisonFrame,
-                            counts,
-                        });
-                    }
+        match err {
+            err if err.is_fatal() => {
+                if err.is_ours() {
+                    self.remove_poison();
                 }
-                self.begin_closing(DisconnectReason::ServerError(text));
+                self.begin_closing(DisconnectReason::ServerError(err));
             }
-            ErrClass::SubPermission {
+            ServerErr::SubPermission {
                 subject,
                 queue,
                 sid,
                 any_queue,
+                text,
+            } => self.end_refused_subs(&subject, queue.as_deref(), sid, any_queue, &text),
+            ServerErr::PubPermission {
+                subject,
+                reply,
+                text,
             } => {
-                // A sid names exactly one subscription; else the subject and the queue
-                // (none: the plain subscriptions only, so a permission that allows only
-                // queue subscriptions on S does not end those).
-                let sids: Vec<u64> = match sid {
-                    Some(sid) => self
-                        .subs
-                        .get(&sid)
-                        .filter(|s| s.subject == subject)
-                        .map(|_| sid)
-                        .into_iter()
-                        .collect(),
-                    None => self
-                        .sub_order
-                        .iter()
-                        .copied()
-                        .filter(|sid| {
-                            self.subs.get(sid).is_some_and(|s| {
-                                s.subject == subject
-                                    && (any_queue || s.queue.as_deref() == queue.as_deref())
-                            })
-                        })
-                        .collect(),
-                };
-                if sids.is_empty() {
-                    self.events.push_back(ConnEvent::ServerError(text.clone()));
-                }
-                for sid in sids {
-                    self.remove_sub(sid);
-                    self.events.push_back(ConnEvent::SubscriptionEnded {
-                        sid,
-                        reason: SubEndReason::PermissionDenied(text.clone()),
-                    });
-                }
-            }
-            ErrClass::PubPermission { subject, reply } => {
                 self.events.push_back(ConnEvent::PublishDenied {
                     subject,
                     reply,
                     message: text,
                 });
             }
-            ErrClass::MaxSubscriptions => {
+            ServerErr::MaxSubscriptions => {
                 if let Some((_, sid)) = self.subs_since_pong.pop() {
                     self.remove_sub(sid);
                     self.events.push_back(ConnEvent::SubscriptionEnded {
@@ -1044,7 +993,81 @@ impl Connection {
                     self.events.push_back(ConnEvent::ServerError(text));
                 }
             }
-            ErrClass::Other => self.events.push_back(ConnEvent::ServerError(text)),
+            _ => self.events.push_back(ConnEvent::ServerError(text)),
+        }
+    }
+
+    /// A closing -ERR our own bytes caused: what was written since the last PONG is the
+    /// likely poison, reported as removed (not unconfirmed) and never resent.
+    fn remove_poison(&mut self) {
+        let removed = self.out.discard_retained();
+        let unconfirmed = self.unconfirmed();
+        let mut counts = Counts {
+            msgs: unconfirmed.msgs.max(removed.msgs),
+            bytes: unconfirmed.bytes.max(removed.bytes),
+        };
+        // The server rejects a large frame after its control line, often before it is
+        // fully written: that frame is the likely poison. It is dropped after the rewind,
+        // never resent.
+        if let Some(f) = self.out.partial_front().filter(|f| f.kind.is_publish()) {
+            counts.msgs += 1;
+            counts.bytes += u64::from(f.len);
+            self.drop_partial_after_rewind = true;
+        }
+        self.events.push_back(ConnEvent::BufferSpace);
+        // They are reported as removed, not as unconfirmed.
+        self.confirmed = self.written;
+        self.confirmed_retained = self.written_retained;
+        if counts.msgs > 0 {
+            self.stats.frames_removed += counts.msgs;
+            self.events.push_back(ConnEvent::FramesRemoved {
+                reason: RemovedReason::PoisonFrame,
+                counts,
+            });
+        }
+    }
+
+    /// A `Permissions Violation for Subscription`: end the subscriptions it names.
+    fn end_refused_subs(
+        &mut self,
+        subject: &str,
+        queue: Option<&str>,
+        sid: Option<u64>,
+        any_queue: bool,
+        text: &str,
+    ) {
+        // A sid names exactly one subscription; else the subject and the queue (none: the
+        // plain subscriptions only, so a permission that allows only queue subscriptions
+        // on S does not end those).
+        let sids: Vec<u64> = match sid {
+            Some(sid) => self
+                .subs
+                .get(&sid)
+                .filter(|s| s.subject == subject)
+                .map(|_| sid)
+                .into_iter()
+                .collect(),
+            None => self
+                .sub_order
+                .iter()
+                .copied()
+                .filter(|sid| {
+                    self.subs.get(sid).is_some_and(|s| {
+                        s.subject == subject && (any_queue || s.queue.as_deref() == queue)
+                    })
+                })
+                .collect(),
+        };
+        if sids.is_empty() {
+            self.events
+                .push_back(ConnEvent::ServerError(text.to_owned()));
+        }
+        for sid in sids {
+            self.remove_sub(sid);
+            self.events.push_back(ConnEvent::SubscriptionEnded {
+                sid,
+                reason: SubEndReason::PermissionDenied(text.to_owned()),
+            });
         }
     }
 
@@ -1953,7 +1976,7 @@ impl Connection {
                     }
                 }
                 Ok(Some(ServerOp::Err(text))) => {
-                    if matches!(classify_err(&text), ErrClass::Fatal { .. }) {
+                    if ServerErr::parse(&text).is_fatal() {
                         link.done = true;
                     }
                     self.events.push_back(ConnEvent::ServerError(text));
@@ -2065,159 +2088,5 @@ impl Connection {
         self.out.requeue(link.retained);
         self.remove_over_max_payload();
         unconfirmed
-    }
-}
-
-/// How an -ERR is handled (DESIGN semantics 7), matched case-insensitively by prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrClass {
-    /// The server closes the link. `ours` when our own bytes caused it (poison frame).
-    Fatal {
-        /// Caused by a frame we wrote.
-        ours: bool,
-    },
-    /// `Permissions Violation for Subscription to "S"[ using queue "Q"][ (sid "N")]`.
-    SubPermission {
-        /// The subject.
-        subject: String,
-        /// The queue group: the error names only subscriptions in it. Without one it
-        /// names only the plain (non-queue) subscriptions on the subject, unless
-        /// `any_queue`.
-        queue: Option<String>,
-        /// The subscription, when the error names it (a config reload revoking a
-        /// permission): exactly that one ends.
-        sid: Option<u64>,
-        /// The subject itself is refused whatever the queue (`..., too many tokens`).
-        any_queue: bool,
-    },
-    /// `Permissions Violation for Publish to "S"` or `... with Reply of "R"`.
-    PubPermission {
-        /// The subject.
-        subject: Option<String>,
-        /// The reply subject.
-        reply: Option<String>,
-    },
-    /// `maximum subscriptions exceeded`.
-    MaxSubscriptions,
-    /// Anything else: a ServerError, the link stays.
-    Other,
-}
-
-fn starts_with_ci(text: &str, prefix: &str) -> bool {
-    text.len() >= prefix.len()
-        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-}
-
-fn quoted(text: &str, after: &str) -> Option<String> {
-    quoted_with_rest(text, after).map(|(q, _)| q.to_owned())
-}
-
-/// The first quoted string after `after` (case-insensitive), and the text after its
-/// closing quote.
-fn quoted_with_rest<'a>(text: &'a str, after: &str) -> Option<(&'a str, &'a str)> {
-    let lower = text.to_ascii_lowercase();
-    let i = lower.find(&after.to_ascii_lowercase())? + after.len();
-    let rest = text.get(i..)?;
-    let start = rest.find('"')? + 1;
-    let end = start + rest.get(start..)?.find('"')?;
-    Some((rest.get(start..end)?, rest.get(end + 1..)?))
-}
-
-/// The sid of a trailing `(sid "N")` (nats-server quotes it; older servers did not).
-fn sid_after(text: &str) -> Option<u64> {
-    let lower = text.to_ascii_lowercase();
-    let i = lower.find("(sid")? + "(sid".len();
-    let rest = text.get(i..)?.trim_start().trim_start_matches('"');
-    let digits = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest.get(..digits)?.parse().ok()
-}
-
-/// Classify an -ERR text (quotes already stripped).
-pub fn classify_err(text: &str) -> ErrClass {
-    const OURS: [&str; 3] = [
-        "maximum payload violation",
-        "maximum control line exceeded",
-        "unknown protocol operation",
-    ];
-    const FATAL: [&str; 14] = [
-        "authorization violation",
-        "authentication timeout",
-        "authorization timeout",
-        "user authentication expired",
-        "account authentication expired",
-        "user authentication revoked",
-        "maximum connections exceeded",
-        "maximum account active connections exceeded",
-        "stale connection",
-        "parser error",
-        "invalid client protocol",
-        "no responders requires headers support",
-        "secure connection - tls required",
-        "connection throttling is active",
-    ];
-    let t = text.trim();
-    if OURS.iter().any(|p| starts_with_ci(t, p)) {
-        return ErrClass::Fatal { ours: true };
-    }
-    if FATAL.iter().any(|p| starts_with_ci(t, p)) || starts_with_ci(t, "attempted to connect to") {
-        return ErrClass::Fatal { ours: false };
-    }
-    if starts_with_ci(t, "permissions violation for subscription") {
-        // The subject is quoted: look for the rest only after it.
-        if let Some((subject, after)) = quoted_with_rest(t, "subscription to") {
-            return ErrClass::SubPermission {
-                queue: quoted(after, "using queue"),
-                sid: sid_after(after),
-                any_queue: after.to_ascii_lowercase().contains("too many tokens"),
-                subject: subject.to_owned(),
-            };
-        }
-        return ErrClass::Other;
-    }
-    if starts_with_ci(t, "permissions violation for publish") {
-        return ErrClass::PubPermission {
-            subject: quoted(t, "publish to"),
-            reply: quoted(t, "reply of"),
-        };
-    }
-    if starts_with_ci(t, "maximum subscriptions exceeded") {
-        return ErrClass::MaxSubscriptions;
-    }
-    ErrClass::Other
-}
-
-/// Auth failure classes of DESIGN semantics 5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthErrorClass {
-    /// `Authorization Violation`, `User Authentication Revoked`: a strike.
-    Strike,
-    /// `User/Account Authentication Expired`: re-read credentials, reconnect at once.
-    Expired,
-    /// Timeouts, connection limits, throttling: back off, no strike.
-    Transient,
-}
-
-/// Classify an -ERR as an auth failure, if it is one.
-pub fn classify_auth_err(text: &str) -> Option<AuthErrorClass> {
-    let t = text.trim();
-    if starts_with_ci(t, "authorization violation")
-        || starts_with_ci(t, "user authentication revoked")
-    {
-        Some(AuthErrorClass::Strike)
-    } else if starts_with_ci(t, "user authentication expired")
-        || starts_with_ci(t, "account authentication expired")
-    {
-        Some(AuthErrorClass::Expired)
-    } else if starts_with_ci(t, "authentication timeout")
-        || starts_with_ci(t, "authorization timeout")
-        || starts_with_ci(t, "maximum connections exceeded")
-        || starts_with_ci(t, "maximum account active connections exceeded")
-        || starts_with_ci(t, "connection throttling is active")
-    {
-        Some(AuthErrorClass::Transient)
-    } else {
-        None
     }
 }

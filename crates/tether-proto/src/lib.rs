@@ -25,6 +25,8 @@
 //! - [`headers`]: [`HeaderMap`] and [`StatusCode`] (the `NATS/1.0` header block).
 //! - [`info`]: [`ServerInfo`] (the server's `INFO`) and [`ConnectInfo`] (our `CONNECT`).
 //! - [`subject`]: subject, reply and queue-group validation and wildcard matching.
+//! - [`server_err`]: [`ServerErr`](server_err::ServerErr), every `-ERR` text parsed once
+//!   (closes the link or not, caused by our bytes or not, auth failure class).
 //! - [`error`]: [`ProtocolError`] (the peer broke the protocol: close the connection) and
 //!   [`ValidationError`] (our caller gave input that must not be sent).
 //!
@@ -58,6 +60,7 @@ pub mod headers;
 pub mod info;
 pub mod op;
 pub mod outbound;
+pub mod server_err;
 pub mod subject;
 pub mod time;
 

@@ -124,7 +124,7 @@ fn err_before_pong_fails_the_handshake() {
     assert_eq!(
         h.events(),
         vec![ConnEvent::HandshakeFailed(HandshakeError::Server(
-            "Authorization Violation".into()
+            tether_proto::server_err::ServerErr::AuthViolation
         ))]
     );
     assert_eq!(h.conn.state(), LinkState::Down);
@@ -702,62 +702,69 @@ fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
 
 #[test]
 fn sub_permission_errors_are_classified_with_queue_and_sid() {
-    use tether_proto::conn::{classify_err, ErrClass};
-    let class = |t: &str| classify_err(t);
+    use tether_proto::server_err::ServerErr;
+    let class = |t: &str| ServerErr::parse(t);
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a""#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: None,
             sid: None,
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a""#.into()
         }
     );
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a" using queue "q1""#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: Some("q1".into()),
             sid: None,
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a" using queue "q1""#.into()
         }
     );
     // The config-reload forms name the sid (quoted by nats-server 2.10+, bare before).
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a" (sid "17")"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: None,
             sid: Some(17),
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a" (sid "17")"#.into()
         }
     );
     assert_eq!(
         class(r#"permissions violation for subscription to "s.a" using queue "q1" (sid "3")"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: Some("q1".into()),
             sid: Some(3),
-            any_queue: false
+            any_queue: false,
+            text: r#"permissions violation for subscription to "s.a" using queue "q1" (sid "3")"#
+                .into()
         }
     );
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a" (sid 9)"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: None,
             sid: Some(9),
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a" (sid 9)"#.into()
         }
     );
     // Too many tokens refuses the subject itself, whatever the queue.
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "a.b.c", too many tokens"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "a.b.c".into(),
             queue: None,
             sid: None,
-            any_queue: true
+            any_queue: true,
+            text: r#"Permissions Violation for Subscription to "a.b.c", too many tokens"#.into()
         }
     );
 }

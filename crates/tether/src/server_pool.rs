@@ -414,13 +414,13 @@ impl ServerPool {
     pub fn record_auth(
         &mut self,
         i: usize,
-        class: Option<tether_proto::conn::AuthErrorClass>,
+        class: Option<tether_proto::server_err::AuthErrorClass>,
         credentials: Option<u64>,
         jwt_expired: bool,
         now: Instant,
         reconnect_wait: Duration,
     ) -> AuthVerdict {
-        use tether_proto::conn::AuthErrorClass;
+        use tether_proto::server_err::AuthErrorClass;
         let Some(e) = self.entries.get_mut(i) else {
             return AuthVerdict::NotAuth;
         };
@@ -638,7 +638,7 @@ mod tests {
 
     #[test]
     fn strikes_count_only_in_a_row_spaced_and_with_the_same_credentials() {
-        use tether_proto::conn::AuthErrorClass::{Expired, Strike, Transient};
+        use tether_proto::server_err::AuthErrorClass::{Expired, Strike, Transient};
         let now = Instant::now();
         let wait = Duration::from_secs(2);
         let mut rng = SmallRng::seed_from_u64(1);

@@ -11,10 +11,10 @@ use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
 use tether_proto::conn::{
-    classify_auth_err, Auth, ConnEvent, Connection, DetachedLink, HandshakeError, RemovedReason,
-    SubEndReason,
+    Auth, ConnEvent, Connection, DetachedLink, HandshakeError, RemovedReason, SubEndReason,
 };
 use tether_proto::outbound::Counts;
+use tether_proto::server_err::ServerErr;
 use tether_proto::time::saturating_add as later;
 use tether_proto::ServerInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,7 +86,7 @@ async fn auth_for(shared: &Shared, addr: &ServerAddr) -> Result<Loaded, String> 
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) attempt: AttemptError,
-    pub(crate) server_err: Option<String>,
+    pub(crate) server_err: Option<ServerErr>,
     /// The credentials the attempt used (see [`Loaded::fingerprint`]); `None` when they
     /// could not be read.
     pub(crate) credentials: Option<u64>,
@@ -130,7 +130,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
     })?;
     let credentials = Some(loaded.fingerprint);
     let jwt = loaded.jwt;
-    let fail = |address: Option<String>, error: String, server_err: Option<String>| Failure {
+    let fail = |address: Option<String>, error: String, server_err: Option<ServerErr>| Failure {
         attempt: AttemptError {
             server: addr.to_string(),
             address,
@@ -458,7 +458,7 @@ fn record_attempt_failure(
         Some(f) => f(&addr.to_string(), failures, elapsed),
         None => backoff_delay(failures, elapsed, shared.opts.reconnect_wait, rng),
     };
-    let class = f.server_err.as_deref().and_then(classify_auth_err);
+    let class = f.server_err.as_ref().and_then(ServerErr::auth_class);
     // Within JWT_CLOCK_SKEW of its exp counts as expired: the server's clock may be ahead.
     let jwt_expired = f
         .jwt
