@@ -1,0 +1,945 @@
+//! The connection state machine: one client session across links.
+//!
+//! [`Connection`] holds everything that outlives a single TCP link (the subscription table,
+//! the outbound buffer, pending flushes) and the state of the current link (handshake
+//! stage, PINGs in flight, unconfirmed counts, timers). It does no I/O and reads no clock.
+//!
+//! # Call order
+//! The driver owns the socket and calls, in a loop:
+//! - [`Connection::handle_transport_connected`] once a TCP link is up;
+//! - [`Connection::handle_read`] with every chunk of bytes read;
+//! - [`Connection::poll_transmit`] for a chunk to write, then [`Connection::handle_written`]
+//!   with the number of bytes the socket accepted;
+//! - [`Connection::poll_timeout`] for the next deadline, and [`Connection::handle_timeout`]
+//!   when it passes;
+//! - [`Connection::handle_link_lost`] on EOF or an I/O error;
+//! - [`Connection::poll_event`] and [`Connection::poll_message`] to drain outputs.
+//!
+//! Handles call [`Connection::publish`], [`Connection::subscribe`],
+//! [`Connection::unsubscribe`] and [`Connection::flush`], then wake the driver.
+//!
+//! # Files
+//! - `mod.rs`: [`Connection`], reading, writing, timers, link loss, publishing;
+//! - `config.rs`: [`Config`], the `DEFAULT_*` values, [`Auth`];
+//! - `event.rs`: [`ConnEvent`] and the reasons it carries;
+//! - `handshake.rs`: INFO, CONNECT, the PONGs that complete it, [`HandshakeError`];
+//! - `ping.rs`: PINGs (keepalive, confirm, flush) and what their PONGs confirm;
+//! - `subs.rs`: the subscription table, UNSUB counts, the replay after a reconnect;
+//! - `retire.rs`: the planned switch: the retiring link and the cut.
+
+mod config;
+mod event;
+mod handshake;
+mod ping;
+mod retire;
+mod subs;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::decode::Decoder;
+use crate::encode;
+use crate::error::ProtocolError;
+use crate::headers::HeaderMap;
+use crate::info::ServerInfo;
+use crate::op::{Msg, ServerOp};
+use crate::outbound::{Counts, FrameKind, OutboundBuffer};
+use crate::server_err::ServerErr;
+use crate::time::saturating_add as later;
+
+pub use config::*;
+pub use event::{ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason};
+pub use handshake::HandshakeError;
+use ping::PingOut;
+pub use ping::PingPurpose;
+pub use retire::DetachedLink;
+use retire::Gate;
+use subs::SubState;
+
+/// Where the current link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// No link.
+    Down,
+    /// TCP up, waiting for the server's INFO.
+    AwaitInfo,
+    /// CONNECT, PING, PING written; waiting for this many PONGs.
+    AwaitPongs(u8),
+    /// Handshake complete.
+    Up,
+    /// A closing -ERR arrived: no more writes, reading on until EOF or the grace ends.
+    Closing,
+}
+
+/// Totals kept by the state machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Messages delivered by the server.
+    pub in_msgs: u64,
+    /// Payload bytes delivered (header block included).
+    pub in_bytes: u64,
+    /// Publish frames fully written.
+    pub out_msgs: u64,
+    /// Payload bytes of the publish frames written (header block included).
+    pub out_bytes: u64,
+    /// Messages for sids no longer subscribed.
+    pub unknown_sid: u64,
+    /// `Permissions Violation for Publish` errors that matched no request.
+    pub publish_denied: u64,
+    /// Frames removed (lowered max_payload, poison frames).
+    pub frames_removed: u64,
+    /// Handshakes completed.
+    pub connects: u64,
+    /// Messages delivered without their header block because it could not be parsed.
+    pub malformed_headers: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    None,
+    Control,
+    Data,
+}
+
+/// The sans-IO connection. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Connection {
+    config: Config,
+    decoder: Decoder,
+    state: LinkState,
+    handshake_deadline: Option<Instant>,
+    closing: Option<(Instant, DisconnectReason)>,
+    auth: Auth,
+    info: Option<Box<ServerInfo>>,
+    max_payload: usize,
+    headers_supported: bool,
+
+    out: OutboundBuffer,
+    /// Handshake frames, written before any data while the link is not up.
+    control: BytesMut,
+    control_in_flight: Bytes,
+    control_pos: usize,
+    source: Source,
+    last_write_progress: Instant,
+
+    pings_queued: VecDeque<PingPurpose>,
+    pings_out: VecDeque<PingOut>,
+    /// PONGs queued on this link and not yet written.
+    pongs_unwritten: usize,
+    written: Counts,
+    written_retained: u64,
+    confirmed: Counts,
+    confirmed_retained: u64,
+    /// When the first publish frame written since the last PING went out.
+    unpinged_since: Option<Instant>,
+    unpinged_bytes: usize,
+    last_inbound: Instant,
+    last_keepalive: Option<Instant>,
+    flush_waiting: Vec<u64>,
+
+    subs: HashMap<u64, SubState>,
+    sub_order: Vec<u64>,
+    /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each.
+    subs_since_pong: Vec<(u64, u64)>,
+    /// PINGs queued and PONGs received on this link (after the handshake).
+    pings_total: u64,
+    pongs_total: u64,
+    next_sid: u64,
+
+    events: VecDeque<ConnEvent>,
+    messages: VecDeque<Msg>,
+    stats: ConnStats,
+    pause_after_handshake: bool,
+    drop_partial_after_rewind: bool,
+    /// Flushes asked before a planned switch, until the retired link confirms its part.
+    flushes_on_old_link: Vec<u64>,
+    /// A planned switch's cut: the current (new) link's deliveries held until the
+    /// retired link shows where the two streams join.
+    gate: Option<Gate>,
+    /// Requests cancelled while their frames were in flight: not resent after a rewind.
+    cancelled_in_flight: Vec<u64>,
+    /// Of those, the ones the current link already confirmed.
+    flushes_done_on_new_link: Vec<u64>,
+}
+
+impl Connection {
+    /// A session with no link yet.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let decoder = Decoder::new(config.decoder);
+        let max_payload = config.assumed_max_payload;
+        Self {
+            out: OutboundBuffer::new(config.buffer),
+            decoder,
+            state: LinkState::Down,
+            handshake_deadline: None,
+            closing: None,
+            auth: Auth::default(),
+            info: None,
+            max_payload,
+            headers_supported: true,
+            control: BytesMut::new(),
+            control_in_flight: Bytes::new(),
+            control_pos: 0,
+            source: Source::None,
+            last_write_progress: now,
+            pings_queued: VecDeque::new(),
+            pings_out: VecDeque::new(),
+            pongs_unwritten: 0,
+            written: Counts::default(),
+            written_retained: 0,
+            confirmed: Counts::default(),
+            confirmed_retained: 0,
+            unpinged_since: None,
+            unpinged_bytes: 0,
+            last_inbound: now,
+            last_keepalive: None,
+            flush_waiting: Vec::new(),
+            subs: HashMap::new(),
+            sub_order: Vec::new(),
+            subs_since_pong: Vec::new(),
+            pings_total: 0,
+            pongs_total: 0,
+            next_sid: 1,
+            events: VecDeque::new(),
+            messages: VecDeque::new(),
+            stats: ConnStats::default(),
+            pause_after_handshake: false,
+            drop_partial_after_rewind: false,
+            flushes_on_old_link: Vec::new(),
+            gate: None,
+            cancelled_in_flight: Vec::new(),
+            flushes_done_on_new_link: Vec::new(),
+            config,
+        }
+    }
+
+    /// The current link state.
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    /// True when the handshake has completed on the current link.
+    pub fn is_up(&self) -> bool {
+        self.state == LinkState::Up
+    }
+
+    /// The last INFO seen.
+    pub fn server_info(&self) -> Option<&ServerInfo> {
+        self.info.as_deref()
+    }
+
+    /// The max_payload in force.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Totals.
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// PUB/HPUB frames counted against the buffer bounds.
+    pub fn buffered(&self) -> Counts {
+        self.out.counted()
+    }
+
+    /// PUB/HPUB frames not yet written.
+    pub fn unsent(&self) -> Counts {
+        self.out.unsent()
+    }
+
+    /// PUB/HPUB frames written on this link and not yet confirmed by a PONG.
+    pub fn unconfirmed(&self) -> Counts {
+        Counts {
+            msgs: self.written.msgs - self.confirmed.msgs,
+            bytes: self.written.bytes - self.confirmed.bytes,
+        }
+    }
+
+    /// False after a closing -ERR: the driver stops writing, even a chunk half written
+    /// (what it holds is rewound and resent on the next link).
+    pub fn may_write(&self) -> bool {
+        self.state != LinkState::Closing
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_write_idle(&self) -> bool {
+        self.out.is_idle() && self.control.is_empty() && self.source == Source::None
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Bytes read from the socket. Decodes every complete op in `buf` and leaves the
+    /// rest there for the next call.
+    pub fn handle_read(&mut self, now: Instant, buf: &mut BytesMut) {
+        if buf.is_empty() {
+            return;
+        }
+        self.last_inbound = now;
+        loop {
+            if matches!(self.state, LinkState::Down) {
+                buf.clear();
+                return;
+            }
+            match self.decoder.decode(buf) {
+                Ok(Some(op)) => {
+                    let was_handshaking = self.is_handshaking();
+                    self.handle_op(now, op);
+                    if was_handshaking && self.pause_after_handshake && self.state == LinkState::Up
+                    {
+                        // The rest belongs to the session core that adopts this link.
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    if self.state == LinkState::AwaitInfo {
+                        let excerpt = match &e {
+                            ProtocolError::UnknownOperation { excerpt } => excerpt.clone(),
+                            other => other.to_string(),
+                        };
+                        self.fail_handshake(HandshakeError::NotNats { excerpt });
+                    } else if self.is_handshaking() {
+                        self.fail_handshake(HandshakeError::Protocol(e));
+                    } else {
+                        self.link_down(DisconnectReason::Protocol(e));
+                    }
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_op(&mut self, now: Instant, op: ServerOp) {
+        match op {
+            ServerOp::Msg(msg) => self.handle_current_msg(msg),
+            ServerOp::Ping => self.queue_pong(),
+            ServerOp::Pong => self.handle_pong(now),
+            ServerOp::Info(info) => self.handle_info(info),
+            ServerOp::Ok => {}
+            ServerOp::Err(text) => self.handle_err(text),
+        }
+    }
+
+    fn handle_info(&mut self, info: Box<ServerInfo>) {
+        match self.state {
+            LinkState::AwaitInfo => self.send_connect(info),
+            LinkState::AwaitPongs(_) => {
+                // The INFO between the PONGs carries this connection's own limits.
+                self.max_payload = info.max_payload;
+                self.info = Some(info);
+            }
+            LinkState::Up | LinkState::Closing => {
+                // Only frames not yet handed to the writer can be removed: a chunk in
+                // flight cannot be recalled. A frame in it over the new limit reaches the
+                // server, whose `Maximum Payload Violation` reports it (FramesRemoved,
+                // poison frame) with everything else unconfirmed; it is never resent.
+                let lowered = info.max_payload < self.max_payload;
+                self.max_payload = info.max_payload;
+                // Later INFOs may repeat `ldm`: act on the first one of this link only.
+                let ldm = info.ldm && !self.info.as_ref().is_some_and(|i| i.ldm);
+                self.info = Some(info.clone());
+                if lowered {
+                    self.remove_over_max_payload();
+                }
+                self.events.push_back(ConnEvent::InfoUpdated(info));
+                if ldm {
+                    self.events.push_back(ConnEvent::LameDuck);
+                }
+            }
+            LinkState::Down => {}
+        }
+    }
+
+    fn remove_over_max_payload(&mut self) {
+        let limit = self.max_payload;
+        let removed = self.out.remove_pending(|f| f.payload_len as usize > limit);
+        if removed.msgs > 0 {
+            self.stats.frames_removed += removed.msgs;
+            self.events.push_back(ConnEvent::FramesRemoved {
+                reason: RemovedReason::MaxPayloadLowered { max_payload: limit },
+                counts: removed,
+            });
+            self.events.push_back(ConnEvent::BufferSpace);
+        }
+    }
+
+    fn handle_err(&mut self, text: String) {
+        let err = ServerErr::parse(&text);
+        if self.is_handshaking() {
+            self.fail_handshake(HandshakeError::Server(err));
+            return;
+        }
+        match err {
+            err if err.is_fatal() => {
+                if err.is_ours() {
+                    self.remove_poison();
+                }
+                self.begin_closing(DisconnectReason::ServerError(err));
+            }
+            ServerErr::SubPermission {
+                subject,
+                queue,
+                sid,
+                any_queue,
+                text,
+            } => self.end_refused_subs(&subject, queue.as_deref(), sid, any_queue, &text),
+            ServerErr::PubPermission {
+                subject,
+                reply,
+                text,
+            } => {
+                self.events.push_back(ConnEvent::PublishDenied {
+                    subject,
+                    reply,
+                    message: text,
+                });
+            }
+            ServerErr::MaxSubscriptions => {
+                if let Some((_, sid)) = self.subs_since_pong.pop() {
+                    self.remove_sub(sid);
+                    self.events.push_back(ConnEvent::SubscriptionEnded {
+                        sid,
+                        reason: SubEndReason::MaxSubscriptionsExceeded(text),
+                    });
+                } else {
+                    self.events.push_back(ConnEvent::ServerError(text));
+                }
+            }
+            _ => self.events.push_back(ConnEvent::ServerError(text)),
+        }
+    }
+
+    /// A closing -ERR our own bytes caused: what was written since the last PONG is the
+    /// likely poison, reported as removed (not unconfirmed) and never resent.
+    fn remove_poison(&mut self) {
+        let removed = self.out.discard_retained();
+        let unconfirmed = self.unconfirmed();
+        let mut counts = Counts {
+            msgs: unconfirmed.msgs.max(removed.msgs),
+            bytes: unconfirmed.bytes.max(removed.bytes),
+        };
+        // The server rejects a large frame after its control line, often before it is
+        // fully written: that frame is the likely poison. It is dropped after the rewind,
+        // never resent.
+        if let Some(f) = self.out.partial_front().filter(|f| f.kind.is_publish()) {
+            counts.msgs += 1;
+            counts.bytes += u64::from(f.len);
+            self.drop_partial_after_rewind = true;
+        }
+        self.events.push_back(ConnEvent::BufferSpace);
+        // They are reported as removed, not as unconfirmed.
+        self.confirmed = self.written;
+        self.confirmed_retained = self.written_retained;
+        if counts.msgs > 0 {
+            self.stats.frames_removed += counts.msgs;
+            self.events.push_back(ConnEvent::FramesRemoved {
+                reason: RemovedReason::PoisonFrame,
+                counts,
+            });
+        }
+    }
+
+    /// The publisher's denied publish matched no request: count it.
+    pub fn note_publish_denied(&mut self) {
+        self.stats.publish_denied += 1;
+    }
+
+    fn begin_closing(&mut self, reason: DisconnectReason) {
+        if self.state == LinkState::Up {
+            self.state = LinkState::Closing;
+            // The deadline is set by the next handle_timeout/poll_timeout with a real now;
+            // use last_inbound, which is "now" for a read.
+            self.closing = Some((self.last_inbound + CLOSING_READ_GRACE, reason));
+        }
+    }
+
+    /// The link ended (EOF or an I/O error). During a handshake this is a handshake failure.
+    pub fn handle_link_lost(&mut self, now: Instant, error: Option<String>) {
+        let _ = now;
+        if self.is_handshaking() {
+            self.fail_handshake(match error {
+                Some(e) => HandshakeError::Io(e),
+                None => HandshakeError::Eof,
+            });
+            return;
+        }
+        let reason = match self.closing.take() {
+            Some((_, reason)) => reason,
+            None => match error {
+                Some(e) => DisconnectReason::Io(e),
+                None => DisconnectReason::Eof,
+            },
+        };
+        self.link_down(reason);
+    }
+
+    /// Close the current link on purpose (close, force_reconnect). Reports like any loss.
+    pub fn handle_close_link(&mut self) {
+        if self.is_handshaking() {
+            self.reset_link_state();
+        } else if self.state != LinkState::Down {
+            self.link_down(DisconnectReason::Requested);
+        }
+    }
+
+    fn link_down(&mut self, reason: DisconnectReason) {
+        if self.state == LinkState::Down {
+            return;
+        }
+        let unconfirmed = self.unconfirmed();
+        // Retained frames (resend_unconfirmed) go first, then what was never written.
+        let cancelled = std::mem::take(&mut self.cancelled_in_flight);
+        self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
+        if std::mem::take(&mut self.drop_partial_after_rewind) {
+            // The poison frame cut in half is first now (retained frames were discarded).
+            self.out.drop_first_pending();
+        }
+        let buffered_requests: Vec<u64> = self.out.buffered_requests().collect();
+        // Flushes waiting for a PONG on this link.
+        let mut failed = Vec::new();
+        for p in self.pings_queued.drain(..) {
+            if let PingPurpose::Flush(t) = p {
+                failed.push(t);
+            }
+        }
+        for p in self.pings_out.drain(..) {
+            if let PingPurpose::Flush(t) = p.purpose {
+                failed.push(t);
+            }
+        }
+        if self.config.resend_unconfirmed {
+            // The frames are resent, so the flush re-arms on the next link.
+            self.flush_waiting.extend(failed);
+        } else {
+            for token in failed {
+                self.events
+                    .push_back(ConnEvent::FlushFailed { token, unconfirmed });
+            }
+        }
+        self.reset_link_state();
+        self.events.push_back(ConnEvent::Disconnected {
+            reason,
+            unconfirmed,
+            buffered_requests,
+        });
+    }
+
+    fn reset_link_state(&mut self) {
+        self.drop_partial_after_rewind = false;
+        self.state = LinkState::Down;
+        self.handshake_deadline = None;
+        self.closing = None;
+        self.control.clear();
+        self.control_in_flight = Bytes::new();
+        self.control_pos = 0;
+        if self.source == Source::Data || self.out.has_in_flight() {
+            let cancelled = std::mem::take(&mut self.cancelled_in_flight);
+            self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
+        }
+        self.cancelled_in_flight.clear();
+        self.source = Source::None;
+        self.pings_queued.clear();
+        self.pings_out.clear();
+        self.pongs_unwritten = 0;
+        self.reset_link_counters();
+        self.decoder = Decoder::new(self.config.decoder);
+    }
+
+    /// Per-link accounting starts again (a new link, or a planned switch).
+    fn reset_link_counters(&mut self) {
+        // PINGs still queued (a planned switch keeps them) go out on the next link.
+        self.pings_total = self.pings_queued.len() as u64;
+        self.pongs_total = 0;
+        self.written = Counts::default();
+        self.written_retained = 0;
+        self.confirmed = Counts::default();
+        self.confirmed_retained = 0;
+        self.unpinged_since = None;
+        self.unpinged_bytes = 0;
+        self.last_keepalive = None;
+        self.subs_since_pong.clear();
+    }
+
+    fn reset_link(&mut self, now: Instant) {
+        if self.state != LinkState::Down {
+            self.handle_close_link();
+        }
+        self.last_inbound = now;
+        self.last_write_progress = now;
+    }
+
+    /// A deadline from [`Self::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(d) = self.handshake_deadline {
+            if now >= d && self.is_handshaking() {
+                let stage = match self.state {
+                    LinkState::AwaitInfo => "waiting for the server's INFO",
+                    _ => "waiting for the PONG after CONNECT",
+                };
+                self.fail_handshake(HandshakeError::Timeout { stage });
+                return;
+            }
+        }
+        if self.state == LinkState::Closing {
+            if let Some((deadline, _)) = &self.closing {
+                if now >= *deadline {
+                    let reason = self
+                        .closing
+                        .take()
+                        .map_or(DisconnectReason::Eof, |(_, r)| r);
+                    self.link_down(reason);
+                }
+            }
+            return;
+        }
+        if self.state != LinkState::Up {
+            return;
+        }
+        // Write stall: data pending and no byte accepted for write_stall_timeout.
+        if self.source != Source::None
+            && now.duration_since(self.last_write_progress) >= self.config.write_stall_timeout
+        {
+            self.link_down(DisconnectReason::WriteStall {
+                timeout: self.config.write_stall_timeout,
+            });
+            return;
+        }
+        // A missing PONG.
+        if let Some(front) = self.pings_out.front() {
+            if now.duration_since(front.sent_at) >= self.config.pong_timeout {
+                self.link_down(DisconnectReason::PongTimeout {
+                    timeout: self.config.pong_timeout,
+                });
+                return;
+            }
+        }
+        // Keepalive after ping_interval of inbound silence (outbound traffic proves nothing).
+        let since = self
+            .last_keepalive
+            .map_or(self.last_inbound, |k| k.max(self.last_inbound));
+        if now.duration_since(since) >= self.config.ping_interval {
+            let outstanding = self.pings_out.len() + self.pings_queued.len();
+            if outstanding >= self.config.max_pings_outstanding {
+                self.link_down(DisconnectReason::TooManyPingsOutstanding {
+                    max: self.config.max_pings_outstanding,
+                });
+                return;
+            }
+            self.last_keepalive = Some(now);
+            self.queue_ping(PingPurpose::Keepalive);
+        }
+        self.maybe_confirm(now);
+    }
+
+    /// The next deadline, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| {
+            next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        };
+        if let Some(d) = self.handshake_deadline {
+            at(d);
+        }
+        match self.state {
+            LinkState::Closing => {
+                if let Some((d, _)) = &self.closing {
+                    at(*d);
+                }
+            }
+            LinkState::Up => {
+                if self.source != Source::None {
+                    at(later(
+                        self.last_write_progress,
+                        self.config.write_stall_timeout,
+                    ));
+                }
+                if let Some(front) = self.pings_out.front() {
+                    at(later(front.sent_at, self.config.pong_timeout));
+                }
+                let since = self
+                    .last_keepalive
+                    .map_or(self.last_inbound, |k| k.max(self.last_inbound));
+                at(later(since, self.config.ping_interval));
+                if let Some(s) = self.unpinged_since {
+                    at(later(s, self.config.confirm_interval));
+                }
+            }
+            _ => {}
+        }
+        next
+    }
+
+    /// True when [`Self::poll_transmit`] would return a chunk now.
+    pub fn has_transmit(&self) -> bool {
+        self.source == Source::None
+            && (!self.control.is_empty() || (self.state == LinkState::Up && !self.out.is_idle()))
+    }
+
+    /// The unwritten rest of the chunk in flight, for a writer that takes over a chunk
+    /// another writer started (the caller's direct write of a request, see the driver).
+    pub fn in_flight_rest(&self) -> Option<Bytes> {
+        match self.source {
+            Source::None => None,
+            Source::Control => (self.control_pos < self.control_in_flight.len())
+                .then(|| self.control_in_flight.slice(self.control_pos..)),
+            Source::Data => self.out.in_flight_rest(),
+        }
+    }
+
+    /// The next chunk to write, if any. Returns `None` while a chunk is in flight.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if self.source != Source::None {
+            return None;
+        }
+        if !self.control.is_empty() {
+            self.control_in_flight = self.control.split().freeze();
+            self.control_pos = 0;
+            self.source = Source::Control;
+            self.last_write_progress = now;
+            return Some(self.control_in_flight.clone());
+        }
+        if self.state != LinkState::Up {
+            return None;
+        }
+        let chunk = self.out.take_chunk()?;
+        self.source = Source::Data;
+        self.last_write_progress = now;
+        Some(chunk)
+    }
+
+    /// The socket accepted `n` bytes of the chunk from [`Self::poll_transmit`].
+    ///
+    /// After a closing -ERR ([`LinkState::Closing`]) the driver stops writing (see
+    /// [`Self::may_write`]); bytes reported written anyway are ignored: the server acts on
+    /// nothing after its -ERR, so those frames count as never written and are resent.
+    pub fn handle_written(&mut self, now: Instant, n: usize) {
+        if self.state == LinkState::Closing {
+            return;
+        }
+        if n > 0 {
+            self.last_write_progress = now;
+        }
+        match self.source {
+            Source::None => {}
+            Source::Control => {
+                self.control_pos += n;
+                if self.control_pos >= self.control_in_flight.len() {
+                    self.control_in_flight = Bytes::new();
+                    self.control_pos = 0;
+                    self.source = Source::None;
+                }
+            }
+            Source::Data => {
+                let retain = self.config.resend_unconfirmed;
+                let retain_requests = self.config.retain_requests;
+                let mut freed = false;
+                let written = &mut self.written;
+                let written_retained = &mut self.written_retained;
+                let stats = &mut self.stats;
+                let unpinged_since = &mut self.unpinged_since;
+                let unpinged_bytes = &mut self.unpinged_bytes;
+                let pongs_unwritten = &mut self.pongs_unwritten;
+                let cancelled = &mut self.cancelled_in_flight;
+                // PINGs are rare: this Vec allocates only when a chunk holds one.
+                let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
+                self.out
+                    .advance(n, retain, retain_requests, |w| match w.frame.kind {
+                        FrameKind::Pub | FrameKind::Request(_) => {
+                            if let FrameKind::Request(t) = w.frame.kind {
+                                // Written after all: beyond recall, nothing to drop later.
+                                if !cancelled.is_empty() {
+                                    cancelled.retain(|c| *c != t);
+                                }
+                            }
+                            written.msgs += 1;
+                            written.bytes += u64::from(w.frame.len);
+                            stats.out_msgs += 1;
+                            stats.out_bytes += u64::from(w.frame.payload_len);
+                            let retained = match w.frame.kind {
+                                FrameKind::Pub => retain,
+                                _ => retain_requests,
+                            };
+                            if retained {
+                                *written_retained += 1;
+                            }
+                            if !(retained && w.frame.kind == FrameKind::Pub) {
+                                freed = true;
+                            }
+                            if unpinged_since.is_none() {
+                                *unpinged_since = Some(now);
+                            }
+                            *unpinged_bytes += w.frame.len as usize;
+                        }
+                        FrameKind::Ping => {
+                            ping_marks.push((*written, *written_retained));
+                            *unpinged_since = None;
+                            *unpinged_bytes = 0;
+                        }
+                        FrameKind::Pong => *pongs_unwritten = pongs_unwritten.saturating_sub(1),
+                        FrameKind::Control => {}
+                    });
+                for (w, r) in ping_marks {
+                    let purpose = self
+                        .pings_queued
+                        .pop_front()
+                        .unwrap_or(PingPurpose::Confirm);
+                    self.pings_out.push_back(PingOut {
+                        purpose,
+                        sent_at: now,
+                        written: w,
+                        retained: r,
+                    });
+                }
+                if !self.out.has_in_flight() {
+                    self.source = Source::None;
+                }
+                if freed {
+                    self.events.push_back(ConnEvent::BufferSpace);
+                }
+                if self.unpinged_bytes >= self.config.confirm_bytes {
+                    self.queue_ping(PingPurpose::Confirm);
+                }
+            }
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next delivered message, if any.
+    pub fn poll_message(&mut self) -> Option<Msg> {
+        self.messages.pop_front()
+    }
+
+    /// Check that a publish could be buffered: size limits, header support, link state.
+    /// Returns the encoded frame length. Does not check the buffer bounds.
+    pub fn check_publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload_len: usize,
+    ) -> Result<usize, PublishRefused> {
+        let headers_len = headers.map(HeaderMap::encoded_len);
+        let size = headers_len.unwrap_or(0) + payload_len;
+        if size > self.max_payload {
+            return Err(PublishRefused::MaxPayload {
+                size,
+                limit: self.max_payload,
+            });
+        }
+        if headers.is_some() && !self.headers_supported {
+            return Err(PublishRefused::HeadersNotSupported);
+        }
+        let line = encode::pub_control_line_len(subject, reply, headers_len, payload_len);
+        if line > self.config.max_control_line {
+            return Err(PublishRefused::ControlLineTooLong {
+                len: line,
+                limit: self.config.max_control_line,
+            });
+        }
+        let frame = encode::pub_frame_len(subject, reply, headers_len, payload_len);
+        if frame > self.config.buffer.max_bytes {
+            return Err(PublishRefused::TooLargeForBuffer {
+                frame,
+                limit: self.config.buffer.max_bytes,
+            });
+        }
+        if !self.config.buffer_while_disconnected && !self.is_up() {
+            return Err(PublishRefused::Disconnected);
+        }
+        Ok(frame)
+    }
+
+    /// Buffer a PUB/HPUB frame. Subjects and headers must already be validated.
+    pub fn publish(
+        &mut self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        kind: FrameKind,
+    ) -> Result<(), PublishRefused> {
+        let frame = self.check_publish(subject, reply, headers, payload.len())?;
+        if !self.out.has_room(frame) {
+            let c = self.out.counted();
+            return Err(PublishRefused::BufferFull {
+                bytes: c.bytes,
+                msgs: c.msgs,
+                connected: self.is_up(),
+            });
+        }
+        let buf = self.out.pending_mut();
+        let start = buf.len();
+        let payload_len = if let Some(h) = headers {
+            encode::encode_hpub(buf, subject, reply, h, payload);
+            h.encoded_len() + payload.len()
+        } else {
+            encode::encode_pub(buf, subject, reply, payload);
+            payload.len()
+        };
+        let len = buf.len() - start;
+        self.out.commit(len, payload_len, kind);
+        Ok(())
+    }
+
+    /// Tokens of the requests whose frames are pending: not yet handed to the writer, so
+    /// surely not written (those [`Self::remove_requests`] can remove).
+    pub fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.out.pending_requests()
+    }
+
+    /// A request's caller gave up (timeout, a dropped future) or was told it failed: its
+    /// frame must never be sent. A pending frame is removed now; one in the chunk being
+    /// written goes out if the socket takes it, and is dropped, not resent, if the link
+    /// drops first. A written frame is beyond recall.
+    pub fn cancel_request(&mut self, token: u64) {
+        if self.remove_requests(|t| t == token).msgs == 0 && self.out.in_flight_request(token) {
+            self.cancelled_in_flight.push(token);
+        }
+    }
+
+    /// Whether a frame survives a rewind: publishes do, except cancelled requests.
+    fn kept_at_rewind(cancelled: &[u64], f: &crate::outbound::Frame) -> bool {
+        match f.kind {
+            FrameKind::Request(t) => !cancelled.contains(&t),
+            kind => kind.is_publish(),
+        }
+    }
+
+    /// Remove the frames of the requests for which `pred(token)` is true, if they are still
+    /// pending (not yet handed to the writer): their callers gave up or were told the
+    /// request failed, so they must never be sent. Frames in flight, written or retained
+    /// stay (see [`Self::cancel_request`]). Returns what was removed.
+    pub fn remove_requests(&mut self, mut pred: impl FnMut(u64) -> bool) -> Counts {
+        let removed = self.out.remove_pending(|f| match f.kind {
+            FrameKind::Request(t) => pred(t),
+            _ => false,
+        });
+        if removed.msgs > 0 {
+            self.events.push_back(ConnEvent::BufferSpace);
+        }
+        removed
+    }
+
+    /// Drop all buffered frames (the client is closing for good). Returns what was unsent.
+    pub fn clear_buffer(&mut self) -> Counts {
+        let unsent = self.out.unsent();
+        self.out.clear();
+        unsent
+    }
+}
