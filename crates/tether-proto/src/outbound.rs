@@ -1,6 +1,6 @@
 //! The outbound buffer: one byte stream with whole-frame boundaries.
 //!
-//! Publishers encode straight into [`OutboundBuffer::pending_mut`]; the writer takes everything
+//! Publishers encode straight into the buffer ([`OutboundBuffer::push`]); the writer takes everything
 //! queued as one chunk ([`OutboundBuffer::take_chunk`]) and reports progress with
 //! [`OutboundBuffer::advance`]. Each frame carries its kind, so that when a link drops:
 //!
@@ -148,15 +148,19 @@ impl OutboundBuffer {
             && self.counted.bytes + len as u64 <= self.limits.max_bytes as u64
     }
 
-    /// The buffer frames are encoded into; follow every encode with [`Self::commit`].
-    pub fn pending_mut(&mut self) -> &mut BytesMut {
-        &mut self.pending
-    }
-
-    /// Record that the last `len` bytes of the pending buffer are one frame of `kind`.
-    pub fn commit(&mut self, len: usize, payload_len: usize, kind: FrameKind) {
+    /// Append one frame of `kind`: `encode` writes it at the end of the pending stream.
+    /// `payload_len` is its header block plus payload (PUB/HPUB; 0 for the others),
+    /// checked against max_payload if the server lowers it.
+    pub fn push(
+        &mut self,
+        kind: FrameKind,
+        payload_len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) {
+        let start = self.pending.len();
+        encode(&mut self.pending);
         let frame = Frame {
-            len: len as u32,
+            len: (self.pending.len() - start) as u32,
             payload_len: payload_len as u32,
             kind,
         };
@@ -539,8 +543,7 @@ mod tests {
     }
 
     fn push(b: &mut OutboundBuffer, bytes: &[u8], kind: FrameKind) {
-        b.pending_mut().extend_from_slice(bytes);
-        b.commit(bytes.len(), 1, kind);
+        b.push(kind, 1, |buf| buf.extend_from_slice(bytes));
     }
 
     #[test]
@@ -591,8 +594,9 @@ mod tests {
     #[test]
     fn remove_pending_over_limit() {
         let mut b = buf();
-        b.pending_mut().extend_from_slice(b"PUB a 3\r\nxyz\r\n");
-        b.commit(14, 3, FrameKind::Pub);
+        b.push(FrameKind::Pub, 3, |buf| {
+            buf.extend_from_slice(b"PUB a 3\r\nxyz\r\n")
+        });
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         let removed = b.remove_pending(|f| f.payload_len > 2);
         assert_eq!(removed, Counts { msgs: 1, bytes: 14 });

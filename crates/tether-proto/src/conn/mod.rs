@@ -883,17 +883,11 @@ impl Connection {
                 connected: self.is_up(),
             });
         }
-        let buf = self.out.pending_mut();
-        let start = buf.len();
-        let payload_len = if let Some(h) = headers {
-            encode::encode_hpub(buf, subject, reply, h, payload);
-            h.encoded_len() + payload.len()
-        } else {
-            encode::encode_pub(buf, subject, reply, payload);
-            payload.len()
-        };
-        let len = buf.len() - start;
-        self.out.commit(len, payload_len, kind);
+        let payload_len = headers.map_or(0, HeaderMap::encoded_len) + payload.len();
+        self.out.push(kind, payload_len, |buf| match headers {
+            Some(h) => encode::encode_hpub(buf, subject, reply, h, payload),
+            None => encode::encode_pub(buf, subject, reply, payload),
+        });
         Ok(())
     }
 

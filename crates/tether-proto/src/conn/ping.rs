@@ -41,10 +41,7 @@ impl Connection {
                     return;
                 }
                 self.pongs_unwritten += 1;
-                let start = self.out.pending_mut().len();
-                encode::encode_pong(self.out.pending_mut());
-                let len = self.out.pending_mut().len() - start;
-                self.out.commit(len, 0, FrameKind::Pong);
+                self.out.push(FrameKind::Pong, 0, encode::encode_pong);
             }
             LinkState::AwaitInfo | LinkState::AwaitPongs(_) => {
                 encode::encode_pong(&mut self.control);
@@ -131,11 +128,7 @@ impl Connection {
         if self.state != LinkState::Up {
             return;
         }
-        let buf = self.out.pending_mut();
-        let start = buf.len();
-        encode::encode_ping(buf);
-        let len = buf.len() - start;
-        self.out.commit(len, 0, FrameKind::Ping);
+        self.out.push(FrameKind::Ping, 0, encode::encode_ping);
         self.pings_queued.push_back(purpose);
         self.pings_total += 1;
         // Once queued, the data before it is covered: no further confirm PING needed.

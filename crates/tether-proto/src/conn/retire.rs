@@ -265,11 +265,9 @@ impl Connection {
         if self.state != LinkState::Up {
             return;
         }
-        let buf = self.out.pending_mut();
-        let start = buf.len();
-        encode::encode_pub(buf, subject, None, seq.to_string().as_bytes());
-        let len = buf.len() - start;
-        self.out.commit(len, 0, FrameKind::Control);
+        self.out.push(FrameKind::Control, 0, |buf| {
+            encode::encode_pub(buf, subject, None, seq.to_string().as_bytes());
+        });
     }
 
     /// End the cut's hold. With the cut's marker `from`, held deliveries tagged below it

@@ -123,11 +123,9 @@ impl Connection {
         );
         self.sub_order.push(sid);
         if self.state == LinkState::Up {
-            let buf = self.out.pending_mut();
-            let start = buf.len();
-            encode::encode_sub(buf, subject, queue, sid);
-            let len = buf.len() - start;
-            self.out.commit(len, 0, FrameKind::Control);
+            self.out.push(FrameKind::Control, 0, |buf| {
+                encode::encode_sub(buf, subject, queue, sid);
+            });
             self.subs_since_pong.push((self.pings_total, sid));
         }
         Ok(sid)
@@ -157,13 +155,11 @@ impl Connection {
             }
         }
         if self.state == LinkState::Up {
-            let buf = self.out.pending_mut();
-            let start = buf.len();
             // The server counts from the SUB on this link; `max` counts from the first.
             let wire_max = max.map(|m| m.saturating_sub(base));
-            encode::encode_unsub(buf, sid, if remove { None } else { wire_max });
-            let len = buf.len() - start;
-            self.out.commit(len, 0, FrameKind::Control);
+            self.out.push(FrameKind::Control, 0, |buf| {
+                encode::encode_unsub(buf, sid, if remove { None } else { wire_max });
+            });
         }
     }
 
@@ -175,11 +171,9 @@ impl Connection {
         };
         sub.draining = true;
         if self.state == LinkState::Up {
-            let buf = self.out.pending_mut();
-            let start = buf.len();
-            encode::encode_unsub(buf, sid, None);
-            let len = buf.len() - start;
-            self.out.commit(len, 0, FrameKind::Control);
+            self.out.push(FrameKind::Control, 0, |buf| {
+                encode::encode_unsub(buf, sid, None);
+            });
         }
     }
 
