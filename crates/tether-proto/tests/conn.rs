@@ -4,14 +4,20 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::conn::{
-    Auth, Config, ConnEvent, Connection, DisconnectReason, HandshakeError, LinkState, RemovedReason,
+    Auth, Config, ConnEvent, Connection, DisconnectReason, Established, Handshake, HandshakeError,
+    LinkState, RemovedReason,
 };
 use tether_proto::outbound::FrameKind;
 
 const INFO: &[u8] = b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"max_payload\":1048576}\r\n";
 
+/// A session, and the handshake of its next link while one runs (as the driver does it:
+/// the link is adopted once the handshake completes).
 struct Harness {
     conn: Connection,
+    handshake: Option<Handshake>,
+    /// Why the last handshake failed.
+    failed: Option<HandshakeError>,
     now: Instant,
 }
 
@@ -20,18 +26,52 @@ impl Harness {
         let now = Instant::now();
         Self {
             conn: Connection::new(config, now),
+            handshake: None,
+            failed: None,
             now,
         }
     }
 
+    /// A transport is connected: its handshake starts.
+    fn connect(&mut self, auth: Auth) {
+        let deadline = self.now + Duration::from_secs(5);
+        self.handshake = Some(Handshake::new(self.now, deadline, auth, self.conn.config()));
+    }
+
     fn read(&mut self, bytes: &[u8]) {
         let mut buf = BytesMut::from(bytes);
+        if let Some(hs) = self.handshake.as_mut() {
+            hs.handle_read(self.now, &mut buf);
+            self.outcome();
+            return;
+        }
         self.conn.handle_read(self.now, &mut buf);
     }
 
-    /// Everything the connection wants written, marked as written.
+    fn outcome(&mut self) {
+        let Some(outcome) = self.handshake.as_mut().and_then(Handshake::poll_outcome) else {
+            return;
+        };
+        self.handshake = None;
+        match outcome {
+            Ok(link) => self.conn.adopt_link(self.now, link),
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    /// Everything the connection (or the handshake) wants written, marked as written.
     fn written(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
+        if let Some(hs) = self.handshake.as_mut() {
+            while let Some(chunk) = hs.poll_transmit(self.now) {
+                out.extend_from_slice(&chunk);
+                hs.handle_written(self.now, chunk.len());
+            }
+            self.outcome();
+            if self.handshake.is_some() {
+                return out;
+            }
+        }
         while let Some(chunk) = self.conn.poll_transmit(self.now) {
             out.extend_from_slice(&chunk);
             self.conn.handle_written(self.now, chunk.len());
@@ -49,9 +89,7 @@ impl Harness {
     }
 
     fn handshake(&mut self) {
-        let deadline = self.now + Duration::from_secs(5);
-        self.conn
-            .handle_transport_connected(self.now, deadline, Auth::default());
+        self.connect(Auth::default());
         self.read(INFO);
         let out = String::from_utf8(self.written()).unwrap();
         assert!(out.starts_with("CONNECT {"), "{out}");
@@ -102,8 +140,7 @@ fn handshake_then_publish_subscribe_bytes() {
 #[test]
 fn server_ping_is_answered_at_any_stage() {
     let mut h = Harness::new(quick());
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.connect(Auth::default());
     h.read(b"PING\r\n");
     assert_eq!(h.written(), b"PONG\r\n");
     h.read(INFO);
@@ -116,18 +153,42 @@ fn server_ping_is_answered_at_any_stage() {
 #[test]
 fn err_before_pong_fails_the_handshake() {
     let mut h = Harness::new(quick());
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.connect(Auth::default());
     h.read(INFO);
     h.written();
     h.read(b"-ERR 'Authorization Violation'\r\n");
     assert_eq!(
-        h.events(),
-        vec![ConnEvent::HandshakeFailed(HandshakeError::Server(
+        h.failed,
+        Some(HandshakeError::Server(
             tether_proto::server_err::ServerErr::AuthViolation
-        ))]
+        ))
     );
+    assert!(h.events().is_empty());
     assert_eq!(h.conn.state(), LinkState::Down);
+}
+
+#[test]
+fn a_handshake_times_out_at_its_stage_and_hands_over_what_follows_its_pongs() {
+    let mut h = Harness::new(quick());
+    h.connect(Auth::default());
+    h.now += Duration::from_secs(5);
+    let hs = h.handshake.as_mut().unwrap();
+    hs.handle_timeout(h.now);
+    assert_eq!(
+        hs.poll_outcome().unwrap().unwrap_err(),
+        HandshakeError::Timeout {
+            stage: "waiting for the server's INFO"
+        }
+    );
+    // Bytes after the last PONG are the session's: a delivery in the same read arrives.
+    h.connect(Auth::default());
+    h.read(INFO);
+    h.written();
+    h.read(b"PONG\r\n");
+    let sid = h.conn.subscribe("s", None).unwrap();
+    h.read(format!("PONG\r\nMSG s {sid} 2\r\nhi\r\n").as_bytes());
+    assert!(h.conn.is_up());
+    assert_eq!(&h.conn.poll_message().unwrap().payload[..], b"hi");
 }
 
 #[test]
@@ -294,8 +355,7 @@ fn lowered_max_payload_removes_buffered_frames() {
     h.conn
         .publish("a", None, None, b"small", FrameKind::Pub)
         .unwrap();
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.connect(Auth::default());
     h.read(b"INFO {\"headers\":true,\"max_payload\":64}\r\n");
     h.written();
     h.read(b"PONG\r\nPONG\r\n");
@@ -570,8 +630,7 @@ fn the_nonce_is_signed_and_sent_with_the_jwt() {
         })),
         ..Auth::default()
     };
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), auth);
+    h.connect(auth);
     h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"n0nce\",\"max_payload\":1048576}\r\n");
     let out = String::from_utf8(h.written()).unwrap();
     assert!(
@@ -588,13 +647,9 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
         signer: Some(std::sync::Arc::new(|_: &[u8]| Err("no seed".to_owned()))),
         ..Auth::default()
     };
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), auth);
+    h.connect(auth);
     h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"x\",\"max_payload\":1048576}\r\n");
-    let failed = h.events().into_iter().find_map(|e| match e {
-        ConnEvent::HandshakeFailed(e) => Some(e),
-        _ => None,
-    });
+    let failed = h.failed.take();
     assert!(
         matches!(&failed, Some(HandshakeError::Credentials(r)) if r == "no seed"),
         "{failed:?}"
@@ -615,6 +670,13 @@ fn repeated_ldm_info_announces_lame_duck_once() {
     assert_eq!(n, 1);
 }
 
+fn established(info: Box<tether_proto::ServerInfo>) -> Established {
+    Established {
+        info,
+        leftover: BytesMut::new(),
+    }
+}
+
 fn info() -> Box<tether_proto::ServerInfo> {
     Box::new(tether_proto::ServerInfo {
         headers: true,
@@ -633,7 +695,7 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
     h.written();
     h.conn.flush(7);
     let mut old = h.conn.detach().expect("detach");
-    h.conn.adopt_link(h.now, info());
+    h.conn.adopt_link(h.now, established(info()));
     h.events();
     assert_eq!(
         h.written(),
@@ -669,7 +731,7 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
         .unwrap();
     h.written();
     let old = h.conn.detach().expect("detach");
-    h.conn.adopt_link(h.now, info());
+    h.conn.adopt_link(h.now, established(info()));
     h.events();
     h.conn
         .publish("new", None, None, b"3", FrameKind::Pub)
@@ -975,8 +1037,7 @@ fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay
     h.conn
         .publish("small", None, None, b"ok", FrameKind::Pub)
         .unwrap();
-    h.conn
-        .handle_transport_connected(h.now, h.now + Duration::from_secs(5), Auth::default());
+    h.connect(Auth::default());
     h.read(INFO);
     assert!(String::from_utf8(h.written())
         .unwrap()
@@ -1027,11 +1088,11 @@ fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_pay
     // The new server's limit is lower than the old one's.
     h.conn.adopt_link(
         h.now,
-        Box::new(tether_proto::ServerInfo {
+        established(Box::new(tether_proto::ServerInfo {
             headers: true,
             max_payload: 64,
             ..Default::default()
-        }),
+        })),
     );
     h.events();
     // The old link closes before confirming: its frames are resent on the new link, but

@@ -8,8 +8,6 @@ use crate::info::ServerInfo;
 use crate::outbound::Counts;
 use crate::server_err::ServerErr;
 
-use super::HandshakeError;
-
 /// Why a link went down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -121,8 +119,6 @@ pub enum ConnEvent {
         /// The server's INFO (the last one seen during the handshake).
         info: Box<ServerInfo>,
     },
-    /// The handshake failed; the driver closes the socket.
-    HandshakeFailed(HandshakeError),
     /// The link went down. Buffered publish frames stay for the next link.
     Disconnected {
         /// Why.

@@ -1,15 +1,24 @@
-//! The handshake on a new link: INFO, then CONNECT and two PINGs, then their PONGs.
+//! The handshake on a new link, sans-IO: the server's INFO, then CONNECT and two PINGs,
+//! then their PONGs. [`Handshake`] runs it apart from the session, so a planned switch can
+//! dial a second link while the first one carries on; [`Connection::adopt_link`] takes the
+//! [`Established`] link over.
+//!
+//! The second PING is there because nats-server sends an INFO with this connection's own
+//! limits after CONNECT: the first PONG may overtake it, the second never does.
 
 use std::fmt;
 use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 
 use crate::decode::Decoder;
 use crate::encode;
 use crate::error::ProtocolError;
 use crate::info::{ConnectInfo, ServerInfo};
+use crate::op::ServerOp;
 use crate::server_err::ServerErr;
 
-use super::{Auth, ConnEvent, Connection, LinkState, PingPurpose};
+use super::{Auth, Config, ConnEvent, Connection, DisconnectReason, LinkState, PingPurpose};
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,34 +68,132 @@ impl fmt::Display for HandshakeError {
     }
 }
 
-impl Connection {
-    /// A transport is connected; the handshake starts and must end by `deadline`.
-    pub fn handle_transport_connected(&mut self, now: Instant, deadline: Instant, auth: Auth) {
-        self.reset_link(now);
-        self.state = LinkState::AwaitInfo;
-        self.handshake_deadline = Some(deadline);
-        self.auth = auth;
+/// A link whose handshake completed: give it to [`Connection::adopt_link`].
+#[derive(Debug)]
+pub struct Established {
+    /// The server's INFO (the last one seen during the handshake).
+    pub info: Box<ServerInfo>,
+    /// Bytes read after the handshake's last PONG: the session's first input.
+    pub leftover: BytesMut,
+}
+
+/// Where a handshake is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the server's INFO.
+    ExpectInfo,
+    /// CONNECT, PING, PING queued; waiting for this many PONGs.
+    ExpectPongs(u8),
+    /// Completed or failed: the outcome is (or was) ready.
+    Over,
+}
+
+/// One link's handshake. Its handlers take `now` like [`Connection`]'s, though only the
+/// deadline needs it. The driver owns the socket and calls, until
+/// [`Self::poll_outcome`] returns the outcome:
+/// - [`Self::poll_transmit`] for bytes to write, then [`Self::handle_written`];
+/// - [`Self::handle_read`] with every chunk read;
+/// - [`Self::handle_timeout`] when the deadline passes, [`Self::handle_link_lost`] on EOF
+///   or an I/O error.
+#[derive(Debug)]
+pub struct Handshake {
+    stage: Stage,
+    deadline: Instant,
+    auth: Auth,
+    version: String,
+    name: Option<String>,
+    echo: bool,
+    decoder: Decoder,
+    /// PONGs, CONNECT and its PINGs, not yet handed to the writer.
+    out: BytesMut,
+    /// The chunk handed to the writer, and how much of it the socket accepted.
+    in_flight: Option<(Bytes, usize)>,
+    info: Option<Box<ServerInfo>>,
+    outcome: Option<Result<Established, HandshakeError>>,
+}
+
+impl Handshake {
+    /// A transport is connected: the handshake starts and must end by `deadline`. `auth`
+    /// is what CONNECT carries; `config` gives the name, version and echo it sends and the
+    /// inbound limits.
+    pub fn new(_now: Instant, deadline: Instant, auth: Auth, config: &Config) -> Self {
+        Self {
+            stage: Stage::ExpectInfo,
+            deadline,
+            auth,
+            version: config.version.clone(),
+            name: config.name.clone(),
+            echo: config.echo,
+            decoder: Decoder::new(config.decoder),
+            out: BytesMut::new(),
+            in_flight: None,
+            info: None,
+            outcome: None,
+        }
     }
 
-    pub(super) fn is_handshaking(&self) -> bool {
-        matches!(self.state, LinkState::AwaitInfo | LinkState::AwaitPongs(_))
+    /// Bytes read from the socket. Decodes until the handshake is over; what follows its
+    /// last PONG goes to [`Established::leftover`], a failure discards the rest.
+    pub fn handle_read(&mut self, _now: Instant, buf: &mut BytesMut) {
+        while self.stage != Stage::Over {
+            match self.decoder.decode(buf) {
+                Ok(Some(op)) => self.handle_op(op, buf),
+                Ok(None) => return,
+                Err(e) => {
+                    let error = if self.stage == Stage::ExpectInfo {
+                        let excerpt = match &e {
+                            ProtocolError::UnknownOperation { excerpt } => excerpt.clone(),
+                            other => other.to_string(),
+                        };
+                        HandshakeError::NotNats { excerpt }
+                    } else {
+                        HandshakeError::Protocol(e)
+                    };
+                    self.fail(error);
+                }
+            }
+        }
+        if self.outcome.as_ref().is_some_and(Result::is_err) {
+            buf.clear();
+        }
+    }
+
+    fn handle_op(&mut self, op: ServerOp, buf: &mut BytesMut) {
+        match op {
+            ServerOp::Ping => encode::encode_pong(&mut self.out),
+            ServerOp::Info(info) => match self.stage {
+                Stage::ExpectInfo => self.send_connect(info),
+                // The INFO between the PONGs carries this connection's own limits.
+                _ => self.info = Some(info),
+            },
+            ServerOp::Pong => match self.stage {
+                Stage::ExpectPongs(n) if n > 1 => self.stage = Stage::ExpectPongs(n - 1),
+                Stage::ExpectPongs(_) => {
+                    self.stage = Stage::Over;
+                    self.outcome = Some(Ok(Established {
+                        info: self.info.take().unwrap_or_default(),
+                        leftover: buf.split(),
+                    }));
+                }
+                _ => {}
+            },
+            ServerOp::Err(text) => self.fail(HandshakeError::Server(ServerErr::parse(&text))),
+            // A server never delivers before CONNECT; ignore rather than fail.
+            ServerOp::Msg(_) | ServerOp::Ok => {}
+        }
     }
 
     /// The server's first INFO: check it, then queue CONNECT and two PINGs.
-    pub(super) fn send_connect(&mut self, info: Box<ServerInfo>) {
+    fn send_connect(&mut self, info: Box<ServerInfo>) {
         if info.tls_required {
-            self.info = Some(info);
-            self.fail_handshake(HandshakeError::TlsRequired);
+            self.fail(HandshakeError::TlsRequired);
             return;
         }
-        self.max_payload = info.max_payload;
-        self.headers_supported = info.headers;
         let sig = match (&self.auth.signer, &info.nonce) {
             (Some(sign), Some(nonce)) => match sign(nonce.as_bytes()) {
                 Ok(sig) => Some(sig),
                 Err(e) => {
-                    self.info = Some(info);
-                    self.fail_handshake(HandshakeError::Credentials(e));
+                    self.fail(HandshakeError::Credentials(e));
                     return;
                 }
             },
@@ -97,9 +204,9 @@ impl Connection {
             pedantic: false,
             protocol: 1,
             lang: String::from("rust"),
-            version: self.config.version.clone(),
-            name: self.config.name.clone(),
-            echo: self.config.echo,
+            version: self.version.clone(),
+            name: self.name.clone(),
+            echo: self.echo,
             headers: info.headers,
             no_responders: info.headers,
             tls_required: false,
@@ -111,17 +218,95 @@ impl Connection {
             sig,
         };
         self.info = Some(info);
-        encode::encode_connect(&mut self.control, &connect);
-        encode::encode_ping(&mut self.control);
-        encode::encode_ping(&mut self.control);
-        self.state = LinkState::AwaitPongs(2);
+        encode::encode_connect(&mut self.out, &connect);
+        encode::encode_ping(&mut self.out);
+        encode::encode_ping(&mut self.out);
+        self.stage = Stage::ExpectPongs(2);
     }
 
-    pub(super) fn complete_handshake(&mut self, now: Instant) {
-        self.state = LinkState::Up;
-        self.handshake_deadline = None;
-        self.stats.connects += 1;
+    fn fail(&mut self, error: HandshakeError) {
+        if self.stage == Stage::Over {
+            // Completed, with a PONG still to write: the link is handed over as it is, and
+            // its first read or write reports the loss.
+            self.out.clear();
+            self.in_flight = None;
+        } else {
+            self.stage = Stage::Over;
+            self.outcome = Some(Err(error));
+        }
+    }
+
+    /// The next chunk to write, if any. Returns `None` while a chunk is in flight and once
+    /// the handshake failed. A PONG owed to the server when the handshake completes is
+    /// still written here, before the outcome is given.
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Bytes> {
+        let failed = self.outcome.as_ref().is_some_and(Result::is_err);
+        if self.in_flight.is_some() || self.out.is_empty() || failed {
+            return None;
+        }
+        let chunk = self.out.split().freeze();
+        self.in_flight = Some((chunk.clone(), 0));
+        Some(chunk)
+    }
+
+    /// The socket accepted `n` bytes of the chunk from [`Self::poll_transmit`].
+    pub fn handle_written(&mut self, _now: Instant, n: usize) {
+        if let Some((chunk, pos)) = &mut self.in_flight {
+            *pos += n;
+            if *pos >= chunk.len() {
+                self.in_flight = None;
+            }
+        }
+    }
+
+    /// Time passed: past the deadline, the handshake fails.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.deadline {
+            return;
+        }
+        let stage = match self.stage {
+            Stage::ExpectInfo => "waiting for the server's INFO",
+            _ => "waiting for the PONG after CONNECT",
+        };
+        self.fail(HandshakeError::Timeout { stage });
+    }
+
+    /// The link ended (EOF, `error` None, or an I/O error).
+    pub fn handle_link_lost(&mut self, _now: Instant, error: Option<String>) {
+        self.fail(match error {
+            Some(e) => HandshakeError::Io(e),
+            None => HandshakeError::Eof,
+        });
+    }
+
+    /// The outcome, once: the established link (after everything queued is written), or
+    /// why the handshake failed.
+    pub fn poll_outcome(&mut self) -> Option<Result<Established, HandshakeError>> {
+        let unwritten = self.in_flight.is_some() || !self.out.is_empty();
+        if unwritten && self.outcome.as_ref().is_some_and(Result::is_ok) {
+            return None;
+        }
+        self.outcome.take()
+    }
+}
+
+impl Connection {
+    /// Take over a link whose [`Handshake`] completed (a new link, or a planned switch's
+    /// after [`Self::detach`]): limits from its INFO apply, the subscription replay goes
+    /// ahead of the buffered frames, waiting flushes get their PING, and the bytes read
+    /// after the handshake are handled. A link still up is closed first.
+    pub fn adopt_link(&mut self, now: Instant, link: Established) {
+        if self.state != LinkState::Down {
+            self.close_link(now, DisconnectReason::Requested);
+        }
         self.last_inbound = now;
+        self.last_write_progress = now;
+        self.decoder = Decoder::new(self.config.decoder);
+        self.max_payload = link.info.max_payload;
+        self.headers_supported = link.info.headers;
+        self.info = Some(link.info);
+        self.state = LinkState::Up;
+        self.stats.connects += 1;
         // Frames over the server's limit are removed before anything is replayed.
         self.remove_over_max_payload();
         self.replay_subs();
@@ -130,32 +315,7 @@ impl Connection {
         }
         let info = self.info.clone().unwrap_or_default();
         self.events.push_back(ConnEvent::Connected { info });
-    }
-
-    pub(super) fn fail_handshake(&mut self, error: HandshakeError) {
-        self.reset_link_state();
-        self.events.push_back(ConnEvent::HandshakeFailed(error));
-    }
-
-    /// Make this core stop decoding right after a handshake completes, leaving the rest of
-    /// the read buffer for the session core that adopts the link (see [`Self::adopt_link`]).
-    pub fn set_pause_after_handshake(&mut self, pause: bool) {
-        self.pause_after_handshake = pause;
-    }
-
-    /// Take over a link whose handshake another core completed (with
-    /// [`Self::set_pause_after_handshake`]): limits from its INFO apply, the subscription
-    /// replay goes ahead of the buffered frames, and waiting flushes get their PING.
-    pub fn adopt_link(&mut self, now: Instant, info: Box<ServerInfo>) {
-        if self.state != LinkState::Down {
-            self.handle_close_link();
-        }
-        self.last_inbound = now;
-        self.last_write_progress = now;
-        self.decoder = Decoder::new(self.config.decoder);
-        self.max_payload = info.max_payload;
-        self.headers_supported = info.headers;
-        self.info = Some(info);
-        self.complete_handshake(now);
+        let mut leftover = link.leftover;
+        self.handle_read(now, &mut leftover);
     }
 }

@@ -1,18 +1,20 @@
 //! The connection state machine: one client session across links.
 //!
 //! [`Connection`] holds everything that outlives a single TCP link (the subscription table,
-//! the outbound buffer, pending flushes) and the state of the current link (handshake
-//! stage, PINGs in flight, unconfirmed counts, timers). It does no I/O and reads no clock.
+//! the outbound buffer, pending flushes) and the state of the current link (PINGs in
+//! flight, unconfirmed counts, timers). It does no I/O and reads no clock.
 //!
 //! # Call order
-//! The driver owns the socket and calls, in a loop:
-//! - [`Connection::handle_transport_connected`] once a TCP link is up;
+//! Once a TCP link is up, the driver runs its [`Handshake`] (the same grammar, apart from
+//! the session) and hands the [`Established`] link to [`Connection::adopt_link`]. Then it
+//! calls, in a loop:
 //! - [`Connection::handle_read`] with every chunk of bytes read;
 //! - [`Connection::poll_transmit`] for a chunk to write, then [`Connection::handle_written`]
 //!   with the number of bytes the socket accepted;
 //! - [`Connection::poll_timeout`] for the next deadline, and [`Connection::handle_timeout`]
 //!   when it passes;
-//! - [`Connection::handle_link_lost`] on EOF or an I/O error;
+//! - [`Connection::handle_link_lost`] on EOF or an I/O error, [`Connection::close_link`]
+//!   to end the link on purpose;
 //! - [`Connection::poll_event`] and [`Connection::poll_message`] to drain outputs.
 //!
 //! Handles call [`Connection::publish`], [`Connection::subscribe`],
@@ -41,7 +43,6 @@ use bytes::{Bytes, BytesMut};
 
 use crate::decode::Decoder;
 use crate::encode;
-use crate::error::ProtocolError;
 use crate::headers::HeaderMap;
 use crate::info::ServerInfo;
 use crate::op::{Msg, ServerOp};
@@ -51,7 +52,7 @@ use crate::time::saturating_add as later;
 
 pub use config::*;
 pub use event::{ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason};
-pub use handshake::HandshakeError;
+pub use handshake::{Established, Handshake, HandshakeError};
 use ping::PingOut;
 pub use ping::PingPurpose;
 pub use retire::DetachedLink;
@@ -61,13 +62,9 @@ use subs::SubState;
 /// Where the current link is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
-    /// No link.
+    /// No link (a link's [`Handshake`] runs apart; see [`Connection::adopt_link`]).
     Down,
-    /// TCP up, waiting for the server's INFO.
-    AwaitInfo,
-    /// CONNECT, PING, PING written; waiting for this many PONGs.
-    AwaitPongs(u8),
-    /// Handshake complete.
+    /// A link whose handshake completed.
     Up,
     /// A closing -ERR arrived: no more writes, reading on until EOF or the grace ends.
     Closing,
@@ -96,32 +93,18 @@ pub struct ConnStats {
     pub malformed_headers: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    None,
-    Control,
-    Data,
-}
-
 /// The sans-IO connection. See the module docs for the call order.
 #[derive(Debug)]
 pub struct Connection {
     config: Config,
     decoder: Decoder,
     state: LinkState,
-    handshake_deadline: Option<Instant>,
     closing: Option<(Instant, DisconnectReason)>,
-    auth: Auth,
     info: Option<Box<ServerInfo>>,
     max_payload: usize,
     headers_supported: bool,
 
     out: OutboundBuffer,
-    /// Handshake frames, written before any data while the link is not up.
-    control: BytesMut,
-    control_in_flight: Bytes,
-    control_pos: usize,
-    source: Source,
     last_write_progress: Instant,
 
     pings_queued: VecDeque<PingPurpose>,
@@ -151,7 +134,6 @@ pub struct Connection {
     events: VecDeque<ConnEvent>,
     messages: VecDeque<Msg>,
     stats: ConnStats,
-    pause_after_handshake: bool,
     drop_partial_after_rewind: bool,
     /// Flushes asked before a planned switch, until the retired link confirms its part.
     flushes_on_old_link: Vec<u64>,
@@ -173,16 +155,10 @@ impl Connection {
             out: OutboundBuffer::new(config.buffer),
             decoder,
             state: LinkState::Down,
-            handshake_deadline: None,
             closing: None,
-            auth: Auth::default(),
             info: None,
             max_payload,
             headers_supported: true,
-            control: BytesMut::new(),
-            control_in_flight: Bytes::new(),
-            control_pos: 0,
-            source: Source::None,
             last_write_progress: now,
             pings_queued: VecDeque::new(),
             pings_out: VecDeque::new(),
@@ -205,7 +181,6 @@ impl Connection {
             events: VecDeque::new(),
             messages: VecDeque::new(),
             stats: ConnStats::default(),
-            pause_after_handshake: false,
             drop_partial_after_rewind: false,
             flushes_on_old_link: Vec::new(),
             gate: None,
@@ -271,7 +246,7 @@ impl Connection {
 
     /// True when nothing waits to be written.
     pub fn is_write_idle(&self) -> bool {
-        self.out.is_idle() && self.control.is_empty() && self.source == Source::None
+        self.out.is_idle()
     }
 
     /// Number of live subscriptions.
@@ -292,28 +267,10 @@ impl Connection {
                 return;
             }
             match self.decoder.decode(buf) {
-                Ok(Some(op)) => {
-                    let was_handshaking = self.is_handshaking();
-                    self.handle_op(now, op);
-                    if was_handshaking && self.pause_after_handshake && self.state == LinkState::Up
-                    {
-                        // The rest belongs to the session core that adopts this link.
-                        return;
-                    }
-                }
+                Ok(Some(op)) => self.handle_op(now, op),
                 Ok(None) => return,
                 Err(e) => {
-                    if self.state == LinkState::AwaitInfo {
-                        let excerpt = match &e {
-                            ProtocolError::UnknownOperation { excerpt } => excerpt.clone(),
-                            other => other.to_string(),
-                        };
-                        self.fail_handshake(HandshakeError::NotNats { excerpt });
-                    } else if self.is_handshaking() {
-                        self.fail_handshake(HandshakeError::Protocol(e));
-                    } else {
-                        self.link_down(DisconnectReason::Protocol(e));
-                    }
+                    self.link_down(now, DisconnectReason::Protocol(e));
                     buf.clear();
                     return;
                 }
@@ -324,22 +281,16 @@ impl Connection {
     fn handle_op(&mut self, now: Instant, op: ServerOp) {
         match op {
             ServerOp::Msg(msg) => self.handle_current_msg(msg),
-            ServerOp::Ping => self.queue_pong(),
-            ServerOp::Pong => self.handle_pong(now),
+            ServerOp::Ping => self.queue_pong(now),
+            ServerOp::Pong => self.handle_pong(),
             ServerOp::Info(info) => self.handle_info(info),
             ServerOp::Ok => {}
-            ServerOp::Err(text) => self.handle_err(text),
+            ServerOp::Err(text) => self.handle_err(now, text),
         }
     }
 
     fn handle_info(&mut self, info: Box<ServerInfo>) {
         match self.state {
-            LinkState::AwaitInfo => self.send_connect(info),
-            LinkState::AwaitPongs(_) => {
-                // The INFO between the PONGs carries this connection's own limits.
-                self.max_payload = info.max_payload;
-                self.info = Some(info);
-            }
             LinkState::Up | LinkState::Closing => {
                 // Only frames not yet handed to the writer can be removed: a chunk in
                 // flight cannot be recalled. A frame in it over the new limit reaches the
@@ -375,18 +326,14 @@ impl Connection {
         }
     }
 
-    fn handle_err(&mut self, text: String) {
+    fn handle_err(&mut self, now: Instant, text: String) {
         let err = ServerErr::parse(&text);
-        if self.is_handshaking() {
-            self.fail_handshake(HandshakeError::Server(err));
-            return;
-        }
         match err {
             err if err.is_fatal() => {
                 if err.is_ours() {
                     self.remove_poison();
                 }
-                self.begin_closing(DisconnectReason::ServerError(err));
+                self.begin_closing(now, DisconnectReason::ServerError(err));
             }
             ServerErr::SubPermission {
                 subject,
@@ -456,25 +403,17 @@ impl Connection {
         self.stats.publish_denied += 1;
     }
 
-    fn begin_closing(&mut self, reason: DisconnectReason) {
+    /// A closing -ERR: no more writes; the link is read for [`CLOSING_READ_GRACE`].
+    fn begin_closing(&mut self, now: Instant, reason: DisconnectReason) {
         if self.state == LinkState::Up {
             self.state = LinkState::Closing;
-            // The deadline is set by the next handle_timeout/poll_timeout with a real now;
-            // use last_inbound, which is "now" for a read.
-            self.closing = Some((self.last_inbound + CLOSING_READ_GRACE, reason));
+            self.closing = Some((later(now, CLOSING_READ_GRACE), reason));
         }
     }
 
-    /// The link ended (EOF or an I/O error). During a handshake this is a handshake failure.
+    /// The link ended (EOF, `error` None, or an I/O error). After a closing -ERR the
+    /// reason is that error.
     pub fn handle_link_lost(&mut self, now: Instant, error: Option<String>) {
-        let _ = now;
-        if self.is_handshaking() {
-            self.fail_handshake(match error {
-                Some(e) => HandshakeError::Io(e),
-                None => HandshakeError::Eof,
-            });
-            return;
-        }
         let reason = match self.closing.take() {
             Some((_, reason)) => reason,
             None => match error {
@@ -482,19 +421,18 @@ impl Connection {
                 None => DisconnectReason::Eof,
             },
         };
-        self.link_down(reason);
+        self.link_down(now, reason);
     }
 
-    /// Close the current link on purpose (close, force_reconnect). Reports like any loss.
-    pub fn handle_close_link(&mut self) {
-        if self.is_handshaking() {
-            self.reset_link_state();
-        } else if self.state != LinkState::Down {
-            self.link_down(DisconnectReason::Requested);
-        }
+    /// Close the current link on purpose (close, force_reconnect, a planned switch with
+    /// no other server: `reason` is [`DisconnectReason::Requested`]). Reports like any
+    /// loss.
+    pub fn close_link(&mut self, now: Instant, reason: DisconnectReason) {
+        self.link_down(now, reason);
     }
 
-    fn link_down(&mut self, reason: DisconnectReason) {
+    /// The link is gone: rewind the outbound stream, fail or re-arm its flushes, report.
+    fn link_down(&mut self, now: Instant, reason: DisconnectReason) {
         if self.state == LinkState::Down {
             return;
         }
@@ -528,7 +466,7 @@ impl Connection {
                     .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
         }
-        self.reset_link_state();
+        self.reset_link_state(now);
         self.events.push_back(ConnEvent::Disconnected {
             reason,
             unconfirmed,
@@ -536,20 +474,17 @@ impl Connection {
         });
     }
 
-    fn reset_link_state(&mut self) {
+    fn reset_link_state(&mut self, now: Instant) {
         self.drop_partial_after_rewind = false;
         self.state = LinkState::Down;
-        self.handshake_deadline = None;
         self.closing = None;
-        self.control.clear();
-        self.control_in_flight = Bytes::new();
-        self.control_pos = 0;
-        if self.source == Source::Data || self.out.has_in_flight() {
+        self.last_inbound = now;
+        self.last_write_progress = now;
+        if self.out.has_in_flight() {
             let cancelled = std::mem::take(&mut self.cancelled_in_flight);
             self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
         }
         self.cancelled_in_flight.clear();
-        self.source = Source::None;
         self.pings_queued.clear();
         self.pings_out.clear();
         self.pongs_unwritten = 0;
@@ -572,26 +507,8 @@ impl Connection {
         self.subs_since_pong.clear();
     }
 
-    fn reset_link(&mut self, now: Instant) {
-        if self.state != LinkState::Down {
-            self.handle_close_link();
-        }
-        self.last_inbound = now;
-        self.last_write_progress = now;
-    }
-
     /// A deadline from [`Self::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(d) = self.handshake_deadline {
-            if now >= d && self.is_handshaking() {
-                let stage = match self.state {
-                    LinkState::AwaitInfo => "waiting for the server's INFO",
-                    _ => "waiting for the PONG after CONNECT",
-                };
-                self.fail_handshake(HandshakeError::Timeout { stage });
-                return;
-            }
-        }
         if self.state == LinkState::Closing {
             if let Some((deadline, _)) = &self.closing {
                 if now >= *deadline {
@@ -599,7 +516,7 @@ impl Connection {
                         .closing
                         .take()
                         .map_or(DisconnectReason::Eof, |(_, r)| r);
-                    self.link_down(reason);
+                    self.link_down(now, reason);
                 }
             }
             return;
@@ -608,20 +525,26 @@ impl Connection {
             return;
         }
         // Write stall: data pending and no byte accepted for write_stall_timeout.
-        if self.source != Source::None
+        if self.out.has_in_flight()
             && now.duration_since(self.last_write_progress) >= self.config.write_stall_timeout
         {
-            self.link_down(DisconnectReason::WriteStall {
-                timeout: self.config.write_stall_timeout,
-            });
+            self.link_down(
+                now,
+                DisconnectReason::WriteStall {
+                    timeout: self.config.write_stall_timeout,
+                },
+            );
             return;
         }
         // A missing PONG.
         if let Some(front) = self.pings_out.front() {
             if now.duration_since(front.sent_at) >= self.config.pong_timeout {
-                self.link_down(DisconnectReason::PongTimeout {
-                    timeout: self.config.pong_timeout,
-                });
+                self.link_down(
+                    now,
+                    DisconnectReason::PongTimeout {
+                        timeout: self.config.pong_timeout,
+                    },
+                );
                 return;
             }
         }
@@ -632,9 +555,12 @@ impl Connection {
         if now.duration_since(since) >= self.config.ping_interval {
             let outstanding = self.pings_out.len() + self.pings_queued.len();
             if outstanding >= self.config.max_pings_outstanding {
-                self.link_down(DisconnectReason::TooManyPingsOutstanding {
-                    max: self.config.max_pings_outstanding,
-                });
+                self.link_down(
+                    now,
+                    DisconnectReason::TooManyPingsOutstanding {
+                        max: self.config.max_pings_outstanding,
+                    },
+                );
                 return;
             }
             self.last_keepalive = Some(now);
@@ -649,9 +575,6 @@ impl Connection {
         let mut at = |t: Instant| {
             next = Some(next.map_or(t, |n: Instant| n.min(t)));
         };
-        if let Some(d) = self.handshake_deadline {
-            at(d);
-        }
         match self.state {
             LinkState::Closing => {
                 if let Some((d, _)) = &self.closing {
@@ -659,7 +582,7 @@ impl Connection {
                 }
             }
             LinkState::Up => {
-                if self.source != Source::None {
+                if self.out.has_in_flight() {
                     at(later(
                         self.last_write_progress,
                         self.config.write_stall_timeout,
@@ -676,45 +599,29 @@ impl Connection {
                     at(later(s, self.config.confirm_interval));
                 }
             }
-            _ => {}
+            LinkState::Down => {}
         }
         next
     }
 
     /// True when [`Self::poll_transmit`] would return a chunk now.
     pub fn has_transmit(&self) -> bool {
-        self.source == Source::None
-            && (!self.control.is_empty() || (self.state == LinkState::Up && !self.out.is_idle()))
+        self.state == LinkState::Up && !self.out.has_in_flight() && !self.out.is_idle()
     }
 
     /// The unwritten rest of the chunk in flight, for a writer that takes over a chunk
     /// another writer started (the caller's direct write of a request, see the driver).
     pub fn in_flight_rest(&self) -> Option<Bytes> {
-        match self.source {
-            Source::None => None,
-            Source::Control => (self.control_pos < self.control_in_flight.len())
-                .then(|| self.control_in_flight.slice(self.control_pos..)),
-            Source::Data => self.out.in_flight_rest(),
-        }
+        self.out.in_flight_rest()
     }
 
     /// The next chunk to write, if any. Returns `None` while a chunk is in flight.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if self.source != Source::None {
-            return None;
-        }
-        if !self.control.is_empty() {
-            self.control_in_flight = self.control.split().freeze();
-            self.control_pos = 0;
-            self.source = Source::Control;
-            self.last_write_progress = now;
-            return Some(self.control_in_flight.clone());
-        }
         if self.state != LinkState::Up {
             return None;
         }
+        // None while a chunk is in flight.
         let chunk = self.out.take_chunk()?;
-        self.source = Source::Data;
         self.last_write_progress = now;
         Some(chunk)
     }
@@ -731,87 +638,74 @@ impl Connection {
         if n > 0 {
             self.last_write_progress = now;
         }
-        match self.source {
-            Source::None => {}
-            Source::Control => {
-                self.control_pos += n;
-                if self.control_pos >= self.control_in_flight.len() {
-                    self.control_in_flight = Bytes::new();
-                    self.control_pos = 0;
-                    self.source = Source::None;
-                }
-            }
-            Source::Data => {
-                let retain = self.config.resend_unconfirmed;
-                let retain_requests = self.config.retain_requests;
-                let mut freed = false;
-                let written = &mut self.written;
-                let written_retained = &mut self.written_retained;
-                let stats = &mut self.stats;
-                let unpinged_since = &mut self.unpinged_since;
-                let unpinged_bytes = &mut self.unpinged_bytes;
-                let pongs_unwritten = &mut self.pongs_unwritten;
-                let cancelled = &mut self.cancelled_in_flight;
-                // PINGs are rare: this Vec allocates only when a chunk holds one.
-                let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
-                self.out
-                    .advance(n, retain, retain_requests, |w| match w.frame.kind {
-                        FrameKind::Pub | FrameKind::Request(_) => {
-                            if let FrameKind::Request(t) = w.frame.kind {
-                                // Written after all: beyond recall, nothing to drop later.
-                                if !cancelled.is_empty() {
-                                    cancelled.retain(|c| *c != t);
-                                }
-                            }
-                            written.msgs += 1;
-                            written.bytes += u64::from(w.frame.len);
-                            stats.out_msgs += 1;
-                            stats.out_bytes += u64::from(w.frame.payload_len);
-                            let retained = match w.frame.kind {
-                                FrameKind::Pub => retain,
-                                _ => retain_requests,
-                            };
-                            if retained {
-                                *written_retained += 1;
-                            }
-                            if !(retained && w.frame.kind == FrameKind::Pub) {
-                                freed = true;
-                            }
-                            if unpinged_since.is_none() {
-                                *unpinged_since = Some(now);
-                            }
-                            *unpinged_bytes += w.frame.len as usize;
+        if !self.out.has_in_flight() {
+            return;
+        }
+        let retain = self.config.resend_unconfirmed;
+        let retain_requests = self.config.retain_requests;
+        let mut freed = false;
+        let written = &mut self.written;
+        let written_retained = &mut self.written_retained;
+        let stats = &mut self.stats;
+        let unpinged_since = &mut self.unpinged_since;
+        let unpinged_bytes = &mut self.unpinged_bytes;
+        let pongs_unwritten = &mut self.pongs_unwritten;
+        let cancelled = &mut self.cancelled_in_flight;
+        // PINGs are rare: this Vec allocates only when a chunk holds one.
+        let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
+        self.out
+            .advance(n, retain, retain_requests, |w| match w.frame.kind {
+                FrameKind::Pub | FrameKind::Request(_) => {
+                    if let FrameKind::Request(t) = w.frame.kind {
+                        // Written after all: beyond recall, nothing to drop later.
+                        if !cancelled.is_empty() {
+                            cancelled.retain(|c| *c != t);
                         }
-                        FrameKind::Ping => {
-                            ping_marks.push((*written, *written_retained));
-                            *unpinged_since = None;
-                            *unpinged_bytes = 0;
-                        }
-                        FrameKind::Pong => *pongs_unwritten = pongs_unwritten.saturating_sub(1),
-                        FrameKind::Control => {}
-                    });
-                for (w, r) in ping_marks {
-                    let purpose = self
-                        .pings_queued
-                        .pop_front()
-                        .unwrap_or(PingPurpose::Confirm);
-                    self.pings_out.push_back(PingOut {
-                        purpose,
-                        sent_at: now,
-                        written: w,
-                        retained: r,
-                    });
+                    }
+                    written.msgs += 1;
+                    written.bytes += u64::from(w.frame.len);
+                    stats.out_msgs += 1;
+                    stats.out_bytes += u64::from(w.frame.payload_len);
+                    let retained = match w.frame.kind {
+                        FrameKind::Pub => retain,
+                        _ => retain_requests,
+                    };
+                    if retained {
+                        *written_retained += 1;
+                    }
+                    if !(retained && w.frame.kind == FrameKind::Pub) {
+                        freed = true;
+                    }
+                    if unpinged_since.is_none() {
+                        *unpinged_since = Some(now);
+                    }
+                    *unpinged_bytes += w.frame.len as usize;
                 }
-                if !self.out.has_in_flight() {
-                    self.source = Source::None;
+                FrameKind::Ping => {
+                    ping_marks.push((*written, *written_retained));
+                    *unpinged_since = None;
+                    *unpinged_bytes = 0;
                 }
-                if freed {
-                    self.events.push_back(ConnEvent::BufferSpace);
-                }
-                if self.unpinged_bytes >= self.config.confirm_bytes {
-                    self.queue_ping(PingPurpose::Confirm);
-                }
-            }
+                FrameKind::Pong => *pongs_unwritten = pongs_unwritten.saturating_sub(1),
+                FrameKind::Control => {}
+            });
+        for (w, r) in ping_marks {
+            let purpose = self
+                .pings_queued
+                .pop_front()
+                .unwrap_or(PingPurpose::Confirm);
+            self.pings_out.push_back(PingOut {
+                purpose,
+                sent_at: now,
+                written: w,
+                retained: r,
+            });
+        }
+        if freed {
+            self.events.push_back(ConnEvent::BufferSpace);
+        }
+        if self.unpinged_bytes >= self.config.confirm_bytes {
+            self.queue_ping(PingPurpose::Confirm);
         }
     }
 

@@ -31,34 +31,27 @@ pub(super) struct PingOut {
 }
 
 impl Connection {
-    pub(super) fn queue_pong(&mut self) {
+    pub(super) fn queue_pong(&mut self, now: Instant) {
         match self.state {
             LinkState::Up => {
                 if self.pongs_unwritten >= MAX_UNWRITTEN_PONGS {
-                    self.link_down(DisconnectReason::PongBacklog {
-                        max: MAX_UNWRITTEN_PONGS,
-                    });
+                    self.link_down(
+                        now,
+                        DisconnectReason::PongBacklog {
+                            max: MAX_UNWRITTEN_PONGS,
+                        },
+                    );
                     return;
                 }
                 self.pongs_unwritten += 1;
                 self.out.push(FrameKind::Pong, 0, encode::encode_pong);
             }
-            LinkState::AwaitInfo | LinkState::AwaitPongs(_) => {
-                encode::encode_pong(&mut self.control);
-            }
             LinkState::Down | LinkState::Closing => {}
         }
     }
 
-    pub(super) fn handle_pong(&mut self, now: Instant) {
+    pub(super) fn handle_pong(&mut self) {
         match self.state {
-            LinkState::AwaitPongs(n) => {
-                if n <= 1 {
-                    self.complete_handshake(now);
-                } else {
-                    self.state = LinkState::AwaitPongs(n - 1);
-                }
-            }
             LinkState::Up | LinkState::Closing => {
                 let Some(ping) = self.pings_out.pop_front() else {
                     return;
@@ -84,7 +77,7 @@ impl Connection {
                     }
                 }
             }
-            LinkState::Down | LinkState::AwaitInfo => {}
+            LinkState::Down => {}
         }
     }
 

@@ -12,7 +12,7 @@ use crate::op::{Msg, ServerOp};
 use crate::outbound::{Counts, FrameKind};
 use crate::server_err::ServerErr;
 
-use super::{ConnEvent, Connection, LinkState, PingOut, PingPurpose, Source};
+use super::{ConnEvent, Connection, LinkState, PingOut, PingPurpose};
 
 /// The hold on the new link's deliveries during a planned switch's cut.
 #[derive(Debug)]
@@ -115,7 +115,7 @@ impl Connection {
     /// True when a planned switch may detach the current link now: it is up and no data
     /// chunk is half written (publishing switches at a frame boundary).
     pub fn can_detach(&self) -> bool {
-        self.state == LinkState::Up && self.source == Source::None
+        self.state == LinkState::Up && !self.out.has_in_flight()
     }
 
     /// Detach the current link for a planned switch. Pending frames (and the PINGs queued
@@ -152,7 +152,6 @@ impl Connection {
         };
         self.state = LinkState::Down;
         self.closing = None;
-        self.control.clear();
         self.reset_link_counters();
         Some(link)
     }

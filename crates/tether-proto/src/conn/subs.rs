@@ -28,10 +28,6 @@ impl Connection {
     }
 
     pub(super) fn handle_msg(&mut self, msg: Msg) {
-        if self.is_handshaking() {
-            // A server never delivers before CONNECT; ignore rather than fail.
-            return;
-        }
         self.stats.in_msgs += 1;
         self.stats.in_bytes += msg.wire_size as u64;
         if msg.malformed_headers {

@@ -11,7 +11,8 @@ use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
 use tether_proto::conn::{
-    Auth, ConnEvent, Connection, DetachedLink, HandshakeError, RemovedReason, SubEndReason,
+    Auth, ConnEvent, DetachedLink, DisconnectReason, Handshake, HandshakeError, RemovedReason,
+    SubEndReason,
 };
 use tether_proto::outbound::Counts;
 use tether_proto::server_err::ServerErr;
@@ -112,9 +113,9 @@ impl std::fmt::Debug for Established {
     }
 }
 
-/// Dial `addr` and run the handshake, bounded by connection_timeout. The handshake runs on
-/// a core of its own, so the session (and a live link, during a planned switch) is
-/// untouched until the caller adopts the result.
+/// Dial `addr` and run the handshake, bounded by connection_timeout. The handshake runs
+/// apart from the session core, so the session (and a live link, during a planned switch)
+/// is untouched until the caller adopts the result.
 pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
     let deadline = later(start, shared.opts.connection_timeout);
@@ -144,52 +145,45 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
         .await
         .map_err(|e| fail(e.address, e.error, None))?;
     let address = Some(sock.to_string());
-    let mut core = Connection::new(shared.opts.core_config(), start);
-    core.set_pause_after_handshake(true);
-    core.handle_transport_connected(Instant::now(), deadline, loaded.auth);
+    let mut hs = Handshake::new(start, deadline, loaded.auth, &shared.opts.core_config());
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {
-        if let Some(chunk) = core.poll_transmit(Instant::now()) {
+        while let Some(chunk) = hs.poll_transmit(Instant::now()) {
             match tokio::time::timeout_at(tokio_instant(deadline), stream.write_all(&chunk)).await {
-                Ok(Ok(())) => core.handle_written(Instant::now(), chunk.len()),
-                Ok(Err(e)) => core.handle_link_lost(Instant::now(), Some(e.to_string())),
-                Err(_) => core.handle_timeout(Instant::now()),
+                Ok(Ok(())) => hs.handle_written(Instant::now(), chunk.len()),
+                Ok(Err(e)) => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
+                Err(_) => hs.handle_timeout(Instant::now()),
             }
         }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                ConnEvent::Connected { info } => {
-                    return Ok(Established {
-                        stream,
-                        info,
-                        leftover: rbuf,
-                        jwt: loaded.jwt,
-                    });
-                }
-                ConnEvent::HandshakeFailed(e) => {
-                    let server_err = match &e {
-                        HandshakeError::Server(t) => Some(t.clone()),
-                        _ => None,
-                    };
-                    return Err(fail(address, e.to_string(), server_err));
-                }
-                _ => {}
+        match hs.poll_outcome() {
+            Some(Ok(link)) => {
+                return Ok(Established {
+                    stream,
+                    info: link.info,
+                    leftover: link.leftover,
+                    jwt: loaded.jwt,
+                });
             }
-        }
-        if core.has_transmit() {
-            continue;
+            Some(Err(e)) => {
+                let server_err = match &e {
+                    HandshakeError::Server(t) => Some(t.clone()),
+                    _ => None,
+                };
+                return Err(fail(address, e.to_string(), server_err));
+            }
+            None => {}
         }
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(4096);
         }
         tokio::select! {
             r = stream.read_buf(&mut rbuf) => match r {
-                Ok(0) => core.handle_link_lost(Instant::now(), None),
-                Ok(_) => core.handle_read(Instant::now(), &mut rbuf),
-                Err(e) => core.handle_link_lost(Instant::now(), Some(e.to_string())),
+                Ok(0) => hs.handle_link_lost(Instant::now(), None),
+                Ok(_) => hs.handle_read(Instant::now(), &mut rbuf),
+                Err(e) => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
             },
             () = tokio::time::sleep_until(tokio_instant(deadline)) => {
-                core.handle_timeout(Instant::now());
+                hs.handle_timeout(Instant::now());
             }
         }
     }
@@ -205,7 +199,13 @@ pub(crate) fn adopt(
     est: &mut Established,
 ) -> Option<String> {
     let now = Instant::now();
-    inner.conn.adopt_link(now, est.info.clone());
+    inner.conn.adopt_link(
+        now,
+        tether_proto::conn::Established {
+            info: est.info.clone(),
+            leftover: std::mem::take(&mut est.leftover),
+        },
+    );
     inner.jwt = est.jwt;
     inner.expiring_reported = false;
     // A pending switch (a refresh, lame duck mode, a request) has moved, or the reconnect
@@ -218,17 +218,14 @@ pub(crate) fn adopt(
             t.refresh_in(shared.opts.jwt_refresh_lead, std::time::SystemTime::now()),
         )
     });
-    // The link's server is current before the bytes that followed its handshake are
-    // handled (an INFO with `ldm` among them concerns this server).
+    // The link's server is current before the events of the bytes that followed its
+    // handshake are handled (an INFO with `ldm` among them concerns this server).
     let previous = inner.current.replace(addr.clone());
     let previous_name = std::mem::replace(&mut inner.server_name, addr.to_string());
     // The handshake completed: failures and a lame-duck mark end (before those bytes,
     // which may mark it again).
     if let Some(i) = inner.pool.position(addr) {
         inner.pool.record_success(i);
-    }
-    if !est.leftover.is_empty() {
-        inner.conn.handle_read(now, &mut est.leftover);
     }
     let mut down = None;
     let mut events = Vec::new();
@@ -1015,7 +1012,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                                     inner.current = Some(alias);
                                 }
                                 (SwitchReason::Requested | SwitchReason::ServerPool, _) => {
-                                    inner.conn.handle_close_link();
+                                    inner.conn.close_link(now, DisconnectReason::Requested);
                                 }
                                 _ => {}
                             }
@@ -1469,7 +1466,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             });
             Some(text)
         }
-        ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => None,
+        ConnEvent::Connected { .. } => None,
         ConnEvent::InfoUpdated(info) => {
             if let Some(addr) = inner.current.clone() {
                 merge_pool(shared, inner, &info, &addr);
@@ -1679,7 +1676,9 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     inner.direct = None;
     let unconfirmed = inner.conn.unconfirmed();
     shared.end_outage(&mut inner);
-    inner.conn.handle_close_link();
+    inner
+        .conn
+        .close_link(Instant::now(), DisconnectReason::Requested);
     while inner.conn.poll_event().is_some() {}
     let unsent = inner.conn.clear_buffer();
     report_overflow(shared, &mut inner);
