@@ -53,8 +53,8 @@ use crate::time::saturating_add as later;
 pub use config::*;
 pub use event::{ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason};
 pub use handshake::{Established, Handshake, HandshakeError};
-use ping::PingOut;
 pub use ping::PingPurpose;
+use ping::{Flushes, LinkAccounting};
 pub use retire::DetachedLink;
 use retire::Gate;
 use subs::SubState;
@@ -107,20 +107,20 @@ pub struct Connection {
     out: OutboundBuffer,
     last_write_progress: Instant,
 
+    /// PINGs queued and not yet written, with what each is for.
     pings_queued: VecDeque<PingPurpose>,
-    pings_out: VecDeque<PingOut>,
+    /// What was written on this link and what its PONGs confirmed.
+    link: LinkAccounting,
     /// PONGs queued on this link and not yet written.
     pongs_unwritten: usize,
-    written: Counts,
-    written_retained: u64,
-    confirmed: Counts,
-    confirmed_retained: u64,
     /// When the first publish frame written since the last PING went out.
     unpinged_since: Option<Instant>,
     unpinged_bytes: usize,
     last_inbound: Instant,
     last_keepalive: Option<Instant>,
+    /// Flushes asked while no link is up: their PINGs go out after the next handshake.
     flush_waiting: Vec<u64>,
+    flushes: Flushes,
 
     subs: HashMap<u64, SubState>,
     sub_order: Vec<u64>,
@@ -135,15 +135,11 @@ pub struct Connection {
     messages: VecDeque<Msg>,
     stats: ConnStats,
     drop_partial_after_rewind: bool,
-    /// Flushes asked before a planned switch, until the retired link confirms its part.
-    flushes_on_old_link: Vec<u64>,
     /// A planned switch's cut: the current (new) link's deliveries held until the
     /// retired link shows where the two streams join.
     gate: Option<Gate>,
     /// Requests cancelled while their frames were in flight: not resent after a rewind.
     cancelled_in_flight: Vec<u64>,
-    /// Of those, the ones the current link already confirmed.
-    flushes_done_on_new_link: Vec<u64>,
 }
 
 impl Connection {
@@ -161,17 +157,14 @@ impl Connection {
             headers_supported: true,
             last_write_progress: now,
             pings_queued: VecDeque::new(),
-            pings_out: VecDeque::new(),
+            link: LinkAccounting::default(),
             pongs_unwritten: 0,
-            written: Counts::default(),
-            written_retained: 0,
-            confirmed: Counts::default(),
-            confirmed_retained: 0,
             unpinged_since: None,
             unpinged_bytes: 0,
             last_inbound: now,
             last_keepalive: None,
             flush_waiting: Vec::new(),
+            flushes: Flushes::default(),
             subs: HashMap::new(),
             sub_order: Vec::new(),
             subs_since_pong: Vec::new(),
@@ -182,10 +175,8 @@ impl Connection {
             messages: VecDeque::new(),
             stats: ConnStats::default(),
             drop_partial_after_rewind: false,
-            flushes_on_old_link: Vec::new(),
             gate: None,
             cancelled_in_flight: Vec::new(),
-            flushes_done_on_new_link: Vec::new(),
             config,
         }
     }
@@ -232,10 +223,7 @@ impl Connection {
 
     /// PUB/HPUB frames written on this link and not yet confirmed by a PONG.
     pub fn unconfirmed(&self) -> Counts {
-        Counts {
-            msgs: self.written.msgs - self.confirmed.msgs,
-            bytes: self.written.bytes - self.confirmed.bytes,
-        }
+        self.link.unconfirmed()
     }
 
     /// False after a closing -ERR: the driver stops writing, even a chunk half written
@@ -387,8 +375,7 @@ impl Connection {
         }
         self.events.push_back(ConnEvent::BufferSpace);
         // They are reported as removed, not as unconfirmed.
-        self.confirmed = self.written;
-        self.confirmed_retained = self.written_retained;
+        self.link.confirm_all();
         if counts.msgs > 0 {
             self.stats.frames_removed += counts.msgs;
             self.events.push_back(ConnEvent::FramesRemoved {
@@ -452,16 +439,18 @@ impl Connection {
                 failed.push(t);
             }
         }
-        for p in self.pings_out.drain(..) {
+        for p in self.link.pings_out.drain(..) {
             if let PingPurpose::Flush(t) = p.purpose {
                 failed.push(t);
             }
         }
-        if self.config.resend_unconfirmed {
-            // The frames are resent, so the flush re-arms on the next link.
-            self.flush_waiting.extend(failed);
-        } else {
-            for token in failed {
+        for token in failed {
+            if self.config.resend_unconfirmed {
+                // The frames are resent, so the flush waits for a PING on the next link.
+                if self.flushes.contains(token) {
+                    self.flush_waiting.push(token);
+                }
+            } else if self.flushes.remove(token) {
                 self.events
                     .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
@@ -486,7 +475,6 @@ impl Connection {
         }
         self.cancelled_in_flight.clear();
         self.pings_queued.clear();
-        self.pings_out.clear();
         self.pongs_unwritten = 0;
         self.reset_link_counters();
         self.decoder = Decoder::new(self.config.decoder);
@@ -497,10 +485,7 @@ impl Connection {
         // PINGs still queued (a planned switch keeps them) go out on the next link.
         self.pings_total = self.pings_queued.len() as u64;
         self.pongs_total = 0;
-        self.written = Counts::default();
-        self.written_retained = 0;
-        self.confirmed = Counts::default();
-        self.confirmed_retained = 0;
+        self.link = LinkAccounting::default();
         self.unpinged_since = None;
         self.unpinged_bytes = 0;
         self.last_keepalive = None;
@@ -537,7 +522,7 @@ impl Connection {
             return;
         }
         // A missing PONG.
-        if let Some(front) = self.pings_out.front() {
+        if let Some(front) = self.link.pings_out.front() {
             if now.duration_since(front.sent_at) >= self.config.pong_timeout {
                 self.link_down(
                     now,
@@ -553,7 +538,7 @@ impl Connection {
             .last_keepalive
             .map_or(self.last_inbound, |k| k.max(self.last_inbound));
         if now.duration_since(since) >= self.config.ping_interval {
-            let outstanding = self.pings_out.len() + self.pings_queued.len();
+            let outstanding = self.link.pings_out.len() + self.pings_queued.len();
             if outstanding >= self.config.max_pings_outstanding {
                 self.link_down(
                     now,
@@ -588,7 +573,7 @@ impl Connection {
                         self.config.write_stall_timeout,
                     ));
                 }
-                if let Some(front) = self.pings_out.front() {
+                if let Some(front) = self.link.pings_out.front() {
                     at(later(front.sent_at, self.config.pong_timeout));
                 }
                 let since = self
@@ -644,63 +629,47 @@ impl Connection {
         let retain = self.config.resend_unconfirmed;
         let retain_requests = self.config.retain_requests;
         let mut freed = false;
-        let written = &mut self.written;
-        let written_retained = &mut self.written_retained;
-        let stats = &mut self.stats;
-        let unpinged_since = &mut self.unpinged_since;
-        let unpinged_bytes = &mut self.unpinged_bytes;
-        let pongs_unwritten = &mut self.pongs_unwritten;
-        let cancelled = &mut self.cancelled_in_flight;
-        // PINGs are rare: this Vec allocates only when a chunk holds one.
-        let mut ping_marks: Vec<(Counts, u64)> = Vec::new();
+        // The closure borrows the fields it updates; advance borrows the buffer.
         self.out
             .advance(n, retain, retain_requests, |w| match w.frame.kind {
                 FrameKind::Pub | FrameKind::Request(_) => {
                     if let FrameKind::Request(t) = w.frame.kind {
                         // Written after all: beyond recall, nothing to drop later.
-                        if !cancelled.is_empty() {
-                            cancelled.retain(|c| *c != t);
+                        if !self.cancelled_in_flight.is_empty() {
+                            self.cancelled_in_flight.retain(|c| *c != t);
                         }
                     }
-                    written.msgs += 1;
-                    written.bytes += u64::from(w.frame.len);
-                    stats.out_msgs += 1;
-                    stats.out_bytes += u64::from(w.frame.payload_len);
+                    self.link.written.msgs += 1;
+                    self.link.written.bytes += u64::from(w.frame.len);
+                    self.stats.out_msgs += 1;
+                    self.stats.out_bytes += u64::from(w.frame.payload_len);
                     let retained = match w.frame.kind {
                         FrameKind::Pub => retain,
                         _ => retain_requests,
                     };
                     if retained {
-                        *written_retained += 1;
+                        self.link.written_retained += 1;
                     }
                     if !(retained && w.frame.kind == FrameKind::Pub) {
                         freed = true;
                     }
-                    if unpinged_since.is_none() {
-                        *unpinged_since = Some(now);
+                    if self.unpinged_since.is_none() {
+                        self.unpinged_since = Some(now);
                     }
-                    *unpinged_bytes += w.frame.len as usize;
+                    self.unpinged_bytes += w.frame.len as usize;
                 }
                 FrameKind::Ping => {
-                    ping_marks.push((*written, *written_retained));
-                    *unpinged_since = None;
-                    *unpinged_bytes = 0;
+                    let purpose = self
+                        .pings_queued
+                        .pop_front()
+                        .unwrap_or(PingPurpose::Confirm);
+                    self.link.ping_written(purpose, now);
+                    self.unpinged_since = None;
+                    self.unpinged_bytes = 0;
                 }
-                FrameKind::Pong => *pongs_unwritten = pongs_unwritten.saturating_sub(1),
+                FrameKind::Pong => self.pongs_unwritten = self.pongs_unwritten.saturating_sub(1),
                 FrameKind::Control => {}
             });
-        for (w, r) in ping_marks {
-            let purpose = self
-                .pings_queued
-                .pop_front()
-                .unwrap_or(PingPurpose::Confirm);
-            self.pings_out.push_back(PingOut {
-                purpose,
-                sent_at: now,
-                written: w,
-                retained: r,
-            });
-        }
         if freed {
             self.events.push_back(ConnEvent::BufferSpace);
         }

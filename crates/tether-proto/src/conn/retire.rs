@@ -9,10 +9,10 @@ use bytes::{Bytes, BytesMut};
 use crate::decode::Decoder;
 use crate::encode;
 use crate::op::{Msg, ServerOp};
-use crate::outbound::{Counts, FrameKind};
+use crate::outbound::{Counts, FrameKind, Retained};
 use crate::server_err::ServerErr;
 
-use super::{ConnEvent, Connection, LinkState, PingOut, PingPurpose};
+use super::{ConnEvent, Connection, LinkAccounting, LinkState, PingPurpose};
 
 /// The hold on the new link's deliveries during a planned switch's cut.
 #[derive(Debug)]
@@ -35,36 +35,47 @@ fn marker_seq(payload: &[u8]) -> Option<u64> {
 #[derive(Debug)]
 pub struct DetachedLink {
     decoder: Decoder,
-    pings_out: VecDeque<PingOut>,
-    written: Counts,
-    confirmed: Counts,
-    written_retained: u64,
-    confirmed_retained: u64,
+    /// What was written on this link and what its PONGs confirmed.
+    acct: LinkAccounting,
+    /// PONGs, the cut marker's SUB, the retiring UNSUBs and PING, to write on this link.
     out: BytesMut,
-    retiring: bool,
-    done: bool,
+    retire: Retire,
     /// The sid of the cut marker subscribed on this link too (see [`Connection::gate_switch`]).
     marker: Option<u64>,
     /// The marker sequence number at which the two streams were cut.
     cut: Option<u64>,
-    /// The retiring PONG arrived: everything written on this link was processed.
-    retired: bool,
     /// Frames written on this link and retained for resending until it confirms them.
-    retained: crate::outbound::Retained,
+    retained: Retained,
     /// Flushes asked before the switch whose PING goes out on the new link: they also
-    /// wait for this link's last PONG.
+    /// wait for this link's last PONG (see [`super::ping::Flushes`]).
     flushes: Vec<u64>,
+}
+
+/// Where a retiring link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retire {
+    /// It delivers for the overlap.
+    Overlap,
+    /// UNSUB for everything and the last PING are queued; waiting for its PONG.
+    LastPing,
+    /// The last PONG arrived: the server processed everything written on the link.
+    Retired,
+    /// An -ERR that closes it, or bad bytes; `last_ping` says whether it was queued.
+    Failed { last_ping: bool },
 }
 
 impl DetachedLink {
     /// True once the retiring PONG arrived or the link failed: close it.
     pub fn is_done(&self) -> bool {
-        self.done
+        matches!(self.retire, Retire::Retired | Retire::Failed { .. })
     }
 
     /// True once UNSUB and the last PING were queued.
     pub fn is_retiring(&self) -> bool {
-        self.retiring
+        matches!(
+            self.retire,
+            Retire::LastPing | Retire::Retired | Retire::Failed { last_ping: true }
+        )
     }
 
     /// True once the cut marker arrived on this link: the new link delivers from here on.
@@ -75,15 +86,21 @@ impl DetachedLink {
     /// True once the retiring PONG arrived: the server processed every frame written on
     /// this link. A link done without it (closed, an -ERR, bad bytes) may have lost some.
     pub fn is_retired(&self) -> bool {
-        self.retired
+        self.retire == Retire::Retired
     }
 
     /// Publish frames written on this link and not confirmed.
     pub fn unconfirmed(&self) -> Counts {
-        Counts {
-            msgs: self.written.msgs - self.confirmed.msgs,
-            bytes: self.written.bytes - self.confirmed.bytes,
-        }
+        self.acct.unconfirmed()
+    }
+
+    /// The link failed: what it still owes is reported when it is finished.
+    fn fail(&mut self) {
+        self.retire = match self.retire {
+            Retire::Overlap => Retire::Failed { last_ping: false },
+            Retire::LastPing => Retire::Failed { last_ping: true },
+            done => done,
+        };
     }
 
     /// Bytes to write on this link (PONGs, the retiring UNSUBs and PING).
@@ -133,20 +150,16 @@ impl Connection {
                 _ => None,
             })
             .collect();
-        self.flushes_on_old_link.extend(&flushes);
+        for token in &flushes {
+            self.flushes.span(*token);
+        }
         let link = DetachedLink {
             decoder: std::mem::replace(&mut self.decoder, Decoder::new(self.config.decoder)),
-            pings_out: std::mem::take(&mut self.pings_out),
-            written: self.written,
-            confirmed: self.confirmed,
-            written_retained: self.written_retained,
-            confirmed_retained: self.confirmed_retained,
+            acct: std::mem::take(&mut self.link),
             out: BytesMut::new(),
-            retiring: false,
-            done: false,
+            retire: Retire::Overlap,
             marker: None,
             cut: None,
-            retired: false,
             retained: self.out.take_retained(),
             flushes,
         };
@@ -180,51 +193,35 @@ impl Connection {
                 }
                 Ok(Some(ServerOp::Ping)) => encode::encode_pong(&mut link.out),
                 Ok(Some(ServerOp::Pong)) => {
-                    let Some(ping) = link.pings_out.pop_front() else {
+                    let Some((ping, released)) = link.acct.on_pong() else {
                         continue;
                     };
-                    link.confirmed = ping.written;
-                    if ping.retained > link.confirmed_retained {
-                        self.out.release_from(
-                            &mut link.retained,
-                            ping.retained - link.confirmed_retained,
-                        );
-                        link.confirmed_retained = ping.retained;
+                    if released > 0 {
+                        self.out.release_from(&mut link.retained, released);
                         self.events.push_back(ConnEvent::BufferSpace);
                     }
                     match ping.purpose {
-                        PingPurpose::Flush(token) => {
-                            self.events.push_back(ConnEvent::FlushDone(token));
-                        }
+                        PingPurpose::Flush(token) => self.flush_confirmed(token),
                         PingPurpose::Retire => {
-                            link.done = true;
-                            link.retired = true;
+                            link.retire = Retire::Retired;
                             // Flushes that spanned the switch: the old part is confirmed.
                             for token in std::mem::take(&mut link.flushes) {
-                                self.flushes_on_old_link.retain(|t| *t != token);
-                                if let Some(i) = self
-                                    .flushes_done_on_new_link
-                                    .iter()
-                                    .position(|t| *t == token)
-                                {
-                                    self.flushes_done_on_new_link.swap_remove(i);
-                                    self.events.push_back(ConnEvent::FlushDone(token));
-                                }
+                                self.flush_confirmed(token);
                             }
                         }
-                        _ => {}
+                        PingPurpose::Keepalive | PingPurpose::Confirm => {}
                     }
                 }
                 Ok(Some(ServerOp::Err(text))) => {
                     if ServerErr::parse(&text).is_fatal() {
-                        link.done = true;
+                        link.fail();
                     }
                     self.events.push_back(ConnEvent::ServerError(text));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(_) => {
-                    link.done = true;
+                    link.fail();
                     buf.clear();
                     return;
                 }
@@ -285,38 +282,36 @@ impl Connection {
 
     /// The overlap is over: UNSUB every subscription and a last PING on the detached link.
     pub fn retire_detached(&mut self, now: Instant, link: &mut DetachedLink) {
-        if link.retiring {
-            return;
-        }
-        link.retiring = true;
+        link.retire = match link.retire {
+            Retire::Overlap => Retire::LastPing,
+            Retire::Failed { last_ping: false } => Retire::Failed { last_ping: true },
+            _ => return,
+        };
         for sid in &self.sub_order {
             encode::encode_unsub(&mut link.out, *sid, None);
         }
         encode::encode_ping(&mut link.out);
-        link.pings_out.push_back(PingOut {
-            purpose: PingPurpose::Retire,
-            sent_at: now,
-            written: link.written,
-            retained: link.written_retained,
-        });
+        link.acct.ping_written(PingPurpose::Retire, now);
     }
 
     /// The detached link is closed. Returns what stayed unconfirmed on it. Flushes that
     /// waited on it fail (or, with resend_unconfirmed, re-arm on the current link).
     pub fn finish_detached(&mut self, link: DetachedLink) -> Counts {
         let unconfirmed = link.unconfirmed();
-        let spanning = link.flushes;
-        let waiting = link.pings_out.into_iter().filter_map(|p| match p.purpose {
+        let waiting = link.acct.pings_out.iter().filter_map(|p| match p.purpose {
             PingPurpose::Flush(token) => Some(token),
             _ => None,
         });
-        for token in waiting.chain(spanning.iter().copied()) {
-            self.flushes_on_old_link.retain(|t| *t != token);
-            self.flushes_done_on_new_link.retain(|t| *t != token);
+        let tokens: Vec<u64> = waiting.chain(link.flushes.iter().copied()).collect();
+        for token in tokens {
+            if !self.flushes.contains(token) {
+                continue; // cancelled, or failed with the current link already
+            }
             if self.config.resend_unconfirmed {
-                // The frames are resent below: confirm them on the current link.
+                // The frames are resent below: confirm them on the current link alone.
                 self.flush(token);
             } else {
+                self.flushes.remove(token);
                 self.events
                     .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
