@@ -164,7 +164,7 @@ fn err_before_pong_fails_the_handshake() {
         ))
     );
     assert!(h.events().is_empty());
-    assert_eq!(h.conn.state(), LinkState::Down);
+    assert_eq!(*h.conn.state(), LinkState::Down);
 }
 
 #[test]
@@ -386,9 +386,8 @@ fn poison_frame_is_reported_removed_not_unconfirmed() {
             .any(|e| matches!(e, ConnEvent::FramesRemoved { counts, .. } if counts.msgs == 1)),
         "{ev:?}"
     );
-    assert_eq!(
-        h.conn.state(),
-        LinkState::Closing,
+    assert!(
+        matches!(h.conn.state(), LinkState::Closing { .. }),
         "reads on after a closing -ERR"
     );
     h.conn.handle_link_lost(h.now, None);

@@ -63,7 +63,7 @@ pub const MAX_UNWRITTEN_PONGS: usize = 4096;
 
 /// Settings of the state machine (the async client maps its options onto these).
 #[derive(Debug, Clone)]
-#[allow(clippy::struct_excessive_bools)] // issue 12 step 3; remove then
+#[allow(clippy::struct_excessive_bools)] // independent switches, one per ConnectOptions field (echo is a CONNECT field)
 pub struct Config {
     /// A PING goes out after this long without inbound bytes.
     pub ping_interval: Duration,

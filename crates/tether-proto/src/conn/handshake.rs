@@ -18,6 +18,9 @@ use crate::info::{ConnectInfo, ServerInfo};
 use crate::op::ServerOp;
 use crate::server_err::ServerErr;
 
+use crate::time::saturating_add as later;
+
+use super::timer::Timer;
 use super::{Auth, Config, ConnEvent, Connection, DisconnectReason, LinkState, PingPurpose};
 
 /// Why a handshake failed.
@@ -299,13 +302,13 @@ impl Connection {
         if self.state != LinkState::Down {
             self.close_link(now, DisconnectReason::Requested);
         }
-        self.last_inbound = now;
-        self.last_write_progress = now;
         self.decoder = Decoder::new(self.config.decoder);
         self.max_payload = link.info.max_payload;
         self.headers_supported = link.info.headers;
         self.info = Some(link.info);
         self.state = LinkState::Up;
+        self.timers
+            .set(Timer::Keepalive, later(now, self.config.ping_interval));
         self.stats.connects += 1;
         // Frames over the server's limit are removed before anything is replayed.
         self.remove_over_max_payload();

@@ -35,6 +35,7 @@ mod handshake;
 mod ping;
 mod retire;
 mod subs;
+mod timer;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -58,16 +59,24 @@ use ping::{Flushes, LinkAccounting};
 pub use retire::DetachedLink;
 use retire::Gate;
 use subs::SubState;
+use timer::{Timer, TimerTable};
 
 /// Where the current link is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkState {
     /// No link (a link's [`Handshake`] runs apart; see [`Connection::adopt_link`]).
     Down,
     /// A link whose handshake completed.
     Up,
-    /// A closing -ERR arrived: no more writes, reading on until EOF or the grace ends.
-    Closing,
+    /// A closing -ERR arrived: no more writes, reading on until EOF or the grace
+    /// ([`CLOSING_READ_GRACE`]) ends.
+    Closing {
+        /// The -ERR, reported when the link goes down.
+        reason: DisconnectReason,
+        /// A publish frame was half written when our own bytes caused the -ERR: it is the
+        /// likely poison, dropped after the rewind, never resent.
+        drop_partial: bool,
+    },
 }
 
 /// Totals kept by the state machine.
@@ -99,13 +108,11 @@ pub struct Connection {
     config: Config,
     decoder: Decoder,
     state: LinkState,
-    closing: Option<(Instant, DisconnectReason)>,
     info: Option<Box<ServerInfo>>,
     max_payload: usize,
     headers_supported: bool,
 
     out: OutboundBuffer,
-    last_write_progress: Instant,
 
     /// PINGs queued and not yet written, with what each is for.
     pings_queued: VecDeque<PingPurpose>,
@@ -113,11 +120,10 @@ pub struct Connection {
     link: LinkAccounting,
     /// PONGs queued on this link and not yet written.
     pongs_unwritten: usize,
-    /// When the first publish frame written since the last PING went out.
-    unpinged_since: Option<Instant>,
+    /// Bytes of publish frames written since the last PING (the Confirm timer runs from
+    /// the first of them).
     unpinged_bytes: usize,
-    last_inbound: Instant,
-    last_keepalive: Option<Instant>,
+    timers: TimerTable,
     /// Flushes asked while no link is up: their PINGs go out after the next handshake.
     flush_waiting: Vec<u64>,
     flushes: Flushes,
@@ -134,7 +140,6 @@ pub struct Connection {
     events: VecDeque<ConnEvent>,
     messages: VecDeque<Msg>,
     stats: ConnStats,
-    drop_partial_after_rewind: bool,
     /// A planned switch's cut: the current (new) link's deliveries held until the
     /// retired link shows where the two streams join.
     gate: Option<Gate>,
@@ -144,25 +149,22 @@ pub struct Connection {
 
 impl Connection {
     /// A session with no link yet.
-    pub fn new(config: Config, now: Instant) -> Self {
+    /// (`_now` keeps the handlers' grammar: nothing runs until a link is adopted.)
+    pub fn new(config: Config, _now: Instant) -> Self {
         let decoder = Decoder::new(config.decoder);
         let max_payload = config.assumed_max_payload;
         Self {
             out: OutboundBuffer::new(config.buffer),
             decoder,
             state: LinkState::Down,
-            closing: None,
             info: None,
             max_payload,
             headers_supported: true,
-            last_write_progress: now,
             pings_queued: VecDeque::new(),
             link: LinkAccounting::default(),
             pongs_unwritten: 0,
-            unpinged_since: None,
             unpinged_bytes: 0,
-            last_inbound: now,
-            last_keepalive: None,
+            timers: TimerTable::default(),
             flush_waiting: Vec::new(),
             flushes: Flushes::default(),
             subs: HashMap::new(),
@@ -174,7 +176,6 @@ impl Connection {
             events: VecDeque::new(),
             messages: VecDeque::new(),
             stats: ConnStats::default(),
-            drop_partial_after_rewind: false,
             gate: None,
             cancelled_in_flight: Vec::new(),
             config,
@@ -182,8 +183,8 @@ impl Connection {
     }
 
     /// The current link state.
-    pub fn state(&self) -> LinkState {
-        self.state
+    pub fn state(&self) -> &LinkState {
+        &self.state
     }
 
     /// True when the handshake has completed on the current link.
@@ -229,7 +230,7 @@ impl Connection {
     /// False after a closing -ERR: the driver stops writing, even a chunk half written
     /// (what it holds is rewound and resent on the next link).
     pub fn may_write(&self) -> bool {
-        self.state != LinkState::Closing
+        !matches!(self.state, LinkState::Closing { .. })
     }
 
     /// True when nothing waits to be written.
@@ -248,7 +249,12 @@ impl Connection {
         if buf.is_empty() {
             return;
         }
-        self.last_inbound = now;
+        if self.state == LinkState::Up {
+            // Keepalive after ping_interval of inbound silence (outbound traffic proves
+            // nothing).
+            self.timers
+                .set(Timer::Keepalive, later(now, self.config.ping_interval));
+        }
         loop {
             if matches!(self.state, LinkState::Down) {
                 buf.clear();
@@ -258,7 +264,7 @@ impl Connection {
                 Ok(Some(op)) => self.handle_op(now, op),
                 Ok(None) => return,
                 Err(e) => {
-                    self.link_down(now, DisconnectReason::Protocol(e));
+                    self.link_down(DisconnectReason::Protocol(e));
                     buf.clear();
                     return;
                 }
@@ -269,7 +275,7 @@ impl Connection {
     fn handle_op(&mut self, now: Instant, op: ServerOp) {
         match op {
             ServerOp::Msg(msg) => self.handle_current_msg(msg),
-            ServerOp::Ping => self.queue_pong(now),
+            ServerOp::Ping => self.queue_pong(),
             ServerOp::Pong => self.handle_pong(),
             ServerOp::Info(info) => self.handle_info(info),
             ServerOp::Ok => {}
@@ -279,7 +285,7 @@ impl Connection {
 
     fn handle_info(&mut self, info: Box<ServerInfo>) {
         match self.state {
-            LinkState::Up | LinkState::Closing => {
+            LinkState::Up | LinkState::Closing { .. } => {
                 // Only frames not yet handed to the writer can be removed: a chunk in
                 // flight cannot be recalled. A frame in it over the new limit reaches the
                 // server, whose `Maximum Payload Violation` reports it (FramesRemoved,
@@ -318,10 +324,8 @@ impl Connection {
         let err = ServerErr::parse(&text);
         match err {
             err if err.is_fatal() => {
-                if err.is_ours() {
-                    self.remove_poison();
-                }
-                self.begin_closing(now, DisconnectReason::ServerError(err));
+                let drop_partial = err.is_ours() && self.remove_poison();
+                self.begin_closing(now, DisconnectReason::ServerError(err), drop_partial);
             }
             ServerErr::SubPermission {
                 subject,
@@ -357,8 +361,9 @@ impl Connection {
     }
 
     /// A closing -ERR our own bytes caused: what was written since the last PONG is the
-    /// likely poison, reported as removed (not unconfirmed) and never resent.
-    fn remove_poison(&mut self) {
+    /// likely poison, reported as removed (not unconfirmed) and never resent. True when a
+    /// publish frame is half written: the likely poison, dropped after the rewind.
+    fn remove_poison(&mut self) -> bool {
         let removed = self.out.discard_retained();
         let unconfirmed = self.unconfirmed();
         let mut counts = Counts {
@@ -368,10 +373,10 @@ impl Connection {
         // The server rejects a large frame after its control line, often before it is
         // fully written: that frame is the likely poison. It is dropped after the rewind,
         // never resent.
-        if let Some(f) = self.out.partial_front().filter(|f| f.kind.is_publish()) {
+        let partial = self.out.partial_front().filter(|f| f.kind.is_publish());
+        if let Some(f) = partial {
             counts.msgs += 1;
             counts.bytes += u64::from(f.len);
-            self.drop_partial_after_rewind = true;
         }
         self.events.push_back(ConnEvent::BufferSpace);
         // They are reported as removed, not as unconfirmed.
@@ -383,6 +388,7 @@ impl Connection {
                 counts,
             });
         }
+        partial.is_some()
     }
 
     /// The publisher's denied publish matched no request: count it.
@@ -391,35 +397,46 @@ impl Connection {
     }
 
     /// A closing -ERR: no more writes; the link is read for [`CLOSING_READ_GRACE`].
-    fn begin_closing(&mut self, now: Instant, reason: DisconnectReason) {
-        if self.state == LinkState::Up {
-            self.state = LinkState::Closing;
-            self.closing = Some((later(now, CLOSING_READ_GRACE), reason));
+    fn begin_closing(&mut self, now: Instant, reason: DisconnectReason, drop_partial: bool) {
+        match &mut self.state {
+            LinkState::Up => {
+                self.state = LinkState::Closing {
+                    reason,
+                    drop_partial,
+                };
+                // Only the grace runs now: no writes, no PINGs.
+                self.timers.stop_all();
+                self.timers
+                    .set(Timer::Closing, later(now, CLOSING_READ_GRACE));
+            }
+            LinkState::Closing {
+                drop_partial: d, ..
+            } => *d |= drop_partial,
+            LinkState::Down => {}
         }
     }
 
     /// The link ended (EOF, `error` None, or an I/O error). After a closing -ERR the
     /// reason is that error.
-    pub fn handle_link_lost(&mut self, now: Instant, error: Option<String>) {
-        let reason = match self.closing.take() {
-            Some((_, reason)) => reason,
-            None => match error {
-                Some(e) => DisconnectReason::Io(e),
-                None => DisconnectReason::Eof,
-            },
+    /// (Nothing is timed once the link is gone: `_now` keeps the handlers' grammar.)
+    pub fn handle_link_lost(&mut self, _now: Instant, error: Option<String>) {
+        let reason = match (&self.state, error) {
+            (LinkState::Closing { reason, .. }, _) => reason.clone(),
+            (_, Some(e)) => DisconnectReason::Io(e),
+            (_, None) => DisconnectReason::Eof,
         };
-        self.link_down(now, reason);
+        self.link_down(reason);
     }
 
     /// Close the current link on purpose (close, force_reconnect, a planned switch with
     /// no other server: `reason` is [`DisconnectReason::Requested`]). Reports like any
     /// loss.
-    pub fn close_link(&mut self, now: Instant, reason: DisconnectReason) {
-        self.link_down(now, reason);
+    pub fn close_link(&mut self, _now: Instant, reason: DisconnectReason) {
+        self.link_down(reason);
     }
 
     /// The link is gone: rewind the outbound stream, fail or re-arm its flushes, report.
-    fn link_down(&mut self, now: Instant, reason: DisconnectReason) {
+    fn link_down(&mut self, reason: DisconnectReason) {
         if self.state == LinkState::Down {
             return;
         }
@@ -427,7 +444,13 @@ impl Connection {
         // Retained frames (resend_unconfirmed) go first, then what was never written.
         let cancelled = std::mem::take(&mut self.cancelled_in_flight);
         self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
-        if std::mem::take(&mut self.drop_partial_after_rewind) {
+        if matches!(
+            self.state,
+            LinkState::Closing {
+                drop_partial: true,
+                ..
+            }
+        ) {
             // The poison frame cut in half is first now (retained frames were discarded).
             self.out.drop_first_pending();
         }
@@ -455,7 +478,7 @@ impl Connection {
                     .push_back(ConnEvent::FlushFailed { token, unconfirmed });
             }
         }
-        self.reset_link_state(now);
+        self.reset_link_state();
         self.events.push_back(ConnEvent::Disconnected {
             reason,
             unconfirmed,
@@ -463,12 +486,8 @@ impl Connection {
         });
     }
 
-    fn reset_link_state(&mut self, now: Instant) {
-        self.drop_partial_after_rewind = false;
+    fn reset_link_state(&mut self) {
         self.state = LinkState::Down;
-        self.closing = None;
-        self.last_inbound = now;
-        self.last_write_progress = now;
         if self.out.has_in_flight() {
             let cancelled = std::mem::take(&mut self.cancelled_in_flight);
             self.out.rewind(|f| Self::kept_at_rewind(&cancelled, f));
@@ -486,107 +505,52 @@ impl Connection {
         self.pings_total = self.pings_queued.len() as u64;
         self.pongs_total = 0;
         self.link = LinkAccounting::default();
-        self.unpinged_since = None;
         self.unpinged_bytes = 0;
-        self.last_keepalive = None;
+        self.timers.stop_all();
         self.subs_since_pong.clear();
     }
 
     /// A deadline from [`Self::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == LinkState::Closing {
-            if let Some((deadline, _)) = &self.closing {
-                if now >= *deadline {
-                    let reason = self
-                        .closing
-                        .take()
-                        .map_or(DisconnectReason::Eof, |(_, r)| r);
-                    self.link_down(now, reason);
-                }
+        let expired = |t: Timer| self.timers.is_expired(t, now);
+        let reason = if expired(Timer::Closing) {
+            match &self.state {
+                LinkState::Closing { reason, .. } => reason.clone(),
+                _ => DisconnectReason::Eof,
             }
+        } else if self.state != LinkState::Up {
             return;
-        }
-        if self.state != LinkState::Up {
-            return;
-        }
-        // Write stall: data pending and no byte accepted for write_stall_timeout.
-        if self.out.has_in_flight()
-            && now.duration_since(self.last_write_progress) >= self.config.write_stall_timeout
+        } else if expired(Timer::WriteStall) {
+            // Data pending and no byte accepted for write_stall_timeout.
+            DisconnectReason::WriteStall {
+                timeout: self.config.write_stall_timeout,
+            }
+        } else if expired(Timer::Pong) {
+            DisconnectReason::PongTimeout {
+                timeout: self.config.pong_timeout,
+            }
+        } else if expired(Timer::Keepalive)
+            && self.link.pings_out.len() + self.pings_queued.len()
+                >= self.config.max_pings_outstanding
         {
-            self.link_down(
-                now,
-                DisconnectReason::WriteStall {
-                    timeout: self.config.write_stall_timeout,
-                },
-            );
+            DisconnectReason::TooManyPingsOutstanding {
+                max: self.config.max_pings_outstanding,
+            }
+        } else {
+            if expired(Timer::Keepalive) {
+                self.timers
+                    .set(Timer::Keepalive, later(now, self.config.ping_interval));
+                self.queue_ping(PingPurpose::Keepalive);
+            }
+            self.maybe_confirm(now);
             return;
-        }
-        // A missing PONG.
-        if let Some(front) = self.link.pings_out.front() {
-            if now.duration_since(front.sent_at) >= self.config.pong_timeout {
-                self.link_down(
-                    now,
-                    DisconnectReason::PongTimeout {
-                        timeout: self.config.pong_timeout,
-                    },
-                );
-                return;
-            }
-        }
-        // Keepalive after ping_interval of inbound silence (outbound traffic proves nothing).
-        let since = self
-            .last_keepalive
-            .map_or(self.last_inbound, |k| k.max(self.last_inbound));
-        if now.duration_since(since) >= self.config.ping_interval {
-            let outstanding = self.link.pings_out.len() + self.pings_queued.len();
-            if outstanding >= self.config.max_pings_outstanding {
-                self.link_down(
-                    now,
-                    DisconnectReason::TooManyPingsOutstanding {
-                        max: self.config.max_pings_outstanding,
-                    },
-                );
-                return;
-            }
-            self.last_keepalive = Some(now);
-            self.queue_ping(PingPurpose::Keepalive);
-        }
-        self.maybe_confirm(now);
+        };
+        self.link_down(reason);
     }
 
     /// The next deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut at = |t: Instant| {
-            next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        };
-        match self.state {
-            LinkState::Closing => {
-                if let Some((d, _)) = &self.closing {
-                    at(*d);
-                }
-            }
-            LinkState::Up => {
-                if self.out.has_in_flight() {
-                    at(later(
-                        self.last_write_progress,
-                        self.config.write_stall_timeout,
-                    ));
-                }
-                if let Some(front) = self.link.pings_out.front() {
-                    at(later(front.sent_at, self.config.pong_timeout));
-                }
-                let since = self
-                    .last_keepalive
-                    .map_or(self.last_inbound, |k| k.max(self.last_inbound));
-                at(later(since, self.config.ping_interval));
-                if let Some(s) = self.unpinged_since {
-                    at(later(s, self.config.confirm_interval));
-                }
-            }
-            LinkState::Down => {}
-        }
-        next
+        self.timers.next_timeout()
     }
 
     /// True when [`Self::poll_transmit`] would return a chunk now.
@@ -607,7 +571,10 @@ impl Connection {
         }
         // None while a chunk is in flight.
         let chunk = self.out.take_chunk()?;
-        self.last_write_progress = now;
+        self.timers.set(
+            Timer::WriteStall,
+            later(now, self.config.write_stall_timeout),
+        );
         Some(chunk)
     }
 
@@ -617,13 +584,7 @@ impl Connection {
     /// [`Self::may_write`]); bytes reported written anyway are ignored: the server acts on
     /// nothing after its -ERR, so those frames count as never written and are resent.
     pub fn handle_written(&mut self, now: Instant, n: usize) {
-        if self.state == LinkState::Closing {
-            return;
-        }
-        if n > 0 {
-            self.last_write_progress = now;
-        }
-        if !self.out.has_in_flight() {
+        if self.state != LinkState::Up || !self.out.has_in_flight() {
             return;
         }
         let retain = self.config.resend_unconfirmed;
@@ -653,8 +614,11 @@ impl Connection {
                     if !(retained && w.frame.kind == FrameKind::Pub) {
                         freed = true;
                     }
-                    if self.unpinged_since.is_none() {
-                        self.unpinged_since = Some(now);
+                    if self.timers.get(Timer::Confirm).is_none() {
+                        // The first frame not covered by a PING: the next one is due at
+                        // most confirm_interval later.
+                        let at = later(now, self.config.confirm_interval);
+                        self.timers.set(Timer::Confirm, at);
                     }
                     self.unpinged_bytes += w.frame.len as usize;
                 }
@@ -664,12 +628,21 @@ impl Connection {
                         .pop_front()
                         .unwrap_or(PingPurpose::Confirm);
                     self.link.ping_written(purpose, now);
-                    self.unpinged_since = None;
+                    self.timers.stop(Timer::Confirm);
                     self.unpinged_bytes = 0;
                 }
                 FrameKind::Pong => self.pongs_unwritten = self.pongs_unwritten.saturating_sub(1),
                 FrameKind::Control => {}
             });
+        if !self.out.has_in_flight() {
+            self.timers.stop(Timer::WriteStall);
+        } else if n > 0 {
+            self.timers.set(
+                Timer::WriteStall,
+                later(now, self.config.write_stall_timeout),
+            );
+        }
+        self.rearm_pong_timer();
         if freed {
             self.events.push_back(ConnEvent::BufferSpace);
         }

@@ -6,6 +6,9 @@ use std::time::Instant;
 use crate::encode;
 use crate::outbound::{Counts, FrameKind};
 
+use crate::time::saturating_add as later;
+
+use super::timer::Timer;
 use super::{ConnEvent, Connection, DisconnectReason, LinkState, MAX_UNWRITTEN_PONGS};
 
 /// What a PING was sent for.
@@ -141,28 +144,25 @@ impl Flushes {
 }
 
 impl Connection {
-    pub(super) fn queue_pong(&mut self, now: Instant) {
+    pub(super) fn queue_pong(&mut self) {
         match self.state {
             LinkState::Up => {
                 if self.pongs_unwritten >= MAX_UNWRITTEN_PONGS {
-                    self.link_down(
-                        now,
-                        DisconnectReason::PongBacklog {
-                            max: MAX_UNWRITTEN_PONGS,
-                        },
-                    );
+                    self.link_down(DisconnectReason::PongBacklog {
+                        max: MAX_UNWRITTEN_PONGS,
+                    });
                     return;
                 }
                 self.pongs_unwritten += 1;
                 self.out.push(FrameKind::Pong, 0, encode::encode_pong);
             }
-            LinkState::Down | LinkState::Closing => {}
+            LinkState::Down | LinkState::Closing { .. } => {}
         }
     }
 
     pub(super) fn handle_pong(&mut self) {
         match self.state {
-            LinkState::Up | LinkState::Closing => {
+            LinkState::Up | LinkState::Closing { .. } => {
                 let Some((ping, released)) = self.link.on_pong() else {
                     return;
                 };
@@ -175,6 +175,7 @@ impl Connection {
                     self.out.release_retained(released);
                     self.events.push_back(ConnEvent::BufferSpace);
                 }
+                self.rearm_pong_timer();
                 if let PingPurpose::Flush(token) = ping.purpose {
                     self.flush_confirmed(token);
                 }
@@ -190,13 +191,25 @@ impl Connection {
         }
     }
 
-    pub(super) fn maybe_confirm(&mut self, now: Instant) {
-        if let Some(since) = self.unpinged_since {
-            if now.duration_since(since) >= self.config.confirm_interval
-                || self.unpinged_bytes >= self.config.confirm_bytes
-            {
-                self.queue_ping(PingPurpose::Confirm);
+    /// The oldest PING written on a link that is up waits pong_timeout for its PONG.
+    pub(super) fn rearm_pong_timer(&mut self) {
+        match self.link.pings_out.front() {
+            Some(p) if self.state == LinkState::Up => {
+                let at = later(p.sent_at, self.config.pong_timeout);
+                self.timers.set(Timer::Pong, at);
             }
+            _ => self.timers.stop(Timer::Pong),
+        }
+    }
+
+    /// A confirm PING when frames written wait for one for confirm_interval, or their
+    /// bytes reached confirm_bytes.
+    pub(super) fn maybe_confirm(&mut self, now: Instant) {
+        if self.timers.is_expired(Timer::Confirm, now)
+            || (self.timers.get(Timer::Confirm).is_some()
+                && self.unpinged_bytes >= self.config.confirm_bytes)
+        {
+            self.queue_ping(PingPurpose::Confirm);
         }
     }
 
@@ -236,7 +249,7 @@ impl Connection {
         self.pings_queued.push_back(purpose);
         self.pings_total += 1;
         // Once queued, the data before it is covered: no further confirm PING needed.
-        self.unpinged_since = None;
+        self.timers.stop(Timer::Confirm);
         self.unpinged_bytes = 0;
     }
 }

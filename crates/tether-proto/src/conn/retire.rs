@@ -164,7 +164,6 @@ impl Connection {
             flushes,
         };
         self.state = LinkState::Down;
-        self.closing = None;
         self.reset_link_counters();
         Some(link)
     }
