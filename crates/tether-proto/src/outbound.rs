@@ -51,13 +51,13 @@ impl FrameKind {
 
 /// One frame's place in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// Encoded length, control line and payload.
-    pub len: u32,
+    pub(crate) len: u32,
     /// Header block plus payload length (PUB/HPUB only), checked against max_payload.
-    pub payload_len: u32,
+    pub(crate) payload_len: u32,
     /// The kind of frame.
-    pub kind: FrameKind,
+    pub(crate) kind: FrameKind,
 }
 
 /// Totals of PUB/HPUB frames.
@@ -83,21 +83,21 @@ impl Counts {
 /// Retained frames moved out of the buffer with their link (see
 /// [`OutboundBuffer::take_retained`]).
 #[derive(Debug, Default)]
-pub struct Retained {
+pub(crate) struct Retained {
     bytes: BytesMut,
     frames: VecDeque<Frame>,
 }
 
 /// A frame whose last byte the socket just accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     /// The frame.
-    pub frame: Frame,
+    pub(crate) frame: Frame,
 }
 
 /// The byte- and message-bounded outbound buffer.
 #[derive(Debug)]
-pub struct OutboundBuffer {
+pub(crate) struct OutboundBuffer {
     limits: BufferLimits,
     /// Encoded frames not yet handed to the writer.
     pending: BytesMut,
@@ -117,7 +117,7 @@ pub struct OutboundBuffer {
 
 impl OutboundBuffer {
     /// An empty buffer with these bounds.
-    pub fn new(limits: BufferLimits) -> Self {
+    pub(crate) fn new(limits: BufferLimits) -> Self {
         Self {
             limits,
             pending: BytesMut::with_capacity(64 * 1024),
@@ -132,18 +132,13 @@ impl OutboundBuffer {
         }
     }
 
-    /// The bounds.
-    pub fn limits(&self) -> BufferLimits {
-        self.limits
-    }
-
     /// PUB/HPUB frames and bytes counted against the bounds.
-    pub fn counted(&self) -> Counts {
+    pub(crate) fn counted(&self) -> Counts {
         self.counted
     }
 
     /// True when a publish frame of `len` bytes fits within the bounds now.
-    pub fn has_room(&self, len: usize) -> bool {
+    pub(crate) fn has_room(&self, len: usize) -> bool {
         self.counted.msgs < self.limits.max_msgs as u64
             && self.counted.bytes + len as u64 <= self.limits.max_bytes as u64
     }
@@ -151,7 +146,7 @@ impl OutboundBuffer {
     /// Append one frame of `kind`: `encode` writes it at the end of the pending stream.
     /// `payload_len` is its header block plus payload (PUB/HPUB; 0 for the others),
     /// checked against max_payload if the server lowers it.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         kind: FrameKind,
         payload_len: usize,
@@ -171,29 +166,24 @@ impl OutboundBuffer {
     }
 
     /// True when nothing waits to be written (pending empty, chunk fully written).
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight_pos >= self.in_flight.len()
     }
 
     /// True while a chunk handed to the writer is not fully written.
-    pub fn has_in_flight(&self) -> bool {
+    pub(crate) fn has_in_flight(&self) -> bool {
         self.in_flight_pos < self.in_flight.len()
     }
 
-    /// Bytes waiting to be written, pending and in flight.
-    pub fn unwritten_bytes(&self) -> usize {
-        self.pending.len() + (self.in_flight.len() - self.in_flight_pos)
-    }
-
     /// The unwritten rest of the chunk in flight, if any.
-    pub fn in_flight_rest(&self) -> Option<Bytes> {
+    pub(crate) fn in_flight_rest(&self) -> Option<Bytes> {
         self.has_in_flight()
             .then(|| self.in_flight.slice(self.in_flight_pos..))
     }
 
     /// Hand everything pending to the writer as one chunk. Returns `None` when a chunk is
     /// still in flight or nothing is pending.
-    pub fn take_chunk(&mut self) -> Option<Bytes> {
+    pub(crate) fn take_chunk(&mut self) -> Option<Bytes> {
         if self.has_in_flight() || self.pending.is_empty() {
             return None;
         }
@@ -210,7 +200,7 @@ impl OutboundBuffer {
     /// frame whose last byte is now written, in order. Written PUB frames are retained
     /// when `retain_pubs` (they keep counting against the bounds), request frames when
     /// `retain_requests` (they do not count while retained).
-    pub fn advance(
+    pub(crate) fn advance(
         &mut self,
         mut n: usize,
         retain_pubs: bool,
@@ -255,7 +245,7 @@ impl OutboundBuffer {
     }
 
     /// Drop the `msgs` oldest retained frames: a PONG confirmed them.
-    pub fn release_retained(&mut self, msgs: u64) {
+    pub(crate) fn release_retained(&mut self, msgs: u64) {
         let mut bytes = 0usize;
         for _ in 0..msgs {
             let Some(f) = self.retained_frames.pop_front() else {
@@ -271,18 +261,9 @@ impl OutboundBuffer {
         }
     }
 
-    /// Retained (written, unconfirmed) frames.
-    pub fn retained(&self) -> Counts {
-        let mut c = Counts::default();
-        for f in &self.retained_frames {
-            c.add(f);
-        }
-        c
-    }
-
     /// Drop every retained frame and return their totals (a closing -ERR our own bytes
     /// caused: never resend them).
-    pub fn discard_retained(&mut self) -> Counts {
+    pub(crate) fn discard_retained(&mut self) -> Counts {
         let mut c = Counts::default();
         for f in self.retained_frames.drain(..) {
             c.add(&f);
@@ -297,7 +278,7 @@ impl OutboundBuffer {
     /// The link dropped: rebuild the pending stream as retained frames, then the unwritten
     /// in-flight frames (a partly written one whole), then pending, keeping only frames
     /// for which `keep` is true (by default PUB/HPUB). Frames dropped are uncounted.
-    pub fn rewind(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
+    pub(crate) fn rewind(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
         let mut out = BytesMut::with_capacity(
             self.retained.len() + self.in_flight.len() - self.in_flight_pos + self.pending.len(),
         );
@@ -352,7 +333,7 @@ impl OutboundBuffer {
     /// Remove pending publish frames for which `remove` is true (for example those over a
     /// lowered max_payload). The chunk in flight, if any, is left alone (it was handed to
     /// the writer and cannot be recalled). Returns what was removed.
-    pub fn remove_pending(&mut self, mut remove: impl FnMut(&Frame) -> bool) -> Counts {
+    pub(crate) fn remove_pending(&mut self, mut remove: impl FnMut(&Frame) -> bool) -> Counts {
         let mut removed = Counts::default();
         if !self
             .pending_frames
@@ -381,7 +362,7 @@ impl OutboundBuffer {
     /// Put `bytes` (whole frames, described by `frames`) before everything pending. Used to
     /// replay subscriptions ahead of the buffered publishes in one pipelined write. Only
     /// call while nothing is in flight.
-    pub fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
+    pub(crate) fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
         let mut out = BytesMut::with_capacity(bytes.len() + self.pending.len());
         out.extend_from_slice(bytes);
         out.extend_from_slice(&self.pending);
@@ -396,28 +377,8 @@ impl OutboundBuffer {
         self.pending_frames = list;
     }
 
-    /// Move the `msgs` oldest retained frames back to the front of the pending stream, to
-    /// be written again (a retired link closed before confirming them). Only call while
-    /// nothing is in flight.
-    pub fn requeue_retained(&mut self, msgs: u64) {
-        let n = (msgs as usize).min(self.retained_frames.len());
-        if n == 0 {
-            return;
-        }
-        let frames: Vec<Frame> = self.retained_frames.drain(..n).collect();
-        let bytes: usize = frames.iter().map(|f| f.len as usize).sum();
-        let head = self.retained.split_to(bytes.min(self.retained.len()));
-        // prepend() counts publish frames; retained PUBs are counted already.
-        for f in &frames {
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(f);
-            }
-        }
-        self.prepend(&head, frames);
-    }
-
     /// The in-flight frame whose bytes are partly written, if any.
-    pub fn partial_front(&self) -> Option<Frame> {
+    pub(crate) fn partial_front(&self) -> Option<Frame> {
         (self.front_written > 0)
             .then(|| self.in_flight_frames.front().copied())
             .flatten()
@@ -425,7 +386,7 @@ impl OutboundBuffer {
 
     /// Remove the first pending frame (a poison frame put back by a rewind). Only call
     /// while nothing is in flight.
-    pub fn drop_first_pending(&mut self) -> Option<Frame> {
+    pub(crate) fn drop_first_pending(&mut self) -> Option<Frame> {
         let f = self.pending_frames.pop_front()?;
         let _ = self
             .pending
@@ -438,7 +399,7 @@ impl OutboundBuffer {
 
     /// Move the retained frames out (a planned switch: they belong to the retired link).
     /// Their counts stay; give them back with [`Self::release_from`] or [`Self::requeue`].
-    pub fn take_retained(&mut self) -> Retained {
+    pub(crate) fn take_retained(&mut self) -> Retained {
         Retained {
             bytes: std::mem::take(&mut self.retained),
             frames: std::mem::take(&mut self.retained_frames),
@@ -446,7 +407,7 @@ impl OutboundBuffer {
     }
 
     /// Drop the `msgs` oldest frames of `r`: a PONG on their link confirmed them.
-    pub fn release_from(&mut self, r: &mut Retained, msgs: u64) {
+    pub(crate) fn release_from(&mut self, r: &mut Retained, msgs: u64) {
         let mut bytes = 0usize;
         for _ in 0..msgs {
             let Some(f) = r.frames.pop_front() else {
@@ -461,7 +422,7 @@ impl OutboundBuffer {
     }
 
     /// Put the frames of `r` back at the front of the pending stream, to be written again.
-    pub fn requeue(&mut self, r: Retained) {
+    pub(crate) fn requeue(&mut self, r: Retained) {
         if r.frames.is_empty() {
             return;
         }
@@ -474,7 +435,7 @@ impl OutboundBuffer {
     }
 
     /// Request ids whose frames are buffered and not yet fully written.
-    pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
         self.in_flight_frames
             .iter()
             .chain(self.pending_frames.iter())
@@ -486,14 +447,14 @@ impl OutboundBuffer {
 
     /// True when the request's frame is in the chunk handed to the writer and not fully
     /// written.
-    pub fn in_flight_request(&self, id: u64) -> bool {
+    pub(crate) fn in_flight_request(&self, id: u64) -> bool {
         self.in_flight_frames
             .iter()
             .any(|f| f.kind == FrameKind::Request(id))
     }
 
     /// Request ids whose frames are pending (not yet handed to the writer).
-    pub fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
         self.pending_frames.iter().filter_map(|f| match f.kind {
             FrameKind::Request(id) => Some(id),
             _ => None,
@@ -501,7 +462,7 @@ impl OutboundBuffer {
     }
 
     /// Drop everything (the client is closed); returns the publish frames dropped.
-    pub fn clear(&mut self) -> Counts {
+    pub(crate) fn clear(&mut self) -> Counts {
         let c = self.counted;
         self.pending.clear();
         self.pending_frames.clear();
@@ -516,7 +477,7 @@ impl OutboundBuffer {
     }
 
     /// Publish frames not yet written (pending and in flight), excluding retained ones.
-    pub fn unsent(&self) -> Counts {
+    pub(crate) fn unsent(&self) -> Counts {
         let mut c = Counts::default();
         for f in self
             .in_flight_frames
@@ -582,7 +543,7 @@ mod tests {
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         b.take_chunk().unwrap();
         b.advance(24, true, false, |_| {});
-        assert_eq!(b.retained().msgs, 2);
+        assert_eq!(b.retained_frames.len(), 2);
         assert_eq!(b.counted().msgs, 2, "retained frames still count");
         b.release_retained(1);
         assert_eq!(b.counted().msgs, 1);

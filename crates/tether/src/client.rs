@@ -147,7 +147,7 @@ fn refused_to_publish(r: PublishRefused) -> PublishError {
             PublishError::ControlLineTooLong { len, limit }
         }
         PublishRefused::HeadersNotSupported => PublishError::HeadersNotSupported,
-        _ => PublishError::Disconnected,
+        PublishRefused::Disconnected => PublishError::Disconnected,
     }
 }
 
@@ -763,7 +763,12 @@ impl Client {
             PublishRefused::ControlLineTooLong { len, limit } => {
                 SubscribeError::ControlLineTooLong { len, limit }
             }
-            _ => SubscribeError::Closed,
+            // Not refusals a subscription can get.
+            PublishRefused::BufferFull { .. }
+            | PublishRefused::TooLargeForBuffer { .. }
+            | PublishRefused::MaxPayload { .. }
+            | PublishRefused::HeadersNotSupported
+            | PublishRefused::Disconnected => SubscribeError::Closed,
         })?;
         let q = Arc::new(SubQueue::new(
             sid,

@@ -86,7 +86,6 @@ impl fmt::Display for DisconnectReason {
 
 /// Why a subscription ended on the server's or the protocol's account.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum SubEndReason {
     /// Its auto-unsubscribe count was reached.
     MaxReached,
@@ -98,7 +97,6 @@ pub enum SubEndReason {
 
 /// Why buffered or unconfirmed frames were removed and will never be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum RemovedReason {
     /// An INFO lowered max_payload below their size.
     MaxPayloadLowered {
@@ -112,7 +110,6 @@ pub enum RemovedReason {
 
 /// What the state machine reports to the driver.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum ConnEvent {
     /// The handshake completed; buffered frames and the subscription replay are queued.
     Connected {
@@ -172,7 +169,6 @@ pub enum ConnEvent {
 
 /// Why a publish was not buffered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum PublishRefused {
     /// The buffer is at one of its bounds.
     BufferFull {

@@ -238,11 +238,6 @@ impl Connection {
         self.out.is_idle()
     }
 
-    /// Number of live subscriptions.
-    pub fn subscription_count(&self) -> usize {
-        self.subs.len()
-    }
-
     /// Bytes read from the socket. Decodes every complete op in `buf` and leaves the
     /// rest there for the next call.
     pub fn handle_read(&mut self, now: Instant, buf: &mut BytesMut) {
@@ -551,11 +546,6 @@ impl Connection {
     /// The next deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next_timeout()
-    }
-
-    /// True when [`Self::poll_transmit`] would return a chunk now.
-    pub fn has_transmit(&self) -> bool {
-        self.state == LinkState::Up && !self.out.has_in_flight() && !self.out.is_idle()
     }
 
     /// The unwritten rest of the chunk in flight, for a writer that takes over a chunk

@@ -1567,7 +1567,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 let why: String = match &reason {
                     SubEndReason::PermissionDenied(t)
                     | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
-                    _ => "the request inbox subscription ended".to_owned(),
+                    SubEndReason::MaxReached => "the request inbox subscription ended".to_owned(),
                 };
                 // No reply can reach those inboxes. Frames still pending are removed,
                 // never sent; one written or in flight may have been acted on (S4).
@@ -1592,7 +1592,6 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                     SubEndReason::MaxSubscriptionsExceeded(t) => {
                         Ended::Error(SubscribeError::MaxSubscriptionsExceeded(t))
                     }
-                    _ => Ended::Done,
                 });
             }
             None
@@ -1605,7 +1604,6 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 RemovedReason::PoisonFrame => {
                     "the server closed the connection over frames we sent (poison frame); they are not resent".to_owned()
                 }
-                _ => "removed".to_owned(),
             };
             shared.emit(EventKind::FramesRemoved {
                 reason,
@@ -1621,7 +1619,6 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             rearm_high_water(inner, c);
             None
         }
-        _ => None,
     }
 }
 
