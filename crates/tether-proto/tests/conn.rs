@@ -693,7 +693,7 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
         .unwrap();
     h.written();
     h.conn.flush(7);
-    let mut old = h.conn.detach().expect("detach");
+    let mut old = h.conn.retire_link().expect("retire_link");
     h.conn.adopt_link(h.now, established(info()));
     h.events();
     assert_eq!(
@@ -706,13 +706,13 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
         !h.events().contains(&ConnEvent::FlushDone(7)),
         "the old link has not confirmed"
     );
-    h.conn.retire_detached(h.now, &mut old);
+    h.conn.end_overlap(h.now, &mut old);
     assert_eq!(&old.poll_transmit().unwrap()[..], b"PING\r\n");
     let mut buf = BytesMut::from(&b"PONG\r\n"[..]);
-    h.conn.handle_detached_read(&mut old, &mut buf);
+    h.conn.handle_retiring_read(h.now, &mut old, &mut buf);
     assert!(old.is_done());
     assert!(h.events().contains(&ConnEvent::FlushDone(7)));
-    assert_eq!(h.conn.finish_detached(old).msgs, 0);
+    assert_eq!(h.conn.finish_retiring(old).msgs, 0);
 }
 
 #[test]
@@ -729,7 +729,7 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
         .publish("old", None, None, b"2", FrameKind::Pub)
         .unwrap();
     h.written();
-    let old = h.conn.detach().expect("detach");
+    let old = h.conn.retire_link().expect("retire_link");
     h.conn.adopt_link(h.now, established(info()));
     h.events();
     h.conn
@@ -739,7 +739,7 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
     h.written();
     h.read(b"PONG\r\n");
     // The old link closes without confirming: exactly its two frames are resent.
-    assert_eq!(h.conn.finish_detached(old).msgs, 2);
+    assert_eq!(h.conn.finish_retiring(old).msgs, 2);
     assert_eq!(h.written(), b"PUB old 1\r\n1\r\nPUB old 1\r\n2\r\n");
 }
 
@@ -1083,7 +1083,7 @@ fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_pay
         .publish("small", None, None, b"ok", FrameKind::Pub)
         .unwrap();
     h.written();
-    let old = h.conn.detach().expect("detach");
+    let old = h.conn.retire_link().expect("retire_link");
     // The new server's limit is lower than the old one's.
     h.conn.adopt_link(
         h.now,
@@ -1096,7 +1096,7 @@ fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_pay
     h.events();
     // The old link closes before confirming: its frames are resent on the new link, but
     // the one over the new limit is removed and reported, never sent to be rejected.
-    assert_eq!(h.conn.finish_detached(old).msgs, 2);
+    assert_eq!(h.conn.finish_retiring(old).msgs, 2);
     assert_eq!(
         removed(&h.events()),
         vec![(RemovedReason::MaxPayloadLowered { max_payload: 64 }, 1)]

@@ -295,7 +295,7 @@ impl Handshake {
 
 impl Connection {
     /// Take over a link whose [`Handshake`] completed (a new link, or a planned switch's
-    /// after [`Self::detach`]): limits from its INFO apply, the subscription replay goes
+    /// after [`Self::retire_link`]): limits from its INFO apply, the subscription replay goes
     /// ahead of the buffered frames, waiting flushes get their PING, and the bytes read
     /// after the handshake are handled. A link still up is closed first.
     pub fn adopt_link(&mut self, now: Instant, link: Established) {

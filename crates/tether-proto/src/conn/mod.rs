@@ -56,8 +56,8 @@ pub use event::{ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubE
 pub use handshake::{Established, Handshake, HandshakeError};
 pub use ping::PingPurpose;
 use ping::{Flushes, LinkAccounting};
-pub use retire::DetachedLink;
 use retire::Gate;
+pub use retire::RetiringLink;
 use subs::SubState;
 use timer::{Timer, TimerTable};
 

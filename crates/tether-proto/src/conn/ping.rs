@@ -91,7 +91,7 @@ impl LinkAccounting {
 ///
 /// A flush is done when every link it waits for confirmed it: one link normally, the one
 /// its PING goes out on. A planned switch adds one: a flush whose PING was still queued
-/// at [`Connection::detach`] goes out on the new link, but what it covers was partly
+/// at [`Connection::retire_link`] goes out on the new link, but what it covers was partly
 /// written on the old one, so the retiring link's last PONG must confirm too (in either
 /// order). A flush whose PING was written on the old link is confirmed there alone.
 /// When a link it waits for is lost, the flush fails, or with resend_unconfirmed (the

@@ -33,7 +33,7 @@ fn marker_seq(payload: &[u8]) -> Option<u64> {
 /// pool): it keeps delivering for the overlap, then gets UNSUB for everything and a last
 /// PING, and is closed once that PONG confirms what was written on it.
 #[derive(Debug)]
-pub struct DetachedLink {
+pub struct RetiringLink {
     decoder: Decoder,
     /// What was written on this link and what its PONGs confirmed.
     acct: LinkAccounting,
@@ -64,14 +64,15 @@ enum Retire {
     Failed { last_ping: bool },
 }
 
-impl DetachedLink {
+impl RetiringLink {
     /// True once the retiring PONG arrived or the link failed: close it.
     pub fn is_done(&self) -> bool {
         matches!(self.retire, Retire::Retired | Retire::Failed { .. })
     }
 
-    /// True once UNSUB and the last PING were queued.
-    pub fn is_retiring(&self) -> bool {
+    /// True once the overlap ended: UNSUB and the last PING were queued
+    /// ([`Connection::end_overlap`]).
+    pub fn overlap_ended(&self) -> bool {
         matches!(
             self.retire,
             Retire::LastPing | Retire::Retired | Retire::Failed { last_ping: true }
@@ -129,17 +130,17 @@ impl Connection {
         self.handle_msg(msg);
     }
 
-    /// True when a planned switch may detach the current link now: it is up and no data
+    /// True when a planned switch may retire the current link now: it is up and no data
     /// chunk is half written (publishing switches at a frame boundary).
-    pub fn can_detach(&self) -> bool {
+    pub fn can_retire_link(&self) -> bool {
         self.state == LinkState::Up && !self.out.has_in_flight()
     }
 
-    /// Detach the current link for a planned switch. Pending frames (and the PINGs queued
+    /// Retire the current link for a planned switch. Pending frames (and the PINGs queued
     /// among them) stay for the next link; frames written on this link are confirmed, or
-    /// reported, through the returned [`DetachedLink`].
-    pub fn detach(&mut self) -> Option<DetachedLink> {
-        if !self.can_detach() {
+    /// reported, through the returned [`RetiringLink`].
+    pub fn retire_link(&mut self) -> Option<RetiringLink> {
+        if !self.can_retire_link() {
             return None;
         }
         let flushes: Vec<u64> = self
@@ -153,7 +154,7 @@ impl Connection {
         for token in &flushes {
             self.flushes.span(*token);
         }
-        let link = DetachedLink {
+        let link = RetiringLink {
             decoder: std::mem::replace(&mut self.decoder, Decoder::new(self.config.decoder)),
             acct: std::mem::take(&mut self.link),
             out: BytesMut::new(),
@@ -168,9 +169,14 @@ impl Connection {
         Some(link)
     }
 
-    /// Bytes read from a detached link: deliveries go to the subscriptions as usual,
+    /// Bytes read from a retiring link: deliveries go to the subscriptions as usual,
     /// server PINGs are answered on that link, PONGs confirm what was written on it.
-    pub fn handle_detached_read(&mut self, link: &mut DetachedLink, buf: &mut BytesMut) {
+    pub fn handle_retiring_read(
+        &mut self,
+        _now: Instant,
+        link: &mut RetiringLink,
+        buf: &mut BytesMut,
+    ) {
         loop {
             match link.decoder.decode(buf) {
                 Ok(Some(ServerOp::Msg(msg))) => {
@@ -239,7 +245,7 @@ impl Connection {
     /// too), the rest are delivered, and `link` drops what it delivers after k.
     pub fn gate_switch(
         &mut self,
-        link: &mut DetachedLink,
+        link: &mut RetiringLink,
         subject: &str,
         marker_sid: u64,
         exempt: u64,
@@ -279,8 +285,8 @@ impl Connection {
         }
     }
 
-    /// The overlap is over: UNSUB every subscription and a last PING on the detached link.
-    pub fn retire_detached(&mut self, now: Instant, link: &mut DetachedLink) {
+    /// The overlap is over: UNSUB every subscription and a last PING on the retiring link.
+    pub fn end_overlap(&mut self, now: Instant, link: &mut RetiringLink) {
         link.retire = match link.retire {
             Retire::Overlap => Retire::LastPing,
             Retire::Failed { last_ping: false } => Retire::Failed { last_ping: true },
@@ -293,9 +299,9 @@ impl Connection {
         link.acct.ping_written(PingPurpose::Retire, now);
     }
 
-    /// The detached link is closed. Returns what stayed unconfirmed on it. Flushes that
+    /// The retiring link is closed. Returns what stayed unconfirmed on it. Flushes that
     /// waited on it fail (or, with resend_unconfirmed, re-arm on the current link).
-    pub fn finish_detached(&mut self, link: DetachedLink) -> Counts {
+    pub fn finish_retiring(&mut self, link: RetiringLink) -> Counts {
         let unconfirmed = link.unconfirmed();
         let waiting = link.acct.pings_out.iter().filter_map(|p| match p.purpose {
             PingPurpose::Flush(token) => Some(token),

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use std::future::Future;
 use std::pin::Pin;
 use tether_proto::conn::{
-    Auth, ConnEvent, DetachedLink, DisconnectReason, Handshake, HandshakeError, RemovedReason,
+    Auth, ConnEvent, DisconnectReason, Handshake, HandshakeError, RemovedReason, RetiringLink,
     SubEndReason,
 };
 use tether_proto::outbound::Counts;
@@ -598,7 +598,7 @@ pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, 
 /// last PING, and closes once that PONG arrives (or pong_timeout passes).
 struct OldLink {
     stream: Arc<TcpStream>,
-    link: DetachedLink,
+    link: RetiringLink,
     rbuf: BytesMut,
     out: BytesMut,
     /// The bound on the overlap (ldm_overlap after the switch).
@@ -623,7 +623,7 @@ fn retire_now(shared: &Shared, inner: &mut Inner, old: Option<OldLink>) {
     };
     end_probe(inner);
     let retired = o.link.is_retired();
-    let unconfirmed = inner.conn.finish_detached(o.link);
+    let unconfirmed = inner.conn.finish_retiring(o.link);
     if !retired && !shared.opts.request_retry_after_reconnect {
         // Written on a link that died unconfirmed: a responder may have acted on them,
         // and no reply can come back through it (B7).
@@ -804,7 +804,7 @@ fn probe_arrived(p: &mut Probe, payload: &[u8]) {
 /// Start the switch's cut (see `Connection::gate_switch`): a marker subject subscribed on
 /// both links; the new link's deliveries are held until a marker published on it comes
 /// back through the old node, and the two streams are joined there without duplicates.
-fn start_cut(shared: &Shared, inner: &mut Inner, link: &mut DetachedLink) {
+fn start_cut(shared: &Shared, inner: &mut Inner, link: &mut RetiringLink) {
     let Some(probe_sid) = inner.probe.as_ref().map(|p| p.sid) else {
         return;
     };
@@ -1021,10 +1021,10 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 }
             }
             // Switch publishing at a frame boundary: no data chunk half written.
-            if ready.is_some() && pos >= chunk.len() && inner.conn.can_detach() {
+            if ready.is_some() && pos >= chunk.len() && inner.conn.can_retire_link() {
                 let (addr, mut est) = ready.take().expect("checked");
-                let Some(link) = inner.conn.detach() else {
-                    unreachable!("can_detach was checked")
+                let Some(link) = inner.conn.retire_link() else {
+                    unreachable!("can_retire_link was checked")
                 };
                 // Requests written on the old link: they fail if it dies before confirming.
                 let pending: std::collections::HashSet<u64> =
@@ -1045,9 +1045,9 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 skip.clear();
                 alias_of_current = None;
                 if let Some(reason) = adopt(shared, &mut inner, &addr, &mut est) {
-                    // The new link died at once; the old one is already detached: report
+                    // The new link died at once; the old one is already retiring: report
                     // what stayed unconfirmed on it.
-                    let unconfirmed = inner.conn.finish_detached(link);
+                    let unconfirmed = inner.conn.finish_retiring(link);
                     report_migrated(shared, from, addr.to_string(), unconfirmed);
                     return LinkEnd::Down {
                         reason,
@@ -1082,7 +1082,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 pos = 0;
             }
             if let Some(o) = &mut old {
-                if !o.link.is_retiring() {
+                if !o.link.overlap_ended() {
                     let registered = probe_registered(&mut inner);
                     if registered {
                         // The bound counts from when the new server holds the
@@ -1111,7 +1111,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                         }
                         // The cluster knows the new interest and the streams are cut (or
                         // the bound passed): end the old link's subscriptions.
-                        inner.conn.retire_detached(now, &mut o.link);
+                        inner.conn.end_overlap(now, &mut o.link);
                         end_probe(&mut inner);
                         o.next_probe = None;
                         o.next_marker = None;
@@ -1203,7 +1203,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 // Checked only between switches (the end of one wakes the loop anyway).
                 inner.jwt_refresh_at.filter(|_| idle_link),
                 old.as_ref().map(|o| {
-                    if o.link.is_retiring() {
+                    if o.link.overlap_ended() {
                         o.give_up_at
                     } else {
                         [Some(o.retire_at), o.next_probe, o.next_marker]
@@ -1263,7 +1263,7 @@ async fn run_link_inner(shared: &Arc<Shared>, stream: &mut Arc<TcpStream>) -> Li
                 let o = old.as_mut().expect("guarded");
                 match io {
                     OldIo::Read(Ok(n)) if n > 0 => {
-                        shared.lock("driver old read").conn.handle_detached_read(&mut o.link, &mut o.rbuf);
+                        shared.lock("driver old read").conn.handle_retiring_read(Instant::now(), &mut o.link, &mut o.rbuf);
                     }
                     OldIo::Wrote(Ok(n)) if n > 0 => {
                         let _ = o.out.split_to(n);
