@@ -1,8 +1,11 @@
 //! The outbound buffer: one byte stream with whole-frame boundaries.
 //!
-//! Publishers encode straight into the buffer ([`OutboundBuffer::push`]); the writer takes everything
-//! queued as one chunk ([`OutboundBuffer::take_chunk`]) and reports progress with
-//! [`OutboundBuffer::advance`]. Each frame carries its kind, so that when a link drops:
+//! The buffer itself is internal to the connection state machine; this module also holds
+//! the types it shares with the client: [`FrameKind`], [`Counts`] and [`BufferLimits`].
+//!
+//! Publishers encode straight into the buffer (`OutboundBuffer::push`); the writer takes
+//! everything queued as one chunk (`take_chunk`) and reports progress with `advance`. Each
+//! frame carries its kind, so that when a link drops:
 //!
 //! - whole PUB/HPUB frames not yet written stay, in their original order;
 //! - a frame cut in half is put back whole (the server acts only on a frame's last byte,
