@@ -54,7 +54,7 @@ use crate::time::saturating_add as later;
 pub use config::*;
 pub use event::{ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason};
 pub use handshake::{Established, Handshake, HandshakeError};
-pub use ping::PingPurpose;
+use ping::PingPurpose;
 use ping::{Flushes, LinkAccounting};
 use retire::Gate;
 pub use retire::RetiringLink;

@@ -13,7 +13,7 @@ use super::{ConnEvent, Connection, DisconnectReason, LinkState, MAX_UNWRITTEN_PO
 
 /// What a PING was sent for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PingPurpose {
+pub(crate) enum PingPurpose {
     /// Inbound silence for ping_interval.
     Keepalive,
     /// Unconfirmed data exists.
