@@ -253,3 +253,49 @@ impl Connection {
         self.unpinged_bytes = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_spanning_a_switch_is_done_when_both_links_confirmed_it() {
+        let mut f = Flushes::default();
+        f.arm(1);
+        f.arm(2);
+        f.span(2);
+        assert!(f.confirmed(1), "one link: its PONG is enough");
+        assert!(!f.confirmed(1), "done flushes are forgotten");
+        assert!(!f.confirmed(2), "the retiring link has not confirmed yet");
+        assert!(f.confirmed(2));
+        // Re-armed on the current link alone (the retiring link died, frames resent).
+        f.arm(3);
+        f.span(3);
+        f.arm(3);
+        assert!(f.confirmed(3));
+        // Cancelled or failed: a late PONG reports nothing.
+        f.arm(4);
+        assert!(f.remove(4));
+        assert!(!f.contains(4) && !f.confirmed(4));
+    }
+
+    #[test]
+    fn a_pong_confirms_what_was_written_before_its_ping() {
+        let now = Instant::now();
+        let mut a = LinkAccounting {
+            written: Counts { msgs: 2, bytes: 20 },
+            written_retained: 2,
+            ..LinkAccounting::default()
+        };
+        a.ping_written(PingPurpose::Confirm, now);
+        a.written = Counts { msgs: 3, bytes: 30 };
+        a.written_retained = 3;
+        assert_eq!(a.unconfirmed(), Counts { msgs: 3, bytes: 30 });
+        let (ping, released) = a.on_pong().unwrap();
+        assert_eq!((ping.purpose, released), (PingPurpose::Confirm, 2));
+        assert_eq!(a.unconfirmed(), Counts { msgs: 1, bytes: 10 });
+        assert!(a.on_pong().is_none());
+        a.confirm_all();
+        assert_eq!(a.unconfirmed(), Counts::default());
+    }
+}
