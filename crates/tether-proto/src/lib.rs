@@ -16,6 +16,8 @@
 //! ```
 //!
 //! # Modules
+//! - [`conn`]: the connection state machine, [`Connection`](conn::Connection) (one client
+//!   session across links), and a link's sans-IO [`Handshake`](conn::Handshake).
 //! - [`decode`]: the incremental [`Decoder`] for server operations (`INFO`, `MSG`,
 //!   `HMSG`, `PING`, `PONG`, `+OK`, `-ERR`). It gives the same operations for any
 //!   chunking of the input, caps control lines and payloads, and slices subjects and
