@@ -83,12 +83,30 @@ impl Counts {
     }
 }
 
-/// Retained frames moved out of the buffer with their link (see
-/// [`OutboundBuffer::take_retained`]).
+/// Written frames kept for resending until a PONG confirms them: the buffer's own, or
+/// those moved out with a retiring link (see [`OutboundBuffer::take_retained`]).
 #[derive(Debug, Default)]
 pub(crate) struct Retained {
     bytes: BytesMut,
     frames: VecDeque<Frame>,
+}
+
+impl Retained {
+    /// Drop the `msgs` oldest frames (a PONG confirmed them); retained PUBs stop counting
+    /// in `counted`.
+    fn release(&mut self, msgs: u64, counted: &mut Counts) {
+        let mut bytes = 0usize;
+        for _ in 0..msgs {
+            let Some(f) = self.frames.pop_front() else {
+                break;
+            };
+            if f.kind == FrameKind::Pub {
+                counted.sub(&f);
+            }
+            bytes += f.len as usize;
+        }
+        let _ = self.bytes.split_to(bytes.min(self.bytes.len()));
+    }
 }
 
 /// A frame whose last byte the socket just accepted.
@@ -114,8 +132,7 @@ pub(crate) struct OutboundBuffer {
     /// PUB/HPUB frames counted against the bounds (pending + in flight + retained).
     counted: Counts,
     /// Written PUB/HPUB frames kept for resending until a PONG confirms them.
-    retained: BytesMut,
-    retained_frames: VecDeque<Frame>,
+    retained: Retained,
 }
 
 impl OutboundBuffer {
@@ -130,8 +147,7 @@ impl OutboundBuffer {
             in_flight_pos: 0,
             front_written: 0,
             counted: Counts::default(),
-            retained: BytesMut::new(),
-            retained_frames: VecDeque::new(),
+            retained: Retained::default(),
         }
     }
 
@@ -232,8 +248,9 @@ impl OutboundBuffer {
                 if retain {
                     let end = self.in_flight_pos - n;
                     let start = end - front.len as usize;
-                    self.retained.extend_from_slice(&self.in_flight[start..end]);
-                    self.retained_frames.push_back(front);
+                    let bytes = &self.in_flight[start..end];
+                    self.retained.bytes.extend_from_slice(bytes);
+                    self.retained.frames.push_back(front);
                 }
                 if !retain || front.kind != FrameKind::Pub {
                     self.counted.sub(&front);
@@ -249,32 +266,20 @@ impl OutboundBuffer {
 
     /// Drop the `msgs` oldest retained frames: a PONG confirmed them.
     pub(crate) fn release_retained(&mut self, msgs: u64) {
-        let mut bytes = 0usize;
-        for _ in 0..msgs {
-            let Some(f) = self.retained_frames.pop_front() else {
-                break;
-            };
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(&f);
-            }
-            bytes += f.len as usize;
-        }
-        if bytes > 0 {
-            let _ = self.retained.split_to(bytes.min(self.retained.len()));
-        }
+        self.retained.release(msgs, &mut self.counted);
     }
 
     /// Drop every retained frame and return their totals (a closing -ERR our own bytes
     /// caused: never resend them).
     pub(crate) fn discard_retained(&mut self) -> Counts {
         let mut c = Counts::default();
-        for f in self.retained_frames.drain(..) {
+        for f in self.retained.frames.drain(..) {
             c.add(&f);
             if f.kind == FrameKind::Pub {
                 self.counted.sub(&f);
             }
         }
-        self.retained.clear();
+        self.retained.bytes.clear();
         c
     }
 
@@ -283,13 +288,16 @@ impl OutboundBuffer {
     /// for which `keep` is true (by default PUB/HPUB). Frames dropped are uncounted.
     pub(crate) fn rewind(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
         let mut out = BytesMut::with_capacity(
-            self.retained.len() + self.in_flight.len() - self.in_flight_pos + self.pending.len(),
+            self.retained.bytes.len() + self.in_flight.len() - self.in_flight_pos
+                + self.pending.len(),
         );
         let mut frames = VecDeque::with_capacity(
-            self.retained_frames.len() + self.in_flight_frames.len() + self.pending_frames.len(),
+            self.retained.frames.len() + self.in_flight_frames.len() + self.pending_frames.len(),
         );
-        let retained = std::mem::take(&mut self.retained);
-        let retained_frames = std::mem::take(&mut self.retained_frames);
+        let Retained {
+            bytes: retained,
+            frames: retained_frames,
+        } = std::mem::take(&mut self.retained);
         // Retained frames were written; they go first. Retained requests did not count
         // against the bounds; pending again, they do.
         out.extend_from_slice(&retained);
@@ -403,25 +411,12 @@ impl OutboundBuffer {
     /// Move the retained frames out (a planned switch: they belong to the retired link).
     /// Their counts stay; give them back with [`Self::release_from`] or [`Self::requeue`].
     pub(crate) fn take_retained(&mut self) -> Retained {
-        Retained {
-            bytes: std::mem::take(&mut self.retained),
-            frames: std::mem::take(&mut self.retained_frames),
-        }
+        std::mem::take(&mut self.retained)
     }
 
     /// Drop the `msgs` oldest frames of `r`: a PONG on their link confirmed them.
     pub(crate) fn release_from(&mut self, r: &mut Retained, msgs: u64) {
-        let mut bytes = 0usize;
-        for _ in 0..msgs {
-            let Some(f) = r.frames.pop_front() else {
-                break;
-            };
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(&f);
-            }
-            bytes += f.len as usize;
-        }
-        let _ = r.bytes.split_to(bytes.min(r.bytes.len()));
+        r.release(msgs, &mut self.counted);
     }
 
     /// Put the frames of `r` back at the front of the pending stream, to be written again.
@@ -473,8 +468,7 @@ impl OutboundBuffer {
         self.in_flight_frames.clear();
         self.in_flight_pos = 0;
         self.front_written = 0;
-        self.retained.clear();
-        self.retained_frames.clear();
+        self.retained = Retained::default();
         self.counted = Counts::default();
         c
     }
@@ -546,7 +540,7 @@ mod tests {
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         b.take_chunk().unwrap();
         b.advance(24, true, false, |_| {});
-        assert_eq!(b.retained_frames.len(), 2);
+        assert_eq!(b.retained.frames.len(), 2);
         assert_eq!(b.counted().msgs, 2, "retained frames still count");
         b.release_retained(1);
         assert_eq!(b.counted().msgs, 1);
