@@ -3,8 +3,9 @@
 //! dial a second link while the first one carries on; [`Connection::adopt_link`] takes the
 //! [`Established`] link over.
 //!
-//! The second PING is there because nats-server sends an INFO with this connection's own
-//! limits after CONNECT: the first PONG may overtake it, the second never does.
+//! The handshake waits for both PONGs: an INFO with this connection's own limits (its
+//! account's max_payload) can come between them, and it applies before anything buffered
+//! is written.
 
 use std::fmt;
 use std::time::Instant;
