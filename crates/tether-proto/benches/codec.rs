@@ -70,19 +70,22 @@ fn encode(c: &mut Criterion) {
 /// hand chunks to a (pretend) writer, account for what was written.
 fn publish_path(c: &mut Criterion) {
     use std::time::Instant;
-    use tether_proto::conn::{Auth, Config, Connection};
+    use tether_proto::conn::{Auth, Config, Connection, Handshake};
     use tether_proto::outbound::FrameKind;
     let now = Instant::now();
-    let mut conn = Connection::new(Config::default(), now);
-    conn.handle_transport_connected(
-        now,
-        now + std::time::Duration::from_secs(5),
-        Auth::default(),
-    );
+    let config = Config::default();
+    let deadline = now + std::time::Duration::from_secs(5);
+    let mut hs = Handshake::new(now, deadline, Auth::default(), &config);
     let mut buf = bytes::BytesMut::from(
         &b"INFO {\"headers\":true,\"max_payload\":1048576}\r\nPONG\r\nPONG\r\n"[..],
     );
-    conn.handle_read(now, &mut buf);
+    hs.handle_read(now, &mut buf);
+    while let Some(chunk) = hs.poll_transmit(now) {
+        hs.handle_written(now, chunk.len());
+    }
+    let link = hs.poll_outcome().unwrap().unwrap();
+    let mut conn = Connection::new(config, now);
+    let _leftover = conn.adopt_link(now, link);
     while let Some(chunk) = conn.poll_transmit(now) {
         conn.handle_written(now, chunk.len());
     }

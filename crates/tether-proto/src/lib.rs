@@ -16,6 +16,8 @@
 //! ```
 //!
 //! # Modules
+//! - [`conn`]: the connection state machine, [`Connection`](conn::Connection) (one client
+//!   session across links), and a link's sans-IO [`Handshake`](conn::Handshake).
 //! - [`decode`]: the incremental [`Decoder`] for server operations (`INFO`, `MSG`,
 //!   `HMSG`, `PING`, `PONG`, `+OK`, `-ERR`). It gives the same operations for any
 //!   chunking of the input, caps control lines and payloads, and slices subjects and
@@ -25,6 +27,8 @@
 //! - [`headers`]: [`HeaderMap`] and [`StatusCode`] (the `NATS/1.0` header block).
 //! - [`info`]: [`ServerInfo`] (the server's `INFO`) and [`ConnectInfo`] (our `CONNECT`).
 //! - [`subject`]: subject, reply and queue-group validation and wildcard matching.
+//! - [`server_err`]: [`ServerErr`](server_err::ServerErr), every `-ERR` text parsed once
+//!   (closes the link or not, caused by our bytes or not, auth failure class).
 //! - [`error`]: [`ProtocolError`] (the peer broke the protocol: close the connection) and
 //!   [`ValidationError`] (our caller gave input that must not be sent).
 //!
@@ -58,6 +62,7 @@ pub mod headers;
 pub mod info;
 pub mod op;
 pub mod outbound;
+pub mod server_err;
 pub mod subject;
 pub mod time;
 

@@ -1,8 +1,11 @@
 //! The outbound buffer: one byte stream with whole-frame boundaries.
 //!
-//! Publishers encode straight into [`OutboundBuffer::pending_mut`]; the writer takes everything
-//! queued as one chunk ([`OutboundBuffer::take_chunk`]) and reports progress with
-//! [`OutboundBuffer::advance`]. Each frame carries its kind, so that when a link drops:
+//! The buffer itself is internal to the connection state machine; this module also holds
+//! the types it shares with the client: [`FrameKind`], [`Counts`] and [`BufferLimits`].
+//!
+//! Publishers encode straight into the buffer (`OutboundBuffer::push`); the writer takes
+//! everything queued as one chunk (`take_chunk`) and reports progress with `advance`. Each
+//! frame carries its kind, so that when a link drops:
 //!
 //! - whole PUB/HPUB frames not yet written stay, in their original order;
 //! - a frame cut in half is put back whole (the server acts only on a frame's last byte,
@@ -51,13 +54,13 @@ impl FrameKind {
 
 /// One frame's place in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// Encoded length, control line and payload.
-    pub len: u32,
+    pub(crate) len: u32,
     /// Header block plus payload length (PUB/HPUB only), checked against max_payload.
-    pub payload_len: u32,
+    pub(crate) payload_len: u32,
     /// The kind of frame.
-    pub kind: FrameKind,
+    pub(crate) kind: FrameKind,
 }
 
 /// Totals of PUB/HPUB frames.
@@ -80,24 +83,42 @@ impl Counts {
     }
 }
 
-/// Retained frames moved out of the buffer with their link (see
-/// [`OutboundBuffer::take_retained`]).
+/// Written frames kept for resending until a PONG confirms them: the buffer's own, or
+/// those moved out with a retiring link (see [`OutboundBuffer::take_retained`]).
 #[derive(Debug, Default)]
-pub struct Retained {
+pub(crate) struct Retained {
     bytes: BytesMut,
     frames: VecDeque<Frame>,
 }
 
+impl Retained {
+    /// Drop the `msgs` oldest frames (a PONG confirmed them); retained PUBs stop counting
+    /// in `counted`.
+    fn release(&mut self, msgs: u64, counted: &mut Counts) {
+        let mut bytes = 0usize;
+        for _ in 0..msgs {
+            let Some(f) = self.frames.pop_front() else {
+                break;
+            };
+            if f.kind == FrameKind::Pub {
+                counted.sub(&f);
+            }
+            bytes += f.len as usize;
+        }
+        let _ = self.bytes.split_to(bytes.min(self.bytes.len()));
+    }
+}
+
 /// A frame whose last byte the socket just accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     /// The frame.
-    pub frame: Frame,
+    pub(crate) frame: Frame,
 }
 
 /// The byte- and message-bounded outbound buffer.
 #[derive(Debug)]
-pub struct OutboundBuffer {
+pub(crate) struct OutboundBuffer {
     limits: BufferLimits,
     /// Encoded frames not yet handed to the writer.
     pending: BytesMut,
@@ -111,13 +132,12 @@ pub struct OutboundBuffer {
     /// PUB/HPUB frames counted against the bounds (pending + in flight + retained).
     counted: Counts,
     /// Written PUB/HPUB frames kept for resending until a PONG confirms them.
-    retained: BytesMut,
-    retained_frames: VecDeque<Frame>,
+    retained: Retained,
 }
 
 impl OutboundBuffer {
     /// An empty buffer with these bounds.
-    pub fn new(limits: BufferLimits) -> Self {
+    pub(crate) fn new(limits: BufferLimits) -> Self {
         Self {
             limits,
             pending: BytesMut::with_capacity(64 * 1024),
@@ -127,36 +147,34 @@ impl OutboundBuffer {
             in_flight_pos: 0,
             front_written: 0,
             counted: Counts::default(),
-            retained: BytesMut::new(),
-            retained_frames: VecDeque::new(),
+            retained: Retained::default(),
         }
     }
 
-    /// The bounds.
-    pub fn limits(&self) -> BufferLimits {
-        self.limits
-    }
-
     /// PUB/HPUB frames and bytes counted against the bounds.
-    pub fn counted(&self) -> Counts {
+    pub(crate) fn counted(&self) -> Counts {
         self.counted
     }
 
     /// True when a publish frame of `len` bytes fits within the bounds now.
-    pub fn has_room(&self, len: usize) -> bool {
+    pub(crate) fn has_room(&self, len: usize) -> bool {
         self.counted.msgs < self.limits.max_msgs as u64
             && self.counted.bytes + len as u64 <= self.limits.max_bytes as u64
     }
 
-    /// The buffer frames are encoded into; follow every encode with [`Self::commit`].
-    pub fn pending_mut(&mut self) -> &mut BytesMut {
-        &mut self.pending
-    }
-
-    /// Record that the last `len` bytes of the pending buffer are one frame of `kind`.
-    pub fn commit(&mut self, len: usize, payload_len: usize, kind: FrameKind) {
+    /// Append one frame of `kind`: `encode` writes it at the end of the pending stream.
+    /// `payload_len` is its header block plus payload (PUB/HPUB; 0 for the others),
+    /// checked against max_payload if the server lowers it.
+    pub(crate) fn push(
+        &mut self,
+        kind: FrameKind,
+        payload_len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) {
+        let start = self.pending.len();
+        encode(&mut self.pending);
         let frame = Frame {
-            len: len as u32,
+            len: (self.pending.len() - start) as u32,
             payload_len: payload_len as u32,
             kind,
         };
@@ -167,29 +185,24 @@ impl OutboundBuffer {
     }
 
     /// True when nothing waits to be written (pending empty, chunk fully written).
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight_pos >= self.in_flight.len()
     }
 
     /// True while a chunk handed to the writer is not fully written.
-    pub fn has_in_flight(&self) -> bool {
+    pub(crate) fn has_in_flight(&self) -> bool {
         self.in_flight_pos < self.in_flight.len()
     }
 
-    /// Bytes waiting to be written, pending and in flight.
-    pub fn unwritten_bytes(&self) -> usize {
-        self.pending.len() + (self.in_flight.len() - self.in_flight_pos)
-    }
-
     /// The unwritten rest of the chunk in flight, if any.
-    pub fn in_flight_rest(&self) -> Option<Bytes> {
+    pub(crate) fn in_flight_rest(&self) -> Option<Bytes> {
         self.has_in_flight()
             .then(|| self.in_flight.slice(self.in_flight_pos..))
     }
 
     /// Hand everything pending to the writer as one chunk. Returns `None` when a chunk is
     /// still in flight or nothing is pending.
-    pub fn take_chunk(&mut self) -> Option<Bytes> {
+    pub(crate) fn take_chunk(&mut self) -> Option<Bytes> {
         if self.has_in_flight() || self.pending.is_empty() {
             return None;
         }
@@ -206,7 +219,7 @@ impl OutboundBuffer {
     /// frame whose last byte is now written, in order. Written PUB frames are retained
     /// when `retain_pubs` (they keep counting against the bounds), request frames when
     /// `retain_requests` (they do not count while retained).
-    pub fn advance(
+    pub(crate) fn advance(
         &mut self,
         mut n: usize,
         retain_pubs: bool,
@@ -235,8 +248,9 @@ impl OutboundBuffer {
                 if retain {
                     let end = self.in_flight_pos - n;
                     let start = end - front.len as usize;
-                    self.retained.extend_from_slice(&self.in_flight[start..end]);
-                    self.retained_frames.push_back(front);
+                    let bytes = &self.in_flight[start..end];
+                    self.retained.bytes.extend_from_slice(bytes);
+                    self.retained.frames.push_back(front);
                 }
                 if !retain || front.kind != FrameKind::Pub {
                     self.counted.sub(&front);
@@ -251,57 +265,39 @@ impl OutboundBuffer {
     }
 
     /// Drop the `msgs` oldest retained frames: a PONG confirmed them.
-    pub fn release_retained(&mut self, msgs: u64) {
-        let mut bytes = 0usize;
-        for _ in 0..msgs {
-            let Some(f) = self.retained_frames.pop_front() else {
-                break;
-            };
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(&f);
-            }
-            bytes += f.len as usize;
-        }
-        if bytes > 0 {
-            let _ = self.retained.split_to(bytes.min(self.retained.len()));
-        }
-    }
-
-    /// Retained (written, unconfirmed) frames.
-    pub fn retained(&self) -> Counts {
-        let mut c = Counts::default();
-        for f in &self.retained_frames {
-            c.add(f);
-        }
-        c
+    pub(crate) fn release_retained(&mut self, msgs: u64) {
+        self.retained.release(msgs, &mut self.counted);
     }
 
     /// Drop every retained frame and return their totals (a closing -ERR our own bytes
     /// caused: never resend them).
-    pub fn discard_retained(&mut self) -> Counts {
+    pub(crate) fn discard_retained(&mut self) -> Counts {
         let mut c = Counts::default();
-        for f in self.retained_frames.drain(..) {
+        for f in self.retained.frames.drain(..) {
             c.add(&f);
             if f.kind == FrameKind::Pub {
                 self.counted.sub(&f);
             }
         }
-        self.retained.clear();
+        self.retained.bytes.clear();
         c
     }
 
     /// The link dropped: rebuild the pending stream as retained frames, then the unwritten
     /// in-flight frames (a partly written one whole), then pending, keeping only frames
     /// for which `keep` is true (by default PUB/HPUB). Frames dropped are uncounted.
-    pub fn rewind(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
+    pub(crate) fn rewind(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
         let mut out = BytesMut::with_capacity(
-            self.retained.len() + self.in_flight.len() - self.in_flight_pos + self.pending.len(),
+            self.retained.bytes.len() + self.in_flight.len() - self.in_flight_pos
+                + self.pending.len(),
         );
         let mut frames = VecDeque::with_capacity(
-            self.retained_frames.len() + self.in_flight_frames.len() + self.pending_frames.len(),
+            self.retained.frames.len() + self.in_flight_frames.len() + self.pending_frames.len(),
         );
-        let retained = std::mem::take(&mut self.retained);
-        let retained_frames = std::mem::take(&mut self.retained_frames);
+        let Retained {
+            bytes: retained,
+            frames: retained_frames,
+        } = std::mem::take(&mut self.retained);
         // Retained frames were written; they go first. Retained requests did not count
         // against the bounds; pending again, they do.
         out.extend_from_slice(&retained);
@@ -348,7 +344,7 @@ impl OutboundBuffer {
     /// Remove pending publish frames for which `remove` is true (for example those over a
     /// lowered max_payload). The chunk in flight, if any, is left alone (it was handed to
     /// the writer and cannot be recalled). Returns what was removed.
-    pub fn remove_pending(&mut self, mut remove: impl FnMut(&Frame) -> bool) -> Counts {
+    pub(crate) fn remove_pending(&mut self, mut remove: impl FnMut(&Frame) -> bool) -> Counts {
         let mut removed = Counts::default();
         if !self
             .pending_frames
@@ -377,7 +373,7 @@ impl OutboundBuffer {
     /// Put `bytes` (whole frames, described by `frames`) before everything pending. Used to
     /// replay subscriptions ahead of the buffered publishes in one pipelined write. Only
     /// call while nothing is in flight.
-    pub fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
+    pub(crate) fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
         let mut out = BytesMut::with_capacity(bytes.len() + self.pending.len());
         out.extend_from_slice(bytes);
         out.extend_from_slice(&self.pending);
@@ -392,28 +388,8 @@ impl OutboundBuffer {
         self.pending_frames = list;
     }
 
-    /// Move the `msgs` oldest retained frames back to the front of the pending stream, to
-    /// be written again (a retired link closed before confirming them). Only call while
-    /// nothing is in flight.
-    pub fn requeue_retained(&mut self, msgs: u64) {
-        let n = (msgs as usize).min(self.retained_frames.len());
-        if n == 0 {
-            return;
-        }
-        let frames: Vec<Frame> = self.retained_frames.drain(..n).collect();
-        let bytes: usize = frames.iter().map(|f| f.len as usize).sum();
-        let head = self.retained.split_to(bytes.min(self.retained.len()));
-        // prepend() counts publish frames; retained PUBs are counted already.
-        for f in &frames {
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(f);
-            }
-        }
-        self.prepend(&head, frames);
-    }
-
     /// The in-flight frame whose bytes are partly written, if any.
-    pub fn partial_front(&self) -> Option<Frame> {
+    pub(crate) fn partial_front(&self) -> Option<Frame> {
         (self.front_written > 0)
             .then(|| self.in_flight_frames.front().copied())
             .flatten()
@@ -421,7 +397,7 @@ impl OutboundBuffer {
 
     /// Remove the first pending frame (a poison frame put back by a rewind). Only call
     /// while nothing is in flight.
-    pub fn drop_first_pending(&mut self) -> Option<Frame> {
+    pub(crate) fn drop_first_pending(&mut self) -> Option<Frame> {
         let f = self.pending_frames.pop_front()?;
         let _ = self
             .pending
@@ -434,30 +410,17 @@ impl OutboundBuffer {
 
     /// Move the retained frames out (a planned switch: they belong to the retired link).
     /// Their counts stay; give them back with [`Self::release_from`] or [`Self::requeue`].
-    pub fn take_retained(&mut self) -> Retained {
-        Retained {
-            bytes: std::mem::take(&mut self.retained),
-            frames: std::mem::take(&mut self.retained_frames),
-        }
+    pub(crate) fn take_retained(&mut self) -> Retained {
+        std::mem::take(&mut self.retained)
     }
 
     /// Drop the `msgs` oldest frames of `r`: a PONG on their link confirmed them.
-    pub fn release_from(&mut self, r: &mut Retained, msgs: u64) {
-        let mut bytes = 0usize;
-        for _ in 0..msgs {
-            let Some(f) = r.frames.pop_front() else {
-                break;
-            };
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(&f);
-            }
-            bytes += f.len as usize;
-        }
-        let _ = r.bytes.split_to(bytes.min(r.bytes.len()));
+    pub(crate) fn release_from(&mut self, r: &mut Retained, msgs: u64) {
+        r.release(msgs, &mut self.counted);
     }
 
     /// Put the frames of `r` back at the front of the pending stream, to be written again.
-    pub fn requeue(&mut self, r: Retained) {
+    pub(crate) fn requeue(&mut self, r: Retained) {
         if r.frames.is_empty() {
             return;
         }
@@ -470,7 +433,7 @@ impl OutboundBuffer {
     }
 
     /// Request ids whose frames are buffered and not yet fully written.
-    pub fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn buffered_requests(&self) -> impl Iterator<Item = u64> + '_ {
         self.in_flight_frames
             .iter()
             .chain(self.pending_frames.iter())
@@ -482,14 +445,14 @@ impl OutboundBuffer {
 
     /// True when the request's frame is in the chunk handed to the writer and not fully
     /// written.
-    pub fn in_flight_request(&self, id: u64) -> bool {
+    pub(crate) fn in_flight_request(&self, id: u64) -> bool {
         self.in_flight_frames
             .iter()
             .any(|f| f.kind == FrameKind::Request(id))
     }
 
     /// Request ids whose frames are pending (not yet handed to the writer).
-    pub fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
         self.pending_frames.iter().filter_map(|f| match f.kind {
             FrameKind::Request(id) => Some(id),
             _ => None,
@@ -497,7 +460,7 @@ impl OutboundBuffer {
     }
 
     /// Drop everything (the client is closed); returns the publish frames dropped.
-    pub fn clear(&mut self) -> Counts {
+    pub(crate) fn clear(&mut self) -> Counts {
         let c = self.counted;
         self.pending.clear();
         self.pending_frames.clear();
@@ -505,14 +468,13 @@ impl OutboundBuffer {
         self.in_flight_frames.clear();
         self.in_flight_pos = 0;
         self.front_written = 0;
-        self.retained.clear();
-        self.retained_frames.clear();
+        self.retained = Retained::default();
         self.counted = Counts::default();
         c
     }
 
     /// Publish frames not yet written (pending and in flight), excluding retained ones.
-    pub fn unsent(&self) -> Counts {
+    pub(crate) fn unsent(&self) -> Counts {
         let mut c = Counts::default();
         for f in self
             .in_flight_frames
@@ -539,8 +501,7 @@ mod tests {
     }
 
     fn push(b: &mut OutboundBuffer, bytes: &[u8], kind: FrameKind) {
-        b.pending_mut().extend_from_slice(bytes);
-        b.commit(bytes.len(), 1, kind);
+        b.push(kind, 1, |buf| buf.extend_from_slice(bytes));
     }
 
     #[test]
@@ -579,7 +540,7 @@ mod tests {
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         b.take_chunk().unwrap();
         b.advance(24, true, false, |_| {});
-        assert_eq!(b.retained().msgs, 2);
+        assert_eq!(b.retained.frames.len(), 2);
         assert_eq!(b.counted().msgs, 2, "retained frames still count");
         b.release_retained(1);
         assert_eq!(b.counted().msgs, 1);
@@ -591,8 +552,9 @@ mod tests {
     #[test]
     fn remove_pending_over_limit() {
         let mut b = buf();
-        b.pending_mut().extend_from_slice(b"PUB a 3\r\nxyz\r\n");
-        b.commit(14, 3, FrameKind::Pub);
+        b.push(FrameKind::Pub, 3, |buf| {
+            buf.extend_from_slice(b"PUB a 3\r\nxyz\r\n")
+        });
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         let removed = b.remove_pending(|f| f.payload_len > 2);
         assert_eq!(removed, Counts { msgs: 1, bytes: 14 });

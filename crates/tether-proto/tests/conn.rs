@@ -4,14 +4,22 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::conn::{
-    Auth, Config, ConnEvent, Connection, DisconnectReason, HandshakeError, LinkState, RemovedReason,
+    Auth, Config, ConnEvent, Connection, DisconnectReason, Established, Handshake, HandshakeError,
+    LinkState, RemovedReason,
 };
 use tether_proto::outbound::FrameKind;
 
 const INFO: &[u8] = b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"max_payload\":1048576}\r\n";
 
+/// A session, and the handshake of its next link while one runs (as the driver does it:
+/// the link is adopted once the handshake completes).
 struct Harness {
     conn: Connection,
+    handshake: Option<Handshake>,
+    /// Why the last handshake failed.
+    failed: Option<HandshakeError>,
+    /// The session's read buffer: what the core left of the bytes read so far.
+    rbuf: BytesMut,
     now: Instant,
 }
 
@@ -20,18 +28,55 @@ impl Harness {
         let now = Instant::now();
         Self {
             conn: Connection::new(config, now),
+            handshake: None,
+            failed: None,
+            rbuf: BytesMut::new(),
             now,
         }
     }
 
-    fn read(&mut self, bytes: &[u8]) {
-        let mut buf = BytesMut::from(bytes);
-        self.conn.handle_read(self.now, &mut buf);
+    /// A transport is connected: its handshake starts.
+    fn connect(&mut self, auth: Auth) {
+        let deadline = self.now + Duration::from_secs(5);
+        self.handshake = Some(Handshake::new(self.now, deadline, auth, self.conn.config()));
     }
 
-    /// Everything the connection wants written, marked as written.
+    fn read(&mut self, bytes: &[u8]) {
+        let mut buf = BytesMut::from(bytes);
+        if let Some(hs) = self.handshake.as_mut() {
+            hs.handle_read(self.now, &mut buf);
+            self.outcome();
+            return;
+        }
+        // Like a driver's read buffer: an operation cut short waits for the next read.
+        self.rbuf.extend_from_slice(&buf);
+        self.conn.handle_read(self.now, &mut self.rbuf);
+    }
+
+    fn outcome(&mut self) {
+        let Some(outcome) = self.handshake.as_mut().and_then(Handshake::poll_outcome) else {
+            return;
+        };
+        self.handshake = None;
+        match outcome {
+            Ok(link) => self.rbuf = self.conn.adopt_link(self.now, link),
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    /// Everything the connection (or the handshake) wants written, marked as written.
     fn written(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
+        if let Some(hs) = self.handshake.as_mut() {
+            while let Some(chunk) = hs.poll_transmit(self.now) {
+                out.extend_from_slice(&chunk);
+                hs.handle_written(self.now, chunk.len());
+            }
+            self.outcome();
+            if self.handshake.is_some() {
+                return out;
+            }
+        }
         while let Some(chunk) = self.conn.poll_transmit(self.now) {
             out.extend_from_slice(&chunk);
             self.conn.handle_written(self.now, chunk.len());
@@ -48,35 +93,8 @@ impl Harness {
         self.conn.handle_timeout(self.now);
     }
 
-    /// A harness whose link is up: [`handshake`](Self::handshake) done.
-    fn up(config: Config) -> Self {
-        let mut h = Self::new(config);
-        h.handshake();
-        h
-    }
-
-    /// The transport is connected, with `auth`; the handshake starts (5 s to finish).
-    fn transport_connected(&mut self, auth: Auth) {
-        let deadline = self.now + Duration::from_secs(5);
-        self.conn
-            .handle_transport_connected(self.now, deadline, auth);
-    }
-
-    /// Publishes `payload` to `subject` (no reply, no headers), which must be accepted.
-    fn publish(&mut self, subject: &str, payload: &[u8]) {
-        self.conn
-            .publish(subject, None, None, payload, FrameKind::Pub)
-            .unwrap();
-    }
-
-    /// The link is lost (no error given); returns the events that follow.
-    fn link_lost(&mut self) -> Vec<ConnEvent> {
-        self.conn.handle_link_lost(self.now, None);
-        self.events()
-    }
-
     fn handshake(&mut self) {
-        self.transport_connected(Auth::default());
+        self.connect(Auth::default());
         self.read(INFO);
         let out = String::from_utf8(self.written()).unwrap();
         assert!(out.starts_with("CONNECT {"), "{out}");
@@ -105,7 +123,8 @@ fn quick() -> Config {
 
 #[test]
 fn handshake_then_publish_subscribe_bytes() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let sid = h.conn.subscribe("foo.*", Some("q")).unwrap();
     h.conn
         .publish("foo.bar", Some("r"), None, b"hi", FrameKind::Pub)
@@ -124,9 +143,30 @@ fn handshake_then_publish_subscribe_bytes() {
 }
 
 #[test]
+fn an_operation_cut_short_in_the_handshakes_last_read_completes_with_the_next() {
+    let mut h = Harness::new(quick());
+    h.connect(Auth::default());
+    h.read(INFO);
+    h.written();
+    // The handshake's PONGs and the start of a server PING arrive in one read.
+    h.read(b"PONG\r\nPONG\r\nPI");
+    assert!(h.conn.is_up());
+    h.events();
+    h.written();
+    h.read(b"NG\r\n");
+    assert_eq!(h.written(), b"PONG\r\n");
+    assert!(
+        !h.events()
+            .iter()
+            .any(|e| matches!(e, ConnEvent::Disconnected { .. })),
+        "the PING's first bytes were kept for the next read"
+    );
+}
+
+#[test]
 fn server_ping_is_answered_at_any_stage() {
     let mut h = Harness::new(quick());
-    h.transport_connected(Auth::default());
+    h.connect(Auth::default());
     h.read(b"PING\r\n");
     assert_eq!(h.written(), b"PONG\r\n");
     h.read(INFO);
@@ -139,25 +179,53 @@ fn server_ping_is_answered_at_any_stage() {
 #[test]
 fn err_before_pong_fails_the_handshake() {
     let mut h = Harness::new(quick());
-    h.transport_connected(Auth::default());
+    h.connect(Auth::default());
     h.read(INFO);
     h.written();
     h.read(b"-ERR 'Authorization Violation'\r\n");
     assert_eq!(
-        h.events(),
-        vec![ConnEvent::HandshakeFailed(HandshakeError::Server(
-            "Authorization Violation".into()
-        ))]
+        h.failed,
+        Some(HandshakeError::Server(
+            tether_proto::server_err::ServerErr::AuthViolation
+        ))
     );
-    assert_eq!(h.conn.state(), LinkState::Down);
+    assert!(h.events().is_empty());
+    assert_eq!(*h.conn.state(), LinkState::Down);
+}
+
+#[test]
+fn a_handshake_times_out_at_its_stage_and_hands_over_what_follows_its_pongs() {
+    let mut h = Harness::new(quick());
+    h.connect(Auth::default());
+    h.now += Duration::from_secs(5);
+    let hs = h.handshake.as_mut().unwrap();
+    hs.handle_timeout(h.now);
+    assert_eq!(
+        hs.poll_outcome().unwrap().unwrap_err(),
+        HandshakeError::Timeout {
+            stage: "waiting for the server's INFO"
+        }
+    );
+    // Bytes after the last PONG are the session's: a delivery in the same read arrives.
+    h.connect(Auth::default());
+    h.read(INFO);
+    h.written();
+    h.read(b"PONG\r\n");
+    let sid = h.conn.subscribe("s", None).unwrap();
+    h.read(format!("PONG\r\nMSG s {sid} 2\r\nhi\r\n").as_bytes());
+    assert!(h.conn.is_up());
+    assert_eq!(&h.conn.poll_message().unwrap().payload[..], b"hi");
 }
 
 #[test]
 fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     // Outbound traffic proves nothing: publishing does not delay the keepalive.
     h.advance(Duration::from_millis(1999));
-    h.publish("a", b"x");
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
     assert_eq!(h.written(), b"PUB a 1\r\nx\r\n");
     h.advance(Duration::from_millis(1));
     assert_eq!(h.written(), b"PING\r\n");
@@ -172,12 +240,17 @@ fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
 
 #[test]
 fn pong_confirms_and_unconfirmed_is_exact() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     for _ in 0..3 {
-        h.publish("a", b"x");
+        h.conn
+            .publish("a", None, None, b"x", FrameKind::Pub)
+            .unwrap();
     }
     h.conn.flush(7);
-    h.publish("a", b"y");
+    h.conn
+        .publish("a", None, None, b"y", FrameKind::Pub)
+        .unwrap();
     h.written();
     assert_eq!(h.conn.unconfirmed().msgs, 4);
     h.read(b"PONG\r\n");
@@ -210,7 +283,9 @@ fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
             h.read(b"PONG\r\n");
         }
         worst = worst.max(h.conn.unconfirmed().msgs);
-        h.publish("a", b"x");
+        h.conn
+            .publish("a", None, None, b"x", FrameKind::Pub)
+            .unwrap();
         let out = h.written();
         for _ in out.windows(6).filter(|w| w == b"PING\r\n") {
             pings += 1;
@@ -232,15 +307,21 @@ fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
 
 #[test]
 fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.conn.subscribe("s", None).unwrap();
     h.written();
-    h.publish("a", b"one");
-    h.publish("a", b"two");
+    h.conn
+        .publish("a", None, None, b"one", FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("a", None, None, b"two", FrameKind::Pub)
+        .unwrap();
     let chunk: Bytes = h.conn.poll_transmit(h.now).unwrap();
     assert_eq!(&chunk[..], b"PUB a 3\r\none\r\nPUB a 3\r\ntwo\r\n");
     h.conn.handle_written(h.now, 20); // first frame whole, second cut in half
-    let ev = h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
     assert!(
         ev.iter().any(
             |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 1)
@@ -254,11 +335,14 @@ fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
 
 #[test]
 fn write_stall_is_stale() {
-    let mut h = Harness::up(Config {
+    let mut h = Harness::new(Config {
         write_stall_timeout: Duration::from_secs(1),
         ..quick()
     });
-    h.publish("a", b"x");
+    h.handshake();
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
     h.read(b"PING\r\n"); // inbound traffic keeps the keepalive quiet
     h.advance(Duration::from_secs(1));
@@ -273,7 +357,8 @@ fn write_stall_is_stale() {
 
 #[test]
 fn garbage_after_handshake_is_a_protocol_error() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.read(b"BOGUS\r\n");
     assert!(h.events().iter().any(|e| matches!(
         e,
@@ -286,13 +371,17 @@ fn garbage_after_handshake_is_a_protocol_error() {
 
 #[test]
 fn lowered_max_payload_removes_buffered_frames() {
-    let mut h = Harness::up(quick());
-    h.link_lost();
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
     h.conn
         .publish("a", None, None, &[0u8; 100], FrameKind::Pub)
         .unwrap();
-    h.publish("a", b"small");
-    h.transport_connected(Auth::default());
+    h.conn
+        .publish("a", None, None, b"small", FrameKind::Pub)
+        .unwrap();
+    h.connect(Auth::default());
     h.read(b"INFO {\"headers\":true,\"max_payload\":64}\r\n");
     h.written();
     h.read(b"PONG\r\nPONG\r\n");
@@ -307,11 +396,14 @@ fn lowered_max_payload_removes_buffered_frames() {
 
 #[test]
 fn poison_frame_is_reported_removed_not_unconfirmed() {
-    let mut h = Harness::up(Config {
+    let mut h = Harness::new(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.publish("a", b"x");
+    h.handshake();
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
     h.written();
     h.read(b"-ERR 'Maximum Payload Violation'\r\n");
     let ev = h.events();
@@ -320,19 +412,20 @@ fn poison_frame_is_reported_removed_not_unconfirmed() {
             .any(|e| matches!(e, ConnEvent::FramesRemoved { counts, .. } if counts.msgs == 1)),
         "{ev:?}"
     );
-    assert_eq!(
-        h.conn.state(),
-        LinkState::Closing,
+    assert!(
+        matches!(h.conn.state(), LinkState::Closing { .. }),
         "reads on after a closing -ERR"
     );
-    let ev = h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
     assert!(ev.iter().any(|e| matches!(e, ConnEvent::Disconnected { reason: DisconnectReason::ServerError(_), unconfirmed, .. } if unconfirmed.msgs == 0)), "{ev:?}");
     assert_eq!(h.conn.buffered().msgs, 0, "never resent");
 }
 
 #[test]
 fn permission_violation_ends_the_matching_subscription_only() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let a = h.conn.subscribe("secret", None).unwrap();
     let b = h.conn.subscribe("open", None).unwrap();
     h.written();
@@ -349,7 +442,8 @@ fn permission_violation_ends_the_matching_subscription_only() {
 
 #[test]
 fn a_poison_frame_cut_in_half_is_removed_not_resent() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.conn
         .publish("big", None, None, &[0u8; 1000], FrameKind::Pub)
         .unwrap();
@@ -385,7 +479,8 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
     // B10: the chunk holds [a (half written), b, c]; the -ERR names our bytes. Bytes the
     // driver reports written afterwards are not counted: b and c are resent whole, only a
     // (the likely poison) is removed, and nothing is reported unconfirmed twice.
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let a = pub100(&mut h, "a");
     pub100(&mut h, "b");
     pub100(&mut h, "c");
@@ -402,7 +497,8 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
     );
     // A driver that kept writing: ignored.
     h.conn.handle_written(h.now, chunk.len() - a / 2);
-    let ev = h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
     assert!(
         ev.iter()
             .any(|e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. }
@@ -421,7 +517,8 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
 fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
     // B10: the half-written front is a PING, not a publish: no publish is the poison, and
     // the rewind must not drop the innocent PUB behind it.
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.conn.flush(7);
     pub100(&mut h, "b");
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
@@ -442,7 +539,8 @@ fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
 #[test]
 fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
     // S8: a server that sends PINGs but never reads our PONGs.
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let ping = b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS + 10);
     h.read(&ping);
     let ev = h.events();
@@ -457,7 +555,8 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
         "{ev:?}"
     );
     // Written PONGs are not a backlog: a server that reads is answered forever.
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     for _ in 0..3 {
         h.read(&b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS - 1));
         h.written();
@@ -467,7 +566,8 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
 
 #[test]
 fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.conn
         .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
         .unwrap();
@@ -487,7 +587,8 @@ fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
 
 #[test]
 fn removed_requests_are_never_sent() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.conn
         .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
         .unwrap();
@@ -505,7 +606,8 @@ fn removed_requests_are_never_sent() {
 
 #[test]
 fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let sid = h.conn.subscribe("s", None).unwrap();
     h.written();
     h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\n");
@@ -519,12 +621,14 @@ fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
 
 #[test]
 fn auto_unsubscribe_counts_are_sent_relative_to_the_current_link() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let sid = h.conn.subscribe("s", None).unwrap();
     h.conn.unsubscribe(sid, Some(10));
     assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 10\r\n");
     h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\nMSG s 1 1\r\nc\r\n");
-    h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
     // The replay asks the new server for the 7 still wanted ...
     h.handshake();
     assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 7\r\n");
@@ -551,7 +655,7 @@ fn the_nonce_is_signed_and_sent_with_the_jwt() {
         })),
         ..Auth::default()
     };
-    h.transport_connected(auth);
+    h.connect(auth);
     h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"n0nce\",\"max_payload\":1048576}\r\n");
     let out = String::from_utf8(h.written()).unwrap();
     assert!(
@@ -568,12 +672,9 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
         signer: Some(std::sync::Arc::new(|_: &[u8]| Err("no seed".to_owned()))),
         ..Auth::default()
     };
-    h.transport_connected(auth);
+    h.connect(auth);
     h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"nonce\":\"x\",\"max_payload\":1048576}\r\n");
-    let failed = h.events().into_iter().find_map(|e| match e {
-        ConnEvent::HandshakeFailed(e) => Some(e),
-        _ => None,
-    });
+    let failed = h.failed.take();
     assert!(
         matches!(&failed, Some(HandshakeError::Credentials(r)) if r == "no seed"),
         "{failed:?}"
@@ -583,7 +684,8 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
 
 #[test]
 fn repeated_ldm_info_announces_lame_duck_once() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.read(b"INFO {\"headers\":true,\"ldm\":true}\r\nINFO {\"headers\":true,\"ldm\":true,\"connect_urls\":[\"a:1\"]}\r\n");
     let n = h
         .events()
@@ -591,6 +693,13 @@ fn repeated_ldm_info_announces_lame_duck_once() {
         .filter(|e| matches!(e, ConnEvent::LameDuck))
         .count();
     assert_eq!(n, 1);
+}
+
+fn established(info: Box<tether_proto::ServerInfo>) -> Established {
+    Established {
+        info,
+        leftover: BytesMut::new(),
+    }
 }
 
 fn info() -> Box<tether_proto::ServerInfo> {
@@ -603,12 +712,15 @@ fn info() -> Box<tether_proto::ServerInfo> {
 
 #[test]
 fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
-    let mut h = Harness::up(quick());
-    h.publish("a", b"x");
+    let mut h = Harness::new(quick());
+    h.handshake();
+    h.conn
+        .publish("a", None, None, b"x", FrameKind::Pub)
+        .unwrap();
     h.written();
     h.conn.flush(7);
-    let mut old = h.conn.detach().expect("detach");
-    h.conn.adopt_link(h.now, info());
+    let mut old = h.conn.retire_link().expect("retire_link");
+    h.rbuf = h.conn.adopt_link(h.now, established(info()));
     h.events();
     assert_eq!(
         h.written(),
@@ -620,39 +732,47 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
         !h.events().contains(&ConnEvent::FlushDone(7)),
         "the old link has not confirmed"
     );
-    h.conn.retire_detached(h.now, &mut old);
+    h.conn.end_overlap(h.now, &mut old);
     assert_eq!(&old.poll_transmit().unwrap()[..], b"PING\r\n");
     let mut buf = BytesMut::from(&b"PONG\r\n"[..]);
-    h.conn.handle_detached_read(&mut old, &mut buf);
+    h.conn.handle_retiring_read(h.now, &mut old, &mut buf);
     assert!(old.is_done());
     assert!(h.events().contains(&ConnEvent::FlushDone(7)));
-    assert_eq!(h.conn.finish_detached(old).msgs, 0);
+    assert_eq!(h.conn.finish_retiring(old).msgs, 0);
 }
 
 #[test]
 fn retained_frames_stay_with_their_link_across_a_planned_switch() {
-    let mut h = Harness::up(Config {
+    let mut h = Harness::new(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.publish("old", b"1");
-    h.publish("old", b"2");
+    h.handshake();
+    h.conn
+        .publish("old", None, None, b"1", FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("old", None, None, b"2", FrameKind::Pub)
+        .unwrap();
     h.written();
-    let old = h.conn.detach().expect("detach");
-    h.conn.adopt_link(h.now, info());
+    let old = h.conn.retire_link().expect("retire_link");
+    h.rbuf = h.conn.adopt_link(h.now, established(info()));
     h.events();
-    h.publish("new", b"3");
+    h.conn
+        .publish("new", None, None, b"3", FrameKind::Pub)
+        .unwrap();
     h.conn.flush(1);
     h.written();
     h.read(b"PONG\r\n");
     // The old link closes without confirming: exactly its two frames are resent.
-    assert_eq!(h.conn.finish_detached(old).msgs, 2);
+    assert_eq!(h.conn.finish_retiring(old).msgs, 2);
     assert_eq!(h.written(), b"PUB old 1\r\n1\r\nPUB old 1\r\n2\r\n");
 }
 
 #[test]
 fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     h.conn.flush(1); // a PING written before the SUB
     let sid = h.conn.subscribe("s", None).unwrap();
     assert_eq!(h.written(), b"PING\r\nSUB s 1\r\n");
@@ -669,62 +789,69 @@ fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
 
 #[test]
 fn sub_permission_errors_are_classified_with_queue_and_sid() {
-    use tether_proto::conn::{classify_err, ErrClass};
-    let class = |t: &str| classify_err(t);
+    use tether_proto::server_err::ServerErr;
+    let class = |t: &str| ServerErr::parse(t);
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a""#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: None,
             sid: None,
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a""#.into()
         }
     );
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a" using queue "q1""#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: Some("q1".into()),
             sid: None,
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a" using queue "q1""#.into()
         }
     );
     // The config-reload forms name the sid (quoted by nats-server 2.10+, bare before).
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a" (sid "17")"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: None,
             sid: Some(17),
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a" (sid "17")"#.into()
         }
     );
     assert_eq!(
         class(r#"permissions violation for subscription to "s.a" using queue "q1" (sid "3")"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: Some("q1".into()),
             sid: Some(3),
-            any_queue: false
+            any_queue: false,
+            text: r#"permissions violation for subscription to "s.a" using queue "q1" (sid "3")"#
+                .into()
         }
     );
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "s.a" (sid 9)"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "s.a".into(),
             queue: None,
             sid: Some(9),
-            any_queue: false
+            any_queue: false,
+            text: r#"Permissions Violation for Subscription to "s.a" (sid 9)"#.into()
         }
     );
     // Too many tokens refuses the subject itself, whatever the queue.
     assert_eq!(
         class(r#"Permissions Violation for Subscription to "a.b.c", too many tokens"#),
-        ErrClass::SubPermission {
+        ServerErr::SubPermission {
             subject: "a.b.c".into(),
             queue: None,
             sid: None,
-            any_queue: true
+            any_queue: true,
+            text: r#"Permissions Violation for Subscription to "a.b.c", too many tokens"#.into()
         }
     );
 }
@@ -741,7 +868,8 @@ fn ended(events: &[ConnEvent]) -> Vec<u64> {
 
 #[test]
 fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let queued = h.conn.subscribe("work", Some("workers")).unwrap();
     let plain = h.conn.subscribe("work", None).unwrap();
     let other_queue = h.conn.subscribe("work", Some("others")).unwrap();
@@ -759,7 +887,8 @@ fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
 
 #[test]
 fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let a = h.conn.subscribe("s", None).unwrap();
     let b = h.conn.subscribe("s", None).unwrap();
     let q = h.conn.subscribe("s", Some("q")).unwrap();
@@ -794,7 +923,8 @@ fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
 #[test]
 fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
     use tether_proto::conn::SubEndReason;
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let first = h.conn.subscribe("a", None).unwrap();
     let second = h.conn.subscribe("b", None).unwrap();
     let third = h.conn.subscribe("c", None).unwrap();
@@ -802,7 +932,8 @@ fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
     h.written();
     h.read(b"PONG\r\n");
     h.events();
-    h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
     // The new server allows two subscriptions: the newest replayed SUB is refused.
     h.handshake();
     assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
@@ -848,13 +979,18 @@ const BIG: &[u8] = &[b'x'; 100];
 /// [BIG "g", small "c"] still pending, when an INFO lowers max_payload to 64: only the
 /// pending BIG can be removed at once; the chunk cannot be recalled.
 fn lowered_while_in_flight() -> (Harness, Bytes) {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     for (subject, payload) in [("a", &b"1"[..]), ("f", BIG), ("b", b"2")] {
-        h.publish(subject, payload);
+        h.conn
+            .publish(subject, None, None, payload, FrameKind::Pub)
+            .unwrap();
     }
     let chunk = h.conn.poll_transmit(h.now).expect("a chunk in flight");
     for (subject, payload) in [("g", BIG), ("c", &b"3"[..])] {
-        h.publish(subject, payload);
+        h.conn
+            .publish(subject, None, None, payload, FrameKind::Pub)
+            .unwrap();
     }
     h.read(b"INFO {\"server_id\":\"s\",\"headers\":true,\"max_payload\":64}\r\n");
     assert_eq!(h.conn.max_payload(), 64);
@@ -878,7 +1014,8 @@ fn an_info_lowering_max_payload_mid_chunk_reports_the_in_flight_frame_when_rejec
         vec![(RemovedReason::PoisonFrame, 3)],
         "everything written since the last PONG, f included, is reported"
     );
-    let ev = h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    let ev = h.events();
     assert!(
         ev.iter().any(
             |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 0)
@@ -903,7 +1040,8 @@ fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resen
         vec![(RemovedReason::PoisonFrame, 2)],
         "a (written, unconfirmed) and the half-written f"
     );
-    h.link_lost();
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
     // f is dropped; b (never written) and c go out on the next link. 1 + 2 + 2 = five.
     assert_eq!(h.conn.buffered().msgs, 2);
     h.handshake();
@@ -912,13 +1050,19 @@ fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resen
 
 #[test]
 fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay() {
-    let mut h = Harness::up(quick());
+    let mut h = Harness::new(quick());
+    h.handshake();
     let sid = h.conn.subscribe("s", None).unwrap();
     h.written();
-    h.link_lost();
-    h.publish("big", BIG);
-    h.publish("small", b"ok");
-    h.transport_connected(Auth::default());
+    h.conn.handle_link_lost(h.now, None);
+    h.events();
+    h.conn
+        .publish("big", None, None, BIG, FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("small", None, None, b"ok", FrameKind::Pub)
+        .unwrap();
+    h.connect(Auth::default());
     h.read(INFO);
     assert!(String::from_utf8(h.written())
         .unwrap()
@@ -953,27 +1097,32 @@ fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay
 
 #[test]
 fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_payload() {
-    let mut h = Harness::up(Config {
+    let mut h = Harness::new(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.publish("big", BIG);
-    h.publish("small", b"ok");
+    h.handshake();
+    h.conn
+        .publish("big", None, None, BIG, FrameKind::Pub)
+        .unwrap();
+    h.conn
+        .publish("small", None, None, b"ok", FrameKind::Pub)
+        .unwrap();
     h.written();
-    let old = h.conn.detach().expect("detach");
+    let old = h.conn.retire_link().expect("retire_link");
     // The new server's limit is lower than the old one's.
-    h.conn.adopt_link(
+    h.rbuf = h.conn.adopt_link(
         h.now,
-        Box::new(tether_proto::ServerInfo {
+        established(Box::new(tether_proto::ServerInfo {
             headers: true,
             max_payload: 64,
             ..Default::default()
-        }),
+        })),
     );
     h.events();
     // The old link closes before confirming: its frames are resent on the new link, but
     // the one over the new limit is removed and reported, never sent to be rejected.
-    assert_eq!(h.conn.finish_detached(old).msgs, 2);
+    assert_eq!(h.conn.finish_retiring(old).msgs, 2);
     assert_eq!(
         removed(&h.events()),
         vec![(RemovedReason::MaxPayloadLowered { max_payload: 64 }, 1)]

@@ -119,7 +119,7 @@ pub(crate) fn refused_to_publish(r: PublishRefused) -> PublishError {
             PublishError::ControlLineTooLong { len, limit }
         }
         PublishRefused::HeadersNotSupported => PublishError::HeadersNotSupported,
-        _ => PublishError::Disconnected,
+        PublishRefused::Disconnected => PublishError::Disconnected,
     }
 }
 
@@ -225,7 +225,7 @@ impl Client {
                     inner.startup = Startup::Running;
                     reconnect::on_connected(shared, &mut inner, &addr, None);
                     drop(inner);
-                    reconnect::spawn(shared.clone(), Some(est.stream));
+                    reconnect::spawn(shared.clone(), Some(est));
                     return Ok(());
                 }
                 Err(f) => {
@@ -568,7 +568,12 @@ impl Client {
             PublishRefused::ControlLineTooLong { len, limit } => {
                 SubscribeError::ControlLineTooLong { len, limit }
             }
-            _ => SubscribeError::Closed,
+            // Not refusals a subscription can get.
+            PublishRefused::BufferFull { .. }
+            | PublishRefused::TooLargeForBuffer { .. }
+            | PublishRefused::MaxPayload { .. }
+            | PublishRefused::HeadersNotSupported
+            | PublishRefused::Disconnected => SubscribeError::Closed,
         })?;
         let q = Arc::new(SubQueue::new(
             sid,

@@ -179,7 +179,7 @@ pub(crate) fn on_inbox_ended(inner: &mut Inner, sid: u64, reason: &SubEndReason)
     inner.mux = None;
     let why: String = match reason {
         SubEndReason::PermissionDenied(t) | SubEndReason::MaxSubscriptionsExceeded(t) => t.clone(),
-        _ => "the request inbox subscription ended".to_owned(),
+        SubEndReason::MaxReached => "the request inbox subscription ended".to_owned(),
     };
     inner.inbox_refused = Some(why.clone());
     let pending: Vec<u64> = inner.conn.pending_requests().collect();

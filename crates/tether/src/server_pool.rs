@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use tether_proto::conn::AuthErrorClass;
+use tether_proto::server_err::AuthErrorClass;
 
 use crate::connection::reconnect::AttemptCause;
 use crate::options::{
@@ -629,7 +629,7 @@ mod tests {
     /// `jwt_expired`).
     fn refused(err: &str, creds: u64, jwt_expired: bool) -> AttemptCause {
         AttemptCause::Handshake {
-            error: HandshakeError::Server(err.to_owned()),
+            error: HandshakeError::Server(tether_proto::server_err::ServerErr::parse(err)),
             credentials: UsedCredentials {
                 fingerprint: creds,
                 jwt_expired: jwt_expired.then_some(Duration::from_secs(3)),

@@ -7,18 +7,15 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tether_proto::conn::{ConnEvent, Connection, RemovedReason, SubEndReason};
+use tether_proto::conn::{ConnEvent, DisconnectReason, Handshake, RemovedReason, SubEndReason};
 use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
 use tether_proto::ServerInfo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use tokio::net::TcpStream;
 
 use super::reconnect::{AttemptCause, Failure, UsedCredentials};
 use super::switch::probe_arrived;
 use super::timer::DriverTimer;
-use super::transport;
+use super::transport::{self, Transport};
 use super::{Inner, Shared, WaitersFail};
 use crate::buffer_watch::{self, Change};
 use crate::credentials::{self, JwtTimes};
@@ -42,9 +39,10 @@ pub(crate) const CREDENTIALS_RECHECK: Duration = Duration::from_secs(1);
 
 /// A link whose handshake completed, ready to be adopted by the session core.
 pub(crate) struct Established {
-    pub(crate) stream: TcpStream,
+    pub(crate) io: Transport,
     pub(crate) info: Box<ServerInfo>,
-    /// Bytes read after the handshake's last PONG.
+    /// Bytes read after the handshake's last PONG; after [`adopt`], what the core left of
+    /// them (an operation not complete yet), the start of the link's read buffer.
     pub(crate) leftover: BytesMut,
     /// The user JWT's validity, when the link authenticated with one that expires.
     pub(crate) jwt: Option<JwtTimes>,
@@ -58,63 +56,57 @@ impl std::fmt::Debug for Established {
     }
 }
 
-/// Dial `addr` and run the handshake, bounded by connection_timeout. The handshake runs on
-/// a core of its own, so the session (and a live link, during a planned switch) is
-/// untouched until the caller adopts the result.
+/// Dial `addr` and run the handshake ([`Handshake`]), bounded by connection_timeout. The
+/// handshake runs apart from the session core, so the session (and a live link, during a
+/// planned switch) is untouched until the caller adopts the result.
 pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Established, Failure> {
     let start = Instant::now();
     let deadline = later(start, shared.opts.connection_timeout);
     let loaded = credentials::auth_for(&shared.opts, addr)
         .await
         .map_err(|e| Failure::new(addr, None, AttemptCause::Credentials(e)))?;
-    let (mut stream, sock) = transport::dial(addr, tokio_instant(deadline))
+    let (tcp, sock) = transport::dial(addr, tokio_instant(deadline))
         .await
         .map_err(|e| Failure::new(addr, e.address, AttemptCause::Dial(e.error)))?;
+    let io = Transport::tcp(tcp);
     let address = Some(sock.to_string());
     let credentials = UsedCredentials::of(&loaded, std::time::SystemTime::now());
-    let mut core = Connection::new(shared.opts.core_config(), start);
-    core.set_pause_after_handshake(true);
-    core.handle_transport_connected(Instant::now(), deadline, loaded.auth);
+    let mut hs = Handshake::new(start, deadline, loaded.auth, &shared.opts.core_config());
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {
-        if let Some(chunk) = core.poll_transmit(Instant::now()) {
-            match tokio::time::timeout_at(tokio_instant(deadline), stream.write_all(&chunk)).await {
-                Ok(Ok(())) => core.handle_written(Instant::now(), chunk.len()),
-                Ok(Err(e)) => core.handle_link_lost(Instant::now(), Some(e.to_string())),
-                Err(_) => core.handle_timeout(Instant::now()),
+        while let Some(chunk) = hs.poll_transmit(Instant::now()) {
+            match tokio::time::timeout_at(tokio_instant(deadline), io.write_all(&chunk)).await {
+                Ok(Ok(())) => hs.handle_written(Instant::now(), chunk.len()),
+                Ok(Err(e)) => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
+                Err(_) => hs.handle_timeout(Instant::now()),
             }
         }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                ConnEvent::Connected { info } => {
-                    return Ok(Established {
-                        stream,
-                        info,
-                        leftover: rbuf,
-                        jwt: loaded.jwt,
-                    });
-                }
-                ConnEvent::HandshakeFailed(error) => {
-                    let cause = AttemptCause::Handshake { error, credentials };
-                    return Err(Failure::new(addr, address, cause));
-                }
-                _ => {}
+        match hs.poll_outcome() {
+            Some(Ok(link)) => {
+                return Ok(Established {
+                    io,
+                    info: link.info,
+                    leftover: link.leftover,
+                    jwt: loaded.jwt,
+                });
             }
-        }
-        if core.has_transmit() {
-            continue;
+            Some(Err(error)) => {
+                let cause = AttemptCause::Handshake { error, credentials };
+                return Err(Failure::new(addr, address, cause));
+            }
+            None => {}
         }
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(4096);
         }
         tokio::select! {
-            r = stream.read_buf(&mut rbuf) => match r {
-                Ok(0) => core.handle_link_lost(Instant::now(), None),
-                Ok(_) => core.handle_read(Instant::now(), &mut rbuf),
-                Err(e) => core.handle_link_lost(Instant::now(), Some(e.to_string())),
+            r = io.read(&mut rbuf) => match r {
+                Ok(0) => hs.handle_link_lost(Instant::now(), None),
+                Ok(_) => hs.handle_read(Instant::now(), &mut rbuf),
+                Err(e) => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
             },
             () = tokio::time::sleep_until(tokio_instant(deadline)) => {
-                core.handle_timeout(Instant::now());
+                hs.handle_timeout(Instant::now());
             }
         }
     }
@@ -130,7 +122,13 @@ pub(crate) fn adopt(
     est: &mut Established,
 ) -> Option<String> {
     let now = Instant::now();
-    inner.conn.adopt_link(now, est.info.clone());
+    est.leftover = inner.conn.adopt_link(
+        now,
+        tether_proto::conn::Established {
+            info: est.info.clone(),
+            leftover: std::mem::take(&mut est.leftover),
+        },
+    );
     inner.jwt = est.jwt;
     inner.expiring_reported = false;
     // A pending switch (a refresh, lame duck mode, a request) has moved, or the reconnect
@@ -154,9 +152,6 @@ pub(crate) fn adopt(
     // which may mark it again).
     if let Some(i) = inner.pool.position(addr) {
         inner.pool.record_success(i);
-    }
-    if !est.leftover.is_empty() {
-        inner.conn.handle_read(now, &mut est.leftover);
     }
     let mut down = None;
     let mut events = Vec::new();
@@ -268,7 +263,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             request::on_disconnected(shared, inner, &buffered_requests);
             return Some(on_disconnected(shared, inner, &reason, unconfirmed));
         }
-        ConnEvent::Connected { .. } | ConnEvent::HandshakeFailed(_) => {}
+        ConnEvent::Connected { .. } => {}
         ConnEvent::InfoUpdated(info) => {
             if let Some(addr) = inner.current.clone() {
                 merge_pool(shared, inner, &info, &addr);
@@ -313,7 +308,6 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             buffer_watch::report_overflow(shared, inner, false);
             buffer_watch::on_level(shared, inner, Change::Drained);
         }
-        _ => {}
     }
     None
 }
@@ -416,7 +410,6 @@ fn on_subscription_ended(inner: &mut Inner, sid: u64, reason: SubEndReason) {
             SubEndReason::MaxSubscriptionsExceeded(t) => {
                 Ended::Error(SubscribeError::MaxSubscriptionsExceeded(t))
             }
-            _ => Ended::Done,
         });
     }
 }
@@ -430,7 +423,6 @@ fn removed_text(reason: &RemovedReason) -> String {
         RemovedReason::PoisonFrame => "the server closed the connection over frames we sent \
                                        (poison frame); they are not resent"
             .to_owned(),
-        _ => "removed".to_owned(),
     }
 }
 
@@ -445,7 +437,9 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     inner.direct = None;
     let unconfirmed = inner.conn.unconfirmed();
     shared.end_outage(&mut inner);
-    inner.conn.handle_close_link();
+    inner
+        .conn
+        .close_link(Instant::now(), DisconnectReason::Requested);
     while inner.conn.poll_event().is_some() {}
     let unsent = inner.conn.clear_buffer();
     buffer_watch::report_overflow(shared, &mut inner, true);

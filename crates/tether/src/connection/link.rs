@@ -19,7 +19,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tether_proto::time::saturating_add as later;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::driver::{
@@ -39,6 +38,7 @@ use crate::error::FlushError;
 use crate::events::EventKind;
 use crate::events::MigrateReason as SwitchReason;
 use crate::server_pool::ServerAddr;
+use tether_proto::conn::DisconnectReason;
 
 type RefreshFuture = Pin<Box<dyn Future<Output = Result<Loaded, CredentialsError>> + Send>>;
 
@@ -46,8 +46,8 @@ type SwitchFuture =
     Pin<Box<dyn Future<Output = (ServerAddr, Result<Established, Failure>)> + Send>>;
 
 /// Run one established link until it goes down or the client closes.
-pub(super) async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd {
-    let io = Arc::new(Transport::tcp(stream));
+pub(super) async fn run_link(shared: &Arc<Shared>, link: Established) -> LinkEnd {
+    let io = Arc::new(link.io);
     {
         let mut inner = shared.lock("driver");
         inner.direct = Some(io.clone());
@@ -55,7 +55,7 @@ pub(super) async fn run_link(shared: &Arc<Shared>, stream: TcpStream) -> LinkEnd
             inner.timers.stop(t);
         }
     }
-    let mut link = LinkDriver::new(shared, io);
+    let mut link = LinkDriver::new(shared, io, link.leftover);
     let end = link.drive().await;
     shared.lock("driver").direct = None;
     if matches!(end, LinkEnd::Closed) {
@@ -215,11 +215,14 @@ pub(super) struct LinkDriver<'a> {
 }
 
 impl<'a> LinkDriver<'a> {
-    fn new(shared: &'a Arc<Shared>, io: Arc<Transport>) -> Self {
+    /// A driver for the link on `io`, whose read buffer starts with `rbuf` (what the core
+    /// left of the bytes read with the handshake).
+    fn new(shared: &'a Arc<Shared>, io: Arc<Transport>, mut rbuf: BytesMut) -> Self {
+        rbuf.reserve(READ_BUF);
         Self {
             shared,
             io,
-            rbuf: BytesMut::with_capacity(READ_BUF),
+            rbuf,
             tx: Transmit::default(),
             switch: Switch::Idle,
             plan: SwitchPlan {
@@ -296,7 +299,10 @@ impl<'a> LinkDriver<'a> {
             self.start_switch(inner, now);
         }
         // Switch publishing at a frame boundary: no data chunk half written.
-        if matches!(self.switch, Switch::Ready(_)) && self.tx.is_idle() && inner.conn.can_detach() {
+        if matches!(self.switch, Switch::Ready(_))
+            && self.tx.is_idle()
+            && inner.conn.can_retire_link()
+        {
             if let Switch::Ready(ready) = std::mem::replace(&mut self.switch, Switch::Idle) {
                 let (addr, est) = *ready;
                 if let Some(end) = self.adopt_new_link(inner, now, addr, est) {
@@ -347,7 +353,7 @@ impl<'a> LinkDriver<'a> {
                         inner.current = Some(alias);
                     }
                     (SwitchReason::Requested | SwitchReason::ServerPool, _) => {
-                        inner.conn.handle_close_link();
+                        inner.conn.close_link(now, DisconnectReason::Requested);
                     }
                     _ => {}
                 }
@@ -420,7 +426,7 @@ impl<'a> LinkDriver<'a> {
         mut est: Established,
     ) -> Option<LinkEnd> {
         let shared = self.shared;
-        let mut link = inner.conn.detach()?;
+        let mut link = inner.conn.retire_link()?;
         // Requests written on the old link: they fail if it dies before confirming.
         let pending: std::collections::HashSet<u64> = inner.conn.pending_requests().collect();
         let requests: Vec<u64> = inner
@@ -437,9 +443,9 @@ impl<'a> LinkDriver<'a> {
         });
         self.plan.reset();
         if let Some(reason) = adopt(shared, inner, &addr, &mut est) {
-            // The new link died at once; the old one is already detached: report what
+            // The new link died at once; the old one is already retiring: report what
             // stayed unconfirmed on it.
-            let unconfirmed = inner.conn.finish_detached(link);
+            let unconfirmed = inner.conn.finish_retiring(link);
             report_migrated(shared, from, addr.to_string(), unconfirmed);
             return Some(LinkEnd::Down {
                 reason,
@@ -452,7 +458,9 @@ impl<'a> LinkDriver<'a> {
         }
         start_probe(shared, inner, now);
         start_cut(shared, inner, &mut link);
-        let fresh = Arc::new(Transport::tcp(est.stream));
+        let fresh = Arc::new(est.io);
+        let mut rbuf = est.leftover;
+        rbuf.reserve(READ_BUF);
         inner.direct = Some(fresh.clone());
         let bound = later(now, shared.opts.ldm_overlap);
         inner.timers.set(DriverTimer::Retire, bound);
@@ -467,7 +475,7 @@ impl<'a> LinkDriver<'a> {
         self.switch = Switch::Overlap(Box::new(RetiringIo {
             io: std::mem::replace(&mut self.io, fresh),
             link,
-            rbuf: std::mem::replace(&mut self.rbuf, BytesMut::with_capacity(READ_BUF)),
+            rbuf: std::mem::replace(&mut self.rbuf, rbuf),
             out: BytesMut::new(),
             requests,
             from,
@@ -484,7 +492,7 @@ impl<'a> LinkDriver<'a> {
         let Switch::Overlap(o) = &mut self.switch else {
             return;
         };
-        if !o.link.is_retiring() {
+        if !o.link.overlap_ended() {
             overlap_step(self.shared, inner, o, now);
         }
         if let Some(b) = o.link.poll_transmit() {
@@ -661,10 +669,11 @@ impl<'a> LinkDriver<'a> {
                 };
                 match io {
                     RetiringWake::Read(Ok(n)) if n > 0 => {
-                        shared
-                            .lock("driver old read")
-                            .conn
-                            .handle_detached_read(&mut o.link, &mut o.rbuf);
+                        shared.lock("driver old read").conn.handle_retiring_read(
+                            Instant::now(),
+                            &mut o.link,
+                            &mut o.rbuf,
+                        );
                     }
                     RetiringWake::Wrote(Ok(n)) if n > 0 => o.out.advance(n),
                     _ => o.failed = true,
@@ -734,7 +743,7 @@ fn overlap_step(shared: &Shared, inner: &mut Inner, o: &mut RetiringIo, now: Ins
         }
         // The cluster knows the new interest and the streams are cut (or the bound
         // passed): end the old link's subscriptions.
-        inner.conn.retire_detached(now, &mut o.link);
+        inner.conn.end_overlap(now, &mut o.link);
         end_probe(inner);
         inner.timers.stop(DriverTimer::Retire);
         inner.timers.stop(DriverTimer::Probe);

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tether_proto::conn::{classify_auth_err, HandshakeError};
-use tokio::net::TcpStream;
+use tether_proto::conn::HandshakeError;
 
 use super::driver::{adopt, establish, finish, tokio_instant, Established, LinkEnd};
 use super::link::run_link;
@@ -78,7 +77,7 @@ impl AttemptCause {
         else {
             return None;
         };
-        classify_auth_err(text).map(|class| AuthRefusal {
+        text.auth_class().map(|class| AuthRefusal {
             class,
             credentials: credentials.fingerprint,
             jwt_expired: credentials.jwt_expired,
@@ -130,7 +129,7 @@ impl Failure {
 /// such as `reconnect_delay`, or a bug) is never silent: the client closes with
 /// [`ClosedReason::DriverFailed`], every waiter fails at once, and the event stream ends
 /// with `Closed`.
-pub(crate) fn spawn(shared: Arc<Shared>, first: Option<TcpStream>) {
+pub(crate) fn spawn(shared: Arc<Shared>, first: Option<Established>) {
     use futures_util::FutureExt;
     let runtime = shared.runtime.clone();
     runtime.spawn(async move {
@@ -151,7 +150,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, first: Option<TcpStream>) {
 }
 
 /// Run the client: the given link first (if any), then the reconnect loop.
-async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
+async fn run(shared: Arc<Shared>, first: Option<Established>) {
     let mut guard = CancelGuard {
         shared: shared.clone(),
         done: false,
@@ -168,8 +167,8 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
     // A planned switch's new link, ready when the old one died: adopted as it is.
     let mut prepared: Option<(ServerAddr, Established)> = None;
     let closed = loop {
-        if let Some(stream) = link.take() {
-            match run_link(&shared, stream).await {
+        if let Some(est) = link.take() {
+            match run_link(&shared, est).await {
                 LinkEnd::Closed => break ClosedReason::Requested,
                 LinkEnd::Down { reason, ready } => {
                     prepared = ready.map(|b| *b);
@@ -206,7 +205,7 @@ async fn run(shared: Arc<Shared>, first: Option<TcpStream>) {
                 let after = ever_connected.then_some(attempts);
                 on_connected(&shared, &mut shared.lock("reconnect"), &addr, after);
                 ever_connected = true;
-                link = Some(est.stream);
+                link = Some(est);
             }
             Adopted::Failed(f) => on_failed(&shared, &addr, &f, attempts, &mut rng),
             // set_server_pool removed it while the handshake ran: pick again.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tether_proto::conn::DetachedLink;
+use tether_proto::conn::RetiringLink;
 use tether_proto::outbound::Counts;
 use tether_proto::time::saturating_add as later;
 use tokio::sync::oneshot;
@@ -27,7 +27,7 @@ use crate::server_pool::ServerAddr;
 /// are the driver's `Retire*`, `Probe` and `Marker` timers.
 pub(super) struct RetiringIo {
     pub(super) io: Arc<Transport>,
-    pub(super) link: DetachedLink,
+    pub(super) link: RetiringLink,
     pub(super) rbuf: BytesMut,
     /// Bytes for this link: the core's UNSUBs and last PING, and the probes.
     pub(super) out: BytesMut,
@@ -44,7 +44,7 @@ pub(super) struct RetiringIo {
 pub(super) fn retire_now(shared: &Shared, inner: &mut Inner, old: RetiringIo) {
     end_probe(inner);
     let retired = old.link.is_retired();
-    let unconfirmed = inner.conn.finish_detached(old.link);
+    let unconfirmed = inner.conn.finish_retiring(old.link);
     if !retired && !shared.opts.core.retain_requests {
         // Written on a link that died unconfirmed: a responder may have acted on them,
         // and no reply can come back through it (B7).
@@ -213,7 +213,7 @@ pub(super) fn probe_arrived(p: &mut Probe, payload: &[u8]) {
 /// Start the switch's cut (see `Connection::gate_switch`): a marker subject subscribed on
 /// both links; the new link's deliveries are held until a marker published on it comes
 /// back through the old node, and the two streams are joined there without duplicates.
-pub(super) fn start_cut(shared: &Shared, inner: &mut Inner, link: &mut DetachedLink) {
+pub(super) fn start_cut(shared: &Shared, inner: &mut Inner, link: &mut RetiringLink) {
     let Some(probe_sid) = inner.probe.as_ref().map(|p| p.sid) else {
         return;
     };

@@ -72,6 +72,17 @@ impl Transport {
         }
     }
 
+    /// Write all of `data` (the handshake's frames; cancel-safe only as a whole).
+    pub(crate) async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            match self.write(data).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => data = &data[n..],
+            }
+        }
+        Ok(())
+    }
+
     /// Write what the link takes of `data` now, without waiting (a caller's direct write).
     pub(crate) fn try_write(&self, data: &[u8]) -> std::io::Result<usize> {
         self.tcp.try_write(data)
