@@ -111,8 +111,10 @@
 //!   subscriptions is published on the old link (every millisecond, and at once when the
 //!   new server confirms the subscriptions) until it arrives on the new one. A route
 //!   carries one account's interest in order, so the old node then knows every new
-//!   subscription. One more probe must then make the trip: the margin for publishers on a
-//!   third node, whose routes learn the interest at about the same time.
+//!   subscription. One more probe must then make the trip, and the cut below starts no
+//!   sooner than 20 ms after the first probe came back: the margin for publishers on a
+//!   third node, whose routes learn the interest at about the same time (on a busy
+//!   machine, a few scheduling slices later).
 //! - the two streams are then cut at one point, so that nothing arrives twice: a marker
 //!   subject (`<inbox_prefix>.<nuid>.cut`) is subscribed on both links at the switch, and
 //!   the new link's deliveries are held from then on. Markers published on the new link
@@ -130,7 +132,7 @@
 //! - `EventKind::Migrated` carries the old link's unconfirmed counts (zero when that PONG
 //!   came); `Statistics::migrations` counts switches ended.
 //!
-//! A switch delays the new link's deliveries by a few milliseconds. The cut is exact for
+//! A switch delays the new link's deliveries by about 20 ms (the margin and the cut). The cut is exact for
 //! messages that reach the new node first; a message the old node processed within one
 //! route round trip before the cut can still arrive on both links (a rolling restart of a
 //! 3-node cluster at 1 msg/ms sees 0 duplicates on most switches, 1 on a few). A request written on

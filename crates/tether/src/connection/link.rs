@@ -26,7 +26,7 @@ use super::driver::{
 };
 use super::reconnect::{record_attempt_failure, Failure};
 use super::switch::{
-    check_fresh_credentials, end_probe, next_switch_target, probe_done, probe_registered,
+    check_fresh_credentials, cut_from, end_probe, next_switch_target, probe_done, probe_registered,
     rearm_refresh, report_migrated, retire_now, same_node_as_left, send_probe, start_cut,
     start_probe, RetiringIo, PROBE_INTERVAL, PROBE_MIN_GAP,
 };
@@ -752,9 +752,12 @@ fn overlap_step(shared: &Shared, inner: &mut Inner, o: &mut RetiringIo, now: Ins
             .timers
             .set(DriverTimer::RetireGiveUp, later(now, pong_timeout));
     } else if done {
-        // The old node knows the new interest: cut markers on the new link until one
-        // comes back through the old node.
-        if due(inner.timers.get(DriverTimer::Marker)) {
+        // The old node knows the new interest: after the third-node margin, cut markers
+        // on the new link until one comes back through the old node.
+        let from = cut_from(inner).unwrap_or(now);
+        if now < from {
+            inner.timers.set(DriverTimer::Marker, from);
+        } else if due(inner.timers.get(DriverTimer::Marker)) {
             if let Some(p) = inner.probe.as_mut().filter(|p| !p.refused) {
                 p.marker_seq += 1;
                 let seq = p.marker_seq;

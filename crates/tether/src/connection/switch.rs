@@ -61,6 +61,13 @@ pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 /// interest, the shorter the overlap, and every millisecond of it is a duplicate at
 /// 1 msg/ms.
 pub(super) const PROBE_MIN_GAP: Duration = Duration::from_micros(200);
+/// The cut starts no sooner than this after the first probe came back. A third node's
+/// routes learn the new interest at about the time the old node does, but on a busy
+/// machine a few scheduling slices later: a publisher there that does not know the new
+/// interest yet sends only to the old node, and what reaches the old link after the cut is
+/// dropped as a duplicate. Waiting costs no duplicate (the new link's deliveries are held
+/// meanwhile), only that much delay of them.
+pub(super) const THIRD_NODE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The next target of a pending planned switch and when it is due: another server not in
 /// lame duck mode (for fresh credentials, the same server will do).
@@ -189,6 +196,12 @@ pub(super) fn send_probe(inner: &Inner, now: Instant, out: &mut BytesMut) -> Opt
 /// overlap is a duplicate at 1 msg/ms.
 pub(super) fn probe_done(inner: &Inner) -> bool {
     inner.probe.as_ref().is_some_and(|p| p.confirmed)
+}
+
+/// When the cut may start: [`THIRD_NODE_MARGIN`] after the first probe came back.
+pub(super) fn cut_from(inner: &Inner) -> Option<Instant> {
+    let first = inner.probe.as_ref()?.arrived?;
+    Some(later(first, THIRD_NODE_MARGIN))
 }
 
 /// A probe arrived on the new link. After the first one, the next probe goes out at once.
