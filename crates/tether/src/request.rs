@@ -118,13 +118,19 @@ pub(crate) fn on_disconnected(shared: &Shared, inner: &mut Inner, buffered: &[u6
     if shared.opts.core.retain_requests {
         return;
     }
-    let written: Vec<u64> = inner
+    let written = written(inner, |t| buffered.contains(&t));
+    fail_written(inner, written);
+}
+
+/// The requests waiting for a reply whose frames left the buffer (written, or in flight):
+/// every pending request but those `buffered` says are still buffered.
+pub(crate) fn written(inner: &Inner, buffered: impl Fn(u64) -> bool) -> Vec<u64> {
+    inner
         .requests
         .keys()
         .copied()
-        .filter(|t| !buffered.contains(t))
-        .collect();
-    fail_written(inner, written);
+        .filter(|t| !buffered(*t))
+        .collect()
 }
 
 /// Fail these requests, whose frames were written on a link now lost: a responder may

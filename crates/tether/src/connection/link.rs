@@ -429,12 +429,7 @@ impl<'a> LinkDriver<'a> {
         let mut link = inner.conn.retire_link()?;
         // Requests written on the old link: they fail if it dies before confirming.
         let pending: std::collections::HashSet<u64> = inner.conn.pending_requests().collect();
-        let requests: Vec<u64> = inner
-            .requests
-            .keys()
-            .copied()
-            .filter(|t| !pending.contains(t))
-            .collect();
+        let requests = crate::request::written(inner, |t| pending.contains(&t));
         let from = inner.server_name.clone();
         shared.emit(EventKind::Migrating {
             from: from.clone(),
