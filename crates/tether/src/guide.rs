@@ -186,6 +186,41 @@
 //! out in plaintext to a server that expects TLS. `reconnect_jitter_tls` is reserved for
 //! it.
 //!
+//! # Where the code is
+//! For contributors; none of these paths is public API.
+//! - **tether-proto** (no I/O, no clock: every handler takes `now`): `decode.rs` /
+//!   `encode.rs` the wire format; `outbound.rs` the one bounded buffer publishes are
+//!   encoded into; `server_err.rs` every `-ERR` parsed once; `conn/` the session state
+//!   machine: `handshake.rs` (`Handshake`, run apart from the session, then
+//!   `Connection::adopt_link`), `mod.rs` (`Connection`: read, transmit, written, timeout),
+//!   `ping.rs` (PING/PONG, confirmation, flushes), `subs.rs` (subscriptions and their
+//!   replay), `retire.rs` (the retiring link of a planned switch), `timer.rs`.
+//! - **tether**: `client.rs` the handle; `connection/` the task: `transport.rs` (the byte
+//!   stream, and dialing), `driver.rs` (`establish`, `adopt`, the core's events),
+//!   `link.rs` (`LinkDriver`, one link's loop), `switch.rs` (the planned switch's
+//!   pieces), `reconnect.rs` (the loop between links), `timer.rs`; and beside them
+//!   `server_pool.rs` (the pool and its pure reconnect policy, `record_attempt`),
+//!   `request.rs`, `buffer_watch.rs`, `credentials.rs`, `events.rs`.
+//!
+//! A publish: `Client::publish` → `publish_inner` takes the lock → `buffer_publish` →
+//! `Connection::publish` encodes the frame into the outbound buffer → `Shared::wake_driver`.
+//! The driver's `LinkDriver::wait` wakes; `drive_transmit` takes `Connection::poll_transmit`
+//! (everything buffered, as one chunk); `Transport::write` writes it and
+//! `Connection::handle_written` moves it to written; a PING later, its PONG confirms it
+//! (`ping.rs`) and the buffer releases it. A request also tries
+//! `link::try_direct_write` from the caller's thread when the driver is idle.
+//!
+//! A reconnect: `Transport::read` returns 0 → `Connection::handle_link_lost` →
+//! `ConnEvent::Disconnected` → `driver::handle_event` / `on_disconnected` (the event, and
+//! `request::on_disconnected`) → `LinkDriver::link_down` returns `LinkEnd::Down` to
+//! `reconnect::run`, which picks the next due server (`pick`, `wait_until_due`), runs
+//! `driver::establish` (`transport::dial`, then the `Handshake`), and `adopt_attempt` /
+//! `driver::adopt` hands it to `Connection::adopt_link` (subscriptions replayed ahead of
+//! the buffered frames) before `on_connected` emits `Reconnected` and `link::run_link`
+//! drives the new link. A failed attempt goes to `on_failed` and
+//! `ServerPool::record_attempt`, whose `Verdict` says when the server is due again and
+//! whether it leaves the pool.
+//!
 //! # Choices where the protocol is silent
 //! - A header block that cannot be parsed does not close the connection (any publisher can
 //!   send one); the message is delivered with `headers: None` and
