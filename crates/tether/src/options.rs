@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_proto::conn as core;
+use tether_proto::conn;
 use tether_proto::outbound::BufferLimits;
 
 use crate::error::{ConnectError, OptionsError};
@@ -18,26 +18,26 @@ pub const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
 /// Default for [`ConnectOptions::connection_timeout`]: the whole handshake.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for [`ConnectOptions::ping_interval`].
-pub const DEFAULT_PING_INTERVAL: Duration = core::DEFAULT_PING_INTERVAL;
+pub const DEFAULT_PING_INTERVAL: Duration = conn::DEFAULT_PING_INTERVAL;
 /// Upper bound of the default pong timeout: the smaller of this and the ping interval.
-pub const DEFAULT_PONG_TIMEOUT: Duration = core::DEFAULT_PONG_TIMEOUT;
+pub const DEFAULT_PONG_TIMEOUT: Duration = conn::DEFAULT_PONG_TIMEOUT;
 /// Default for [`ConnectOptions::max_pings_outstanding`].
-pub const DEFAULT_MAX_PINGS_OUTSTANDING: usize = core::DEFAULT_MAX_PINGS_OUTSTANDING;
+pub const DEFAULT_MAX_PINGS_OUTSTANDING: usize = conn::DEFAULT_MAX_PINGS_OUTSTANDING;
 /// Default for [`ConnectOptions::write_stall_timeout`].
-pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = core::DEFAULT_WRITE_STALL_TIMEOUT;
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = conn::DEFAULT_WRITE_STALL_TIMEOUT;
 /// Default byte bound of the outbound buffer: 8 MiB.
-pub const DEFAULT_BUFFER_BYTES: usize = core::DEFAULT_BUFFER_BYTES;
+pub const DEFAULT_BUFFER_BYTES: usize = conn::DEFAULT_BUFFER_BYTES;
 /// Default message bound of the outbound buffer: 1,000,000.
-pub const DEFAULT_BUFFER_MSGS: usize = core::DEFAULT_BUFFER_MSGS;
+pub const DEFAULT_BUFFER_MSGS: usize = conn::DEFAULT_BUFFER_MSGS;
 /// Default for [`ConnectOptions::block_deadline`].
 pub const DEFAULT_BLOCK_DEADLINE: Duration = Duration::from_secs(5);
 /// Default for [`ConnectOptions::confirm_interval`]: 20 ms (see
 /// [`tether_proto::conn::DEFAULT_CONFIRM_INTERVAL`] for why).
-pub const DEFAULT_CONFIRM_INTERVAL: Duration = core::DEFAULT_CONFIRM_INTERVAL;
+pub const DEFAULT_CONFIRM_INTERVAL: Duration = conn::DEFAULT_CONFIRM_INTERVAL;
 /// Default for [`ConnectOptions::assumed_max_payload`]: 1 MiB until the first INFO.
-pub const DEFAULT_ASSUMED_MAX_PAYLOAD: usize = core::DEFAULT_ASSUMED_MAX_PAYLOAD;
+pub const DEFAULT_ASSUMED_MAX_PAYLOAD: usize = conn::DEFAULT_ASSUMED_MAX_PAYLOAD;
 /// Default for [`ConnectOptions::max_control_line`].
-pub const DEFAULT_MAX_CONTROL_LINE: usize = core::DEFAULT_MAX_CONTROL_LINE;
+pub const DEFAULT_MAX_CONTROL_LINE: usize = conn::DEFAULT_MAX_CONTROL_LINE;
 /// Default for [`ConnectOptions::max_inbound_payload`]: 64 MiB.
 pub const DEFAULT_MAX_INBOUND_PAYLOAD: usize = tether_proto::decode::DEFAULT_MAX_INBOUND_PAYLOAD;
 /// Default pending message limit per subscription.
@@ -142,7 +142,7 @@ pub type EventCallback = Arc<dyn Fn(Event) + Send + Sync>;
 pub struct ConnectOptions {
     /// What the session core is configured with (ping, buffer, payload limits, CONNECT
     /// fields); its `pong_timeout` is set from [`Self::effective_pong_timeout`].
-    pub(crate) core: core::Config,
+    pub(crate) core: conn::Config,
     pub(crate) no_randomize: bool,
     pub(crate) ignore_discovered_servers: bool,
     pub(crate) connect_policy: ConnectPolicy,
@@ -228,9 +228,9 @@ impl ConnectOptions {
         Self {
             // Every default of the core is this crate's default too (the DEFAULT_*
             // constants above are the core's).
-            core: core::Config {
+            core: conn::Config {
                 version: crate::VERSION.to_owned(),
-                ..core::Config::default()
+                ..conn::Config::default()
             },
             no_randomize: false,
             ignore_discovered_servers: false,
@@ -733,8 +733,8 @@ impl ConnectOptions {
         Ok(())
     }
 
-    pub(crate) fn core_config(&self) -> core::Config {
-        core::Config {
+    pub(crate) fn core_config(&self) -> conn::Config {
+        conn::Config {
             pong_timeout: self.effective_pong_timeout(),
             ..self.core.clone()
         }
@@ -851,7 +851,7 @@ mod tests {
             (
                 DEFAULT_WRITE_STALL_TIMEOUT,
                 DEFAULT_CONFIRM_INTERVAL,
-                core::DEFAULT_CONFIRM_BYTES
+                conn::DEFAULT_CONFIRM_BYTES
             )
         );
         assert_eq!(

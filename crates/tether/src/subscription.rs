@@ -23,8 +23,9 @@ pub(crate) enum Ended {
     Error(SubscribeError),
 }
 
+/// What a [`SubQueue`] holds, under its lock.
 #[derive(Debug)]
-struct SubQ {
+struct QueueContents {
     msgs: VecDeque<Message>,
     bytes: usize,
     ended: Option<Ended>,
@@ -39,7 +40,7 @@ pub(crate) struct SubQueue {
     pub(crate) subject: String,
     max_msgs: usize,
     max_bytes: usize,
-    q: Mutex<SubQ>,
+    q: Mutex<QueueContents>,
     waker: AtomicWaker,
     hub: Arc<EventHub>,
     slow_total: Arc<AtomicU64>,
@@ -65,7 +66,7 @@ impl SubQueue {
             subject,
             max_msgs,
             max_bytes,
-            q: Mutex::new(SubQ {
+            q: Mutex::new(QueueContents {
                 msgs: VecDeque::new(),
                 bytes: 0,
                 ended: None,
