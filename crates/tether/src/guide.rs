@@ -202,6 +202,15 @@
 //!   `server_pool.rs` (the pool and its pure reconnect policy, `record_attempt`),
 //!   `request.rs`, `buffer_watch.rs`, `credentials.rs`, `events.rs`.
 //!
+//! The transport seam: every byte of a link goes through its `Transport` (plain TCP
+//! today): the driver's reads and writes (`read`, `write`), a caller's direct write of a
+//! request (`try_write`, under the connection lock, once, what it does not take left in
+//! flight for the driver), the handshake's frames (`write_all`), and the retiring link of
+//! a planned switch, which keeps the old link's `Transport` for the overlap. TLS puts
+//! rustls's sans-IO `ClientConnection` behind the same three operations (records read
+//! into it and plaintext read out; plaintext written into it and records written out,
+//! under a short lock of its own), so neither the driver nor the core changes.
+//!
 //! A publish: `Client::publish` → `publish_inner` takes the lock → `buffer_publish` →
 //! `Connection::publish` encodes the frame into the outbound buffer → `Shared::wake_driver`.
 //! The driver's `LinkDriver::wait` wakes; `drive_transmit` takes `Connection::poll_transmit`
