@@ -35,6 +35,26 @@ impl Harness {
         }
     }
 
+    /// A session whose first link is up: [`handshake`](Self::handshake) done.
+    fn up(config: Config) -> Self {
+        let mut h = Self::new(config);
+        h.handshake();
+        h
+    }
+
+    /// Publishes `payload` to `subject` (no reply, no headers), which must be accepted.
+    fn publish(&mut self, subject: &str, payload: &[u8]) {
+        self.conn
+            .publish(subject, None, None, payload, FrameKind::Pub)
+            .unwrap();
+    }
+
+    /// The link is lost (no error given); returns the events that follow.
+    fn link_lost(&mut self) -> Vec<ConnEvent> {
+        self.conn.handle_link_lost(self.now, None);
+        self.events()
+    }
+
     /// A transport is connected: its handshake starts.
     fn connect(&mut self, auth: Auth) {
         let deadline = self.now + Duration::from_secs(5);
@@ -123,8 +143,7 @@ fn quick() -> Config {
 
 #[test]
 fn handshake_then_publish_subscribe_bytes() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("foo.*", Some("q")).unwrap();
     h.conn
         .publish("foo.bar", Some("r"), None, b"hi", FrameKind::Pub)
@@ -219,13 +238,10 @@ fn a_handshake_times_out_at_its_stage_and_hands_over_what_follows_its_pongs() {
 
 #[test]
 fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     // Outbound traffic proves nothing: publishing does not delay the keepalive.
     h.advance(Duration::from_millis(1999));
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"x");
     assert_eq!(h.written(), b"PUB a 1\r\nx\r\n");
     h.advance(Duration::from_millis(1));
     assert_eq!(h.written(), b"PING\r\n");
@@ -240,17 +256,12 @@ fn keepalive_after_inbound_silence_then_pong_timeout_is_stale() {
 
 #[test]
 fn pong_confirms_and_unconfirmed_is_exact() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     for _ in 0..3 {
-        h.conn
-            .publish("a", None, None, b"x", FrameKind::Pub)
-            .unwrap();
+        h.publish("a", b"x");
     }
     h.conn.flush(7);
-    h.conn
-        .publish("a", None, None, b"y", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"y");
     h.written();
     assert_eq!(h.conn.unconfirmed().msgs, 4);
     h.read(b"PONG\r\n");
@@ -270,8 +281,7 @@ fn pong_confirms_and_unconfirmed_is_exact() {
 /// link lost at any moment reports at most that many messages; DESIGN asks for ≤ 50.
 #[test]
 fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
-    let mut h = Harness::new(Config::default());
-    h.handshake();
+    let mut h = Harness::up(Config::default());
     let gap = Duration::from_millis(1);
     let rtt = Duration::from_millis(5);
     let mut pongs_due = std::collections::VecDeque::<Instant>::new();
@@ -283,9 +293,7 @@ fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
             h.read(b"PONG\r\n");
         }
         worst = worst.max(h.conn.unconfirmed().msgs);
-        h.conn
-            .publish("a", None, None, b"x", FrameKind::Pub)
-            .unwrap();
+        h.publish("a", b"x");
         let out = h.written();
         for _ in out.windows(6).filter(|w| w == b"PING\r\n") {
             pings += 1;
@@ -307,21 +315,15 @@ fn the_default_confirm_cadence_keeps_the_unconfirmed_window_short() {
 
 #[test]
 fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn.subscribe("s", None).unwrap();
     h.written();
-    h.conn
-        .publish("a", None, None, b"one", FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("a", None, None, b"two", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"one");
+    h.publish("a", b"two");
     let chunk: Bytes = h.conn.poll_transmit(h.now).unwrap();
     assert_eq!(&chunk[..], b"PUB a 3\r\none\r\nPUB a 3\r\ntwo\r\n");
     h.conn.handle_written(h.now, 20); // first frame whole, second cut in half
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(
         ev.iter().any(
             |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 1)
@@ -335,14 +337,11 @@ fn half_written_frame_is_resent_whole_after_reconnect_and_subs_replay_first() {
 
 #[test]
 fn write_stall_is_stale() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         write_stall_timeout: Duration::from_secs(1),
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"x");
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
     h.read(b"PING\r\n"); // inbound traffic keeps the keepalive quiet
     h.advance(Duration::from_secs(1));
@@ -357,8 +356,7 @@ fn write_stall_is_stale() {
 
 #[test]
 fn garbage_after_handshake_is_a_protocol_error() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.read(b"BOGUS\r\n");
     assert!(h.events().iter().any(|e| matches!(
         e,
@@ -371,16 +369,10 @@ fn garbage_after_handshake_is_a_protocol_error() {
 
 #[test]
 fn lowered_max_payload_removes_buffered_frames() {
-    let mut h = Harness::new(quick());
-    h.handshake();
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
-    h.conn
-        .publish("a", None, None, &[0u8; 100], FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("a", None, None, b"small", FrameKind::Pub)
-        .unwrap();
+    let mut h = Harness::up(quick());
+    h.link_lost();
+    h.publish("a", &[0u8; 100]);
+    h.publish("a", b"small");
     h.connect(Auth::default());
     h.read(b"INFO {\"headers\":true,\"max_payload\":64}\r\n");
     h.written();
@@ -396,14 +388,11 @@ fn lowered_max_payload_removes_buffered_frames() {
 
 #[test]
 fn poison_frame_is_reported_removed_not_unconfirmed() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    h.publish("a", b"x");
     h.written();
     h.read(b"-ERR 'Maximum Payload Violation'\r\n");
     let ev = h.events();
@@ -416,16 +405,14 @@ fn poison_frame_is_reported_removed_not_unconfirmed() {
         matches!(h.conn.state(), LinkState::Closing { .. }),
         "reads on after a closing -ERR"
     );
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(ev.iter().any(|e| matches!(e, ConnEvent::Disconnected { reason: DisconnectReason::ServerError(_), unconfirmed, .. } if unconfirmed.msgs == 0)), "{ev:?}");
     assert_eq!(h.conn.buffered().msgs, 0, "never resent");
 }
 
 #[test]
 fn permission_violation_ends_the_matching_subscription_only() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let a = h.conn.subscribe("secret", None).unwrap();
     let b = h.conn.subscribe("open", None).unwrap();
     h.written();
@@ -442,11 +429,8 @@ fn permission_violation_ends_the_matching_subscription_only() {
 
 #[test]
 fn a_poison_frame_cut_in_half_is_removed_not_resent() {
-    let mut h = Harness::new(quick());
-    h.handshake();
-    h.conn
-        .publish("big", None, None, &[0u8; 1000], FrameKind::Pub)
-        .unwrap();
+    let mut h = Harness::up(quick());
+    h.publish("big", &[0u8; 1000]);
     let chunk = h.conn.poll_transmit(h.now).unwrap();
     h.conn.handle_written(h.now, chunk.len() / 2);
     h.read(b"-ERR 'Maximum Payload Violation'\r\n");
@@ -462,9 +446,7 @@ fn a_poison_frame_cut_in_half_is_removed_not_resent() {
 
 /// Publishes `subject` with a 100-byte payload and returns its frame length.
 fn pub100(h: &mut Harness, subject: &str) -> usize {
-    h.conn
-        .publish(subject, None, None, &[b'x'; 100], FrameKind::Pub)
-        .unwrap();
+    h.publish(subject, &[b'x'; 100]);
     tether_proto::encode::pub_frame_len(subject, None, None, 100)
 }
 
@@ -479,8 +461,7 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
     // B10: the chunk holds [a (half written), b, c]; the -ERR names our bytes. Bytes the
     // driver reports written afterwards are not counted: b and c are resent whole, only a
     // (the likely poison) is removed, and nothing is reported unconfirmed twice.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let a = pub100(&mut h, "a");
     pub100(&mut h, "b");
     pub100(&mut h, "c");
@@ -497,8 +478,7 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
     );
     // A driver that kept writing: ignored.
     h.conn.handle_written(h.now, chunk.len() - a / 2);
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(
         ev.iter()
             .any(|e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. }
@@ -517,8 +497,7 @@ fn a_closing_err_stops_writing_and_removes_only_the_partial_frame() {
 fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
     // B10: the half-written front is a PING, not a publish: no publish is the poison, and
     // the rewind must not drop the innocent PUB behind it.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn.flush(7);
     pub100(&mut h, "b");
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
@@ -539,8 +518,7 @@ fn a_partial_control_frame_at_a_closing_err_drops_no_publish() {
 #[test]
 fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
     // S8: a server that sends PINGs but never reads our PONGs.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let ping = b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS + 10);
     h.read(&ping);
     let ev = h.events();
@@ -555,8 +533,7 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
         "{ev:?}"
     );
     // Written PONGs are not a backlog: a server that reads is answered forever.
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     for _ in 0..3 {
         h.read(&b"PING\r\n".repeat(tether_proto::conn::MAX_UNWRITTEN_PONGS - 1));
         h.written();
@@ -566,8 +543,7 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
 
 #[test]
 fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn
         .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
         .unwrap();
@@ -587,8 +563,7 @@ fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
 
 #[test]
 fn removed_requests_are_never_sent() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn
         .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
         .unwrap();
@@ -606,8 +581,7 @@ fn removed_requests_are_never_sent() {
 
 #[test]
 fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("s", None).unwrap();
     h.written();
     h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\n");
@@ -621,14 +595,12 @@ fn unsubscribe_after_a_count_already_reached_ends_the_subscription() {
 
 #[test]
 fn auto_unsubscribe_counts_are_sent_relative_to_the_current_link() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("s", None).unwrap();
     h.conn.unsubscribe(sid, Some(10));
     assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 10\r\n");
     h.read(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\nMSG s 1 1\r\nc\r\n");
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    h.link_lost();
     // The replay asks the new server for the 7 still wanted ...
     h.handshake();
     assert_eq!(h.written(), b"SUB s 1\r\nUNSUB 1 7\r\n");
@@ -684,8 +656,7 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
 
 #[test]
 fn repeated_ldm_info_announces_lame_duck_once() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.read(b"INFO {\"headers\":true,\"ldm\":true}\r\nINFO {\"headers\":true,\"ldm\":true,\"connect_urls\":[\"a:1\"]}\r\n");
     let n = h
         .events()
@@ -712,11 +683,8 @@ fn info() -> Box<tether_proto::ServerInfo> {
 
 #[test]
 fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
-    let mut h = Harness::new(quick());
-    h.handshake();
-    h.conn
-        .publish("a", None, None, b"x", FrameKind::Pub)
-        .unwrap();
+    let mut h = Harness::up(quick());
+    h.publish("a", b"x");
     h.written();
     h.conn.flush(7);
     let mut old = h.conn.retire_link().expect("retire_link");
@@ -743,24 +711,17 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
 
 #[test]
 fn retained_frames_stay_with_their_link_across_a_planned_switch() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("old", None, None, b"1", FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("old", None, None, b"2", FrameKind::Pub)
-        .unwrap();
+    h.publish("old", b"1");
+    h.publish("old", b"2");
     h.written();
     let old = h.conn.retire_link().expect("retire_link");
     h.rbuf = h.conn.adopt_link(h.now, established(info()));
     h.events();
-    h.conn
-        .publish("new", None, None, b"3", FrameKind::Pub)
-        .unwrap();
+    h.publish("new", b"3");
     h.conn.flush(1);
     h.written();
     h.read(b"PONG\r\n");
@@ -771,8 +732,7 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
 
 #[test]
 fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     h.conn.flush(1); // a PING written before the SUB
     let sid = h.conn.subscribe("s", None).unwrap();
     assert_eq!(h.written(), b"PING\r\nSUB s 1\r\n");
@@ -868,8 +828,7 @@ fn ended(events: &[ConnEvent]) -> Vec<u64> {
 
 #[test]
 fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let queued = h.conn.subscribe("work", Some("workers")).unwrap();
     let plain = h.conn.subscribe("work", None).unwrap();
     let other_queue = h.conn.subscribe("work", Some("others")).unwrap();
@@ -887,8 +846,7 @@ fn a_plain_sub_permission_error_spares_queue_subscriptions_on_the_subject() {
 
 #[test]
 fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let a = h.conn.subscribe("s", None).unwrap();
     let b = h.conn.subscribe("s", None).unwrap();
     let q = h.conn.subscribe("s", Some("q")).unwrap();
@@ -923,8 +881,7 @@ fn a_sub_permission_error_with_a_sid_ends_exactly_that_subscription() {
 #[test]
 fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
     use tether_proto::conn::SubEndReason;
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let first = h.conn.subscribe("a", None).unwrap();
     let second = h.conn.subscribe("b", None).unwrap();
     let third = h.conn.subscribe("c", None).unwrap();
@@ -932,8 +889,7 @@ fn a_replayed_sub_refused_by_max_subscriptions_ends_that_subscription() {
     h.written();
     h.read(b"PONG\r\n");
     h.events();
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    h.link_lost();
     // The new server allows two subscriptions: the newest replayed SUB is refused.
     h.handshake();
     assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
@@ -979,18 +935,13 @@ const BIG: &[u8] = &[b'x'; 100];
 /// [BIG "g", small "c"] still pending, when an INFO lowers max_payload to 64: only the
 /// pending BIG can be removed at once; the chunk cannot be recalled.
 fn lowered_while_in_flight() -> (Harness, Bytes) {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     for (subject, payload) in [("a", &b"1"[..]), ("f", BIG), ("b", b"2")] {
-        h.conn
-            .publish(subject, None, None, payload, FrameKind::Pub)
-            .unwrap();
+        h.publish(subject, payload);
     }
     let chunk = h.conn.poll_transmit(h.now).expect("a chunk in flight");
     for (subject, payload) in [("g", BIG), ("c", &b"3"[..])] {
-        h.conn
-            .publish(subject, None, None, payload, FrameKind::Pub)
-            .unwrap();
+        h.publish(subject, payload);
     }
     h.read(b"INFO {\"server_id\":\"s\",\"headers\":true,\"max_payload\":64}\r\n");
     assert_eq!(h.conn.max_payload(), 64);
@@ -1014,8 +965,7 @@ fn an_info_lowering_max_payload_mid_chunk_reports_the_in_flight_frame_when_rejec
         vec![(RemovedReason::PoisonFrame, 3)],
         "everything written since the last PONG, f included, is reported"
     );
-    h.conn.handle_link_lost(h.now, None);
-    let ev = h.events();
+    let ev = h.link_lost();
     assert!(
         ev.iter().any(
             |e| matches!(e, ConnEvent::Disconnected { unconfirmed, .. } if unconfirmed.msgs == 0)
@@ -1040,8 +990,7 @@ fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resen
         vec![(RemovedReason::PoisonFrame, 2)],
         "a (written, unconfirmed) and the half-written f"
     );
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
+    h.link_lost();
     // f is dropped; b (never written) and c go out on the next link. 1 + 2 + 2 = five.
     assert_eq!(h.conn.buffered().msgs, 2);
     h.handshake();
@@ -1050,18 +999,12 @@ fn an_info_lowering_max_payload_mid_chunk_drops_the_half_written_frame_and_resen
 
 #[test]
 fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay() {
-    let mut h = Harness::new(quick());
-    h.handshake();
+    let mut h = Harness::up(quick());
     let sid = h.conn.subscribe("s", None).unwrap();
     h.written();
-    h.conn.handle_link_lost(h.now, None);
-    h.events();
-    h.conn
-        .publish("big", None, None, BIG, FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("small", None, None, b"ok", FrameKind::Pub)
-        .unwrap();
+    h.link_lost();
+    h.publish("big", BIG);
+    h.publish("small", b"ok");
     h.connect(Auth::default());
     h.read(INFO);
     assert!(String::from_utf8(h.written())
@@ -1097,17 +1040,12 @@ fn an_info_between_the_handshake_pongs_removes_buffered_frames_before_the_replay
 
 #[test]
 fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_payload() {
-    let mut h = Harness::new(Config {
+    let mut h = Harness::up(Config {
         resend_unconfirmed: true,
         ..quick()
     });
-    h.handshake();
-    h.conn
-        .publish("big", None, None, BIG, FrameKind::Pub)
-        .unwrap();
-    h.conn
-        .publish("small", None, None, b"ok", FrameKind::Pub)
-        .unwrap();
+    h.publish("big", BIG);
+    h.publish("small", b"ok");
     h.written();
     let old = h.conn.retire_link().expect("retire_link");
     // The new server's limit is lower than the old one's.
