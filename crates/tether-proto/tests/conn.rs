@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tether_proto::conn::{
     Auth, Config, ConnEvent, Connection, DisconnectReason, Established, Handshake, HandshakeError,
-    LinkState, RemovedReason,
+    LinkState, RemovedReason, RetiringLink,
 };
 use tether_proto::outbound::FrameKind;
 
@@ -49,6 +49,22 @@ impl Harness {
             .unwrap();
     }
 
+    /// Publishes a request for `id` with `payload` to `subject`, answered at `reply`.
+    fn request(&mut self, subject: &str, reply: &str, payload: &[u8], id: u64) {
+        self.conn
+            .publish(subject, Some(reply), None, payload, FrameKind::Request(id))
+            .unwrap();
+    }
+
+    /// A planned switch: the live link is retired and a new one, whose server sent `info`,
+    /// adopted (the events so far read and dropped); returns the retiring link.
+    fn planned_switch(&mut self, info: Box<tether_proto::ServerInfo>) -> RetiringLink {
+        let old = self.conn.retire_link().expect("retire_link");
+        self.rbuf = self.conn.adopt_link(self.now, established(info));
+        self.events();
+        old
+    }
+
     /// The link is lost (no error given); returns the events that follow.
     fn link_lost(&mut self) -> Vec<ConnEvent> {
         self.conn.handle_link_lost(self.now, None);
@@ -59,6 +75,14 @@ impl Harness {
     fn connect(&mut self, auth: Auth) {
         let deadline = self.now + Duration::from_secs(5);
         self.handshake = Some(Handshake::new(self.now, deadline, auth, self.conn.config()));
+    }
+
+    /// A transport is connected and the server's INFO read: the handshake's CONNECT and
+    /// PINGs are written, and it waits for the server's PONGs.
+    fn await_pongs(&mut self) {
+        self.connect(Auth::default());
+        self.read(INFO);
+        self.written();
     }
 
     fn read(&mut self, bytes: &[u8]) {
@@ -164,9 +188,7 @@ fn handshake_then_publish_subscribe_bytes() {
 #[test]
 fn an_operation_cut_short_in_the_handshakes_last_read_completes_with_the_next() {
     let mut h = Harness::new(quick());
-    h.connect(Auth::default());
-    h.read(INFO);
-    h.written();
+    h.await_pongs();
     // The handshake's PONGs and the start of a server PING arrive in one read.
     h.read(b"PONG\r\nPONG\r\nPI");
     assert!(h.conn.is_up());
@@ -198,9 +220,7 @@ fn server_ping_is_answered_at_any_stage() {
 #[test]
 fn err_before_pong_fails_the_handshake() {
     let mut h = Harness::new(quick());
-    h.connect(Auth::default());
-    h.read(INFO);
-    h.written();
+    h.await_pongs();
     h.read(b"-ERR 'Authorization Violation'\r\n");
     assert_eq!(
         h.failed,
@@ -226,9 +246,7 @@ fn a_handshake_times_out_at_its_stage_and_hands_over_what_follows_its_pongs() {
         }
     );
     // Bytes after the last PONG are the session's: a delivery in the same read arrives.
-    h.connect(Auth::default());
-    h.read(INFO);
-    h.written();
+    h.await_pongs();
     h.read(b"PONG\r\n");
     let sid = h.conn.subscribe("s", None).unwrap();
     h.read(format!("PONG\r\nMSG s {sid} 2\r\nhi\r\n").as_bytes());
@@ -544,12 +562,8 @@ fn a_ping_flood_without_reads_is_a_stale_link_not_unbounded_pongs() {
 #[test]
 fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
     let mut h = Harness::up(quick());
-    h.conn
-        .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
-        .unwrap();
-    h.conn
-        .publish("svc", Some("_INBOX.x.2"), None, b"2", FrameKind::Request(2))
-        .unwrap();
+    h.request("svc", "_INBOX.x.1", b"1", 1);
+    h.request("svc", "_INBOX.x.2", b"2", 2);
     // Both are in the chunk handed to the writer; nothing of it is written yet.
     let _chunk = h.conn.poll_transmit(h.now).unwrap();
     h.conn.cancel_request(1);
@@ -564,12 +578,8 @@ fn a_request_cancelled_in_flight_is_not_resent_after_the_link_drops() {
 #[test]
 fn removed_requests_are_never_sent() {
     let mut h = Harness::up(quick());
-    h.conn
-        .publish("svc", Some("_INBOX.x.1"), None, b"1", FrameKind::Request(1))
-        .unwrap();
-    h.conn
-        .publish("svc", Some("_INBOX.x.2"), None, b"2", FrameKind::Request(2))
-        .unwrap();
+    h.request("svc", "_INBOX.x.1", b"1", 1);
+    h.request("svc", "_INBOX.x.2", b"2", 2);
     let removed = h.conn.remove_requests(|t| t == 1);
     assert_eq!(removed.msgs, 1);
     let out = String::from_utf8(h.written()).unwrap();
@@ -687,9 +697,7 @@ fn a_flush_spanning_a_planned_switch_waits_for_the_retired_link() {
     h.publish("a", b"x");
     h.written();
     h.conn.flush(7);
-    let mut old = h.conn.retire_link().expect("retire_link");
-    h.rbuf = h.conn.adopt_link(h.now, established(info()));
-    h.events();
+    let mut old = h.planned_switch(info());
     assert_eq!(
         h.written(),
         b"PING\r\n",
@@ -718,9 +726,7 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
     h.publish("old", b"1");
     h.publish("old", b"2");
     h.written();
-    let old = h.conn.retire_link().expect("retire_link");
-    h.rbuf = h.conn.adopt_link(h.now, established(info()));
-    h.events();
+    let old = h.planned_switch(info());
     h.publish("new", b"3");
     h.conn.flush(1);
     h.written();
@@ -1047,17 +1053,12 @@ fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_pay
     h.publish("big", BIG);
     h.publish("small", b"ok");
     h.written();
-    let old = h.conn.retire_link().expect("retire_link");
     // The new server's limit is lower than the old one's.
-    h.rbuf = h.conn.adopt_link(
-        h.now,
-        established(Box::new(tether_proto::ServerInfo {
-            headers: true,
-            max_payload: 64,
-            ..Default::default()
-        })),
-    );
-    h.events();
+    let old = h.planned_switch(Box::new(tether_proto::ServerInfo {
+        headers: true,
+        max_payload: 64,
+        ..Default::default()
+    }));
     // The old link closes before confirming: its frames are resent on the new link, but
     // the one over the new limit is removed and reported, never sent to be rejected.
     assert_eq!(h.conn.finish_retiring(old).msgs, 2);
