@@ -564,17 +564,14 @@ impl Client {
         ) {
             return Err(SubscribeError::Closed);
         }
-        let sid = inner.conn.subscribe(subj, queue).map_err(|r| match r {
-            PublishRefused::ControlLineTooLong { len, limit } => {
-                SubscribeError::ControlLineTooLong { len, limit }
-            }
-            // Not refusals a subscription can get.
-            PublishRefused::BufferFull { .. }
-            | PublishRefused::TooLargeForBuffer { .. }
-            | PublishRefused::MaxPayload { .. }
-            | PublishRefused::HeadersNotSupported
-            | PublishRefused::Disconnected => SubscribeError::Closed,
-        })?;
+        let sid =
+            inner
+                .conn
+                .subscribe(subj, queue)
+                .map_err(|r| SubscribeError::ControlLineTooLong {
+                    len: r.len,
+                    limit: r.limit,
+                })?;
         let q = Arc::new(SubQueue::new(
             sid,
             subj.to_owned(),

@@ -16,8 +16,9 @@ use tether_proto::conn::SubEndReason;
 use tether_proto::op::Msg;
 use tokio::sync::oneshot;
 
-use crate::client::{nuid, refused_to_publish};
+use crate::client::nuid;
 use crate::connection::{Inner, Shared};
+use crate::error::PublishError;
 use crate::error::RequestError;
 use crate::message::Message;
 
@@ -49,7 +50,12 @@ pub(crate) fn start(
         let sid = inner
             .conn
             .subscribe(&format!("{prefix}*"), None)
-            .map_err(|r| RequestError::Publish(refused_to_publish(r)))?;
+            .map_err(|r| {
+                RequestError::Publish(PublishError::ControlLineTooLong {
+                    len: r.len,
+                    limit: r.limit,
+                })
+            })?;
         inner.mux = Some(Mux { sid, prefix });
     }
     let token = inner.token();

@@ -167,6 +167,16 @@ pub enum ConnEvent {
     BufferSpace,
 }
 
+/// Why a subscription was not started: its SUB control line would exceed
+/// max_control_line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeRefused {
+    /// The control line's length.
+    pub len: usize,
+    /// The limit.
+    pub limit: usize,
+}
+
 /// Why a publish was not buffered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishRefused {

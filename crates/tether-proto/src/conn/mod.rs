@@ -52,7 +52,9 @@ use crate::server_err::ServerErr;
 use crate::time::saturating_add as later;
 
 pub use config::*;
-pub use event::{ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason};
+pub use event::{
+    ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason, SubscribeRefused,
+};
 pub use handshake::{Established, Handshake, HandshakeError};
 use ping::PingPurpose;
 use ping::{Flushes, LinkAccounting};

@@ -7,7 +7,7 @@ use crate::encode;
 use crate::op::Msg;
 use crate::outbound::FrameKind;
 
-use super::{ConnEvent, Connection, LinkState, PublishRefused, SubEndReason};
+use super::{ConnEvent, Connection, LinkState, SubEndReason, SubscribeRefused};
 
 #[derive(Debug, Clone)]
 pub(super) struct SubState {
@@ -96,11 +96,15 @@ impl Connection {
 
     /// Start a subscription; its SUB is written now if a link is up, else at the next
     /// handshake. Returns the sid.
-    pub fn subscribe(&mut self, subject: &str, queue: Option<&str>) -> Result<u64, PublishRefused> {
+    pub fn subscribe(
+        &mut self,
+        subject: &str,
+        queue: Option<&str>,
+    ) -> Result<u64, SubscribeRefused> {
         let sid = self.next_sid;
         let line = encode::sub_control_line_len(subject, queue, sid);
         if line > self.config.max_control_line {
-            return Err(PublishRefused::ControlLineTooLong {
+            return Err(SubscribeRefused {
                 len: line,
                 limit: self.config.max_control_line,
             });
