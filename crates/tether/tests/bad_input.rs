@@ -125,11 +125,17 @@ async fn garbage_after_handshake_is_a_protocol_error_event() {
     }
     let disconnected = disconnected.expect("a Disconnected before Closed");
     assert!(
-        disconnected.contains("protocol error") && disconnected.contains("notanumber"),
-        "{disconnected}"
+        matches!(disconnected, tether::DisconnectReason::Protocol(_)),
+        "{disconnected:?}"
     );
-    let closed = closed.unwrap_or_default();
-    assert!(closed.contains("protocol error"), "{closed}");
+    let text = disconnected.to_string();
+    assert!(
+        text.contains("protocol error") && text.contains("notanumber"),
+        "{text}"
+    );
+    let closed = closed.expect("Closed");
+    assert_eq!(closed, tether::ClosedReason::Disconnected(disconnected));
+    assert!(closed.to_string().contains("protocol error"), "{closed}");
     assert_eq!(client.status(), State::Closed);
 }
 
