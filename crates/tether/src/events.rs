@@ -393,8 +393,37 @@ impl std::fmt::Display for Event {
 }
 
 impl std::fmt::Display for EventKind {
-    #[allow(clippy::too_many_lines)] // issue 12 step 5 (typed reasons); remove then
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By group, each group's text in its own function.
+        match self {
+            Self::CurrentState { .. }
+            | Self::Connected { .. }
+            | Self::Disconnected { .. }
+            | Self::Reconnecting { .. }
+            | Self::ReconnectFailed { .. }
+            | Self::Reconnected { .. } => self.fmt_link(f),
+            Self::ServersChanged { .. }
+            | Self::LameDuck { .. }
+            | Self::Migrating { .. }
+            | Self::Migrated { .. }
+            | Self::CredentialsExpiring { .. }
+            | Self::CredentialsExpired { .. } => self.fmt_moves(f),
+            Self::SlowConsumer { .. }
+            | Self::SlowConsumerEnded { .. }
+            | Self::ServerError { .. }
+            | Self::ClientError { .. }
+            | Self::FramesRemoved { .. }
+            | Self::BufferHighWater { .. }
+            | Self::BufferOverflow { .. }
+            | Self::EventsLagged { .. }
+            | Self::Closed { .. } => self.fmt_flow(f),
+        }
+    }
+}
+
+impl EventKind {
+    /// Display of the link and the reconnect loop: state changes and attempts.
+    fn fmt_link(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::CurrentState {
                 state,
@@ -445,6 +474,13 @@ impl std::fmt::Display for EventKind {
                 f,
                 "reconnected to {server} after {downtime:?} ({attempts} attempts)"
             ),
+            _ => unreachable!("Display routes only this group here"),
+        }
+    }
+
+    /// Display of the server pool, planned switches and credentials.
+    fn fmt_moves(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             Self::ServersChanged { added, removed } => write!(
                 f,
                 "server pool changed: added [{}], removed [{}]",
@@ -483,6 +519,13 @@ impl std::fmt::Display for EventKind {
                  with the credentials read again at every attempt; provide fresh credentials",
                 expired_for.as_secs()
             ),
+            _ => unreachable!("Display routes only this group here"),
+        }
+    }
+
+    /// Display of messages and the client: slow consumers, errors, the buffer, the queue, close.
+    fn fmt_flow(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             Self::SlowConsumer {
                 subject,
                 sid,
@@ -538,6 +581,7 @@ impl std::fmt::Display for EventKind {
                 "closed: {reason} ({unsent_msgs} messages, {unsent_bytes} bytes unsent; \
                  {unconfirmed_msgs} messages, {unconfirmed_bytes} bytes unconfirmed)"
             ),
+            _ => unreachable!("Display routes only this group here"),
         }
     }
 }
@@ -1129,6 +1173,10 @@ mod tests {
         for (kind, text) in cases {
             assert_eq!(kind.to_string(), text);
         }
+        // Display goes to one function per group of events: one of each other group.
+        let lame = EventKind::LameDuck { server: "a".into() };
+        assert_eq!(lame.to_string(), "a entered lame duck mode");
+        assert_eq!(state(State::Idle).to_string(), "current state: idle");
     }
 
     #[test]
