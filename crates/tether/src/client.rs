@@ -218,7 +218,7 @@ impl Client {
                         return Err(ConnectError::Closed);
                     }
                     if let Some(reason) = driver::adopt(shared, &mut inner, &addr, &mut est) {
-                        let cause = reconnect::AttemptCause::LinkLost(reason);
+                        let cause = crate::error::AttemptCause::LinkLost(reason);
                         attempts.push(reconnect::Failure::new(&addr, None, cause).attempt);
                         continue;
                     }

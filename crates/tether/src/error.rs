@@ -1,9 +1,35 @@
 //! Per-operation errors. Each carries the context needed to act on it; match on the
 //! variants, not on the Display text, which is unspecified.
+//!
+//! Why a server could not be reached is typed too: every [`AttemptError`] of
+//! [`ConnectError::AllFailed`] (and every
+//! [`EventKind::ReconnectFailed`](crate::EventKind::ReconnectFailed)) carries an
+//! [`AttemptCause`], which tells refused credentials ([`AttemptCause::is_auth`]) from an
+//! unreachable server ([`AttemptCause::Dial`]), a peer that is not a NATS server, or a
+//! link lost right after its handshake ([`AttemptCause::LinkLost`] with the
+//! [`DisconnectReason`]).
+//!
+//! ```no_run
+//! # async fn doc() {
+//! match tether::connect("nats://127.0.0.1:4222").await {
+//!     Err(tether::ConnectError::AllFailed { attempts })
+//!         if attempts.iter().any(|a| a.error.is_auth()) =>
+//!     {
+//!         eprintln!("the server refused the credentials; fix them before retrying");
+//!     }
+//!     Err(e) => eprintln!("{e}"),
+//!     Ok(_client) => {}
+//! }
+//! # }
+//! ```
 
 use std::fmt;
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tether_proto::conn::{DisconnectReason, HandshakeError};
+use tether_proto::server_err::{AuthErrorClass, ServerErr};
 use tether_proto::ValidationError;
 
 /// One failed attempt to reach a server.
@@ -14,7 +40,7 @@ pub struct AttemptError {
     /// The socket address tried, when resolution got that far.
     pub address: Option<String>,
     /// What went wrong.
-    pub error: String,
+    pub error: AttemptCause,
 }
 
 impl fmt::Display for AttemptError {
@@ -22,6 +48,206 @@ impl fmt::Display for AttemptError {
         match &self.address {
             Some(a) => write!(f, "{} ({a}): {}", self.server, self.error),
             None => write!(f, "{}: {}", self.server, self.error),
+        }
+    }
+}
+
+/// Why an attempt to reach a server failed ([`AttemptError`],
+/// [`EventKind::ReconnectFailed`](crate::EventKind::ReconnectFailed)).
+///
+/// Match on it, or ask [`Self::is_auth`] / [`Self::auth_class`]; its Display is the text
+/// the events and errors print.
+///
+/// ```no_run
+/// # async fn doc() {
+/// use tether::{AttemptCause, ConnectError, DialError};
+///
+/// match tether::connect("nats://127.0.0.1:4222").await {
+///     Err(ConnectError::AllFailed { attempts }) => {
+///         for a in &attempts {
+///             match &a.error {
+///                 e if e.is_auth() => eprintln!("{}: fix the credentials: {e}", a.server),
+///                 AttemptCause::Dial(DialError::Timeout { .. }) => {
+///                     eprintln!("{}: unreachable", a.server)
+///                 }
+///                 e => eprintln!("{}: {e}", a.server),
+///             }
+///         }
+///     }
+///     Err(e) => eprintln!("{e}"),
+///     Ok(_client) => {}
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptCause {
+    /// The credentials (a creds file, an nkey seed) could not be read; the text names
+    /// the file and what to fix.
+    Credentials(String),
+    /// No TCP connection: the name did not resolve, or no address took the connection
+    /// in time.
+    Dial(DialError),
+    /// The handshake failed: an -ERR from the server ([`HandshakeError::Server`], such as
+    /// `Authorization Violation`), a peer that is not a NATS server, a timeout, ...
+    Handshake(HandshakeError),
+    /// The handshake completed, but the bytes that followed it ended the link at once.
+    LinkLost(DisconnectReason),
+    /// A planned switch reached, under this address, a server in lame duck mode: it goes
+    /// on to the next server.
+    LameDuckNode,
+    /// A planned switch reached, under this address, the server the client is moving
+    /// away from: it goes on to the next server.
+    NodeBeingLeft,
+}
+
+impl AttemptCause {
+    /// The server's -ERR, when the attempt ended with one (in the handshake, or right
+    /// after it).
+    pub fn server_err(&self) -> Option<&ServerErr> {
+        match self {
+            Self::Handshake(HandshakeError::Server(e))
+            | Self::LinkLost(DisconnectReason::ServerError(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The auth class of the server's -ERR (DESIGN semantics 5), when it is one:
+    /// [`AuthErrorClass::Strike`] for refused credentials, [`AuthErrorClass::Expired`]
+    /// for expired ones, [`AuthErrorClass::Transient`] for timeouts, connection limits
+    /// and throttling.
+    pub fn auth_class(&self) -> Option<AuthErrorClass> {
+        self.server_err().and_then(ServerErr::auth_class)
+    }
+
+    /// True when the credentials are at fault: they could not be read or used, or the
+    /// server refused them (an auth class of `Strike` or `Expired`; a `Transient` one,
+    /// such as a connection limit, is not).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            Self::Credentials(_) | Self::Handshake(HandshakeError::Credentials(_))
+        ) || matches!(
+            self.auth_class(),
+            Some(AuthErrorClass::Strike | AuthErrorClass::Expired)
+        )
+    }
+}
+
+impl fmt::Display for AttemptCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Credentials(e) => f.write_str(e),
+            Self::Dial(e) => fmt::Display::fmt(e, f),
+            Self::Handshake(e) => fmt::Display::fmt(e, f),
+            Self::LinkLost(e) => fmt::Display::fmt(e, f),
+            Self::LameDuckNode => f.write_str("this address reaches a server in lame duck mode"),
+            Self::NodeBeingLeft => {
+                f.write_str("this address reaches the server the client is moving away from")
+            }
+        }
+    }
+}
+
+/// Why no TCP connection to a server was made. Names are resolved again at every
+/// attempt, and every address a name resolves to is tried (IPv6 and IPv4 alternated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The DNS lookup of `host` failed.
+    Dns {
+        /// The host name.
+        host: String,
+        /// What the resolver said.
+        error: String,
+    },
+    /// The DNS lookup of `host` did not complete within connection_timeout.
+    DnsTimeout {
+        /// The host name.
+        host: String,
+    },
+    /// `host` resolved to no address.
+    NoAddress {
+        /// The host name.
+        host: String,
+    },
+    /// Every address refused the connection or failed: one entry per address, in the
+    /// order tried.
+    Io(Vec<ConnectFailure>),
+    /// connection_timeout passed before any address took the connection.
+    Timeout {
+        /// The addresses tried by then.
+        tried: Vec<SocketAddr>,
+    },
+}
+
+impl DialError {
+    /// True when every address tried refused the connection (nothing listens there).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Io(failures) if !failures.is_empty()
+            && failures.iter().all(|e| e.kind == io::ErrorKind::ConnectionRefused))
+    }
+
+    /// The address to name in the attempt: the one address tried, or the last one a
+    /// timeout left pending.
+    pub(crate) fn address(&self) -> Option<String> {
+        match self {
+            Self::Io(f) if f.len() == 1 => Some(f[0].address.to_string()),
+            Self::Timeout { tried } => tried.last().map(ToString::to_string),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dns { host, error } => write!(f, "DNS lookup of {host} failed: {error}"),
+            Self::DnsTimeout { host } => write!(f, "DNS lookup of {host} timed out"),
+            Self::NoAddress { host } => write!(f, "{host} resolved to no address"),
+            // One address: it is named in the attempt already, the error need not repeat it.
+            Self::Io(failures) if failures.len() == 1 => f.write_str(&failures[0].message),
+            Self::Io(failures) => {
+                for (i, e) in failures.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{}: {}", e.address, e.message)?;
+                }
+                Ok(())
+            }
+            Self::Timeout { tried } => {
+                f.write_str("TCP connect timed out (tried ")?;
+                for (i, a) in tried.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// One address that did not take the TCP connection ([`DialError::Io`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectFailure {
+    /// The address.
+    pub address: SocketAddr,
+    /// The error's kind (`ConnectionRefused`, ...).
+    pub kind: io::ErrorKind,
+    /// The error's text.
+    pub message: String,
+}
+
+impl ConnectFailure {
+    pub(crate) fn new(address: SocketAddr, e: &io::Error) -> Self {
+        Self {
+            address,
+            kind: e.kind(),
+            message: e.to_string(),
         }
     }
 }
@@ -70,7 +296,8 @@ pub enum ConnectError {
     /// A server URL could not be parsed.
     #[error("invalid server URL: {0}")]
     InvalidUrl(String),
-    /// Every server was tried once and none completed a handshake.
+    /// Every server was tried once and none completed a handshake. Each attempt's
+    /// [`AttemptCause`] says why.
     #[error("could not connect to any server: {}", list(.attempts))]
     AllFailed {
         /// Every server and address tried, and why it failed.
@@ -344,6 +571,80 @@ fn publish_retry(p: &PublishError) -> RetryMethod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure(address: &str, kind: io::ErrorKind) -> ConnectFailure {
+        ConnectFailure::new(address.parse().unwrap(), &io::Error::from(kind))
+    }
+
+    /// The text of a dial failure is what it was as a string, and the attempt names the
+    /// address only when one was tried alone (or was the last a timeout left pending).
+    #[test]
+    fn dial_errors_keep_their_text_and_name_the_address() {
+        use io::ErrorKind::{ConnectionRefused, PermissionDenied};
+        let one = DialError::Io(vec![failure("127.0.0.1:4222", ConnectionRefused)]);
+        assert_eq!(
+            one.to_string(),
+            io::Error::from(ConnectionRefused).to_string()
+        );
+        assert_eq!(one.address().as_deref(), Some("127.0.0.1:4222"));
+        assert!(one.is_refused());
+        let two = DialError::Io(vec![
+            failure("[::1]:4222", ConnectionRefused),
+            failure("127.0.0.1:4222", PermissionDenied),
+        ]);
+        let refused = io::Error::from(ConnectionRefused);
+        let denied = io::Error::from(PermissionDenied);
+        assert_eq!(
+            two.to_string(),
+            format!("[::1]:4222: {refused}; 127.0.0.1:4222: {denied}")
+        );
+        assert_eq!(two.address(), None);
+        assert!(!two.is_refused(), "one address did not refuse");
+        let timeout = DialError::Timeout {
+            tried: vec!["[::1]:1".parse().unwrap(), "127.0.0.1:1".parse().unwrap()],
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "TCP connect timed out (tried [::1]:1, 127.0.0.1:1)"
+        );
+        assert_eq!(timeout.address().as_deref(), Some("127.0.0.1:1"));
+        let dns = DialError::DnsTimeout { host: "a".into() };
+        assert_eq!(dns.to_string(), "DNS lookup of a timed out");
+        assert_eq!(dns.address(), None);
+    }
+
+    #[test]
+    fn auth_failures_are_told_from_other_causes() {
+        use tether_proto::server_err::ServerErr as E;
+        let refused = |e: E| AttemptCause::Handshake(HandshakeError::Server(e));
+        #[rustfmt::skip]
+        let table: Vec<(AttemptCause, bool, Option<AuthErrorClass>)> = vec![
+            (refused(E::AuthViolation), true, Some(AuthErrorClass::Strike)),
+            (refused(E::AuthRevoked), true, Some(AuthErrorClass::Strike)),
+            (refused(E::AuthExpired), true, Some(AuthErrorClass::Expired)),
+            (refused(E::MaxConnections), false, Some(AuthErrorClass::Transient)),
+            (refused(E::AuthTimeout), false, Some(AuthErrorClass::Transient)),
+            (refused(E::TlsRequired), false, None),
+            (AttemptCause::Credentials("cannot read".into()), true, None),
+            (AttemptCause::Handshake(HandshakeError::Credentials("bad seed".into())), true, None),
+            (AttemptCause::Handshake(HandshakeError::Eof), false, None),
+            (AttemptCause::Dial(DialError::NoAddress { host: "a".into() }), false, None),
+            (AttemptCause::LinkLost(DisconnectReason::ServerError(E::AuthViolation)), true, Some(AuthErrorClass::Strike)),
+            (AttemptCause::LinkLost(DisconnectReason::Eof), false, None),
+        ];
+        for (cause, auth, class) in table {
+            assert_eq!(cause.is_auth(), auth, "is_auth: {cause:?}");
+            assert_eq!(cause.auth_class(), class, "auth_class: {cause:?}");
+        }
+        assert_eq!(
+            refused(E::AuthViolation).server_err(),
+            Some(&E::AuthViolation)
+        );
+        assert_eq!(
+            refused(E::AuthViolation).to_string(),
+            "server refused the connection: Authorization Violation"
+        );
+    }
 
     #[test]
     fn retrying_never_runs_a_maybe_processed_request_twice_unless_told_so() {

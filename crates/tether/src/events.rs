@@ -17,6 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
+use tether_proto::conn::{DisconnectReason, RemovedReason};
+use tether_proto::server_err::ServerErr;
+
+use crate::error::{AttemptCause, AttemptError};
 
 /// The state of a client (DESIGN "Connection states and events").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,9 +64,14 @@ pub enum ClosedReason {
     /// `close()` or `drain()` was called, or the last handle dropped.
     Requested,
     /// The link dropped and reconnecting is off.
-    Disconnected(String),
+    Disconnected(DisconnectReason),
     /// Every server left the pool (max_reconnects reached or auth failures).
-    PoolExhausted(String),
+    PoolExhausted {
+        /// The last attempt that failed before it, when there was one: its
+        /// [`AttemptCause::is_auth`](crate::AttemptCause::is_auth) says whether the
+        /// credentials were refused.
+        last_attempt: Option<Box<AttemptError>>,
+    },
     /// `drain()` reached drain_timeout before it completed, and closed the client.
     DrainTimeout,
     /// The connection's driver task failed (a panic, for example in a user callback such
@@ -75,7 +84,10 @@ impl std::fmt::Display for ClosedReason {
         match self {
             Self::Requested => f.write_str("closed on request"),
             Self::Disconnected(r) => write!(f, "disconnected and reconnecting is off: {r}"),
-            Self::PoolExhausted(r) => write!(f, "no server left to try: {r}"),
+            Self::PoolExhausted { .. } => f.write_str(
+                "no server left to try: every server failed max_reconnects times or refused the \
+                 credentials",
+            ),
             Self::DrainTimeout => f.write_str("drain timed out"),
             Self::DriverFailed(e) => write!(f, "the connection driver failed: {e}"),
         }
@@ -110,13 +122,40 @@ impl std::fmt::Display for MigrateReason {
 /// One thing a client reports, with the wall-clock time at which it happened. Every event
 /// is also logged with `tracing`; its [`Display`](std::fmt::Display) is one line for logs.
 ///
-/// ```
-/// # fn doc(e: tether::Event) {
-/// match &e.kind {
-///     tether::EventKind::Disconnected { unconfirmed_msgs, .. } => {
-///         eprintln!("{e} ({unconfirmed_msgs} possibly lost)");
+/// The reasons are types, so code can tell a stale link from a server that closed it, or
+/// refused credentials from an unreachable server, without reading the text:
+///
+/// ```no_run
+/// # async fn doc(client: tether::Client) {
+/// use futures_util::StreamExt;
+/// use tether::{AuthErrorClass, DisconnectReason, EventKind, ServerErr};
+///
+/// let mut events = client.events();
+/// while let Some(e) = events.next().await {
+///     match &e.kind {
+///         // The client's own liveness checks found the link dead (no PONG, a write
+///         // stall): the network, not the server.
+///         EventKind::Disconnected { reason, .. } if reason.is_stale() => {
+///             eprintln!("stale link: {e}");
+///         }
+///         EventKind::Disconnected {
+///             reason: DisconnectReason::ServerError(ServerErr::StaleConnection),
+///             ..
+///         } => eprintln!("the server found our link stale: {e}"),
+///         // The server refused the credentials: retrying will not help until they change.
+///         EventKind::ReconnectFailed { error, .. } if error.is_auth() => {
+///             eprintln!("credentials refused: {e}");
+///         }
+///         EventKind::ReconnectFailed { error, .. }
+///             if error.auth_class() == Some(AuthErrorClass::Transient) =>
+///         {
+///             eprintln!("server busy (connection limit, throttling): {e}");
+///         }
+///         EventKind::Disconnected { unconfirmed_msgs, .. } => {
+///             eprintln!("{e} ({unconfirmed_msgs} possibly lost)");
+///         }
+///         _ => eprintln!("{e}"),
 ///     }
-///     _ => eprintln!("{e}"),
 /// }
 /// # }
 /// ```
@@ -168,8 +207,9 @@ pub enum EventKind {
     Disconnected {
         /// The server.
         server: String,
-        /// Why.
-        reason: String,
+        /// Why: [`DisconnectReason::is_stale`] for a link found dead by the client's own
+        /// checks, [`DisconnectReason::ServerError`] for an -ERR that closed it, ...
+        reason: DisconnectReason,
         /// Messages written and not confirmed: possibly lost.
         unconfirmed_msgs: u64,
         /// Their encoded bytes.
@@ -194,8 +234,8 @@ pub enum EventKind {
         address: Option<String>,
         /// Attempt number within this outage.
         attempt: u32,
-        /// Why.
-        error: String,
+        /// Why: see [`AttemptCause::is_auth`](crate::AttemptCause::is_auth).
+        error: AttemptCause,
     },
     /// A handshake completed after an outage.
     Reconnected {
@@ -282,10 +322,13 @@ pub enum EventKind {
         /// Messages dropped in the episode.
         dropped: u64,
     },
-    /// The server sent an -ERR that matched nothing more specific.
+    /// The server sent an -ERR that matched nothing more specific: one no request or
+    /// subscription accounts for (a publish's permission violation, say), or any -ERR on
+    /// the link a planned switch is retiring. An -ERR that closes the live link is a
+    /// `Disconnected` with [`DisconnectReason::ServerError`] instead.
     ServerError {
-        /// The server's text.
-        message: String,
+        /// The -ERR; its Display is the server's text.
+        error: ServerErr,
     },
     /// A client-side error not tied to an operation.
     ClientError {
@@ -295,7 +338,7 @@ pub enum EventKind {
     /// Frames removed from the buffer, never to be sent.
     FramesRemoved {
         /// Why.
-        reason: String,
+        reason: RemovedReason,
         /// Messages removed.
         msgs: u64,
         /// Their encoded bytes.
@@ -325,7 +368,7 @@ pub enum EventKind {
     /// The client closed for good.
     Closed {
         /// Why.
-        reason: String,
+        reason: ClosedReason,
         /// Messages never written.
         unsent_msgs: u64,
         /// Their bytes.
@@ -350,8 +393,37 @@ impl std::fmt::Display for Event {
 }
 
 impl std::fmt::Display for EventKind {
-    #[allow(clippy::too_many_lines)] // issue 12 step 5 (typed reasons); remove then
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By group, each group's text in its own function.
+        match self {
+            Self::CurrentState { .. }
+            | Self::Connected { .. }
+            | Self::Disconnected { .. }
+            | Self::Reconnecting { .. }
+            | Self::ReconnectFailed { .. }
+            | Self::Reconnected { .. } => self.fmt_link(f),
+            Self::ServersChanged { .. }
+            | Self::LameDuck { .. }
+            | Self::Migrating { .. }
+            | Self::Migrated { .. }
+            | Self::CredentialsExpiring { .. }
+            | Self::CredentialsExpired { .. } => self.fmt_moves(f),
+            Self::SlowConsumer { .. }
+            | Self::SlowConsumerEnded { .. }
+            | Self::ServerError { .. }
+            | Self::ClientError { .. }
+            | Self::FramesRemoved { .. }
+            | Self::BufferHighWater { .. }
+            | Self::BufferOverflow { .. }
+            | Self::EventsLagged { .. }
+            | Self::Closed { .. } => self.fmt_flow(f),
+        }
+    }
+}
+
+impl EventKind {
+    /// Display of the link and the reconnect loop: state changes and attempts.
+    fn fmt_link(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::CurrentState {
                 state,
@@ -402,6 +474,13 @@ impl std::fmt::Display for EventKind {
                 f,
                 "reconnected to {server} after {downtime:?} ({attempts} attempts)"
             ),
+            _ => unreachable!("Display routes only this group here"),
+        }
+    }
+
+    /// Display of the server pool, planned switches and credentials.
+    fn fmt_moves(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             Self::ServersChanged { added, removed } => write!(
                 f,
                 "server pool changed: added [{}], removed [{}]",
@@ -440,6 +519,13 @@ impl std::fmt::Display for EventKind {
                  with the credentials read again at every attempt; provide fresh credentials",
                 expired_for.as_secs()
             ),
+            _ => unreachable!("Display routes only this group here"),
+        }
+    }
+
+    /// Display of messages and the client: slow consumers, errors, the buffer, the queue, close.
+    fn fmt_flow(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             Self::SlowConsumer {
                 subject,
                 sid,
@@ -456,7 +542,7 @@ impl std::fmt::Display for EventKind {
                 f,
                 "slow consumer on {subject} (sid {sid}) caught up: {dropped} dropped"
             ),
-            Self::ServerError { message } => write!(f, "server error: {message}"),
+            Self::ServerError { error } => write!(f, "server error: {error}"),
             Self::ClientError { error } => write!(f, "client error: {error}"),
             Self::FramesRemoved {
                 reason,
@@ -495,6 +581,7 @@ impl std::fmt::Display for EventKind {
                 "closed: {reason} ({unsent_msgs} messages, {unsent_bytes} bytes unsent; \
                  {unconfirmed_msgs} messages, {unconfirmed_bytes} bytes unconfirmed)"
             ),
+            _ => unreachable!("Display routes only this group here"),
         }
     }
 }
@@ -945,7 +1032,7 @@ fn log(event: &EventKind) {
             sid,
             dropped,
         } => tracing::info!(subject = %subject, sid, dropped, "slow consumer episode ended"),
-        EventKind::ServerError { message } => tracing::warn!(message = %message, "server error"),
+        EventKind::ServerError { error } => tracing::warn!(message = %error, "server error"),
         EventKind::ClientError { error } => tracing::warn!(error = %error, "client error"),
         EventKind::FramesRemoved {
             reason,
@@ -1001,7 +1088,9 @@ mod tests {
     }
 
     fn err(m: &str) -> EventKind {
-        EventKind::ServerError { message: m.into() }
+        EventKind::ServerError {
+            error: ServerErr::parse(m),
+        }
     }
 
     fn push(q: &mut EventQueue, kind: EventKind) {
@@ -1010,6 +1099,84 @@ mod tests {
 
     fn pop(q: &mut EventQueue) -> Option<EventKind> {
         q.pop().map(|e| e.kind)
+    }
+
+    /// The typed reasons print the text the events printed as strings.
+    #[test]
+    fn typed_reasons_print_the_same_text() {
+        let cases: Vec<(EventKind, &str)> = vec![
+            (
+                EventKind::Disconnected {
+                    server: "nats://a:4222".into(),
+                    reason: DisconnectReason::Eof,
+                    unconfirmed_msgs: 1,
+                    unconfirmed_bytes: 2,
+                },
+                "disconnected from nats://a:4222: the server closed the connection \
+                 (1 messages, 2 bytes unconfirmed, possibly lost)",
+            ),
+            (
+                EventKind::FramesRemoved {
+                    reason: RemovedReason::PoisonFrame,
+                    msgs: 1,
+                    bytes: 9,
+                },
+                "1 messages (9 bytes) removed, never sent: the server closed the connection \
+                 over frames we sent (poison frame); they are not resent",
+            ),
+            (
+                EventKind::FramesRemoved {
+                    reason: RemovedReason::MaxPayloadLowered { max_payload: 64 },
+                    msgs: 1,
+                    bytes: 9,
+                },
+                "1 messages (9 bytes) removed, never sent: the server lowered max_payload to 64",
+            ),
+            (
+                EventKind::ReconnectFailed {
+                    server: "nats://a:4222".into(),
+                    address: Some("127.0.0.1:4222".into()),
+                    attempt: 2,
+                    error: AttemptCause::LameDuckNode,
+                },
+                "reconnect attempt 2 to nats://a:4222 (127.0.0.1:4222) failed: this address \
+                 reaches a server in lame duck mode",
+            ),
+            (
+                err("Permissions Violation for Publish to \"x\""),
+                "server error: Permissions Violation for Publish to \"x\"",
+            ),
+            (
+                EventKind::Closed {
+                    reason: ClosedReason::PoolExhausted { last_attempt: None },
+                    unsent_msgs: 0,
+                    unsent_bytes: 0,
+                    unconfirmed_msgs: 0,
+                    unconfirmed_bytes: 0,
+                },
+                "closed: no server left to try: every server failed max_reconnects times or \
+                 refused the credentials (0 messages, 0 bytes unsent; 0 messages, 0 bytes \
+                 unconfirmed)",
+            ),
+            (
+                EventKind::Closed {
+                    reason: ClosedReason::Disconnected(DisconnectReason::Requested),
+                    unsent_msgs: 0,
+                    unsent_bytes: 0,
+                    unconfirmed_msgs: 0,
+                    unconfirmed_bytes: 0,
+                },
+                "closed: disconnected and reconnecting is off: closed on request (0 messages, \
+                 0 bytes unsent; 0 messages, 0 bytes unconfirmed)",
+            ),
+        ];
+        for (kind, text) in cases {
+            assert_eq!(kind.to_string(), text);
+        }
+        // Display goes to one function per group of events: one of each other group.
+        let lame = EventKind::LameDuck { server: "a".into() };
+        assert_eq!(lame.to_string(), "a entered lame duck mode");
+        assert_eq!(state(State::Idle).to_string(), "current state: idle");
     }
 
     #[test]

@@ -51,15 +51,17 @@ mod subscription;
 
 pub use client::{Client, CloseReport, DrainReport};
 pub use error::{
-    ConnectError, DrainError, Error, FlushError, OptionsError, PublishError, RequestError,
-    RetryMethod, SubscribeError,
+    AttemptCause, AttemptError, ConnectError, ConnectFailure, DialError, DrainError, Error,
+    FlushError, OptionsError, PublishError, RequestError, RetryMethod, SubscribeError,
 };
 pub use events::{ClosedReason, Event, EventKind, Events, MigrateReason, State};
 pub use message::Message;
 pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
 pub use stats::Statistics;
 pub use subscription::{SubscribeOptions, Subscriber};
-pub use tether_proto::{HeaderMap, StatusCode, Subject};
+pub use tether_proto::conn::{DisconnectReason, HandshakeError, RemovedReason};
+pub use tether_proto::server_err::{AuthErrorClass, ServerErr};
+pub use tether_proto::{HeaderMap, ProtocolError, StatusCode, Subject};
 
 /// The version of this crate (`CARGO_PKG_VERSION`). It is what every client sends the
 /// server in CONNECT (`"lang": "rust"`, `"version": VERSION`), so the server's monitoring

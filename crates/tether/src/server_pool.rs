@@ -15,7 +15,6 @@ use rand::Rng;
 
 use tether_proto::server_err::AuthErrorClass;
 
-use crate::connection::reconnect::AttemptCause;
 use crate::options::{
     AuthFailurePolicy, ConnectOptions, ReconnectDelayFn, DEFAULT_EARLY_RECONNECT_CAP,
     DEFAULT_RECONNECT_BASE, EARLY_OUTAGE,
@@ -431,14 +430,15 @@ impl ServerPool {
     /// A failed attempt to `addr` (DESIGN semantics 5): the next attempt is due after the
     /// backoff (or the user's `reconnect_delay`; `outage` is how long the outage, or the
     /// planned switch, has lasted), the auth rules apply, and the server leaves the pool
-    /// after two strikes (under RemoveServer) or `max_reconnects` failures. `None` when
-    /// `addr` is not in the pool.
+    /// after two strikes (under RemoveServer) or `max_reconnects` failures; `refusal` is
+    /// the attempt's auth -ERR, if it ended with one. `None` when `addr` is not in the
+    /// pool.
     pub(crate) fn record_attempt(
         &mut self,
         addr: &ServerAddr,
         now: Instant,
         outage: Duration,
-        cause: &AttemptCause,
+        refusal: Option<AuthRefusal>,
         policy: &ReconnectPolicy<'_>,
         rng: &mut impl Rng,
     ) -> Option<Verdict> {
@@ -449,7 +449,6 @@ impl ServerPool {
             Some(f) => f(&addr.to_string(), failures, outage),
             None => backoff_delay(failures, outage, policy.reconnect_wait, rng),
         };
-        let refusal = cause.auth_refusal();
         let auth = auth_rules(e, refusal.as_ref(), now, policy.reconnect_wait);
         let mut remove = false;
         let mut credentials_expired = None;
@@ -618,7 +617,8 @@ mod tests {
         list.iter().map(|s| ServerAddr::parse(s).unwrap()).collect()
     }
 
-    use crate::connection::reconnect::{AttemptCause, UsedCredentials};
+    use crate::connection::reconnect::{auth_refusal, UsedCredentials};
+    use crate::error::AttemptCause;
     use tether_proto::conn::HandshakeError;
 
     const VIOLATION: &str = "Authorization Violation";
@@ -627,21 +627,21 @@ mod tests {
 
     /// A handshake refused with `err` for credentials `creds` (a JWT past its exp when
     /// `jwt_expired`).
-    fn refused(err: &str, creds: u64, jwt_expired: bool) -> AttemptCause {
-        AttemptCause::Handshake {
-            error: HandshakeError::Server(tether_proto::server_err::ServerErr::parse(err)),
-            credentials: UsedCredentials {
-                fingerprint: creds,
-                jwt_expired: jwt_expired.then_some(Duration::from_secs(3)),
-            },
-        }
+    fn refused(err: &str, creds: u64, jwt_expired: bool) -> Option<AuthRefusal> {
+        let error = HandshakeError::Server(tether_proto::server_err::ServerErr::parse(err));
+        let credentials = UsedCredentials {
+            fingerprint: creds,
+            jwt_expired: jwt_expired.then_some(Duration::from_secs(3)),
+        };
+        auth_refusal(&AttemptCause::Handshake(error), Some(credentials))
     }
 
     /// One attempt of a table: ms after the start, its cause, the auth verdict expected.
-    type Row = (u64, AttemptCause, AuthVerdict);
+    type Row = (u64, Option<AuthRefusal>, AuthVerdict);
 
-    fn dial_failed() -> AttemptCause {
-        AttemptCause::Dial("connection refused".to_owned())
+    /// A failure that is no auth -ERR (a refused TCP connection, say).
+    fn dial_failed() -> Option<AuthRefusal> {
+        None
     }
 
     fn policy(wait: Duration, auth: AuthFailurePolicy) -> ReconnectPolicy<'static> {
@@ -663,9 +663,9 @@ mod tests {
         for (k, (ms, cause, expect)) in rows.iter().enumerate() {
             let now = start + Duration::from_millis(*ms);
             let v = pool
-                .record_attempt(&addr, now, Duration::ZERO, cause, &policy, &mut rng)
+                .record_attempt(&addr, now, Duration::ZERO, *cause, &policy, &mut rng)
                 .expect("in the pool");
-            assert_eq!(v.auth, *expect, "{name}, row {k}: {cause}");
+            assert_eq!(v.auth, *expect, "{name}, row {k}: {cause:?}");
         }
     }
 
@@ -746,33 +746,33 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(5);
         let mut pool = ServerPool::new(vec![addr.clone()], true, None, start, &mut rng);
         let remove = policy(wait, AuthFailurePolicy::RemoveServer);
-        let mut attempt = |pool: &mut ServerPool, ms: u64, cause: &AttemptCause| {
+        let mut attempt = |pool: &mut ServerPool, ms: u64, cause: Option<AuthRefusal>| {
             let now = start + Duration::from_millis(ms);
             pool.record_attempt(&addr, now, Duration::ZERO, cause, &remove, &mut rng)
         };
         // The first failure of another kind: the backoff's first step (0..=50 ms).
-        let v = attempt(&mut pool, 0, &dial_failed()).unwrap();
+        let v = attempt(&mut pool, 0, dial_failed()).unwrap();
         let due = v.due.unwrap();
         assert!(
             due >= start && due <= start + Duration::from_millis(50),
             "{v:?}"
         );
         // Expired: at once, whatever the failures so far.
-        let v = attempt(&mut pool, 100, &refused(EXPIRED, 1, false)).unwrap();
+        let v = attempt(&mut pool, 100, refused(EXPIRED, 1, false)).unwrap();
         assert_eq!(v.due, Some(start + Duration::from_millis(100)));
         // A strike: not before reconnect_wait (the next may count only then).
-        let v = attempt(&mut pool, 200, &refused(VIOLATION, 1, false)).unwrap();
+        let v = attempt(&mut pool, 200, refused(VIOLATION, 1, false)).unwrap();
         assert_eq!(v.auth, AuthVerdict::Strike { strikes: 1 });
         assert!(
             v.due.unwrap() >= start + Duration::from_millis(200) + wait,
             "{v:?}"
         );
         // Two strikes with unchanged credentials, spaced: removed under RemoveServer.
-        let v = attempt(&mut pool, 3000, &refused(VIOLATION, 1, false)).unwrap();
+        let v = attempt(&mut pool, 3000, refused(VIOLATION, 1, false)).unwrap();
         assert_eq!((v.due, v.removed), (None, Some(addr.clone())));
         assert!(pool.is_empty());
         assert!(
-            attempt(&mut pool, 7000, &dial_failed()).is_none(),
+            attempt(&mut pool, 7000, dial_failed()).is_none(),
             "not in the pool"
         );
     }
@@ -784,16 +784,16 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(9);
         let mut pool = ServerPool::new(vec![addr.clone()], true, Some(3), start, &mut rng);
         let p = policy(Duration::from_secs(2), AuthFailurePolicy::RemoveServer);
-        let mut attempt = |pool: &mut ServerPool, cause: &AttemptCause| {
+        let mut attempt = |pool: &mut ServerPool, cause: Option<AuthRefusal>| {
             pool.record_attempt(&addr, start, Duration::ZERO, cause, &p, &mut rng)
                 .unwrap()
         };
-        let v = attempt(&mut pool, &refused(VIOLATION, 1, true));
+        let v = attempt(&mut pool, refused(VIOLATION, 1, true));
         assert_eq!(v.credentials_expired, Some(Duration::from_secs(3)));
-        let v = attempt(&mut pool, &refused(VIOLATION, 1, true));
+        let v = attempt(&mut pool, refused(VIOLATION, 1, true));
         assert_eq!(v.credentials_expired, None, "once per row");
         // The third consecutive failure reaches max_reconnects.
-        let v = attempt(&mut pool, &dial_failed());
+        let v = attempt(&mut pool, dial_failed());
         assert_eq!((v.due, v.removed), (None, Some(addr.clone())));
     }
 
@@ -809,7 +809,7 @@ mod tests {
                 &addr,
                 start,
                 Duration::ZERO,
-                &refused(EXPIRED, 1, false),
+                refused(EXPIRED, 1, false),
                 &p,
                 &mut rng,
             )
@@ -823,7 +823,7 @@ mod tests {
                 &addr,
                 later,
                 Duration::ZERO,
-                &refused(EXPIRED, 1, false),
+                refused(EXPIRED, 1, false),
                 &p,
                 &mut rng,
             )
@@ -847,7 +847,7 @@ mod tests {
         };
         let outage = Duration::from_secs(1);
         let v = pool
-            .record_attempt(&addr, start, outage, &dial_failed(), &p, &mut rng)
+            .record_attempt(&addr, start, outage, dial_failed(), &p, &mut rng)
             .unwrap();
         assert_eq!(v.due, Some(start + Duration::from_secs(8)));
     }

@@ -6,7 +6,10 @@ use common::{next_event, T};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, EventKind, State};
+use tether::{
+    AttemptCause, AuthErrorClass, ConnectError, ConnectOptions, DisconnectReason, EventKind,
+    HandshakeError, ServerErr, State,
+};
 use tether_testkit::{nkey_user, NatsServer, Operator, ServerConfig};
 
 async fn round_trip(client: &tether::Client, sub: &mut tether::Subscriber, subject: &str) {
@@ -18,10 +21,22 @@ async fn round_trip(client: &tether::Client, sub: &mut tether::Subscriber, subje
     assert_eq!(&m.payload[..], b"ping");
 }
 
-/// Connecting with `options` to `url` fails, and the error names the refusal.
+/// Connecting with `options` to `url` fails: the server refused the credentials, which
+/// the attempt's cause says as a type, and the error's text names the refusal.
 async fn assert_refused(options: ConnectOptions, url: &str) {
-    let err = options.connect(url).await.unwrap_err().to_string();
-    assert!(err.contains("Authorization Violation"), "{err}");
+    let err = options.connect(url).await.unwrap_err();
+    assert!(err.to_string().contains("Authorization Violation"), "{err}");
+    let ConnectError::AllFailed { attempts } = &err else {
+        panic!("expected AllFailed, got {err:?}");
+    };
+    assert_eq!(attempts.len(), 1, "{err:?}");
+    let cause = &attempts[0].error;
+    assert_eq!(
+        cause,
+        &AttemptCause::Handshake(HandshakeError::Server(ServerErr::AuthViolation))
+    );
+    assert!(cause.is_auth());
+    assert_eq!(cause.auth_class(), Some(AuthErrorClass::Strike));
 }
 
 /// The next of `Migrated` and `Disconnected` is `Migrated`: a planned switch, with no
@@ -74,6 +89,32 @@ async fn nkey_auth_connects_and_another_key_is_refused_by_name() {
     round_trip(&client, &mut sub, "nkey.t").await;
 
     assert_refused(ConnectOptions::new().nkey(nkey_user().seed), &server.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_an_auth_failure_by_type() {
+    let server = NatsServer::start_with(ServerConfig {
+        user: Some(("app".into(), "pw".into())),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    assert_refused(
+        ConnectOptions::new().user_and_password("app", "wrong"),
+        &server.url(),
+    )
+    .await;
+    // Nothing listening: a dial failure, not an auth failure.
+    let closed = format!("nats://127.0.0.1:{}", tether_testkit::closed_port());
+    let err = ConnectOptions::new().connect(closed).await.unwrap_err();
+    let ConnectError::AllFailed { attempts } = &err else {
+        panic!("expected AllFailed, got {err:?}");
+    };
+    assert!(
+        attempts.iter().all(
+            |a| matches!(&a.error, AttemptCause::Dial(d) if d.is_refused()) && !a.error.is_auth()
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +250,11 @@ async fn an_expired_jwt_refused_at_connect_keeps_retrying_until_fresh_credential
     .await;
     match next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await {
         EventKind::Disconnected { reason, .. } => {
-            assert!(reason.contains("User Authentication Expired"), "{reason}");
+            assert_eq!(
+                reason,
+                DisconnectReason::ServerError(ServerErr::AuthExpired),
+                "{reason}"
+            );
         }
         _ => unreachable!(),
     }
@@ -242,10 +287,13 @@ async fn an_expired_jwt_refused_at_connect_keeps_retrying_until_fresh_credential
             EventKind::ReconnectFailed { error, .. } => {
                 // The server says either, depending on when it checks the expiry.
                 assert!(
-                    error.contains("Authorization Violation")
-                        || error.contains("Authentication Expired"),
-                    "{error}"
+                    matches!(
+                        error.server_err(),
+                        Some(ServerErr::AuthViolation | ServerErr::AuthExpired)
+                    ),
+                    "{error:?}"
                 );
+                assert!(error.is_auth(), "{error:?}");
                 refused += 1;
             }
             other => panic!("the server must stay in the pool: {other:?}"),
@@ -297,7 +345,7 @@ async fn refused_credentials_that_change_between_attempts_are_not_two_strikes() 
         .await
         {
             EventKind::ReconnectFailed { error, .. }
-                if error.contains("Authorization Violation") =>
+                if error.auth_class() == Some(AuthErrorClass::Strike) =>
             {
                 refused += 1;
                 let next = if refused == 1 {

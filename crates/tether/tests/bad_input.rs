@@ -2,12 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use tether::{ConnectError, ConnectOptions, State};
+use tether::{AttemptCause, ConnectError, ConnectOptions, DisconnectReason, HandshakeError, State};
 use tether_testkit::{closed_port, Hostile, HostilePeer, NatsServer, ServerConfig};
 
 const TIMEOUT: Duration = Duration::from_millis(800);
 
-async fn connect_err(url: &str) -> (String, Duration) {
+/// Connecting to `url` fails: the error's text, the one attempt's cause, and how long it
+/// took.
+async fn connect_err(url: &str) -> (String, AttemptCause, Duration) {
     let start = Instant::now();
     let err = ConnectOptions::new()
         .connection_timeout(TIMEOUT)
@@ -15,16 +17,35 @@ async fn connect_err(url: &str) -> (String, Duration) {
         .await
         .expect_err("connecting to a broken peer must fail");
     let elapsed = start.elapsed();
-    assert!(matches!(err, ConnectError::AllFailed { .. }), "{err:?}");
-    (err.to_string(), elapsed)
+    (err.to_string(), only_cause(&err).clone(), elapsed)
+}
+
+/// The cause of the one attempt of an `AllFailed`.
+fn only_cause(err: &ConnectError) -> &AttemptCause {
+    match err {
+        ConnectError::AllFailed { attempts } if attempts.len() == 1 => &attempts[0].error,
+        other => panic!("expected AllFailed with one attempt, got {other:?}"),
+    }
+}
+
+/// A handshake that timed out.
+fn timed_out(cause: &AttemptCause) -> bool {
+    matches!(
+        cause,
+        AttemptCause::Handshake(HandshakeError::Timeout { .. })
+    )
 }
 
 #[tokio::test]
 async fn closed_port_is_refused() {
-    let (e, elapsed) = connect_err(&format!("nats://127.0.0.1:{}", closed_port())).await;
+    let (e, cause, elapsed) = connect_err(&format!("nats://127.0.0.1:{}", closed_port())).await;
     assert!(
         e.contains("127.0.0.1") && e.to_lowercase().contains("refused"),
         "{e}"
+    );
+    assert!(
+        matches!(&cause, AttemptCause::Dial(d) if d.is_refused()),
+        "{cause:?}"
     );
     assert!(elapsed < TIMEOUT);
 }
@@ -32,8 +53,9 @@ async fn closed_port_is_refused() {
 #[tokio::test]
 async fn silent_peer_times_out_within_connection_timeout() {
     let peer = HostilePeer::start(Hostile::Silent).unwrap();
-    let (e, elapsed) = connect_err(&peer.url()).await;
+    let (e, cause, elapsed) = connect_err(&peer.url()).await;
     assert!(e.contains("timed out") && e.contains("INFO"), "{e}");
+    assert!(timed_out(&cause), "{cause:?}");
     assert!(
         elapsed >= TIMEOUT && elapsed < TIMEOUT + Duration::from_millis(500),
         "{elapsed:?}"
@@ -43,8 +65,9 @@ async fn silent_peer_times_out_within_connection_timeout() {
 #[tokio::test]
 async fn half_info_times_out() {
     let peer = HostilePeer::start(Hostile::HalfInfo).unwrap();
-    let (e, elapsed) = connect_err(&peer.url()).await;
+    let (e, cause, elapsed) = connect_err(&peer.url()).await;
     assert!(e.contains("timed out"), "{e}");
+    assert!(timed_out(&cause), "{cause:?}");
     assert!(
         elapsed < TIMEOUT + Duration::from_millis(500),
         "{elapsed:?}"
@@ -54,22 +77,37 @@ async fn half_info_times_out() {
 #[tokio::test]
 async fn http_server_is_not_nats() {
     let peer = HostilePeer::start(Hostile::Http).unwrap();
-    let (e, _) = connect_err(&peer.url()).await;
+    let (e, cause, _) = connect_err(&peer.url()).await;
     assert!(e.contains("not a NATS server") && e.contains("HTTP"), "{e}");
+    assert!(
+        matches!(
+            cause,
+            AttemptCause::Handshake(HandshakeError::NotNats { .. })
+        ),
+        "{cause:?}"
+    );
 }
 
 #[tokio::test]
 async fn garbage_before_info_is_not_nats() {
     let peer = HostilePeer::start(Hostile::Garbage(b"\x00\x01garbage\r\n".to_vec())).unwrap();
-    let (e, _) = connect_err(&peer.url()).await;
+    let (e, cause, _) = connect_err(&peer.url()).await;
     assert!(e.contains("not a NATS server"), "{e}");
+    assert!(
+        matches!(
+            cause,
+            AttemptCause::Handshake(HandshakeError::NotNats { .. })
+        ),
+        "{cause:?}"
+    );
 }
 
 #[tokio::test]
 async fn no_pong_peer_times_out_after_connect() {
     let peer = HostilePeer::start(Hostile::NoPong).unwrap();
-    let (e, elapsed) = connect_err(&peer.url()).await;
+    let (e, cause, elapsed) = connect_err(&peer.url()).await;
     assert!(e.contains("PONG"), "{e}");
+    assert!(timed_out(&cause), "{cause:?}");
     assert!(elapsed < TIMEOUT + Duration::from_millis(500));
 }
 
@@ -87,8 +125,16 @@ async fn garbage_after_handshake_is_a_protocol_error_event() {
         .connection_timeout(TIMEOUT)
         .connect(peer.url())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // The handshake completed; what followed it ended the link.
+    assert!(
+        matches!(
+            only_cause(&err),
+            AttemptCause::LinkLost(DisconnectReason::Protocol(_))
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("protocol error") && err.contains("notanumber"),
         "{err}"
@@ -125,11 +171,17 @@ async fn garbage_after_handshake_is_a_protocol_error_event() {
     }
     let disconnected = disconnected.expect("a Disconnected before Closed");
     assert!(
-        disconnected.contains("protocol error") && disconnected.contains("notanumber"),
-        "{disconnected}"
+        matches!(disconnected, tether::DisconnectReason::Protocol(_)),
+        "{disconnected:?}"
     );
-    let closed = closed.unwrap_or_default();
-    assert!(closed.contains("protocol error"), "{closed}");
+    let text = disconnected.to_string();
+    assert!(
+        text.contains("protocol error") && text.contains("notanumber"),
+        "{text}"
+    );
+    let closed = closed.expect("Closed");
+    assert_eq!(closed, tether::ClosedReason::Disconnected(disconnected));
+    assert!(closed.to_string().contains("protocol error"), "{closed}");
     assert_eq!(client.status(), State::Closed);
 }
 
@@ -142,8 +194,15 @@ async fn oversized_inbound_payload_is_a_protocol_error() {
         .max_inbound_payload(1024)
         .connect(peer.url())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert!(
+        matches!(
+            only_cause(&err),
+            AttemptCause::Handshake(HandshakeError::Protocol(_))
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("protocol error") && err.contains("1024"),
         "{err}"
@@ -161,8 +220,9 @@ async fn wrong_credentials_name_the_server_error() {
         .token("wrong")
         .connect(server.url())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert!(only_cause(&err).is_auth(), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("Authorization Violation"), "{err}");
     let ok = ConnectOptions::new()
         .token("s3cret")
@@ -237,8 +297,13 @@ async fn an_unreadable_creds_file_fails_the_connect_naming_the_file() {
         .credentials_file("/nonexistent/tether-test.creds")
         .connect(server.url())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let cause = only_cause(&err);
+    assert!(
+        matches!(cause, AttemptCause::Credentials(_)) && cause.is_auth(),
+        "{cause:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("/nonexistent/tether-test.creds"), "{err}");
 }
 
@@ -249,8 +314,18 @@ async fn every_server_tried_is_listed() {
     let err = ConnectOptions::new()
         .connect(format!("nats://127.0.0.1:{a},nats://127.0.0.1:{b}"))
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let ConnectError::AllFailed { attempts } = &err else {
+        panic!("expected AllFailed, got {err:?}");
+    };
+    assert_eq!(attempts.len(), 2, "{err:?}");
+    assert!(
+        attempts
+            .iter()
+            .all(|t| matches!(&t.error, AttemptCause::Dial(d) if d.is_refused())),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains(&a.to_string()) && err.contains(&b.to_string()),
         "{err}"

@@ -6,7 +6,7 @@ use common::{connect_as, server_with_permissions};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tether::{EventKind, RequestError, State, SubscribeError};
+use tether::{EventKind, RequestError, ServerErr, State, SubscribeError};
 use tether_testkit::{NatsServer, ServerConfig};
 
 const T: Duration = Duration::from_secs(10);
@@ -55,8 +55,19 @@ async fn denied_publish_fails_the_request_or_counts_publish_denied() {
             .await
             .unwrap()
             .unwrap();
-        if let EventKind::ServerError { message } = e.kind {
-            assert!(message.contains("Permissions Violation"), "{message}");
+        if let EventKind::ServerError { error } = e.kind {
+            // The -ERR, parsed: a publish permission, naming the subject.
+            match &error {
+                ServerErr::PubPermission { subject, .. } => {
+                    assert_eq!(subject.as_deref(), Some("secret.p"), "{error:?}");
+                }
+                other => panic!("expected a publish permission violation, got {other:?}"),
+            }
+            assert!(!error.is_fatal(), "the link stays");
+            assert!(
+                error.to_string().contains("Permissions Violation"),
+                "{error}"
+            );
             break;
         }
     }

@@ -6,7 +6,10 @@ use common::{disconnected, echo_responder, next_event, proxied, proxied_with, th
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tether::{ConnectOptions, EventKind, FlushError, PublishError, State};
+use tether::{
+    AttemptCause, AuthErrorClass, ClosedReason, ConnectOptions, DisconnectReason, EventKind,
+    FlushError, PublishError, RemovedReason, ServerErr, State,
+};
 use tether_testkit::{NatsServer, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +21,17 @@ async fn kill_restart_resubscribes_and_delivers_buffered_batch_in_order() {
     client.flush().await.unwrap();
 
     server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let EventKind::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    // A killed server's socket is closed (or reset) by its kernel: not stale.
+    assert!(
+        matches!(reason, DisconnectReason::Eof | DisconnectReason::Io(_)),
+        "{reason:?}"
+    );
+    assert!(!reason.is_stale(), "{reason:?}");
     for i in 0..500u32 {
         client.publish("batch", i.to_be_bytes()).await.unwrap();
     }
@@ -54,7 +67,7 @@ async fn black_hole_is_detected_by_pong_timeout_and_unconfirmed_is_exact() {
         unreachable!()
     };
     let detected = start.elapsed();
-    assert!(reason.contains("stale"), "{reason}");
+    assert!(reason.is_stale(), "{reason:?}");
     assert!(
         detected < Duration::from_millis(2500),
         "detected in {detected:?}"
@@ -197,7 +210,18 @@ async fn max_reconnects_exhausted_closes_with_reason() {
             unsent_msgs,
             ..
         } => {
-            assert!(reason.contains("no server left"), "{reason}");
+            // The last of the max_reconnects attempts found nothing listening.
+            let ClosedReason::PoolExhausted {
+                last_attempt: Some(last),
+            } = &reason
+            else {
+                panic!("expected PoolExhausted, got {reason:?}");
+            };
+            assert!(
+                matches!(&last.error, AttemptCause::Dial(d) if d.is_refused()),
+                "{last:?}"
+            );
+            assert!(!last.error.is_auth());
             assert_eq!(unsent_msgs, 1);
         }
         _ => unreachable!(),
@@ -255,7 +279,15 @@ async fn black_hole_on_idle_connection_is_detected() {
     else {
         unreachable!()
     };
-    assert!(reason.contains("stale"), "{reason}");
+    // No PONG within pong_timeout (or too many PINGs unanswered): tether's own check.
+    assert!(reason.is_stale(), "{reason:?}");
+    assert!(
+        matches!(
+            reason,
+            DisconnectReason::PongTimeout { .. } | DisconnectReason::TooManyPingsOutstanding { .. }
+        ),
+        "{reason:?}"
+    );
     // ping_interval + pong_timeout, plus slack.
     assert!(
         start.elapsed() < Duration::from_millis(1800),
@@ -289,7 +321,13 @@ async fn write_stall_is_detected_on_a_paused_link() {
     else {
         unreachable!()
     };
-    assert!(reason.contains("write stalled"), "{reason}");
+    assert_eq!(
+        reason,
+        DisconnectReason::WriteStall {
+            timeout: Duration::from_secs(1)
+        }
+    );
+    assert!(reason.is_stale());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,6 +517,7 @@ async fn poison_frame_closing_err_is_reported_and_never_resent() {
         unreachable!()
     };
     assert_eq!(msgs, 1, "{reason}");
+    assert_eq!(reason, RemovedReason::PoisonFrame);
     let EventKind::Disconnected {
         reason,
         unconfirmed_msgs,
@@ -487,8 +526,9 @@ async fn poison_frame_closing_err_is_reported_and_never_resent() {
     else {
         unreachable!()
     };
-    assert!(
-        reason.to_lowercase().contains("maximum control line"),
+    assert_eq!(
+        reason,
+        DisconnectReason::ServerError(ServerErr::MaxControlLine),
         "{reason}"
     );
     assert_eq!(
@@ -540,7 +580,9 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
             .await
             {
                 EventKind::ReconnectFailed { error, .. } => {
-                    if error.contains("Authorization Violation") {
+                    if error.server_err() == Some(&ServerErr::AuthViolation) {
+                        assert!(error.is_auth(), "{error:?}");
+                        assert_eq!(error.auth_class(), Some(AuthErrorClass::Strike));
                         failures += 1;
                         strikes_at.push(Instant::now());
                     }
@@ -552,7 +594,13 @@ async fn auth_strikes_remove_the_server_or_keep_retrying() {
                 EventKind::Closed { reason, .. } => {
                     assert_eq!(policy, tether::AuthFailurePolicy::RemoveServer);
                     assert_eq!(failures, 2, "removed at the second strike in a row");
-                    assert!(reason.contains("no server left"), "{reason}");
+                    // The pool ran out at the second strike: the last attempt says so.
+                    match &reason {
+                        ClosedReason::PoolExhausted {
+                            last_attempt: Some(last),
+                        } => assert!(last.error.is_auth(), "{reason:?}"),
+                        other => panic!("expected PoolExhausted after a refusal, got {other:?}"),
+                    }
                     break;
                 }
                 _ => unreachable!(),

@@ -1300,7 +1300,7 @@ async fn a_switch_that_reaches_the_lame_duck_node_by_server_id_goes_on() {
         {
             EventKind::ReconnectFailed { server, error, .. } => {
                 assert_eq!(server, alias.url());
-                assert!(error.contains("lame duck"), "{error}");
+                assert_eq!(error, tether::AttemptCause::LameDuckNode, "{error}");
                 failed_alias = true;
             }
             EventKind::Migrating { to, .. } => {

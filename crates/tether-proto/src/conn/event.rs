@@ -108,6 +108,20 @@ pub enum RemovedReason {
     PoisonFrame,
 }
 
+impl fmt::Display for RemovedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MaxPayloadLowered { max_payload } => {
+                write!(f, "the server lowered max_payload to {max_payload}")
+            }
+            Self::PoisonFrame => f.write_str(
+                "the server closed the connection over frames we sent (poison frame); they are \
+                 not resent",
+            ),
+        }
+    }
+}
+
 /// What the state machine reports to the driver.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnEvent {
@@ -138,8 +152,9 @@ pub enum ConnEvent {
         /// What was unconfirmed when the link went down.
         unconfirmed: Counts,
     },
-    /// A non-fatal -ERR that matched nothing more specific.
-    ServerError(String),
+    /// An -ERR that matched nothing more specific (on the retiring link of a planned
+    /// switch: any -ERR).
+    ServerError(ServerErr),
     /// `Permissions Violation for Publish to "subject"` (or `with Reply of "reply"`).
     PublishDenied {
         /// The subject, when the error names one.

@@ -324,13 +324,7 @@ impl Connection {
                 let drop_partial = err.is_ours() && self.remove_poison();
                 self.begin_closing(now, DisconnectReason::ServerError(err), drop_partial);
             }
-            ServerErr::SubPermission {
-                subject,
-                queue,
-                sid,
-                any_queue,
-                text,
-            } => self.end_refused_subs(&subject, queue.as_deref(), sid, any_queue, &text),
+            err @ ServerErr::SubPermission { .. } => self.end_refused_subs(err),
             ServerErr::PubPermission {
                 subject,
                 reply,
@@ -350,10 +344,11 @@ impl Connection {
                         reason: SubEndReason::MaxSubscriptionsExceeded(text),
                     });
                 } else {
-                    self.events.push_back(ConnEvent::ServerError(text));
+                    self.events
+                        .push_back(ConnEvent::ServerError(ServerErr::MaxSubscriptions));
                 }
             }
-            _ => self.events.push_back(ConnEvent::ServerError(text)),
+            err => self.events.push_back(ConnEvent::ServerError(err)),
         }
     }
 

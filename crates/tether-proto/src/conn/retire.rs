@@ -218,10 +218,11 @@ impl Connection {
                     }
                 }
                 Ok(Some(ServerOp::Err(text))) => {
-                    if ServerErr::parse(&text).is_fatal() {
+                    let err = ServerErr::parse(&text);
+                    if err.is_fatal() {
                         link.fail();
                     }
-                    self.events.push_back(ConnEvent::ServerError(text));
+                    self.events.push_back(ConnEvent::ServerError(err));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return,

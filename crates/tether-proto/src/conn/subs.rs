@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use crate::encode;
 use crate::op::Msg;
 use crate::outbound::FrameKind;
+use crate::server_err::ServerErr;
 
 use super::{ConnEvent, Connection, LinkState, SubEndReason, SubscribeRefused};
 
@@ -51,14 +52,21 @@ impl Connection {
     }
 
     /// A `Permissions Violation for Subscription`: end the subscriptions it names.
-    pub(super) fn end_refused_subs(
-        &mut self,
-        subject: &str,
-        queue: Option<&str>,
-        sid: Option<u64>,
-        any_queue: bool,
-        text: &str,
-    ) {
+    /// An error that names no subscription of ours is reported as it is.
+    pub(super) fn end_refused_subs(&mut self, err: ServerErr) {
+        let ServerErr::SubPermission {
+            subject,
+            queue,
+            sid,
+            any_queue,
+            text,
+        } = &err
+        else {
+            self.events.push_back(ConnEvent::ServerError(err));
+            return;
+        };
+        let (subject, queue, sid, any_queue) =
+            (subject.as_str(), queue.as_deref(), *sid, *any_queue);
         // A sid names exactly one subscription; else the subject and the queue (none: the
         // plain subscriptions only, so a permission that allows only queue subscriptions
         // on S does not end those).
@@ -81,16 +89,15 @@ impl Connection {
                 })
                 .collect(),
         };
-        if sids.is_empty() {
-            self.events
-                .push_back(ConnEvent::ServerError(text.to_owned()));
-        }
-        for sid in sids {
+        for &sid in &sids {
             self.remove_sub(sid);
             self.events.push_back(ConnEvent::SubscriptionEnded {
                 sid,
-                reason: SubEndReason::PermissionDenied(text.to_owned()),
+                reason: SubEndReason::PermissionDenied(text.clone()),
             });
+        }
+        if sids.is_empty() {
+            self.events.push_back(ConnEvent::ServerError(err));
         }
     }
 

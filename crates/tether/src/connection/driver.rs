@@ -7,19 +7,20 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tether_proto::conn::{ConnEvent, DisconnectReason, Handshake, RemovedReason, SubEndReason};
+use tether_proto::conn::{ConnEvent, DisconnectReason, Handshake, SubEndReason};
 use tether_proto::outbound::Counts;
+use tether_proto::server_err::ServerErr;
 use tether_proto::time::saturating_add as later;
 use tether_proto::ServerInfo;
 
-use super::reconnect::{AttemptCause, Failure, UsedCredentials};
+use super::reconnect::{Failure, UsedCredentials};
 use super::switch::probe_arrived;
 use super::timer::DriverTimer;
 use super::transport::{self, Transport};
 use super::{Inner, Shared, WaitersFail};
 use crate::buffer_watch::{self, Change};
 use crate::credentials::{self, JwtTimes};
-use crate::error::{FlushError, SubscribeError};
+use crate::error::{AttemptCause, FlushError, SubscribeError};
 use crate::events::{ClosedReason, EventKind, State};
 use crate::message::Message;
 use crate::request;
@@ -64,10 +65,10 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
     let deadline = later(start, shared.opts.connection_timeout);
     let loaded = credentials::auth_for(&shared.opts, addr)
         .await
-        .map_err(|e| Failure::new(addr, None, AttemptCause::Credentials(e)))?;
+        .map_err(|e| Failure::new(addr, None, AttemptCause::Credentials(e.to_string())))?;
     let (tcp, sock) = transport::dial(addr, tokio_instant(deadline))
         .await
-        .map_err(|e| Failure::new(addr, e.address, AttemptCause::Dial(e.error)))?;
+        .map_err(|e| Failure::new(addr, e.address(), AttemptCause::Dial(e)))?;
     let io = Transport::tcp(tcp);
     let address = Some(sock.to_string());
     let credentials = UsedCredentials::of(&loaded, std::time::SystemTime::now());
@@ -91,8 +92,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
                 });
             }
             Some(Err(error)) => {
-                let cause = AttemptCause::Handshake { error, credentials };
-                return Err(Failure::new(addr, address, cause));
+                return Err(Failure::handshake(addr, address, error, credentials));
             }
             None => {}
         }
@@ -120,7 +120,7 @@ pub(crate) fn adopt(
     inner: &mut Inner,
     addr: &ServerAddr,
     est: &mut Established,
-) -> Option<String> {
+) -> Option<DisconnectReason> {
     let now = Instant::now();
     est.leftover = inner.conn.adopt_link(
         now,
@@ -186,7 +186,7 @@ pub(crate) enum LinkEnd {
     /// The link went down. `ready` is a planned switch's new link whose handshake had
     /// completed: the reconnect adopts it instead of dialling again (S7).
     Down {
-        reason: String,
+        reason: DisconnectReason,
         ready: Option<Box<(ServerAddr, Established)>>,
     },
 }
@@ -212,7 +212,7 @@ pub(crate) fn merge_pool(shared: &Shared, inner: &mut Inner, info: &ServerInfo, 
 }
 
 /// Route deliveries and handle the core's events. Returns the reason when the link went down.
-pub(super) fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<String> {
+pub(super) fn dispatch(shared: &Shared, inner: &mut Inner) -> Option<DisconnectReason> {
     route_messages(inner);
     let mut down = None;
     while let Some(ev) = inner.conn.poll_event() {
@@ -253,7 +253,7 @@ pub(super) fn route_messages(inner: &mut Inner) {
 }
 
 /// Act on one event of the session core. Returns the reason when the link went down.
-fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<String> {
+fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<DisconnectReason> {
     match ev {
         ConnEvent::Disconnected {
             reason,
@@ -261,7 +261,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
             buffered_requests,
         } => {
             request::on_disconnected(shared, inner, &buffered_requests);
-            return Some(on_disconnected(shared, inner, &reason, unconfirmed));
+            return Some(on_disconnected(shared, inner, reason, unconfirmed));
         }
         ConnEvent::Connected { .. } => {}
         ConnEvent::InfoUpdated(info) => {
@@ -283,22 +283,28 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
                 }));
             }
         }
-        ConnEvent::ServerError(message) => on_server_error(shared, inner, message),
+        ConnEvent::ServerError(error) => on_server_error(shared, inner, error),
         ConnEvent::PublishDenied {
             subject,
             reply,
             message,
         } => {
-            let (subject, reply) = (subject.as_deref(), reply.as_deref());
-            if let Some(message) = request::on_publish_denied(inner, subject, reply, message) {
+            let (s, r) = (subject.as_deref(), reply.as_deref());
+            if let Some(text) = request::on_publish_denied(inner, s, r, message) {
                 inner.conn.note_publish_denied();
-                shared.emit(EventKind::ServerError { message });
+                shared.emit(EventKind::ServerError {
+                    error: ServerErr::PubPermission {
+                        subject,
+                        reply,
+                        text,
+                    },
+                });
             }
         }
         ConnEvent::SubscriptionEnded { sid, reason } => on_subscription_ended(inner, sid, reason),
         ConnEvent::FramesRemoved { reason, counts } => {
             shared.emit(EventKind::FramesRemoved {
-                reason: removed_text(&reason),
+                reason,
                 msgs: counts.msgs,
                 bytes: counts.bytes,
             });
@@ -313,14 +319,13 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Str
 }
 
 /// The link went down: count what it left unconfirmed, wake publishers, and move to
-/// Reconnecting together with the `Disconnected` event. Returns the reason as text.
+/// Reconnecting together with the `Disconnected` event. Returns the reason.
 fn on_disconnected(
     shared: &Shared,
     inner: &mut Inner,
-    reason: &tether_proto::conn::DisconnectReason,
+    reason: DisconnectReason,
     unconfirmed: Counts,
-) -> String {
-    let text = reason.to_string();
+) -> DisconnectReason {
     shared.count_unconfirmed(unconfirmed);
     metrics::counter!("tether_disconnects_total").increment(1);
     // Publishers waiting for room re-check now: under the Error policy a disconnected
@@ -333,11 +338,11 @@ fn on_disconnected(
     }
     shared.emit(EventKind::Disconnected {
         server: inner.server_name.clone(),
-        reason: text.clone(),
+        reason: reason.clone(),
         unconfirmed_msgs: unconfirmed.msgs,
         unconfirmed_bytes: unconfirmed.bytes,
     });
-    text
+    reason
 }
 
 /// The server entered lame duck mode. Confirm what was written so far at once, then move
@@ -361,15 +366,15 @@ fn on_lame_duck(shared: &Shared, inner: &mut Inner) {
 
 /// An -ERR about the planned switch's probe or cut marker (no permission for the
 /// subject): the overlap runs to its bound. Returns false when it is about something else.
-fn probe_refused(inner: &mut Inner, message: &str) -> bool {
-    let Some(p) = inner.probe.as_mut().filter(|p| {
-        message.contains(p.subject.as_str())
-            || p.marker
-                .as_ref()
-                .is_some_and(|(_, m)| message.contains(m.as_str()))
-    }) else {
+fn probe_refused(inner: &mut Inner, error: &ServerErr) -> bool {
+    let Some(p) = inner.probe.as_mut() else {
         return false;
     };
+    let message = error.to_string();
+    let names = |subject: &str| message.contains(subject);
+    if !names(&p.subject) && !p.marker.as_ref().is_some_and(|(_, m)| names(m)) {
+        return false;
+    }
     tracing::debug!(subject = %p.subject, error = %message, "planned switch probe refused");
     p.refused = true;
     true
@@ -391,9 +396,9 @@ fn probe_ended(inner: &mut Inner, sid: u64, reason: &SubEndReason) -> bool {
 
 /// An -ERR the server sent on a link that stays open; one about the planned switch's
 /// probe is not the user's.
-fn on_server_error(shared: &Shared, inner: &mut Inner, message: String) {
-    if !probe_refused(inner, &message) {
-        shared.emit(EventKind::ServerError { message });
+fn on_server_error(shared: &Shared, inner: &mut Inner, error: ServerErr) {
+    if !probe_refused(inner, &error) {
+        shared.emit(EventKind::ServerError { error });
     }
 }
 
@@ -411,18 +416,6 @@ fn on_subscription_ended(inner: &mut Inner, sid: u64, reason: SubEndReason) {
                 Ended::Error(SubscribeError::MaxSubscriptionsExceeded(t))
             }
         });
-    }
-}
-
-/// `FramesRemoved`'s reason as text.
-fn removed_text(reason: &RemovedReason) -> String {
-    match reason {
-        RemovedReason::MaxPayloadLowered { max_payload } => {
-            format!("the server lowered max_payload to {max_payload}")
-        }
-        RemovedReason::PoisonFrame => "the server closed the connection over frames we sent \
-                                       (poison frame); they are not resent"
-            .to_owned(),
     }
 }
 
@@ -457,7 +450,7 @@ pub(crate) fn finish(shared: &Shared, reason: ClosedReason) {
     shared.set_state(&mut inner, State::Closed);
     drop(inner);
     shared.emit(EventKind::Closed {
-        reason: reason.to_string(),
+        reason,
         unsent_msgs: unsent.msgs,
         unsent_bytes: unsent.bytes,
         unconfirmed_msgs: unconfirmed.msgs,

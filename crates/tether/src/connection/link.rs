@@ -381,23 +381,18 @@ impl<'a> LinkDriver<'a> {
                 // Dropping `est` closes that link; the next target is tried.
                 tracing::info!(
                     server = %addr,
-                    reason = why,
+                    reason = %why,
                     "planned switch reached the node it is leaving; trying the next server"
                 );
                 shared.emit(EventKind::ReconnectFailed {
                     server: addr.to_string(),
                     address: None,
                     attempt: self.plan.attempts,
-                    error: why.to_owned(),
+                    error: why,
                 });
             }
             Err(f) => {
-                shared.emit(EventKind::ReconnectFailed {
-                    server: f.attempt.server.clone(),
-                    address: f.attempt.address.clone(),
-                    attempt: self.plan.attempts,
-                    error: f.attempt.error.clone(),
-                });
+                shared.emit(f.event(self.plan.attempts));
                 // The connected server (a refresh's target) is never failed out of the
                 // pool by a second link's attempt. Others get the pool's backoff and auth
                 // rules, and the switch goes on with the next.
@@ -535,7 +530,7 @@ impl<'a> LinkDriver<'a> {
 
     /// The link went down: the reconnect replaces any switch still waiting (its jitter, a
     /// target); a new link whose handshake completed goes to the reconnect loop.
-    fn link_down(&mut self, inner: &mut Inner, reason: String) -> LinkEnd {
+    fn link_down(&mut self, inner: &mut Inner, reason: DisconnectReason) -> LinkEnd {
         inner.timers.stop(DriverTimer::LdmSwitch);
         inner.switch_request = None;
         self.end_overlap(inner);

@@ -3,12 +3,12 @@
 //! new link or record the failure with the pool.
 //!
 //! The policy itself is pure and lives in the pool: [`ServerPool::record_attempt`] turns
-//! an attempt's [`AttemptCause`] into the server's next due time, its auth strikes and
-//! its removal. This file only carries the outcome into events and state.
+//! a failed attempt (its [`AuthRefusal`], when the server refused the credentials) into
+//! the server's next due time, its auth strikes and its removal. This file only carries
+//! the outcome into events and state; a failure is reported with its [`AttemptCause`].
 //!
 //! [`ServerPool::record_attempt`]: crate::server_pool::ServerPool::record_attempt
 
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,31 +20,14 @@ use tether_proto::conn::HandshakeError;
 use super::driver::{adopt, establish, finish, tokio_instant, Established, LinkEnd};
 use super::link::run_link;
 use super::{Inner, Repick, Shared};
-use crate::credentials::{CredentialsError, JwtTimes, Loaded};
-use crate::error::AttemptError;
+use crate::credentials::{JwtTimes, Loaded};
+use crate::error::{AttemptCause, AttemptError};
 use crate::events::{ClosedReason, EventKind, State};
 use crate::server_pool::{AuthRefusal, ReconnectPolicy, ServerAddr};
 
 /// A user JWT this close to its `exp` is treated as expired when the server refuses it:
 /// the server's clock may run ahead of ours.
 pub(crate) const JWT_CLOCK_SKEW: Duration = Duration::from_secs(5);
-
-/// Why an attempt to reach a server failed, as found where it failed.
-#[derive(Debug)]
-pub(crate) enum AttemptCause {
-    /// The credentials could not be read.
-    Credentials(CredentialsError),
-    /// The name did not resolve, or no address took the connection in time.
-    Dial(String),
-    /// The handshake failed (an -ERR from the server among others).
-    Handshake {
-        error: HandshakeError,
-        /// The credentials it used.
-        credentials: UsedCredentials,
-    },
-    /// The handshake completed, but the bytes that followed it ended the link.
-    LinkLost(String),
-}
 
 /// The credentials an attempt used, as the auth rules need them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,39 +50,26 @@ impl UsedCredentials {
     }
 }
 
-impl AttemptCause {
-    /// The server refused the credentials (an auth -ERR during the handshake).
-    pub(crate) fn auth_refusal(&self) -> Option<AuthRefusal> {
-        let Self::Handshake {
-            error: HandshakeError::Server(text),
-            credentials,
-        } = self
-        else {
-            return None;
-        };
-        text.auth_class().map(|class| AuthRefusal {
-            class,
-            credentials: credentials.fingerprint,
-            jwt_expired: credentials.jwt_expired,
-        })
-    }
+/// The auth rules' view of an attempt: an auth -ERR during a handshake that used
+/// `credentials` (a failure without them, after the handshake, is no refusal).
+pub(crate) fn auth_refusal(
+    cause: &AttemptCause,
+    credentials: Option<UsedCredentials>,
+) -> Option<AuthRefusal> {
+    let credentials = credentials?;
+    cause.auth_class().map(|class| AuthRefusal {
+        class,
+        credentials: credentials.fingerprint,
+        jwt_expired: credentials.jwt_expired,
+    })
 }
 
-impl fmt::Display for AttemptCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Credentials(e) => fmt::Display::fmt(e, f),
-            Self::Dial(e) | Self::LinkLost(e) => f.write_str(e),
-            Self::Handshake { error, .. } => fmt::Display::fmt(error, f),
-        }
-    }
-}
-
-/// A failed attempt: as reported (events, `ConnectError::AllFailed`) and why.
+/// A failed attempt: as reported (events, `ConnectError::AllFailed`), and the credentials
+/// its handshake used (for the auth rules).
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) attempt: AttemptError,
-    pub(crate) cause: AttemptCause,
+    pub(crate) credentials: Option<UsedCredentials>,
 }
 
 impl Failure {
@@ -108,10 +78,28 @@ impl Failure {
             attempt: AttemptError {
                 server: addr.to_string(),
                 address,
-                error: cause.to_string(),
+                error: cause,
             },
-            cause,
+            credentials: None,
         }
+    }
+
+    /// The handshake, run with `credentials`, failed.
+    pub(crate) fn handshake(
+        addr: &ServerAddr,
+        address: Option<String>,
+        error: HandshakeError,
+        credentials: UsedCredentials,
+    ) -> Self {
+        Self {
+            credentials: Some(credentials),
+            ..Self::new(addr, address, AttemptCause::Handshake(error))
+        }
+    }
+
+    /// The server refused the credentials (an auth -ERR during the handshake).
+    pub(crate) fn auth_refusal(&self) -> Option<AuthRefusal> {
+        auth_refusal(&self.attempt.error, self.credentials)
     }
 
     /// The `ReconnectFailed` event for the `attempt`-th attempt.
@@ -166,6 +154,8 @@ async fn run(shared: Arc<Shared>, first: Option<Established>) {
     let mut attempts: u32 = 0;
     // A planned switch's new link, ready when the old one died: adopted as it is.
     let mut prepared: Option<(ServerAddr, Established)> = None;
+    // The last failed attempt, for `ClosedReason::PoolExhausted`.
+    let mut last_failure: Option<Box<AttemptError>> = None;
     let closed = loop {
         if let Some(est) = link.take() {
             match run_link(&shared, est).await {
@@ -184,7 +174,7 @@ async fn run(shared: Arc<Shared>, first: Option<Established>) {
         let (addr, est) = if let Some((addr, est)) = prepared.take() {
             (addr, Ok(est))
         } else {
-            let (addr, due) = match pick(&shared) {
+            let (addr, due) = match pick(&shared, &mut last_failure) {
                 Ok(next) => next,
                 Err(reason) => break reason,
             };
@@ -207,7 +197,10 @@ async fn run(shared: Arc<Shared>, first: Option<Established>) {
                 ever_connected = true;
                 link = Some(est);
             }
-            Adopted::Failed(f) => on_failed(&shared, &addr, &f, attempts, &mut rng),
+            Adopted::Failed(f) => {
+                on_failed(&shared, &addr, &f, attempts, &mut rng);
+                last_failure = Some(Box::new(f.attempt));
+            }
             // set_server_pool removed it while the handshake ran: pick again.
             Adopted::Gone => attempts -= 1,
             Adopted::Closed => break ClosedReason::Requested,
@@ -232,8 +225,11 @@ fn on_link_down(shared: &Shared) {
 }
 
 /// The server to try next and when it is due, or why the client closes instead (close()
-/// was called, or the pool is empty).
-fn pick(shared: &Shared) -> Result<(ServerAddr, Instant), ClosedReason> {
+/// was called, or the pool is empty after `last_failure`).
+fn pick(
+    shared: &Shared,
+    last_failure: &mut Option<Box<AttemptError>>,
+) -> Result<(ServerAddr, Instant), ClosedReason> {
     let mut inner = shared.lock("reconnect");
     if inner.close.is_some() {
         return Err(ClosedReason::Requested);
@@ -246,10 +242,8 @@ fn pick(shared: &Shared) -> Result<(ServerAddr, Instant), ClosedReason> {
         .pool
         .next(Instant::now())
         .and_then(|i| inner.pool.get(i).map(|e| (e.addr.clone(), e.due)))
-        .ok_or_else(|| {
-            ClosedReason::PoolExhausted(
-                "every server failed max_reconnects times or refused the credentials".into(),
-            )
+        .ok_or_else(|| ClosedReason::PoolExhausted {
+            last_attempt: last_failure.take(),
         })
 }
 
@@ -370,9 +364,10 @@ pub(crate) fn record_attempt_failure(
 ) {
     let policy = ReconnectPolicy::of(&shared.opts);
     let now = Instant::now();
-    let Some(verdict) = inner
-        .pool
-        .record_attempt(addr, now, elapsed, &f.cause, &policy, rng)
+    let Some(verdict) =
+        inner
+            .pool
+            .record_attempt(addr, now, elapsed, f.auth_refusal(), &policy, rng)
     else {
         return;
     };

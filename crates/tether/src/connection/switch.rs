@@ -18,6 +18,7 @@ use super::timer::DriverTimer;
 use super::transport::Transport;
 use super::{Inner, Probe, Shared};
 use crate::credentials::{CredentialsError, Loaded};
+use crate::error::AttemptCause;
 use crate::events::EventKind;
 use crate::events::MigrateReason as SwitchReason;
 use crate::server_pool::ServerAddr;
@@ -93,7 +94,7 @@ pub(super) fn same_node_as_left(
     addr: &ServerAddr,
     est: &Established,
     reason: SwitchReason,
-) -> Option<(&'static str, bool)> {
+) -> Option<(AttemptCause, bool)> {
     let now = Instant::now();
     let id = est.info.server_id.as_str();
     if id.is_empty() {
@@ -103,14 +104,11 @@ pub(super) fn same_node_as_left(
         if let Some(i) = inner.pool.position(addr) {
             inner.pool.mark_lame_duck(i, Some(id), now);
         }
-        return Some(("this address reaches a server in lame duck mode", false));
+        return Some((AttemptCause::LameDuckNode, false));
     }
     let current_id = inner.conn.server_info().map(|i| i.server_id.as_str());
     if reason != SwitchReason::Credentials && current_id == Some(id) {
-        return Some((
-            "this address reaches the server the client is moving away from",
-            true,
-        ));
+        return Some((AttemptCause::NodeBeingLeft, true));
     }
     None
 }

@@ -35,6 +35,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::error::{ConnectFailure, DialError};
 use crate::server_pool::ServerAddr;
 
 /// The byte stream under one link (see the module docs): plain TCP today.
@@ -98,13 +99,6 @@ impl Transport {
 /// Delay between starting connection attempts to successive addresses.
 pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 
-/// A failed dial, naming the address when resolution got that far.
-#[derive(Debug, Clone)]
-pub(crate) struct DialError {
-    pub(crate) address: Option<String>,
-    pub(crate) error: String,
-}
-
 /// Interleave IPv6 and IPv4 addresses, IPv6 first.
 fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let (v6, v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(SocketAddr::is_ipv6);
@@ -131,29 +125,24 @@ pub(crate) async fn dial(
     server: &ServerAddr,
     deadline: Instant,
 ) -> Result<(TcpStream, SocketAddr), DialError> {
-    let host = server.host().to_owned();
-    let port = server.port();
-    let resolved =
-        tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
-            .await
-            .map_err(|_| DialError {
-                address: None,
-                error: format!("DNS lookup of {host} timed out"),
-            })?
-            .map_err(|e| DialError {
-                address: None,
-                error: format!("DNS lookup of {host} failed: {e}"),
-            })?;
-    let addrs = interleave(resolved.collect());
+    let host = server.host();
+    let lookup = tokio::net::lookup_host((host, server.port()));
+    let addrs = match tokio::time::timeout_at(deadline, lookup).await {
+        Err(_) => return Err(DialError::DnsTimeout { host: host.into() }),
+        Ok(Err(e)) => {
+            return Err(DialError::Dns {
+                host: host.into(),
+                error: e.to_string(),
+            })
+        }
+        Ok(Ok(resolved)) => interleave(resolved.collect()),
+    };
     if addrs.is_empty() {
-        return Err(DialError {
-            address: None,
-            error: format!("{host} resolved to no address"),
-        });
+        return Err(DialError::NoAddress { host: host.into() });
     }
     let mut attempts = FuturesUnordered::new();
     let mut next = 0usize;
-    let mut errors: Vec<String> = Vec::new();
+    let mut failures: Vec<ConnectFailure> = Vec::new();
     loop {
         if next < addrs.len() && (attempts.is_empty() || next == 0) {
             let a = addrs[next];
@@ -168,7 +157,7 @@ pub(crate) async fn dial(
                     return Ok((s, a));
                 }
                 Some((a, Err(e))) => {
-                    errors.push(format!("{a}: {e}"));
+                    failures.push(ConnectFailure::new(a, &e));
                     if attempts.is_empty() && next >= addrs.len() {
                         break;
                     }
@@ -181,32 +170,11 @@ pub(crate) async fn dial(
                 attempts.push(connect_one(a));
             }
             () = tokio::time::sleep_until(deadline) => {
-                let pending: Vec<String> = addrs[..next].iter().map(ToString::to_string).collect();
-                return Err(DialError {
-                    address: pending.last().cloned(),
-                    error: format!("TCP connect timed out (tried {})", pending.join(", ")),
-                });
+                return Err(DialError::Timeout { tried: addrs[..next].to_vec() });
             }
         }
     }
-    // One address: it is named in the attempt already, the error need not repeat it.
-    if addrs.len() == 1 {
-        let error = errors
-            .pop()
-            .map(|e| {
-                e.split_once(": ")
-                    .map_or(e.clone(), |(_, rest)| rest.to_owned())
-            })
-            .unwrap_or_default();
-        return Err(DialError {
-            address: Some(addrs[0].to_string()),
-            error,
-        });
-    }
-    Err(DialError {
-        address: None,
-        error: errors.join("; "),
-    })
+    Err(DialError::Io(failures))
 }
 
 #[cfg(test)]

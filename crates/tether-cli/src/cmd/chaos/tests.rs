@@ -181,7 +181,7 @@ fn a_planned_switch_is_no_outage() {
         &shared,
         tether::Event::now(EventKind::Disconnected {
             server: "nats://127.0.0.1:4222".into(),
-            reason: "the server closed the connection".into(),
+            reason: tether::DisconnectReason::Eof,
             unconfirmed_msgs: 0,
             unconfirmed_bytes: 0,
         }),
