@@ -1,9 +1,9 @@
 //! One link's driver: the loop that runs an established link until it goes down or the
 //! client closes, and carries out planned (make-before-break) switches on the way.
 //!
-//! Every turn takes the connection lock once and runs the `drive_*` steps in order, then
-//! releases it and waits in one `select!` ([`LinkDriver::wait`]) for the next thing to
-//! happen; [`LinkDriver::on_wake`] feeds that to the core:
+//! Every turn runs the `drive_*` steps in order under one hold of the connection lock,
+//! then releases it and waits in one `select!` ([`LinkDriver::wait`]) for the next thing
+//! to happen; [`LinkDriver::on_wake`] takes the lock again to feed that to the core:
 //! 1. `drive_timers`: the driver's own deadlines (lame-duck jitter, JWT refresh).
 //! 2. `drive_switch`: the planned switch, one state at a time (see [`Switch`]).
 //! 3. `drive_transmit`: the next chunk the core has for the socket.
@@ -744,6 +744,8 @@ fn overlap_step(shared: &Shared, inner: &mut Inner, o: &mut RetiringIo, now: Ins
     } else if done {
         // The old node knows the new interest: after the third-node margin, cut markers
         // on the new link until one comes back through the old node.
+        // No more probes: a stale probe deadline would wake the loop at once, every turn.
+        inner.timers.stop(DriverTimer::Probe);
         let from = cut_from(inner).unwrap_or(now);
         if now < from {
             inner.timers.set(DriverTimer::Marker, from);

@@ -187,11 +187,10 @@ pub(super) fn send_probe(inner: &Inner, now: Instant, out: &mut BytesMut) -> Opt
     Some(later(now, PROBE_INTERVAL))
 }
 
-/// True when the old link's subscriptions may end: the first probe to arrive showed that
-/// the old node knows the new interest, and a probe sent after that arrived too. That one
-/// more trip is the margin for publishers on a third node, whose routes learn the interest
-/// at about the same time as the old node; it costs no timer, and every millisecond of
-/// overlap is a duplicate at 1 msg/ms.
+/// True when the cut may be prepared: the first probe to arrive showed that the old node
+/// knows the new interest, and a probe sent after that arrived too (one more trip). The
+/// cut itself waits for [`THIRD_NODE_MARGIN`] as well ([`cut_from`]), the margin for
+/// publishers on a third node.
 pub(super) fn probe_done(inner: &Inner) -> bool {
     inner.probe.as_ref().is_some_and(|p| p.confirmed)
 }
