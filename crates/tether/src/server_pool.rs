@@ -629,11 +629,21 @@ mod tests {
     /// `jwt_expired`).
     fn refused(err: &str, creds: u64, jwt_expired: bool) -> Option<AuthRefusal> {
         let error = HandshakeError::Server(tether_proto::server_err::ServerErr::parse(err));
+        // A JWT that expired 3 s before the refusal is recorded, or one valid for an hour.
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(unix);
+        let expires_at = if jwt_expired { unix - 3 } else { unix + 3600 };
         let credentials = UsedCredentials {
             fingerprint: creds,
-            jwt_expired: jwt_expired.then_some(Duration::from_secs(3)),
+            jwt: Some(crate::credentials::JwtTimes {
+                issued_at: None,
+                expires_at,
+            }),
         };
-        auth_refusal(&AttemptCause::Handshake(error), Some(credentials))
+        auth_refusal(&AttemptCause::Handshake(error), Some(credentials), now)
     }
 
     /// One attempt of a table: ms after the start, its cause, the auth verdict expected.

@@ -71,7 +71,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
         .map_err(|e| Failure::new(addr, e.address(), AttemptCause::Dial(e)))?;
     let io = Transport::tcp(tcp);
     let address = Some(sock.to_string());
-    let credentials = UsedCredentials::of(&loaded, std::time::SystemTime::now());
+    let credentials = UsedCredentials::of(&loaded);
     let mut hs = Handshake::new(start, deadline, loaded.auth, &shared.opts.core_config());
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {

@@ -34,33 +34,38 @@ pub(crate) const JWT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 pub(crate) struct UsedCredentials {
     /// See [`Loaded::fingerprint`].
     pub(crate) fingerprint: u64,
-    /// The user JWT counted as expired (within [`JWT_CLOCK_SKEW`] of its `exp`): how
-    /// long ago it expired.
-    pub(crate) jwt_expired: Option<Duration>,
+    /// The user JWT's validity, if it had one that expires.
+    pub(crate) jwt: Option<JwtTimes>,
 }
 
 impl UsedCredentials {
-    pub(crate) fn of(loaded: &Loaded, now: SystemTime) -> Self {
+    pub(crate) fn of(loaded: &Loaded) -> Self {
         Self {
             fingerprint: loaded.fingerprint,
-            jwt_expired: loaded.jwt.and_then(|t: JwtTimes| {
-                (t.expires_in(now) <= JWT_CLOCK_SKEW).then(|| t.expired_for(now))
-            }),
+            jwt: loaded.jwt,
         }
+    }
+
+    /// The user JWT counts as expired at `now` (within [`JWT_CLOCK_SKEW`] of its `exp`):
+    /// how long ago it expired.
+    pub(crate) fn jwt_expired(&self, now: SystemTime) -> Option<Duration> {
+        self.jwt
+            .and_then(|t| (t.expires_in(now) <= JWT_CLOCK_SKEW).then(|| t.expired_for(now)))
     }
 }
 
-/// The auth rules' view of an attempt: an auth -ERR during a handshake that used
-/// `credentials` (a failure without them, after the handshake, is no refusal).
+/// The auth rules' view of an attempt, recorded at `now`: an auth -ERR during a handshake
+/// that used `credentials` (a failure without them, after the handshake, is no refusal).
 pub(crate) fn auth_refusal(
     cause: &AttemptCause,
     credentials: Option<UsedCredentials>,
+    now: SystemTime,
 ) -> Option<AuthRefusal> {
     let credentials = credentials?;
     cause.auth_class().map(|class| AuthRefusal {
         class,
         credentials: credentials.fingerprint,
-        jwt_expired: credentials.jwt_expired,
+        jwt_expired: credentials.jwt_expired(now),
     })
 }
 
@@ -99,7 +104,7 @@ impl Failure {
 
     /// The server refused the credentials (an auth -ERR during the handshake).
     pub(crate) fn auth_refusal(&self) -> Option<AuthRefusal> {
-        auth_refusal(&self.attempt.error, self.credentials)
+        auth_refusal(&self.attempt.error, self.credentials, SystemTime::now())
     }
 
     /// The `ReconnectFailed` event for the `attempt`-th attempt.
