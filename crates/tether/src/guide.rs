@@ -215,8 +215,9 @@
 //! `Connection::publish` encodes the frame into the outbound buffer → `Shared::wake_driver`.
 //! The driver's `LinkDriver::wait` wakes; `drive_transmit` takes `Connection::poll_transmit`
 //! (everything buffered, as one chunk); `Transport::write` writes it and
-//! `Connection::handle_written` moves it to written; a PING later, its PONG confirms it
-//! (`ping.rs`) and the buffer releases it. A request also tries
+//! `Connection::handle_written` counts it written (the buffer releases a PUB once written,
+//! or, with `resend_unconfirmed`, once confirmed); a PING later, its PONG confirms it
+//! (`ping.rs`), and until then it counts as unconfirmed. A request also tries
 //! `link::try_direct_write` from the caller's thread when the driver is idle.
 //!
 //! A reconnect: `Transport::read` returns 0 → `Connection::handle_link_lost` →
