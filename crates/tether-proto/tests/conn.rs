@@ -676,6 +676,33 @@ fn repeated_ldm_info_announces_lame_duck_once() {
     assert_eq!(n, 1);
 }
 
+/// The cut of a planned switch drops a held delivery only against a copy the retiring
+/// link delivered: one from a third node whose copy on the old link comes after the cut
+/// marker is delivered from the new link, once.
+#[test]
+fn the_cut_drops_only_held_deliveries_the_retiring_link_delivered() {
+    let mut h = Harness::up(quick());
+    let sid = h.conn.subscribe("s", None).unwrap();
+    h.written();
+    let mut old = h.planned_switch(info());
+    h.written();
+    let marker = h.conn.subscribe("cut", None).unwrap();
+    h.conn.gate_switch(&mut old, "cut", marker, 0);
+    let msg = |body: &str| format!("MSG s {sid} {}\r\n{body}\r\n", body.len());
+    // The new link delivers m1 and m2 before any marker: both held.
+    h.read(format!("{}{}", msg("m1"), msg("m2")).as_bytes());
+    assert!(h.conn.poll_message().is_none(), "held until the cut");
+    // The old link delivers m1, then marker 1 (the cut), then m2 (late, from a third
+    // node): m1 is not delivered twice, m2 once.
+    let mut old_bytes =
+        BytesMut::from(format!("{}MSG cut {marker} 1\r\n1\r\n{}", msg("m1"), msg("m2")).as_bytes());
+    h.conn.handle_retiring_read(h.now, &mut old, &mut old_bytes);
+    let got: Vec<Bytes> = std::iter::from_fn(|| h.conn.poll_message())
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(got, vec![Bytes::from("m1"), Bytes::from("m2")]);
+}
+
 fn established(info: Box<tether_proto::ServerInfo>) -> Established {
     Established {
         info,

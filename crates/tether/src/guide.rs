@@ -120,8 +120,11 @@
 //!   the new link's deliveries are held from then on. Markers published on the new link
 //!   (numbered, every millisecond) reach the old link through the old node; the first to
 //!   arrive there, k, is the cut. Held deliveries that the new node sent before marker k
-//!   are dropped: the new node processed them before k, so they reached the old node, and
-//!   the old link, before k too. The rest are delivered, and the old link's deliveries
+//!   are dropped when the old link delivered a copy (same subscription, subject, reply,
+//!   size and payload): the new node processed them before k, so they reached the old
+//!   node, and the old link, before k too. A message from a third node travels two routes
+//!   that need not keep that order, so one whose old-link copy has not come by the cut is
+//!   delivered from the new link. The rest are delivered, and the old link's deliveries
 //!   after k are dropped, the new link's copies being delivered instead. Queue
 //!   subscriptions are never held or dropped (a queue group gets one copy). Then the old
 //!   link gets UNSUB for everything and a last PING, and closes on its PONG.
@@ -132,10 +135,13 @@
 //! - `EventKind::Migrated` carries the old link's unconfirmed counts (zero when that PONG
 //!   came); `Statistics::migrations` counts switches ended.
 //!
-//! A switch delays the new link's deliveries by about 20 ms (the margin and the cut). The cut is exact for
-//! messages that reach the new node first; a message the old node processed within one
-//! route round trip before the cut can still arrive on both links (a rolling restart of a
-//! 3-node cluster at 1 msg/ms sees 0 duplicates on most switches, 1 on a few). A request written on
+//! A switch delays the new link's deliveries by about 20 ms (the margin and the cut). The
+//! cut is exact for messages that reach the new node first; a message the old node
+//! processed within one route round trip before the cut can still arrive on both links (a
+//! rolling restart of a 3-node cluster at 1 msg/ms sees 0 duplicates on most switches, 1
+//! on a few). Two messages with the same subject, reply and payload within one switch's
+//! cut count as copies of each other: if one came only on the old link, the other's held
+//! copy can be dropped for it. A request written on
 //! the old link that dies before its last PONG fails with
 //! `ConnectionLost { maybe_processed: true }`. The status stays `Connected` throughout.
 //! The margin and the cut assume the nodes are about equally far apart: a publisher on a

@@ -1,14 +1,15 @@
 //! The planned switch (make-before-break): the retiring link, and the cut that joins its
 //! stream of deliveries to the new link's.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::decode::Decoder;
 use crate::encode;
-use crate::op::{Msg, ServerOp};
+use crate::op::{Msg, ServerOp, Subject};
 use crate::outbound::{Counts, FrameKind, Retained};
 use crate::server_err::ServerErr;
 
@@ -22,6 +23,41 @@ pub(super) struct Gate {
     /// The highest marker sequence number seen on the current link.
     segment: u64,
     held: VecDeque<(u64, Msg)>,
+    /// What the retiring link delivered before the cut (plain subscriptions), by
+    /// [`fingerprint`], with how many times: a held delivery from before the cut is
+    /// dropped only against one of these.
+    delivered_old: HashMap<u64, u32>,
+}
+
+impl Gate {
+    /// The retiring link delivered `msg` before the cut.
+    fn delivered_old(&mut self, msg: &Msg) {
+        *self.delivered_old.entry(fingerprint(msg)).or_insert(0) += 1;
+    }
+
+    /// True (once per delivery seen) when the retiring link delivered a copy of `msg`.
+    fn take_delivered_old(&mut self, msg: &Msg) -> bool {
+        let Some(n) = self.delivered_old.get_mut(&fingerprint(msg)) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.delivered_old.remove(&fingerprint(msg));
+        }
+        true
+    }
+}
+
+/// What identifies a delivery across the two links of a switch: its subscription,
+/// subject, reply, size and payload (core NATS messages carry no id).
+fn fingerprint(msg: &Msg) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg.sid.hash(&mut h);
+    msg.subject.as_str().hash(&mut h);
+    msg.reply.as_ref().map(Subject::as_str).hash(&mut h);
+    msg.wire_size.hash(&mut h);
+    msg.payload.hash(&mut h);
+    h.finish()
 }
 
 /// A cut marker's sequence number (its payload, in decimal).
@@ -191,8 +227,12 @@ impl Connection {
                         }
                         continue;
                     }
-                    if link.cut.is_some() && !self.is_queue_sub(msg.sid) {
+                    let plain = !self.is_queue_sub(msg.sid);
+                    if link.cut.is_some() && plain {
                         continue; // after the cut the new link delivers it
+                    }
+                    if let Some(g) = self.gate.as_mut().filter(|_| plain) {
+                        g.delivered_old(&msg);
                     }
                     self.handle_msg(msg);
                 }
@@ -241,9 +281,10 @@ impl Connection {
     /// subscriptions and `exempt`) are held, each tagged with the last marker sequence
     /// number seen on the current link. Markers published on the current link
     /// ([`Self::publish_marker`]) reach `link` through the old node; the first to arrive
-    /// there, k, is the cut: held deliveries tagged below k are dropped (the new node
-    /// processed them before marker k, so they reached the old node, and `link`, before it
-    /// too), the rest are delivered, and `link` drops what it delivers after k.
+    /// there, k, is the cut: held deliveries tagged below k that `link` delivered too are
+    /// dropped (the new node processed them before marker k, so they reached the old
+    /// node, and `link`, before it too), the rest are delivered, and `link` drops what it
+    /// delivers after k (see [`Self::release_gate`]).
     pub fn gate_switch(
         &mut self,
         link: &mut RetiringLink,
@@ -258,6 +299,7 @@ impl Connection {
             exempt,
             segment: 0,
             held: VecDeque::new(),
+            delivered_old: HashMap::new(),
         });
     }
 
@@ -273,14 +315,22 @@ impl Connection {
     }
 
     /// End the cut's hold. With the cut's marker `from`, held deliveries tagged below it
-    /// are dropped as duplicates; without it (the old link died, or the wait reached its
-    /// bound) everything held is delivered.
+    /// are dropped as duplicates when the retiring link delivered a copy of them; without
+    /// it (the old link died, or the wait reached its bound) everything held is
+    /// delivered.
+    ///
+    /// A delivery the new node sent before marker k reached the old node before k too,
+    /// when it was published on one of the two nodes. From a third node it travels two
+    /// routes that need not keep that order: its copy on the retiring link can arrive
+    /// after k, where it is dropped. So a held delivery is dropped only against a copy
+    /// the retiring link delivered, never on its position alone.
     pub fn release_gate(&mut self, from: Option<u64>) {
-        let Some(g) = self.gate.take() else {
+        let Some(mut g) = self.gate.take() else {
             return;
         };
-        for (segment, msg) in g.held {
-            if from.is_none_or(|k| segment >= k) {
+        for (segment, msg) in std::mem::take(&mut g.held) {
+            let before_cut = from.is_some_and(|k| segment < k);
+            if !(before_cut && g.take_delivered_old(&msg)) {
                 self.handle_msg(msg);
             }
         }
