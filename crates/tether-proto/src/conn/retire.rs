@@ -37,12 +37,13 @@ impl Gate {
 
     /// True (once per delivery seen) when the retiring link delivered a copy of `msg`.
     fn take_delivered_old(&mut self, msg: &Msg) -> bool {
-        let Some(n) = self.delivered_old.get_mut(&fingerprint(msg)) else {
+        let key = fingerprint(msg);
+        let Some(n) = self.delivered_old.get_mut(&key) else {
             return false;
         };
         *n -= 1;
         if *n == 0 {
-            self.delivered_old.remove(&fingerprint(msg));
+            self.delivered_old.remove(&key);
         }
         true
     }

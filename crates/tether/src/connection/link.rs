@@ -573,8 +573,12 @@ impl<'a> LinkDriver<'a> {
     fn next_deadline(&self, inner: &Inner) -> Option<Instant> {
         // The JWT refresh is looked at only between switches (the end of one wakes the
         // loop anyway).
-        let except = (!self.switch.is_idle()).then_some(DriverTimer::JwtRefresh);
-        [inner.conn.poll_timeout(), inner.timers.next_timeout(except)]
+        let timers = if self.switch.is_idle() {
+            inner.timers.next_timeout()
+        } else {
+            inner.timers.next_timeout_except(DriverTimer::JwtRefresh)
+        };
+        [inner.conn.poll_timeout(), timers]
             .into_iter()
             .flatten()
             .min()
