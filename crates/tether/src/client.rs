@@ -130,13 +130,14 @@ impl Client {
     ) -> Result<Client, ConnectError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let now = Instant::now();
-        let mut rng = rand::thread_rng();
+        // The thread's RNG is not Send: it must not live across an await, or the connect
+        // future could not be spawned (tests/send.rs).
         let pool = ServerPool::new(
             servers,
             opts.no_randomize,
             opts.max_reconnects,
             now,
-            &mut rng,
+            &mut rand::thread_rng(),
         );
         let conn = Connection::new(opts.core_config(), now);
         let hub = Arc::new(EventHub::new(opts.event_queue));
