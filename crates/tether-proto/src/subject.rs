@@ -48,12 +48,52 @@ fn validate_subject(
     kind: InputKind,
     wildcards: bool,
 ) -> Result<(), ValidationError> {
+    if is_plain_subject(subject.as_bytes()) {
+        return Ok(());
+    }
+    validate_slow(subject, kind, wildcards)
+}
+
+/// Byte classes for [`is_plain_subject`]: 0 a byte of a token, 1 a dot, 2 anything that
+/// needs the full rules (`*`, `>`, whitespace, control characters, DEL).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = if b <= b' ' as usize || b == 0x7f || b == b'*' as usize || b == b'>' as usize {
+            2
+        } else if b == b'.' as usize {
+            1
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
+
+/// The common case in one branch-light pass: tokens of plain bytes separated by single
+/// dots, no wildcard character at all. Every publish runs this.
+#[inline]
+fn is_plain_subject(bytes: &[u8]) -> bool {
+    // `prev` is 1 after a dot (and at the start): a dot there is an empty token.
+    let mut prev = 1u8;
+    let mut bad = 0u8;
+    for &b in bytes {
+        let c = CLASS[b as usize];
+        bad |= (c & 2) | (c & prev);
+        prev = c;
+    }
+    bad == 0 && prev == 0
+}
+
+/// The full rules, with the reason for a rejection.
+fn validate_slow(subject: &str, kind: InputKind, wildcards: bool) -> Result<(), ValidationError> {
     let err = |reason| Err(ValidationError::new(kind, subject, reason));
     let bytes = subject.as_bytes();
     if bytes.is_empty() {
         return err("empty subject");
     }
-    // One pass over the bytes: this runs for every publish, so no token iterator.
     let mut at_token_start = true;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
@@ -139,6 +179,40 @@ mod tests {
                 InputKind::ReplySubject
             );
         }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_rules() {
+        // Every string of up to 5 bytes over these: the fast path accepts only what the
+        // full rules accept.
+        let alphabet = [b'a', b'.', b'*', b'>', b' ', 0x7f, b'\t'];
+        let mut accepted = 0;
+        for len in 0..=5u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut s = Vec::new();
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let s = String::from_utf8(s).unwrap();
+                if is_plain_subject(s.as_bytes()) {
+                    accepted += 1;
+                    assert!(
+                        validate_slow(&s, InputKind::PublishSubject, false).is_ok(),
+                        "{s:?}"
+                    );
+                }
+                for wildcards in [false, true] {
+                    let kind = InputKind::SubscribeSubject;
+                    assert_eq!(
+                        validate_subject(&s, kind, wildcards).is_ok(),
+                        validate_slow(&s, kind, wildcards).is_ok(),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
+        assert!(accepted > 10);
     }
 
     #[test]
