@@ -133,14 +133,24 @@ pub(crate) struct OutboundBuffer {
     counted: Counts,
     /// Written PUB/HPUB frames kept for resending until a PONG confirms them.
     retained: Retained,
+    /// The last fully written chunk, reclaimed as the next pending buffer once the writer
+    /// has let go of it, so steady publishing writes into memory already mapped instead
+    /// of a fresh allocation (and its page faults) per chunk.
+    spent: Bytes,
 }
+
+/// Buffer memory over this size is freed once everything is written (the end of a burst,
+/// a replayed backlog); below it, or while frames keep coming, it is kept for reuse.
+const IDLE_KEEP: usize = 1 << 20;
+/// Capacity of a new pending buffer.
+const INITIAL_CAPACITY: usize = 64 * 1024;
 
 impl OutboundBuffer {
     /// An empty buffer with these bounds.
     pub(crate) fn new(limits: BufferLimits) -> Self {
         Self {
             limits,
-            pending: BytesMut::with_capacity(64 * 1024),
+            pending: BytesMut::with_capacity(INITIAL_CAPACITY),
             pending_frames: VecDeque::with_capacity(1024),
             in_flight: Bytes::new(),
             in_flight_frames: VecDeque::new(),
@@ -148,6 +158,7 @@ impl OutboundBuffer {
             front_written: 0,
             counted: Counts::default(),
             retained: Retained::default(),
+            spent: Bytes::new(),
         }
     }
 
@@ -206,7 +217,8 @@ impl OutboundBuffer {
         if self.has_in_flight() || self.pending.is_empty() {
             return None;
         }
-        self.in_flight = self.pending.split().freeze();
+        let next = self.reclaim_spent();
+        self.in_flight = std::mem::replace(&mut self.pending, next).freeze();
         // The in-flight list is empty here (its chunk was fully written): swap so both
         // keep their capacity and no list is reallocated per chunk.
         std::mem::swap(&mut self.in_flight_frames, &mut self.pending_frames);
@@ -259,8 +271,29 @@ impl OutboundBuffer {
             on_written(Written { frame: front });
         }
         if !self.has_in_flight() {
-            self.in_flight = Bytes::new();
+            self.spent = std::mem::take(&mut self.in_flight);
             self.in_flight_pos = 0;
+            if self.pending.is_empty() {
+                // Idle: a burst's memory is not held for good.
+                if self.spent.len() > IDLE_KEEP {
+                    self.spent = Bytes::new();
+                }
+                if self.pending.capacity() > IDLE_KEEP {
+                    self.pending = BytesMut::with_capacity(INITIAL_CAPACITY);
+                }
+            }
+        }
+    }
+
+    /// An empty buffer for the next pending stream: the spent chunk's memory when nobody
+    /// else holds it any more, else a new one.
+    fn reclaim_spent(&mut self) -> BytesMut {
+        match std::mem::take(&mut self.spent).try_into_mut() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => BytesMut::with_capacity(INITIAL_CAPACITY),
         }
     }
 
@@ -547,6 +580,32 @@ mod tests {
         push(&mut b, b"PUB c 1\r\nx\r\n", FrameKind::Pub);
         b.rewind(|f| f.kind.is_publish());
         assert_eq!(&b.pending[..], b"PUB b 1\r\nx\r\nPUB c 1\r\nx\r\n");
+    }
+
+    #[test]
+    fn written_chunk_memory_is_reused() {
+        let mut b = buf();
+        // A writer that lets go of each chunk once written: two buffers take turns.
+        let mut seen = Vec::new();
+        for i in 0..6u8 {
+            push(&mut b, &[b'P', b'0' + i], FrameKind::Pub);
+            let chunk = b.take_chunk().unwrap();
+            assert_eq!(&chunk[..], &[b'P', b'0' + i]);
+            if !seen.contains(&chunk.as_ptr()) {
+                seen.push(chunk.as_ptr());
+            }
+            b.advance(chunk.len(), false, false, |_| {});
+        }
+        assert_eq!(seen.len(), 2, "each chunk in fresh memory");
+        // A writer still holding the written chunk: it is not reused under it.
+        push(&mut b, b"P7", FrameKind::Pub);
+        let held = b.take_chunk().unwrap();
+        b.advance(held.len(), false, false, |_| {});
+        push(&mut b, b"P8", FrameKind::Pub);
+        let next = b.take_chunk().unwrap();
+        push(&mut b, b"P9", FrameKind::Pub);
+        assert_eq!(&held[..], b"P7");
+        assert_eq!(&next[..], b"P8");
     }
 
     #[test]

@@ -518,6 +518,8 @@ impl<'a> LinkDriver<'a> {
             // chunk held and resends it on the next link (a poison frame excepted).
             self.tx = Transmit::default();
         } else if self.tx.is_idle() {
+            // Let go of the written chunk first: the core reuses its memory.
+            self.tx = Transmit::default();
             // A caller's direct write may have left part of a chunk in flight.
             let chunk = inner
                 .conn
