@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! cargo run --release -p tether-compare -- --rounds 5 [--msgs N] [--size S]
-//!     [--requests R] [--server URL] [--json] [--workloads pub,pubsub,reqrep,reconnect,memory]
+//!     [--requests R] [--server URL] [--json] [--conns 100,1000] [--subs 1000,10000,100000]
+//!     [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs]
 //! ```
 //!
-//! `pub`, `pubsub` and `reqrep` run by default; `reconnect` and `memory` only when named.
+//! `pub`, `pubsub` and `reqrep` run by default; `reconnect`, `memory`, `conns` and `subs`
+//! only when named.
 //!
 //! # Workloads
 //!
@@ -61,6 +63,32 @@
 //!   `--rounds` rounds, alternating order; metric: VmHWM growth in MiB (lower is
 //!   better), plus accepted and refused counts, and for tether its own refused counters
 //!   and `BufferOverflow` events, which must account for every refused message.
+//! - **conns** (opt-in): N connections from one process, for each N of `--conns`
+//!   (default 100 and 1,000), one child process per library and round (this binary
+//!   re-invoked with the hidden `scale-child` subcommand), so RSS and threads are one
+//!   library's. The child connects N clients one after another with default options
+//!   (connect time per client), then per client subscribes one subject and flushes
+//!   (subscribe + flush), publishes to it and waits for the message (subscribe →
+//!   message), and reads VmRSS and Threads from `/proc/self/status`. async-nats's `flush`
+//!   returns once its buffer is written to the socket, without the server's PONG, and
+//!   tether's waits for the PONG: subscribe + flush is not like for like, subscribe →
+//!   message is. Metrics: connect p50/p90, subscribe + flush and subscribe → message p50
+//!   (ms, over the clients), RSS growth per connection over a baseline taken before the
+//!   first connect (KiB), threads.
+//! - **subs** (opt-in): N subscriptions on one connection, for each N of `--subs`
+//!   (default 1,000, 10,000 and 100,000), one child per library and round, against a
+//!   nats-server of its own (it is killed). The child connects with default options,
+//!   subscribes N distinct subjects and flushes (setup), publishes to the last subject
+//!   and waits for the message (setup → message), and reads VmRSS (growth per
+//!   subscription over a baseline taken after the connect, in bytes). The parent checks
+//!   the server's `/subsz` count, SIGKILLs the server and restarts it on the same port;
+//!   resubscribe is the time from the restarted server answering a connection with INFO
+//!   (polled every 250 µs from another thread) to `/subsz` counting all N again (polled
+//!   every 2 ms), and first resub the time to it counting any of them (the client's
+//!   reconnect delay). Before either runs, the open-file limit is compared with what the
+//!   run needs and the soft limit raised up to the hard one; a hard limit too low, or a
+//!   connect failing with EMFILE, is an error saying how many descriptors are needed and
+//!   what to raise.
 //!
 //! # Fairness rules
 //!
@@ -85,7 +113,9 @@
 //!   alternates (tether first in even rounds, async-nats first in odd ones). Warm-up
 //!   rounds (`--warmup`, default 1) are run the same way and discarded. At least 5
 //!   measured rounds; each figure is the median over rounds, and the ratio is
-//!   tether / async-nats of the medians (for reqrep, of the p50).
+//!   tether / async-nats of the medians (for reqrep, of the p50). The scale workloads
+//!   follow the same rounds and order, one child process per library and round
+//!   (each with the same default multi-threaded tokio runtime).
 //!
 //! Not a test: never run it as a timed check in CI.
 //!
@@ -99,6 +129,8 @@
 //! - `responder.rs`: the echo responder process of reqrep.
 //! - `reconnect.rs` and `memory.rs`: the workloads that kill their server.
 //! - `faulty.rs`: their results, targets, table rows and JSON.
+//! - `scale.rs`: the conns and subs workloads (the parent's side, their table and JSON);
+//!   `scale/child.rs` the measuring child, `scale/nofile.rs` the open-file limit check.
 //! - `report.rs`: the progress lines, the summary table and the JSON object.
 //! - `stats.rs`: median and percentile.
 
@@ -108,6 +140,7 @@ mod memory;
 mod reconnect;
 mod report;
 mod responder;
+mod scale;
 mod stats;
 mod throughput;
 
@@ -123,6 +156,7 @@ use crate::memory::{run_memory, run_memory_child};
 use crate::reconnect::run_reconnect;
 use crate::report::{describe, table, to_json};
 use crate::responder::{run_responder, wait_responder, Responder};
+use crate::scale::{add_scale_json, run_scale, run_scale_child, scale_table, ScaleKind};
 use crate::throughput::{run_one, Params, Series};
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -173,6 +207,14 @@ struct Cli {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Connection counts for the conns workload.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    conns: Vec<u64>,
+    /// Subscription counts for the subs workload.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    subs: Vec<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +236,19 @@ enum Cmd {
         #[arg(long)]
         server: String,
     },
+    /// One scale measurement of one library, run in its own process by the conns and
+    /// subs workloads (prints one JSON line; subs then waits for `DONE` on stdin).
+    #[command(hide = true)]
+    ScaleChild {
+        #[arg(long, value_enum)]
+        kind: ScaleKind,
+        #[arg(long, value_enum)]
+        client: Lib,
+        #[arg(long)]
+        n: u64,
+        #[arg(long)]
+        server: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -203,6 +258,8 @@ enum Workload {
     Reqrep,
     Reconnect,
     Memory,
+    Conns,
+    Subs,
 }
 
 impl Workload {
@@ -213,12 +270,19 @@ impl Workload {
             Workload::Reqrep => "reqrep",
             Workload::Reconnect => "reconnect",
             Workload::Memory => "memory",
+            Workload::Conns => "conns",
+            Workload::Subs => "subs",
         }
     }
 
     /// Whether the workload kills the server (and so runs against its own).
     fn kills_server(self) -> bool {
         matches!(self, Workload::Reconnect | Workload::Memory)
+    }
+
+    /// Whether it is a scale workload (one child process per measurement).
+    fn is_scale(self) -> bool {
+        matches!(self, Workload::Conns | Workload::Subs)
     }
 }
 
@@ -272,6 +336,12 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.cmd {
         Some(Cmd::Responder { server, subject }) => run_responder(server, subject),
         Some(Cmd::MemoryChild { client, server }) => run_memory_child(*client, server),
+        Some(Cmd::ScaleChild {
+            kind,
+            client,
+            n,
+            server,
+        }) => run_scale_child(*kind, *client, *n, server),
         None => run_compare(&cli),
     };
     match result {
@@ -307,6 +377,8 @@ fn run_compare(cli: &Cli) -> Res<()> {
 
     let mut workloads = cli.workloads.clone();
     workloads.dedup();
+    let (scales, workloads): (Vec<Workload>, Vec<Workload>) =
+        workloads.into_iter().partition(|w| w.is_scale());
     let (faults, workloads): (Vec<Workload>, Vec<Workload>) =
         workloads.into_iter().partition(|w| w.kills_server());
     let params = Params {
@@ -341,24 +413,18 @@ fn run_compare(cli: &Cli) -> Res<()> {
     drop(responder);
 
     let faulty = run_faults(&rt, cli, &faults)?;
+    let scale = run_scale(cli, &url, &scales)?;
     let elapsed = started.elapsed();
 
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(
-                cli,
-                &url,
-                server_version,
-                &all,
-                &faulty,
-                elapsed
-            ))?
-        );
+        let mut json = to_json(cli, &url, server_version, &all, &faulty, elapsed);
+        add_scale_json(&scale, &mut json);
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!(
-            "{}",
-            table(cli, &url, server_version.as_deref(), &all, &faulty, elapsed)
+            "{}{}",
+            table(cli, &url, server_version.as_deref(), &all, &faulty, elapsed),
+            scale_table(&scale)
         );
     }
     drop(local);

@@ -68,7 +68,7 @@ fn rows(w: Workload) -> Vec<(&'static str, Metric, bool)> {
             ("reqrep p90   µs", p90, false),
             ("reqrep p99   µs", p99, false),
         ],
-        Workload::Reconnect | Workload::Memory => Vec::new(),
+        Workload::Reconnect | Workload::Memory | Workload::Conns | Workload::Subs => Vec::new(),
     }
 }
 

@@ -156,7 +156,7 @@ async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<Run
         Workload::Pub => RunResult::Throughput(run_pub::<C>(p, tag).await?),
         Workload::Pubsub => RunResult::Throughput(run_pubsub::<C>(p, tag).await?),
         Workload::Reqrep => RunResult::Latency(run_reqrep::<C>(p).await?),
-        Workload::Reconnect | Workload::Memory => {
+        Workload::Reconnect | Workload::Memory | Workload::Conns | Workload::Subs => {
             return Err(format!("{} is not a throughput or latency workload", w.name()).into());
         }
     })
