@@ -49,8 +49,10 @@
 //!   (deliveries beyond the first of a sequence number).
 //! - `--plot FILE.svg` draws the run (1000×500, plotters' SVG backend, no fonts or
 //!   browser needed): published and delivered messages per 100 ms over time (counts
-//!   sampled every 100 ms), each outage as a shaded band from its fault to the run seeing
-//!   the clients recovered, labelled with its lost, unconfirmed and refused counts, and
+//!   sampled every 100 ms), each outage as a shaded band from its fault until the fault
+//!   has ended and the clients have recovered (what the run waits for before the next
+//!   fault: for `ldm` the node's restart, although the clients moved long before),
+//!   labelled with its lost, unconfirmed and refused counts, and
 //!   the clients' `Disconnected`, `Reconnected`, `Migrating` and `Migrated` events as
 //!   markers (hollow for the subscriber's client). The file is opened before anything
 //!   starts, so a path that cannot be written is an error before the run, never after

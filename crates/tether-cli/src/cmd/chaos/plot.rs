@@ -1,6 +1,7 @@
 //! `--plot FILE.svg`: the run as a picture. Published and delivered messages per 100 ms
-//! are two lines over time; each outage is a shaded band from its fault to the clients'
-//! recovery, labelled on top with its lost, unconfirmed and refused counts; the clients'
+//! are two lines over time; each outage is a shaded band from its fault until the fault
+//! has ended and the clients have recovered (`Window::recovered_at`), labelled on top
+//! with its lost, unconfirmed and refused counts; the clients'
 //! `Disconnected`, `Reconnected`, `Migrating` and `Migrated` events are markers in a row
 //! above the lines (hollow for the subscriber's client under `--two-clients`).
 //!
@@ -123,7 +124,8 @@ pub(super) struct Sample {
     pub(super) delivered: u64,
 }
 
-/// One outage: from its fault to the clients' recovery, and what it cost.
+/// One outage: from its fault until it has ended and the clients have recovered, and
+/// what it cost.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Band {
     pub(super) start: f64,

@@ -21,7 +21,8 @@ pub(super) struct Window {
     /// When the fault was injected.
     pub(super) fault_at: Option<Instant>,
     pub(super) up_at: Option<Instant>,
-    /// When the run saw the clients recovered from the fault (`wait_recovered`).
+    /// When the run saw the clients recovered, after the fault had ended
+    /// (`wait_recovered`).
     pub(super) recovered_at: Option<Instant>,
     /// The publisher's first `Migrated`.
     pub(super) migrated_at: Option<Instant>,
