@@ -34,7 +34,7 @@ const CHART_MARGIN_TOP: u32 = 6;
 const CHART_MARGIN_BOTTOM: u32 = 8;
 const X_LABEL_AREA: u32 = 44;
 /// Room kept free above the lines for the outage labels and the marker rows.
-const TOP_ROOM: u32 = 112;
+const TOP_ROOM: u32 = 118;
 /// The marker rows, in pixels below the top of the plotting area.
 const PUBLISHER_ROW: i32 = 84;
 const SUBSCRIBER_ROW: i32 = 101;
@@ -393,7 +393,7 @@ fn draw_head(r: &Record, head: &DrawingArea<SVGBackend<'_>, Shift>) -> DrawResul
     head.draw(&Text::new(
         r.title.clone(),
         (24, 12),
-        (FONT, 24).into_font().style(FontStyle::Bold).color(&TEXT),
+        (FONT, 22).into_font().style(FontStyle::Bold).color(&TEXT),
     ))?;
     head.draw(&Text::new(
         r.summary.clone(),
@@ -408,7 +408,7 @@ fn draw_head(r: &Record, head: &DrawingArea<SVGBackend<'_>, Shift>) -> DrawResul
     let entry = |label: &str, x: &mut i32| -> DrawResult {
         head.draw(&Text::new(label.to_owned(), (*x + 24, y), legend.clone()))?;
         // The naive font metrics of the SVG backend: about 7 px a character at this size.
-        *x += 24 + 7 * label.chars().count() as i32 + 22;
+        *x += 24 + 7 * label.chars().count() as i32 + 18;
         Ok(())
     };
     head.draw(&PathElement::new(
@@ -425,7 +425,7 @@ fn draw_head(r: &Record, head: &DrawingArea<SVGBackend<'_>, Shift>) -> DrawResul
         [(x + 1, y - 7), (x + 17, y + 7)],
         OUTAGE.mix(OUTAGE_ALPHA * 2.0).filled(),
     ))?;
-    entry("outage (fault → recovered)", &mut x)?;
+    entry("outage", &mut x)?;
     for kind in [
         MarkKind::Disconnected,
         MarkKind::Reconnected,
@@ -443,7 +443,7 @@ fn draw_head(r: &Record, head: &DrawingArea<SVGBackend<'_>, Shift>) -> DrawResul
         head.draw(
             &(EmptyElement::at((x + 9, y)) + hollow(shape(MarkKind::Migrated, (0, 0)), MUTED)),
         )?;
-        entry("hollow: subscriber client", &mut x)?;
+        entry("hollow: subscriber", &mut x)?;
     }
     Ok(())
 }

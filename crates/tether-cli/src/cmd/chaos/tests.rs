@@ -505,7 +505,7 @@ fn a_plot_draws_both_lines_a_band_per_outage_the_events_and_the_counts() {
         "Reconnected",
         "Migrating",
         "Migrated",
-        "hollow: subscriber client",
+        "hollow: subscriber",
     ] {
         assert!(
             svg.contains(&format!("\n{legend}\n")),
