@@ -1,7 +1,7 @@
 //! Runs the built `tether` binary against real nats-servers started by tether-testkit.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_testkit::{closed_port, wait_for, NatsServer};
 
@@ -586,7 +586,19 @@ fn chaos(extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn chaos_kill_reports_every_loss() {
-    let v = chaos(&[]);
+    // The run drawn too: a band per outage (the plot's own tests check the rest).
+    let dir = std::env::temp_dir().join(format!("tether-cli-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    let plot = dir.join("chaos.svg");
+    let v = chaos(&["--plot", plot.to_str().expect("a UTF-8 temp path")]);
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(svg.starts_with("<svg "), "{svg}");
+    let bands = svg
+        .lines()
+        .filter(|l| l.starts_with("<rect ") && l.contains("opacity=\"0.13\""))
+        .count();
+    assert_eq!(bands, 2, "{svg}");
     assert_eq!(v["two_clients"], false, "{v}");
     assert_eq!(
         v["invariant"], "lost <= unconfirmed + client_dropped + removed",
@@ -710,4 +722,28 @@ fn chaos_refuses_an_invalid_subject() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
+}
+
+/// `--plot` to a path that cannot be written: refused at once, before any server starts
+/// (one would fail differently here: NATS_SERVER_BIN names no file) and long before a run
+/// would end (a default run lasts over 12 s).
+#[test]
+fn chaos_refuses_an_unwritable_plot_path_before_the_run() {
+    let started = Instant::now();
+    let out = run(Command::new(BIN)
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .env("NATS_SERVER_BIN", "/nonexistent/nats-server")
+        .args(["chaos", "--plot", "/nonexistent/dir/x.svg"]));
+    let took = started.elapsed();
+    let err = one_line_error(&out);
+    assert!(
+        err.starts_with(
+            "error: --plot /nonexistent/dir/x.svg: cannot write the plot there (No such file \
+             or directory (os error 2)); give a file in a directory that exists"
+        ),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }

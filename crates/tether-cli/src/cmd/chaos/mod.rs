@@ -1,8 +1,9 @@
-//! `tether chaos --fault kill|restart|blackhole|ldm [--outages K] [--outage-ms T]`
+//! `tether chaos --fault kill|restart|blackhole|ldm [--outages K] [--outage-ms T] [--plot FILE.svg]`
 //!
 //! A publisher and a subscriber run through tether at a steady rate while faults are
 //! injected K times; then a report says, per outage and in total, what the client saw
-//! and whether what was lost is accounted for.
+//! and whether what was lost is accounted for. With `--plot` the run is also drawn as an
+//! SVG chart.
 //!
 //! - Without `--server` chaos starts its own nats-server (tether-testkit), or three with
 //!   `--cluster`. `kill` is SIGKILL, `restart` SIGTERM; either is restarted on the same
@@ -46,16 +47,29 @@
 //!   `Disconnected` events, its planned switches (`Migrating` and `Migrated` events, and
 //!   the messages `Migrated` reported unconfirmed on the old link), and the duplicates
 //!   (deliveries beyond the first of a sequence number).
+//! - `--plot FILE.svg` draws the run (1000×500, plotters' SVG backend, no fonts or
+//!   browser needed): published and delivered messages per 100 ms over time (counts
+//!   sampled every 100 ms), each outage as a shaded band from its fault until the fault
+//!   has ended and the clients have recovered (what the run waits for before the next
+//!   fault: for `ldm` the node's restart, although the clients moved long before),
+//!   labelled with its lost, unconfirmed and refused counts, and
+//!   the clients' `Disconnected`, `Reconnected`, `Migrating` and `Migrated` events as
+//!   markers (hollow for the subscriber's client). The file is opened before anything
+//!   starts, so a path that cannot be written is an error before the run, never after
+//!   it; the chart is written once the report is printed (also when the invariant
+//!   fails), and `plot written to PATH` said on stderr.
 //! - Outage windows: outage i covers every message published from halfway through the
 //!   quiet run before its fault to halfway through the one after it (the last to the end
 //!   of the run), so the messages in flight when the fault hits count for it.
 //!
 //! Layout: `run` drives a run (the clients, the tasks, the per-outage loop, the end);
 //! `fault` starts the servers and injects and ends faults; `tasks` holds the publisher,
-//! subscriber, event, probe and sampler tasks; `state` what they share; `report` turns the
-//! counts into the report and checks the invariant; `print` prints it for a reader.
+//! subscriber, event, probe, sampler and timeline tasks; `state` what they share;
+//! `report` turns the counts into the report and checks the invariant; `print` prints it
+//! for a reader; `plot` draws it.
 
 mod fault;
+mod plot;
 mod print;
 mod report;
 mod run;
@@ -64,6 +78,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -95,6 +110,8 @@ const PENDING_MARGIN: Duration = Duration::from_secs(10);
 const PUBLISH_TICK: Duration = Duration::from_millis(5);
 /// Live state and buffer sampling period.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// `--plot`: how often the publish and delivery counts are sampled (the plot's bucket).
+const TIMELINE_EVERY: Duration = Duration::from_millis(100);
 /// Payload: the sequence number.
 const PAYLOAD_LEN: usize = 8;
 /// `--two-clients`: a probe is sent this often while the subscriber is back from an
@@ -126,6 +143,7 @@ Examples:
   tether chaos --fault restart --resend-unconfirmed
   tether chaos --fault kill --cluster --two-clients
   tether chaos --fault ldm --cluster --two-clients --outages 3
+  tether chaos --plot chaos.svg               the run drawn as an SVG chart
 
 Without --server (or NATS_URL) chaos starts its own nats-server (NATS_SERVER_BIN or
 PATH); with --server only --fault blackhole is possible (through a local proxy).
@@ -146,7 +164,13 @@ client does not reconnect):
 
 The report also gives, per outage and in total, each client's disconnects, its
 planned switches (migrations: Migrating and Migrated events, and the messages Migrated
-reported unconfirmed on the old link) and the duplicates.")]
+reported unconfirmed on the old link) and the duplicates.
+
+--plot FILE.svg draws the run: published and delivered messages per 100 ms over time,
+each outage as a shaded band (fault to recovery) labelled with its lost, unconfirmed
+and refused counts, and the Disconnected, Reconnected, Migrating and Migrated events as
+markers. FILE is opened before the run starts: a path that cannot be written is an
+error at once.")]
 // Independent command-line switches, each its own clap flag: grouping them would not say more.
 #[allow(clippy::struct_excessive_bools)]
 pub(crate) struct ChaosArgs {
@@ -182,6 +206,9 @@ pub(crate) struct ChaosArgs {
     /// Subject to publish on
     #[arg(long, default_value = "chaos.test")]
     pub subject: String,
+    /// Draw the run as an SVG chart in this file (opened before the run starts; see below)
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Server URL(s); taken from the global `--server` (a second `--server` here would
     /// collide with it)
     #[arg(skip)]
@@ -202,6 +229,8 @@ pub(crate) async fn run(mut args: Args, global: &Global) -> Result<(), CliError>
 /// Runs chaos as the arguments say; prints the report; fails if the invariant fails.
 pub(crate) async fn run_chaos(args: ChaosArgs) -> Result<(), CliError> {
     check_args(&args)?;
+    // A path that cannot be written fails now, before any server or client starts.
+    let plot_file = args.plot.as_deref().map(plot::PlotFile::open).transpose()?;
     let mut outage = Duration::from_millis(args.outage_ms);
     if args.fault == Fault::Blackhole {
         outage = outage.max(MIN_BLACKHOLE_OUTAGE);
@@ -211,7 +240,7 @@ pub(crate) async fn run_chaos(args: ChaosArgs) -> Result<(), CliError> {
     util::close_all(Duration::from_secs(2)).await;
     // The proxy joins its thread and servers are killed on drop: off the runtime.
     let _ = tokio::task::spawn_blocking(move || drop(target)).await;
-    let report = result?;
+    let (report, record) = result?;
     if args.json {
         println!(
             "{}",
@@ -219,6 +248,11 @@ pub(crate) async fn run_chaos(args: ChaosArgs) -> Result<(), CliError> {
         );
     } else {
         print::print_report(&report);
+    }
+    if let (Some(file), Some(record)) = (plot_file, record) {
+        let path = file.path().display().to_string();
+        file.write(&plot::render(&record)?)?;
+        eprintln!("chaos: plot written to {path}");
     }
     if report.invariant_ok {
         Ok(())

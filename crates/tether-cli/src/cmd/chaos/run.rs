@@ -12,6 +12,7 @@ use tether::{Client, ConnectOptions, State};
 use tokio::task::JoinHandle;
 
 use super::fault::{self, Guarded};
+use super::plot::Record;
 use super::report::{build_report, Report};
 use super::state::{lock, Shared, Window};
 use super::{
@@ -22,13 +23,14 @@ use crate::error::Context as _;
 use crate::{util, CliError};
 
 /// Runs the outages against `target`, whose clients connect to `url`; returns the report
-/// (an error if a fault could not be injected or ended).
+/// and, with `--plot`, what the plot draws (an error if a fault could not be injected or
+/// ended).
 pub(super) async fn drive(
     args: &ChaosArgs,
     outage: Duration,
     target: &Guarded,
     url: &str,
-) -> Result<Report, CliError> {
+) -> Result<(Report, Option<Record>), CliError> {
     if args.fault == Fault::Ldm {
         ldm_notes(args.json);
     }
@@ -58,7 +60,9 @@ pub(super) async fn drive(
             }
         }
     }
-    run.finish(tasks, not_reconnected, failure).await
+    let report = run.finish(tasks, not_reconnected, failure).await?;
+    let record = args.plot.is_some().then(|| Record::of(&shared, &report));
+    Ok((report, record))
 }
 
 /// The publisher's client and the subscriber's (the same client without `--two-clients`).
@@ -163,6 +167,9 @@ impl Tasks {
             subscriber,
         } = clients;
         let mut others = vec![tasks::spawn_events(publisher, Arc::clone(shared))];
+        if args.plot.is_some() {
+            others.push(tasks::spawn_timeline(Arc::clone(shared)));
+        }
         let sub_events = args.two_clients.then(|| subscriber.events());
         if args.two_clients {
             others.push(tasks::spawn_prober(
@@ -275,6 +282,7 @@ impl Run<'_> {
             // With two clients, until a probe has reached the subscriber again.
             let receiving = !self.shared.subscriber_outage_open();
             if recovered && all_connected(&[publisher, subscriber]) && receiving {
+                lock(&self.shared.windows)[i].recovered_at = Some(Instant::now());
                 return true;
             }
             if Instant::now() > deadline {

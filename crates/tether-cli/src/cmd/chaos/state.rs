@@ -1,5 +1,6 @@
 //! What the tasks share: the windows (one per outage) the events are counted in, the
-//! subscriber's outages and probes (`--two-clients`), and every sequence number's fate.
+//! subscriber's outages and probes (`--two-clients`), every sequence number's fate, and
+//! what `--plot` draws (the counts over time and the clients' connection events).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -20,6 +21,9 @@ pub(super) struct Window {
     /// When the fault was injected.
     pub(super) fault_at: Option<Instant>,
     pub(super) up_at: Option<Instant>,
+    /// When the run saw the clients recovered, after the fault had ended
+    /// (`wait_recovered`).
+    pub(super) recovered_at: Option<Instant>,
     /// The publisher's first `Migrated`.
     pub(super) migrated_at: Option<Instant>,
     pub(super) migrations: Migrations,
@@ -56,6 +60,48 @@ pub(super) struct Probes {
     pub(super) seen: Vec<u64>,
 }
 
+/// `--plot`: the publish and delivery counts at one instant.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tick {
+    pub(super) at: Instant,
+    /// Publishes accepted so far.
+    pub(super) published: u64,
+    /// Deliveries so far (duplicates included).
+    pub(super) delivered: u64,
+}
+
+/// A connection event of a client, for the plot's markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MarkKind {
+    Disconnected,
+    Reconnected,
+    Migrating,
+    Migrated,
+}
+
+impl MarkKind {
+    /// The marker's kind for a client event (`None` for the events the plot leaves out).
+    pub(super) fn of(kind: &tether::EventKind) -> Option<Self> {
+        use tether::EventKind as K;
+        match kind {
+            K::Disconnected { .. } => Some(Self::Disconnected),
+            K::Reconnected { .. } => Some(Self::Reconnected),
+            K::Migrating { .. } => Some(Self::Migrating),
+            K::Migrated { .. } => Some(Self::Migrated),
+            _ => None,
+        }
+    }
+}
+
+/// One client event as it happened.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mark {
+    pub(super) at: Instant,
+    pub(super) kind: MarkKind,
+    /// `--two-clients`: the subscriber's client (else the publisher's, or the only one).
+    pub(super) subscriber: bool,
+}
+
 /// Shared by the tasks, the run and the report.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
@@ -79,6 +125,10 @@ pub(super) struct Shared {
     pub(super) lagged: AtomicU64,
     pub(super) first_error: Mutex<Option<String>>,
     pub(super) stop: AtomicBool,
+    /// `--plot`: the counts every [`super::TIMELINE_EVERY`].
+    pub(super) timeline: Mutex<Vec<Tick>>,
+    /// The clients' connection events.
+    pub(super) marks: Mutex<Vec<Mark>>,
 }
 
 /// Locks `m`, poisoned or not (a panicked task leaves counts that are still worth reporting).
@@ -87,6 +137,27 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Notes a client event the plot marks (others are ignored).
+    pub(super) fn mark(&self, kind: &tether::EventKind, subscriber: bool) {
+        if let Some(kind) = MarkKind::of(kind) {
+            lock(&self.marks).push(Mark {
+                at: Instant::now(),
+                kind,
+                subscriber,
+            });
+        }
+    }
+
+    /// `--plot`: samples the publish and delivery counts.
+    pub(super) fn tick(&self) {
+        let tick = Tick {
+            at: Instant::now(),
+            published: self.published_ok.load(Ordering::Relaxed),
+            delivered: self.delivered_msgs.load(Ordering::Relaxed),
+        };
+        lock(&self.timeline).push(tick);
+    }
+
     /// Runs `f` on the current window.
     pub(super) fn with_window(&self, f: impl FnOnce(&mut Window)) {
         let i = self.window.load(Ordering::SeqCst);

@@ -1,5 +1,6 @@
 //! The tasks a run spawns: the publisher, the subscriber, the event counters, the
-//! prober (`--two-clients`) and the sampler behind the progress bar.
+//! prober (`--two-clients`), the sampler behind the progress bar and the timeline
+//! (`--plot`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use indicatif::ProgressBar;
 use tether::{Client, EventKind, State};
 
 use super::state::{lock, Shared};
-use super::{PAYLOAD_LEN, PROBE_EVERY, PROBE_MAGIC, PUBLISH_TICK, SAMPLE_EVERY};
+use super::{PAYLOAD_LEN, PROBE_EVERY, PROBE_MAGIC, PUBLISH_TICK, SAMPLE_EVERY, TIMELINE_EVERY};
+
 /// The publisher's client (also the subscriber's with one client): disconnects, downtime,
 /// planned switches, unconfirmed and removed messages.
 pub(super) fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
@@ -18,6 +20,7 @@ pub(super) fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task:
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             let now = Instant::now();
+            shared.mark(&e.kind, false);
             match e.kind {
                 EventKind::Disconnected {
                     unconfirmed_msgs, ..
@@ -59,6 +62,7 @@ pub(super) fn spawn_events(client: &Client, shared: Arc<Shared>) -> tokio::task:
 /// own outages. Its planned switches are counted, but they are no outage: what it misses
 /// during one is lost like any other message, not set apart as undetectable.
 pub(super) fn subscriber_event(shared: &Shared, e: tether::Event) {
+    shared.mark(&e.kind, true);
     match e.kind {
         EventKind::Disconnected { .. } => {
             shared.subscriber_down();
@@ -233,6 +237,19 @@ pub(super) fn spawn_sampler(
                 shared.refused.load(Ordering::Relaxed),
                 stats.buffered_bytes,
             ));
+        }
+    })
+}
+
+/// `--plot`: samples the publish and delivery counts every [`TIMELINE_EVERY`], from the
+/// first tick (at once) on.
+pub(super) fn spawn_timeline(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TIMELINE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            shared.tick();
         }
     })
 }

@@ -1,12 +1,14 @@
-//! The report and the invariant on made-up runs; the subscriber's outages and probes.
+//! The report and the invariant on made-up runs; the subscriber's outages and probes;
+//! the plot of a made-up run.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tether::EventKind;
 
+use super::plot::{rates, render, Band, Marker, PlotFile, Record, Sample};
 use super::report::{build_report, Invariant, Migrations, Report, Tally};
-use super::state::{lock, Gap, Shared, Window};
+use super::state::{lock, Gap, Mark, MarkKind, Shared, Tick, Window};
 use super::tasks::subscriber_event;
 use super::{ChaosArgs, Fault};
 
@@ -22,6 +24,7 @@ fn args(two_clients: bool, resend_unconfirmed: bool) -> ChaosArgs {
         two_clients,
         no_echo: false,
         subject: "chaos.test".into(),
+        plot: None,
         server: None,
     }
 }
@@ -352,4 +355,278 @@ fn the_json_report_starts_with_what_was_run() {
         ),
         "{json}"
     );
+}
+
+/// A fresh directory for one test's files.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-chaos-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
+/// The SVG elements `<tag ...>` whose attributes include `attr`.
+fn elements<'a>(svg: &'a str, tag: &str, attr: &str) -> Vec<&'a str> {
+    svg.lines()
+        .filter(|l| l.starts_with(&format!("<{tag} ")) && l.contains(attr))
+        .collect()
+}
+
+/// The number of points of a `<polyline>` or `<polygon>`.
+fn points(element: &str) -> usize {
+    element
+        .split("points=\"")
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .map_or(0, |p| p.split_whitespace().count())
+}
+
+/// A made-up run of 6 s sampled every 100 ms at 100 msgs per 100 ms: two outages, the
+/// second never recovered, with the events of both clients.
+fn plot_record() -> Record {
+    use MarkKind::{Disconnected, Migrated, Migrating, Reconnected};
+    let samples = (0..=60u64)
+        .map(|i| Sample {
+            t: i as f64 / 10.0,
+            published: 100 * i,
+            // Nothing delivered during the first outage (1 s to 2 s), then all of it.
+            delivered: match i {
+                0..=10 => 100 * i,
+                11..=19 => 1000,
+                _ => 100 * i - 3,
+            },
+        })
+        .collect();
+    let marker = |t, kind, subscriber| Marker {
+        t,
+        kind,
+        subscriber,
+    };
+    Record {
+        title: "tether chaos: 2 × kill of 1000 ms at 1000 msgs/s, two clients".into(),
+        summary: "published 6000 · delivered 5997 · lost 3".into(),
+        samples,
+        outages: vec![
+            Band {
+                start: 1.0,
+                end: Some(2.0),
+                lost: 3,
+                unconfirmed: 2,
+                refused: 1,
+                undetectable: Some(1),
+            },
+            Band {
+                start: 4.0,
+                end: None,
+                lost: 0,
+                unconfirmed: 0,
+                refused: 0,
+                undetectable: Some(0),
+            },
+        ],
+        markers: vec![
+            marker(1.01, Disconnected, false),
+            marker(1.02, Disconnected, true),
+            marker(1.9, Reconnected, false),
+            marker(1.95, Reconnected, true),
+            marker(4.1, Migrating, false),
+            marker(4.3, Migrated, false),
+        ],
+    }
+}
+
+#[test]
+fn a_plot_draws_both_lines_a_band_per_outage_the_events_and_the_counts() {
+    let dir = temp_dir("plot");
+    let path = dir.join("run.svg");
+    let file = PlotFile::open(&path).expect("open the plot file");
+    let record = plot_record();
+    file.write(&render(&record).expect("render"))
+        .expect("write the plot");
+    let svg = std::fs::read_to_string(&path).expect("read the plot back");
+    assert!(svg.starts_with("<svg "), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains(&record.title), "no title");
+    for axis in ["seconds since the start", "messages per 100 ms"] {
+        assert!(svg.contains(axis), "no axis title {axis:?}");
+    }
+    // The two lines: one point per 100 ms bucket (the legend's swatch has 2 points).
+    for colour in ["#1F77B4", "#FF7F0E"] {
+        let lines: Vec<usize> = elements(&svg, "polyline", &format!("stroke=\"{colour}\""))
+            .into_iter()
+            .map(points)
+            .collect();
+        assert_eq!(lines, [2, 60], "lines in {colour}");
+    }
+    // A shaded band per outage (the legend's swatch is darker), the second to the end.
+    let bands = elements(&svg, "rect", "opacity=\"0.13\" fill=\"#D62728\"");
+    assert_eq!(bands.len(), 2, "{bands:?}");
+    let x = |rect: &str, attr: &str| -> i32 {
+        rect.split(&format!(" {attr}=\""))
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {attr} in {rect}"))
+    };
+    assert!(x(bands[0], "width") < x(bands[1], "width"), "{bands:?}");
+    // The counts above each band.
+    for label in [
+        "lost 3",
+        "unconfirmed 2",
+        "refused 1",
+        "undetectable 1",
+        "lost 0",
+        "not recovered",
+    ] {
+        assert!(svg.contains(&format!("\n{label}\n")), "no label {label:?}");
+    }
+    // The publisher's markers filled, the subscriber's hollow; one more of each filled
+    // shape in the legend.
+    let filled = |colour: &str| elements(&svg, "polygon", &format!("fill=\"{colour}\"")).len();
+    assert_eq!(filled("#D62728"), 2, "Disconnected");
+    assert_eq!(filled("#2CA02C"), 2, "Reconnected");
+    assert_eq!(filled("#9467BD"), 2, "Migrating");
+    assert_eq!(filled("#8C564B"), 2, "Migrated");
+    let hollow = |colour: &str| {
+        elements(
+            &svg,
+            "polyline",
+            &format!("stroke=\"{colour}\" stroke-width=\"2\""),
+        )
+        .into_iter()
+        .filter(|l| points(l) == 4)
+        .count()
+    };
+    assert_eq!((hollow("#D62728"), hollow("#2CA02C")), (1, 1));
+    for legend in [
+        "published",
+        "delivered",
+        "Disconnected",
+        "Reconnected",
+        "Migrating",
+        "Migrated",
+        "hollow: subscriber",
+    ] {
+        assert!(
+            svg.contains(&format!("\n{legend}\n")),
+            "no legend {legend:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn plot_rates_are_per_100_ms_and_long_runs_are_merged() {
+    // 10 s at 1000 msgs/s, sampled every 100 ms but one sample late by 100 ms.
+    let samples: Vec<Sample> = (0..=100u64)
+        .filter(|&i| i != 50)
+        .map(|i| Sample {
+            t: i as f64 / 10.0,
+            published: 100 * i,
+            delivered: 50 * i,
+        })
+        .collect();
+    let (published, delivered) = rates(&samples);
+    assert_eq!(published.len(), 99);
+    assert!(published.iter().all(|&(_, v)| (v - 100.0).abs() < 1e-9));
+    assert!(delivered.iter().all(|&(_, v)| (v - 50.0).abs() < 1e-9));
+    assert!((published[0].0 - 0.05).abs() < 1e-9);
+    // An hour: merged to at most 400 points, still per 100 ms.
+    let samples: Vec<Sample> = (0..=36_000u64)
+        .map(|i| Sample {
+            t: i as f64 / 10.0,
+            published: 100 * i,
+            delivered: 100 * i,
+        })
+        .collect();
+    let (published, _) = rates(&samples);
+    assert!(
+        (300..=400).contains(&published.len()),
+        "{}",
+        published.len()
+    );
+    assert!(published.iter().all(|&(_, v)| (v - 100.0).abs() < 1e-9));
+    assert!(rates(&[]).0.is_empty());
+}
+
+#[test]
+fn a_plot_path_that_cannot_be_written_is_refused_and_a_failed_run_leaves_no_file() {
+    let dir = temp_dir("plotfile");
+    let missing = dir.join("no-such-dir").join("x.svg");
+    let err = PlotFile::open(&missing)
+        .expect_err("a missing directory")
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "--plot {}: cannot write the plot there (",
+            missing.display()
+        )) && err.contains("os error"),
+        "{err}"
+    );
+    let err = PlotFile::open(&dir).expect_err("a directory").to_string();
+    assert!(err.contains("os error"), "{err}");
+    // Created for the run, removed when the run ends without a plot.
+    let fresh = dir.join("fresh.svg");
+    drop(PlotFile::open(&fresh).expect("open"));
+    assert!(!fresh.exists());
+    // An existing file is kept as it is until the plot replaces it.
+    let old = dir.join("old.svg");
+    std::fs::write(&old, "an older plot, longer than the new one").expect("write");
+    drop(PlotFile::open(&old).expect("open"));
+    assert_eq!(
+        std::fs::read_to_string(&old).expect("read"),
+        "an older plot, longer than the new one"
+    );
+    PlotFile::open(&old)
+        .expect("open")
+        .write("new")
+        .expect("write");
+    assert_eq!(std::fs::read_to_string(&old).expect("read"), "new");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_plot_record_comes_from_the_samples_the_windows_and_the_events() {
+    let shared = fixture(&[14], [0, 2, 0], &[]);
+    let t0 = std::time::Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    *lock(&shared.timeline) = (0..=30u64)
+        .map(|i| Tick {
+            at: at(100 * i),
+            published: i,
+            delivered: i,
+        })
+        .collect();
+    {
+        let mut w = lock(&shared.windows);
+        w[1].fault_at = Some(at(1000));
+        w[1].recovered_at = Some(at(1500));
+        w[2].fault_at = Some(at(2000));
+    }
+    lock(&shared.marks).push(Mark {
+        at: at(1250),
+        kind: MarkKind::Reconnected,
+        subscriber: false,
+    });
+    let r = report(&args(false, false), &shared, 0, 0);
+    let record = Record::of(&shared, &r);
+    assert_eq!(record.samples.len(), 31);
+    assert!((record.samples[30].t - 3.0).abs() < 1e-9);
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    let b = record.outages[0];
+    assert!(
+        near(b.start, 1.0) && b.end.is_some_and(|e| near(e, 1.5)),
+        "{b:?}"
+    );
+    assert_eq!(
+        (b.lost, b.unconfirmed, b.refused, b.undetectable),
+        (1, 2, 0, None)
+    );
+    assert!(record.outages[1].end.is_none());
+    assert_eq!(record.markers.len(), 1);
+    assert!(near(record.markers[0].t, 1.25));
+    assert!(record
+        .title
+        .starts_with("tether chaos: 2 × kill of 300 ms at 500 msgs/s"));
+    assert!(record.summary.contains("lost 1"), "{}", record.summary);
 }
