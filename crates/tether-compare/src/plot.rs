@@ -128,7 +128,7 @@ fn render(title: &str, groups: &[Group]) -> Res<String> {
             .flat_map(|g| [Some(g.vs_async), g.vs_raw.map(|r| r.0)])
             .flatten()
             .filter(|v| v.is_finite());
-        let top = finite.fold(1.0_f64, f64::max) * 1.35;
+        let top = finite.fold(1.0_f64, f64::max) * 1.45;
         let n = groups.len() as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))

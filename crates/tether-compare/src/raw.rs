@@ -397,7 +397,51 @@ fn requests(p: &Params) -> Res<Latency> {
 
 #[cfg(test)]
 mod tests {
-    use super::addr;
+    use bytes::Bytes;
+
+    use super::{addr, run_pub, run_reqrep};
+    use crate::throughput::Params;
+
+    fn params(server: &tether_testkit::NatsServer, payload: usize) -> Params {
+        Params {
+            url: server.url(),
+            raw_addr: addr(&server.url()).unwrap(),
+            msgs: 100_003,
+            requests: 20,
+            payload: Bytes::from(vec![b'x'; payload]),
+            echo_subject: "cmp.echo.lib.test".to_owned(),
+            raw_echo_subject: "cmp.echo.raw.test".to_owned(),
+            server_pid: server.pid(),
+        }
+    }
+
+    #[test]
+    fn the_ceiling_sends_every_message_and_ends_at_the_pong() {
+        let server = tether_testkit::NatsServer::start().unwrap();
+        // 100,003 frames of 31 bytes: 47 full 64 KiB buffers and a tail.
+        let t = run_pub(&params(&server, 16)).unwrap();
+        assert_eq!(t.received, 100_003);
+        assert!(
+            t.complete && t.secs > 0.0 && t.msgs_per_sec.is_finite(),
+            "{t:?}"
+        );
+        // The PONG came after the server processed every PUB, so its count is final.
+        let in_msgs = server.varz().unwrap()["in_msgs"].as_u64().unwrap();
+        assert_eq!(in_msgs, 100_003, "the server counted {in_msgs} messages in");
+    }
+
+    #[test]
+    fn the_floor_echoes_payloads_that_span_many_reads() {
+        let server = tether_testkit::NatsServer::start().unwrap();
+        // 300 KB: every MSG arrives over several reads and outgrows the 64 KiB buffer.
+        for size in [0, 16, 300_000] {
+            let l = run_reqrep(&params(&server, size)).unwrap();
+            assert!(
+                l.p50 > 0.0 && l.p50 <= l.p90 && l.p90 <= l.p99,
+                "{size} B: {l:?}"
+            );
+        }
+    }
 
     #[test]
     fn addr_takes_host_and_port_of_a_nats_url() {
