@@ -367,8 +367,16 @@ fn run_compare(cli: &Cli) -> Res<()> {
         workloads.into_iter().partition(|w| w.kills_server());
     let mut sizes = cli.size.clone();
     sizes.dedup();
+    // Checked before any round, and only when a raw side will connect.
+    let needs_raw = workloads
+        .iter()
+        .any(|&w| Side::of_workload(w).contains(&Side::Raw));
     let params = Params {
-        raw_addr: raw::addr(&url)?,
+        raw_addr: if needs_raw {
+            raw::addr(&url)?
+        } else {
+            String::new()
+        },
         url: url.clone(),
         msgs: cli.msgs,
         requests: cli.requests,

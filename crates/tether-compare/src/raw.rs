@@ -317,9 +317,9 @@ pub(crate) fn run_reqrep(p: &Params) -> Res<Latency> {
     let responded = thread
         .join()
         .map_err(|_| "the raw responder thread panicked")?;
-    let latency = result?;
+    // A responder that failed is why the requester stalled, if it did: its error first.
     responded?;
-    Ok(latency)
+    result
 }
 
 /// Answers every request until `stop` is set (then the socket is shut down under it).
