@@ -2,21 +2,33 @@
 //! nats-server, in one run.
 //!
 //! ```text
-//! cargo run --release -p tether-compare -- --rounds 5 [--msgs N] [--size S]
-//!     [--requests R] [--server URL] [--json] [--conns 100,1000] [--subs 1000,10000,100000]
-//!     [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs]
+//! cargo run --release -p tether-compare -- --rounds 5 [--msgs N] [--size S[,S...]]
+//!     [--requests R] [--server URL] [--json] [--plot FILE.svg] [--conns 100,1000]
+//!     [--subs 1000,10000,100000] [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs]
 //! ```
 //!
 //! `pub`, `pubsub` and `reqrep` run by default; `reconnect`, `memory`, `conns` and `subs`
 //! only when named.
+//! `--size 16,128` runs each of pub, pubsub and reqrep once per payload size, each with
+//! its own ceiling or floor. `--plot` also draws the ratios as bars (see `plot.rs`); the
+//! file is opened for writing before anything else, so a path that cannot be written
+//! fails at once, naming the path and the OS error.
 //!
 //! # Workloads
 //!
 //! - **pub**: one connection publishes `--msgs` messages of `--size` bytes (one payload,
-//!   reused) to a subject nobody listens on, then a marker message to a subject the same
-//!   connection subscribed to before the run. The run ends when that marker comes back:
-//!   the server handles one connection's messages in order, so by then it has processed
-//!   every publish. Metric: messages per second (higher is better).
+//!   reused) to `bench.pub`, which nobody listens on, then a marker message to a per-run
+//!   subject the same connection subscribed to before the run. The run ends when that
+//!   marker comes back: the server handles one connection's messages in order, so by then
+//!   it has processed every publish. Metric: messages per second (higher is better).
+//!
+//!   Beside the libraries runs the **ceiling** (`raw.rs`): a plain blocking socket on its
+//!   own thread that sends `CONNECT` (every option off) and `PING`, waits for the `PONG`,
+//!   then, clock started, writes the same `PUB bench.pub <size>` frames pre-encoded in
+//!   64 KiB buffers of whole frames (plus a tail, so exactly `--msgs` go), then `PING`;
+//!   the clock stops at the `PONG`, which the server sends only after processing every
+//!   PUB before it. No client can publish faster over one connection to this server on
+//!   this machine, so tether / ceiling says how much of the possible tether gets.
 //!
 //!   With the server this binary started, pub and pubsub also report the nats-server's
 //!   CPU time over the measured window as a share of one core (utime + stime from
@@ -32,6 +44,15 @@
 //!   any message missing at the end is reported as dropped.
 //! - **reqrep**: `--requests` sequential requests with a `--size` payload to an echo
 //!   responder. Metrics: p50/p90/p99 latency in µs (lower is better).
+//!
+//!   Beside the libraries runs the **floor** (`raw.rs`): two plain sockets through the
+//!   server, a raw responder on its own thread (subscribed to its own echo subject,
+//!   answering each `MSG` by publishing its payload to the reply subject) and a raw
+//!   requester (one `SUB` to its inbox, then per request a `PUB` with a reply subject in
+//!   that inbox, waiting for the answer), with the same payload and as many requests.
+//!   The floor has its own raw responder while the libraries share the async-nats one,
+//!   so the floor also leaves out what the responder side costs: tether / floor is the
+//!   cost of both library ends, tether / async-nats the cost of the requesting end.
 //! - **reconnect** (opt-in): one nats-server of its own (started through tether-testkit
 //!   even with `--server`, since it is killed). Per library, one connection with default
 //!   options, then 10 times: SIGKILL the server, wait 1 s (the injected fault), restart it
@@ -94,7 +115,14 @@
 //!
 //! - One nats-server for the whole run (started through tether-testkit unless `--server`
 //!   is given), and one process running both libraries on the same tokio runtime.
-//! - Same subjects (per run unique), same payload bytes, same message counts. The clock
+//! - Same subjects, same payload bytes, same message counts. Every pub run, libraries
+//!   and ceiling, publishes to the same subject `bench.pub` (a subject's length is part
+//!   of every frame and of the server's work per message: at 16 B, a 30-character
+//!   subject instead of `bench.pub` took the ceiling from 7.4 M to 5.0 M msgs/s in one
+//!   run); only the
+//!   libraries' end-of-run marker has a per-run subject. The floor's echo and inbox
+//!   subjects are as long as the libraries' (`cmp.echo.raw.PID` beside
+//!   `cmp.echo.lib.PID`, `_INBOX.` and a 22-character id). The clock
 //!   starts after the connections are up and their subscriptions are known to be
 //!   registered (each connection round-trips a message through its own subscription
 //!   first), and stops on a message received from the server, never on a local flush:
@@ -103,19 +131,24 @@
 //!   `responder` subcommand) and always uses async-nats, so both libraries talk to the
 //!   very same responder. Measurement starts only once it answers, and each round starts
 //!   with a few unmeasured warm-up requests (async-nats sets up its reply subscription on
-//!   the first request).
+//!   the first request). The floor brings its own raw responder (see reqrep) and makes
+//!   the same warm-up requests.
 //! - Each library uses its own default options except where the workload needs
 //!   otherwise (pending limits above); options that exist on both sides are set alike
 //!   (echo on, no name, no auth). async-nats publishes with a pre-built `Subject` and a
 //!   `Bytes` payload, both cloned per message (reference-count bumps, the cheapest way
 //!   to call it); tether publishes `&str` and `&[u8]`, which it copies into its buffer.
-//! - Every round runs both libraries, each on fresh connections, and the order
-//!   alternates (tether first in even rounds, async-nats first in odd ones). Warm-up
-//!   rounds (`--warmup`, default 1) are run the same way and discarded. At least 5
-//!   measured rounds; each figure is the median over rounds, and the ratio is
-//!   tether / async-nats of the medians (for reqrep, of the p50). The scale workloads
-//!   follow the same rounds and order, one child process per library and round
-//!   (each with the same default multi-threaded tokio runtime).
+//! - Every round runs every side (both libraries, and the ceiling or floor where the
+//!   workload has one), each on fresh connections, and the order rotates by one each
+//!   round: with two sides they alternate, with three each goes first, second and third
+//!   in turn (tether first in the first measured round). Warm-up rounds (`--warmup`,
+//!   default 1) are run the same way and discarded. At least 5 measured rounds; each
+//!   figure is the median over rounds, and the ratios are of the medians: tether /
+//!   async-nats, and tether / ceiling (pub) or tether / floor (reqrep, every
+//!   percentile). For msgs/s above 1 means tether is faster; for latency below 1 does.
+//!   pubsub has no ceiling column. The scale workloads follow the same rounds and
+//!   alternate the two libraries, one child process per library and round (each with
+//!   the same default multi-threaded tokio runtime).
 //!
 //! Not a test: never run it as a timed check in CI.
 //!
@@ -125,18 +158,26 @@
 //! - `client.rs`: the calls the workloads make, as one trait with an implementation per
 //!   library (`client/tether_client.rs`, `client/async_nats_client.rs`); every workload
 //!   is written once, generic over it.
-//! - `throughput.rs`: the pub, pubsub and reqrep workloads and what one run measured.
+//! - `throughput.rs`: the pub, pubsub and reqrep workloads, who runs them (`Side`) and
+//!   what one run measured.
+//! - `raw.rs`: the ceiling and the floor over plain sockets, with the least protocol
+//!   parser they need.
 //! - `responder.rs`: the echo responder process of reqrep.
 //! - `reconnect.rs` and `memory.rs`: the workloads that kill their server.
 //! - `faulty.rs`: their results, targets, table rows and JSON.
 //! - `scale.rs`: the conns and subs workloads (the parent's side, their table and JSON);
 //!   `scale/child.rs` the measuring child, `scale/nofile.rs` the open-file limit check.
-//! - `report.rs`: the progress lines, the summary table and the JSON object.
+//! - `report.rs`: the progress lines, the summary table and the JSON object (one entry
+//!   per workload and size, keyed `pub_16b` and so on, with `ratio` = tether /
+//!   async-nats and `ratio_to_raw` = tether / ceiling or floor of the headline metric).
+//! - `plot.rs`: `--plot`, the ratios as an SVG bar chart.
 //! - `stats.rs`: median and percentile.
 
 mod client;
 mod faulty;
 mod memory;
+mod plot;
+mod raw;
 mod reconnect;
 mod report;
 mod responder;
@@ -146,6 +187,7 @@ mod throughput;
 
 use std::error::Error;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -153,11 +195,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::faulty::Faulty;
 use crate::memory::{run_memory, run_memory_child};
+use crate::plot::PlotFile;
 use crate::reconnect::run_reconnect;
 use crate::report::{describe, table, to_json};
 use crate::responder::{run_responder, wait_responder, Responder};
 use crate::scale::{add_scale_json, run_scale, run_scale_child, scale_table, ScaleKind};
-use crate::throughput::{run_one, Params, Series};
+use crate::throughput::{run_one, Params, Series, Side};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -166,8 +209,12 @@ type Res<T> = Result<T, BoxError>;
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two runs, so one run's teardown does not overlap the next.
 const SETTLE: Duration = Duration::from_millis(200);
-/// Subject the echo responder listens on (suffixed with the process id).
-const ECHO_SUBJECT: &str = "cmp.echo";
+/// Subject the echo responder process listens on (suffixed with the process id).
+const ECHO_SUBJECT: &str = "cmp.echo.lib";
+/// Subject the floor's raw responder listens on: as long as [`ECHO_SUBJECT`].
+const RAW_ECHO_SUBJECT: &str = "cmp.echo.raw";
+/// Subject of every pub run, libraries and ceiling alike (nobody subscribes to it).
+const PUB_SUBJECT: &str = "bench.pub";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -187,9 +234,9 @@ struct Cli {
     /// Messages per run for pub and pubsub.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     msgs: u64,
-    /// Payload size in bytes (all workloads).
-    #[arg(long, default_value_t = 16)]
-    size: usize,
+    /// Payload sizes in bytes, comma-separated (every workload runs at each).
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    size: Vec<usize>,
     /// Sequential requests per run for reqrep.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
@@ -215,6 +262,10 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000",
           value_parser = clap::value_parser!(u64).range(1..))]
     subs: Vec<u64>,
+    /// Also draw the pub, pubsub and reqrep ratios as bars into this SVG file (opened
+    /// for writing before the first round).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +405,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_compare(cli: &Cli) -> Res<()> {
+    // Bad output paths fail here, before any server or round.
+    let plot = match &cli.plot {
+        Some(path) => Some(PlotFile::create(path, &cli.workloads)?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -381,12 +437,24 @@ fn run_compare(cli: &Cli) -> Res<()> {
         workloads.into_iter().partition(|w| w.is_scale());
     let (faults, workloads): (Vec<Workload>, Vec<Workload>) =
         workloads.into_iter().partition(|w| w.kills_server());
+    let mut sizes = cli.size.clone();
+    sizes.dedup();
+    // Checked before any round, and only when a raw side will connect.
+    let needs_raw = workloads
+        .iter()
+        .any(|&w| Side::of_workload(w).contains(&Side::Raw));
     let params = Params {
+        raw_addr: if needs_raw {
+            raw::addr(&url)?
+        } else {
+            String::new()
+        },
         url: url.clone(),
         msgs: cli.msgs,
         requests: cli.requests,
-        payload: Bytes::from(vec![b'x'; cli.size]),
+        payload: Bytes::new(),
         echo_subject: format!("{ECHO_SUBJECT}.{}", std::process::id()),
+        raw_echo_subject: format!("{RAW_ECHO_SUBJECT}.{}", std::process::id()),
         server_pid: local.as_ref().and_then(tether_testkit::NatsServer::pid),
     };
 
@@ -401,14 +469,17 @@ fn run_compare(cli: &Cli) -> Res<()> {
     let mut all = Vec::new();
     let started = Instant::now();
     for &w in &workloads {
-        let mut series = Series {
-            workload: w,
-            runs: ByLib::default(),
-        };
-        for round in 0..total_rounds {
-            run_round(&rt, cli, w, round, &params, &mut series)?;
+        for &size in &sizes {
+            let params = Params {
+                payload: Bytes::from(vec![b'x'; size]),
+                ..params.clone()
+            };
+            let mut series = Series::new(w, size);
+            for round in 0..total_rounds {
+                run_round(&rt, cli, round, &params, &mut series)?;
+            }
+            all.push(series);
         }
-        all.push(series);
     }
     drop(responder);
 
@@ -417,7 +488,7 @@ fn run_compare(cli: &Cli) -> Res<()> {
     let elapsed = started.elapsed();
 
     if cli.json {
-        let mut json = to_json(cli, &url, server_version, &all, &faulty, elapsed);
+        let mut json = to_json(cli, &url, server_version.clone(), &all, &faulty, elapsed);
         add_scale_json(&scale, &mut json);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
@@ -427,45 +498,51 @@ fn run_compare(cli: &Cli) -> Res<()> {
             scale_table(&scale)
         );
     }
+    if let Some(plot) = plot {
+        let path = plot.write(cli, server_version.as_deref(), &all)?;
+        if !cli.json {
+            println!("plot written to {}", path.display());
+        }
+    }
     drop(local);
     Ok(())
 }
 
-/// Both libraries once, in this round's order, on `w`; adds the measured rounds to
-/// `series`.
+/// Every side of `series`'s workload once, in this round's order; adds the measured
+/// rounds to `series`.
 fn run_round(
     rt: &tokio::runtime::Runtime,
     cli: &Cli,
-    w: Workload,
     round: u32,
     params: &Params,
     series: &mut Series,
 ) -> Res<()> {
-    // Parity of the measured round index: tether first in measured rounds 1, 3, 5...
-    let order = if (round + cli.warmup) % 2 == 0 {
-        [Lib::Tether, Lib::AsyncNats]
-    } else {
-        [Lib::AsyncNats, Lib::Tether]
-    };
+    let w = series.workload;
+    // The order rotates by one each round, tether first in measured round 1: with two
+    // sides they alternate, with three each is first, second and third in turn.
+    let mut order = Side::of_workload(w).to_vec();
+    let shift = (i64::from(round) - i64::from(cli.warmup)).rem_euclid(order.len() as i64);
+    order.rotate_left(usize::try_from(shift)?);
     let measured = round >= cli.warmup;
-    for lib in order {
-        let tag = format!("{}.{}.{round}.{}", w.name(), lib.key(), std::process::id());
-        let r = rt.block_on(run_one(w, lib, params, &tag))?;
+    for side in order {
+        let tag = format!("{}.{}.{round}.{}", w.name(), side.key(), std::process::id());
+        let r = run_one(rt, w, side, params, &tag)?;
         if !cli.json {
             eprintln!(
-                "{:<7} {} {:<10} {}",
+                "{:<7} {:>5} B {} {:<10} {}",
                 w.name(),
+                series.size,
                 if measured {
                     format!("round {:>2}", round - cli.warmup + 1)
                 } else {
                     "warm-up ".to_owned()
                 },
-                lib.name(),
+                side.name(w),
                 describe(&r)
             );
         }
         if measured {
-            series.push(lib, r);
+            series.push(side, r);
         }
         std::thread::sleep(SETTLE);
     }

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use crate::faulty::{faulty_details, faulty_json, faulty_table, Faulty};
 use crate::stats::median;
-use crate::throughput::{p50, p90, p99, rate, server_cpu, RunResult, Series};
-use crate::{Cli, Lib, Workload};
+use crate::throughput::{p50, p90, p99, rate, raw_name, server_cpu, RunResult, Series, Side};
+use crate::{Cli, Workload, PUB_SUBJECT};
 
 pub(crate) fn describe(r: &RunResult) -> String {
     match r {
@@ -61,15 +61,19 @@ type Metric = fn(&RunResult) -> Option<f64>;
 
 fn rows(w: Workload) -> Vec<(&'static str, Metric, bool)> {
     match w {
-        Workload::Pub => vec![("pub          msgs/s", rate, true)],
-        Workload::Pubsub => vec![("pubsub       msgs/s", rate, true)],
+        Workload::Pub | Workload::Pubsub => vec![("msgs/s", rate, true)],
         Workload::Reqrep => vec![
-            ("reqrep p50   µs", p50, false),
-            ("reqrep p90   µs", p90, false),
-            ("reqrep p99   µs", p99, false),
+            ("p50 µs", p50, false),
+            ("p90 µs", p90, false),
+            ("p99 µs", p99, false),
         ],
         Workload::Reconnect | Workload::Memory | Workload::Conns | Workload::Subs => Vec::new(),
     }
+}
+
+/// `pub 16 B msgs/s`: the row label of one metric of one series.
+fn label(s: &Series, metric: &str) -> String {
+    format!("{} {} B {metric}", s.workload.name(), s.size)
 }
 
 fn fmt_value(v: f64, higher_better: bool) -> String {
@@ -80,11 +84,39 @@ fn fmt_value(v: f64, higher_better: bool) -> String {
     }
 }
 
-fn drops(s: &Series, lib: Lib) -> (u64, usize) {
-    s.of(lib).iter().fold((0, 0), |(d, inc), r| match r {
+fn drops(s: &Series, side: Side) -> (u64, usize) {
+    s.of(side).iter().fold((0, 0), |(d, inc), r| match r {
         RunResult::Throughput(t) => (d + t.dropped, inc + usize::from(!t.complete)),
         RunResult::Latency(_) => (d, inc),
     })
+}
+
+/// The medians of one metric of one series: tether, async-nats and the raw side (NaN
+/// when the workload has none).
+pub(crate) fn medians(s: &Series, metric: Metric) -> (f64, f64, f64) {
+    (
+        median(&s.values(Side::Tether, metric)),
+        median(&s.values(Side::AsyncNats, metric)),
+        median(&s.values(Side::Raw, metric)),
+    )
+}
+
+/// The headline metric of a series (pub and pubsub msgs/s, reqrep p50), whether higher
+/// is better, and its unit.
+pub(crate) fn headline(w: Workload) -> (Metric, bool, &'static str) {
+    if w == Workload::Reqrep {
+        (p50, false, "p50 latency µs")
+    } else {
+        (rate, true, "msgs/s")
+    }
+}
+
+fn sizes(cli: &Cli) -> String {
+    cli.size
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn table(
@@ -99,7 +131,7 @@ pub(crate) fn table(
     let _ = writeln!(
         o,
         "\ntether vs async-nats — server {url}{}; {} measured rounds (+{} warm-up), \
-         alternating order",
+         order rotating each round",
         server_version.map_or(String::new(), |v| format!(" (nats-server {v})")),
         cli.rounds,
         cli.warmup
@@ -109,26 +141,35 @@ pub(crate) fn table(
     } else {
         let _ = writeln!(
             o,
-            "pub/pubsub: {} msgs of {} B; reqrep: {} sequential requests of {} B; total {:.1} s\n",
+            "pub/pubsub: {} msgs; reqrep: {} sequential requests; payload {} B; total {:.1} s",
             group(cli.msgs as f64),
-            cli.size,
             group(cli.requests as f64),
-            cli.size,
+            sizes(cli),
             elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            o,
+            "ceiling (pub): one plain socket writing pre-encoded PUBs; floor (reqrep): plain \
+             sockets on both ends\n"
         );
     }
     let _ = writeln!(
         o,
-        "{:<20} {:>14} {:>14} {:>8}   (median over rounds; ratio = tether/async-nats)",
-        "workload", "tether", "async-nats", "ratio"
+        "{:<20} {:>14} {:>14} {:>8} {:>14} {:>8}   (median over rounds)",
+        "workload", "tether", "async-nats", "t/a-n", "ceiling/floor", "t/c|f"
     );
     for s in all {
-        for (label, metric, higher) in rows(s.workload) {
-            let t = median(&s.values(Lib::Tether, metric));
-            let a = median(&s.values(Lib::AsyncNats, metric));
+        for (metric_name, metric, higher) in rows(s.workload) {
+            let (t, a, r) = medians(s, metric);
+            let (raw, vs_raw) = if s.has_raw() {
+                (fmt_value(r, higher), format!("{:.3}", t / r))
+            } else {
+                ("—".to_owned(), "—".to_owned())
+            };
             let _ = writeln!(
                 o,
-                "{label:<20} {:>14} {:>14} {:>8.3}   {}",
+                "{:<20} {:>14} {:>14} {:>8.3} {raw:>14} {vs_raw:>8}   {}",
+                label(s, metric_name),
                 fmt_value(t, higher),
                 fmt_value(a, higher),
                 t / a,
@@ -140,27 +181,41 @@ pub(crate) fn table(
             );
         }
     }
+    if !all.is_empty() {
+        let _ = writeln!(
+            o,
+            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub) or floor (reqrep). \
+             msgs/s: above 1 tether is faster; latency: below 1 tether is faster"
+        );
+    }
     server_cpu_table(&mut o, all);
     faulty_table(&mut o, faulty);
     faulty_details(&mut o, faulty);
-    if all.is_empty() {
-        return o;
+    if !all.is_empty() {
+        warnings(&mut o, all);
+        per_round(&mut o, all);
     }
+    o
+}
+
+/// The drops and stalls of pub and pubsub, or that there were none.
+fn warnings(o: &mut String, all: &[Series]) {
     let _ = writeln!(o);
     let mut any = false;
     for s in all {
         if s.workload == Workload::Reqrep {
             continue;
         }
-        for lib in [Lib::Tether, Lib::AsyncNats] {
-            let (dropped, incomplete) = drops(s, lib);
+        for &side in Side::of_workload(s.workload) {
+            let (dropped, incomplete) = drops(s, side);
             if dropped > 0 || incomplete > 0 {
                 any = true;
                 let _ = writeln!(
                     o,
-                    "WARNING: {} {}: {dropped} messages dropped, {incomplete} runs stalled",
+                    "WARNING: {} {} B {}: {dropped} messages dropped, {incomplete} runs stalled",
                     s.workload.name(),
-                    lib.name()
+                    s.size,
+                    side.name(s.workload)
                 );
             }
         }
@@ -168,20 +223,29 @@ pub(crate) fn table(
     if !any {
         let _ = writeln!(o, "no client dropped messages");
     }
+}
+
+/// Every measured value, per series, metric and side.
+fn per_round(o: &mut String, all: &[Series]) {
     let _ = writeln!(o, "\nper round (measured):");
     for s in all {
-        for (label, metric, higher) in rows(s.workload) {
-            for lib in [Lib::Tether, Lib::AsyncNats] {
+        for (metric_name, metric, higher) in rows(s.workload) {
+            for &side in Side::of_workload(s.workload) {
                 let vals: Vec<String> = s
-                    .values(lib, metric)
+                    .values(side, metric)
                     .iter()
                     .map(|&v| fmt_value(v, higher))
                     .collect();
-                let _ = writeln!(o, "  {label:<20} {:<10} {}", lib.name(), vals.join("  "));
+                let _ = writeln!(
+                    o,
+                    "  {:<20} {:<10} {}",
+                    label(s, metric_name),
+                    side.name(s.workload),
+                    vals.join("  ")
+                );
             }
         }
     }
-    o
 }
 
 /// The nats-server's CPU share per throughput workload: near 100 % of one core, the
@@ -189,8 +253,7 @@ pub(crate) fn table(
 fn server_cpu_table(o: &mut String, all: &[Series]) {
     let mut header = false;
     for s in all.iter().filter(|s| s.workload != Workload::Reqrep) {
-        let t = median(&s.values(Lib::Tether, server_cpu));
-        let a = median(&s.values(Lib::AsyncNats, server_cpu));
+        let (t, a, r) = medians(s, server_cpu);
         if !t.is_finite() || !a.is_finite() {
             continue;
         }
@@ -202,10 +265,15 @@ fn server_cpu_table(o: &mut String, all: &[Series]) {
                  connection on one thread, so about 100 % is the most one connection can get)"
             );
         }
+        let raw = if r.is_finite() {
+            format!("{:>23.0}%", r * 100.0)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "{:<20} {:>13.0}% {:>13.0}%",
-            format!("{:<12} cpu", s.workload.name()),
+            "{:<20} {:>13.0}% {:>13.0}%{raw}",
+            label(s, "cpu"),
             t * 100.0,
             a * 100.0
         );
@@ -223,58 +291,27 @@ pub(crate) fn to_json(
     let mut workloads = serde_json::Map::new();
     for s in all {
         let mut w = serde_json::Map::new();
-        for lib in [Lib::Tether, Lib::AsyncNats] {
-            let rounds: Vec<Value> = s
-                .of(lib)
-                .iter()
-                .map(|r| match r {
-                    RunResult::Throughput(t) => json!({
-                        "msgs_per_sec": t.msgs_per_sec,
-                        "received": t.received,
-                        "dropped": t.dropped,
-                        "secs": t.secs,
-                        "server_cpu": t.server_cpu,
-                        "complete": t.complete,
-                    }),
-                    RunResult::Latency(l) => json!({
-                        "p50_us": l.p50,
-                        "p90_us": l.p90,
-                        "p99_us": l.p99,
-                        "mean_us": l.mean,
-                    }),
-                })
-                .collect();
-            let median_obj = if s.workload == Workload::Reqrep {
-                json!({
-                    "p50_us": median(&s.values(lib, p50)),
-                    "p90_us": median(&s.values(lib, p90)),
-                    "p99_us": median(&s.values(lib, p99)),
-                })
-            } else {
-                let (dropped, incomplete) = drops(s, lib);
-                json!({
-                    "msgs_per_sec": median(&s.values(lib, rate)),
-                    "server_cpu": Some(median(&s.values(lib, server_cpu))).filter(|v| v.is_finite()),
-                    "dropped_total": dropped,
-                    "stalled_runs": incomplete,
-                })
-            };
-            w.insert(
-                lib.key().to_owned(),
-                json!({ "median": median_obj, "rounds": rounds }),
-            );
+        w.insert("workload".to_owned(), json!(s.workload.name()));
+        w.insert("size".to_owned(), json!(s.size));
+        for &side in Side::of_workload(s.workload) {
+            w.insert(side.key().to_owned(), side_json(s, side));
         }
-        let (metric, unit, better): (Metric, &str, &str) = if s.workload == Workload::Reqrep {
-            (p50, "p50 latency µs", "lower")
-        } else {
-            (rate, "msgs/s", "higher")
-        };
-        let ratio =
-            median(&s.values(Lib::Tether, metric)) / median(&s.values(Lib::AsyncNats, metric));
-        w.insert("ratio".to_owned(), json!(ratio));
+        let (metric, higher, unit) = headline(s.workload);
+        let (t, a, r) = medians(s, metric);
+        w.insert("ratio".to_owned(), json!(t / a));
         w.insert("ratio_of".to_owned(), json!(unit));
-        w.insert("better".to_owned(), json!(better));
-        workloads.insert(s.workload.name().to_owned(), Value::Object(w));
+        w.insert(
+            "better".to_owned(),
+            json!(if higher { "higher" } else { "lower" }),
+        );
+        if s.has_raw() {
+            w.insert("raw_is".to_owned(), json!(raw_name(s.workload)));
+            w.insert("ratio_to_raw".to_owned(), json!(t / r));
+        }
+        workloads.insert(
+            format!("{}_{}b", s.workload.name(), s.size),
+            Value::Object(w),
+        );
     }
     faulty_json(faulty, &mut workloads);
     json!({
@@ -283,10 +320,51 @@ pub(crate) fn to_json(
         "rounds": cli.rounds,
         "warmup_rounds": cli.warmup,
         "msgs": cli.msgs,
-        "size": cli.size,
+        "sizes": cli.size,
         "requests": cli.requests,
-        "order": "alternating: tether first in even rounds, async-nats first in odd rounds",
+        "pub_subject": PUB_SUBJECT,
+        "order": "rotating: tether, async-nats, then the raw side first in turn, one step per round",
         "elapsed_secs": elapsed.as_secs_f64(),
         "workloads": workloads,
     })
+}
+
+/// One side of a series: the medians and every measured round.
+fn side_json(s: &Series, side: Side) -> Value {
+    let rounds: Vec<Value> = s
+        .of(side)
+        .iter()
+        .map(|r| match r {
+            RunResult::Throughput(t) => json!({
+                "msgs_per_sec": t.msgs_per_sec,
+                "received": t.received,
+                "dropped": t.dropped,
+                "secs": t.secs,
+                "server_cpu": t.server_cpu,
+                "complete": t.complete,
+            }),
+            RunResult::Latency(l) => json!({
+                "p50_us": l.p50,
+                "p90_us": l.p90,
+                "p99_us": l.p99,
+                "mean_us": l.mean,
+            }),
+        })
+        .collect();
+    let median_obj = if s.workload == Workload::Reqrep {
+        json!({
+            "p50_us": median(&s.values(side, p50)),
+            "p90_us": median(&s.values(side, p90)),
+            "p99_us": median(&s.values(side, p99)),
+        })
+    } else {
+        let (dropped, incomplete) = drops(s, side);
+        json!({
+            "msgs_per_sec": median(&s.values(side, rate)),
+            "server_cpu": Some(median(&s.values(side, server_cpu))).filter(|v| v.is_finite()),
+            "dropped_total": dropped,
+            "stalled_runs": incomplete,
+        })
+    };
+    json!({ "median": median_obj, "rounds": rounds })
 }

@@ -6,25 +6,32 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
+use crate::raw;
 use crate::stats::percentile;
-use crate::{within, ByLib, Lib, Res, Workload, STALL_TIMEOUT};
+use crate::{within, Lib, Res, Workload, PUB_SUBJECT, STALL_TIMEOUT};
 
 /// Unmeasured requests at the start of each reqrep run.
-const REQ_WARMUP: usize = 100;
+pub(crate) const REQ_WARMUP: usize = 100;
 
 /// What every run of pub, pubsub and reqrep is given.
+#[derive(Debug, Clone)]
 pub(crate) struct Params {
     pub(crate) url: String,
+    /// `host:port` for the raw connections of the ceiling and the floor.
+    pub(crate) raw_addr: String,
     pub(crate) msgs: u64,
     pub(crate) requests: u64,
     pub(crate) payload: Bytes,
+    /// Where the async-nats responder process listens (the libraries' reqrep).
     pub(crate) echo_subject: String,
+    /// Where the raw responder of the floor listens (as long as `echo_subject`).
+    pub(crate) raw_echo_subject: String,
     /// The local nats-server's process id, for its CPU time.
     pub(crate) server_pid: Option<u32>,
 }
 
 /// CPU time of the nats-server process (all threads), from `/proc/PID/stat`.
-struct ServerCpu {
+pub(crate) struct ServerCpu {
     pid: Option<u32>,
     ticks: Option<u64>,
 }
@@ -33,7 +40,7 @@ struct ServerCpu {
 const USER_HZ: f64 = 100.0;
 
 impl ServerCpu {
-    fn start(pid: Option<u32>) -> Self {
+    pub(crate) fn start(pid: Option<u32>) -> Self {
         Self {
             pid,
             ticks: pid.and_then(cpu_ticks),
@@ -41,7 +48,7 @@ impl ServerCpu {
     }
 
     /// CPU seconds since `start` over `secs` of wall time.
-    fn share(&self, secs: f64) -> Option<f64> {
+    pub(crate) fn share(&self, secs: f64) -> Option<f64> {
         let now = cpu_ticks(self.pid?)?;
         Some(now.saturating_sub(self.ticks?) as f64 / USER_HZ / secs)
     }
@@ -88,24 +95,99 @@ pub(crate) enum RunResult {
     Latency(Latency),
 }
 
-/// The measured rounds of one workload, per library.
+/// Who runs a workload: one of the libraries, or the raw sockets of the ceiling (pub)
+/// or the floor (reqrep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Tether,
+    AsyncNats,
+    Raw,
+}
+
+impl Side {
+    /// Who runs `w`, in the order of the first measured round (rotated by one each
+    /// round after): pubsub has no raw side.
+    pub(crate) fn of_workload(w: Workload) -> &'static [Side] {
+        match w {
+            Workload::Pub | Workload::Reqrep => &[Side::Tether, Side::AsyncNats, Side::Raw],
+            _ => &[Side::Tether, Side::AsyncNats],
+        }
+    }
+
+    /// The name in progress lines and tables: the raw side is the pub "ceiling" and the
+    /// reqrep "floor".
+    pub(crate) fn name(self, w: Workload) -> &'static str {
+        match self {
+            Side::Tether => Lib::Tether.name(),
+            Side::AsyncNats => Lib::AsyncNats.name(),
+            Side::Raw => raw_name(w),
+        }
+    }
+
+    /// The key in the JSON object.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Side::Tether => Lib::Tether.key(),
+            Side::AsyncNats => Lib::AsyncNats.key(),
+            Side::Raw => "raw",
+        }
+    }
+}
+
+/// What the raw side of `w` is: the best a client can do on this server and machine.
+pub(crate) fn raw_name(w: Workload) -> &'static str {
+    if w == Workload::Reqrep {
+        "floor"
+    } else {
+        "ceiling"
+    }
+}
+
+/// The measured rounds of one workload at one payload size, per side.
 #[derive(Debug)]
 pub(crate) struct Series {
     pub(crate) workload: Workload,
-    pub(crate) runs: ByLib<Vec<RunResult>>,
+    /// Payload size in bytes.
+    pub(crate) size: usize,
+    tether: Vec<RunResult>,
+    async_nats: Vec<RunResult>,
+    raw: Vec<RunResult>,
 }
 
 impl Series {
-    pub(crate) fn of(&self, lib: Lib) -> &[RunResult] {
-        self.runs.of(lib)
+    pub(crate) fn new(workload: Workload, size: usize) -> Self {
+        Self {
+            workload,
+            size,
+            tether: Vec::new(),
+            async_nats: Vec::new(),
+            raw: Vec::new(),
+        }
     }
 
-    pub(crate) fn push(&mut self, lib: Lib, r: RunResult) {
-        self.runs.of_mut(lib).push(r);
+    /// Whether `w` has a raw side (pub and reqrep).
+    pub(crate) fn has_raw(&self) -> bool {
+        Side::of_workload(self.workload).contains(&Side::Raw)
     }
 
-    pub(crate) fn values(&self, lib: Lib, f: impl Fn(&RunResult) -> Option<f64>) -> Vec<f64> {
-        self.of(lib).iter().filter_map(f).collect()
+    pub(crate) fn of(&self, side: Side) -> &[RunResult] {
+        match side {
+            Side::Tether => &self.tether,
+            Side::AsyncNats => &self.async_nats,
+            Side::Raw => &self.raw,
+        }
+    }
+
+    pub(crate) fn push(&mut self, side: Side, r: RunResult) {
+        match side {
+            Side::Tether => self.tether.push(r),
+            Side::AsyncNats => self.async_nats.push(r),
+            Side::Raw => self.raw.push(r),
+        }
+    }
+
+    pub(crate) fn values(&self, side: Side, f: impl Fn(&RunResult) -> Option<f64>) -> Vec<f64> {
+        self.of(side).iter().filter_map(f).collect()
     }
 }
 
@@ -144,10 +226,21 @@ pub(crate) fn p99(r: &RunResult) -> Option<f64> {
     }
 }
 
-pub(crate) async fn run_one(w: Workload, lib: Lib, p: &Params, tag: &str) -> Res<RunResult> {
-    match lib {
-        Lib::Tether => run_with::<TetherClient>(w, p, tag).await,
-        Lib::AsyncNats => run_with::<AsyncNatsClient>(w, p, tag).await,
+/// One run of `w` by `side`: the libraries on `rt`, the raw side on this thread (its
+/// sockets block).
+pub(crate) fn run_one(
+    rt: &tokio::runtime::Runtime,
+    w: Workload,
+    side: Side,
+    p: &Params,
+    tag: &str,
+) -> Res<RunResult> {
+    match (side, w) {
+        (Side::Tether, _) => rt.block_on(run_with::<TetherClient>(w, p, tag)),
+        (Side::AsyncNats, _) => rt.block_on(run_with::<AsyncNatsClient>(w, p, tag)),
+        (Side::Raw, Workload::Pub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
+        (Side::Raw, Workload::Reqrep) => Ok(RunResult::Latency(raw::run_reqrep(p)?)),
+        (Side::Raw, _) => Err(format!("{} has no raw side", w.name()).into()),
     }
 }
 
@@ -166,7 +259,7 @@ async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<Run
 
 async fn run_pub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
     let client = C::connect(&p.url, Setup::default()).await?;
-    let data = C::subject(format!("cmp.{tag}.data"));
+    let data = C::subject(PUB_SUBJECT.to_owned());
     let marker = C::subject(format!("cmp.{tag}.marker"));
     let mut sub = client.subscribe(&marker).await?;
     // Round-trip once through the marker subscription: the SUB is registered.
@@ -295,7 +388,7 @@ async fn run_pubsub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
 
 // ----- reqrep -----
 
-fn latency(mut us: Vec<f64>) -> Latency {
+pub(crate) fn latency(mut us: Vec<f64>) -> Latency {
     us.sort_by(f64::total_cmp);
     let mean = us.iter().sum::<f64>() / us.len() as f64;
     Latency {
@@ -306,7 +399,7 @@ fn latency(mut us: Vec<f64>) -> Latency {
     }
 }
 
-fn check_echo(got: &[u8], sent: &[u8]) -> Res<()> {
+pub(crate) fn check_echo(got: &[u8], sent: &[u8]) -> Res<()> {
     if got == sent {
         Ok(())
     } else {
