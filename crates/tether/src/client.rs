@@ -408,8 +408,11 @@ impl Client {
                     if let Some(r) = request.take() {
                         inner.requests.insert(token, r);
                     }
-                    // Latency path: put the request on the wire from this thread.
-                    crate::connection::link::try_direct_write(inner);
+                    // Latency path: put the request on the wire from this thread; the
+                    // driver sleeps on unless the write left it something to do.
+                    if !crate::connection::link::try_direct_write(shared, inner) {
+                        return Ok(());
+                    }
                 }
                 shared.wake_driver(inner);
                 Ok(())
@@ -717,7 +720,11 @@ impl Client {
             inner.flushes.insert(token, tx);
             let idle = inner.conn.is_up() && inner.conn.is_write_idle();
             inner.conn.flush(token);
-            shared.wake_driver(&mut inner);
+            // Like a request: the PING (and whatever is pending before it, such as a new
+            // subscription's SUB) goes on the wire from this thread when the driver idles.
+            if crate::connection::link::try_direct_write(shared, &mut inner) {
+                shared.wake_driver(&mut inner);
+            }
             (token, rx, idle)
         };
         self.ensure_started();

@@ -643,6 +643,23 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// True while events wait for [`Self::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Removes the [`ConnEvent::BufferSpace`] events at the front of the queue; true if
+    /// there were any. For a writer other than the driver (a caller's direct write),
+    /// which acts on freed space itself and leaves any other event to the driver.
+    pub fn take_buffer_space(&mut self) -> bool {
+        let mut any = false;
+        while matches!(self.events.front(), Some(ConnEvent::BufferSpace)) {
+            self.events.pop_front();
+            any = true;
+        }
+        any
+    }
+
     /// The next delivered message, if any.
     pub fn poll_message(&mut self) -> Option<Msg> {
         self.messages.pop_front()

@@ -252,6 +252,13 @@ pub(super) fn route_messages(inner: &mut Inner) {
     }
 }
 
+/// Frames left the buffer: wake publishers waiting for room, report the level.
+pub(super) fn buffer_space(shared: &Shared, inner: &mut Inner) {
+    shared.space.notify_waiters();
+    buffer_watch::report_overflow(shared, inner, false);
+    buffer_watch::on_level(shared, inner, Change::Drained);
+}
+
 /// Act on one event of the session core. Returns the reason when the link went down.
 fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<DisconnectReason> {
     match ev {
@@ -309,11 +316,7 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Dis
                 bytes: counts.bytes,
             });
         }
-        ConnEvent::BufferSpace => {
-            shared.space.notify_waiters();
-            buffer_watch::report_overflow(shared, inner, false);
-            buffer_watch::on_level(shared, inner, Change::Drained);
-        }
+        ConnEvent::BufferSpace => buffer_space(shared, inner),
     }
     None
 }

@@ -69,21 +69,40 @@ pub(super) async fn run_link(shared: &Arc<Shared>, link: Established) -> LinkEnd
 
 /// Write pending frames from the caller's thread while the driver is idle, as nats.c does
 /// for requests: the frame is on the wire without waiting for the driver task to run.
-/// Whatever the transport does not take stays in flight for the driver, which the caller
-/// then wakes as usual (it also re-arms the driver's timers).
-pub(crate) fn try_direct_write(inner: &mut Inner) {
+/// Whatever the transport does not take stays in flight for the driver.
+///
+/// Returns true when the driver must run: the write was partial (or not made), it left
+/// events other than freed buffer space, or it armed a timer earlier than the one the
+/// driver sleeps until. Otherwise the driver sleeps on: waking it would cost a thread
+/// hop and a turn under the lock while the reply is on its way, for nothing.
+pub(crate) fn try_direct_write(shared: &Shared, inner: &mut Inner) -> bool {
     if !inner.driver_waiting {
-        return; // the driver is running and will write it
+        return false; // the driver is running and will write it
     }
     let Some(io) = inner.direct.as_ref() else {
-        return;
+        return true;
     };
+    if inner.conn.has_events() {
+        return true; // for the driver, in order
+    }
     let now = Instant::now();
     if let Some(chunk) = inner.conn.poll_transmit(now) {
         if let Ok(n) = io.try_write(&chunk) {
             inner.conn.handle_written(now, n);
         }
     }
+    if !inner.conn.is_write_idle() {
+        return true;
+    }
+    if inner.conn.take_buffer_space() {
+        super::driver::buffer_space(shared, inner);
+    }
+    let earlier = match (inner.conn.poll_timeout(), inner.driver_deadline) {
+        (Some(t), Some(d)) => t < d,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    earlier || inner.conn.has_events()
 }
 
 /// A planned switch, from the request to the old link's end. One at a time.
@@ -271,7 +290,9 @@ impl<'a> LinkDriver<'a> {
             return step;
         }
         inner.driver_waiting = self.tx.is_idle();
-        Step::Wait(self.next_deadline(inner))
+        let deadline = self.next_deadline(inner);
+        inner.driver_deadline = deadline;
+        Step::Wait(deadline)
     }
 
     /// Lame duck mode's jittered switch falls due; the JWT's refresh window opens.

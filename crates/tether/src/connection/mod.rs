@@ -110,6 +110,9 @@ pub(crate) struct Inner {
     pub(crate) next_token: u64,
     /// The driver found nothing to write and waits for a wake-up.
     pub(crate) driver_waiting: bool,
+    /// The deadline the waiting driver sleeps until: a caller's direct write that sets
+    /// no earlier timer needs no wake-up.
+    pub(crate) driver_deadline: Option<Instant>,
     pub(crate) pool: ServerPool,
     /// The server of the current (or last) link. Kept as an address, not a pool index:
     /// pool changes (discovery, pruning, removal) shift indices.
@@ -156,6 +159,7 @@ impl Inner {
             flushes: HashMap::new(),
             next_token: 0,
             driver_waiting: false,
+            driver_deadline: None,
             pool,
             current: None,
             server_name: String::new(),
