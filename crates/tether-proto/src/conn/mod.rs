@@ -53,14 +53,16 @@ use crate::time::saturating_add as later;
 
 pub use config::*;
 pub use event::{
-    ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason, SubscribeRefused,
+    ConnEvent, DisconnectReason, PublishRefused, RemovedReason, ReplayStats, SubEndReason,
+    SubscribeRefused,
 };
 pub use handshake::{Established, Handshake, HandshakeError};
 use ping::PingPurpose;
 use ping::{Flushes, LinkAccounting};
 use retire::Gate;
 pub use retire::RetiringLink;
-use subs::SubState;
+pub use subs::REPLAY_CHUNK_BYTES;
+use subs::{Replay, SubState};
 use timer::{Timer, TimerTable};
 
 /// Where the current link is.
@@ -102,6 +104,8 @@ pub struct ConnStats {
     pub connects: u64,
     /// Messages delivered without their header block because it could not be parsed.
     pub malformed_headers: u64,
+    /// The last subscription replay completed (every chunk written), if any.
+    pub last_replay: Option<ReplayStats>,
 }
 
 /// The sans-IO connection. See the module docs for the call order.
@@ -132,8 +136,12 @@ pub struct Connection {
 
     subs: HashMap<u64, SubState>,
     sub_order: Vec<u64>,
-    /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each.
+    /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each, in
+    /// the order they are written.
     subs_since_pong: Vec<(u64, u64)>,
+    /// The current link's subscription replay, until it and the frames buffered before
+    /// it are written.
+    replay: Option<Replay>,
     /// PINGs queued and PONGs received on this link (after the handshake).
     pings_total: u64,
     pongs_total: u64,
@@ -172,6 +180,7 @@ impl Connection {
             subs: HashMap::new(),
             sub_order: Vec::new(),
             subs_since_pong: Vec::new(),
+            replay: None,
             pings_total: 0,
             pongs_total: 0,
             next_sid: 1,
@@ -237,7 +246,7 @@ impl Connection {
 
     /// True when nothing waits to be written.
     pub fn is_write_idle(&self) -> bool {
-        self.out.is_idle()
+        self.replay.is_none() && self.out.is_idle()
     }
 
     /// Bytes read from the socket. Decodes every complete op in `buf` and leaves the
@@ -500,6 +509,8 @@ impl Connection {
         self.unpinged_bytes = 0;
         self.timers.stop_all();
         self.subs_since_pong.clear();
+        // A replay not completed is dropped: the next link replays everything.
+        self.replay = None;
     }
 
     /// A deadline from [`Self::poll_timeout`] passed.
@@ -552,12 +563,20 @@ impl Connection {
     }
 
     /// The next chunk to write, if any. Returns `None` while a chunk is in flight.
+    ///
+    /// On a link just adopted the subscription replay comes first, one bounded chunk per
+    /// call (see [`Self::adopt_link`]); the buffered frames follow once it is written.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if self.state != LinkState::Up {
+        if self.state != LinkState::Up || self.out.has_in_flight() {
             return None;
         }
-        // None while a chunk is in flight.
-        let chunk = self.out.take_chunk()?;
+        let chunk = if let Some(chunk) = self.next_replay_chunk(now) {
+            self.out.take_control_chunk(chunk)
+        } else {
+            let chunk = self.out.take_chunk();
+            self.buffered_taken(chunk.is_some());
+            chunk?
+        };
         self.timers.set(
             Timer::WriteStall,
             later(now, self.config.write_stall_timeout),
@@ -623,6 +642,7 @@ impl Connection {
             });
         if !self.out.has_in_flight() {
             self.timers.stop(Timer::WriteStall);
+            self.buffered_written();
         } else if n > 0 {
             self.timers.set(
                 Timer::WriteStall,
