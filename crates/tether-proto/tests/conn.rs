@@ -772,6 +772,19 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
 }
 
 #[test]
+fn max_subscriptions_error_for_a_sub_already_unsubscribed_ends_no_other() {
+    let mut h = Harness::up(quick());
+    let a = h.conn.subscribe("a", None).unwrap();
+    let b = h.conn.subscribe("b", None).unwrap();
+    h.conn.unsubscribe(b, None);
+    assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nUNSUB 2\r\n");
+    // The server refuses the newest SUB, b's: nothing is left to end, a stays.
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    assert_eq!(h.events(), vec![]);
+    assert_eq!(h.conn.sids(), vec![a]);
+}
+
+#[test]
 fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
     let mut h = Harness::up(quick());
     h.conn.flush(1); // a PING written before the SUB

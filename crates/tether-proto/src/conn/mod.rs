@@ -37,7 +37,7 @@ mod retire;
 mod subs;
 mod timer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -135,9 +135,12 @@ pub struct Connection {
     flushes: Flushes,
 
     subs: HashMap<u64, SubState>,
-    sub_order: Vec<u64>,
+    /// The sids of `subs`, in order (oldest first): the replay's order. A set, so that
+    /// removing one costs O(log n), not a pass over every subscription (dropping 100,000
+    /// subscriptions one by one was quadratic).
+    sub_order: BTreeSet<u64>,
     /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each, in
-    /// the order they are written.
+    /// the order they are written (a subscription ended since may still be listed).
     subs_since_pong: Vec<(u64, u64)>,
     /// The current link's subscription replay, until it and the frames buffered before
     /// it are written.
@@ -178,7 +181,7 @@ impl Connection {
             flush_waiting: Vec::new(),
             flushes: Flushes::default(),
             subs: HashMap::new(),
-            sub_order: Vec::new(),
+            sub_order: BTreeSet::new(),
             subs_since_pong: Vec::new(),
             replay: None,
             pings_total: 0,
@@ -345,18 +348,24 @@ impl Connection {
                     message: text,
                 });
             }
-            ServerErr::MaxSubscriptions => {
-                if let Some((_, sid)) = self.subs_since_pong.pop() {
-                    self.remove_sub(sid);
-                    self.events.push_back(ConnEvent::SubscriptionEnded {
-                        sid,
-                        reason: SubEndReason::MaxSubscriptionsExceeded(text),
-                    });
-                } else {
-                    self.events
-                        .push_back(ConnEvent::ServerError(ServerErr::MaxSubscriptions));
+            ServerErr::MaxSubscriptions => match self.subs_since_pong.pop() {
+                // The newest SUB not confirmed is the one refused. Entries stay when a
+                // subscription ends (a pass over the list per unsubscribe would make
+                // dropping many subscriptions quadratic): one gone since has nothing
+                // left to end.
+                Some((_, sid)) => {
+                    if self.subs.contains_key(&sid) {
+                        self.remove_sub(sid);
+                        self.events.push_back(ConnEvent::SubscriptionEnded {
+                            sid,
+                            reason: SubEndReason::MaxSubscriptionsExceeded(text),
+                        });
+                    }
                 }
-            }
+                None => self
+                    .events
+                    .push_back(ConnEvent::ServerError(ServerErr::MaxSubscriptions)),
+            },
             err => self.events.push_back(ConnEvent::ServerError(err)),
         }
     }

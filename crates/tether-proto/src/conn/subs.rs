@@ -131,7 +131,7 @@ impl Connection {
                 draining: false,
             },
         );
-        self.sub_order.push(sid);
+        self.sub_order.insert(sid);
         if self.state == LinkState::Up {
             self.out.push(FrameKind::Control, 0, |buf| {
                 encode::encode_sub(buf, subject, queue, sid);
@@ -205,18 +205,16 @@ impl Connection {
     }
 
     pub(super) fn remove_sub(&mut self, sid: u64) {
+        // Its `subs_since_pong` entry, if any, stays: see the `maximum subscriptions
+        // exceeded` handling.
         if self.subs.remove(&sid).is_some() {
-            self.sub_order.retain(|s| *s != sid);
-            self.subs_since_pong.retain(|(_, s)| *s != sid);
-            if let Some(r) = self.replay.as_mut() {
-                r.deferred.retain(|(_, s)| *s != sid);
-            }
+            self.sub_order.remove(&sid);
         }
     }
 
     /// The sids of every subscription, oldest first.
     pub fn sids(&self) -> Vec<u64> {
-        self.sub_order.clone()
+        self.sub_order.iter().copied().collect()
     }
 
     /// Start the replay of every subscription on the link just adopted (see
@@ -249,10 +247,8 @@ impl Connection {
     /// are next.
     pub(super) fn next_replay_chunk(&mut self, now: Instant) -> Option<Bytes> {
         let r = self.replay.as_mut().filter(|r| r.stage == Stage::Chunks)?;
-        // sub_order is in sid order (sids only grow; removal keeps the order).
-        let from = self.sub_order.partition_point(|s| *s < r.next);
-        for &sid in &self.sub_order[from..] {
-            if sid >= r.end || r.buf.len() >= REPLAY_CHUNK_BYTES {
+        for &sid in self.sub_order.range(r.next.min(r.end)..r.end) {
+            if r.buf.len() >= REPLAY_CHUNK_BYTES {
                 break;
             }
             r.next = sid + 1;
