@@ -1154,6 +1154,7 @@ fn sub_line(i: u64) -> String {
 fn the_replay_is_handed_out_in_bounded_chunks_before_the_buffered_frames() {
     let n = 5_000;
     let mut h = reconnected_with_subs(n);
+    assert!(!h.conn.is_write_idle(), "the replay waits to be written");
     let line = sub_line(n).len();
     let mut replay = String::new();
     let mut chunks = 0;
@@ -1190,6 +1191,7 @@ fn the_replay_is_handed_out_in_bounded_chunks_before_the_buffered_frames() {
         "{ev:?}"
     );
     assert!(write_one(&mut h).is_none());
+    assert!(h.conn.is_write_idle());
 }
 
 #[test]

@@ -249,7 +249,7 @@ impl Connection {
 
     /// True when nothing waits to be written.
     pub fn is_write_idle(&self) -> bool {
-        self.replay.is_none() && self.out.is_idle()
+        self.out.is_idle() && !self.replay_unsent()
     }
 
     /// Bytes read from the socket. Decodes every complete op in `buf` and leaves the

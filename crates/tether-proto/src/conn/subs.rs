@@ -240,6 +240,18 @@ impl Connection {
             .is_some_and(|r| r.stage == Stage::Chunks && sid >= r.next && sid < r.end)
     }
 
+    /// True while the replay has subscriptions left to hand to the writer.
+    pub(super) fn replay_unsent(&self) -> bool {
+        self.replay.as_ref().is_some_and(|r| {
+            r.stage == Stage::Chunks
+                && self
+                    .sub_order
+                    .range(r.next.min(r.end)..r.end)
+                    .next()
+                    .is_some()
+        })
+    }
+
     /// The next chunk of the replay: SUB lines (each with an UNSUB carrying the remaining
     /// auto-unsubscribe count, if any) from the cursor on, until the chunk holds
     /// [`REPLAY_CHUNK_BYTES`] or more. None when no replay is under way, or when it has no
