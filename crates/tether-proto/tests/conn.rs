@@ -1287,3 +1287,49 @@ fn a_link_lost_during_the_replay_replays_everything_on_the_next() {
     let replay: String = (1..=n).map(sub_line).collect();
     assert_eq!(out, replay + "PUB a 8\r\nbuffered\r\n");
 }
+
+#[test]
+fn a_planned_switch_replays_in_chunks_with_the_probe_after_the_replayed_subscriptions() {
+    let n = 3_000;
+    let mut h = Harness::up(quick());
+    for i in 1..=n {
+        h.conn.subscribe(&long_subject(i), None).unwrap();
+    }
+    h.conn.unsubscribe(n, Some(5));
+    h.written();
+    let mut old = h.planned_switch(info());
+    let first = write_one(&mut h).unwrap();
+    assert!(
+        first.len() < tether_proto::conn::REPLAY_CHUNK_BYTES + sub_line(n).len(),
+        "one chunk, not the whole replay"
+    );
+    assert!(
+        !h.conn.can_retire_link(),
+        "no switch in the middle of a replay"
+    );
+    // The driver's probe, subscribed after adoption with a PING for its registration.
+    let probe = h.conn.subscribe("probe", None).unwrap();
+    h.conn.flush(3);
+    // The old link delivers 2 of the 5 for the last subscription before the replay
+    // reaches it: its replayed SUB asks for the 3 left.
+    let mut old_bytes = BytesMut::from(
+        format!(
+            "MSG {s} {n} 1\r\na\r\nMSG {s} {n} 1\r\nb\r\n",
+            s = long_subject(n)
+        )
+        .as_bytes(),
+    );
+    h.conn.handle_retiring_read(h.now, &mut old, &mut old_bytes);
+    let mut rest = String::new();
+    while let Some(chunk) = write_one(&mut h) {
+        rest.push_str(&chunk);
+    }
+    let all = first + &rest;
+    let replay: String = (1..=n).map(sub_line).collect();
+    assert_eq!(
+        all,
+        format!("{replay}UNSUB {n} 3\r\nSUB probe {probe}\r\nPING\r\n")
+    );
+    h.read(b"PONG\r\n");
+    assert!(h.events().contains(&ConnEvent::FlushDone(3)));
+}
