@@ -227,6 +227,23 @@ impl OutboundBuffer {
         Some(self.in_flight.clone())
     }
 
+    /// Hand `chunk`, control frames made apart from the pending stream (a part of the
+    /// subscription replay), to the writer as one frame: it goes out before anything
+    /// pending, and like any control frame it is dropped, not resent, when the link drops.
+    /// Only call while nothing is in flight.
+    pub(crate) fn take_control_chunk(&mut self, chunk: Bytes) -> Bytes {
+        self.in_flight_frames.clear();
+        self.in_flight_frames.push_back(Frame {
+            len: chunk.len() as u32,
+            payload_len: 0,
+            kind: FrameKind::Control,
+        });
+        self.in_flight = chunk.clone();
+        self.in_flight_pos = 0;
+        self.front_written = 0;
+        chunk
+    }
+
     /// The socket accepted `n` more bytes of the chunk. `on_written` is called for every
     /// frame whose last byte is now written, in order. Written PUB frames are retained
     /// when `retain_pubs` (they keep counting against the bounds), request frames when
@@ -403,9 +420,9 @@ impl OutboundBuffer {
         removed
     }
 
-    /// Put `bytes` (whole frames, described by `frames`) before everything pending. Used to
-    /// replay subscriptions ahead of the buffered publishes in one pipelined write. Only
-    /// call while nothing is in flight.
+    /// Put `bytes` (whole frames, described by `frames`) before everything pending (frames
+    /// retained on a retired link, to be written again). Only call while nothing is in
+    /// flight.
     pub(crate) fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
         let mut out = BytesMut::with_capacity(bytes.len() + self.pending.len());
         out.extend_from_slice(bytes);

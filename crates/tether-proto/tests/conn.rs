@@ -128,7 +128,15 @@ impl Harness {
         out
     }
 
+    /// The events so far, but for `Replayed` (every adopted link has one; see
+    /// [`Self::all_events`]).
     fn events(&mut self) -> Vec<ConnEvent> {
+        let mut ev = self.all_events();
+        ev.retain(|e| !matches!(e, ConnEvent::Replayed(_)));
+        ev
+    }
+
+    fn all_events(&mut self) -> Vec<ConnEvent> {
         std::iter::from_fn(|| self.conn.poll_event()).collect()
     }
 
@@ -764,6 +772,19 @@ fn retained_frames_stay_with_their_link_across_a_planned_switch() {
 }
 
 #[test]
+fn max_subscriptions_error_for_a_sub_already_unsubscribed_ends_no_other() {
+    let mut h = Harness::up(quick());
+    let a = h.conn.subscribe("a", None).unwrap();
+    let b = h.conn.subscribe("b", None).unwrap();
+    h.conn.unsubscribe(b, None);
+    assert_eq!(h.written(), b"SUB a 1\r\nSUB b 2\r\nUNSUB 2\r\n");
+    // The server refuses the newest SUB, b's: nothing is left to end, a stays.
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    assert_eq!(h.events(), vec![]);
+    assert_eq!(h.conn.sids(), vec![a]);
+}
+
+#[test]
 fn max_subscriptions_error_finds_a_sub_written_after_an_earlier_ping() {
     let mut h = Harness::up(quick());
     h.conn.flush(1); // a PING written before the SUB
@@ -1094,4 +1115,221 @@ fn frames_requeued_from_a_retired_link_are_checked_against_the_new_links_max_pay
         vec![(RemovedReason::MaxPayloadLowered { max_payload: 64 }, 1)]
     );
     assert_eq!(h.written(), b"PUB small 2\r\nok\r\n");
+}
+
+// ===== the replay in bounded chunks (DESIGN semantics 4) =====
+
+/// A subject long enough that a few hundred subscriptions fill a replay chunk.
+fn long_subject(i: u64) -> String {
+    format!("replay.{i:06}.{}", "x".repeat(40))
+}
+
+/// A session with `n` subscriptions whose link was lost and a new one adopted, with `a`
+/// published meanwhile; nothing of the new link written yet.
+fn reconnected_with_subs(n: u64) -> Harness {
+    let mut h = Harness::up(quick());
+    for i in 1..=n {
+        h.conn.subscribe(&long_subject(i), None).unwrap();
+    }
+    h.written();
+    h.read(b"PONG\r\n");
+    h.link_lost();
+    h.publish("a", b"buffered");
+    h.handshake();
+    h
+}
+
+/// The next chunk, marked as written; the test's view of it as text.
+fn write_one(h: &mut Harness) -> Option<String> {
+    let chunk = h.conn.poll_transmit(h.now)?;
+    h.conn.handle_written(h.now, chunk.len());
+    Some(String::from_utf8(chunk.to_vec()).unwrap())
+}
+
+fn sub_line(i: u64) -> String {
+    format!("SUB {} {i}\r\n", long_subject(i))
+}
+
+#[test]
+fn the_replay_is_handed_out_in_bounded_chunks_before_the_buffered_frames() {
+    let n = 5_000;
+    let mut h = reconnected_with_subs(n);
+    assert!(!h.conn.is_write_idle(), "the replay waits to be written");
+    let line = sub_line(n).len();
+    let mut replay = String::new();
+    let mut chunks = 0;
+    let buffered = loop {
+        let chunk = write_one(&mut h).expect("the replay, then the buffered frame");
+        if !chunk.starts_with("SUB ") {
+            break chunk;
+        }
+        assert!(
+            chunk.len() < tether_proto::conn::REPLAY_CHUNK_BYTES + line,
+            "a chunk of {} bytes",
+            chunk.len()
+        );
+        assert!(
+            h.all_events().is_empty(),
+            "no Replayed before the buffered frames are written"
+        );
+        chunks += 1;
+        replay.push_str(&chunk);
+    };
+    let expected: String = (1..=n).map(sub_line).collect();
+    assert_eq!(replay, expected, "every SUB once, in sid order");
+    assert!(chunks > 1, "{chunks} chunks");
+    assert_eq!(buffered, "PUB a 8\r\nbuffered\r\n");
+    let ev = h.all_events();
+    let stats = h.conn.stats().last_replay.expect("recorded");
+    assert_eq!(stats.subscriptions, n);
+    assert_eq!(stats.bytes, expected.len() as u64);
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, ConnEvent::Replayed(s) if *s == stats))
+            .count(),
+        1,
+        "{ev:?}"
+    );
+    assert!(write_one(&mut h).is_none());
+    assert!(h.conn.is_write_idle());
+}
+
+#[test]
+fn operations_during_the_replay_are_ordered_after_it_and_sent_once() {
+    let n = 5_000;
+    let mut h = reconnected_with_subs(n);
+    let first = write_one(&mut h).unwrap();
+    assert!(first.starts_with(&sub_line(1)));
+    assert!(
+        !h.conn.can_retire_link(),
+        "a planned switch waits for the replay"
+    );
+    // Made while the replay runs: a new subscription, an unsubscribe of one not reached
+    // yet, of one already replayed, a count on one not reached, and a publish.
+    let new = h.conn.subscribe("new", None).unwrap();
+    assert_eq!(new, n + 1);
+    h.conn.unsubscribe(n, None);
+    h.conn.unsubscribe(1, None);
+    h.conn.unsubscribe(n - 1, Some(4));
+    h.publish(&long_subject(2), b"during");
+    let mut rest = String::new();
+    while let Some(chunk) = write_one(&mut h) {
+        rest.push_str(&chunk);
+    }
+    let all = first + &rest;
+    let replay: String = (1..n - 1).map(sub_line).collect();
+    let after = format!(
+        "{}UNSUB {} 4\r\nPUB a 8\r\nbuffered\r\nSUB new {new}\r\nUNSUB 1\r\nPUB {} 6\r\nduring\r\n",
+        sub_line(n - 1),
+        n - 1,
+        long_subject(2)
+    );
+    assert_eq!(all, replay + &after);
+    assert!(!all.contains(&format!("UNSUB {n}\r\n")), "omitted");
+    assert_eq!(h.conn.stats().last_replay.unwrap().subscriptions, n - 1);
+    assert!(h.conn.can_retire_link());
+}
+
+#[test]
+fn subscriptions_removed_before_the_cursor_reaches_them_are_skipped() {
+    let n = 3_000;
+    let mut h = reconnected_with_subs(n);
+    let first = write_one(&mut h).unwrap();
+    let reached = first.matches("SUB ").count() as u64;
+    assert!(reached < n);
+    // Every subscription after the first chunk goes: the replay has nothing left.
+    for sid in reached + 1..=n {
+        h.conn.unsubscribe(sid, None);
+    }
+    assert_eq!(write_one(&mut h).unwrap(), "PUB a 8\r\nbuffered\r\n");
+    assert_eq!(
+        h.conn.stats().last_replay.unwrap().subscriptions,
+        reached,
+        "the replay ends at the cursor"
+    );
+    assert!(h
+        .all_events()
+        .iter()
+        .any(|e| matches!(e, ConnEvent::Replayed(_))));
+}
+
+#[test]
+fn the_replay_carries_remaining_counts_and_the_first_pong_confirms_it() {
+    let mut h = Harness::up(quick());
+    let a = h.conn.subscribe("a", None).unwrap();
+    h.conn.unsubscribe(a, Some(5));
+    h.written();
+    h.read(b"MSG a 1 1\r\nx\r\nMSG a 1 1\r\ny\r\n");
+    h.link_lost();
+    h.conn.flush(9);
+    h.handshake();
+    // 2 of 5 delivered: the replay asks for the 3 still wanted; the flush PING follows it.
+    assert_eq!(h.written(), b"SUB a 1\r\nUNSUB 1 3\r\nPING\r\n");
+    // The server refuses the replayed SUB before the PONG: it ends that subscription.
+    h.read(b"-ERR 'maximum subscriptions exceeded'\r\n");
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        ConnEvent::SubscriptionEnded { sid, .. } if *sid == a
+    )));
+    h.read(b"PONG\r\n");
+    assert_eq!(h.events(), vec![ConnEvent::FlushDone(9)]);
+}
+
+#[test]
+fn a_link_lost_during_the_replay_replays_everything_on_the_next() {
+    let n = 3_000;
+    let mut h = reconnected_with_subs(n);
+    write_one(&mut h).unwrap();
+    let ev = h.link_lost();
+    assert!(!ev.iter().any(|e| matches!(e, ConnEvent::Replayed(_))));
+    h.handshake();
+    let out = String::from_utf8(h.written()).unwrap();
+    let replay: String = (1..=n).map(sub_line).collect();
+    assert_eq!(out, replay + "PUB a 8\r\nbuffered\r\n");
+}
+
+#[test]
+fn a_planned_switch_replays_in_chunks_with_the_probe_after_the_replayed_subscriptions() {
+    let n = 3_000;
+    let mut h = Harness::up(quick());
+    for i in 1..=n {
+        h.conn.subscribe(&long_subject(i), None).unwrap();
+    }
+    h.conn.unsubscribe(n, Some(5));
+    h.written();
+    let mut old = h.planned_switch(info());
+    let first = write_one(&mut h).unwrap();
+    assert!(
+        first.len() < tether_proto::conn::REPLAY_CHUNK_BYTES + sub_line(n).len(),
+        "one chunk, not the whole replay"
+    );
+    assert!(
+        !h.conn.can_retire_link(),
+        "no switch in the middle of a replay"
+    );
+    // The driver's probe, subscribed after adoption with a PING for its registration.
+    let probe = h.conn.subscribe("probe", None).unwrap();
+    h.conn.flush(3);
+    // The old link delivers 2 of the 5 for the last subscription before the replay
+    // reaches it: its replayed SUB asks for the 3 left.
+    let mut old_bytes = BytesMut::from(
+        format!(
+            "MSG {s} {n} 1\r\na\r\nMSG {s} {n} 1\r\nb\r\n",
+            s = long_subject(n)
+        )
+        .as_bytes(),
+    );
+    h.conn.handle_retiring_read(h.now, &mut old, &mut old_bytes);
+    let mut rest = String::new();
+    while let Some(chunk) = write_one(&mut h) {
+        rest.push_str(&chunk);
+    }
+    let all = first + &rest;
+    let replay: String = (1..=n).map(sub_line).collect();
+    assert_eq!(
+        all,
+        format!("{replay}UNSUB {n} 3\r\nSUB probe {probe}\r\nPING\r\n")
+    );
+    h.read(b"PONG\r\n");
+    assert!(h.events().contains(&ConnEvent::FlushDone(3)));
 }

@@ -237,7 +237,10 @@ pub enum EventKind {
         /// Why: see [`AttemptCause::is_auth`](crate::AttemptCause::is_auth).
         error: AttemptCause,
     },
-    /// A handshake completed after an outage.
+    /// A handshake completed after an outage, and the link caught up: the subscription
+    /// replay and the frames buffered during the outage are written (a subscription is
+    /// live on the server from here on). A link lost before that has no `Reconnected`:
+    /// its `Disconnected` follows the previous one.
     Reconnected {
         /// The server.
         server: String,

@@ -92,8 +92,27 @@
 //! state goes `Connecting` → `Reconnecting` while the first attempts fail, each announced
 //! by `Reconnecting { attempt }`; the first success emits `Connected`. An empty pool closes the client with the reason.
 //! On reconnect the subscriptions are replayed (with remaining auto-unsubscribe counts)
-//! in one write ahead of the buffered frames, so a subscription never misses a buffered
-//! message of its own client; then `EventKind::Reconnected { downtime, attempts }`.
+//! ahead of the buffered frames, so a subscription never misses a buffered message of its
+//! own client; then `EventKind::Reconnected { downtime, attempts }`, once the replay and
+//! the buffered frames are written. The replay is encoded and written in chunks of about
+//! 64 KiB (`tether_proto::conn::REPLAY_CHUNK_BYTES`, some 1,000 to 3,000 SUBs), and the
+//! client's lock is released between chunks: a publish, subscribe or unsubscribe made
+//! meanwhile waits for one chunk at most, never for the whole replay (about 30 ms for
+//! 100,000 subscriptions). What it does is ordered after the replay and sent once:
+//! - a new subscription is not part of the replay; its SUB follows it (after the buffered
+//!   frames), like any frame;
+//! - unsubscribing one the replay has not reached yet takes it out of the replay, and no
+//!   UNSUB is sent (the new server never had it); with a count, its replayed SUB carries
+//!   the remaining count instead. Unsubscribing one already replayed sends its UNSUB after
+//!   the replay;
+//! - a publish goes after the replay, so a replayed subscription of this client gets it
+//!   (once).
+//!
+//! Every PING of the new link follows the replay, so its first PONG confirms all of it
+//! (a `maximum subscriptions exceeded` before that ends the newest SUB written). A
+//! planned switch does not leave a link whose replay is still being written.
+//! `Statistics::last_replay` gives the last replay's subscriptions, bytes and duration
+//! (from the link's adoption to its last chunk written).
 //!
 //! # Lame duck mode and planned switches
 //! When the server announces lame duck mode (INFO `ldm`), tether sends a confirm PING,
@@ -231,9 +250,10 @@
 //! `request::on_disconnected`) → `LinkDriver::link_down` returns `LinkEnd::Down` to
 //! `reconnect::run`, which picks the next due server (`pick`, `wait_until_due`), runs
 //! `driver::establish` (`transport::dial`, then the `Handshake`), and `adopt_attempt` /
-//! `driver::adopt` hands it to `Connection::adopt_link` (subscriptions replayed ahead of
-//! the buffered frames) before `on_connected` emits `Reconnected` and `link::run_link`
-//! drives the new link. A failed attempt goes to `on_failed` and
+//! `driver::adopt` hands it to `Connection::adopt_link` (the replay cursor starts) and
+//! `link::run_link` drives the new link: `Connection::poll_transmit` hands out the replay
+//! one chunk per loop turn, then the buffered frames; the core's `ConnEvent::Replayed`
+//! then lets `driver::handle_event` emit the `Reconnected` that `on_connected` prepared. A failed attempt goes to `on_failed` and
 //! `ServerPool::record_attempt`, whose `Verdict` says when the server is due again and
 //! whether it leaves the pool.
 //!

@@ -57,7 +57,7 @@ pub use error::{
 pub use events::{ClosedReason, Event, EventKind, Events, MigrateReason, State};
 pub use message::Message;
 pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
-pub use stats::Statistics;
+pub use stats::{ReplayStats, Statistics};
 pub use subscription::{SubscribeOptions, Subscriber};
 pub use tether_proto::conn::{DisconnectReason, HandshakeError, RemovedReason};
 pub use tether_proto::server_err::{AuthErrorClass, ServerErr};

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use tether_proto::conn::ReplayStats;
+
 /// Counters of one client since it was created (DESIGN semantics 15).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -54,4 +56,9 @@ pub struct Statistics {
     pub malformed_headers: u64,
     /// Live subscriptions.
     pub subscriptions: usize,
+    /// The last subscription replay (after a reconnect or a planned switch, and on the
+    /// first link) once all its chunks are written: subscriptions replayed, their bytes,
+    /// and the time from the link's adoption to its last chunk written. None before the
+    /// first one completes.
+    pub last_replay: Option<ReplayStats>,
 }

@@ -180,6 +180,22 @@ pub enum ConnEvent {
     },
     /// Room freed in the outbound buffer (publishers waiting may retry).
     BufferSpace,
+    /// The link adopted last is caught up: its subscription replay and, after it, the
+    /// frames buffered when it was adopted are written. Once per adopted link; none if the
+    /// link is lost (or retired) first.
+    Replayed(ReplayStats),
+}
+
+/// One link's subscription replay (see [`Connection::adopt_link`](super::Connection::adopt_link)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Subscriptions replayed (SUB lines written; a remaining auto-unsubscribe count
+    /// rides along as an UNSUB line).
+    pub subscriptions: u64,
+    /// Bytes of SUB and UNSUB lines written.
+    pub bytes: u64,
+    /// From the link's adoption to the last replay chunk written.
+    pub duration: Duration,
 }
 
 /// Why a subscription was not started: its SUB control line would exceed

@@ -296,9 +296,23 @@ impl Handshake {
 
 impl Connection {
     /// Take over a link whose [`Handshake`] completed (a new link, or a planned switch's
-    /// after [`Self::retire_link`]): limits from its INFO apply, the subscription replay goes
-    /// ahead of the buffered frames, waiting flushes get their PING, and the bytes read
-    /// after the handshake are handled. A link still up is closed first.
+    /// after [`Self::retire_link`]): limits from its INFO apply, the subscription replay
+    /// starts, waiting flushes get their PING, and the bytes read after the handshake are
+    /// handled. A link still up is closed first.
+    ///
+    /// The replay covers the subscriptions that exist now, in sid order, each with its
+    /// remaining auto-unsubscribe count. [`Self::poll_transmit`] hands it out in chunks
+    /// of about [`REPLAY_CHUNK_BYTES`](super::REPLAY_CHUNK_BYTES), one per call, so a
+    /// driver that releases its lock between writes never holds it for the whole
+    /// replay; nothing else is written before the last chunk. Then the buffered frames go
+    /// in their original order, and then what was queued meanwhile: a subscription made
+    /// during the replay is not part of it (its SUB is queued like any frame), an
+    /// unsubscribe of one not reached yet removes it from the replay (no UNSUB is sent;
+    /// with a count, its SUB carries the remaining count), an unsubscribe of one already
+    /// replayed is queued. Every PING of the link follows the replay, so its first PONG
+    /// confirms all of it. [`ConnEvent::Replayed`] says when the replay and the frames
+    /// buffered before it are written; [`ConnStats::last_replay`](super::ConnStats) has
+    /// its figures.
     ///
     /// Returns what is left of those bytes: an operation not complete yet, which the
     /// link's next reads complete. The caller's read buffer starts with it.
@@ -317,7 +331,7 @@ impl Connection {
         self.stats.connects += 1;
         // Frames over the server's limit are removed before anything is replayed.
         self.remove_over_max_payload();
-        self.replay_subs();
+        self.start_replay(now);
         for token in std::mem::take(&mut self.flush_waiting) {
             self.queue_ping(PingPurpose::Flush(token));
         }

@@ -37,7 +37,7 @@ mod retire;
 mod subs;
 mod timer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -53,14 +53,16 @@ use crate::time::saturating_add as later;
 
 pub use config::*;
 pub use event::{
-    ConnEvent, DisconnectReason, PublishRefused, RemovedReason, SubEndReason, SubscribeRefused,
+    ConnEvent, DisconnectReason, PublishRefused, RemovedReason, ReplayStats, SubEndReason,
+    SubscribeRefused,
 };
 pub use handshake::{Established, Handshake, HandshakeError};
 use ping::PingPurpose;
 use ping::{Flushes, LinkAccounting};
 use retire::Gate;
 pub use retire::RetiringLink;
-use subs::SubState;
+pub use subs::REPLAY_CHUNK_BYTES;
+use subs::{Replay, SubState};
 use timer::{Timer, TimerTable};
 
 /// Where the current link is.
@@ -102,6 +104,8 @@ pub struct ConnStats {
     pub connects: u64,
     /// Messages delivered without their header block because it could not be parsed.
     pub malformed_headers: u64,
+    /// The last subscription replay completed (every chunk written), if any.
+    pub last_replay: Option<ReplayStats>,
 }
 
 /// The sans-IO connection. See the module docs for the call order.
@@ -131,9 +135,16 @@ pub struct Connection {
     flushes: Flushes,
 
     subs: HashMap<u64, SubState>,
-    sub_order: Vec<u64>,
-    /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each.
+    /// The sids of `subs`, in order (oldest first): the replay's order. A set, so that
+    /// removing one costs O(log n), not a pass over every subscription (dropping 100,000
+    /// subscriptions one by one was quadratic).
+    sub_order: BTreeSet<u64>,
+    /// SUBs not yet confirmed by a PONG, with the number of PINGs queued before each, in
+    /// the order they are written (a subscription ended since may still be listed).
     subs_since_pong: Vec<(u64, u64)>,
+    /// The current link's subscription replay, until it and the frames buffered before
+    /// it are written.
+    replay: Option<Replay>,
     /// PINGs queued and PONGs received on this link (after the handshake).
     pings_total: u64,
     pongs_total: u64,
@@ -170,8 +181,9 @@ impl Connection {
             flush_waiting: Vec::new(),
             flushes: Flushes::default(),
             subs: HashMap::new(),
-            sub_order: Vec::new(),
+            sub_order: BTreeSet::new(),
             subs_since_pong: Vec::new(),
+            replay: None,
             pings_total: 0,
             pongs_total: 0,
             next_sid: 1,
@@ -237,7 +249,7 @@ impl Connection {
 
     /// True when nothing waits to be written.
     pub fn is_write_idle(&self) -> bool {
-        self.out.is_idle()
+        self.out.is_idle() && !self.replay_unsent()
     }
 
     /// Bytes read from the socket. Decodes every complete op in `buf` and leaves the
@@ -336,18 +348,24 @@ impl Connection {
                     message: text,
                 });
             }
-            ServerErr::MaxSubscriptions => {
-                if let Some((_, sid)) = self.subs_since_pong.pop() {
-                    self.remove_sub(sid);
-                    self.events.push_back(ConnEvent::SubscriptionEnded {
-                        sid,
-                        reason: SubEndReason::MaxSubscriptionsExceeded(text),
-                    });
-                } else {
-                    self.events
-                        .push_back(ConnEvent::ServerError(ServerErr::MaxSubscriptions));
+            ServerErr::MaxSubscriptions => match self.subs_since_pong.pop() {
+                // The newest SUB not confirmed is the one refused. Entries stay when a
+                // subscription ends (a pass over the list per unsubscribe would make
+                // dropping many subscriptions quadratic): one gone since has nothing
+                // left to end.
+                Some((_, sid)) => {
+                    if self.subs.contains_key(&sid) {
+                        self.remove_sub(sid);
+                        self.events.push_back(ConnEvent::SubscriptionEnded {
+                            sid,
+                            reason: SubEndReason::MaxSubscriptionsExceeded(text),
+                        });
+                    }
                 }
-            }
+                None => self
+                    .events
+                    .push_back(ConnEvent::ServerError(ServerErr::MaxSubscriptions)),
+            },
             err => self.events.push_back(ConnEvent::ServerError(err)),
         }
     }
@@ -500,6 +518,8 @@ impl Connection {
         self.unpinged_bytes = 0;
         self.timers.stop_all();
         self.subs_since_pong.clear();
+        // A replay not completed is dropped: the next link replays everything.
+        self.replay = None;
     }
 
     /// A deadline from [`Self::poll_timeout`] passed.
@@ -552,12 +572,20 @@ impl Connection {
     }
 
     /// The next chunk to write, if any. Returns `None` while a chunk is in flight.
+    ///
+    /// On a link just adopted the subscription replay comes first, one bounded chunk per
+    /// call (see [`Self::adopt_link`]); the buffered frames follow once it is written.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if self.state != LinkState::Up {
+        if self.state != LinkState::Up || self.out.has_in_flight() {
             return None;
         }
-        // None while a chunk is in flight.
-        let chunk = self.out.take_chunk()?;
+        let chunk = if let Some(chunk) = self.next_replay_chunk(now) {
+            self.out.take_control_chunk(chunk)
+        } else {
+            let chunk = self.out.take_chunk();
+            self.buffered_taken(chunk.is_some());
+            chunk?
+        };
         self.timers.set(
             Timer::WriteStall,
             later(now, self.config.write_stall_timeout),
@@ -623,6 +651,7 @@ impl Connection {
             });
         if !self.out.has_in_flight() {
             self.timers.stop(Timer::WriteStall);
+            self.buffered_written();
         } else if n > 0 {
             self.timers.set(
                 Timer::WriteStall,

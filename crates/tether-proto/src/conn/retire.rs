@@ -167,10 +167,11 @@ impl Connection {
         self.handle_msg(msg);
     }
 
-    /// True when a planned switch may retire the current link now: it is up and no data
-    /// chunk is half written (publishing switches at a frame boundary).
+    /// True when a planned switch may retire the current link now: it is up, its
+    /// subscription replay is written and caught up, and no data chunk is half written
+    /// (publishing switches at a frame boundary).
     pub fn can_retire_link(&self) -> bool {
-        self.state == LinkState::Up && !self.out.has_in_flight()
+        self.state == LinkState::Up && self.replay.is_none() && !self.out.has_in_flight()
     }
 
     /// Retire the current link for a planned switch. Pending frames (and the PINGs queued

@@ -1,14 +1,17 @@
 //! The subscription table: SUB, UNSUB (counts relative to the current link), the replay
-//! after a reconnect, and subscriptions the server ends.
+//! after a reconnect (a cursor handing out bounded chunks), and subscriptions the server
+//! ends.
 
-use bytes::BytesMut;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 
 use crate::encode;
 use crate::op::Msg;
 use crate::outbound::FrameKind;
 use crate::server_err::ServerErr;
 
-use super::{ConnEvent, Connection, LinkState, SubEndReason, SubscribeRefused};
+use super::{ConnEvent, Connection, LinkState, ReplayStats, SubEndReason, SubscribeRefused};
 
 #[derive(Debug, Clone)]
 pub(super) struct SubState {
@@ -128,18 +131,28 @@ impl Connection {
                 draining: false,
             },
         );
-        self.sub_order.push(sid);
+        self.sub_order.insert(sid);
         if self.state == LinkState::Up {
             self.out.push(FrameKind::Control, 0, |buf| {
                 encode::encode_sub(buf, subject, queue, sid);
             });
-            self.subs_since_pong.push((self.pings_total, sid));
+            let entry = (self.pings_total, sid);
+            match self.replay.as_mut().filter(|r| r.stage == Stage::Chunks) {
+                // Written after the replay: listed after its SUBs.
+                Some(r) => r.deferred.push(entry),
+                None => self.subs_since_pong.push(entry),
+            }
         }
         Ok(sid)
     }
 
     /// Unsubscribe now (`max` None) or after `max` messages in all.
+    ///
+    /// During a replay, a subscription the replay has not reached yet gets no UNSUB: it
+    /// is skipped (removed), or its SUB goes out with the remaining count. One already
+    /// replayed gets its UNSUB after the replay, like any new frame.
     pub fn unsubscribe(&mut self, sid: u64, max: Option<u64>) {
+        let unreplayed = self.replay_pending(sid);
         let Some(sub) = self.subs.get_mut(&sid) else {
             return;
         };
@@ -161,7 +174,7 @@ impl Connection {
                 });
             }
         }
-        if self.state == LinkState::Up {
+        if self.state == LinkState::Up && !unreplayed {
             // The server counts from the SUB on this link; `max` counts from the first.
             let wire_max = max.map(|m| m.saturating_sub(base));
             self.out.push(FrameKind::Control, 0, |buf| {
@@ -172,12 +185,14 @@ impl Connection {
 
     /// Send UNSUB for `sid` but keep accepting its deliveries (drain): messages the server
     /// sent before it processed the UNSUB still arrive. End it with [`Self::forget`].
+    /// A subscription the replay has not reached yet is skipped by it, with no UNSUB.
     pub fn unsubscribe_draining(&mut self, sid: u64) {
+        let unreplayed = self.replay_pending(sid);
         let Some(sub) = self.subs.get_mut(&sid) else {
             return;
         };
         sub.draining = true;
-        if self.state == LinkState::Up {
+        if self.state == LinkState::Up && !unreplayed {
             self.out.push(FrameKind::Control, 0, |buf| {
                 encode::encode_unsub(buf, sid, None);
             });
@@ -190,46 +205,163 @@ impl Connection {
     }
 
     pub(super) fn remove_sub(&mut self, sid: u64) {
+        // Its `subs_since_pong` entry, if any, stays: see the `maximum subscriptions
+        // exceeded` handling.
         if self.subs.remove(&sid).is_some() {
-            self.sub_order.retain(|s| *s != sid);
-            self.subs_since_pong.retain(|(_, s)| *s != sid);
+            self.sub_order.remove(&sid);
         }
     }
 
     /// The sids of every subscription, oldest first.
     pub fn sids(&self) -> Vec<u64> {
-        self.sub_order.clone()
+        self.sub_order.iter().copied().collect()
     }
 
-    /// Subscription replay (with remaining auto-unsubscribe counts), ahead of the
-    /// buffered frames, in one pipelined write.
-    pub(super) fn replay_subs(&mut self) {
-        let mut replay = BytesMut::new();
-        let mut frames = Vec::new();
-        for sid in &self.sub_order {
+    /// Start the replay of every subscription on the link just adopted (see
+    /// [`Connection::adopt_link`]): the subscriptions that exist now, in sid order.
+    pub(super) fn start_replay(&mut self, now: Instant) {
+        self.replay = Some(Replay {
+            next: 0,
+            end: self.next_sid,
+            stage: Stage::Chunks,
+            started: now,
+            subscriptions: 0,
+            bytes: 0,
+            deferred: Vec::new(),
+            buf: BytesMut::new(),
+        });
+    }
+
+    /// True while `sid` is part of the current link's replay and not yet handed to the
+    /// writer: its SUB (with its remaining count) is still to come.
+    pub(super) fn replay_pending(&self, sid: u64) -> bool {
+        self.replay
+            .as_ref()
+            .is_some_and(|r| r.stage == Stage::Chunks && sid >= r.next && sid < r.end)
+    }
+
+    /// True while the replay has subscriptions left to hand to the writer.
+    pub(super) fn replay_unsent(&self) -> bool {
+        self.replay.as_ref().is_some_and(|r| {
+            r.stage == Stage::Chunks
+                && self
+                    .sub_order
+                    .range(r.next.min(r.end)..r.end)
+                    .next()
+                    .is_some()
+        })
+    }
+
+    /// The next chunk of the replay: SUB lines (each with an UNSUB carrying the remaining
+    /// auto-unsubscribe count, if any) from the cursor on, until the chunk holds
+    /// [`REPLAY_CHUNK_BYTES`] or more. None when no replay is under way, or when it has no
+    /// more to send: then it is complete (`now` ends its duration) and the buffered frames
+    /// are next.
+    pub(super) fn next_replay_chunk(&mut self, now: Instant) -> Option<Bytes> {
+        let r = self.replay.as_mut().filter(|r| r.stage == Stage::Chunks)?;
+        for &sid in self.sub_order.range(r.next.min(r.end)..r.end) {
+            if r.buf.len() >= REPLAY_CHUNK_BYTES {
+                break;
+            }
+            r.next = sid + 1;
             // Subscriptions being drained are not subscribed again.
-            let Some(s) = self.subs.get_mut(sid).filter(|s| !s.draining) else {
+            let Some(s) = self.subs.get_mut(&sid).filter(|s| !s.draining) else {
                 continue;
             };
             s.base = s.delivered;
-            let start = replay.len();
-            encode::encode_sub(&mut replay, &s.subject, s.queue.as_deref(), *sid);
+            encode::encode_sub(&mut r.buf, &s.subject, s.queue.as_deref(), sid);
             if let Some(max) = s.max {
-                encode::encode_unsub(&mut replay, *sid, Some(max.saturating_sub(s.delivered)));
+                encode::encode_unsub(&mut r.buf, sid, Some(max.saturating_sub(s.delivered)));
             }
-            frames.push(crate::outbound::Frame {
-                len: (replay.len() - start) as u32,
-                payload_len: 0,
-                kind: FrameKind::Control,
-            });
+            r.subscriptions += 1;
             // The replay goes ahead of every PING of this link: the first PONG confirms
             // it. Until then a `maximum subscriptions exceeded` can name a replayed SUB
             // (a server restarted with a lower limit), which must end that subscription
-            // rather than leave a stream that silently receives nothing.
-            self.subs_since_pong.push((0, *sid));
+            // rather than leave a stream that silently receives nothing. Entries are
+            // added as chunks are handed out, so the newest written comes last.
+            self.subs_since_pong.push((0, sid));
         }
-        if !replay.is_empty() {
-            self.out.prepend(&replay, frames);
+        if !r.buf.is_empty() {
+            r.bytes += r.buf.len() as u64;
+            return Some(r.buf.split().freeze());
+        }
+        // Complete: SUBs made meanwhile (queued behind it) are written after it.
+        r.stage = Stage::Buffered { taken: false };
+        r.next = r.end;
+        r.buf = BytesMut::new();
+        self.subs_since_pong.append(&mut r.deferred);
+        self.stats.last_replay = Some(ReplayStats {
+            subscriptions: r.subscriptions,
+            bytes: r.bytes,
+            duration: now.saturating_duration_since(r.started),
+        });
+        None
+    }
+
+    /// After the replay, the writer took the pending frames (`taken`), or found none.
+    pub(super) fn buffered_taken(&mut self, taken: bool) {
+        let Some(r) = self.replay.as_mut() else {
+            return;
+        };
+        if r.stage == (Stage::Buffered { taken: false }) {
+            if taken {
+                r.stage = Stage::Buffered { taken: true };
+            } else {
+                self.caught_up();
+            }
         }
     }
+
+    /// A chunk was fully written: if it held the frames buffered before the replay, the
+    /// link is caught up.
+    pub(super) fn buffered_written(&mut self) {
+        if self
+            .replay
+            .as_ref()
+            .is_some_and(|r| r.stage == (Stage::Buffered { taken: true }))
+        {
+            self.caught_up();
+        }
+    }
+
+    fn caught_up(&mut self) {
+        if self.replay.take().is_some() {
+            let stats = self.stats.last_replay.unwrap_or_default();
+            self.events.push_back(ConnEvent::Replayed(stats));
+        }
+    }
+}
+
+/// A replay chunk is handed to the writer once it holds this many bytes (or the replay
+/// has no more): the writer can let others at the client between chunks, and nothing
+/// holds the whole replay at once.
+pub const REPLAY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Where a link's replay is (see [`Connection::adopt_link`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Chunks of SUB lines are handed out, one per [`Connection::poll_transmit`].
+    Chunks,
+    /// The replay is written; the frames buffered before and during it go next, in one
+    /// chunk (`taken` once handed to the writer).
+    Buffered { taken: bool },
+}
+
+/// The replay cursor over the subscription table.
+#[derive(Debug)]
+pub(super) struct Replay {
+    /// The sid to resume from: the sids below it were handed to the writer.
+    pub(super) next: u64,
+    /// The first sid created after the link was adopted: sids from it on are not part of
+    /// the replay (their SUBs are queued behind it like any new frame).
+    pub(super) end: u64,
+    pub(super) stage: Stage,
+    started: Instant,
+    subscriptions: u64,
+    bytes: u64,
+    /// `subs_since_pong` entries of SUBs queued during the replay: they are written after
+    /// it, so they join the list when it completes.
+    pub(super) deferred: Vec<(u64, u64)>,
+    /// The chunk being encoded.
+    buf: BytesMut,
 }

@@ -316,6 +316,13 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Dis
                 bytes: counts.bytes,
             });
         }
+        ConnEvent::Replayed(_) => {
+            // The replay and the frames buffered before it are written: the reconnect is
+            // complete (DESIGN semantics 4).
+            if let Some(ev) = inner.reconnected.take() {
+                shared.emit(ev);
+            }
+        }
         ConnEvent::BufferSpace => buffer_space(shared, inner),
     }
     None
@@ -331,6 +338,12 @@ fn on_disconnected(
 ) -> DisconnectReason {
     shared.count_unconfirmed(unconfirmed);
     metrics::counter!("tether_disconnects_total").increment(1);
+    if inner.reconnected.take().is_some() {
+        tracing::debug!(
+            server = %inner.server_name,
+            "link lost before its subscription replay was written; no Reconnected for it"
+        );
+    }
     // Publishers waiting for room re-check now: under the Error policy a disconnected
     // buffer refuses at once instead of at block_deadline.
     shared.space.notify_waiters();

@@ -144,6 +144,9 @@ pub(crate) struct Inner {
     pub(crate) jwt: Option<crate::credentials::JwtTimes>,
     /// CredentialsExpiring was emitted for the current link.
     pub(crate) expiring_reported: bool,
+    /// `Reconnected` for the current link, emitted once its replay and the frames
+    /// buffered before it are written (the core's `Replayed`).
+    pub(crate) reconnected: Option<EventKind>,
 }
 
 impl Inner {
@@ -177,6 +180,7 @@ impl Inner {
             probe: None,
             jwt: None,
             expiring_reported: false,
+            reconnected: None,
         }
     }
 
@@ -357,6 +361,7 @@ impl Shared {
             events_lagged: self.events.lagged_total.load(Ordering::Relaxed),
             subscriptions: inner.subs.len(),
             malformed_headers: core.malformed_headers,
+            last_replay: core.last_replay,
         }
     }
 }

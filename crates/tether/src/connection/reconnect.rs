@@ -316,6 +316,10 @@ fn adopt_attempt(shared: &Shared, addr: &ServerAddr, mut est: Established) -> Ad
 /// A link to `addr` was adopted: the outage ends, `Connected` (the client's first link;
 /// `attempts` is None) or `Reconnected` says so. Used by the reconnect loop and by the
 /// first connect of the FailFast and Lazy policies.
+///
+/// `Reconnected` waits until the link's subscription replay and the frames buffered
+/// before it are written (the core's `Replayed`, see `driver::handle_event`), so that a
+/// subscription is live on the server when it is seen; a link lost before has none.
 pub(crate) fn on_connected(
     shared: &Shared,
     inner: &mut Inner,
@@ -327,7 +331,7 @@ pub(crate) fn on_connected(
         Some(attempts) => {
             shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("tether_reconnects_total").increment(1);
-            shared.emit(EventKind::Reconnected {
+            inner.reconnected = Some(EventKind::Reconnected {
                 server: addr.to_string(),
                 attempts,
                 downtime,
