@@ -55,17 +55,17 @@ impl BufferWatch {
         c: Counts,
         limits: BufferLimits,
     ) -> Option<EventKind> {
-        let pct = percent(c, limits);
+        // Comparisons instead of a percentage's divisions: this runs on every publish.
         match change {
             Change::Drained => {
-                if pct < REARM_BELOW {
+                if !reached(c, limits, REARM_BELOW) {
                     self.level = 0;
                 }
                 None
             }
             Change::Filled => {
                 self.high_water_bytes = self.high_water_bytes.max(c.bytes);
-                let t = LEVELS.into_iter().find(|t| pct >= *t)?;
+                let t = LEVELS.into_iter().find(|t| reached(c, limits, *t))?;
                 (self.level < t).then(|| {
                     self.level = t;
                     EventKind::BufferHighWater {
@@ -106,11 +106,20 @@ impl BufferWatch {
     }
 }
 
-/// The buffer's fill in percent of its limits: the fuller of bytes and messages.
-pub(crate) fn percent(c: Counts, limits: BufferLimits) -> u8 {
+/// The buffer's fill in percent of its limits: the fuller of bytes and messages (the
+/// definition [`reached`] answers for without dividing).
+#[cfg(test)]
+fn percent(c: Counts, limits: BufferLimits) -> u8 {
     let b = c.bytes.saturating_mul(100) / (limits.max_bytes as u64).max(1);
     let m = c.msgs.saturating_mul(100) / (limits.max_msgs as u64).max(1);
     b.max(m).min(100) as u8
+}
+
+/// Whether `percent(c, limits) >= t`, without dividing (t at most 100).
+fn reached(c: Counts, limits: BufferLimits, t: u8) -> bool {
+    let t = u64::from(t);
+    c.bytes.saturating_mul(100) >= t * (limits.max_bytes as u64).max(1)
+        || c.msgs.saturating_mul(100) >= t * (limits.max_msgs as u64).max(1)
 }
 
 /// The buffer's level moved: emit a high-water event if one is due.
@@ -226,6 +235,18 @@ mod tests {
         w.refused(5);
         let t1 = t0 + OVERFLOW_REPORT_INTERVAL + Duration::from_millis(1);
         assert!(w.overflow(t1, true).is_some());
+    }
+
+    #[test]
+    fn reached_agrees_with_percent() {
+        for bytes in (0..=1200).step_by(7) {
+            for msgs in 0..=120 {
+                let c = fill(bytes, msgs);
+                for t in [REARM_BELOW, 50, 75, 90, 100] {
+                    assert_eq!(reached(c, LIMITS, t), percent(c, LIMITS) >= t, "{c:?} {t}");
+                }
+            }
+        }
     }
 
     #[test]
