@@ -89,11 +89,12 @@
 //!   re-invoked with the hidden `scale-child` subcommand), so RSS and threads are one
 //!   library's. The child connects N clients one after another with default options
 //!   (connect time per client), then per client subscribes one subject and flushes
-//!   (subscribe + flush), publishes to it and waits for the message (subscribe →
-//!   message), and reads VmRSS and Threads from `/proc/self/status`. async-nats's `flush`
-//!   returns once its buffer is written to the socket, without the server's PONG, and
-//!   tether's waits for the PONG: subscribe + flush is not like for like, subscribe →
-//!   message is. Metrics: connect p50/p90, subscribe + flush and subscribe → message p50
+//!   (subscribe + flush), subscribes a second subject, publishes to it without a flush
+//!   and waits for the message (subscribe → live), and reads VmRSS and Threads from
+//!   `/proc/self/status`. async-nats's `flush` returns once its buffer is written to the
+//!   socket, without the server's PONG, and tether's waits for the PONG: subscribe +
+//!   flush is not like for like, subscribe → live is. Metrics: connect p50/p90,
+//!   subscribe + flush and subscribe → live p50
 //!   (ms, over the clients), RSS growth per connection over a baseline taken before the
 //!   first connect (KiB), threads.
 //! - **subs** (opt-in): N subscriptions on one connection, for each N of `--subs`
@@ -499,7 +500,7 @@ fn run_compare(cli: &Cli) -> Res<()> {
         );
     }
     if let Some(plot) = plot {
-        let path = plot.write(cli, server_version.as_deref(), &all)?;
+        let path = plot.write(cli, server_version.as_deref(), &all, scale.plot_groups())?;
         if !cli.json {
             println!("plot written to {}", path.display());
         }

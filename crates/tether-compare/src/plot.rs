@@ -24,6 +24,13 @@ const VS_RAW: RGBColor = RGBColor(0xe0, 0x8a, 0x2c);
 const EVEN: RGBColor = RGBColor(0xc0, 0x30, 0x30);
 const HEIGHT: u32 = 580;
 
+/// Under a group whose ratio is a rate.
+pub(crate) const ABOVE_FASTER: &str = "above 1 = tether faster";
+/// Under a group whose ratio is a time.
+pub(crate) const BELOW_FASTER: &str = "below 1 = tether faster";
+/// Under a group whose ratio is memory.
+pub(crate) const BELOW_SMALLER: &str = "below 1 = tether smaller";
+
 /// The plot's file, opened for writing when the run starts so that a path that cannot
 /// be written fails before any round.
 #[derive(Debug)]
@@ -37,9 +44,9 @@ pub(crate) struct PlotFile {
 pub(crate) struct Group {
     /// `pub 16 B`.
     pub(crate) label: String,
-    /// Whether a ratio above 1 means tether is faster (msgs/s) or slower (latency).
-    pub(crate) higher_better: bool,
-    /// What the ratio is of: `msgs/s` or `p50`.
+    /// Which side of 1 is better for tether, in words (`above 1 = tether faster`).
+    pub(crate) better: &'static str,
+    /// What the ratio is of: `msgs/s`, `p50`, `RSS/conn`...
     pub(crate) metric: &'static str,
     pub(crate) vs_async: f64,
     /// tether / ceiling or floor, and which of the two (None for pubsub).
@@ -49,13 +56,19 @@ pub(crate) struct Group {
 impl PlotFile {
     /// Checks that the workloads have something to draw and opens `path` for writing.
     pub(crate) fn create(path: &Path, workloads: &[Workload]) -> Res<Self> {
-        if !workloads
-            .iter()
-            .any(|w| matches!(w, Workload::Pub | Workload::Pubsub | Workload::Reqrep))
-        {
+        if !workloads.iter().any(|w| {
+            matches!(
+                w,
+                Workload::Pub
+                    | Workload::Pubsub
+                    | Workload::Reqrep
+                    | Workload::Conns
+                    | Workload::Subs
+            )
+        }) {
             return Err(format!(
-                "--plot {}: the plot draws pub, pubsub and reqrep, and --workloads has none \
-                 of them; add one or drop --plot",
+                "--plot {}: the plot draws pub, pubsub, reqrep, conns and subs, and \
+                 --workloads has none of them; add one or drop --plot",
                 path.display()
             )
             .into());
@@ -79,6 +92,7 @@ impl PlotFile {
         cli: &Cli,
         server_version: Option<&str>,
         all: &[Series],
+        scale: Vec<Group>,
     ) -> Res<PathBuf> {
         let title = format!(
             "tether-compare, nats-server {}: median of {} rounds, {}",
@@ -86,7 +100,9 @@ impl PlotFile {
             cli.rounds,
             utc_date(SystemTime::now())
         );
-        self.finish(&title, &groups(all))
+        let mut groups = groups(all);
+        groups.extend(scale);
+        self.finish(&title, &groups)
     }
 
     fn finish(mut self, title: &str, groups: &[Group]) -> Res<PathBuf> {
@@ -107,7 +123,11 @@ fn groups(all: &[Series]) -> Vec<Group> {
             let (t, a, r) = medians(s, metric);
             Group {
                 label: format!("{} {} B", s.workload.name(), s.size),
-                higher_better,
+                better: if higher_better {
+                    ABOVE_FASTER
+                } else {
+                    BELOW_FASTER
+                },
                 metric: if higher_better { "msgs/s" } else { "p50" },
                 vs_async: t / a,
                 vs_raw: s.has_raw().then(|| (t / r, raw_name(s.workload))),
@@ -227,13 +247,8 @@ fn group_labels(
             root.draw(&Text::new(format!("vs {raw}"), (right, y + 6), under(14)))?;
         }
         root.draw(&Text::new(g.label.clone(), (mid, y + 26), under(18)))?;
-        let better = if g.higher_better {
-            "above 1 = tether faster"
-        } else {
-            "below 1 = tether faster"
-        };
         root.draw(&Text::new(g.metric, (mid, y + 50), under(15)))?;
-        root.draw(&Text::new(better, (mid, y + 68), under(15)))?;
+        root.draw(&Text::new(g.better, (mid, y + 68), under(15)))?;
     }
     Ok(())
 }
@@ -268,21 +283,21 @@ mod tests {
         vec![
             Group {
                 label: "pub 16 B".to_owned(),
-                higher_better: true,
+                better: super::ABOVE_FASTER,
                 metric: "msgs/s",
                 vs_async: 2.2,
                 vs_raw: Some((0.91, "ceiling")),
             },
             Group {
                 label: "pubsub 16 B".to_owned(),
-                higher_better: true,
+                better: super::ABOVE_FASTER,
                 metric: "msgs/s",
                 vs_async: 1.4,
                 vs_raw: None,
             },
             Group {
                 label: "reqrep 128 B".to_owned(),
-                higher_better: false,
+                better: super::BELOW_FASTER,
                 metric: "p50",
                 vs_async: 0.97,
                 vs_raw: Some((1.53, "floor")),

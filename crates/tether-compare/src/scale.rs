@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::plot::{Group, BELOW_FASTER, BELOW_SMALLER};
 use crate::report::group;
 use crate::stats::median;
 use crate::{ByLib, Cli, Lib, Res, Workload, SETTLE};
@@ -63,7 +64,7 @@ pub(crate) struct ConnsRun {
     sub_flush_p50_ms: f64,
     /// Per client, from calling subscribe to the client's own message coming back
     /// through the new subscription (median over the clients).
-    sub_msg_p50_ms: f64,
+    sub_live_p50_ms: f64,
     rss_before_kib: u64,
     rss_after_kib: u64,
     rss_per_conn_kib: f64,
@@ -151,13 +152,13 @@ pub(crate) fn run_scale(cli: &Cli, url: &str, workloads: &[Workload]) -> Res<Sca
                 |r: &ConnsRun| {
                     format!(
                     "conns {:>7} {:<10} connect p50 {:.3} ms p90 {:.3} ms; sub+flush {:.3} ms, \
-                     sub→msg {:.3} ms; RSS {:+.1} KiB/conn; {} threads",
+                     sub→live {:.3} ms; RSS {:+.1} KiB/conn; {} threads",
                     group(n as f64),
                     r.client,
                     r.connect_p50_ms,
                     r.connect_p90_ms,
                     r.sub_flush_p50_ms,
-                    r.sub_msg_p50_ms,
+                    r.sub_live_p50_ms,
                     r.rss_per_conn_kib,
                     r.threads_after
                 )
@@ -379,6 +380,76 @@ fn wait_subsz(
     }
 }
 
+impl Scale {
+    /// The plot's groups: tether / async-nats of the medians, per N, of connect time,
+    /// subscribe → live and RSS per connection (conns), and of setup time, RSS per
+    /// subscription and resubscribe time (subs). All lower is better.
+    pub(crate) fn plot_groups(&self) -> Vec<Group> {
+        let mut groups = Vec::new();
+        let mut add = |label: String, metric, better, t: f64, a: f64| {
+            groups.push(Group {
+                label,
+                better,
+                metric,
+                vs_async: t / a,
+                vs_raw: None,
+            });
+        };
+        for (n, runs) in &self.conns {
+            let (t, a) = (&runs.tether, &runs.async_nats);
+            let label = || format!("conns {}", group(*n as f64));
+            add(
+                label(),
+                "connect p50",
+                BELOW_FASTER,
+                med(t, |r| r.connect_p50_ms),
+                med(a, |r| r.connect_p50_ms),
+            );
+            add(
+                label(),
+                "sub→live p50",
+                BELOW_FASTER,
+                med(t, |r| r.sub_live_p50_ms),
+                med(a, |r| r.sub_live_p50_ms),
+            );
+            add(
+                label(),
+                "RSS/conn",
+                BELOW_SMALLER,
+                med(t, |r| r.rss_per_conn_kib),
+                med(a, |r| r.rss_per_conn_kib),
+            );
+        }
+        for (n, runs) in &self.subs {
+            let (t, a) = (&runs.tether, &runs.async_nats);
+            let label = || format!("subs {}", group(*n as f64));
+            let resub = |r: &SubsRun| r.resub.map_or(f64::NAN, |x| x.resubscribe_ms);
+            add(
+                label(),
+                "setup",
+                BELOW_FASTER,
+                med(t, |r| r.setup_ms),
+                med(a, |r| r.setup_ms),
+            );
+            add(
+                label(),
+                "RSS/sub",
+                BELOW_SMALLER,
+                med(t, |r| r.rss_per_sub_bytes),
+                med(a, |r| r.rss_per_sub_bytes),
+            );
+            add(
+                label(),
+                "resubscribe",
+                BELOW_FASTER,
+                med(t, resub),
+                med(a, resub),
+            );
+        }
+        groups
+    }
+}
+
 /// A row of the table: label, JSON key, the figure of one run.
 type Row<R> = (&'static str, &'static str, fn(&R) -> f64);
 
@@ -388,7 +459,9 @@ const CONNS_ROWS: &[Row<ConnsRun>] = &[
     ("sub+flush p50 ms", "sub_flush_p50_ms", |r| {
         r.sub_flush_p50_ms
     }),
-    ("sub→msg p50 ms", "sub_msg_p50_ms", |r| r.sub_msg_p50_ms),
+    ("sub→live p50 ms", "sub_live_p50_ms", |r| {
+        r.sub_live_p50_ms
+    }),
     ("RSS/conn KiB", "rss_per_conn_kib", |r| r.rss_per_conn_kib),
     ("threads", "threads", |r| r.threads_after as f64),
 ];
@@ -481,8 +554,9 @@ pub(crate) fn scale_table(s: &Scale) -> String {
             "\nconns: server {}; N clients connected one after another with default options. \
              sub+flush: subscribe, then flush. async-nats 0.51's flush returns once its \
              connection task has written and flushed its buffer to the socket; it does not \
-             wait for the server's PONG, while tether's waits for the PONG. sub→msg ends on \
-             the server for both: the client's own message back through the new subscription. \
+             wait for the server's PONG, while tether's waits for the PONG. sub→live is like for \
+             like: a second subscription, then a publish to it and no flush, timed until that \
+             message comes back through it (the server reads a connection in order). \
              RSS/conn: VmRSS growth over the baseline before the first connect, divided by N \
              (the subscription included); threads: the child's threads with all N connected.",
             s.conns_server

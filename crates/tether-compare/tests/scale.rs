@@ -20,7 +20,11 @@ fn under_limit(nofile: u32, args: &[&str]) -> Output {
 
 #[test]
 fn a_small_scale_run_reports_every_figure() {
+    let plot =
+        std::env::temp_dir().join(format!("tether-compare-scale-{}.svg", std::process::id()));
     let out = Command::new(EXE)
+        .arg("--plot")
+        .arg(&plot)
         .args([
             "--workloads",
             "conns,subs",
@@ -38,7 +42,28 @@ fn a_small_scale_run_reports_every_figure() {
         .expect("running tether-compare");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "tether-compare failed: {stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // The plot draws the scale ratios too.
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    std::fs::remove_file(&plot).unwrap();
+    for text in [
+        "conns 3",
+        "subs 50",
+        "connect p50",
+        "sub→live p50",
+        "RSS/sub",
+        "resubscribe",
+    ] {
+        assert!(
+            svg.contains(&format!(">\n{text}\n</text>")),
+            "no {text:?} in the plot"
+        );
+    }
+    let json_start = out
+        .stdout
+        .iter()
+        .position(|&b| b == b'{')
+        .expect("a JSON object");
+    let v: Value = serde_json::from_slice(&out.stdout[json_start..]).expect("one JSON object");
     let w = &v["workloads"];
     for lib in ["tether", "async_nats"] {
         let conns = &w["conns"]["n"]["3"][lib];
@@ -47,7 +72,7 @@ fn a_small_scale_run_reports_every_figure() {
         for r in rounds {
             assert_eq!(r["n"], 3);
             assert!(r["connect_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
-            assert!(r["sub_msg_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["sub_live_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
             assert!(r["threads_after"].as_u64().unwrap() >= 1, "{r}");
         }
         let subs = &w["subs"]["n"]["50"][lib];
