@@ -189,10 +189,14 @@ pub(crate) struct OutboundBuffer {
     counted: Counts,
     /// Written PUB/HPUB frames kept for resending until a PONG confirms them.
     retained: Retained,
-    /// The last fully written chunk, reclaimed as the next pending buffer once the writer
+    /// The empty rest of the buffer the last chunk was split from, sharing its memory:
+    /// reclaimed whole as the next pending buffer once the chunk is written and the writer
     /// has let go of it, so steady publishing writes into memory already mapped instead
-    /// of a fresh allocation (and its page faults) per chunk.
-    spent: Bytes,
+    /// of a fresh allocation (and its page faults) per chunk. Reclaimed this way the
+    /// buffer stays shared, so handing out the next chunk allocates nothing either.
+    spent: BytesMut,
+    /// Capacity of the buffer `spent` belongs to.
+    spent_cap: usize,
 }
 
 /// Buffer memory over this size is freed once everything is written (the end of a burst,
@@ -214,7 +218,8 @@ impl OutboundBuffer {
             front_written: 0,
             counted: Counts::default(),
             retained: Retained::default(),
-            spent: Bytes::new(),
+            spent: BytesMut::new(),
+            spent_cap: 0,
         }
     }
 
@@ -274,7 +279,12 @@ impl OutboundBuffer {
             return None;
         }
         let next = self.reclaim_spent();
-        self.in_flight = std::mem::replace(&mut self.pending, next).freeze();
+        let mut buf = std::mem::replace(&mut self.pending, next);
+        self.spent_cap = buf.capacity();
+        // Split, not frozen whole: the chunk and `spent` share one buffer, and only its
+        // first split makes it shared (one allocation per buffer, not one per chunk).
+        self.in_flight = buf.split().freeze();
+        self.spent = buf;
         // The in-flight list is empty here (its chunk was fully written): swap so both
         // keep their capacity and no list is reallocated per chunk.
         std::mem::swap(&mut self.in_flight_frames, &mut self.pending_frames);
@@ -363,12 +373,14 @@ impl OutboundBuffer {
             on_written(Written { frame, count: done });
         }
         if !self.has_in_flight() {
-            self.spent = std::mem::take(&mut self.in_flight);
+            // Let go of the written chunk: `spent` can reclaim its memory.
+            self.in_flight = Bytes::new();
             self.in_flight_pos = 0;
             if self.pending.is_empty() {
                 // Idle: a burst's memory is not held for good.
-                if self.spent.len() > IDLE_KEEP {
-                    self.spent = Bytes::new();
+                if self.spent_cap > IDLE_KEEP {
+                    self.spent = BytesMut::new();
+                    self.spent_cap = 0;
                 }
                 if self.pending.capacity() > IDLE_KEEP {
                     self.pending = BytesMut::with_capacity(INITIAL_CAPACITY);
@@ -380,12 +392,14 @@ impl OutboundBuffer {
     /// An empty buffer for the next pending stream: the spent chunk's memory when nobody
     /// else holds it any more, else a new one.
     fn reclaim_spent(&mut self) -> BytesMut {
-        match std::mem::take(&mut self.spent).try_into_mut() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => BytesMut::with_capacity(INITIAL_CAPACITY),
+        let mut b = std::mem::take(&mut self.spent);
+        let cap = std::mem::take(&mut self.spent_cap);
+        b.clear();
+        // Succeeds without allocating when no chunk of that buffer is held any more.
+        if cap > 0 && b.try_reclaim(cap) {
+            b
+        } else {
+            BytesMut::with_capacity(INITIAL_CAPACITY)
         }
     }
 
