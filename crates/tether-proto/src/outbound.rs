@@ -17,7 +17,7 @@
 //! not yet confirmed by a PONG can be retained for resending (`resend_unconfirmed`); those
 //! count against the bounds too.
 //!
-//! Frames are listed as runs ([`Run`]): consecutive PUB frames of the same length and
+//! Frames are listed as runs (`Run`): consecutive PUB frames of the same length and
 //! payload length (one subject, one payload size: the common case) share one entry with a
 //! count, so a publish usually adds no entry and a write reports a whole run's written
 //! frames in one step (`Written::count`). Every other kind of frame is a run of one.
