@@ -16,6 +16,11 @@
 //! frame counts until its last byte has been accepted by the socket. Frames written but
 //! not yet confirmed by a PONG can be retained for resending (`resend_unconfirmed`); those
 //! count against the bounds too.
+//!
+//! Frames are listed as runs (`Run`): consecutive PUB frames of the same length and
+//! payload length (one subject, one payload size: the common case) share one entry with a
+//! count, so a publish usually adds no entry and a write reports a whole run's written
+//! frames in one step (`Written::count`). Every other kind of frame is a run of one.
 
 use std::collections::VecDeque;
 
@@ -63,6 +68,43 @@ pub(crate) struct Frame {
     pub(crate) kind: FrameKind,
 }
 
+/// Consecutive frames alike: `count` frames described by `frame`, back to back in the
+/// stream. Only [`FrameKind::Pub`] frames of equal `len` and `payload_len` share a run;
+/// any other frame is a run of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Each frame of the run.
+    pub(crate) frame: Frame,
+    /// How many frames (at least 1).
+    pub(crate) count: u32,
+}
+
+impl Run {
+    fn one(frame: Frame) -> Self {
+        Self { frame, count: 1 }
+    }
+
+    /// Encoded bytes of the whole run.
+    fn bytes(&self) -> usize {
+        self.frame.len as usize * self.count as usize
+    }
+}
+
+/// Append `run` to `list`, extending the last run when both are PUB frames alike.
+fn push_run(list: &mut VecDeque<Run>, run: Run) {
+    if run.frame.kind == FrameKind::Pub {
+        if let Some(back) = list.back_mut() {
+            if back.frame == run.frame {
+                if let Some(count) = back.count.checked_add(run.count) {
+                    back.count = count;
+                    return;
+                }
+            }
+        }
+    }
+    list.push_back(run);
+}
+
 /// Totals of PUB/HPUB frames.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -74,12 +116,15 @@ pub struct Counts {
 
 impl Counts {
     fn add(&mut self, f: &Frame) {
-        self.msgs += 1;
-        self.bytes += u64::from(f.len);
+        self.add_n(f, 1);
     }
-    fn sub(&mut self, f: &Frame) {
-        self.msgs = self.msgs.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(u64::from(f.len));
+    fn add_n(&mut self, f: &Frame, n: u32) {
+        self.msgs += u64::from(n);
+        self.bytes += u64::from(f.len) * u64::from(n);
+    }
+    fn sub_n(&mut self, f: &Frame, n: u32) {
+        self.msgs = self.msgs.saturating_sub(u64::from(n));
+        self.bytes = self.bytes.saturating_sub(u64::from(f.len) * u64::from(n));
     }
 }
 
@@ -88,32 +133,43 @@ impl Counts {
 #[derive(Debug, Default)]
 pub(crate) struct Retained {
     bytes: BytesMut,
-    frames: VecDeque<Frame>,
+    frames: VecDeque<Run>,
 }
 
 impl Retained {
     /// Drop the `msgs` oldest frames (a PONG confirmed them); retained PUBs stop counting
     /// in `counted`.
-    fn release(&mut self, msgs: u64, counted: &mut Counts) {
+    fn release(&mut self, mut msgs: u64, counted: &mut Counts) {
         let mut bytes = 0usize;
-        for _ in 0..msgs {
-            let Some(f) = self.frames.pop_front() else {
+        while msgs > 0 {
+            let Some(front) = self.frames.front_mut() else {
                 break;
             };
-            if f.kind == FrameKind::Pub {
-                counted.sub(&f);
+            // Frames of the front run confirmed: all of it, or its first `msgs`.
+            let n = u32::try_from(msgs).map_or(front.count, |m| m.min(front.count));
+            let f = front.frame;
+            if n == front.count {
+                self.frames.pop_front();
+            } else {
+                front.count -= n;
             }
-            bytes += f.len as usize;
+            if f.kind == FrameKind::Pub {
+                counted.sub_n(&f, n);
+            }
+            bytes += f.len as usize * n as usize;
+            msgs -= u64::from(n);
         }
         let _ = self.bytes.split_to(bytes.min(self.bytes.len()));
     }
 }
 
-/// A frame whose last byte the socket just accepted.
+/// Frames whose last byte the socket just accepted: `count` consecutive frames alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Written {
-    /// The frame.
+    /// Each frame.
     pub(crate) frame: Frame,
+    /// How many (at least 1; more only for PUB frames of one run).
+    pub(crate) count: u32,
 }
 
 /// The byte- and message-bounded outbound buffer.
@@ -122,21 +178,25 @@ pub(crate) struct OutboundBuffer {
     limits: BufferLimits,
     /// Encoded frames not yet handed to the writer.
     pending: BytesMut,
-    pending_frames: VecDeque<Frame>,
+    pending_frames: VecDeque<Run>,
     /// The chunk handed to the writer, and how much of it the socket accepted.
     in_flight: Bytes,
-    in_flight_frames: VecDeque<Frame>,
+    in_flight_frames: VecDeque<Run>,
     in_flight_pos: usize,
-    /// Bytes of the first in-flight frame already written.
+    /// Bytes of the first frame of the first in-flight run already written.
     front_written: usize,
     /// PUB/HPUB frames counted against the bounds (pending + in flight + retained).
     counted: Counts,
     /// Written PUB/HPUB frames kept for resending until a PONG confirms them.
     retained: Retained,
-    /// The last fully written chunk, reclaimed as the next pending buffer once the writer
+    /// The empty rest of the buffer the last chunk was split from, sharing its memory:
+    /// reclaimed whole as the next pending buffer once the chunk is written and the writer
     /// has let go of it, so steady publishing writes into memory already mapped instead
-    /// of a fresh allocation (and its page faults) per chunk.
-    spent: Bytes,
+    /// of a fresh allocation (and its page faults) per chunk. Reclaimed this way the
+    /// buffer stays shared, so handing out the next chunk allocates nothing either.
+    spent: BytesMut,
+    /// Capacity of the buffer `spent` belongs to.
+    spent_cap: usize,
 }
 
 /// Buffer memory over this size is freed once everything is written (the end of a burst,
@@ -158,7 +218,8 @@ impl OutboundBuffer {
             front_written: 0,
             counted: Counts::default(),
             retained: Retained::default(),
-            spent: Bytes::new(),
+            spent: BytesMut::new(),
+            spent_cap: 0,
         }
     }
 
@@ -192,7 +253,7 @@ impl OutboundBuffer {
         if kind.is_publish() {
             self.counted.add(&frame);
         }
-        self.pending_frames.push_back(frame);
+        push_run(&mut self.pending_frames, Run::one(frame));
     }
 
     /// True when nothing waits to be written (pending empty, chunk fully written).
@@ -218,7 +279,12 @@ impl OutboundBuffer {
             return None;
         }
         let next = self.reclaim_spent();
-        self.in_flight = std::mem::replace(&mut self.pending, next).freeze();
+        let mut buf = std::mem::replace(&mut self.pending, next);
+        self.spent_cap = buf.capacity();
+        // Split, not frozen whole: the chunk and `spent` share one buffer, and only its
+        // first split makes it shared (one allocation per buffer, not one per chunk).
+        self.in_flight = buf.split().freeze();
+        self.spent = buf;
         // The in-flight list is empty here (its chunk was fully written): swap so both
         // keep their capacity and no list is reallocated per chunk.
         std::mem::swap(&mut self.in_flight_frames, &mut self.pending_frames);
@@ -233,21 +299,22 @@ impl OutboundBuffer {
     /// Only call while nothing is in flight.
     pub(crate) fn take_control_chunk(&mut self, chunk: Bytes) -> Bytes {
         self.in_flight_frames.clear();
-        self.in_flight_frames.push_back(Frame {
+        self.in_flight_frames.push_back(Run::one(Frame {
             len: chunk.len() as u32,
             payload_len: 0,
             kind: FrameKind::Control,
-        });
+        }));
         self.in_flight = chunk.clone();
         self.in_flight_pos = 0;
         self.front_written = 0;
         chunk
     }
 
-    /// The socket accepted `n` more bytes of the chunk. `on_written` is called for every
-    /// frame whose last byte is now written, in order. Written PUB frames are retained
-    /// when `retain_pubs` (they keep counting against the bounds), request frames when
-    /// `retain_requests` (they do not count while retained).
+    /// The socket accepted `n` more bytes of the chunk. `on_written` is called, in order,
+    /// for the frames whose last byte is now written: once per run they complete (or
+    /// complete in part), with how many of its frames that is. Written PUB frames are
+    /// retained when `retain_pubs` (they keep counting against the bounds), request frames
+    /// when `retain_requests` (they do not count while retained).
     pub(crate) fn advance(
         &mut self,
         mut n: usize,
@@ -258,42 +325,62 @@ impl OutboundBuffer {
         n = n.min(self.in_flight.len() - self.in_flight_pos);
         self.in_flight_pos += n;
         while n > 0 {
-            let Some(front) = self.in_flight_frames.front().copied() else {
+            let Some(front) = self.in_flight_frames.front_mut() else {
                 break;
             };
-            let left = front.len as usize - self.front_written;
+            let frame = front.frame;
+            let len = frame.len as usize;
+            // The front frame may be partly written already.
+            let left = len - self.front_written;
             if n < left {
                 self.front_written += n;
                 break;
             }
-            n -= left;
-            self.front_written = 0;
-            self.in_flight_frames.pop_front();
-            if front.kind.is_publish() {
-                let retain = match front.kind {
+            // The front frame, then as many whole frames of the run as the rest covers.
+            let more = match (n - left).checked_div(len) {
+                Some(k) => k.min(front.count as usize - 1),
+                None => front.count as usize - 1,
+            };
+            n -= left + more * len;
+            // Where the frames written now end in the chunk.
+            let end = self.in_flight_pos - n;
+            let done = 1 + more as u32;
+            if done == front.count {
+                self.in_flight_frames.pop_front();
+                self.front_written = 0;
+            } else {
+                // The run goes on: `n` (less than a frame) is the start of its next frame.
+                front.count -= done;
+                self.front_written = n;
+                n = 0;
+            }
+            if frame.kind.is_publish() {
+                let retain = match frame.kind {
                     FrameKind::Pub => retain_pubs,
                     _ => retain_requests,
                 };
                 if retain {
-                    let end = self.in_flight_pos - n;
-                    let start = end - front.len as usize;
-                    let bytes = &self.in_flight[start..end];
-                    self.retained.bytes.extend_from_slice(bytes);
-                    self.retained.frames.push_back(front);
+                    let start = end - len * done as usize;
+                    self.retained
+                        .bytes
+                        .extend_from_slice(&self.in_flight[start..end]);
+                    push_run(&mut self.retained.frames, Run { frame, count: done });
                 }
-                if !retain || front.kind != FrameKind::Pub {
-                    self.counted.sub(&front);
+                if !retain || frame.kind != FrameKind::Pub {
+                    self.counted.sub_n(&frame, done);
                 }
             }
-            on_written(Written { frame: front });
+            on_written(Written { frame, count: done });
         }
         if !self.has_in_flight() {
-            self.spent = std::mem::take(&mut self.in_flight);
+            // Let go of the written chunk: `spent` can reclaim its memory.
+            self.in_flight = Bytes::new();
             self.in_flight_pos = 0;
             if self.pending.is_empty() {
                 // Idle: a burst's memory is not held for good.
-                if self.spent.len() > IDLE_KEEP {
-                    self.spent = Bytes::new();
+                if self.spent_cap > IDLE_KEEP {
+                    self.spent = BytesMut::new();
+                    self.spent_cap = 0;
                 }
                 if self.pending.capacity() > IDLE_KEEP {
                     self.pending = BytesMut::with_capacity(INITIAL_CAPACITY);
@@ -305,12 +392,14 @@ impl OutboundBuffer {
     /// An empty buffer for the next pending stream: the spent chunk's memory when nobody
     /// else holds it any more, else a new one.
     fn reclaim_spent(&mut self) -> BytesMut {
-        match std::mem::take(&mut self.spent).try_into_mut() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => BytesMut::with_capacity(INITIAL_CAPACITY),
+        let mut b = std::mem::take(&mut self.spent);
+        let cap = std::mem::take(&mut self.spent_cap);
+        b.clear();
+        // Succeeds without allocating when no chunk of that buffer is held any more.
+        if cap > 0 && b.try_reclaim(cap) {
+            b
+        } else {
+            BytesMut::with_capacity(INITIAL_CAPACITY)
         }
     }
 
@@ -323,10 +412,10 @@ impl OutboundBuffer {
     /// caused: never resend them).
     pub(crate) fn discard_retained(&mut self) -> Counts {
         let mut c = Counts::default();
-        for f in self.retained.frames.drain(..) {
-            c.add(&f);
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(&f);
+        for r in self.retained.frames.drain(..) {
+            c.add_n(&r.frame, r.count);
+            if r.frame.kind == FrameKind::Pub {
+                self.counted.sub_n(&r.frame, r.count);
             }
         }
         self.retained.bytes.clear();
@@ -351,14 +440,15 @@ impl OutboundBuffer {
         // Retained frames were written; they go first. Retained requests did not count
         // against the bounds; pending again, they do.
         out.extend_from_slice(&retained);
-        for f in &retained_frames {
-            if f.kind != FrameKind::Pub {
-                self.counted.add(f);
+        for r in retained_frames {
+            if r.frame.kind != FrameKind::Pub {
+                self.counted.add_n(&r.frame, r.count);
             }
+            push_run(&mut frames, r);
         }
-        frames.extend(retained_frames);
 
         let in_flight = std::mem::take(&mut self.in_flight);
+        // The first in-flight run starts with the partly written frame, if any.
         let start = self.in_flight_pos - self.front_written;
         let in_flight_frames = std::mem::take(&mut self.in_flight_frames);
         let pending = self.pending.split().freeze();
@@ -372,15 +462,16 @@ impl OutboundBuffer {
         ];
         for (bytes, list) in &mut sources {
             let mut off = 0usize;
-            for f in list.drain(..) {
-                let end = off + f.len as usize;
-                if keep(&f) {
+            for r in list.drain(..) {
+                let end = off + r.bytes();
+                // The frames of a run are alike: kept or dropped together.
+                if keep(&r.frame) {
                     if let Some(slice) = bytes.get(off..end) {
                         out.extend_from_slice(slice);
-                        frames.push_back(f);
+                        push_run(&mut frames, r);
                     }
-                } else if f.kind.is_publish() {
-                    self.counted.sub(&f);
+                } else if r.frame.kind.is_publish() {
+                    self.counted.sub_n(&r.frame, r.count);
                 }
                 off = end;
             }
@@ -399,41 +490,44 @@ impl OutboundBuffer {
         if !self
             .pending_frames
             .iter()
-            .any(|f| f.kind.is_publish() && remove(f))
+            .any(|r| r.frame.kind.is_publish() && remove(&r.frame))
         {
             return removed;
         }
         let pending = self.pending.split().freeze();
         let frames = std::mem::take(&mut self.pending_frames);
         let mut off = 0usize;
-        for f in frames {
-            let end = off + f.len as usize;
-            if f.kind.is_publish() && remove(&f) {
-                removed.add(&f);
-                self.counted.sub(&f);
+        for r in frames {
+            let end = off + r.bytes();
+            // The frames of a run are alike: removed or kept together.
+            if r.frame.kind.is_publish() && remove(&r.frame) {
+                removed.add_n(&r.frame, r.count);
+                self.counted.sub_n(&r.frame, r.count);
             } else if let Some(slice) = pending.get(off..end) {
                 self.pending.extend_from_slice(slice);
-                self.pending_frames.push_back(f);
+                push_run(&mut self.pending_frames, r);
             }
             off = end;
         }
         removed
     }
 
-    /// Put `bytes` (whole frames, described by `frames`) before everything pending (frames
-    /// retained on a retired link, to be written again). Only call while nothing is in
-    /// flight.
-    pub(crate) fn prepend(&mut self, bytes: &[u8], frames: impl IntoIterator<Item = Frame>) {
+    /// Put `bytes` (whole frames, described by the runs `frames`) before everything
+    /// pending (frames retained on a retired link, to be written again). Only call while
+    /// nothing is in flight.
+    fn prepend(&mut self, bytes: &[u8], frames: VecDeque<Run>) {
         let mut out = BytesMut::with_capacity(bytes.len() + self.pending.len());
         out.extend_from_slice(bytes);
         out.extend_from_slice(&self.pending);
-        let mut list: VecDeque<Frame> = frames.into_iter().collect();
-        for f in &list {
-            if f.kind.is_publish() {
-                self.counted.add(f);
+        let mut list = frames;
+        for r in &list {
+            if r.frame.kind.is_publish() {
+                self.counted.add_n(&r.frame, r.count);
             }
         }
-        list.extend(self.pending_frames.drain(..));
+        for r in self.pending_frames.drain(..) {
+            push_run(&mut list, r);
+        }
         self.pending = out;
         self.pending_frames = list;
     }
@@ -441,19 +535,25 @@ impl OutboundBuffer {
     /// The in-flight frame whose bytes are partly written, if any.
     pub(crate) fn partial_front(&self) -> Option<Frame> {
         (self.front_written > 0)
-            .then(|| self.in_flight_frames.front().copied())
+            .then(|| self.in_flight_frames.front().map(|r| r.frame))
             .flatten()
     }
 
     /// Remove the first pending frame (a poison frame put back by a rewind). Only call
     /// while nothing is in flight.
     pub(crate) fn drop_first_pending(&mut self) -> Option<Frame> {
-        let f = self.pending_frames.pop_front()?;
+        let front = self.pending_frames.front_mut()?;
+        let f = front.frame;
+        if front.count > 1 {
+            front.count -= 1;
+        } else {
+            self.pending_frames.pop_front();
+        }
         let _ = self
             .pending
             .split_to((f.len as usize).min(self.pending.len()));
         if f.kind.is_publish() {
-            self.counted.sub(&f);
+            self.counted.sub_n(&f, 1);
         }
         Some(f)
     }
@@ -474,9 +574,9 @@ impl OutboundBuffer {
         if r.frames.is_empty() {
             return;
         }
-        for f in &r.frames {
-            if f.kind == FrameKind::Pub {
-                self.counted.sub(f);
+        for run in &r.frames {
+            if run.frame.kind == FrameKind::Pub {
+                self.counted.sub_n(&run.frame, run.count);
             }
         }
         self.prepend(&r.bytes, r.frames);
@@ -487,7 +587,7 @@ impl OutboundBuffer {
         self.in_flight_frames
             .iter()
             .chain(self.pending_frames.iter())
-            .filter_map(|f| match f.kind {
+            .filter_map(|r| match r.frame.kind {
                 FrameKind::Request(id) => Some(id),
                 _ => None,
             })
@@ -498,15 +598,17 @@ impl OutboundBuffer {
     pub(crate) fn in_flight_request(&self, id: u64) -> bool {
         self.in_flight_frames
             .iter()
-            .any(|f| f.kind == FrameKind::Request(id))
+            .any(|r| r.frame.kind == FrameKind::Request(id))
     }
 
     /// Request ids whose frames are pending (not yet handed to the writer).
     pub(crate) fn pending_requests(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pending_frames.iter().filter_map(|f| match f.kind {
-            FrameKind::Request(id) => Some(id),
-            _ => None,
-        })
+        self.pending_frames
+            .iter()
+            .filter_map(|r| match r.frame.kind {
+                FrameKind::Request(id) => Some(id),
+                _ => None,
+            })
     }
 
     /// Drop everything (the client is closed); returns the publish frames dropped.
@@ -526,13 +628,13 @@ impl OutboundBuffer {
     /// Publish frames not yet written (pending and in flight), excluding retained ones.
     pub(crate) fn unsent(&self) -> Counts {
         let mut c = Counts::default();
-        for f in self
+        for r in self
             .in_flight_frames
             .iter()
             .chain(self.pending_frames.iter())
         {
-            if f.kind.is_publish() {
-                c.add(f);
+            if r.frame.kind.is_publish() {
+                c.add_n(&r.frame, r.count);
             }
         }
         c
@@ -590,7 +692,8 @@ mod tests {
         push(&mut b, b"PUB b 1\r\nx\r\n", FrameKind::Pub);
         b.take_chunk().unwrap();
         b.advance(24, true, false, |_| {});
-        assert_eq!(b.retained.frames.len(), 2);
+        assert_eq!(b.retained.frames.len(), 1, "two PUBs alike: one run");
+        assert_eq!(b.retained.frames[0].count, 2);
         assert_eq!(b.counted().msgs, 2, "retained frames still count");
         b.release_retained(1);
         assert_eq!(b.counted().msgs, 1);
@@ -636,5 +739,303 @@ mod tests {
         assert_eq!(removed, Counts { msgs: 1, bytes: 14 });
         assert_eq!(&b.pending[..], b"PUB b 1\r\nx\r\n");
         assert_eq!(b.counted(), Counts { msgs: 1, bytes: 12 });
+    }
+
+    /// Many small PUBs alike in a buffer allowing them all.
+    fn big() -> OutboundBuffer {
+        OutboundBuffer::new(BufferLimits {
+            max_bytes: 1 << 20,
+            max_msgs: 10_000,
+        })
+    }
+
+    const A: &[u8] = b"PUB a 1\r\nx\r\n"; // 12 bytes
+    const B3: &[u8] = b"PUB b 3\r\nxyz\r\n"; // 14 bytes
+
+    fn push_n(b: &mut OutboundBuffer, bytes: &[u8], n: usize) {
+        for _ in 0..n {
+            push(b, bytes, FrameKind::Pub);
+        }
+    }
+
+    /// Advance by `n` bytes, collecting (kind, count) per report.
+    fn advance(b: &mut OutboundBuffer, n: usize, retain: bool) -> Vec<(FrameKind, u32)> {
+        let mut w = Vec::new();
+        b.advance(n, retain, retain, |x| w.push((x.frame.kind, x.count)));
+        w
+    }
+
+    #[test]
+    fn equal_pubs_share_one_run() {
+        let mut b = big();
+        push_n(&mut b, A, 1000);
+        assert_eq!(b.pending_frames.len(), 1);
+        assert_eq!(b.pending_frames[0].count, 1000);
+        assert_eq!(
+            b.counted(),
+            Counts {
+                msgs: 1000,
+                bytes: 12_000
+            }
+        );
+        assert_eq!(
+            b.unsent(),
+            Counts {
+                msgs: 1000,
+                bytes: 12_000
+            }
+        );
+        // A different size, a request, a PING and an HPUB-like frame of another payload
+        // length: none of them joins the run, and the request is one entry.
+        push(&mut b, B3, FrameKind::Pub);
+        push(&mut b, A, FrameKind::Request(7));
+        push(&mut b, A, FrameKind::Request(8));
+        push(&mut b, b"PING\r\n", FrameKind::Ping);
+        push(&mut b, b"PING\r\n", FrameKind::Ping);
+        b.push(FrameKind::Pub, 2, |buf| buf.extend_from_slice(A));
+        push(&mut b, A, FrameKind::Pub);
+        let kinds: Vec<_> = b
+            .pending_frames
+            .iter()
+            .map(|r| (r.frame.kind, r.frame.payload_len, r.count))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (FrameKind::Pub, 1, 1000),
+                (FrameKind::Pub, 1, 1),
+                (FrameKind::Request(7), 1, 1),
+                (FrameKind::Request(8), 1, 1),
+                (FrameKind::Ping, 1, 1),
+                (FrameKind::Ping, 1, 1),
+                (FrameKind::Pub, 2, 1),
+                (FrameKind::Pub, 1, 1),
+            ]
+        );
+        assert_eq!(b.pending_requests().collect::<Vec<_>>(), vec![7, 8]);
+    }
+
+    #[test]
+    fn partial_write_inside_a_run_then_the_rest() {
+        let mut b = big();
+        push_n(&mut b, A, 10);
+        b.take_chunk().unwrap();
+        // 3 frames and 5 bytes of the 4th.
+        assert_eq!(
+            advance(&mut b, 3 * 12 + 5, false),
+            vec![(FrameKind::Pub, 3)]
+        );
+        assert_eq!(b.partial_front().map(|f| f.kind), Some(FrameKind::Pub));
+        assert_eq!(b.counted(), Counts { msgs: 7, bytes: 84 });
+        assert_eq!(b.unsent().msgs, 7, "the partly written frame is unsent");
+        // 6 more bytes: the 4th frame still lacks its last byte.
+        assert_eq!(advance(&mut b, 6, false), vec![]);
+        // Its last byte, then 2 whole frames and a byte.
+        assert_eq!(
+            advance(&mut b, 1 + 24 + 1, false),
+            vec![(FrameKind::Pub, 3)]
+        );
+        assert_eq!(b.counted().msgs, 4);
+        // The rest, exactly.
+        assert_eq!(advance(&mut b, 11 + 36, false), vec![(FrameKind::Pub, 4)]);
+        assert!(!b.has_in_flight());
+        assert_eq!(b.counted(), Counts::default());
+        assert!(b.in_flight_frames.is_empty());
+    }
+
+    #[test]
+    fn write_ending_on_a_frame_boundary_inside_a_run() {
+        let mut b = big();
+        push_n(&mut b, A, 5);
+        push(&mut b, B3, FrameKind::Pub);
+        b.take_chunk().unwrap();
+        assert_eq!(advance(&mut b, 24, false), vec![(FrameKind::Pub, 2)]);
+        assert_eq!(b.partial_front(), None, "no frame cut in half");
+        assert_eq!(b.in_flight_frames[0].count, 3);
+        assert_eq!(
+            b.counted(),
+            Counts {
+                msgs: 4,
+                bytes: 36 + 14
+            }
+        );
+        // The run's end and the next frame in one write.
+        let w = advance(&mut b, 36 + 14, false);
+        assert_eq!(w, vec![(FrameKind::Pub, 3), (FrameKind::Pub, 1)]);
+        assert!(b.is_idle());
+    }
+
+    #[test]
+    fn run_then_other_size_then_request() {
+        let mut b = big();
+        push_n(&mut b, A, 4);
+        push(&mut b, B3, FrameKind::Pub);
+        push(&mut b, A, FrameKind::Request(9));
+        push_n(&mut b, A, 2);
+        b.take_chunk().unwrap();
+        assert!(b.in_flight_request(9));
+        assert_eq!(b.buffered_requests().collect::<Vec<_>>(), vec![9]);
+        // Everything but the last PUB's last byte.
+        let total = 4 * 12 + 14 + 12 + 2 * 12;
+        let w = advance(&mut b, total - 1, true);
+        assert_eq!(
+            w,
+            vec![
+                (FrameKind::Pub, 4),
+                (FrameKind::Pub, 1),
+                (FrameKind::Request(9), 1),
+                (FrameKind::Pub, 1),
+            ]
+        );
+        assert!(!b.in_flight_request(9));
+        // Retained as runs too, requests alone; retained requests do not count.
+        let kinds: Vec<_> = b
+            .retained
+            .frames
+            .iter()
+            .map(|r| (r.frame.kind, r.count))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (FrameKind::Pub, 4),
+                (FrameKind::Pub, 1),
+                (FrameKind::Request(9), 1),
+                (FrameKind::Pub, 1),
+            ]
+        );
+        assert_eq!(b.retained.bytes.len(), total - 12);
+        assert_eq!(b.counted().msgs, 4 + 1 + 1 + 1);
+        assert_eq!(advance(&mut b, 1, true), vec![(FrameKind::Pub, 1)]);
+        assert_eq!(b.retained.frames.back().unwrap().count, 2, "joins the run");
+    }
+
+    #[test]
+    fn rewind_inside_a_run() {
+        let mut b = big();
+        push_n(&mut b, A, 6);
+        b.take_chunk().unwrap();
+        push_n(&mut b, A, 2);
+        push(&mut b, b"PING\r\n", FrameKind::Ping);
+        // 2 frames and half of the 3rd written, not retained.
+        assert_eq!(
+            advance(&mut b, 2 * 12 + 6, false),
+            vec![(FrameKind::Pub, 2)]
+        );
+        b.rewind(|f| f.kind.is_publish());
+        // The partly written frame whole, the 3 unwritten after it, the 2 pending: one
+        // run of 6, the PING dropped.
+        assert_eq!(&b.pending[..], A.repeat(6).as_slice());
+        assert_eq!(b.pending_frames.len(), 1);
+        assert_eq!(b.pending_frames[0].count, 6);
+        assert_eq!(b.counted(), Counts { msgs: 6, bytes: 72 });
+        assert_eq!(b.partial_front(), None);
+        // Written again from the start.
+        let chunk = b.take_chunk().unwrap();
+        assert_eq!(chunk.len(), 72);
+        assert_eq!(advance(&mut b, 72, false), vec![(FrameKind::Pub, 6)]);
+        assert_eq!(b.counted(), Counts::default());
+    }
+
+    #[test]
+    fn rewind_inside_a_run_with_retained_frames() {
+        let mut b = big();
+        push_n(&mut b, A, 5);
+        b.take_chunk().unwrap();
+        assert_eq!(advance(&mut b, 2 * 12 + 3, true), vec![(FrameKind::Pub, 2)]);
+        b.rewind(|f| f.kind.is_publish());
+        // The 2 retained, the partly written, the 2 unwritten: all 5 again, one run.
+        assert_eq!(&b.pending[..], A.repeat(5).as_slice());
+        assert_eq!(b.pending_frames.len(), 1);
+        assert_eq!(b.counted(), Counts { msgs: 5, bytes: 60 });
+        // A poison frame at the front: only it goes, the run stays.
+        assert_eq!(b.drop_first_pending().map(|f| f.len), Some(12));
+        assert_eq!(b.pending_frames[0].count, 4);
+        assert_eq!(&b.pending[..], A.repeat(4).as_slice());
+        assert_eq!(b.counted(), Counts { msgs: 4, bytes: 48 });
+    }
+
+    #[test]
+    fn retained_run_released_in_part() {
+        let mut b = big();
+        push_n(&mut b, A, 6);
+        push(&mut b, B3, FrameKind::Pub);
+        b.take_chunk().unwrap();
+        advance(&mut b, 6 * 12 + 14, true);
+        assert_eq!(b.retained.frames.len(), 2);
+        assert_eq!(b.counted().msgs, 7);
+        // A PONG confirms 4 of the run.
+        b.release_retained(4);
+        assert_eq!(b.retained.frames[0].count, 2);
+        assert_eq!(b.retained.bytes.len(), 2 * 12 + 14);
+        assert_eq!(
+            b.counted(),
+            Counts {
+                msgs: 3,
+                bytes: 24 + 14
+            }
+        );
+        // The next confirms the run's end and the frame after it.
+        b.release_retained(3);
+        assert!(b.retained.frames.is_empty());
+        assert!(b.retained.bytes.is_empty());
+        assert_eq!(b.counted(), Counts::default());
+    }
+
+    #[test]
+    fn retained_run_moved_out_released_and_requeued() {
+        let mut b = big();
+        push_n(&mut b, A, 5);
+        b.take_chunk().unwrap();
+        advance(&mut b, 60, true);
+        let mut r = b.take_retained();
+        assert_eq!(b.counted().msgs, 5, "moved out, still counted");
+        b.release_from(&mut r, 2);
+        assert_eq!(b.counted(), Counts { msgs: 3, bytes: 36 });
+        push_n(&mut b, A, 2);
+        b.requeue(r);
+        // The 3 unconfirmed before the 2 pending: one run of 5.
+        assert_eq!(&b.pending[..], A.repeat(5).as_slice());
+        assert_eq!(b.pending_frames.len(), 1);
+        assert_eq!(b.pending_frames[0].count, 5);
+        assert_eq!(b.counted(), Counts { msgs: 5, bytes: 60 });
+        assert_eq!(b.discard_retained(), Counts::default());
+    }
+
+    #[test]
+    fn remove_pending_request_between_runs() {
+        let mut b = big();
+        push_n(&mut b, A, 3);
+        push(&mut b, A, FrameKind::Request(5));
+        push_n(&mut b, A, 4);
+        assert_eq!(b.pending_frames.len(), 3);
+        let removed = b.remove_pending(|f| f.kind == FrameKind::Request(5));
+        assert_eq!(removed, Counts { msgs: 1, bytes: 12 });
+        // The runs either side are alike: now one.
+        assert_eq!(b.pending_frames.len(), 1);
+        assert_eq!(b.pending_frames[0].count, 7);
+        assert_eq!(&b.pending[..], A.repeat(7).as_slice());
+        assert_eq!(b.counted(), Counts { msgs: 7, bytes: 84 });
+        assert_eq!(b.pending_requests().count(), 0);
+        // Removing by payload length takes a whole run.
+        for _ in 0..2 {
+            b.push(FrameKind::Pub, 3, |buf| buf.extend_from_slice(B3));
+        }
+        assert_eq!(b.pending_frames.len(), 2);
+        let removed = b.remove_pending(|f| f.payload_len > 1);
+        assert_eq!(removed, Counts { msgs: 2, bytes: 28 });
+        assert_eq!(b.counted(), Counts { msgs: 7, bytes: 84 });
+    }
+
+    #[test]
+    fn run_length_is_not_the_bound() {
+        // Runs change the bookkeeping, not the bounds: the message bound still refuses.
+        let mut b = buf();
+        push_n(&mut b, A, 3);
+        assert_eq!(b.pending_frames.len(), 1);
+        assert!(!b.has_room(12));
+        b.take_chunk().unwrap();
+        advance(&mut b, 12, false);
+        assert!(b.has_room(12));
     }
 }

@@ -615,16 +615,19 @@ impl Connection {
                             self.cancelled_in_flight.retain(|c| *c != t);
                         }
                     }
-                    self.link.written.msgs += 1;
-                    self.link.written.bytes += u64::from(w.frame.len);
-                    self.stats.out_msgs += 1;
-                    self.stats.out_bytes += u64::from(w.frame.payload_len);
+                    // `count` frames alike (a run of equal PUBs), accounted at once.
+                    let count = u64::from(w.count);
+                    let bytes = u64::from(w.frame.len) * count;
+                    self.link.written.msgs += count;
+                    self.link.written.bytes += bytes;
+                    self.stats.out_msgs += count;
+                    self.stats.out_bytes += u64::from(w.frame.payload_len) * count;
                     let retained = match w.frame.kind {
                         FrameKind::Pub => retain,
                         _ => retain_requests,
                     };
                     if retained {
-                        self.link.written_retained += 1;
+                        self.link.written_retained += count;
                     }
                     if !(retained && w.frame.kind == FrameKind::Pub) {
                         freed = true;
@@ -635,18 +638,23 @@ impl Connection {
                         let at = later(now, self.config.confirm_interval);
                         self.timers.set(Timer::Confirm, at);
                     }
-                    self.unpinged_bytes += w.frame.len as usize;
+                    self.unpinged_bytes += bytes as usize;
                 }
                 FrameKind::Ping => {
-                    let purpose = self
-                        .pings_queued
-                        .pop_front()
-                        .unwrap_or(PingPurpose::Confirm);
-                    self.link.ping_written(purpose, now);
+                    // PINGs are never merged: `count` is 1; each is accounted anyway.
+                    for _ in 0..w.count {
+                        let purpose = self
+                            .pings_queued
+                            .pop_front()
+                            .unwrap_or(PingPurpose::Confirm);
+                        self.link.ping_written(purpose, now);
+                    }
                     self.timers.stop(Timer::Confirm);
                     self.unpinged_bytes = 0;
                 }
-                FrameKind::Pong => self.pongs_unwritten = self.pongs_unwritten.saturating_sub(1),
+                FrameKind::Pong => {
+                    self.pongs_unwritten = self.pongs_unwritten.saturating_sub(w.count as usize)
+                }
                 FrameKind::Control => {}
             });
         if !self.out.has_in_flight() {
