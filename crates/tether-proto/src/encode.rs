@@ -56,6 +56,11 @@ pub fn encode_connect(buf: &mut BytesMut, info: &ConnectInfo) {
 /// Writes `PUB <subject> [reply] <#bytes>\r\n<payload>\r\n`.
 pub fn encode_pub(buf: &mut BytesMut, subject: &str, reply: Option<&str>, payload: &[u8]) {
     buf.reserve(pub_frame_len(subject, reply, None, payload.len()));
+    put_pub(buf, subject, reply, payload);
+}
+
+/// [`encode_pub`] into a buffer the caller has already reserved the frame's length in.
+pub(crate) fn put_pub(buf: &mut BytesMut, subject: &str, reply: Option<&str>, payload: &[u8]) {
     buf.put_slice(b"PUB ");
     put_subject_reply(buf, subject, reply);
     put_decimal(buf, payload.len() as u64);

@@ -729,7 +729,8 @@ impl Connection {
                 limit: self.config.max_control_line,
             });
         }
-        let frame = encode::pub_frame_len(subject, reply, headers_len, payload_len);
+        // The frame: control line, CRLF, header block and payload, CRLF.
+        let frame = line + 2 + size + 2;
         if frame > self.config.buffer.max_bytes {
             return Err(PublishRefused::TooLargeForBuffer {
                 frame,
@@ -761,9 +762,13 @@ impl Connection {
             });
         }
         let payload_len = headers.map_or(0, HeaderMap::encoded_len) + payload.len();
-        self.out.push(kind, payload_len, |buf| match headers {
-            Some(h) => encode::encode_hpub(buf, subject, reply, h, payload),
-            None => encode::encode_pub(buf, subject, reply, payload),
+        self.out.push(kind, payload_len, |buf| {
+            // The frame's length is known: one reserve, no second count.
+            buf.reserve(frame);
+            match headers {
+                Some(h) => encode::encode_hpub(buf, subject, reply, h, payload),
+                None => encode::put_pub(buf, subject, reply, payload),
+            }
         });
         Ok(())
     }
