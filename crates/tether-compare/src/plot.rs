@@ -139,7 +139,13 @@ fn groups(all: &[Series]) -> Vec<Group> {
 /// The SVG text of the bar chart.
 fn render(title: &str, groups: &[Group]) -> Res<String> {
     let mut svg = String::new();
-    let width = u32::try_from(groups.len())?.saturating_mul(190).max(520) + 120;
+    // Groups of one bar (no ceiling or floor, as in the scale workloads) take less room.
+    let pairs = groups.iter().any(|g| g.vs_raw.is_some());
+    let per_group = if pairs { 190 } else { 135 };
+    let width = u32::try_from(groups.len())?
+        .saturating_mul(per_group)
+        .max(520)
+        + 120;
     {
         let root = SVGBackend::with_string(&mut svg, (width, HEIGHT)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -167,27 +173,28 @@ fn render(title: &str, groups: &[Group]) -> Res<String> {
             .axis_desc_style(("sans-serif", 16))
             .draw()?;
 
-        let bar = |i: usize, left: bool, v: f64, color: RGBColor| {
-            let x = i as f64 + if left { 0.14 } else { 0.52 };
-            Rectangle::new([(x, 0.0), (x + 0.34, v)], color.filled())
+        let bar = |i: usize, x: f64, v: f64, color: RGBColor| {
+            let x = i as f64 + x;
+            Rectangle::new([(x - 0.17, 0.0), (x + 0.17, v)], color.filled())
         };
         let async_bars = groups
             .iter()
             .enumerate()
             .filter(|(_, g)| g.vs_async.is_finite())
-            .map(|(i, g)| bar(i, true, g.vs_async, VS_ASYNC));
+            .map(|(i, g)| bar(i, async_x(g), g.vs_async, VS_ASYNC));
         chart
             .draw_series(async_bars)?
             .label("tether / async-nats")
             .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], VS_ASYNC.filled()));
         let raw_bars = groups.iter().enumerate().filter_map(|(i, g)| {
             let (v, _) = g.vs_raw?;
-            v.is_finite().then(|| bar(i, false, v, VS_RAW))
+            v.is_finite().then(|| bar(i, RAW_X, v, VS_RAW))
         });
-        chart
-            .draw_series(raw_bars)?
-            .label("tether / ceiling (pub) or floor (reqrep)")
-            .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], VS_RAW.filled()));
+        let raw = chart.draw_series(raw_bars)?;
+        if pairs {
+            raw.label("tether / ceiling (pub) or floor (reqrep)")
+                .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], VS_RAW.filled()));
+        }
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 1.0), (n, 1.0)],
@@ -202,8 +209,8 @@ fn render(title: &str, groups: &[Group]) -> Res<String> {
             .pos(Pos::new(HPos::Center, VPos::Bottom));
         let values = groups.iter().enumerate().flat_map(|(i, g)| {
             [
-                Some((i as f64 + 0.31, g.vs_async)),
-                g.vs_raw.map(|(v, _)| (i as f64 + 0.69, v)),
+                Some((i as f64 + async_x(g), g.vs_async)),
+                g.vs_raw.map(|(v, _)| (i as f64 + RAW_X, v)),
             ]
             .into_iter()
             .flatten()
@@ -220,10 +227,22 @@ fn render(title: &str, groups: &[Group]) -> Res<String> {
             .label_font(("sans-serif", 16))
             .draw()?;
 
-        group_labels(&root, |x| chart.backend_coord(&(x, 0.0)), groups)?;
+        group_labels(&root, |x| chart.backend_coord(&(x, 0.0)), groups, !pairs)?;
         root.present()?;
     }
     Ok(svg)
+}
+
+/// Where a group's raw bar is centred (in group widths from its left edge).
+const RAW_X: f64 = 0.69;
+
+/// Where a group's async-nats bar is centred: left of the raw bar, or alone in the middle.
+fn async_x(g: &Group) -> f64 {
+    if g.vs_raw.is_some() {
+        0.31
+    } else {
+        0.5
+    }
 }
 
 /// Under the axis, per group: what each bar is against, the group, its metric and which
@@ -232,23 +251,26 @@ fn group_labels(
     root: &DrawingArea<SVGBackend<'_>, Shift>,
     at: impl Fn(f64) -> (i32, i32),
     groups: &[Group],
+    narrow: bool,
 ) -> Res<()> {
+    // Smaller text under narrow (one-bar) groups, so neighbours do not overlap.
+    let small = |size: u32| if narrow { size * 4 / 5 } else { size };
     let under = |size: u32| {
         TextStyle::from(("sans-serif", size).into_font())
             .color(&BLACK)
             .pos(Pos::new(HPos::Center, VPos::Top))
     };
     for (i, g) in groups.iter().enumerate() {
-        let (left, y) = at(i as f64 + 0.31);
-        let (right, _) = at(i as f64 + 0.69);
+        let (left, y) = at(i as f64 + async_x(g));
+        let (right, _) = at(i as f64 + RAW_X);
         let (mid, _) = at(i as f64 + 0.5);
-        root.draw(&Text::new("vs async-nats", (left, y + 6), under(14)))?;
+        root.draw(&Text::new("vs async-nats", (left, y + 6), under(small(14))))?;
         if let Some((_, raw)) = g.vs_raw {
             root.draw(&Text::new(format!("vs {raw}"), (right, y + 6), under(14)))?;
         }
-        root.draw(&Text::new(g.label.clone(), (mid, y + 26), under(18)))?;
-        root.draw(&Text::new(g.metric, (mid, y + 50), under(15)))?;
-        root.draw(&Text::new(g.better, (mid, y + 68), under(15)))?;
+        root.draw(&Text::new(g.label.clone(), (mid, y + 26), under(small(18))))?;
+        root.draw(&Text::new(g.metric, (mid, y + 50), under(small(15))))?;
+        root.draw(&Text::new(g.better, (mid, y + 68), under(small(15))))?;
     }
     Ok(())
 }

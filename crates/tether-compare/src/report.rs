@@ -153,11 +153,13 @@ pub(crate) fn table(
              sockets on both ends\n"
         );
     }
-    let _ = writeln!(
-        o,
-        "{:<20} {:>14} {:>14} {:>8} {:>14} {:>8}   (median over rounds)",
-        "workload", "tether", "async-nats", "t/a-n", "ceiling/floor", "t/c|f"
-    );
+    if !all.is_empty() {
+        let _ = writeln!(
+            o,
+            "{:<20} {:>14} {:>14} {:>8} {:>14} {:>8}   (median over rounds)",
+            "workload", "tether", "async-nats", "t/a-n", "ceiling/floor", "t/c|f"
+        );
+    }
     for s in all {
         for (metric_name, metric, higher) in rows(s.workload) {
             let (t, a, r) = medians(s, metric);
