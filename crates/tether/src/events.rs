@@ -239,14 +239,16 @@ pub enum EventKind {
     },
     /// A handshake completed after an outage, and the link caught up: the subscription
     /// replay and the frames buffered during the outage are written (a subscription is
-    /// live on the server from here on). A link lost before that has no `Reconnected`:
-    /// its `Disconnected` follows the previous one.
+    /// live on the server from here on). A link lost before that has no `Reconnected`
+    /// and does not end the outage: its `Disconnected` follows the previous one, and the
+    /// next `Reconnected` covers the whole outage.
     Reconnected {
         /// The server.
         server: String,
-        /// Attempts this outage took.
+        /// Attempts since the last link was lost.
         attempts: u32,
-        /// How long the client was without a link.
+        /// How long the client was without a caught-up link: from the loss of the last
+        /// one to this link's replay written.
         downtime: Duration,
         /// State changes merged into this one while the queue was full.
         collapsed: u32,

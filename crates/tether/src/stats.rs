@@ -18,10 +18,11 @@ pub struct Statistics {
     pub out_bytes: u64,
     /// Handshakes completed.
     pub connects: u64,
-    /// Reconnects (handshakes after an outage).
+    /// Reconnects: one per `Reconnected` event (a link caught up after an outage).
     pub reconnects: u64,
-    /// Time spent without a link: every outage, the current one included (and, under
-    /// the Retry policy, the time before the first connect).
+    /// Time spent without a caught-up link: every outage, until the new link's replay
+    /// is written, the current one included (and, under the Retry policy, the time
+    /// before the first connect).
     pub disconnected_time: Duration,
     /// Round-trip time of the last flush on an idle link.
     pub rtt: Option<Duration>,

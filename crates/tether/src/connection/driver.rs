@@ -316,13 +316,9 @@ fn handle_event(shared: &Shared, inner: &mut Inner, ev: ConnEvent) -> Option<Dis
                 bytes: counts.bytes,
             });
         }
-        ConnEvent::Replayed(_) => {
-            // The replay and the frames buffered before it are written: the reconnect is
-            // complete (DESIGN semantics 4).
-            if let Some(ev) = inner.reconnected.take() {
-                shared.emit(ev);
-            }
-        }
+        // The replay and the frames buffered before it are written: the reconnect is
+        // complete (DESIGN semantics 4).
+        ConnEvent::Replayed(_) => super::reconnect::on_replayed(shared, inner),
         ConnEvent::BufferSpace => buffer_space(shared, inner),
     }
     None

@@ -144,9 +144,10 @@ pub(crate) struct Inner {
     pub(crate) jwt: Option<crate::credentials::JwtTimes>,
     /// CredentialsExpiring was emitted for the current link.
     pub(crate) expiring_reported: bool,
-    /// `Reconnected` for the current link, emitted once its replay and the frames
-    /// buffered before it are written (the core's `Replayed`).
-    pub(crate) reconnected: Option<EventKind>,
+    /// The reconnect of the current link, complete (outage ended, counted, `Reconnected`
+    /// emitted) once its replay and the frames buffered before it are written (the
+    /// core's `Replayed`).
+    pub(crate) reconnected: Option<reconnect::PendingReconnect>,
 }
 
 impl Inner {

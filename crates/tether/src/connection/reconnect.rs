@@ -220,7 +220,9 @@ async fn run(shared: Arc<Shared>, first: Option<Established>) {
 fn on_link_down(shared: &Shared) {
     let now = Instant::now();
     let mut inner = shared.lock("reconnect");
-    inner.outage_since = Some(now);
+    // A link lost before its replay was written did not end the outage: it goes on from
+    // where it started.
+    inner.outage_since.get_or_insert(now);
     if let Some(i) = inner.server_index() {
         inner.pool.record_dropped(i, now);
     }
@@ -317,33 +319,54 @@ fn adopt_attempt(shared: &Shared, addr: &ServerAddr, mut est: Established) -> Ad
 /// `attempts` is None) or `Reconnected` says so. Used by the reconnect loop and by the
 /// first connect of the FailFast and Lazy policies.
 ///
-/// `Reconnected` waits until the link's subscription replay and the frames buffered
-/// before it are written (the core's `Replayed`, see `driver::handle_event`), so that a
-/// subscription is live on the server when it is seen; a link lost before has none.
+/// A reconnect is complete only once the link's subscription replay and the frames
+/// buffered before it are written (the core's `Replayed`, see [`on_replayed`]), so that a
+/// subscription is live on the server when `Reconnected` is seen: until then the outage
+/// goes on (its downtime, `disconnected_time`), and a link lost before that point counts
+/// as no reconnect at all (the outage continues into the next attempt).
 pub(crate) fn on_connected(
     shared: &Shared,
     inner: &mut Inner,
     addr: &ServerAddr,
     attempts: Option<u32>,
 ) {
-    let downtime = shared.end_outage(inner);
-    match attempts {
-        Some(attempts) => {
-            shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("tether_reconnects_total").increment(1);
-            inner.reconnected = Some(EventKind::Reconnected {
-                server: addr.to_string(),
-                attempts,
-                downtime,
-                collapsed: 0,
-            });
-        }
-        None => shared.emit(EventKind::Connected {
+    if let Some(attempts) = attempts {
+        inner.reconnected = Some(PendingReconnect {
+            server: addr.to_string(),
+            attempts,
+        });
+    } else {
+        shared.end_outage(inner);
+        shared.emit(EventKind::Connected {
             server: addr.to_string(),
             collapsed: 0,
-        }),
+        });
     }
     shared.connected.notify_waiters();
+}
+
+/// A reconnect whose `Reconnected` waits for the link's replay to be written.
+#[derive(Debug)]
+pub(crate) struct PendingReconnect {
+    server: String,
+    attempts: u32,
+}
+
+/// The link's replay and the frames buffered before it are written: a pending reconnect
+/// is complete. The outage ends, the reconnect counts, and `Reconnected` goes out.
+pub(crate) fn on_replayed(shared: &Shared, inner: &mut Inner) {
+    let Some(p) = inner.reconnected.take() else {
+        return;
+    };
+    let downtime = shared.end_outage(inner);
+    shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("tether_reconnects_total").increment(1);
+    shared.emit(EventKind::Reconnected {
+        server: p.server,
+        attempts: p.attempts,
+        downtime,
+        collapsed: 0,
+    });
 }
 
 /// The `attempt`-th attempt to `addr` failed: report it, and let the pool schedule the
