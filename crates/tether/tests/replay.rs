@@ -117,7 +117,11 @@ async fn subscribe_unsubscribe_and_publish_during_a_100k_replay_are_ordered_afte
     // During the replay: (a) a new subscription, (b) unsubscribe the last replayed
     // subscription (not reached yet) and the first (reached by then, or skipped), (c)
     // publishes to a replayed subject, each call timed.
+    // The first call after the new link's adoption: it waits for one chunk's encoding at
+    // most, never for the whole replay's (checked against the replay's duration below).
+    let first_call = Instant::now();
     let mut fresh = client.subscribe("replay.fresh").await.unwrap();
+    let first_call = first_call.elapsed();
     subs[N - 1].unsubscribe();
     subs[0].unsubscribe();
     assert!(
@@ -165,15 +169,27 @@ async fn subscribe_unsubscribe_and_publish_during_a_100k_replay_are_ordered_afte
         "median publish {median:?} against a replay of {:?}",
         replay.duration
     );
+    assert!(
+        first_call * 2 < replay.duration,
+        "the first call after the adoption took {first_call:?}, against a replay of {:?}",
+        replay.duration
+    );
 
     // (a) N + 1 - 2 on the server, the new subscription once.
     wait_server_subs(&server, base + N as u64 - 1).await;
+    let in_before = client.statistics().in_msgs;
     client.publish("replay.fresh", "hello").await.unwrap();
     let m = tokio::time::timeout(T, fresh.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(&m.payload[..], b"hello");
+    client.flush().await.unwrap();
+    assert_eq!(
+        client.statistics().in_msgs,
+        in_before + 1,
+        "the new subscription got one copy"
+    );
 
     // (c) every publish made during the replay reached the replayed subscription once,
     // in order: a marker published now comes right after them.
@@ -219,4 +235,52 @@ async fn reconnected_comes_after_the_replay_is_written() {
     assert!(replay.duration > Duration::ZERO);
     eprintln!("replay of {N} subscriptions: {replay:?}");
     wait_server_subs(&server, base + N as u64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_lost_during_its_replay_is_no_reconnect_and_the_outage_goes_on() {
+    let (mut server, client, _subs, base) = setup().await;
+    let mut events = client.events();
+    let first_kill = Instant::now();
+    restart(&mut server, &client).await;
+    assert!(
+        replaying(&client),
+        "the replay was over before the second kill"
+    );
+    let mut state = client.status_watch();
+    let second_kill = Instant::now();
+    server.kill();
+    tokio::time::timeout(T, state.wait_for(|s| *s == State::Reconnecting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.statistics().reconnects, 0, "the cut link counted");
+    server.restart().unwrap();
+    let EventKind::Reconnected { downtime, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    // One reconnect, whose outage began at the first kill: the link cut mid-replay did
+    // not end it.
+    assert_eq!(client.statistics().reconnects, 1);
+    assert!(
+        downtime > second_kill - first_kill,
+        "downtime {downtime:?} is only the second outage's"
+    );
+    assert_eq!(replay_done(&client).await.subscriptions, N as u64);
+    wait_server_subs(&server, base + N as u64).await;
+    // No second Reconnected follows (the stream holds what came after the first).
+    client.flush().await.unwrap();
+    let more = tokio::time::timeout(Duration::from_millis(200), async {
+        loop {
+            if let Some(e) = events.next().await {
+                if matches!(e.kind, EventKind::Reconnected { .. }) {
+                    return e;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "a second Reconnected: {more:?}");
 }
