@@ -60,7 +60,10 @@
 //!   connections again) and stops when the client reports its reconnect (tether
 //!   `Event::Reconnected` from `events()`, async-nats `Event::Connected` from
 //!   `event_callback`, both timestamped on arrival and forwarded through a channel; the
-//!   callback is the only option set on async-nats). Then the same with a fixed 100 ms
+//!   callback is the only option set on async-nats). Not quite like for like: tether's
+//!   `Reconnected` comes once its subscription replay and buffered frames are written
+//!   (with the one subscription of this workload, a write later), async-nats's
+//!   `Connected` at the end of its handshake. Then the same with a fixed 100 ms
 //!   reconnect wait on both sides, and a third series with default options again but
 //!   the server down 1.0 s, 1.1 s, ... 1.9 s. The 1 s series alone can mislead: a
 //!   deterministic schedule such as async-nats's (0, 2, 4, 8, ... ms, so attempts about

@@ -229,8 +229,8 @@
 //!
 //! The transport seam: every byte of a link goes through its `Transport` (plain TCP
 //! today): the driver's reads and writes (`read`, `write`), a caller's direct write of a
-//! request (`try_write`, under the connection lock, once, what it does not take left in
-//! flight for the driver), the handshake's frames (`write_all`), and the retiring link of
+//! request or of a flush's PING (`try_write`, under the connection lock, once, what it
+//! does not take left in flight for the driver), the handshake's frames (`write_all`), and the retiring link of
 //! a planned switch, which keeps the old link's `Transport` for the overlap. TLS puts
 //! rustls's sans-IO `ClientConnection` behind the same three operations (records read
 //! into it and plaintext read out; plaintext written into it and records written out,
@@ -239,11 +239,14 @@
 //! A publish: `Client::publish` → `publish_inner` takes the lock → `buffer_publish` →
 //! `Connection::publish` encodes the frame into the outbound buffer → `Shared::wake_driver`.
 //! The driver's `LinkDriver::wait` wakes; `drive_transmit` takes `Connection::poll_transmit`
-//! (everything buffered, as one chunk); `Transport::write` writes it and
+//! (on a new link first the subscription replay, one bounded chunk per call, then
+//! everything buffered, as one chunk; runs of equal PUB frames are counted, not listed); `Transport::write` writes it and
 //! `Connection::handle_written` counts it written (the buffer releases a PUB once written,
 //! or, with `resend_unconfirmed`, once confirmed); a PING later, its PONG confirms it
-//! (`ping.rs`), and until then it counts as unconfirmed. A request also tries
-//! `link::try_direct_write` from the caller's thread when the driver is idle.
+//! (`ping.rs`), and until then it counts as unconfirmed. A request and a flush also try
+//! `link::try_direct_write` from the caller's thread when the driver is idle; the driver
+//! is woken only if the write left it something to do (a partial write, an event other
+//! than freed space, a timer earlier than the one it sleeps until).
 //!
 //! A reconnect: `Transport::read` returns 0 → `Connection::handle_link_lost` →
 //! `ConnEvent::Disconnected` → `driver::handle_event` / `on_disconnected` (the event, and
