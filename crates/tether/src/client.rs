@@ -305,7 +305,11 @@ impl Client {
         payload: impl AsRef<[u8]>,
     ) -> Result<(), PublishError> {
         let f = Frame::publish(subject.as_ref(), None, None, payload.as_ref());
-        self.publish_inner(f, None, &mut None).await
+        match self.publish_now(f, &mut None) {
+            Ok(()) => Ok(()),
+            Err(Some(e)) => Err(e),
+            Err(None) => self.publish_wait(f, None, &mut None).await,
+        }
     }
 
     /// Publish with a reply subject.
@@ -458,22 +462,45 @@ impl Client {
         deadline: Option<tokio::time::Instant>,
         request: &mut Option<PendingRequest>,
     ) -> Result<(), PublishError> {
-        f.validate()?;
+        match self.publish_now(f, request) {
+            Ok(()) => Ok(()),
+            Err(Some(e)) => Err(e),
+            Err(None) => self.publish_wait(f, deadline, request).await,
+        }
+    }
+
+    /// The fast path, without an await: validate and buffer at once. `Err(None)`: the
+    /// buffer is full and waiting for room may help ([`Self::publish_wait`]).
+    #[inline]
+    fn publish_now(
+        &self,
+        f: Frame<'_>,
+        request: &mut Option<PendingRequest>,
+    ) -> Result<(), Option<PublishError>> {
+        f.validate().map_err(Some)?;
         self.ensure_started();
         let shared = self.shared();
-        // Fast path: no waiter registration unless the buffer is full.
-        {
-            let mut inner = shared.lock("publish");
-            match self.buffer_publish(&mut inner, f, request) {
-                Ok(()) => {
-                    drop(inner);
-                    self.ensure_started();
-                    return Ok(());
-                }
-                Err((e, false)) => return Err(self.give_up(&mut inner, f, e)),
-                Err(_) => {}
+        let mut inner = shared.lock("publish");
+        match self.buffer_publish(&mut inner, f, request) {
+            Ok(()) => {
+                drop(inner);
+                self.ensure_started();
+                Ok(())
             }
+            Err((e, false)) => Err(Some(self.give_up(&mut inner, f, e))),
+            Err(_) => Err(None),
         }
+    }
+
+    /// The slow path: the buffer was full; wait for room (registered before each retry,
+    /// so a wake-up between the check and the wait is not missed).
+    async fn publish_wait(
+        &self,
+        f: Frame<'_>,
+        deadline: Option<tokio::time::Instant>,
+        request: &mut Option<PendingRequest>,
+    ) -> Result<(), PublishError> {
+        let shared = self.shared();
         let limit = deadline;
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
