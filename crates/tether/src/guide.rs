@@ -236,7 +236,7 @@
 //! into it and plaintext read out; plaintext written into it and records written out,
 //! under a short lock of its own), so neither the driver nor the core changes.
 //!
-//! A publish: `Client::publish` → `publish_inner` takes the lock → `buffer_publish` →
+//! A publish: `Client::publish` → `publish_now` takes the lock → `buffer_publish` →
 //! `Connection::publish` encodes the frame into the outbound buffer → `Shared::wake_driver`.
 //! The driver's `LinkDriver::wait` wakes; `drive_transmit` takes `Connection::poll_transmit`
 //! (on a new link first the subscription replay, one bounded chunk per call, then
