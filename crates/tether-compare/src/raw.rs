@@ -286,14 +286,7 @@ pub(crate) fn run_pub(p: &Params) -> Res<Throughput> {
     conn.send(&tail)?;
     conn.until_pong()?;
     let secs = start.elapsed().as_secs_f64();
-    Ok(Throughput {
-        msgs_per_sec: p.msgs as f64 / secs,
-        received: p.msgs,
-        dropped: 0,
-        secs,
-        server_cpu: cpu.share(secs),
-        complete: true,
-    })
+    Ok(Throughput::published(p.msgs, secs, cpu.share(secs)))
 }
 
 // ----- floor: reqrep -----

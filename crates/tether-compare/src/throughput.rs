@@ -281,14 +281,7 @@ async fn run_pub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
 
     drop(sub);
     client.close().await?;
-    Ok(Throughput {
-        msgs_per_sec: p.msgs as f64 / secs,
-        received: p.msgs,
-        dropped: 0,
-        secs,
-        server_cpu: cpu.share(secs),
-        complete: true,
-    })
+    Ok(Throughput::published(p.msgs, secs, cpu.share(secs)))
 }
 
 // ----- pubsub -----
@@ -331,6 +324,20 @@ where
         },
         sub,
     )
+}
+
+impl Throughput {
+    /// A publish run that ended on the server's confirmation of all `msgs`.
+    pub(crate) fn published(msgs: u64, secs: f64, server_cpu: Option<f64>) -> Self {
+        Self {
+            msgs_per_sec: msgs as f64 / secs,
+            received: msgs,
+            dropped: 0,
+            secs,
+            server_cpu,
+            complete: true,
+        }
+    }
 }
 
 fn throughput(n: u64, start: Instant, c: &Counted) -> Throughput {
