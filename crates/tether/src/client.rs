@@ -608,7 +608,12 @@ impl Client {
             shared.counters.slow_consumer_dropped.clone(),
         ));
         inner.subs.insert(sid, q.clone());
-        shared.wake_driver(&mut inner);
+        // Like a request: the SUB goes on the wire from this thread when the driver idles,
+        // so a flush right after it writes its PING the same way and waits only for the
+        // PONG, not for the driver to be scheduled first.
+        if crate::connection::link::try_direct_write(shared, &mut inner) {
+            shared.wake_driver(&mut inner);
+        }
         drop(inner);
         self.ensure_started();
         Ok(Subscriber {
@@ -627,7 +632,9 @@ impl Client {
         if max.is_none() {
             inner.subs.remove(&sid);
         }
-        shared.wake_driver(&mut inner);
+        if crate::connection::link::try_direct_write(shared, &mut inner) {
+            shared.wake_driver(&mut inner);
+        }
     }
 
     pub(crate) fn forget_sid(&self, sid: u64) {

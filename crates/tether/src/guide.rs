@@ -229,7 +229,7 @@
 //!
 //! The transport seam: every byte of a link goes through its `Transport` (plain TCP
 //! today): the driver's reads and writes (`read`, `write`), a caller's direct write of a
-//! request or of a flush's PING (`try_write`, under the connection lock, once, what it
+//! request, a SUB or UNSUB, or a flush's PING (`try_write`, under the connection lock, once, what it
 //! does not take left in flight for the driver), the handshake's frames (`write_all`), and the retiring link of
 //! a planned switch, which keeps the old link's `Transport` for the overlap. TLS puts
 //! rustls's sans-IO `ClientConnection` behind the same three operations (records read
@@ -243,8 +243,8 @@
 //! everything buffered, as one chunk; runs of equal PUB frames are counted, not listed); `Transport::write` writes it and
 //! `Connection::handle_written` counts it written (the buffer releases a PUB once written,
 //! or, with `resend_unconfirmed`, once confirmed); a PING later, its PONG confirms it
-//! (`ping.rs`), and until then it counts as unconfirmed. A request and a flush also try
-//! `link::try_direct_write` from the caller's thread when the driver is idle; the driver
+//! (`ping.rs`), and until then it counts as unconfirmed. A request, a subscribe, an
+//! unsubscribe and a flush also try `link::try_direct_write` from the caller's thread when the driver is idle; the driver
 //! is woken only if the write left it something to do (a partial write, an event other
 //! than freed space, a timer earlier than the one it sleeps until).
 //!
@@ -264,8 +264,10 @@
 //! - A header block that cannot be parsed does not close the connection (any publisher can
 //!   send one); the message is delivered with `headers: None` and
 //!   `malformed_headers: true`, and counted in `Statistics::malformed_headers`.
-//! - Requests are written from the caller's thread when the driver is idle (as nats.c
-//!   does); publishes never are, so a fast publisher never pays a syscall per message.
+//! - Requests, SUBs, UNSUBs and a flush's PING are written from the caller's thread when
+//!   the driver is idle (as nats.c does for requests): no thread hop before they are on
+//!   the wire, so subscribe + flush waits for the PONG alone. Publishes never are, so a
+//!   fast publisher never pays a syscall per message.
 //! - The connection's task picks among ready reads, writes and timers at random, so a
 //!   flood of deliveries never starves its writes (PONGs, publishes, flushes).
 //! - A server that sends more than 4096 PINGs whose PONGs it does not read is treated as

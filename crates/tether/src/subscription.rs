@@ -288,7 +288,8 @@ impl futures_core::Stream for Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        // Never spawns or blocks: marks state, queues an UNSUB, wakes the driver.
+        // Never spawns or blocks: marks state, queues an UNSUB and writes it at once when
+        // the driver idles (a non-blocking write), else leaves it to the driver.
         if self.queue.is_ended() {
             self.client.forget_sid(self.queue.sid);
         } else {
