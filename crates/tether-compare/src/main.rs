@@ -53,6 +53,14 @@
 //!   The floor has its own raw responder while the libraries share the async-nats one,
 //!   so the floor also leaves out what the responder side costs: tether / floor is the
 //!   cost of both library ends, tether / async-nats the cost of the requesting end.
+//!
+//!   Each reqrep run also counts its **wakes per request**: how often a thread of this
+//!   process went to sleep and was woken again during the measured requests (voluntary
+//!   context switches summed over `/proc/self/task/*/status`, the floor's responder
+//!   thread left out). These are the thread hops of the request path: the raw requester
+//!   sleeps once per request, in its socket read; a library also sleeps where its
+//!   runtime hands the reply from the thread that read the socket to the caller's, and
+//!   wherever else a request passes between threads.
 //! - **reconnect** (opt-in): one nats-server of its own (started through tether-testkit
 //!   even with `--server`, since it is killed). Per library, one connection with default
 //!   options, then 10 times: SIGKILL the server, wait 1 s (the injected fault), restart it

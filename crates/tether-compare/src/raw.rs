@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::throughput::{check_echo, latency, Latency, Params, ServerCpu, Throughput, REQ_WARMUP};
+use crate::throughput::{
+    check_echo, latency, Latency, Params, ServerCpu, Throughput, Wakes, REQ_WARMUP,
+};
 use crate::{Res, PUB_SUBJECT, STALL_TIMEOUT};
 
 /// Bytes per write of the ceiling: whole frames up to this size.
@@ -292,6 +294,9 @@ pub(crate) fn run_pub(p: &Params) -> Res<Throughput> {
 // ----- floor: reqrep -----
 
 /// The reqrep floor: a raw requester against a raw responder on its own thread.
+/// The name of the floor's responder thread (left out of the wake count).
+pub(crate) const RESPONDER_THREAD: &str = "raw-responder";
+
 pub(crate) fn run_reqrep(p: &Params) -> Res<Latency> {
     let mut responder = Conn::connect(&p.raw_addr)?;
     responder.send(format!("SUB {} 1\r\nPING\r\n", p.raw_echo_subject).as_bytes())?;
@@ -300,7 +305,7 @@ pub(crate) fn run_reqrep(p: &Params) -> Res<Latency> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
-        .name("raw-responder".to_owned())
+        .name(RESPONDER_THREAD.to_owned())
         .spawn(move || respond(responder, &stopped))?;
 
     let result = requests(p);
@@ -380,12 +385,13 @@ fn requests(p: &Params) -> Res<Latency> {
         one(&mut conn, n)?;
     }
     let mut us = Vec::with_capacity(usize::try_from(p.requests)?);
+    let wakes = Wakes::start(RESPONDER_THREAD);
     for n in 0..p.requests {
         let t = Instant::now();
         one(&mut conn, REQ_WARMUP as u64 + n)?;
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(latency(us))
+    Ok(latency(us, wakes.per(p.requests)))
 }
 
 #[cfg(test)]
@@ -433,6 +439,9 @@ mod tests {
                 l.p50 > 0.0 && l.p50 <= l.p90 && l.p90 <= l.p99,
                 "{size} B: {l:?}"
             );
+            // Counted (other tests' threads share this process, so not its value).
+            let wakes = l.wakes_per_request.expect("counted from /proc on Linux");
+            assert!(wakes.is_finite() && wakes >= 0.0, "{size} B: {wakes}");
         }
     }
 

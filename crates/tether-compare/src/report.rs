@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 
 use crate::faulty::{faulty_details, faulty_json, faulty_table, Faulty};
 use crate::stats::median;
-use crate::throughput::{p50, p90, p99, rate, raw_name, server_cpu, RunResult, Series, Side};
+use crate::throughput::{
+    p50, p90, p99, rate, raw_name, server_cpu, wakes_per_request, RunResult, Series, Side,
+};
 use crate::{Cli, Workload, PUB_SUBJECT};
 
 pub(crate) fn describe(r: &RunResult) -> String {
@@ -30,10 +32,16 @@ pub(crate) fn describe(r: &RunResult) -> String {
             }
             s
         }
-        RunResult::Latency(l) => format!(
-            "p50 {:.1} µs  p90 {:.1} µs  p99 {:.1} µs  mean {:.1} µs",
-            l.p50, l.p90, l.p99, l.mean
-        ),
+        RunResult::Latency(l) => {
+            let mut s = format!(
+                "p50 {:.1} µs  p90 {:.1} µs  p99 {:.1} µs  mean {:.1} µs",
+                l.p50, l.p90, l.p99, l.mean
+            );
+            if let Some(w) = l.wakes_per_request {
+                let _ = write!(s, "  {w:.2} wakes/request");
+            }
+            s
+        }
     }
 }
 
@@ -191,6 +199,7 @@ pub(crate) fn table(
         );
     }
     server_cpu_table(&mut o, all);
+    wakes_table(&mut o, all);
     faulty_table(&mut o, faulty);
     faulty_details(&mut o, faulty);
     if !all.is_empty() {
@@ -282,6 +291,35 @@ fn server_cpu_table(o: &mut String, all: &[Series]) {
     }
 }
 
+/// The thread hops of reqrep: how often a thread of the requesting end slept and was
+/// woken per request (median). The floor's raw requester sleeps once, in its socket read;
+/// an async client sleeps at least once more, where its runtime hands the reply from the
+/// thread that read the socket to the caller's.
+fn wakes_table(o: &mut String, all: &[Series]) {
+    let mut header = false;
+    for s in all.iter().filter(|s| s.workload == Workload::Reqrep) {
+        let (t, a, r) = medians(s, wakes_per_request);
+        if !t.is_finite() || !a.is_finite() {
+            continue;
+        }
+        if !header {
+            header = true;
+            let _ = writeln!(
+                o,
+                "\nwakes per request (median; times a thread of the requesting process slept \
+                 and was woken, from /proc: the thread hops of the request path; the floor \
+                 without its responder thread)"
+            );
+        }
+        let raw = if r.is_finite() {
+            format!("{r:>24.2}")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(o, "{:<20} {t:>14.2} {a:>14.2}{raw}", label(s, "wakes"));
+    }
+}
+
 pub(crate) fn to_json(
     cli: &Cli,
     url: &str,
@@ -350,6 +388,7 @@ fn side_json(s: &Series, side: Side) -> Value {
                 "p90_us": l.p90,
                 "p99_us": l.p99,
                 "mean_us": l.mean,
+                "wakes_per_request": l.wakes_per_request,
             }),
         })
         .collect();
@@ -358,6 +397,8 @@ fn side_json(s: &Series, side: Side) -> Value {
             "p50_us": median(&s.values(side, p50)),
             "p90_us": median(&s.values(side, p90)),
             "p99_us": median(&s.values(side, p99)),
+            "wakes_per_request": Some(median(&s.values(side, wakes_per_request)))
+                .filter(|v| v.is_finite()),
         })
     } else {
         let (dropped, incomplete) = drops(s, side);

@@ -87,6 +87,57 @@ pub(crate) struct Latency {
     pub(crate) p90: f64,
     pub(crate) p99: f64,
     pub(crate) mean: f64,
+    /// Times a thread of this process went to sleep and was woken again, per measured
+    /// request ([`Wakes`]); None where `/proc` cannot tell.
+    pub(crate) wakes_per_request: Option<f64>,
+}
+
+/// Counts the sleeps of this process's threads (voluntary context switches, from
+/// `/proc/self/task/*/status`): each is a thread that blocked (in `epoll_wait`, a
+/// futex, a socket read) and had to be woken, the thread hops of the request path.
+/// A thread named `except` (the floor's own responder) is left out, so every side
+/// counts its requesting end alone.
+pub(crate) struct Wakes {
+    except: &'static str,
+    start: Option<u64>,
+}
+
+impl Wakes {
+    pub(crate) fn start(except: &'static str) -> Self {
+        Self {
+            except,
+            start: voluntary_switches(except),
+        }
+    }
+
+    /// Sleeps since `start` per request.
+    pub(crate) fn per(&self, requests: u64) -> Option<f64> {
+        let now = voluntary_switches(self.except)?;
+        Some(now.saturating_sub(self.start?) as f64 / requests.max(1) as f64)
+    }
+}
+
+/// Voluntary context switches of this process's threads, except the one named `except`.
+fn voluntary_switches(except: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        // A thread that ended in between is simply not counted.
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() == except {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+    }
+    Some(total)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -222,6 +273,13 @@ pub(crate) fn p90(r: &RunResult) -> Option<f64> {
 pub(crate) fn p99(r: &RunResult) -> Option<f64> {
     match r {
         RunResult::Latency(l) => Some(l.p99),
+        RunResult::Throughput(_) => None,
+    }
+}
+
+pub(crate) fn wakes_per_request(r: &RunResult) -> Option<f64> {
+    match r {
+        RunResult::Latency(l) => l.wakes_per_request,
         RunResult::Throughput(_) => None,
     }
 }
@@ -395,7 +453,7 @@ async fn run_pubsub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
 
 // ----- reqrep -----
 
-pub(crate) fn latency(mut us: Vec<f64>) -> Latency {
+pub(crate) fn latency(mut us: Vec<f64>, wakes_per_request: Option<f64>) -> Latency {
     us.sort_by(f64::total_cmp);
     let mean = us.iter().sum::<f64>() / us.len() as f64;
     Latency {
@@ -403,6 +461,7 @@ pub(crate) fn latency(mut us: Vec<f64>) -> Latency {
         p90: percentile(&us, 0.90),
         p99: percentile(&us, 0.99),
         mean,
+        wakes_per_request,
     }
 }
 
@@ -427,12 +486,14 @@ async fn run_reqrep<C: BenchClient>(p: &Params) -> Res<Latency> {
         check_echo(C::payload(&m), &p.payload)?;
     }
     let mut us = Vec::with_capacity(p.requests as usize);
+    let wakes = Wakes::start(raw::RESPONDER_THREAD);
     for _ in 0..p.requests {
         let t = Instant::now();
         let m = client.request(&subject, &p.payload).await?;
         us.push(t.elapsed().as_secs_f64() * 1e6);
         check_echo(C::payload(&m), &p.payload)?;
     }
+    let wakes = wakes.per(p.requests);
     client.close().await?;
-    Ok(latency(us))
+    Ok(latency(us, wakes))
 }
