@@ -262,33 +262,16 @@ fn per_round(o: &mut String, all: &[Series]) {
 /// The nats-server's CPU share per throughput workload: near 100 % of one core, the
 /// server's single reader per connection is the ceiling and the client is not the limit.
 fn server_cpu_table(o: &mut String, all: &[Series]) {
-    let mut header = false;
-    for s in all.iter().filter(|s| s.workload != Workload::Reqrep) {
-        let (t, a, r) = medians(s, server_cpu);
-        if !t.is_finite() || !a.is_finite() {
-            continue;
-        }
-        if !header {
-            header = true;
-            let _ = writeln!(
-                o,
-                "\nnats-server CPU while measured (median, % of one core; it reads each \
-                 connection on one thread, so about 100 % is the most one connection can get)"
-            );
-        }
-        let raw = if r.is_finite() {
-            format!("{:>23.0}%", r * 100.0)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            o,
-            "{:<20} {:>13.0}% {:>13.0}%{raw}",
-            label(s, "cpu"),
-            t * 100.0,
-            a * 100.0
-        );
-    }
+    medians_section(
+        o,
+        all,
+        |w| w != Workload::Reqrep,
+        server_cpu,
+        "nats-server CPU while measured (median, % of one core; it reads each connection on \
+         one thread, so about 100 % is the most one connection can get)",
+        "cpu",
+        |v| format!("{:.0}%", v * 100.0),
+    );
 }
 
 /// The thread hops of reqrep: how often a thread of the requesting end slept and was
@@ -296,27 +279,53 @@ fn server_cpu_table(o: &mut String, all: &[Series]) {
 /// an async client sleeps at least once more, where its runtime hands the reply from the
 /// thread that read the socket to the caller's.
 fn wakes_table(o: &mut String, all: &[Series]) {
+    medians_section(
+        o,
+        all,
+        |w| w == Workload::Reqrep,
+        wakes_per_request,
+        "wakes per request (median; times a thread of the requesting process slept and was \
+         woken, from /proc: the thread hops of the request path; the floor without its \
+         responder thread)",
+        "wakes",
+        |v| format!("{v:.2}"),
+    );
+}
+
+/// A section of one extra metric: `title`, then per series of the workloads `keep`
+/// selects, the medians of tether, async-nats and the raw side (when it has one), each
+/// written by `text`. Series missing a library's value are left out.
+fn medians_section(
+    o: &mut String,
+    all: &[Series],
+    keep: fn(Workload) -> bool,
+    metric: Metric,
+    title: &str,
+    name: &str,
+    text: fn(f64) -> String,
+) {
     let mut header = false;
-    for s in all.iter().filter(|s| s.workload == Workload::Reqrep) {
-        let (t, a, r) = medians(s, wakes_per_request);
+    for s in all.iter().filter(|s| keep(s.workload)) {
+        let (t, a, r) = medians(s, metric);
         if !t.is_finite() || !a.is_finite() {
             continue;
         }
         if !header {
             header = true;
-            let _ = writeln!(
-                o,
-                "\nwakes per request (median; times a thread of the requesting process slept \
-                 and was woken, from /proc: the thread hops of the request path; the floor \
-                 without its responder thread)"
-            );
+            let _ = writeln!(o, "\n{title}");
         }
         let raw = if r.is_finite() {
-            format!("{r:>24.2}")
+            format!("{:>24}", text(r))
         } else {
             String::new()
         };
-        let _ = writeln!(o, "{:<20} {t:>14.2} {a:>14.2}{raw}", label(s, "wakes"));
+        let _ = writeln!(
+            o,
+            "{:<20} {:>14}{:>15}{raw}",
+            label(s, name),
+            text(t),
+            text(a)
+        );
     }
 }
 
