@@ -593,6 +593,18 @@ impl NatsServer {
         self.monitor("/varz")
     }
 
+    /// The server's subscription count from `GET /subsz` (every account's, the system
+    /// account's own included).
+    pub fn num_subscriptions(&self) -> Result<u64, TestkitError> {
+        let v = self.monitor("/subsz")?;
+        v["num_subscriptions"]
+            .as_u64()
+            .ok_or_else(|| TestkitError::Monitor {
+                url: format!("http://{}/subsz", self.monitor_addr()),
+                detail: format!("no num_subscriptions in {v}"),
+            })
+    }
+
     /// `GET /connz` as JSON.
     pub fn connz(&self) -> Result<serde_json::Value, TestkitError> {
         self.monitor("/connz")

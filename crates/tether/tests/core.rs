@@ -226,9 +226,7 @@ async fn unsubscribe_after_yields_exactly_n_then_ends() {
 
 /// The server's count of subscriptions.
 fn subscriptions(server: &NatsServer) -> u64 {
-    server.monitor("/subsz").unwrap()["num_subscriptions"]
-        .as_u64()
-        .unwrap()
+    server.num_subscriptions().unwrap()
 }
 
 /// [`subscriptions`], polled while this thread blocks (so the client's driver task, on

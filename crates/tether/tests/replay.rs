@@ -21,9 +21,7 @@ fn subject(i: usize) -> String {
 
 /// The server's subscription count (`/subsz`).
 fn server_subs(server: &NatsServer) -> u64 {
-    server.monitor("/subsz").unwrap()["num_subscriptions"]
-        .as_u64()
-        .unwrap()
+    server.num_subscriptions().unwrap()
 }
 
 /// Poll the server until it counts `want` subscriptions; panics with the last count.
