@@ -262,7 +262,7 @@ impl Drop for SubsChild {
 
 /// One `subs` child: setup, the server's count, kill, restart, the count again.
 fn subs_one(server: &mut tether_testkit::NatsServer, lib: Lib, n: u64) -> Res<SubsRun> {
-    let own = subsz(server)?;
+    let own = server.num_subscriptions()?;
     let target = own + n;
     let mut child = SubsChild(
         child_command("subs", lib, n, &server.url())?
@@ -285,7 +285,7 @@ fn subs_one(server: &mut tether_testkit::NatsServer, lib: Lib, n: u64) -> Res<Su
     };
     let mut run: SubsRun = serde_json::from_str(&line)?;
     // Its message came back through the last subscription, so the server has them all.
-    let count = subsz(server)?;
+    let count = server.num_subscriptions()?;
     if count < target {
         return Err(format!(
             "after the subs child's setup the server counts {count} subscriptions, \
@@ -314,14 +314,6 @@ fn subs_one(server: &mut tether_testkit::NatsServer, lib: Lib, n: u64) -> Res<Su
         return Err(format!("the subs child ({}) failed: {status}", lib.name()).into());
     }
     Ok(run)
-}
-
-/// The server's subscription count (every account's, its own included).
-fn subsz(server: &tether_testkit::NatsServer) -> Res<u64> {
-    let v = server.monitor("/subsz")?;
-    v["num_subscriptions"]
-        .as_u64()
-        .ok_or_else(|| format!("no num_subscriptions in /subsz: {v}").into())
 }
 
 /// When a connection to `addr` first reads INFO: the restarted server accepts.
@@ -359,7 +351,7 @@ fn wait_subsz(
     loop {
         let last;
         let sent = Instant::now();
-        match subsz(server) {
+        match server.num_subscriptions() {
             Ok(count) if count >= target => return Ok((sent, first.or(Some(sent)))),
             Ok(count) => {
                 if count > own && first.is_none() {
@@ -386,67 +378,49 @@ impl Scale {
     /// subscription and resubscribe time (subs). All lower is better.
     pub(crate) fn plot_groups(&self) -> Vec<Group> {
         let mut groups = Vec::new();
-        let mut add = |label: String, metric, better, t: f64, a: f64| {
-            groups.push(Group {
-                label,
-                better,
-                metric,
-                vs_async: t / a,
-                vs_raw: None,
-            });
-        };
         for (n, runs) in &self.conns {
-            let (t, a) = (&runs.tether, &runs.async_nats);
-            let label = || format!("conns {}", group(*n as f64));
-            add(
-                label(),
-                "connect p50",
-                BELOW_FASTER,
-                med(t, |r| r.connect_p50_ms),
-                med(a, |r| r.connect_p50_ms),
-            );
-            add(
-                label(),
-                "sub→live p50",
-                BELOW_FASTER,
-                med(t, |r| r.sub_live_p50_ms),
-                med(a, |r| r.sub_live_p50_ms),
-            );
-            add(
-                label(),
-                "RSS/conn",
-                BELOW_SMALLER,
-                med(t, |r| r.rss_per_conn_kib),
-                med(a, |r| r.rss_per_conn_kib),
-            );
+            plot_rows(&mut groups, "conns", *n, runs, CONNS_PLOT);
         }
         for (n, runs) in &self.subs {
-            let (t, a) = (&runs.tether, &runs.async_nats);
-            let label = || format!("subs {}", group(*n as f64));
-            let resub = |r: &SubsRun| r.resub.map_or(f64::NAN, |x| x.resubscribe_ms);
-            add(
-                label(),
-                "setup",
-                BELOW_FASTER,
-                med(t, |r| r.setup_ms),
-                med(a, |r| r.setup_ms),
-            );
-            add(
-                label(),
-                "RSS/sub",
-                BELOW_SMALLER,
-                med(t, |r| r.rss_per_sub_bytes),
-                med(a, |r| r.rss_per_sub_bytes),
-            );
-            add(
-                label(),
-                "resubscribe",
-                BELOW_FASTER,
-                med(t, resub),
-                med(a, resub),
-            );
+            plot_rows(&mut groups, "subs", *n, runs, SUBS_PLOT);
         }
         groups
+    }
+}
+
+/// A bar of the plot: the metric's name, what below 1 means, the figure of one run.
+type PlotRow<R> = (&'static str, &'static str, fn(&R) -> f64);
+
+const CONNS_PLOT: &[PlotRow<ConnsRun>] = &[
+    ("connect p50", BELOW_FASTER, |r| r.connect_p50_ms),
+    ("sub→live p50", BELOW_FASTER, |r| r.sub_live_p50_ms),
+    ("RSS/conn", BELOW_SMALLER, |r| r.rss_per_conn_kib),
+];
+
+const SUBS_PLOT: &[PlotRow<SubsRun>] = &[
+    ("setup", BELOW_FASTER, |r| r.setup_ms),
+    ("RSS/sub", BELOW_SMALLER, |r| r.rss_per_sub_bytes),
+    ("resubscribe", BELOW_FASTER, |r| {
+        r.resub.map_or(f64::NAN, |x| x.resubscribe_ms)
+    }),
+];
+
+/// One group per row: tether / async-nats of the medians over `runs`.
+fn plot_rows<R>(
+    groups: &mut Vec<Group>,
+    what: &str,
+    n: u64,
+    runs: &ByLib<Vec<R>>,
+    rows: &[PlotRow<R>],
+) {
+    for &(metric, better, f) in rows {
+        groups.push(Group {
+            label: format!("{what} {}", group(n as f64)),
+            better,
+            metric,
+            vs_async: med(runs.of(Lib::Tether), f) / med(runs.of(Lib::AsyncNats), f),
+            vs_raw: None,
+        });
     }
 }
 
