@@ -46,15 +46,85 @@ pub struct Global {
     #[arg(long, global = true, env = "NATS_NKEY", value_name = "FILE")]
     pub nkey: Option<std::path::PathBuf>,
 
+    /// Token to authenticate with
+    #[arg(long, global = true, env = "NATS_TOKEN", value_name = "TOKEN", hide_env_values = true,
+          conflicts_with_all = ["creds", "nkey", "user"])]
+    pub token: Option<String>,
+
+    /// User name to authenticate with (with --password)
+    #[arg(long, global = true, env = "NATS_USER", value_name = "USER", requires = "password",
+          conflicts_with_all = ["creds", "nkey"])]
+    pub user: Option<String>,
+
+    /// Password for --user
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<String>,
+
+    /// CA certificate file (PEM) to verify the servers' TLS certificates with; turns TLS on
+    #[arg(long, global = true, env = "NATS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for servers that verify clients (mTLS), with --tls-key
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS handshake before the server's INFO, for servers with `handshake_first`
+    #[arg(long, global = true, env = "NATS_TLS_FIRST")]
+    pub tls_first: bool,
+
     /// More logging on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 impl Global {
-    /// Connect options with the credentials given (`--creds` or `--nkey`).
+    /// Connect options with the credentials and TLS options given.
     pub fn connect_options(&self) -> Result<tether::ConnectOptions, CliError> {
-        let opts = tether::ConnectOptions::new();
+        self.apply(tether::ConnectOptions::new())
+    }
+
+    /// `opts` with the credentials (`--creds`, `--nkey`, `--token`, `--user`) and TLS
+    /// options (`--tls-*`) given.
+    pub fn apply(&self, opts: tether::ConnectOptions) -> Result<tether::ConnectOptions, CliError> {
+        let mut opts = opts;
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.tls_ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            opts = opts.tls_client_cert(cert, key);
+        }
+        if self.tls_first {
+            opts = opts.tls_first(true);
+        }
+        if let Some(token) = &self.token {
+            return Ok(opts.token(token));
+        }
+        if let (Some(user), Some(pass)) = (&self.user, &self.password) {
+            return Ok(opts.user_and_password(user, pass));
+        }
         if let Some(path) = &self.creds {
             return Ok(opts.credentials_file(path));
         }

@@ -195,6 +195,7 @@ impl Client {
             opts,
             counters,
             runtime,
+            tls: crate::tls::TlsContext::default(),
         });
         let client = Client {
             inner: Arc::new(ClientRef { shared }),

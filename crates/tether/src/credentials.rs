@@ -5,8 +5,10 @@
 //! The JWT is not verified here (the server does that); only its `exp` and `iat` are
 //! read, to refresh ahead of expiry.
 
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,13 +18,15 @@ use tether_proto::conn::Auth;
 use crate::options::ConnectOptions;
 use crate::server_pool::ServerAddr;
 
-/// Where the nkey-based credentials come from.
+/// Where the credentials read at every attempt come from.
 #[derive(Clone)]
 pub(crate) enum KeySource {
     /// A `.creds` file: user JWT plus nkey seed, read at every attempt.
     File(PathBuf),
     /// An nkey seed (nkey auth without a JWT).
     Seed(String),
+    /// The user's callback, called at every attempt.
+    Callback(CredentialsCallback),
 }
 
 impl std::fmt::Debug for KeySource {
@@ -30,6 +34,134 @@ impl std::fmt::Debug for KeySource {
         match self {
             Self::File(p) => f.debug_tuple("File").field(p).finish(),
             Self::Seed(_) => f.write_str("Seed(<redacted>)"),
+            Self::Callback(_) => f.write_str("Callback"),
+        }
+    }
+}
+
+/// The future a credentials callback returns, boxed.
+pub(crate) type CredentialsFuture =
+    Pin<Box<dyn Future<Output = Result<Credentials, String>> + Send>>;
+
+/// [`ConnectOptions::credentials_callback`](crate::ConnectOptions::credentials_callback),
+/// boxed.
+pub(crate) type CredentialsCallback = Arc<dyn Fn() -> CredentialsFuture + Send + Sync>;
+
+/// Credentials for one connect attempt, as a
+/// [`credentials_callback`](crate::ConnectOptions::credentials_callback) returns them
+/// (from a secret manager, a vault, a rotated file...). Debug output shows the kind and
+/// the user name, never a password, token, seed or JWT.
+#[derive(Clone)]
+pub struct Credentials {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    UserPassword(String, String),
+    Token(String),
+    Nkey(String),
+    Jwt { jwt: String, seed: String },
+    Creds(String),
+}
+
+impl Credentials {
+    /// A user and password.
+    pub fn user_and_password(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::UserPassword(user.into(), password.into()),
+        }
+    }
+
+    /// A token.
+    pub fn token(token: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Token(token.into()),
+        }
+    }
+
+    /// An nkey seed (`SU...`): it signs the server's nonce, CONNECT carries its public key.
+    pub fn nkey(seed: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Nkey(seed.into()),
+        }
+    }
+
+    /// A user JWT and the nkey seed that signs the server's nonce for it.
+    pub fn jwt(jwt: impl Into<String>, seed: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Jwt {
+                jwt: jwt.into(),
+                seed: seed.into(),
+            },
+        }
+    }
+
+    /// The text of a `.creds` file (user JWT and nkey seed, as `nsc` writes them); it is
+    /// parsed at the attempt, and a text that is not one fails the attempt saying why.
+    pub fn creds(text: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Creds(text.into()),
+        }
+    }
+
+    /// What CONNECT carries for these credentials.
+    fn load(self) -> Result<Loaded, CredentialsError> {
+        let from_callback = |problem: String| CredentialsError::Callback(problem);
+        let (jwt, seed) = match self.kind {
+            Kind::UserPassword(user, pass) => {
+                return Ok(Loaded {
+                    fingerprint: fingerprint(&[&user, &pass]),
+                    auth: Auth {
+                        user: Some(user),
+                        pass: Some(pass),
+                        ..Auth::default()
+                    },
+                    jwt: None,
+                })
+            }
+            Kind::Token(token) => {
+                return Ok(Loaded {
+                    fingerprint: fingerprint(&[&token]),
+                    auth: Auth {
+                        token: Some(token),
+                        ..Auth::default()
+                    },
+                    jwt: None,
+                })
+            }
+            Kind::Nkey(seed) => return load(&KeySource::Seed(seed)),
+            Kind::Jwt { jwt, seed } => (jwt, seed),
+            Kind::Creds(text) => {
+                parse_creds(&text).map_err(|p| from_callback(format!("its creds text {p}")))?
+            }
+        };
+        let times = jwt_times(&jwt)
+            .map_err(|p| from_callback(format!("its user JWT is malformed: {p}")))?;
+        let pair = key_pair(&seed, None)?;
+        Ok(Loaded {
+            fingerprint: fingerprint(&[&jwt, &seed]),
+            auth: Auth {
+                jwt: Some(jwt),
+                signer: Some(signer(pair)),
+                ..Auth::default()
+            },
+            jwt: times,
+        })
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::UserPassword(user, _) => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .finish_non_exhaustive(),
+            Kind::Token(_) => f.write_str("Token(<redacted>)"),
+            Kind::Nkey(_) => f.write_str("Nkey(<redacted>)"),
+            Kind::Jwt { .. } => f.write_str("Jwt(<redacted>)"),
+            Kind::Creds(_) => f.write_str("Creds(<redacted>)"),
         }
     }
 }
@@ -125,6 +257,12 @@ pub(crate) enum CredentialsError {
     /// The blocking task reading them failed.
     #[error("reading the credentials failed: {0}")]
     Task(String),
+    /// The credentials callback failed, or returned credentials that cannot be used.
+    #[error("the credentials callback failed: {0}")]
+    Callback(String),
+    /// The credentials callback did not answer within connection_timeout.
+    #[error("the credentials callback did not answer within connection_timeout ({0:?})")]
+    CallbackTimeout(Duration),
 }
 
 fn in_file(path: Option<&Path>) -> String {
@@ -159,6 +297,9 @@ pub(crate) fn load(source: &KeySource) -> Result<Loaded, CredentialsError> {
                 jwt: times,
             })
         }
+        KeySource::Callback(_) => Err(CredentialsError::Task(String::from(
+            "a credentials callback is awaited, not loaded",
+        ))),
         KeySource::Seed(seed) => {
             let pair = key_pair(seed, None)?;
             Ok(Loaded {
@@ -176,7 +317,18 @@ pub(crate) fn load(source: &KeySource) -> Result<Loaded, CredentialsError> {
 
 /// Read the credentials (a creds file, or a seed) on the blocking pool: a file read never
 /// blocks a runtime worker, and never happens under the connection lock.
-pub(crate) async fn load_keys(keys: KeySource) -> Result<Loaded, CredentialsError> {
+/// A callback is called and awaited (bounded by `timeout`).
+pub(crate) async fn load_keys(
+    keys: KeySource,
+    timeout: Duration,
+) -> Result<Loaded, CredentialsError> {
+    if let KeySource::Callback(f) = &keys {
+        return match tokio::time::timeout(timeout, f()).await {
+            Ok(Ok(c)) => c.load(),
+            Ok(Err(e)) => Err(CredentialsError::Callback(e)),
+            Err(_) => Err(CredentialsError::CallbackTimeout(timeout)),
+        };
+    }
     tokio::task::spawn_blocking(move || load(&keys))
         .await
         .unwrap_or_else(|e| Err(CredentialsError::Task(e.to_string())))
@@ -189,7 +341,7 @@ pub(crate) async fn auth_for(
     addr: &ServerAddr,
 ) -> Result<Loaded, CredentialsError> {
     if let Some(keys) = &opts.keys {
-        return load_keys(keys.clone()).await;
+        return load_keys(keys.clone(), opts.connection_timeout).await;
     }
     let mut auth = Auth::default();
     if let Some((u, p)) = &opts.user {

@@ -91,6 +91,9 @@ pub enum AttemptCause {
     /// The handshake failed: an -ERR from the server ([`HandshakeError::Server`], such as
     /// `Authorization Violation`), a peer that is not a NATS server, a timeout, ...
     Handshake(HandshakeError),
+    /// TLS failed: the server's certificate was refused (unknown CA, name mismatch,
+    /// expired), the server wants a client certificate, or the peer does not speak TLS.
+    Tls(crate::tls::TlsError),
     /// The handshake completed, but the bytes that followed it ended the link at once.
     LinkLost(DisconnectReason),
     /// A planned switch reached, under this address, a server in lame duck mode: it goes
@@ -140,6 +143,7 @@ impl fmt::Display for AttemptCause {
             Self::Credentials(e) => f.write_str(e),
             Self::Dial(e) => fmt::Display::fmt(e, f),
             Self::Handshake(e) => fmt::Display::fmt(e, f),
+            Self::Tls(e) => fmt::Display::fmt(e, f),
             Self::LinkLost(e) => fmt::Display::fmt(e, f),
             Self::LameDuckNode => f.write_str("this address reaches a server in lame duck mode"),
             Self::NodeBeingLeft => {

@@ -48,8 +48,10 @@ mod server_addr;
 pub mod server_pool;
 pub mod stats;
 mod subscription;
+pub mod tls;
 
 pub use client::{Client, CloseReport, DrainReport};
+pub use credentials::Credentials;
 pub use error::{
     AttemptCause, AttemptError, ConnectError, ConnectFailure, DialError, DrainError, Error,
     FlushError, OptionsError, PublishError, RequestError, RetryMethod, SubscribeError,
@@ -59,9 +61,10 @@ pub use message::Message;
 pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
 pub use stats::{ReplayStats, Statistics};
 pub use subscription::{SubscribeOptions, Subscriber};
-pub use tether_proto::conn::{DisconnectReason, HandshakeError, RemovedReason};
+pub use tether_proto::conn::{DisconnectReason, HandshakeError, RemovedReason, TlsIntent};
 pub use tether_proto::server_err::{AuthErrorClass, ServerErr};
 pub use tether_proto::{HeaderMap, ProtocolError, StatusCode, Subject};
+pub use tls::TlsError;
 
 /// The version of this crate (`CARGO_PKG_VERSION`). It is what every client sends the
 /// server in CONNECT (`"lang": "rust"`, `"version": VERSION`), so the server's monitoring

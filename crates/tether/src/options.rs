@@ -170,6 +170,7 @@ pub struct ConnectOptions {
     pub(crate) token: Option<String>,
     pub(crate) keys: Option<crate::credentials::KeySource>,
     pub(crate) jwt_refresh_lead: Option<Duration>,
+    pub(crate) tls: crate::tls::TlsOptions,
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -189,6 +190,7 @@ impl fmt::Debug for ConnectOptions {
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("keys", &self.keys)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +261,7 @@ impl ConnectOptions {
             token: None,
             keys: None,
             jwt_refresh_lead: None,
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 
@@ -310,10 +313,10 @@ impl ConnectOptions {
         reconnect_wait: Duration
     );
     setter!(
-        /// Reserved for TLS, which this build does not support yet: it will add a uniform
-        /// 0..this to every reconnect delay but the first when the link uses TLS (a fleet
-        /// then does not hammer a TLS server's handshakes at once). Default: 1 s; at most
-        /// [`MAX_RECONNECT_DELAY`].
+        /// A uniform 0..this added to every reconnect delay but the first for a server
+        /// reached over TLS (a `tls://` URL, or any TLS option set), so a fleet does not
+        /// hammer a TLS server's handshakes at once. A `reconnect_delay` callback replaces
+        /// it with the backoff. Default: 1 s; at most [`MAX_RECONNECT_DELAY`].
         reconnect_jitter_tls: Duration
     );
     setter!(
@@ -468,6 +471,49 @@ impl ConnectOptions {
         self
     }
 
+    /// Use TLS with every server, whatever its URL's scheme (`nats://` URLs too); a
+    /// server whose INFO offers no TLS fails the attempt. Without any TLS option, a
+    /// `tls://` URL still uses TLS, and a `nats://` one upgrades when the server's INFO
+    /// says `tls_required` (trusting the system's roots). See [`crate::tls`].
+    #[must_use]
+    pub fn tls_required(mut self, value: bool) -> Self {
+        self.tls.required = value;
+        self
+    }
+
+    /// Trust the CA certificates of this PEM file (and no others) for the servers'
+    /// certificates; implies TLS on every server. The file is read and checked when the
+    /// client is created: a file that cannot be read or holds no PEM certificate is an
+    /// [`OptionsError`] naming it.
+    #[must_use]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate (a PEM chain) with its private key (PEM: PKCS#8,
+    /// PKCS#1 or SEC1) to servers that verify clients (mTLS); implies TLS on every
+    /// server. Both files are read when the client is created, and a key that does not
+    /// belong to the certificate is an [`OptionsError`] naming the files.
+    #[must_use]
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Run the TLS handshake before the server's INFO, for servers configured with
+    /// `handshake_first` (nats-server's `tls { handshake_first: true }`); implies TLS.
+    /// Such a server does not talk to a client that waits for INFO first.
+    #[must_use]
+    pub fn tls_first(mut self, value: bool) -> Self {
+        self.tls.first = value;
+        self
+    }
+
     /// Token sent in CONNECT.
     #[must_use]
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -492,6 +538,41 @@ impl ConnectOptions {
     #[must_use]
     pub fn nkey(mut self, seed: impl Into<String>) -> Self {
         self.keys = Some(crate::credentials::KeySource::Seed(seed.into()));
+        self
+    }
+
+    /// Credentials from a callback, called (and awaited) at every connect attempt and
+    /// at every JWT refresh: for secret managers and vaults, where the current secret is
+    /// fetched when it is needed. It returns [`Credentials`](crate::Credentials) (user
+    /// and password, token, nkey seed, user JWT and seed, or a `.creds` text), or an error
+    /// whose text fails that attempt (and is shown: never put a secret in it). An answer
+    /// slower than connection_timeout fails the attempt. Credentials that change between
+    /// attempts count as new for the auth rules (a refusal of new ones is no strike).
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), tether::ConnectError> {
+    /// let client = tether::ConnectOptions::new()
+    ///     .credentials_callback(|| async {
+    ///         // e.g. fetch the current password from a secret manager
+    ///         Ok::<_, std::io::Error>(tether::Credentials::user_and_password("svc", "s3cret"))
+    ///     })
+    ///     .connect("nats://127.0.0.1:4222")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn credentials_callback<F, Fut, E>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<crate::Credentials, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.keys = Some(crate::credentials::KeySource::Callback(
+            std::sync::Arc::new(move || {
+                let fut = f();
+                Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+            }),
+        ));
         self
     }
 
@@ -584,6 +665,7 @@ impl ConnectOptions {
             self.keys.as_ref().map(|k| match k {
                 crate::credentials::KeySource::File(_) => "credentials_file",
                 crate::credentials::KeySource::Seed(_) => "nkey",
+                crate::credentials::KeySource::Callback(_) => "credentials_callback",
             }),
         ]
         .into_iter()
@@ -603,6 +685,7 @@ impl ConnectOptions {
                 fix: e.to_string(),
             })?;
         }
+        self.tls.check()?;
         if self.jwt_refresh_lead.is_some_and(|l| l.is_zero()) {
             return Err(OptionsError::Invalid {
                 option: "jwt_refresh_lead",

@@ -10,6 +10,9 @@ pub struct ServerAddr {
     port: u16,
     user: Option<String>,
     pass: Option<String>,
+    /// The name a TLS certificate is checked against when it is not the host: a server
+    /// discovered by IP address keeps the host name of the URL it was learnt through.
+    tls_name: Option<String>,
 }
 
 /// Why a server URL was refused by [`ServerAddr::parse`]. The Display text names the
@@ -25,17 +28,8 @@ pub enum AddrError {
         /// What the URL parser objected to.
         error: url::ParseError,
     },
-    /// A `tls://` URL: never dialled in plaintext, and this build has no TLS yet.
-    #[error(
-        "`{input}`: TLS is not supported yet by this tether build, and a tls:// server is \
-         never contacted in plaintext; use nats:// for a server without TLS"
-    )]
-    TlsUnsupported {
-        /// The URL as given.
-        input: String,
-    },
-    /// A scheme other than `nats`.
-    #[error("`{input}`: unsupported scheme `{scheme}`; use nats:// (TLS is not supported yet)")]
+    /// A scheme other than `nats` and `tls`.
+    #[error("`{input}`: unsupported scheme `{scheme}`; use nats:// (or tls:// for TLS)")]
     UnsupportedScheme {
         /// The URL as given.
         input: String,
@@ -53,6 +47,10 @@ pub enum AddrError {
 impl ServerAddr {
     /// Parse a URL. A bare `host:port` means `nats://host:port`; the port defaults to 4222.
     pub fn parse(input: &str) -> Result<Self, AddrError> {
+        Self::parse_inner(input).map_err(AddrError::redacted)
+    }
+
+    fn parse_inner(input: &str) -> Result<Self, AddrError> {
         let with_scheme = if input.contains("://") {
             input.to_owned()
         } else {
@@ -63,13 +61,7 @@ impl ServerAddr {
             error,
         })?;
         let scheme = url.scheme().to_ascii_lowercase();
-        if scheme == "tls" {
-            // Never dial a tls:// server in plaintext: credentials would go out in clear.
-            return Err(AddrError::TlsUnsupported {
-                input: input.to_owned(),
-            });
-        }
-        if scheme != "nats" {
+        if scheme != "nats" && scheme != "tls" {
             return Err(AddrError::UnsupportedScheme {
                 input: input.to_owned(),
                 scheme,
@@ -92,7 +84,19 @@ impl ServerAddr {
             port: url.port().unwrap_or(4222),
             user,
             pass,
+            tls_name: None,
         })
+    }
+
+    /// True for a `tls://` URL: the link always uses TLS (never plaintext).
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "tls"
+    }
+
+    /// The name the server's TLS certificate is checked against: the host, or for a
+    /// server discovered by IP address, the host name of the URL it was learnt through.
+    pub fn tls_name(&self) -> &str {
+        self.tls_name.as_deref().unwrap_or(&self.host)
     }
 
     /// The host name or address.
@@ -124,6 +128,10 @@ impl ServerAddr {
             d.user.clone_from(&self.user);
             d.pass.clone_from(&self.pass);
         }
+        if d.host.parse::<std::net::IpAddr>().is_ok() {
+            // A node's certificate names the cluster, not each node's address.
+            d.tls_name = Some(self.tls_name().to_owned());
+        }
         Some(d)
     }
 
@@ -131,6 +139,35 @@ impl ServerAddr {
     pub(crate) fn key(&self) -> (String, u16) {
         (self.host.to_ascii_lowercase(), self.port)
     }
+}
+
+impl AddrError {
+    /// The same error with any password or token in the URL it quotes masked: errors are
+    /// logged and shown, credentials never are.
+    fn redacted(mut self) -> Self {
+        let (Self::Malformed { input, .. }
+        | Self::UnsupportedScheme { input, .. }
+        | Self::NoHost { input }) = &mut self;
+        *input = redact_userinfo(input);
+        self
+    }
+}
+
+/// `scheme://user:secret@host` as `scheme://user:<redacted>@host`, and a lone token
+/// (`scheme://token@host`) as `scheme://<redacted>@host`.
+fn redact_userinfo(input: &str) -> String {
+    let body_at = input.find("://").map_or(0, |i| i + 3);
+    let body = &input[body_at..];
+    let authority_end = body.find(['/', '?', '#']).unwrap_or(body.len());
+    let Some(at) = body[..authority_end].rfind('@') else {
+        return input.to_owned();
+    };
+    let userinfo = &body[..at];
+    let masked = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:<redacted>"),
+        None => String::from("<redacted>"),
+    };
+    format!("{}{masked}{}", &input[..body_at], &body[at..])
 }
 
 fn decode(s: &str) -> String {
@@ -197,9 +234,43 @@ mod tests {
             ServerAddr::parse("nats://"),
             Err(AddrError::Malformed { .. } | AddrError::NoHost { .. })
         ));
-        // B1: never dialled in plaintext.
-        let e = ServerAddr::parse("tls://127.0.0.1:4443").unwrap_err();
-        assert!(matches!(e, AddrError::TlsUnsupported { .. }), "{e:?}");
-        assert!(e.to_string().contains("TLS is not supported yet"), "{e}");
+        let t = ServerAddr::parse("tls://nats.example.com:4443").unwrap();
+        assert!(t.is_tls() && !a.is_tls());
+        assert_eq!(t.tls_name(), "nats.example.com");
+    }
+
+    #[test]
+    fn errors_never_quote_a_password_or_token_from_the_url() {
+        for (input, secret) in [
+            ("nats://bob:hunter2@host:notaport", "hunter2"),
+            ("http://bob:hunter2@host", "hunter2"),
+            ("nats://s3cr3t-token@host:99999", "s3cr3t-token"),
+            ("bob:hunter2@host:x", "hunter2"),
+        ] {
+            let e = ServerAddr::parse(input).unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+        assert_eq!(
+            redact_userinfo("nats://u:p@h:1/x@y"),
+            "nats://u:<redacted>@h:1/x@y"
+        );
+        assert_eq!(redact_userinfo("nats://h:1"), "nats://h:1");
+    }
+
+    #[test]
+    fn a_server_discovered_by_ip_is_checked_with_the_name_it_was_learnt_through() {
+        let via = ServerAddr::parse("tls://u:p@nats.example.com:4443").unwrap();
+        let ip = via.inherit("10.0.0.7:4222").unwrap();
+        assert!(ip.is_tls(), "scheme inherited");
+        assert_eq!((ip.host(), ip.tls_name()), ("10.0.0.7", "nats.example.com"));
+        assert_eq!(ip.user(), Some("u"));
+        // Learnt through an IP-only URL: still the first name.
+        let again = ip.inherit("10.0.0.8:4222").unwrap();
+        assert_eq!(again.tls_name(), "nats.example.com");
+        // A discovered name is its own TLS name.
+        let named = via.inherit("node2.example.com:4222").unwrap();
+        assert_eq!(named.tls_name(), "node2.example.com");
     }
 }

@@ -189,6 +189,9 @@ pub(crate) struct ReconnectPolicy<'a> {
     /// The user's delay, in place of [`backoff_delay`].
     pub(crate) reconnect_delay: Option<&'a ReconnectDelayFn>,
     pub(crate) auth_failure_policy: AuthFailurePolicy,
+    /// `reconnect_jitter_tls`, and whether every link uses TLS (TLS options).
+    pub(crate) jitter_tls: Duration,
+    pub(crate) tls_wanted: bool,
 }
 
 impl<'a> ReconnectPolicy<'a> {
@@ -197,6 +200,8 @@ impl<'a> ReconnectPolicy<'a> {
             reconnect_wait: opts.reconnect_wait,
             reconnect_delay: opts.reconnect_delay.as_ref(),
             auth_failure_policy: opts.auth_failure_policy,
+            jitter_tls: opts.reconnect_jitter_tls,
+            tls_wanted: opts.tls.wanted(),
         }
     }
 }
@@ -207,6 +212,8 @@ impl std::fmt::Debug for ReconnectPolicy<'_> {
             .field("reconnect_wait", &self.reconnect_wait)
             .field("reconnect_delay", &self.reconnect_delay.is_some())
             .field("auth_failure_policy", &self.auth_failure_policy)
+            .field("jitter_tls", &self.jitter_tls)
+            .field("tls_wanted", &self.tls_wanted)
             .finish()
     }
 }
@@ -445,9 +452,17 @@ impl ServerPool {
         let i = self.position(addr)?;
         let e = &mut self.entries[i];
         let failures = e.failures + 1;
-        let mut delay = match policy.reconnect_delay {
-            Some(f) => f(&addr.to_string(), failures, outage),
-            None => backoff_delay(failures, outage, policy.reconnect_wait, rng),
+        let mut delay = if let Some(f) = policy.reconnect_delay {
+            f(&addr.to_string(), failures, outage)
+        } else {
+            let tls = policy.tls_wanted || addr.is_tls();
+            let jitter = if tls {
+                policy.jitter_tls
+            } else {
+                Duration::ZERO
+            };
+            backoff_delay(failures, outage, policy.reconnect_wait, rng)
+                .saturating_add(tls_jitter(failures, jitter, rng))
         };
         let auth = auth_rules(e, refusal.as_ref(), now, policy.reconnect_wait);
         let mut remove = false;
@@ -659,7 +674,35 @@ mod tests {
             reconnect_wait: wait,
             reconnect_delay: None,
             auth_failure_policy: auth,
+            jitter_tls: Duration::from_secs(1),
+            tls_wanted: false,
         }
+    }
+
+    #[test]
+    fn a_tls_server_adds_its_jitter_to_every_delay_but_the_first() {
+        let policy = policy(Duration::from_secs(2), AuthFailurePolicy::KeepRetrying);
+        let delays = |url: &str| {
+            let mut rng = SmallRng::seed_from_u64(7);
+            let start = Instant::now();
+            let addr = ServerAddr::parse(url).unwrap();
+            let mut pool = ServerPool::new(vec![addr.clone()], true, None, start, &mut rng);
+            (0..20)
+                .map(|_| {
+                    let v = pool
+                        .record_attempt(&addr, start, Duration::ZERO, None, &policy, &mut rng)
+                        .expect("in the pool");
+                    v.due.expect("kept") - start
+                })
+                .collect::<Vec<_>>()
+        };
+        // Early in an outage the backoff is capped at 500 ms; the TLS jitter (0..1 s)
+        // comes on top, for a tls:// server only.
+        let early_cap = Duration::from_millis(500);
+        assert!(delays("nats://a:1").iter().all(|d| *d <= early_cap));
+        let tls = delays("tls://a:1");
+        assert!(tls.iter().any(|d| *d > early_cap), "{tls:?}");
+        assert!(tls.iter().all(|d| *d < early_cap + Duration::from_secs(1)));
     }
 
     /// Run `rows` (ms after the start, the attempt's cause, the expected auth verdict)

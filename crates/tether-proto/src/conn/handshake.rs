@@ -37,12 +37,16 @@ pub enum HandshakeError {
     },
     /// The server sent malformed protocol.
     Protocol(ProtocolError),
-    /// The server requires TLS, which this build does not support yet.
-    TlsRequired,
+    /// TLS is wanted (a `tls://` URL, TLS options) but the server's INFO offers neither
+    /// `tls_required` nor `tls_available`: it does not speak TLS.
+    TlsUnavailable,
     /// The client's credentials could not be used (the nonce could not be signed).
     Credentials(String),
     /// The peer closed the connection during the handshake.
     Eof,
+    /// The peer closed the connection before sending INFO (a server configured with TLS
+    /// `handshake_first` does so when the client waits for INFO instead of starting TLS).
+    ClosedBeforeInfo,
     /// A read or write failed.
     Io(String),
     /// The handshake did not complete within connection_timeout.
@@ -61,16 +65,30 @@ impl fmt::Display for HandshakeError {
                 "not a NATS server: expected `INFO {{...}}`, got `{excerpt}`; check the URL and port"
             ),
             Self::Protocol(e) => write!(f, "protocol error during handshake: {e}"),
-            Self::TlsRequired => f.write_str(
-                "the server requires TLS, which this tether build does not support yet",
+            Self::TlsUnavailable => f.write_str(
+                "TLS is wanted (a tls:// URL or TLS options) but the server does not offer \
+                 TLS (its INFO has neither tls_required nor tls_available); use a nats:// URL \
+                 without TLS options for this server, or enable TLS on the server",
             ),
             Self::Credentials(e) => write!(f, "could not sign the server's nonce: {e}"),
             Self::Eof => f.write_str("the peer closed the connection during the handshake"),
+            Self::ClosedBeforeInfo => f.write_str(
+                "the peer closed the connection before sending INFO; a server configured with \
+                 TLS handshake_first expects the TLS handshake first: set tls_first",
+            ),
             Self::Io(e) => write!(f, "i/o error during handshake: {e}"),
+            Self::Timeout { stage } if *stage == INFO_STAGE => write!(
+                f,
+                "handshake timed out {stage} (a server configured with TLS handshake_first \
+                 waits for the client to start TLS: set tls_first)"
+            ),
             Self::Timeout { stage } => write!(f, "handshake timed out {stage}"),
         }
     }
 }
+
+/// The stage of [`HandshakeError::Timeout`] while the server's INFO is awaited.
+const INFO_STAGE: &str = "waiting for the server's INFO";
 
 /// A link whose handshake completed: give it to [`Connection::adopt_link`].
 #[derive(Debug)]
@@ -81,11 +99,30 @@ pub struct Established {
     pub leftover: BytesMut,
 }
 
+/// Whether a link's handshake uses TLS (DESIGN.md, wire handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TlsIntent {
+    /// No TLS was asked for: the link upgrades only when the server's INFO says
+    /// `tls_required`.
+    #[default]
+    IfRequired,
+    /// TLS was asked for (a `tls://` URL, TLS options): the link upgrades after the
+    /// plaintext INFO, and fails with [`HandshakeError::TlsUnavailable`] when the INFO
+    /// offers no TLS.
+    Always,
+    /// The transport is TLS already (`tls_first`: the TLS handshake came before INFO).
+    Established,
+}
+
 /// Where a handshake is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// Waiting for the server's INFO.
     ExpectInfo,
+    /// The INFO asks for (or the client wants) TLS: the driver runs the TLS handshake on
+    /// the transport, then calls [`Handshake::handle_tls_established`].
+    Upgrade,
     /// CONNECT, PING, PING queued; waiting for this many PONGs.
     ExpectPongs(u8),
     /// Completed or failed: the outcome is (or was) ready.
@@ -107,6 +144,7 @@ pub struct Handshake {
     version: String,
     name: Option<String>,
     echo: bool,
+    tls: TlsIntent,
     decoder: Decoder,
     /// PONGs, CONNECT and its PINGs, not yet handed to the writer.
     out: BytesMut,
@@ -128,6 +166,7 @@ impl Handshake {
             version: config.version.clone(),
             name: config.name.clone(),
             echo: config.echo,
+            tls: TlsIntent::IfRequired,
             decoder: Decoder::new(config.decoder),
             out: BytesMut::new(),
             in_flight: None,
@@ -136,10 +175,44 @@ impl Handshake {
         }
     }
 
+    /// This handshake with TLS as `tls` says (default [`TlsIntent::IfRequired`]).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsIntent) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// True while the driver must run the TLS handshake on the transport (the server's
+    /// plaintext INFO was read and TLS is required or wanted), then call
+    /// [`Self::handle_tls_established`].
+    pub fn wants_tls(&self) -> bool {
+        self.stage == Stage::Upgrade
+    }
+
+    /// The TLS handshake on the transport completed: CONNECT and its PINGs are queued.
+    pub fn handle_tls_established(&mut self, _now: Instant) {
+        if self.stage != Stage::Upgrade {
+            return;
+        }
+        self.tls = TlsIntent::Established;
+        match self.info.take() {
+            Some(info) => self.send_connect(info),
+            None => self.fail(HandshakeError::Protocol(ProtocolError::UnknownOperation {
+                excerpt: String::from("TLS established before any INFO"),
+            })),
+        }
+    }
+
     /// Bytes read from the socket. Decodes until the handshake is over; what follows its
-    /// last PONG goes to [`Established::leftover`], a failure discards the rest.
+    /// last PONG goes to [`Established::leftover`], a failure discards the rest. Bytes
+    /// that follow the plaintext INFO before a TLS upgrade are not the server's (it waits
+    /// for the client's TLS hello): they are dropped.
     pub fn handle_read(&mut self, _now: Instant, buf: &mut BytesMut) {
-        while self.stage != Stage::Over {
+        if self.stage == Stage::Upgrade {
+            buf.clear();
+            return;
+        }
+        while !matches!(self.stage, Stage::Over | Stage::Upgrade) {
             match self.decoder.decode(buf) {
                 Ok(Some(op)) => self.handle_op(op, buf),
                 Ok(None) => return,
@@ -166,7 +239,7 @@ impl Handshake {
         match op {
             ServerOp::Ping => encode::encode_pong(&mut self.out),
             ServerOp::Info(info) => match self.stage {
-                Stage::ExpectInfo => self.send_connect(info),
+                Stage::ExpectInfo => self.first_info(info, buf),
                 // The INFO between the PONGs carries this connection's own limits.
                 _ => self.info = Some(info),
             },
@@ -187,12 +260,29 @@ impl Handshake {
         }
     }
 
-    /// The server's first INFO: check it, then queue CONNECT and two PINGs.
-    fn send_connect(&mut self, info: Box<ServerInfo>) {
-        if info.tls_required {
-            self.fail(HandshakeError::TlsRequired);
-            return;
+    /// The server's first INFO: upgrade to TLS first when it or the client asks for it,
+    /// else queue CONNECT and two PINGs.
+    fn first_info(&mut self, info: Box<ServerInfo>, buf: &mut BytesMut) {
+        let upgrade = match self.tls {
+            TlsIntent::Established => false,
+            TlsIntent::IfRequired => info.tls_required,
+            TlsIntent::Always if info.tls_required || info.tls_available => true,
+            TlsIntent::Always => {
+                self.fail(HandshakeError::TlsUnavailable);
+                return;
+            }
+        };
+        if upgrade {
+            self.info = Some(info);
+            self.stage = Stage::Upgrade;
+            buf.clear();
+        } else {
+            self.send_connect(info);
         }
+    }
+
+    /// Queue CONNECT and two PINGs for the server whose INFO is `info`.
+    fn send_connect(&mut self, info: Box<ServerInfo>) {
         let sig = match (&self.auth.signer, &info.nonce) {
             (Some(sign), Some(nonce)) => match sign(nonce.as_bytes()) {
                 Ok(sig) => Some(sig),
@@ -213,7 +303,7 @@ impl Handshake {
             echo: self.echo,
             headers: info.headers,
             no_responders: info.headers,
-            tls_required: false,
+            tls_required: self.tls == TlsIntent::Established,
             user: self.auth.user.clone(),
             pass: self.auth.pass.clone(),
             auth_token: self.auth.token.clone(),
@@ -269,7 +359,8 @@ impl Handshake {
             return;
         }
         let stage = match self.stage {
-            Stage::ExpectInfo => "waiting for the server's INFO",
+            Stage::ExpectInfo => INFO_STAGE,
+            Stage::Upgrade => "during the TLS handshake",
             _ => "waiting for the PONG after CONNECT",
         };
         self.fail(HandshakeError::Timeout { stage });
@@ -279,6 +370,7 @@ impl Handshake {
     pub fn handle_link_lost(&mut self, _now: Instant, error: Option<String>) {
         self.fail(match error {
             Some(e) => HandshakeError::Io(e),
+            None if self.stage == Stage::ExpectInfo => HandshakeError::ClosedBeforeInfo,
             None => HandshakeError::Eof,
         });
     }

@@ -56,7 +56,7 @@ pub use event::{
     ConnEvent, DisconnectReason, PublishRefused, RemovedReason, ReplayStats, SubEndReason,
     SubscribeRefused,
 };
-pub use handshake::{Established, Handshake, HandshakeError};
+pub use handshake::{Established, Handshake, HandshakeError, TlsIntent};
 use ping::PingPurpose;
 use ping::{Flushes, LinkAccounting};
 use retire::Gate;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tether_proto::conn::{ConnEvent, DisconnectReason, Handshake, SubEndReason};
+use tether_proto::conn::{
+    ConnEvent, DisconnectReason, Handshake, HandshakeError, SubEndReason, TlsIntent,
+};
 use tether_proto::outbound::Counts;
 use tether_proto::server_err::ServerErr;
 use tether_proto::time::saturating_add as later;
@@ -26,6 +28,7 @@ use crate::message::Message;
 use crate::request;
 use crate::server_pool::ServerAddr;
 use crate::subscription::Ended;
+use crate::tls::{self, TlsError};
 
 /// Read buffer size; grows for large messages.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -69,16 +72,41 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
     let (tcp, sock) = transport::dial(addr, tokio_instant(deadline))
         .await
         .map_err(|e| Failure::new(addr, e.address(), AttemptCause::Dial(e)))?;
-    let io = Transport::tcp(tcp);
+    let mut io = Transport::tcp(tcp);
     let address = Some(sock.to_string());
+    let tls_failure = |e: TlsError| Failure::new(addr, address.clone(), AttemptCause::Tls(e));
+    let tls_opts = &shared.opts.tls;
+    let intent = if tls_opts.first {
+        start_tls(shared, &mut io, addr, deadline)
+            .await
+            .map_err(|e| match e {
+                Some(e) => tls_failure(e),
+                None => Failure::new(
+                    addr,
+                    address.clone(),
+                    AttemptCause::Handshake(HandshakeError::Timeout {
+                        stage: "during the TLS handshake (tls_first)",
+                    }),
+                ),
+            })?;
+        TlsIntent::Established
+    } else if addr.is_tls() || tls_opts.wanted() {
+        TlsIntent::Always
+    } else {
+        TlsIntent::IfRequired
+    };
     let credentials = UsedCredentials::of(&loaded);
-    let mut hs = Handshake::new(start, deadline, loaded.auth, &shared.opts.core_config());
+    let mut hs =
+        Handshake::new(start, deadline, loaded.auth, &shared.opts.core_config()).with_tls(intent);
     let mut rbuf = BytesMut::with_capacity(4096);
     loop {
         while let Some(chunk) = hs.poll_transmit(Instant::now()) {
             match tokio::time::timeout_at(tokio_instant(deadline), io.write_all(&chunk)).await {
                 Ok(Ok(())) => hs.handle_written(Instant::now(), chunk.len()),
-                Ok(Err(e)) => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
+                Ok(Err(e)) => match TlsError::from_io(&e, addr.tls_name()) {
+                    Some(tls) => return Err(tls_failure(tls)),
+                    None => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
+                },
                 Err(_) => hs.handle_timeout(Instant::now()),
             }
         }
@@ -96,6 +124,15 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
             }
             None => {}
         }
+        if hs.wants_tls() {
+            match start_tls(shared, &mut io, addr, deadline).await {
+                Ok(()) => hs.handle_tls_established(Instant::now()),
+                Err(Some(e)) => return Err(tls_failure(e)),
+                Err(None) => hs.handle_timeout(Instant::now()),
+            }
+            rbuf.clear();
+            continue;
+        }
         if rbuf.capacity() - rbuf.len() < 1024 {
             rbuf.reserve(4096);
         }
@@ -103,12 +140,46 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
             r = io.read(&mut rbuf) => match r {
                 Ok(0) => hs.handle_link_lost(Instant::now(), None),
                 Ok(_) => hs.handle_read(Instant::now(), &mut rbuf),
-                Err(e) => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
+                Err(e) => match TlsError::from_io(&e, addr.tls_name()) {
+                    Some(tls) => return Err(tls_failure(tls)),
+                    None => hs.handle_link_lost(Instant::now(), Some(e.to_string())),
+                },
             },
             () = tokio::time::sleep_until(tokio_instant(deadline)) => {
                 hs.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+/// Run the TLS handshake on `io` by `deadline`, checking the server's certificate against
+/// the name `addr` is known by. `Err(None)` is the deadline.
+async fn start_tls(
+    shared: &Shared,
+    io: &mut Transport,
+    addr: &ServerAddr,
+    deadline: Instant,
+) -> Result<(), Option<TlsError>> {
+    let name = addr.tls_name();
+    let config = shared.tls.config(&shared.opts.tls).map_err(Some)?;
+    let session = rustls::ClientConnection::new(config, tls::server_name(name).map_err(Some)?)
+        .map_err(|e| Some(TlsError::classify(&e, name)))?;
+    match tokio::time::timeout_at(tokio_instant(deadline), io.start_tls(session)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Some(TlsError::from_io(&e, name).unwrap_or_else(|| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                TlsError::Handshake {
+                    detail: String::from(
+                        "the server closed the connection during the TLS handshake",
+                    ),
+                }
+            } else {
+                TlsError::Handshake {
+                    detail: e.to_string(),
+                }
+            }
+        }))),
+        Err(_) => Err(None),
     }
 }
 

@@ -91,7 +91,8 @@ pub(crate) fn try_direct_write(shared: &Shared, inner: &mut Inner) -> bool {
             inner.conn.handle_written(now, n);
         }
     }
-    if !inner.conn.is_write_idle() {
+    // Records a TLS session could not hand to the socket wait for the driver's read.
+    if !inner.conn.is_write_idle() || io.has_pending() {
         return true;
     }
     if inner.conn.take_buffer_space() {
@@ -307,7 +308,10 @@ impl<'a> LinkDriver<'a> {
         {
             inner.timers.stop(DriverTimer::JwtRefresh);
             if let Some(keys) = self.shared.opts.keys.clone() {
-                self.refresh = Some(Box::pin(credentials::load_keys(keys)));
+                self.refresh = Some(Box::pin(credentials::load_keys(
+                    keys,
+                    self.shared.opts.connection_timeout,
+                )));
             }
         }
     }

@@ -245,6 +245,8 @@ pub(crate) struct Shared {
     /// The runtime the client was created on: its tasks are spawned there, so a handle
     /// used from a thread outside any runtime still works.
     pub(crate) runtime: tokio::runtime::Handle,
+    /// The TLS client configuration, built at the first TLS link.
+    pub(crate) tls: crate::tls::TlsContext,
 }
 
 impl Shared {

@@ -5,13 +5,15 @@
 //! driver's loop, the handshake, the retiring link of a planned switch, a caller's direct
 //! write) sees plaintext NATS protocol bytes and three operations: [`Transport::read`],
 //! [`Transport::write`] (both readiness-based and cancel-safe, for the driver's
-//! `select!`) and [`Transport::try_write`] (non-blocking, for a caller's thread). Today it
-//! is plain TCP. TLS fills it with rustls's sans-IO `ClientConnection`: `read` reads TLS
+//! `select!`) and [`Transport::try_write`] (non-blocking, for a caller's thread). It is
+//! plain TCP, or TLS through rustls's sans-IO `ClientConnection`: `read` reads TLS
 //! records from the socket into the session and returns the plaintext it yields; `write`
 //! and `try_write` hand plaintext to the session and write the records it produces,
-//! keeping any the socket did not take for the next write; the session sits behind a
-//! short lock of its own (never held across an await), so the driver task and a caller's
-//! thread can share one transport as they share the TCP socket now.
+//! keeping any the socket did not take for the next write or read (a read also waits for
+//! the socket to take them, so records never sit in the session while the driver
+//! sleeps); the session sits behind a short lock of its own (never held across an
+//! await), so the driver task and a caller's thread share one transport as they share
+//! the TCP socket.
 //!
 //! Who writes through it:
 //! - **The driver** writes the chunks the sans-IO core hands out ([`Transport::write`]),
@@ -28,8 +30,12 @@
 //! Every address a host resolves to, IPv6 and IPv4 alternated 250 ms apart (happy
 //! eyeballs, RFC 8305), within one deadline. Names are re-resolved at each attempt.
 
+use std::io::{self, BufRead as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use rustls::ClientConnection;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::TcpStream;
@@ -38,62 +44,290 @@ use tokio::time::Instant;
 use crate::error::{ConnectFailure, DialError};
 use crate::server_pool::ServerAddr;
 
-/// The byte stream under one link (see the module docs): plain TCP today.
+/// The byte stream under one link (see the module docs): plain TCP, or TLS over it.
 #[derive(Debug)]
 pub(crate) struct Transport {
     tcp: TcpStream,
+    /// The TLS session, for a TLS link. Its lock is held only for synchronous work on
+    /// the session (never across an await), so the driver task and a caller's direct
+    /// write share it as they share the socket.
+    tls: Option<Box<Mutex<ClientConnection>>>,
 }
+
+/// `Read`/`Write` over a tokio socket without blocking: what rustls's `read_tls` and
+/// `write_tls` need. `WouldBlock` clears the socket's readiness, so the next
+/// `readable`/`writable` waits for the kernel.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl io::Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl io::Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A rustls error as the I/O error a TLS transport returns
+/// ([`TlsError::from_io`](crate::tls::TlsError::from_io) gets it back).
+fn tls_io_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Plaintext a TLS read hands back at most per call (the driver's read buffer grows by
+/// about this much at a time).
+const TLS_READ_MAX: usize = 64 * 1024;
+
+/// How much plaintext one TLS write takes at most: rustls keeps the records it made from
+/// it until the socket takes them.
+const TLS_WRITE_MAX: usize = 256 * 1024;
 
 impl Transport {
     /// A transport over a connected TCP socket.
     pub(crate) fn tcp(tcp: TcpStream) -> Self {
-        Self { tcp }
+        Self { tcp, tls: None }
+    }
+
+    /// Run the TLS handshake with `session` over this (plaintext) transport, which then
+    /// carries TLS. Fails with the rustls error as an I/O error, or an I/O error; the
+    /// caller bounds it with the connect deadline.
+    pub(crate) async fn start_tls(&mut self, session: ClientConnection) -> io::Result<()> {
+        let mut session = session;
+        session.set_buffer_limit(Some(TLS_WRITE_MAX));
+        let mut eof = false;
+        while session.is_handshaking() {
+            while session.wants_write() {
+                match session.write_tls(&mut NonBlocking(&self.tcp)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.tcp.writable().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !session.is_handshaking() {
+                break;
+            }
+            if eof {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            match session.read_tls(&mut NonBlocking(&self.tcp)) {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tcp.readable().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = session.process_new_packets() {
+                // Send the alert rustls queued for the server, then fail.
+                let _ = session.write_tls(&mut NonBlocking(&self.tcp));
+                return Err(tls_io_error(e));
+            }
+        }
+        self.tls = Some(Box::new(Mutex::new(session)));
+        Ok(())
     }
 
     /// Read what the link has into `buf` (cancel-safe: nothing is lost when the future is
-    /// dropped). `Ok(0)` is the end of the stream.
-    pub(crate) async fn read(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+    /// dropped). `Ok(0)` is the end of the stream. Over TLS it also sends the records the
+    /// session still holds (from a write the socket did not take whole, an alert).
+    pub(crate) async fn read(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            loop {
+                self.tcp.readable().await?;
+                match self.tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return r,
+                }
+            }
+        };
         loop {
-            self.tcp.readable().await?;
-            match self.tcp.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return r,
+            let pending = {
+                let mut s = tls.lock();
+                if let Some(n) = self.tls_read(&mut s, buf)? {
+                    return Ok(n);
+                }
+                flush_tls(&mut s, &self.tcp)?
+            };
+            if pending {
+                tokio::select! {
+                    r = self.tcp.readable() => r?,
+                    w = self.tcp.writable() => w?,
+                }
+            } else {
+                self.tcp.readable().await?;
             }
         }
     }
 
-    /// Write what the link takes of `data` (cancel-safe).
-    pub(crate) async fn write(&self, data: &[u8]) -> std::io::Result<usize> {
+    /// Move what the socket has through the session into `buf`: `Some(n)` when plaintext
+    /// (or the end of the stream, `Some(0)`) came out, `None` when the socket is empty.
+    fn tls_read(
+        &self,
+        s: &mut ClientConnection,
+        buf: &mut bytes::BytesMut,
+    ) -> io::Result<Option<usize>> {
+        let mut got = 0;
         loop {
+            // Plaintext the session holds first: rustls stops reading while it is full.
+            let mut reader = s.reader();
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => return Ok(Some(got)), // close_notify: the end of the stream
+                    Ok(data) => {
+                        let n = data.len();
+                        buf.extend_from_slice(data);
+                        reader.consume(n);
+                        got += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if got > 0 && e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Ok(Some(got))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if got >= TLS_READ_MAX {
+                return Ok(Some(got));
+            }
+            match s.read_tls(&mut NonBlocking(&self.tcp)) {
+                Ok(0) => {
+                    // TCP end of stream: rustls reports it (UnexpectedEof without
+                    // close_notify) through the reader.
+                    s.process_new_packets().map_err(tls_io_error)?;
+                    let mut reader = s.reader();
+                    return match reader.fill_buf() {
+                        Ok(data) if !data.is_empty() => {
+                            let n = data.len();
+                            buf.extend_from_slice(data);
+                            reader.consume(n);
+                            Ok(Some(got + n))
+                        }
+                        _ if got > 0 => Ok(Some(got)),
+                        _ => Ok(Some(0)),
+                    };
+                }
+                Ok(_) => {
+                    s.process_new_packets().map_err(tls_io_error)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((got > 0).then_some(got));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Write what the link takes of `data` (cancel-safe). Over TLS, the plaintext taken
+    /// may still be in records the socket did not take: [`Self::read`] and the next write
+    /// send them.
+    pub(crate) async fn write(&self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            if self.tls.is_some() {
+                match self.try_write(data) {
+                    Ok(0) if !data.is_empty() => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return r,
+                }
+            } else {
+                match self.tcp.try_write(data) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return r,
+                }
+            }
             self.tcp.writable().await?;
-            match self.tcp.try_write(data) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return r,
-            }
         }
     }
 
-    /// Write all of `data` (the handshake's frames; cancel-safe only as a whole).
-    pub(crate) async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+    /// Write all of `data` (the handshake's frames; cancel-safe only as a whole), and over
+    /// TLS the records it makes.
+    pub(crate) async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             match self.write(data).await? {
-                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                0 => return Err(io::ErrorKind::WriteZero.into()),
                 n => data = &data[n..],
+            }
+        }
+        while self.has_pending() {
+            self.tcp.writable().await?;
+            if let Some(tls) = &self.tls {
+                flush_tls(&mut tls.lock(), &self.tcp)?;
             }
         }
         Ok(())
     }
 
     /// Write what the link takes of `data` now, without waiting (a caller's direct write).
-    pub(crate) fn try_write(&self, data: &[u8]) -> std::io::Result<usize> {
-        self.tcp.try_write(data)
+    /// Over TLS: nothing is taken while the session still holds records the socket did
+    /// not take (`Ok(0)`).
+    pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return self.tcp.try_write(data);
+        };
+        let mut s = tls.lock();
+        if flush_tls(&mut s, &self.tcp)? {
+            return Ok(0);
+        }
+        let n = s.writer().write(&data[..data.len().min(TLS_WRITE_MAX)])?;
+        flush_tls(&mut s, &self.tcp)?;
+        Ok(n)
     }
 
-    /// End the write side cleanly, so the server sees the end of the stream.
+    /// True while a TLS session holds records the socket has not taken yet.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.lock().wants_write())
+    }
+
+    /// End the write side cleanly, so the server sees the end of the stream (over TLS,
+    /// after a close_notify).
     pub(crate) async fn shutdown(mut self) {
         use tokio::io::AsyncWriteExt;
+        if let Some(tls) = self.tls.take() {
+            let mut s = tls.into_inner();
+            s.send_close_notify();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while s.wants_write() {
+                    match s.write_tls(&mut NonBlocking(&self.tcp)) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if self.tcp.writable().await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
         let _ = self.tcp.shutdown().await;
     }
+}
+
+/// Write the records `s` holds while the socket takes them. Returns true when some are
+/// left (the socket is full).
+fn flush_tls(s: &mut ClientConnection, tcp: &TcpStream) -> io::Result<bool> {
+    while s.wants_write() {
+        match s.write_tls(&mut NonBlocking(tcp)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// Delay between starting connection attempts to successive addresses.
