@@ -40,8 +40,8 @@ pub enum Hostile {
     /// send `garbage` over TLS at once (without waiting for CONNECT) and keep the
     /// connection open (input is discarded).
     ///
-    /// A client that does not start TLS after that INFO fails the handshake and the
-    /// connection is dropped.
+    /// A client that does not start TLS after that INFO (or refuses the certificate)
+    /// fails the handshake and the connection is closed.
     TlsGarbage {
         /// The server certificate to present.
         certs: Arc<TlsCerts>,
@@ -223,12 +223,17 @@ fn serve(mut s: TcpStream, kind: &Hostile) -> io::Result<()> {
 }
 
 /// Drives the server side of a TLS handshake to its end, so what is written next goes
-/// out as application data after it.
+/// out as application data after it. A failed handshake (a plaintext client, a client
+/// that refuses the certificate) closes the connection, after the alert rustls sends;
+/// otherwise the peer's clone of the socket would keep it open.
 fn finish_handshake(
     tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
 ) -> io::Result<()> {
     while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            let _ = tls.sock.shutdown(Shutdown::Both);
+            return Err(e);
+        }
     }
     Ok(())
 }

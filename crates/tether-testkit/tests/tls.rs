@@ -417,7 +417,22 @@ fn hostile_tls_garbage_after_handshake() {
         err,
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
     );
-    assert_eq!(h.accepted(), 2);
+
+    // A plaintext client that ignores tls_required is closed on, not left hanging.
+    let mut s = tcp(h.addr());
+    plain_line(&mut s);
+    s.write_all(b"CONNECT {}\r\nPING\r\n").unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    assert!(!rest.windows(4).any(|w| w == b"PONG"), "{rest:?}");
+    assert_eq!(h.accepted(), 3);
 }
 
 #[test]
