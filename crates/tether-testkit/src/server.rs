@@ -485,7 +485,8 @@ impl NatsServer {
     /// Like [`url`](Self::url) with `host` instead of `127.0.0.1`, e.g.
     /// `url_with_host("localhost")` gives `tls://localhost:PORT` for a client that must
     /// verify the certificate by that name. The server listens on 127.0.0.1 only, so
-    /// `host` has to resolve there.
+    /// `host` has to resolve there (where `localhost` also resolves to `::1`, a client
+    /// must fall back to the next address after that refusal).
     pub fn url_with_host(&self, host: &str) -> String {
         format!("{}://{host}:{}", self.scheme(), self.port)
     }
