@@ -16,6 +16,14 @@ const ROUTES_TIMEOUT: Duration = Duration::from_secs(15);
 ///
 /// All ports are chosen up front and kept across restarts. Starting waits until every
 /// node is ready and [`wait_routes`](Self::wait_routes) holds.
+///
+/// With [`ServerConfig::tls`] every node has TLS on its client port (same certificates,
+/// same `verify`/`handshake_first`); routes stay plaintext. Nodes listen on 127.0.0.1,
+/// so the `connect_urls` they gossip in INFO are bare `127.0.0.1:PORT` (no scheme, no
+/// host name) unless `client_advertise` says otherwise: a client that discovers them
+/// must still require TLS and verify each against the name it started with (e.g.
+/// `localhost` with [`TlsCerts::with_server_names`](crate::TlsCerts::with_server_names)
+/// `(&["localhost"])`, whose certificate has no IP SAN).
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
@@ -108,7 +116,7 @@ impl NatsCluster {
         self.nodes.is_empty()
     }
 
-    /// Every node's client URL, in node order.
+    /// Every node's client URL ([`NatsServer::url`]: `tls://` with TLS), in node order.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::url).collect()
     }

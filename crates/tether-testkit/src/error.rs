@@ -70,6 +70,11 @@ pub enum TestkitError {
         /// Which settings clash.
         detail: String,
     },
+    /// Generating test certificates or building a rustls config from them failed.
+    Tls {
+        /// What was being made and the underlying error.
+        detail: String,
+    },
 }
 
 impl TestkitError {
@@ -146,6 +151,11 @@ impl fmt::Display for TestkitError {
             TestkitError::Config { detail } => write!(
                 f,
                 "invalid ServerConfig: {detail}; fix the test's ServerConfig"
+            ),
+            TestkitError::Tls { detail } => write!(
+                f,
+                "test TLS setup failed: {detail}; this is a testkit bug or a rustls/rcgen \
+                 version mismatch"
             ),
         }
     }

@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::{free_port, TestkitError};
+use crate::{free_port, TestkitError, TlsCerts};
 
 /// A valid INFO line, as hostile peers send it before misbehaving.
 pub const VALID_INFO: &[u8] = b"INFO {\"server_id\":\"hostile\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"max_payload\":1048576}\r\n";
+
+/// [`VALID_INFO`] with `"tls_required":true`, as the [`Hostile`] TLS kinds send it.
+pub const VALID_TLS_INFO: &[u8] = b"INFO {\"server_id\":\"hostile\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"max_payload\":1048576,\"tls_required\":true}\r\n";
 
 /// How a [`HostilePeer`] treats each accepted connection.
 #[derive(Debug, Clone)]
@@ -32,6 +35,27 @@ pub enum Hostile {
     /// starts with `prefix` (case-insensitive, e.g. `"PING"` or `"SUB "`), then send
     /// `bytes`. Afterwards keep the connection open (input is discarded).
     Dialogue(Vec<(String, Vec<u8>)>),
+    /// Send [`VALID_TLS_INFO`] in plaintext, then act as the TLS server when the client
+    /// upgrades (serving `certs`' server certificate, no client authentication), then
+    /// send `garbage` over TLS at once (without waiting for CONNECT) and keep the
+    /// connection open (input is discarded).
+    ///
+    /// A client that does not start TLS after that INFO (or refuses the certificate)
+    /// fails the handshake and the connection is closed.
+    TlsGarbage {
+        /// The server certificate to present.
+        certs: Arc<TlsCerts>,
+        /// Sent right after the handshake, e.g. `b"\x00\x01GARBAGE\r\n"`.
+        garbage: Vec<u8>,
+    },
+    /// Like [`TlsGarbage`](Self::TlsGarbage) in the `handshake_first` order: wait for the
+    /// client's TLS handshake, then send [`VALID_TLS_INFO`] and `garbage` over TLS.
+    TlsFirstGarbage {
+        /// The server certificate to present.
+        certs: Arc<TlsCerts>,
+        /// Sent over TLS right after the INFO.
+        garbage: Vec<u8>,
+    },
 }
 
 /// A `TcpListener` on 127.0.0.1 that serves every connection as its [`Hostile`] kind, each
@@ -134,6 +158,12 @@ fn accept_loop(
 }
 
 fn serve(mut s: TcpStream, kind: &Hostile) -> io::Result<()> {
+    let tls_server = |certs: &TlsCerts| {
+        let cfg = certs
+            .rustls_server_config()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        rustls::ServerConnection::new(cfg).map_err(io::Error::other)
+    };
     match kind {
         Hostile::Silent => discard(&mut s),
         Hostile::Garbage(bytes) => {
@@ -173,11 +203,43 @@ fn serve(mut s: TcpStream, kind: &Hostile) -> io::Result<()> {
             }
             discard(&mut s)
         }
+        Hostile::TlsGarbage { certs, garbage } => {
+            s.write_all(VALID_TLS_INFO)?;
+            let mut tls = rustls::StreamOwned::new(tls_server(certs)?, s);
+            finish_handshake(&mut tls)?;
+            tls.write_all(garbage)?;
+            tls.flush()?;
+            discard(&mut tls)
+        }
+        Hostile::TlsFirstGarbage { certs, garbage } => {
+            let mut tls = rustls::StreamOwned::new(tls_server(certs)?, s);
+            finish_handshake(&mut tls)?;
+            tls.write_all(VALID_TLS_INFO)?;
+            tls.write_all(garbage)?;
+            tls.flush()?;
+            discard(&mut tls)
+        }
     }
 }
 
+/// Drives the server side of a TLS handshake to its end, so what is written next goes
+/// out as application data after it. A failed handshake (a plaintext client, a client
+/// that refuses the certificate) closes the connection, after the alert rustls sends;
+/// otherwise the peer's clone of the socket would keep it open.
+fn finish_handshake(
+    tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+) -> io::Result<()> {
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            let _ = tls.sock.shutdown(Shutdown::Both);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Reads and discards until EOF, an error or a read timeout.
-fn discard(s: &mut TcpStream) -> io::Result<()> {
+fn discard(s: &mut impl Read) -> io::Result<()> {
     let mut buf = [0u8; 8192];
     loop {
         if s.read(&mut buf)? == 0 {

@@ -12,6 +12,10 @@
 //!       ──► HostilePeer ───────────────► raw TcpListener that misbehaves
 //! ```
 //!
+//! TLS: [`TlsCerts`] makes a CA, server and client certificates at test time;
+//! [`ServerConfig::with_tls`] serves them ([`TlsServer`]: mTLS, `handshake_first`), and
+//! [`Hostile::TlsGarbage`] misbehaves after a real TLS handshake.
+//!
 //! Auth: token, user/password and nkey users ([`nkey_user`]) in [`ServerConfig`], and
 //! operator mode with user JWTs that can expire ([`Operator`], [`UserCreds`]).
 //!
@@ -28,14 +32,16 @@ pub mod jwt;
 mod ports;
 mod proxy;
 mod server;
+mod tls;
 mod wait;
 
 pub use bin::{nats_server_bin, nats_server_version};
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
-pub use hostile::{closed_port, Hostile, HostilePeer, VALID_INFO};
+pub use hostile::{closed_port, Hostile, HostilePeer, VALID_INFO, VALID_TLS_INFO};
 pub use jwt::{nkey_user, NkeyUser, Operator, UserCreds};
 pub use ports::free_port;
 pub use proxy::{CutMode, Proxy};
 pub use server::{NatsServer, ServerConfig, DEFAULT_LAME_DUCK_GRACE, LAME_DUCK_DURATION};
+pub use tls::{TlsCerts, TlsServer, DEFAULT_SERVER_NAMES};
 pub use wait::{wait_for, wait_for_async};

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
@@ -13,7 +14,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::jwt::Operator;
-use crate::{free_port, http, nats_server_bin, TestkitError};
+use crate::{free_port, http, nats_server_bin, TestkitError, TlsCerts, TlsServer};
 
 /// How long a server may take to become ready.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +82,10 @@ pub struct ServerConfig {
     /// A fixed client port (from [`free_port`]), for tests that start a server where a
     /// client is already trying to connect. Default: a fresh [`free_port`].
     pub port: Option<u16>,
+    /// TLS on the client port (routes stay plaintext); see [`with_tls`](Self::with_tls).
+    /// With it, [`NatsServer::url`] is `tls://127.0.0.1:PORT`, and readiness with
+    /// `handshake_first` does a TLS handshake and reads INFO over TLS.
+    pub tls: Option<TlsServer>,
 }
 
 impl ServerConfig {
@@ -98,6 +103,44 @@ impl ServerConfig {
     pub fn with_lame_duck_grace(mut self, grace: Duration) -> Self {
         self.lame_duck_for_tests = true;
         self.lame_duck_grace = Some(grace);
+        self
+    }
+
+    /// This config with TLS on the client port, serving `certs`' server certificate
+    /// (TLS after the plaintext INFO, no client certificates; see
+    /// [`with_tls_verify`](Self::with_tls_verify) and
+    /// [`with_tls_handshake_first`](Self::with_tls_handshake_first)).
+    #[must_use]
+    pub fn with_tls(mut self, certs: &Arc<TlsCerts>) -> Self {
+        self.tls = Some(TlsServer::new(certs.clone()));
+        self
+    }
+
+    /// This config with mTLS: the server requires a client certificate signed by the CA
+    /// (`tls { verify: true }`). Call after [`with_tls`](Self::with_tls).
+    ///
+    /// # Panics
+    /// If TLS is not configured yet (a mistake in the test).
+    #[must_use]
+    pub fn with_tls_verify(mut self) -> Self {
+        self.tls
+            .as_mut()
+            .expect("with_tls_verify needs with_tls first")
+            .verify = true;
+        self
+    }
+
+    /// This config with `tls { handshake_first: true }`: the TLS handshake comes before
+    /// INFO. Call after [`with_tls`](Self::with_tls).
+    ///
+    /// # Panics
+    /// If TLS is not configured yet (a mistake in the test).
+    #[must_use]
+    pub fn with_tls_handshake_first(mut self) -> Self {
+        self.tls
+            .as_mut()
+            .expect("with_tls_handshake_first needs with_tls first")
+            .handshake_first = true;
         self
     }
 
@@ -290,6 +333,9 @@ impl NatsServer {
             c.push_str(op);
             c.push('\n');
         }
+        if let Some(tls) = &self.cfg.tls {
+            c.push_str(&tls.render());
+        }
         if self.cfg.jetstream {
             let store = self.dir.path().join("js");
             let _ = writeln!(
@@ -355,6 +401,10 @@ impl NatsServer {
     }
 
     /// Waits until a client connection reads INFO and, with JetStream, `/healthz` is ok.
+    ///
+    /// With TLS `handshake_first` the INFO comes only after a TLS handshake, so the probe
+    /// does one (accepting the server's certificate whatever it is, expired included)
+    /// and reads INFO over TLS; with TLS after INFO the plaintext INFO still proves it.
     pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<(), TestkitError> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(2);
@@ -398,6 +448,9 @@ impl NatsServer {
     }
 
     fn read_info(&self) -> Result<(), String> {
+        if let Some(tls) = self.cfg.tls.as_ref().filter(|t| t.handshake_first) {
+            return tls.probe_tls_first(self.addr());
+        }
         let s = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(500))
             .map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2)))
@@ -413,19 +466,40 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:PORT`, without credentials (see [`url_with_auth`](Self::url_with_auth)).
+    /// The URL scheme: `tls` with [`ServerConfig::tls`], else `nats`.
+    fn scheme(&self) -> &'static str {
+        if self.cfg.tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`, or `tls://127.0.0.1:PORT` when the config has
+    /// [`tls`](ServerConfig::tls) (the `tls` scheme tells a client to require TLS);
+    /// without credentials (see [`url_with_auth`](Self::url_with_auth)).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.url_with_host("127.0.0.1")
+    }
+
+    /// Like [`url`](Self::url) with `host` instead of `127.0.0.1`, e.g.
+    /// `url_with_host("localhost")` gives `tls://localhost:PORT` for a client that must
+    /// verify the certificate by that name. The server listens on 127.0.0.1 only, so
+    /// `host` has to resolve there (where `localhost` also resolves to `::1`, a client
+    /// must fall back to the next address after that refusal).
+    pub fn url_with_host(&self, host: &str) -> String {
+        format!("{}://{host}:{}", self.scheme(), self.port)
     }
 
     /// The URL with the configured token (`nats://TOKEN@…`) or user and password
-    /// (`nats://USER:PASS@…`, not percent-encoded) embedded; the plain [`url`](Self::url)
-    /// without auth.
+    /// (`nats://USER:PASS@…`, not percent-encoded) embedded (scheme `tls` with TLS); the
+    /// plain [`url`](Self::url) without auth.
     pub fn url_with_auth(&self) -> String {
+        let scheme = self.scheme();
         if let Some((u, p)) = &self.cfg.user {
-            format!("nats://{u}:{p}@127.0.0.1:{}", self.port)
+            format!("{scheme}://{u}:{p}@127.0.0.1:{}", self.port)
         } else if let Some(t) = &self.cfg.token {
-            format!("nats://{t}@127.0.0.1:{}", self.port)
+            format!("{scheme}://{t}@127.0.0.1:{}", self.port)
         } else {
             self.url()
         }
