@@ -206,10 +206,29 @@
 //! are read on the blocking pool, never under the connection's lock.
 //!
 //! # TLS
-//! Not supported yet: a `tls://` URL is refused when parsed, and a server whose INFO says
-//! `tls_required` fails the handshake before anything is sent, so credentials never go
-//! out in plaintext to a server that expects TLS. `reconnect_jitter_tls` is reserved for
-//! it.
+//! Through rustls (with the `ring` provider; no OpenSSL), inside the transport seam
+//! below. A link uses TLS for a `tls://` URL or when any TLS option is set
+//! (`tls_required`, `tls_ca_file`, `tls_client_cert`, `tls_first`); it upgrades after the
+//! server's plaintext INFO, before CONNECT, and an INFO that offers no TLS fails the
+//! attempt (`HandshakeError::TlsUnavailable`) before anything is sent. A `nats://` URL
+//! without TLS options is plaintext unless the INFO says `tls_required`: then it upgrades
+//! too, trusting the platform's root certificates, so credentials never go out in clear
+//! to a server that expects TLS. `tls_first` runs the TLS handshake before INFO, for
+//! servers configured with `handshake_first`; a client without it against such a server
+//! fails within connection_timeout with an error that names `tls_first`.
+//!
+//! The name checked is the URL's host; a server discovered by IP address (INFO's
+//! `connect_urls` list nodes by address) is checked against the name of the URL it was
+//! learnt through, and inherits its scheme, so a node discovered from a `tls://` URL is
+//! never dialled in plaintext. A failed check is an `AttemptCause::Tls` with a
+//! `TlsError` that says which: unknown CA, name mismatch, expired, a client certificate
+//! the server requires or refused, a peer that does not speak TLS. Bad files (a CA that
+//! is not PEM, a key that does not belong to its certificate) are `OptionsError`s naming
+//! the file when the client is created. Reconnect delays to TLS servers get a uniform
+//! `0..reconnect_jitter_tls` (1 s) on top of the backoff, all but the first attempt.
+//!
+//! Secrets never leak: no password, token, seed, JWT or nonce signature appears in a log
+//! line, an event, an error or a Debug output (URL errors mask the URL's credentials).
 //!
 //! # Where the code is
 //! For contributors; none of these paths is public API.
@@ -227,14 +246,16 @@
 //!   `server_pool.rs` (the pool and its pure reconnect policy, `record_attempt`),
 //!   `request.rs`, `buffer_watch.rs`, `credentials.rs`, `events.rs`.
 //!
-//! The transport seam: every byte of a link goes through its `Transport` (plain TCP
-//! today): the driver's reads and writes (`read`, `write`), a caller's direct write of a
+//! The transport seam: every byte of a link goes through its `Transport` (TCP, or TLS
+//! over it): the driver's reads and writes (`read`, `write`), a caller's direct write of a
 //! request, a SUB or UNSUB, or a flush's PING (`try_write`, under the connection lock, once, what it
 //! does not take left in flight for the driver), the handshake's frames (`write_all`), and the retiring link of
 //! a planned switch, which keeps the old link's `Transport` for the overlap. TLS puts
 //! rustls's sans-IO `ClientConnection` behind the same three operations (records read
 //! into it and plaintext read out; plaintext written into it and records written out,
-//! under a short lock of its own), so neither the driver nor the core changes.
+//! under a short lock of its own; records the socket did not take are sent by the next
+//! read, which also waits for the socket to take them), so neither the driver nor the
+//! core changes. `tls.rs` builds the rustls configuration and classifies its errors.
 //!
 //! A publish: `Client::publish` → `publish_now` takes the lock → `buffer_publish` →
 //! `Connection::publish` encodes the frame into the outbound buffer → `Shared::wake_driver`.

@@ -18,6 +18,21 @@
 //! IP address through `connect_urls` is checked against the name of the URL it was learnt
 //! through, as its certificate names the cluster's DNS name, not each node's address.
 //!
+//! # Example
+//! ```no_run
+//! # async fn doc() -> Result<(), tether::ConnectError> {
+//! let client = tether::ConnectOptions::new()
+//!     .tls_ca_file("ca.pem")                        // trust this CA (default: the system's)
+//!     .tls_client_cert("client.pem", "client.key") // mTLS, when the server verifies clients
+//!     .credentials_callback(|| async {
+//!         // called at every connect attempt: fetch the current secret here
+//!         Ok::<_, std::io::Error>(tether::Credentials::user_and_password("svc", "s3cret"))
+//!     })
+//!     .connect("tls://nats.example.com:4222")
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! [`ConnectOptions::tls_required`]: crate::ConnectOptions::tls_required
 //! [`tls_ca_file`]: crate::ConnectOptions::tls_ca_file
 //! [`tls_client_cert`]: crate::ConnectOptions::tls_client_cert
