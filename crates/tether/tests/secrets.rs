@@ -80,21 +80,8 @@ fn longest_base64_run(text: &str) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish(),
-    )
-    .unwrap();
-    let mut shown = Shown::default();
-    let mut secrets: Vec<String> = Vec::new();
-
+/// User and password, from the options, the URL and the credentials callback.
+async fn user_and_password(shown: &mut Shown, secrets: &mut Vec<String>) {
     // User and password, from the options and from the URL.
     let mut server = NatsServer::start_with(ServerConfig {
         user: Some(("app".into(), "pw-Secret-1".into())),
@@ -108,7 +95,7 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
         ConnectOptions::new().user_and_password("app", "pw-Secret-1"),
         ConnectOptions::new().user_and_password("app", "pw-Wrong-2"),
         &url,
-        &mut shown,
+        shown,
     )
     .await;
     let with_creds = format!("nats://app:pw-Secret-1@127.0.0.1:{}", server.port());
@@ -117,7 +104,7 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
         ConnectOptions::new(),
         ConnectOptions::new().user_and_password("app", "pw-Wrong-2"),
         &with_creds,
-        &mut shown,
+        shown,
     )
     .await;
     // The same through the credentials callback.
@@ -130,11 +117,14 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
             Ok::<_, String>(Credentials::user_and_password("app", "pw-Wrong-2"))
         }),
         &url,
-        &mut shown,
+        shown,
     )
     .await;
     drop(server);
+}
 
+/// A token.
+async fn token(shown: &mut Shown, secrets: &mut Vec<String>) {
     // A token.
     let mut server = NatsServer::start_with(ServerConfig {
         token: Some("tok-Secret-3".into()),
@@ -148,11 +138,14 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
         ConnectOptions::new().token("tok-Secret-3"),
         ConnectOptions::new().token("tok-Wrong-4"),
         &url,
-        &mut shown,
+        shown,
     )
     .await;
     drop(server);
+}
 
+/// An nkey seed.
+async fn nkey(shown: &mut Shown, secrets: &mut Vec<String>) {
     // An nkey seed.
     let user = nkey_user();
     let stranger = nkey_user();
@@ -168,11 +161,15 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
         ConnectOptions::new().nkey(user.seed.clone()),
         ConnectOptions::new().nkey(stranger.seed.clone()),
         &url,
-        &mut shown,
+        shown,
     )
     .await;
     drop(server);
+}
 
+/// A user JWT and its seed, from a creds file and the callback; the refused one has
+/// expired.
+async fn jwt(shown: &mut Shown, secrets: &mut Vec<String>) {
     // A user JWT and its seed, from a creds file; the refused one has expired.
     let op = Operator::new();
     let mut server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
@@ -193,7 +190,7 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
         ConnectOptions::new().credentials_file(&good_path),
         ConnectOptions::new().credentials_file(&expired_path),
         &url,
-        &mut shown,
+        shown,
     )
     .await;
     let (jwt, seed) = (good.jwt.clone(), good.seed.clone());
@@ -209,10 +206,30 @@ async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
             async move { Ok::<_, String>(c) }
         }),
         &url,
-        &mut shown,
+        shown,
     )
     .await;
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_in_logs_events_errors_or_debug_output() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    )
+    .unwrap();
+    let mut shown = Shown::default();
+    let mut secrets: Vec<String> = Vec::new();
+    user_and_password(&mut shown, &mut secrets).await;
+    token(&mut shown, &mut secrets).await;
+    nkey(&mut shown, &mut secrets).await;
+    jwt(&mut shown, &mut secrets).await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
