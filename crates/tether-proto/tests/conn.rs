@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tether_proto::conn::{
     Auth, Config, ConnEvent, Connection, DisconnectReason, Established, Handshake, HandshakeError,
-    LinkState, RemovedReason, RetiringLink,
+    LinkState, RemovedReason, RetiringLink, TlsIntent,
 };
 use tether_proto::outbound::FrameKind;
 
@@ -670,6 +670,84 @@ fn a_signer_that_fails_fails_the_handshake_with_its_reason() {
         "{failed:?}"
     );
     assert!(!String::from_utf8(h.written()).unwrap().contains("CONNECT"));
+}
+
+const TLS_INFO: &[u8] = b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"headers\":true,\"tls_required\":true,\"max_payload\":1048576}\r\n";
+
+/// A handshake with `tls` as its intent.
+fn connect_with(h: &mut Harness, tls: TlsIntent) {
+    let deadline = h.now + Duration::from_secs(5);
+    h.handshake =
+        Some(Handshake::new(h.now, deadline, Auth::default(), h.conn.config()).with_tls(tls));
+}
+
+#[test]
+fn a_tls_required_info_asks_for_the_upgrade_before_connect() {
+    let mut h = Harness::new(quick());
+    connect_with(&mut h, TlsIntent::IfRequired);
+    // Bytes after the plaintext INFO are not the server's: dropped, never decoded.
+    let mut info = TLS_INFO.to_vec();
+    info.extend_from_slice(b"-ERR 'not from the server'\r\n");
+    h.read(&info);
+    assert!(h.handshake.as_ref().unwrap().wants_tls());
+    assert!(h.written().is_empty(), "nothing in plaintext");
+    assert!(h.failed.is_none(), "{:?}", h.failed);
+    h.handshake.as_mut().unwrap().handle_tls_established(h.now);
+    let out = String::from_utf8(h.written()).unwrap();
+    assert!(
+        out.starts_with("CONNECT {") && out.contains("\"tls_required\":true"),
+        "{out}"
+    );
+    h.read(b"PONG\r\nPONG\r\n");
+    assert!(h.conn.is_up());
+}
+
+#[test]
+fn a_client_that_wants_tls_fails_on_an_info_without_it_and_upgrades_on_tls_available() {
+    let mut h = Harness::new(quick());
+    connect_with(&mut h, TlsIntent::Always);
+    h.read(INFO);
+    assert_eq!(h.failed.take(), Some(HandshakeError::TlsUnavailable));
+    assert!(h.written().is_empty(), "no CONNECT in plaintext");
+    let mut h = Harness::new(quick());
+    connect_with(&mut h, TlsIntent::Always);
+    h.read(b"INFO {\"server_id\":\"s\",\"version\":\"2.15.1\",\"proto\":1,\"tls_available\":true,\"max_payload\":1048576}\r\n");
+    assert!(h.handshake.as_ref().unwrap().wants_tls());
+    // The deadline passes during the TLS handshake: the stage says so.
+    h.now += Duration::from_secs(6);
+    h.handshake.as_mut().unwrap().handle_timeout(h.now);
+    h.outcome();
+    assert_eq!(
+        h.failed.take(),
+        Some(HandshakeError::Timeout {
+            stage: "during the TLS handshake"
+        })
+    );
+}
+
+#[test]
+fn a_link_already_on_tls_sends_connect_at_once_and_plaintext_never_upgrades() {
+    let mut h = Harness::new(quick());
+    connect_with(&mut h, TlsIntent::Established);
+    h.read(TLS_INFO);
+    let out = String::from_utf8(h.written()).unwrap();
+    assert!(out.contains("\"tls_required\":true"), "{out}");
+    let mut h = Harness::new(quick());
+    connect_with(&mut h, TlsIntent::IfRequired);
+    h.read(INFO);
+    let out = String::from_utf8(h.written()).unwrap();
+    assert!(out.contains("\"tls_required\":false"), "{out}");
+}
+
+#[test]
+fn a_peer_that_closes_before_info_names_tls_first() {
+    let mut h = Harness::new(quick());
+    h.connect(Auth::default());
+    h.handshake.as_mut().unwrap().handle_link_lost(h.now, None);
+    h.outcome();
+    let failed = h.failed.take().unwrap();
+    assert_eq!(failed, HandshakeError::ClosedBeforeInfo);
+    assert!(failed.to_string().contains("set tls_first"), "{failed}");
 }
 
 #[test]
