@@ -194,9 +194,9 @@ impl Transport {
                         got += n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if got > 0 && e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Ok(Some(got))
-                    }
+                    // The TCP stream ended without close_notify (a server killed): the
+                    // end of the stream, as over TCP.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Some(got)),
                     Err(e) => return Err(e),
                 }
             }
@@ -204,22 +204,8 @@ impl Transport {
                 return Ok(Some(got));
             }
             match s.read_tls(&mut NonBlocking(&self.tcp)) {
-                Ok(0) => {
-                    // TCP end of stream: rustls reports it (UnexpectedEof without
-                    // close_notify) through the reader.
-                    s.process_new_packets().map_err(tls_io_error)?;
-                    let mut reader = s.reader();
-                    return match reader.fill_buf() {
-                        Ok(data) if !data.is_empty() => {
-                            let n = data.len();
-                            buf.extend_from_slice(data);
-                            reader.consume(n);
-                            Ok(Some(got + n))
-                        }
-                        _ if got > 0 => Ok(Some(got)),
-                        _ => Ok(Some(0)),
-                    };
-                }
+                // Records in (or the TCP stream's end: the reader then hands out what is
+                // left and reports the end, close_notify or not, on the next turn).
                 Ok(_) => {
                     s.process_new_packets().map_err(tls_io_error)?;
                 }
