@@ -276,7 +276,13 @@ async fn a_restart_over_tls_loses_nothing_it_does_not_report() {
     let mut sub = client.subscribe("tls.restart").await.unwrap();
     client.flush().await.unwrap();
     server.kill();
-    next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    let EventKind::Disconnected { reason, .. } =
+        next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await
+    else {
+        unreachable!()
+    };
+    // A killed server sends no close_notify: the end of the stream, as over TCP.
+    assert_eq!(reason, tether::DisconnectReason::Eof);
     // Published while down: buffered, then sent after the replay.
     for i in 0..100u32 {
         client
