@@ -228,11 +228,7 @@ impl Decoder {
             return Ok(Parsed::Op(ServerOp::Err(parse_err_text(rest))));
         }
         if op.eq_ignore_ascii_case(b"INFO") {
-            let info: ServerInfo = serde_json::from_slice(rest.trim_ascii()).map_err(|e| {
-                ProtocolError::InvalidInfo {
-                    reason: e.to_string(),
-                }
-            })?;
+            let info = ServerInfo::from_json(rest)?;
             return Ok(Parsed::Op(ServerOp::Info(Box::new(info))));
         }
         Err(ProtocolError::UnknownOperation {

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ProtocolError;
+
 /// The server's `max_payload` when `INFO` does not give one: nats-server's default,
 /// 1 MiB (`MAX_PAYLOAD_SIZE` in `server/const.go`).
 pub const DEFAULT_SERVER_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -94,6 +96,17 @@ impl Default for ServerInfo {
             connect_info: false,
             xkey: None,
         }
+    }
+}
+
+impl ServerInfo {
+    /// Parses the JSON of an `INFO` line (what follows `INFO`), surrounding ASCII
+    /// whitespace allowed. The decoder's only way from bytes to a `ServerInfo`, and the
+    /// oracle of the `info` fuzz target.
+    pub(crate) fn from_json(json: &[u8]) -> Result<Self, ProtocolError> {
+        serde_json::from_slice(json.trim_ascii()).map_err(|e| ProtocolError::InvalidInfo {
+            reason: e.to_string(),
+        })
     }
 }
 
