@@ -407,6 +407,58 @@ async fn the_credentials_callback_is_called_at_every_attempt_and_its_new_answer_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credentials_callback_is_asked_again_ahead_of_the_jwt_expiry() {
+    // The JWT refresh asks the callback too: a fresher JWT in its answer moves the client
+    // before the first one expires, with no disconnect.
+    let op = Operator::new();
+    let server = NatsServer::start_with(ServerConfig::default().with_operator(&op)).unwrap();
+    let current = Arc::new(Mutex::new(op.user("dave", Some(Duration::from_secs(6)))));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (c, cur) = (calls.clone(), current.clone());
+    let client = ConnectOptions::new()
+        .jwt_refresh_lead(Duration::from_secs(4))
+        .credentials_callback(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            let u = cur.lock().unwrap().clone();
+            async move { Ok::<_, std::io::Error>(Credentials::jwt(u.jwt, u.seed)) }
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    client.flush().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Before the refresh lead starts (about 2 s from now), the secret store has a
+    // fresher JWT.
+    let fresh = op.user("dave", Some(Duration::from_secs(120)));
+    *current.lock().unwrap() = fresh.clone();
+    match next_event(&mut events, |e| {
+        matches!(
+            e,
+            EventKind::Migrated { .. } | EventKind::Disconnected { .. } | EventKind::Closed { .. }
+        )
+    })
+    .await
+    {
+        EventKind::Migrated {
+            unconfirmed_msgs, ..
+        } => assert_eq!(unconfirmed_msgs, 0),
+        other => panic!("expected Migrated (a planned switch), got {other:?}"),
+    }
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    assert_eq!(client.statistics().reconnects, 0);
+    round_trip(&client, "cb.refresh").await;
+    // The live link is the fresh JWT's user.
+    let live = tether_conns(&server, "open");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(
+        live[0]["authorized_user"],
+        fresh.public_key.as_str(),
+        "{live:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_credentials_callback_fails_the_attempt_with_its_text() {
     let server = NatsServer::start_with(ServerConfig {
         token: Some("tok".into()),
