@@ -13,13 +13,22 @@
 //! (`exp`, `iat`, `iss`, `name`, `sub`) without `jti`. nats-server 2.15.1 does not check
 //! `jti`, so this only keeps the tokens alike.
 //!
-//! What nats-server 2.15.1 tells a client (observed by this crate's `tests/auth.rs`):
+//! What nats-server 2.15.1 tells a client (observed by the `tether` crate's
+//! `tests/auth.rs` and `tests/auth_tls.rs`):
 //! - when a user JWT expires while connected: `-ERR 'User Authentication Expired'`,
 //!   then it closes the connection;
 //! - when the user JWT has already expired at CONNECT: `-ERR 'Authorization Violation'`
 //!   (the same text as for a bad signature or an unknown key), then it closes the
-//!   connection.
+//!   connection;
+//! - when the account JWT is updated with the connected user in its `revocations`
+//!   ([`Operator::revoke`], pushed with a config reload): `-ERR 'User Authentication
+//!   Revoked'`, then it closes the connection; a revoked user's CONNECT gets
+//!   `-ERR 'Authorization Violation'`;
+//! - when the account JWT expires ([`Operator::with_account_expiry`]): every client of
+//!   the account gets `-ERR 'Account Authentication Expired'` and is closed; a CONNECT
+//!   to the expired account gets `-ERR 'Authorization Violation'`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
@@ -54,6 +63,11 @@ pub struct Operator {
     op_jwt: String,
     account_jwt: String,
     system_jwt: String,
+    /// The account JWT's `revocations`: user public key → unix seconds; user JWTs of
+    /// that key issued at or before then are revoked.
+    revocations: BTreeMap<String, u64>,
+    /// The account JWT's `exp`, in unix seconds.
+    account_expires_at: Option<u64>,
 }
 
 impl fmt::Debug for Operator {
@@ -90,22 +104,75 @@ impl Operator {
                 "version": 2,
             }),
         );
-        let account_jwt = encode(
+        let system_jwt = encode(
             &op_key,
-            &account.public_key(),
-            "tether",
+            &system.public_key(),
+            "SYS",
             None,
-            account_nats(),
+            account_nats(&BTreeMap::new()),
         );
-        let system_jwt = encode(&op_key, &system.public_key(), "SYS", None, account_nats());
-        Operator {
+        let mut op = Operator {
             op_key,
             account,
             system,
             op_jwt,
-            account_jwt,
+            account_jwt: String::new(),
             system_jwt,
-        }
+            revocations: BTreeMap::new(),
+            account_expires_at: None,
+        };
+        op.sign_account();
+        op
+    }
+
+    /// This operator with a user account JWT that expires `expires_in` from now (rounded
+    /// up to a whole second). Start the server after this: it reads the account JWT from
+    /// its config.
+    ///
+    /// nats-server loads the account when its first user connects and arms a timer for
+    /// the `exp`; when it fires, every client of the account gets `-ERR 'Account
+    /// Authentication Expired'` and is closed, and later CONNECTs to that account get
+    /// `-ERR 'Authorization Violation'`.
+    #[must_use]
+    pub fn with_account_expiry(mut self, expires_in: Duration) -> Self {
+        self.account_expires_at = Some(whole_seconds_after_now(expires_in));
+        self.sign_account();
+        self
+    }
+
+    /// The user account JWT's `exp` in unix seconds, if it has one.
+    pub fn account_expires_at(&self) -> Option<u64> {
+        self.account_expires_at
+    }
+
+    /// Revokes every user JWT of `user_public_key` (`U…`) issued up to now: the account
+    /// JWT is signed again with the key in its `revocations` (at the current unix second),
+    /// and [`server_config`](Self::server_config) and [`account_jwt`](Self::account_jwt)
+    /// give the new one.
+    ///
+    /// A running server learns it from its config: set
+    /// [`ServerConfig::operator`](crate::ServerConfig::operator) to the new
+    /// [`server_config`](Self::server_config) (through
+    /// [`NatsServer::config_mut`](crate::NatsServer::config_mut)) and call
+    /// [`NatsServer::reload`](crate::NatsServer::reload). nats-server (memory resolver)
+    /// then applies the new account JWT: a connected client of that user gets `-ERR 'User
+    /// Authentication Revoked'` and is closed, and its later CONNECTs get `-ERR
+    /// 'Authorization Violation'`.
+    pub fn revoke(&mut self, user_public_key: &str) {
+        self.revocations
+            .insert(user_public_key.to_owned(), unix_now().as_secs());
+        self.sign_account();
+    }
+
+    /// (Re)signs the user account JWT from the current revocations and expiry.
+    fn sign_account(&mut self) {
+        self.account_jwt = encode(
+            &self.op_key,
+            &self.account.public_key(),
+            "tether",
+            self.account_expires_at,
+            account_nats(&self.revocations),
+        );
     }
 
     /// The operator's public key (`O…`).
@@ -167,10 +234,7 @@ impl Operator {
     /// expires, the server sends `-ERR 'User Authentication Expired'` and closes the
     /// connection.
     pub fn user(&self, name: &str, expires_in: Option<Duration>) -> UserCreds {
-        let expires_at = expires_in.map(|d| {
-            let at = unix_now() + d;
-            at.as_secs() + u64::from(at.subsec_nanos() > 0)
-        });
+        let expires_at = expires_in.map(whole_seconds_after_now);
         self.user_expiring_at(name, expires_at)
     }
 
@@ -203,9 +267,16 @@ impl Operator {
     }
 }
 
-/// The `nats` part of an account JWT: no limits, JetStream off, any pub/sub allowed.
-fn account_nats() -> serde_json::Value {
-    json!({
+/// `d` from now in unix seconds, rounded up (never earlier than `d` from now).
+fn whole_seconds_after_now(d: Duration) -> u64 {
+    let at = unix_now() + d;
+    at.as_secs() + u64::from(at.subsec_nanos() > 0)
+}
+
+/// The `nats` part of an account JWT: no limits, JetStream off, any pub/sub allowed, and
+/// `revocations` when there are any.
+fn account_nats(revocations: &BTreeMap<String, u64>) -> serde_json::Value {
+    let mut nats = json!({
         "limits": {
             "subs": -1,
             "data": -1,
@@ -219,7 +290,11 @@ fn account_nats() -> serde_json::Value {
         "default_permissions": { "pub": {}, "sub": {} },
         "type": "account",
         "version": 2,
-    })
+    });
+    if !revocations.is_empty() {
+        nats["revocations"] = json!(revocations);
+    }
+    nats
 }
 
 /// A user's JWT and nkey seed: what a `.creds` file holds.
@@ -441,6 +516,38 @@ mod tests {
         assert!(cfg.contains(op.operator_jwt()), "{cfg}");
         assert!(cfg.contains(op.account_jwt()), "{cfg}");
         assert!(cfg.contains("resolver: MEMORY"), "{cfg}");
+    }
+
+    #[test]
+    fn revoke_and_account_expiry_resign_the_account_jwt() {
+        let mut op = Operator::new();
+        let before = op.account_jwt().to_owned();
+        let a = decode_part(before.split('.').nth(1).unwrap());
+        assert!(a["nats"].get("revocations").is_none(), "{a}");
+        assert!(a.get("exp").is_none(), "{a}");
+        let u = op.user("alice", None);
+        op.revoke(&u.public_key);
+        assert_ne!(op.account_jwt(), before);
+        let parts: Vec<&str> = op.account_jwt().split('.').collect();
+        let a = decode_part(parts[1]);
+        let at = a["nats"]["revocations"][&u.public_key].as_u64().unwrap();
+        let iat = decode_part(u.jwt.split('.').nth(1).unwrap())["iat"]
+            .as_u64()
+            .unwrap();
+        assert!(at >= iat, "revoked at {at}, issued at {iat}");
+        assert!(op.server_config().contains(op.account_jwt()));
+        let operator = KeyPair::from_public_key(&op.operator_public_key()).unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        operator
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .unwrap();
+
+        let op = Operator::new().with_account_expiry(Duration::from_millis(2500));
+        let a = decode_part(op.account_jwt().split('.').nth(1).unwrap());
+        let exp = a["exp"].as_u64().unwrap();
+        assert_eq!(Some(exp), op.account_expires_at());
+        let iat = a["iat"].as_u64().unwrap();
+        assert!((iat + 2..=iat + 4).contains(&exp), "iat {iat} exp {exp}");
     }
 
     #[test]
