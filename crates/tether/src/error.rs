@@ -646,7 +646,13 @@ mod tests {
         );
         assert_eq!(
             refused(E::AuthViolation).to_string(),
-            "server refused the connection: Authorization Violation"
+            "server refused the connection: Authorization Violation (it refused the \
+             credentials: check the user and password, token, nkey seed or creds this client \
+             sends)"
+        );
+        assert_eq!(
+            refused(E::MaxConnections).to_string(),
+            "server refused the connection: maximum connections exceeded"
         );
     }
 

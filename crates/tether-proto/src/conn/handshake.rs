@@ -17,7 +17,7 @@ use crate::encode;
 use crate::error::ProtocolError;
 use crate::info::{ConnectInfo, ServerInfo};
 use crate::op::ServerOp;
-use crate::server_err::ServerErr;
+use crate::server_err::{AuthErrorClass, ServerErr};
 
 use crate::time::saturating_add as later;
 
@@ -59,7 +59,19 @@ pub enum HandshakeError {
 impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Server(e) => write!(f, "server refused the connection: {e}"),
+            Self::Server(e) => {
+                write!(f, "server refused the connection: {e}")?;
+                match e.auth_class() {
+                    Some(AuthErrorClass::Strike) => f.write_str(
+                        " (it refused the credentials: check the user and password, token, \
+                         nkey seed or creds this client sends)",
+                    ),
+                    Some(AuthErrorClass::Expired) => {
+                        f.write_str(" (the credentials have expired: renew them)")
+                    }
+                    _ => Ok(()),
+                }
+            }
             Self::NotNats { excerpt } => write!(
                 f,
                 "not a NATS server: expected `INFO {{...}}`, got `{excerpt}`; check the URL and port"
