@@ -138,16 +138,7 @@ impl Credentials {
         };
         let times = jwt_times(&jwt)
             .map_err(|p| from_callback(format!("its user JWT is malformed: {p}")))?;
-        let pair = key_pair(&seed, None)?;
-        Ok(Loaded {
-            fingerprint: fingerprint(&[&jwt, &seed]),
-            auth: Auth {
-                jwt: Some(jwt),
-                signer: Some(signer(pair)),
-                ..Auth::default()
-            },
-            jwt: times,
-        })
+        with_jwt(jwt, &seed, times, None)
     }
 }
 
@@ -286,16 +277,7 @@ pub(crate) fn load(source: &KeySource) -> Result<Loaded, CredentialsError> {
                 path: path.clone(),
                 problem,
             })?;
-            let pair = key_pair(&seed, Some(path))?;
-            Ok(Loaded {
-                fingerprint: fingerprint(&[&jwt, &seed]),
-                auth: Auth {
-                    jwt: Some(jwt),
-                    signer: Some(signer(pair)),
-                    ..Auth::default()
-                },
-                jwt: times,
-            })
+            with_jwt(jwt, &seed, times, Some(path))
         }
         KeySource::Callback(_) => Err(CredentialsError::Task(String::from(
             "a credentials callback is awaited, not loaded",
@@ -313,6 +295,26 @@ pub(crate) fn load(source: &KeySource) -> Result<Loaded, CredentialsError> {
             })
         }
     }
+}
+
+/// JWT auth: CONNECT carries `jwt`, and `seed` (from the creds file at `path`, if any)
+/// signs the nonce.
+fn with_jwt(
+    jwt: String,
+    seed: &str,
+    times: Option<JwtTimes>,
+    path: Option<&Path>,
+) -> Result<Loaded, CredentialsError> {
+    let pair = key_pair(seed, path)?;
+    Ok(Loaded {
+        fingerprint: fingerprint(&[&jwt, seed]),
+        auth: Auth {
+            jwt: Some(jwt),
+            signer: Some(signer(pair)),
+            ..Auth::default()
+        },
+        jwt: times,
+    })
 }
 
 /// Read the credentials (a creds file, or a seed) on the blocking pool: a file read never

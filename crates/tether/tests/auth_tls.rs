@@ -208,15 +208,7 @@ async fn discovered_tls_nodes_inherit_the_url_credentials() {
         .await
         .unwrap();
     let mut events = client.events();
-    let deadline = Instant::now() + T;
-    while client.servers().len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the other nodes were never discovered: {:?}",
-            client.servers()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_discovered(&client, 3).await;
     let node0 = port_of(&urls[0]);
     assert_eq!(port_of(&client.connected_server().unwrap()), node0);
     // The pool shows no credentials.

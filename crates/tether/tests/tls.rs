@@ -385,15 +385,7 @@ async fn a_server_discovered_by_ip_is_verified_with_the_name_of_the_url() {
         .unwrap();
     let mut events = client.events();
     // INFO's connect_urls name the other nodes by IP address.
-    let deadline = Instant::now() + T;
-    while client.servers().len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "discovered {:?}",
-            client.servers()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_discovered(&client, 3).await;
     cluster.kill(0);
     let EventKind::Reconnected { server, .. } =
         next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await

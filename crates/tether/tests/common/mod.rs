@@ -163,3 +163,18 @@ pub(crate) async fn echo_responder(client: &tether::Client, subject: &str) {
         }
     });
 }
+
+/// Waits until `client` knows `n` servers (the configured ones and those INFO's
+/// connect_urls added), within [`T`].
+#[allow(dead_code)] // only the cluster tests need it
+pub(crate) async fn wait_discovered(client: &tether::Client, n: usize) {
+    let deadline = tokio::time::Instant::now() + T;
+    while client.servers().len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other nodes were never discovered: {:?}",
+            client.servers()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
