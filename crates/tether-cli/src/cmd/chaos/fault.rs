@@ -208,9 +208,12 @@ pub(super) async fn start_target(
 fn proxied_url(proxy_url: &str, upstream_urls: &str) -> String {
     let first = upstream_urls.split(',').next().unwrap_or("").trim();
     match first.split_once("://") {
-        Some((scheme, _)) if !scheme.eq_ignore_ascii_case("nats") => proxy_url
-            .strip_prefix("nats://")
-            .map_or_else(|| proxy_url.to_owned(), |rest| format!("{scheme}://{rest}")),
+        Some((scheme, _)) if !scheme.eq_ignore_ascii_case("nats") => {
+            proxy_url.strip_prefix("nats://").map_or_else(
+                || proxy_url.to_owned(),
+                |rest| format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            )
+        }
         _ => proxy_url.to_owned(),
     }
 }
@@ -218,4 +221,24 @@ fn proxied_url(proxy_url: &str, upstream_urls: &str) -> String {
 /// The proxy `blackhole` runs through.
 fn proxy(t: &Target) -> Result<&Proxy, CliError> {
     t.proxy.as_ref().ok_or_else(|| CliError::new("no proxy"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxied_url;
+
+    #[test]
+    fn the_proxy_url_keeps_the_upstream_scheme() {
+        let proxy = "nats://127.0.0.1:4300";
+        assert_eq!(proxied_url(proxy, "nats://127.0.0.1:4222"), proxy);
+        assert_eq!(proxied_url(proxy, "127.0.0.1:4222"), proxy);
+        assert_eq!(
+            proxied_url(proxy, "tls://127.0.0.1:4222,tls://127.0.0.1:4223"),
+            "tls://127.0.0.1:4300"
+        );
+        assert_eq!(
+            proxied_url(proxy, " TLS://nats.example:4222"),
+            "tls://127.0.0.1:4300"
+        );
+    }
 }
