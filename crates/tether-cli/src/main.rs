@@ -23,8 +23,9 @@ mod util;
 
 pub use error::CliError;
 
-/// Options every subcommand takes.
-#[derive(Debug, Clone, clap::Args)]
+/// Options every subcommand takes. Its `Debug` shows the token and password as
+/// `<redacted>`.
+#[derive(Clone, clap::Args)]
 pub struct Global {
     /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222; `bench`
     /// starts a local nats-server instead]
@@ -98,6 +99,25 @@ pub struct Global {
     /// More logging on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Global")
+            .field("server", &self.server)
+            .field("creds", &self.creds)
+            .field("nkey", &self.nkey)
+            .field("token", &redacted(&self.token))
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_first", &self.tls_first)
+            .field("verbose", &self.verbose)
+            .finish()
+    }
 }
 
 impl Global {
@@ -253,6 +273,35 @@ fn main() -> ExitCode {
         None => {
             eprintln!("interrupted");
             ExitCode::from(130)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    #[test]
+    fn debug_redacts_the_token_and_password() {
+        for args in [
+            &["tether", "--token", "t0p-secret", "pub", "a", "b"][..],
+            &[
+                "tether",
+                "--user",
+                "me",
+                "--password",
+                "t0p-secret",
+                "pub",
+                "a",
+                "b",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains("t0p-secret"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
         }
     }
 }

@@ -5,10 +5,13 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tether::{Client, ConnectOptions, Message, Subscriber};
+use tether_testkit::{ServerConfig, TestkitError, TlsCerts};
 
 use crate::error::Context as _;
-use crate::CliError;
+use crate::{CliError, Global};
 
 /// Connection name the CLI shows in the server's monitoring.
 pub(crate) const CLIENT_NAME: &str = "tether-cli";
@@ -85,6 +88,44 @@ pub(crate) async fn close_all(timeout: Duration) {
             tracing::warn!(server = ?client.connected_server(), "close did not complete within {timeout:?}");
         }
     }
+}
+
+/// `--tls` (bench, chaos) starts the command's own server(s) with TLS and a CA made for
+/// the run: refused beside `--server` (a server of one's own is reached with a `tls://`
+/// URL) and beside `--tls-ca` (the clients trust the run's CA, no other).
+pub(crate) fn check_local_tls(global: &Global) -> Result<(), CliError> {
+    if global.server.is_some() {
+        return Err(CliError::new(
+            "--tls starts the local nats-server with TLS; with --server (or NATS_URL) give \
+             a tls:// URL and --tls-ca instead",
+        ));
+    }
+    if global.tls_ca.is_some() {
+        return Err(CliError::new(
+            "--tls makes a CA for the local nats-server and trusts only it; drop --tls-ca \
+             (or NATS_CA), or give --server",
+        ));
+    }
+    Ok(())
+}
+
+/// The config of a command's own server(s): plaintext, or with `tls` TLS on the client
+/// port with fresh certificates (returned: the clients trust their CA; the config holds
+/// them, so the files live as long as the servers), with `handshake_first` when
+/// `tls_first` (`--tls-first`, so the clients' TLS-first handshake is what it expects).
+pub(crate) fn local_server_config(
+    tls: bool,
+    tls_first: bool,
+) -> Result<(ServerConfig, Option<Arc<TlsCerts>>), TestkitError> {
+    if !tls {
+        return Ok((ServerConfig::default(), None));
+    }
+    let certs = TlsCerts::new()?;
+    let mut cfg = ServerConfig::default().with_tls(&certs);
+    if tls_first {
+        cfg = cfg.with_tls_handshake_first();
+    }
+    Ok((cfg, Some(certs)))
 }
 
 /// Parses `2s`, `500ms`, `1.5s`, `250us`, `1m`, or a bare number of seconds.

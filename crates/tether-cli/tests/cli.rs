@@ -3,19 +3,39 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tether_testkit::{closed_port, wait_for, NatsServer};
+use tether_testkit::{closed_port, wait_for, NatsServer, ServerConfig, TlsCerts};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tether");
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// `tether --server URL ...` with no NATS_URL or RUST_LOG from the environment.
-fn tether(server: &str) -> Command {
+/// The environment variables of the global options (and RUST_LOG): no test inherits them.
+const ENV_VARS: [&str; 11] = [
+    "NATS_URL",
+    "NATS_CREDS",
+    "NATS_NKEY",
+    "NATS_TOKEN",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_CA",
+    "NATS_CERT",
+    "NATS_KEY",
+    "NATS_TLS_FIRST",
+    "RUST_LOG",
+];
+
+/// `tether` with none of [`ENV_VARS`] from the environment.
+fn bare() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("NATS_URL")
-        .env_remove("NATS_CREDS")
-        .env_remove("NATS_NKEY")
-        .env_remove("RUST_LOG")
-        .args(["--server", server]);
+    for v in ENV_VARS {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// `tether --server URL ...` with none of [`ENV_VARS`] from the environment.
+fn tether(server: &str) -> Command {
+    let mut c = bare();
+    c.args(["--server", server]);
     c
 }
 
@@ -460,12 +480,7 @@ fn count(v: &serde_json::Value, k: &str) -> u64 {
 /// output and its report (printed whether the invariant held or not), checked for what
 /// holds in every mode.
 fn chaos_report(args: &[&str]) -> (Output, serde_json::Value) {
-    let out = run(Command::new(BIN)
-        .env_remove("NATS_URL")
-        .env_remove("RUST_LOG")
-        .arg("chaos")
-        .args(args)
-        .arg("--json"));
+    let out = run(bare().arg("chaos").args(args).arg("--json"));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "chaos {args:?} --json printed {:?} ({e}); stderr {}",
@@ -544,6 +559,11 @@ fn chaos_report(args: &[&str]) -> (Output, serde_json::Value) {
 /// `tether chaos --outages 2 --outage-ms 300 --rate 500 EXTRA...` with the default
 /// fault (kill): it succeeds, and every outage was a disconnect and a reconnect.
 fn chaos(extra: &[&str]) -> serde_json::Value {
+    chaos_with_output(extra).1
+}
+
+/// [`chaos`], with the output too.
+fn chaos_with_output(extra: &[&str]) -> (Output, serde_json::Value) {
     let mut args = vec!["--outages", "2", "--outage-ms", "300", "--rate", "500"];
     args.extend_from_slice(extra);
     let (out, v) = chaos_report(&args);
@@ -581,7 +601,7 @@ fn chaos(extra: &[&str]) -> serde_json::Value {
             <= n(&v, "unconfirmed") + n(&v, "client_dropped") + n(&v, "removed"),
         "{v}"
     );
-    v
+    (out, v)
 }
 
 #[test]
@@ -746,4 +766,262 @@ fn chaos_refuses_an_unwritable_plot_path_before_the_run() {
     );
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
     assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+/// A path as the `&str` an argument list wants.
+fn arg(path: &std::path::Path) -> &str {
+    path.to_str().expect("a UTF-8 temp path")
+}
+
+/// The TLS version the server reports for each client connection (empty for plaintext).
+fn tls_versions(server: &NatsServer) -> Vec<String> {
+    server
+        .connz()
+        .ok()
+        .and_then(|v| {
+            v["connections"].as_array().map(|cs| {
+                cs.iter()
+                    .map(|c| c["tls_version"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn tls_pub_reaches_sub_trusting_the_ca() {
+    let certs = TlsCerts::new().expect("make certificates");
+    let server = NatsServer::start_with(ServerConfig::default().with_tls(&certs))
+        .expect("start nats-server");
+    assert!(server.url().starts_with("tls://"), "{}", server.url());
+    let ca = certs.ca_file();
+    let mut sub = tether(&server.url());
+    sub.args(["sub", "cli.tls", "--count", "1", "--tls-ca", arg(&ca)]);
+    let sub = Background::spawn(sub);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the subscriber never subscribed"
+    );
+    // The server sees the subscriber's connection as TLS.
+    let versions = tls_versions(&server);
+    assert!(
+        versions.len() == 1 && versions[0].starts_with("1."),
+        "{versions:?}"
+    );
+
+    // The CA through its environment variable this time.
+    let published = run(tether(&server.url())
+        .env("NATS_CA", &ca)
+        .args(["pub", "cli.tls", "over tls"]));
+    assert!(
+        published.status.success(),
+        "pub failed: {}",
+        text(&published.stderr)
+    );
+    let out = sub.output();
+    assert!(out.status.success(), "sub failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "[#1] cli.tls: over tls\n");
+}
+
+#[test]
+fn mtls_req_gets_the_reply_with_a_client_certificate() {
+    let certs = TlsCerts::new().expect("make certificates");
+    let server = NatsServer::start_with(ServerConfig::default().with_tls(&certs).with_tls_verify())
+        .expect("start nats-server");
+    let (ca, cert, key) = (
+        certs.ca_file(),
+        certs.client_cert_file(),
+        certs.client_key_file(),
+    );
+    let tls = [
+        "--tls-ca",
+        arg(&ca),
+        "--tls-cert",
+        arg(&cert),
+        "--tls-key",
+        arg(&key),
+    ];
+    let mut reply = tether(&server.url());
+    reply
+        .args(["reply", "cli.mtls", "pong", "--count", "1"])
+        .args(tls);
+    let reply = Background::spawn(reply);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the responder never subscribed"
+    );
+    let req = run(tether(&server.url())
+        .args(["req", "cli.mtls", "ping", "--timeout", "5s"])
+        .args(tls));
+    assert!(req.status.success(), "req failed: {}", text(&req.stderr));
+    assert_eq!(text(&req.stdout), "pong\n");
+    let out = reply.output();
+    assert!(out.status.success(), "reply failed: {}", text(&out.stderr));
+
+    // Without a client certificate the server refuses the client: one line.
+    let out = run(tether(&server.url()).args(["req", "cli.mtls", "ping", "--tls-ca", arg(&ca)]));
+    let err = one_line_error(&out);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn tls_with_the_wrong_ca_fails_the_certificate_check() {
+    let certs = TlsCerts::new().expect("make certificates");
+    let other = TlsCerts::new().expect("make other certificates");
+    let server = NatsServer::start_with(ServerConfig::default().with_tls(&certs))
+        .expect("start nats-server");
+    let out =
+        run(tether(&server.url()).args(["pub", "cli.x", "y", "--tls-ca", arg(&other.ca_file())]));
+    let err = one_line_error(&out);
+    assert!(err.contains(&server.url()), "{err}");
+    // It names the check that failed: the server's certificate against the trusted CA.
+    assert!(
+        err.contains("TLS: the certificate of 127.0.0.1 is not signed by a trusted CA"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // Nothing was published: the server never saw a CONNECT.
+    assert_eq!(server.varz().expect("varz")["in_msgs"], 0);
+}
+
+#[test]
+fn token_authenticates_req_and_reply() {
+    let server = NatsServer::start_with(ServerConfig {
+        token: Some("cli-s3cret-token".into()),
+        ..ServerConfig::default()
+    })
+    .expect("start nats-server");
+    let mut reply = tether(&server.url());
+    reply.args([
+        "reply",
+        "cli.tok",
+        "pong",
+        "--count",
+        "1",
+        "--token",
+        "cli-s3cret-token",
+    ]);
+    let reply = Background::spawn(reply);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the responder never subscribed"
+    );
+    // The token through its environment variable this time.
+    let req = run(tether(&server.url())
+        .env("NATS_TOKEN", "cli-s3cret-token")
+        .args(["req", "cli.tok", "ping", "--timeout", "5s"]));
+    assert!(req.status.success(), "req failed: {}", text(&req.stderr));
+    assert_eq!(text(&req.stdout), "pong\n");
+    let out = reply.output();
+    assert!(out.status.success(), "reply failed: {}", text(&out.stderr));
+
+    // A wrong token: refused, one line, and the token is not in it.
+    let out = run(tether(&server.url()).args(["req", "cli.tok", "ping", "--token", "wrong-t0ken"]));
+    let err = one_line_error(&out);
+    assert!(err.contains("Authorization Violation"), "{err}");
+    assert!(!err.contains("wrong-t0ken"), "{err}");
+}
+
+#[test]
+fn user_and_password_authenticate_pub_and_sub() {
+    let server = NatsServer::start_with(ServerConfig {
+        user: Some(("cli-user".into(), "cli-pa55word".into())),
+        ..ServerConfig::default()
+    })
+    .expect("start nats-server");
+    let auth = ["--user", "cli-user", "--password", "cli-pa55word"];
+    let mut sub = tether(&server.url());
+    sub.args(["sub", "cli.up", "--count", "1"]).args(auth);
+    let sub = Background::spawn(sub);
+    assert!(
+        wait_for(DEADLINE, || subscriptions(&server) >= 1),
+        "the subscriber never subscribed"
+    );
+    let published = run(tether(&server.url())
+        .env("NATS_USER", "cli-user")
+        .env("NATS_PASSWORD", "cli-pa55word")
+        .args(["pub", "cli.up", "hi"]));
+    assert!(
+        published.status.success(),
+        "pub failed: {}",
+        text(&published.stderr)
+    );
+    let out = sub.output();
+    assert_eq!(text(&out.stdout), "[#1] cli.up: hi\n");
+
+    // A wrong password: refused, one line, and the password is not in it.
+    let out = run(tether(&server.url()).args([
+        "pub",
+        "cli.up",
+        "hi",
+        "--user",
+        "cli-user",
+        "--password",
+        "wr0ng-pass",
+    ]));
+    let err = one_line_error(&out);
+    assert!(err.contains("Authorization Violation"), "{err}");
+    assert!(!err.contains("wr0ng-pass"), "{err}");
+}
+
+#[test]
+fn bench_tls_starts_a_tls_server() {
+    let out = run(bare().args(["bench", "pub", "--tls", "--msgs", "2000", "--json"]));
+    let v = json(&out);
+    assert_rates(&v, "pub", 2000);
+    assert!(
+        text(&out.stderr)
+            .contains("bench: no --server given; started a local nats-server on tls://127.0.0.1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    // TLS first: the local server wants the handshake before INFO.
+    let out = run(bare().args([
+        "bench",
+        "reqrep",
+        "--tls",
+        "--tls-first",
+        "--msgs",
+        "100",
+        "--json",
+    ]));
+    assert_rates(&json(&out), "reqrep", 100);
+
+    // --tls is for the local server: refused beside --server and beside --tls-ca.
+    let out = run(tether("tls://127.0.0.1:4222").args(["bench", "pub", "--tls"]));
+    let err = one_line_error(&out);
+    assert!(err.contains("--tls starts the local nats-server"), "{err}");
+    let out = run(bare().args(["bench", "pub", "--tls", "--tls-ca", "ca.pem"]));
+    let err = one_line_error(&out);
+    assert!(err.contains("drop --tls-ca"), "{err}");
+}
+
+#[test]
+fn chaos_tls_kill_and_blackhole() {
+    // Kill: the clients reconnect over TLS to the restarted server.
+    let (out, _) = chaos_with_output(&["--tls", "-v"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("server=Some(\"tls://127.0.0.1:"), "{err}");
+
+    // Blackhole: TLS passes through the proxy; the stale link is found and replaced.
+    let (out, v) = chaos_report(&[
+        "--tls",
+        "-v",
+        "--fault",
+        "blackhole",
+        "--outages",
+        "1",
+        "--outage-ms",
+        "300",
+        "--rate",
+        "200",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "chaos failed: {err}\n{v}");
+    assert!(err.contains("server=Some(\"tls://127.0.0.1:"), "{err}");
+    assert_eq!(v["invariant_ok"], true, "{v}");
+    assert_eq!(count(&v, "not_reconnected"), 0, "{v}");
+    assert!(count(&v, "disconnects") >= 1, "{v}");
+    assert!(count(&v, "delivered") > 0, "{v}");
 }

@@ -13,6 +13,8 @@ mod async_nats_client;
 mod tether_client;
 
 use std::fmt::Display;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,13 +27,16 @@ pub(crate) use async_nats_client::AsyncNatsClient;
 pub(crate) use tether_client::TetherClient;
 
 /// How a workload connects: each library's default options, except these.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Setup {
     /// Room for this many undelivered messages per subscription (pubsub): tether
     /// `pending_limits(n, 1 GiB)`, async-nats `subscription_capacity(n)`.
     pub(crate) pending_msgs: Option<usize>,
     /// This wait before every reconnect attempt instead of the library's backoff.
     pub(crate) reconnect_wait: Option<Duration>,
+    /// TLS (`--tls`), trusting this CA file and no other: tether `tls_ca_file`,
+    /// async-nats `add_root_certificates` and `require_tls(true)`.
+    pub(crate) tls_ca: Option<Arc<Path>>,
 }
 
 /// What happened to one publish of the memory workload's flood.

@@ -5,6 +5,7 @@
 //! cargo run --release -p tether-compare -- --rounds 5 [--msgs N] [--size S[,S...]]
 //!     [--requests R] [--server URL] [--json] [--plot FILE.svg] [--conns 100,1000]
 //!     [--subs 1000,10000,100000] [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs]
+//!     [--tls [on|both]]
 //! ```
 //!
 //! `pub`, `pubsub` and `reqrep` run by default; `reconnect`, `memory`, `conns` and `subs`
@@ -162,6 +163,21 @@
 //!   alternate the two libraries, one child process per library and round (each with
 //!   the same default multi-threaded tokio runtime).
 //!
+//! # TLS
+//!
+//! `--tls` (or `--tls on`) runs pub, pubsub, reqrep and conns over TLS: against a
+//! nats-server started with TLS on its client port (tether-testkit, certificates from a
+//! throwaway CA made for the run, the server certificate an ECDSA P-256 one for
+//! `127.0.0.1`), both libraries trusting that CA and nothing else (tether `tls_ca_file`,
+//! async-nats `add_root_certificates` and `require_tls(true)`), and the echo responder
+//! too. `--tls both` runs every series twice, in plaintext against a plain server and
+//! over TLS against the TLS one (the two alternate round by round; conns runs its
+//! plaintext rounds, then its TLS ones), and adds each library's own cost of TLS: TLS /
+//! plaintext of the medians of every headline figure, measured in the same run. The
+//! raw ceiling and floor speak no TLS: they run in plaintext only, so TLS series have
+//! neither. `--tls` starts its own servers (no `--server`), and refuses the workloads
+//! that run on a server of their own (reconnect, memory, subs).
+//!
 //! Not a test: never run it as a timed check in CI.
 //!
 //! # Layout
@@ -199,7 +215,8 @@ mod throughput;
 
 use std::error::Error;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -211,7 +228,9 @@ use crate::plot::PlotFile;
 use crate::reconnect::run_reconnect;
 use crate::report::{describe, table, to_json};
 use crate::responder::{run_responder, wait_responder, Responder};
-use crate::scale::{add_scale_json, run_scale, run_scale_child, scale_table, ScaleKind};
+use crate::scale::{
+    add_scale_json, run_scale, run_scale_child, scale_table, ConnsTarget, ScaleKind,
+};
 use crate::throughput::{run_one, Params, Series, Side};
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -278,6 +297,64 @@ struct Cli {
     /// for writing before the first round).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Run pub, pubsub, reqrep and conns over TLS, against a nats-server started with
+    /// TLS (certificates from a throwaway CA both libraries trust): `on` (a bare --tls)
+    /// over TLS only; `both` in plaintext and over TLS, with each library's TLS /
+    /// plaintext ratios. The raw ceiling and floor stay plaintext only.
+    #[arg(long, value_enum, value_name = "on|both", num_args = 0..=1,
+          default_missing_value = "on")]
+    tls: Option<TlsMode>,
+}
+
+/// What `--tls` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsMode {
+    /// Over TLS only.
+    On,
+    /// In plaintext and over TLS, in the same run.
+    Both,
+}
+
+impl Cli {
+    /// Whether each series runs over TLS, in order: plaintext only without `--tls`,
+    /// TLS only with `--tls on`, plaintext then TLS with `--tls both`.
+    fn transports(&self) -> &'static [bool] {
+        match self.tls {
+            None => &[false],
+            Some(TlsMode::On) => &[true],
+            Some(TlsMode::Both) => &[false, true],
+        }
+    }
+
+    /// Refuses what `--tls` cannot run: a given server (the run needs the CA of its
+    /// own), and the workloads that start a server of their own.
+    fn check_tls(&self) -> Res<()> {
+        if self.tls.is_none() {
+            return Ok(());
+        }
+        if self.server.is_some() {
+            return Err(
+                "--tls starts its own TLS nats-server (with a CA made for the run); \
+                        drop --server"
+                    .into(),
+            );
+        }
+        let own_server: Vec<&str> = self
+            .workloads
+            .iter()
+            .filter(|w| w.kills_server() || **w == Workload::Subs)
+            .map(|w| w.name())
+            .collect();
+        if !own_server.is_empty() {
+            return Err(format!(
+                "--tls covers pub, pubsub, reqrep and conns; {} run on a plaintext server of \
+                 their own: run them without --tls",
+                own_server.join(", ")
+            )
+            .into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +366,9 @@ enum Cmd {
         server: String,
         #[arg(long)]
         subject: String,
+        /// Over TLS, trusting this CA.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
     /// One memory measurement of one library, run in its own process by the memory
     /// workload (prints `READY`, waits for `GO` on stdin, prints one JSON line).
@@ -311,6 +391,9 @@ enum Cmd {
         n: u64,
         #[arg(long)]
         server: String,
+        /// Over TLS, trusting this CA (conns).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
 }
 
@@ -397,14 +480,19 @@ impl<T> ByLib<T> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
-        Some(Cmd::Responder { server, subject }) => run_responder(server, subject),
+        Some(Cmd::Responder {
+            server,
+            subject,
+            tls_ca,
+        }) => run_responder(server, subject, tls_ca.as_deref()),
         Some(Cmd::MemoryChild { client, server }) => run_memory_child(*client, server),
         Some(Cmd::ScaleChild {
             kind,
             client,
             n,
             server,
-        }) => run_scale_child(*kind, *client, *n, server),
+            tls_ca,
+        }) => run_scale_child(*kind, *client, *n, server, tls_ca.as_deref()),
         None => run_compare(&cli),
     };
     match result {
@@ -416,7 +504,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// One server the series run against, plaintext or TLS, and what runs there.
+struct Target {
+    tls: bool,
+    url: String,
+    params: Params,
+    /// The echo responder of reqrep on this server.
+    responder: Option<Responder>,
+}
+
 fn run_compare(cli: &Cli) -> Res<()> {
+    cli.check_tls()?;
     // Bad output paths fail here, before any server or round.
     let plot = match &cli.plot {
         Some(path) => Some(PlotFile::create(path, &cli.workloads)?),
@@ -426,16 +524,19 @@ fn run_compare(cli: &Cli) -> Res<()> {
         .enable_all()
         .build()?;
 
+    let transports = cli.transports();
     let local = match &cli.server {
         Some(_) => None,
-        None => Some(tether_testkit::NatsServer::start()?),
+        None if transports.contains(&false) => Some(tether_testkit::NatsServer::start()?),
+        None => None,
     };
     let url = match (&cli.server, &local) {
-        (Some(u), _) => u.clone(),
-        (None, Some(s)) => s.url(),
-        (None, None) => unreachable!("a local server is started when no --server is given"),
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(s)) => Some(s.url()),
+        (None, None) => None,
     };
-    let server_version = if local.is_some() {
+    let (tls_server, tls_ca) = start_tls_server(transports)?;
+    let server_version = if local.is_some() || tls_server.is_some() {
         tether_testkit::nats_server_version()
             .ok()
             .map(|(a, b, c)| format!("{a}.{b}.{c}"))
@@ -451,62 +552,55 @@ fn run_compare(cli: &Cli) -> Res<()> {
         workloads.into_iter().partition(|w| w.kills_server());
     let mut sizes = cli.size.clone();
     sizes.dedup();
-    // Checked before any round, and only when a raw side will connect.
-    let needs_raw = workloads
-        .iter()
-        .any(|&w| Side::of_workload(w).contains(&Side::Raw));
-    let params = Params {
-        raw_addr: if needs_raw {
-            raw::addr(&url)?
-        } else {
-            String::new()
-        },
-        url: url.clone(),
-        msgs: cli.msgs,
-        requests: cli.requests,
-        payload: Bytes::new(),
-        echo_subject: format!("{ECHO_SUBJECT}.{}", std::process::id()),
-        raw_echo_subject: format!("{RAW_ECHO_SUBJECT}.{}", std::process::id()),
-        server_pid: local.as_ref().and_then(tether_testkit::NatsServer::pid),
+    let servers = Servers {
+        url: url.as_deref(),
+        local: local.as_ref(),
+        tls: tls_server.as_ref(),
+        tls_ca: tls_ca.as_ref(),
     };
+    let mut targets = start_targets(&rt, cli, &servers, &workloads)?;
 
-    let mut responder = None;
-    if workloads.contains(&Workload::Reqrep) {
-        let mut r = Responder::spawn(&url, &params.echo_subject)?;
-        rt.block_on(wait_responder(&url, &params.echo_subject, &mut r))?;
-        responder = Some(r);
-    }
-
-    let total_rounds = cli.warmup + cli.rounds;
-    let mut all = Vec::new();
     let started = Instant::now();
-    for &w in &workloads {
-        for &size in &sizes {
-            let params = Params {
-                payload: Bytes::from(vec![b'x'; size]),
-                ..params.clone()
-            };
-            let mut series = Series::new(w, size);
-            for round in 0..total_rounds {
-                run_round(&rt, cli, round, &params, &mut series)?;
-            }
-            all.push(series);
-        }
+    let all = run_series(&rt, cli, &targets, &workloads, &sizes)?;
+    for t in &mut targets {
+        drop(t.responder.take());
     }
-    drop(responder);
 
     let faulty = run_faults(&rt, cli, &faults)?;
-    let scale = run_scale(cli, &url, &scales)?;
+    let conns_targets: Vec<ConnsTarget> = targets
+        .iter()
+        .map(|t| ConnsTarget {
+            url: t.url.clone(),
+            tls_ca: t.params.tls_ca.clone(),
+        })
+        .collect();
+    let scale = run_scale(cli, &conns_targets, &scales)?;
     let elapsed = started.elapsed();
 
+    // The server(s): the plaintext URL as before, or the TLS one, or both.
+    let server = match targets.as_slice() {
+        [one] => one.url.clone(),
+        _ => targets
+            .iter()
+            .map(|t| format!("{} ({})", t.url, if t.tls { "TLS" } else { "plaintext" }))
+            .collect::<Vec<_>>()
+            .join(" and "),
+    };
     if cli.json {
-        let mut json = to_json(cli, &url, server_version.clone(), &all, &faulty, elapsed);
+        let mut json = to_json(cli, &server, server_version.clone(), &all, &faulty, elapsed);
         add_scale_json(&scale, &mut json);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!(
             "{}{}",
-            table(cli, &url, server_version.as_deref(), &all, &faulty, elapsed),
+            table(
+                cli,
+                &server,
+                server_version.as_deref(),
+                &all,
+                &faulty,
+                elapsed
+            ),
             scale_table(&scale)
         );
     }
@@ -517,7 +611,126 @@ fn run_compare(cli: &Cli) -> Res<()> {
         }
     }
     drop(local);
+    drop(tls_server);
     Ok(())
+}
+
+/// `--tls`: a server of its own with TLS on the client port (certificates from a CA made
+/// for the run; its config keeps them, so the CA file lives as long as the server), and
+/// that CA for the clients to trust. Nothing when no series runs over TLS.
+fn start_tls_server(
+    transports: &[bool],
+) -> Res<(Option<tether_testkit::NatsServer>, Option<Arc<Path>>)> {
+    if !transports.contains(&true) {
+        return Ok((None, None));
+    }
+    let certs = tether_testkit::TlsCerts::new()?;
+    let server = tether_testkit::NatsServer::start_with(
+        tether_testkit::ServerConfig::default().with_tls(&certs),
+    )?;
+    let ca: Arc<Path> = Arc::from(certs.ca_file());
+    Ok((Some(server), Some(ca)))
+}
+
+/// The servers of a run: the plaintext one (given or started) and the TLS one.
+struct Servers<'a> {
+    url: Option<&'a str>,
+    local: Option<&'a tether_testkit::NatsServer>,
+    tls: Option<&'a tether_testkit::NatsServer>,
+    tls_ca: Option<&'a Arc<Path>>,
+}
+
+/// One [`Target`] per transport of the run, each with its echo responder when reqrep
+/// runs.
+fn start_targets(
+    rt: &tokio::runtime::Runtime,
+    cli: &Cli,
+    servers: &Servers<'_>,
+    workloads: &[Workload],
+) -> Res<Vec<Target>> {
+    // Checked before any round, and only when a raw side will connect (plaintext only).
+    let needs_raw = workloads
+        .iter()
+        .any(|&w| Side::of_workload(w).contains(&Side::Raw));
+    let mut targets = Vec::new();
+    for &tls in cli.transports() {
+        let (url, server_pid, tls_ca) = if tls {
+            let s = servers.tls.ok_or("no TLS server")?;
+            (s.url(), s.pid(), servers.tls_ca.cloned())
+        } else {
+            let url = servers.url.ok_or("no plaintext server")?.to_owned();
+            (
+                url,
+                servers.local.and_then(tether_testkit::NatsServer::pid),
+                None,
+            )
+        };
+        let params = Params {
+            raw_addr: if needs_raw && !tls {
+                raw::addr(&url)?
+            } else {
+                String::new()
+            },
+            url: url.clone(),
+            msgs: cli.msgs,
+            requests: cli.requests,
+            payload: Bytes::new(),
+            echo_subject: format!("{ECHO_SUBJECT}.{}", std::process::id()),
+            raw_echo_subject: format!("{RAW_ECHO_SUBJECT}.{}", std::process::id()),
+            server_pid,
+            tls_ca,
+        };
+        let mut responder = None;
+        if workloads.contains(&Workload::Reqrep) {
+            let ca = params.tls_ca.as_deref();
+            let mut r = Responder::spawn(&url, &params.echo_subject, ca)?;
+            rt.block_on(wait_responder(&url, &params.echo_subject, &mut r, ca))?;
+            responder = Some(r);
+        }
+        targets.push(Target {
+            tls,
+            url,
+            params,
+            responder,
+        });
+    }
+    Ok(targets)
+}
+
+/// The pub, pubsub and reqrep series: per workload and size, one series per target.
+fn run_series(
+    rt: &tokio::runtime::Runtime,
+    cli: &Cli,
+    targets: &[Target],
+    workloads: &[Workload],
+    sizes: &[usize],
+) -> Res<Vec<Series>> {
+    let total_rounds = cli.warmup + cli.rounds;
+    let mut all = Vec::new();
+    for &w in workloads {
+        for &size in sizes {
+            let payload = Bytes::from(vec![b'x'; size]);
+            // One series per target; with `--tls both` they alternate round by round, so
+            // load from the rest of the machine falls on plaintext and TLS alike.
+            let mut series: Vec<(Params, Series)> = targets
+                .iter()
+                .map(|t| {
+                    let params = Params {
+                        payload: payload.clone(),
+                        ..t.params.clone()
+                    };
+                    (params, Series::new(w, size, t.tls))
+                })
+                .collect();
+            for round in 0..total_rounds {
+                for (params, s) in &mut series {
+                    run_round(rt, cli, round, params, s)?;
+                }
+            }
+            all.extend(series.into_iter().map(|(_, s)| s));
+        }
+    }
+    Ok(all)
 }
 
 /// Every side of `series`'s workload once, in this round's order; adds the measured
@@ -532,18 +745,25 @@ fn run_round(
     let w = series.workload;
     // The order rotates by one each round, tether first in measured round 1: with two
     // sides they alternate, with three each is first, second and third in turn.
-    let mut order = Side::of_workload(w).to_vec();
+    let mut order = series.sides();
     let shift = (i64::from(round) - i64::from(cli.warmup)).rem_euclid(order.len() as i64);
     order.rotate_left(usize::try_from(shift)?);
     let measured = round >= cli.warmup;
     for side in order {
-        let tag = format!("{}.{}.{round}.{}", w.name(), side.key(), std::process::id());
+        let tag = format!(
+            "{}{}.{}.{round}.{}",
+            w.name(),
+            if series.tls { ".tls" } else { "" },
+            side.key(),
+            std::process::id()
+        );
         let r = run_one(rt, w, side, params, &tag)?;
         if !cli.json {
             eprintln!(
-                "{:<7} {:>5} B {} {:<10} {}",
+                "{:<7} {:>5} B{} {} {:<10} {}",
                 w.name(),
                 series.size,
+                if series.tls { " tls" } else { "" },
                 if measured {
                     format!("round {:>2}", round - cli.warmup + 1)
                 } else {
@@ -584,4 +804,49 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Res<T> {
     tokio::time::timeout(STALL_TIMEOUT, fut)
         .await
         .map_err(|_| format!("timed out waiting for {what}").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, TlsMode};
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tether-compare").chain(args.iter().copied()))
+            .expect("parses")
+    }
+
+    #[test]
+    fn tls_modes() {
+        assert_eq!(cli(&[]).tls, None);
+        assert_eq!(cli(&[]).transports(), [false]);
+        assert_eq!(cli(&["--tls"]).tls, Some(TlsMode::On));
+        assert_eq!(cli(&["--tls", "--rounds", "7"]).transports(), [true]);
+        assert_eq!(cli(&["--tls", "both"]).transports(), [false, true]);
+        assert_eq!(cli(&["--tls", "on"]).tls, Some(TlsMode::On));
+        assert!(Cli::try_parse_from(["tether-compare", "--tls", "off"]).is_err());
+    }
+
+    #[test]
+    fn tls_refusals() {
+        assert!(
+            cli(&["--tls", "both", "--workloads", "pub,reqrep,conns,pubsub"])
+                .check_tls()
+                .is_ok()
+        );
+        assert!(cli(&["--workloads", "subs", "--server", "nats://x:4222"])
+            .check_tls()
+            .is_ok());
+        let e = cli(&["--tls", "--workloads", "memory"])
+            .check_tls()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory run on a plaintext server"), "{e}");
+        let e = cli(&["--tls", "--server", "tls://x:4222"])
+            .check_tls()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("drop --server"), "{e}");
+    }
 }

@@ -122,7 +122,7 @@ fn groups(all: &[Series]) -> Vec<Group> {
             let (metric, higher_better, _) = headline(s.workload);
             let (t, a, r) = medians(s, metric);
             Group {
-                label: format!("{} {} B", s.workload.name(), s.size),
+                label: s.name(),
                 better: if higher_better {
                     ABOVE_FASTER
                 } else {

@@ -411,6 +411,7 @@ mod tests {
             echo_subject: "cmp.echo.lib.test".to_owned(),
             raw_echo_subject: "cmp.echo.raw.test".to_owned(),
             server_pid: server.pid(),
+            tls_ca: None,
         }
     }
 

@@ -79,9 +79,43 @@ fn rows(w: Workload) -> Vec<(&'static str, Metric, bool)> {
     }
 }
 
-/// `pub 16 B msgs/s`: the row label of one metric of one series.
+/// `pub 16 B msgs/s` (`pub 16 B tls msgs/s` over TLS): the row label of one metric of
+/// one series.
 fn label(s: &Series, metric: &str) -> String {
-    format!("{} {} B {metric}", s.workload.name(), s.size)
+    format!("{} {metric}", s.name())
+}
+
+/// The width of the label column: 20, or the longest label when one is longer (TLS).
+fn label_width(all: &[Series]) -> usize {
+    all.iter()
+        .flat_map(|s| {
+            rows(s.workload)
+                .into_iter()
+                .map(move |(m, _, _)| label(s, m))
+        })
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(20)
+}
+
+/// The JSON key of a series: `pub_16b`, `pub_16b_tls` over TLS.
+fn key(s: &Series) -> String {
+    format!(
+        "{}_{}b{}",
+        s.workload.name(),
+        s.size,
+        if s.tls { "_tls" } else { "" }
+    )
+}
+
+/// The series run both in plaintext and over TLS (`--tls both`): (plaintext, TLS).
+fn tls_pairs(all: &[Series]) -> impl Iterator<Item = (&Series, &Series)> {
+    all.iter().filter(|s| s.tls).filter_map(|t| {
+        all.iter()
+            .find(|p| !p.tls && p.workload == t.workload && p.size == t.size)
+            .map(|p| (p, t))
+    })
 }
 
 fn fmt_value(v: f64, higher_better: bool) -> String {
@@ -161,10 +195,19 @@ pub(crate) fn table(
              sockets on both ends\n"
         );
     }
+    if all.iter().any(|s| s.tls) {
+        let _ = writeln!(
+            o,
+            "tls: the series marked tls run over TLS (the server's own certificate from a CA \
+             made for the run, which both libraries and the responder trust); the ceiling \
+             and floor speak no TLS and run in plaintext only\n"
+        );
+    }
+    let lw = label_width(all);
     if !all.is_empty() {
         let _ = writeln!(
             o,
-            "{:<20} {:>14} {:>14} {:>8} {:>14} {:>8}   (median over rounds)",
+            "{:<lw$} {:>14} {:>14} {:>8} {:>14} {:>8}   (median over rounds)",
             "workload", "tether", "async-nats", "t/a-n", "ceiling/floor", "t/c|f"
         );
     }
@@ -178,7 +221,7 @@ pub(crate) fn table(
             };
             let _ = writeln!(
                 o,
-                "{:<20} {:>14} {:>14} {:>8.3} {raw:>14} {vs_raw:>8}   {}",
+                "{:<lw$} {:>14} {:>14} {:>8.3} {raw:>14} {vs_raw:>8}   {}",
                 label(s, metric_name),
                 fmt_value(t, higher),
                 fmt_value(a, higher),
@@ -198,6 +241,7 @@ pub(crate) fn table(
              msgs/s: above 1 tether is faster; latency: below 1 tether is faster"
         );
     }
+    tls_cost_table(&mut o, all);
     server_cpu_table(&mut o, all);
     wakes_table(&mut o, all);
     faulty_table(&mut o, faulty);
@@ -217,15 +261,14 @@ fn warnings(o: &mut String, all: &[Series]) {
         if s.workload == Workload::Reqrep {
             continue;
         }
-        for &side in Side::of_workload(s.workload) {
+        for side in s.sides() {
             let (dropped, incomplete) = drops(s, side);
             if dropped > 0 || incomplete > 0 {
                 any = true;
                 let _ = writeln!(
                     o,
-                    "WARNING: {} {} B {}: {dropped} messages dropped, {incomplete} runs stalled",
-                    s.workload.name(),
-                    s.size,
+                    "WARNING: {} {}: {dropped} messages dropped, {incomplete} runs stalled",
+                    s.name(),
                     side.name(s.workload)
                 );
             }
@@ -239,9 +282,10 @@ fn warnings(o: &mut String, all: &[Series]) {
 /// Every measured value, per series, metric and side.
 fn per_round(o: &mut String, all: &[Series]) {
     let _ = writeln!(o, "\nper round (measured):");
+    let lw = label_width(all);
     for s in all {
         for (metric_name, metric, higher) in rows(s.workload) {
-            for &side in Side::of_workload(s.workload) {
+            for side in s.sides() {
                 let vals: Vec<String> = s
                     .values(side, metric)
                     .iter()
@@ -249,12 +293,42 @@ fn per_round(o: &mut String, all: &[Series]) {
                     .collect();
                 let _ = writeln!(
                     o,
-                    "  {:<20} {:<10} {}",
+                    "  {:<lw$} {:<10} {}",
                     label(s, metric_name),
                     side.name(s.workload),
                     vals.join("  ")
                 );
             }
+        }
+    }
+}
+
+/// With `--tls both`: each library's TLS / plaintext of every metric's medians, from the
+/// same run (the series alternated round by round).
+fn tls_cost_table(o: &mut String, all: &[Series]) {
+    let lw = label_width(all);
+    let mut header = false;
+    for (plain, tls) in tls_pairs(all) {
+        if !header {
+            header = true;
+            let _ = writeln!(
+                o,
+                "\nTLS cost: TLS / plaintext of each library's medians, same run \
+                 (msgs/s: below 1 TLS is slower; latency: above 1 TLS is slower)\n\
+                 {:<lw$} {:>14} {:>14}",
+                "workload", "tether", "async-nats"
+            );
+        }
+        for (metric_name, metric, _) in rows(plain.workload) {
+            let (tp, ap, _) = medians(plain, metric);
+            let (tt, at, _) = medians(tls, metric);
+            let _ = writeln!(
+                o,
+                "{:<lw$} {:>14.3} {:>14.3}",
+                label(plain, metric_name),
+                tt / tp,
+                at / ap
+            );
         }
     }
 }
@@ -314,6 +388,7 @@ fn medians_section(
             header = true;
             let _ = writeln!(o, "\n{title}");
         }
+        let lw = label_width(all);
         let raw = if r.is_finite() {
             format!("{:>24}", text(r))
         } else {
@@ -321,7 +396,7 @@ fn medians_section(
         };
         let _ = writeln!(
             o,
-            "{:<20} {:>14}{:>15}{raw}",
+            "{:<lw$} {:>14}{:>15}{raw}",
             label(s, name),
             text(t),
             text(a)
@@ -342,7 +417,10 @@ pub(crate) fn to_json(
         let mut w = serde_json::Map::new();
         w.insert("workload".to_owned(), json!(s.workload.name()));
         w.insert("size".to_owned(), json!(s.size));
-        for &side in Side::of_workload(s.workload) {
+        if s.tls {
+            w.insert("tls".to_owned(), json!(true));
+        }
+        for side in s.sides() {
             w.insert(side.key().to_owned(), side_json(s, side));
         }
         let (metric, higher, unit) = headline(s.workload);
@@ -357,13 +435,10 @@ pub(crate) fn to_json(
             w.insert("raw_is".to_owned(), json!(raw_name(s.workload)));
             w.insert("ratio_to_raw".to_owned(), json!(t / r));
         }
-        workloads.insert(
-            format!("{}_{}b", s.workload.name(), s.size),
-            Value::Object(w),
-        );
+        workloads.insert(key(s), Value::Object(w));
     }
     faulty_json(faulty, &mut workloads);
-    json!({
+    let mut out = json!({
         "server": url,
         "nats_server_version": server_version,
         "rounds": cli.rounds,
@@ -375,6 +450,36 @@ pub(crate) fn to_json(
         "order": "rotating: tether, async-nats, then the raw side first in turn, one step per round",
         "elapsed_secs": elapsed.as_secs_f64(),
         "workloads": workloads,
+    });
+    if let Some(cost) = tls_cost_json(all) {
+        out["tls_cost"] = cost;
+    }
+    out
+}
+
+/// With `--tls both`: per series key, each library's TLS / plaintext of the headline
+/// medians (None without pairs).
+fn tls_cost_json(all: &[Series]) -> Option<Value> {
+    let mut per = serde_json::Map::new();
+    for (plain, tls) in tls_pairs(all) {
+        let (metric, higher, unit) = headline(plain.workload);
+        let (tp, ap, _) = medians(plain, metric);
+        let (tt, at, _) = medians(tls, metric);
+        per.insert(
+            key(plain),
+            json!({
+                "tether": tt / tp,
+                "async_nats": at / ap,
+                "ratio_of": unit,
+                "tls_slower_when": if higher { "below 1" } else { "above 1" },
+            }),
+        );
+    }
+    (!per.is_empty()).then(|| {
+        json!({
+            "ratio_of": "TLS / plaintext of each library's medians, same run",
+            "workloads": per,
+        })
     })
 }
 
@@ -419,4 +524,125 @@ fn side_json(s: &Series, side: Side) -> Value {
         })
     };
     json!({ "median": median_obj, "rounds": rounds })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{table, to_json};
+    use crate::faulty::Faulty;
+    use crate::throughput::{RunResult, Series, Side, Throughput};
+    use crate::{Cli, Workload};
+    use clap::Parser as _;
+
+    fn rate(msgs_per_sec: f64) -> RunResult {
+        RunResult::Throughput(Throughput {
+            msgs_per_sec,
+            received: 1,
+            dropped: 0,
+            secs: 1.0,
+            server_cpu: None,
+            complete: true,
+        })
+    }
+
+    /// pub 16 B in plaintext (with a ceiling) and over TLS, five rounds each.
+    fn series(tether: [f64; 2], async_nats: [f64; 2]) -> Vec<Series> {
+        [false, true]
+            .into_iter()
+            .enumerate()
+            .map(|(i, tls)| {
+                let mut s = Series::new(Workload::Pub, 16, tls);
+                for _ in 0..5 {
+                    s.push(Side::Tether, rate(tether[i]));
+                    s.push(Side::AsyncNats, rate(async_nats[i]));
+                    if !tls {
+                        s.push(Side::Raw, rate(8e6));
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tls_series_have_no_raw_side_and_the_cost_is_tls_over_plaintext() {
+        let cli = Cli::parse_from(["tether-compare", "--tls", "both"]);
+        let all = series([4e6, 2e6], [2e6, 1.5e6]);
+        assert_eq!(all[0].sides(), [Side::Tether, Side::AsyncNats, Side::Raw]);
+        assert_eq!(all[1].sides(), [Side::Tether, Side::AsyncNats]);
+        let text = table(
+            &cli,
+            "nats://a and tls://b",
+            None,
+            &all,
+            &Faulty::default(),
+            Duration::from_secs(1),
+        );
+        // tether / async-nats over TLS: 2e6 / 1.5e6; no ceiling column.
+        let tls_row = text
+            .lines()
+            .find(|l| l.starts_with("pub 16 B tls msgs/s "))
+            .unwrap_or_else(|| panic!("no TLS row in {text}"));
+        assert!(
+            tls_row.contains(" 1.333 ") && tls_row.contains('—'),
+            "{tls_row}"
+        );
+        // TLS / plaintext: tether 2e6 / 4e6, async-nats 1.5e6 / 2e6.
+        let cost = text.split("TLS cost").nth(1).expect("a TLS cost section");
+        let row = cost
+            .lines()
+            .find(|l| l.starts_with("pub 16 B msgs/s "))
+            .unwrap_or_else(|| panic!("no cost row in {cost}"));
+        assert!(row.contains("0.500") && row.contains("0.750"), "{row}");
+
+        let v = to_json(
+            &cli,
+            "x",
+            None,
+            &all,
+            &Faulty::default(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(v["workloads"]["pub_16b_tls"]["tls"], true);
+        assert!(v["workloads"]["pub_16b_tls"]["raw"].is_null());
+        assert_eq!(v["workloads"]["pub_16b"]["ratio_to_raw"], 0.5);
+        assert_eq!(v["tls_cost"]["workloads"]["pub_16b"]["tether"], 0.5);
+        assert_eq!(v["tls_cost"]["workloads"]["pub_16b"]["async_nats"], 0.75);
+    }
+
+    #[test]
+    fn plaintext_output_is_as_before() {
+        let cli = Cli::parse_from(["tether-compare"]);
+        let all: Vec<Series> = series([4e6, 0.0], [2e6, 0.0])
+            .into_iter()
+            .filter(|s| !s.tls)
+            .collect();
+        let text = table(
+            &cli,
+            "nats://a",
+            None,
+            &all,
+            &Faulty::default(),
+            Duration::from_secs(1),
+        );
+        assert!(!text.contains("tls") && !text.contains("TLS"), "{text}");
+        // The label column is 20 wide, as it always was.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("pub 16 B msgs/s          ")),
+            "{text}"
+        );
+        let v = to_json(
+            &cli,
+            "x",
+            None,
+            &all,
+            &Faulty::default(),
+            Duration::from_secs(1),
+        );
+        assert!(v.get("tls_cost").is_none(), "{v}");
+        assert!(v["workloads"]["pub_16b"].get("tls").is_none(), "{v}");
+    }
 }

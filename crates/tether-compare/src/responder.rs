@@ -3,6 +3,7 @@
 //! talk to the very same responder.
 
 use std::io::Read as _;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use futures_util::StreamExt;
 
 use crate::Res;
 
-pub(crate) fn run_responder(server: &str, subject: &str) -> Res<()> {
+/// The responder's loop; over TLS when `tls_ca` is given, trusting that CA.
+pub(crate) fn run_responder(server: &str, subject: &str, tls_ca: Option<&Path>) -> Res<()> {
     // Exit when the parent goes away (it holds our stdin open while it lives).
     std::thread::spawn(|| {
         let mut sink = Vec::new();
@@ -21,7 +23,13 @@ pub(crate) fn run_responder(server: &str, subject: &str) -> Res<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = async_nats::connect(server).await?;
+        let mut opts = async_nats::ConnectOptions::new();
+        if let Some(ca) = tls_ca {
+            opts = opts
+                .add_root_certificates(ca.to_path_buf())
+                .require_tls(true);
+        }
+        let client = opts.connect(server).await?;
         let mut sub = client.subscribe(subject.to_owned()).await?;
         client.flush().await?;
         while let Some(msg) = sub.next().await {
@@ -40,10 +48,15 @@ pub(crate) struct Responder {
 }
 
 impl Responder {
-    pub(crate) fn spawn(server: &str, subject: &str) -> Res<Self> {
+    /// Starts the responder on `server`, over TLS trusting `tls_ca` when given.
+    pub(crate) fn spawn(server: &str, subject: &str, tls_ca: Option<&Path>) -> Res<Self> {
         let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
-            .args(["responder", "--server", server, "--subject", subject])
+        let mut cmd = Command::new(exe);
+        cmd.args(["responder", "--server", server, "--subject", subject]);
+        if let Some(ca) = tls_ca {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -59,9 +72,19 @@ impl Drop for Responder {
     }
 }
 
-/// Retries a request until the responder answers.
-pub(crate) async fn wait_responder(url: &str, subject: &str, responder: &mut Responder) -> Res<()> {
-    let client = tether::connect(url).await?;
+/// Retries a request until the responder answers (over TLS trusting `tls_ca` when
+/// given).
+pub(crate) async fn wait_responder(
+    url: &str,
+    subject: &str,
+    responder: &mut Responder,
+    tls_ca: Option<&Path>,
+) -> Res<()> {
+    let mut opts = tether::ConnectOptions::new();
+    if let Some(ca) = tls_ca {
+        opts = opts.tls_ca_file(ca);
+    }
+    let client = opts.connect(url).await?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = responder.child.try_wait()? {

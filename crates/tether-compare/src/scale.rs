@@ -24,7 +24,9 @@ mod nofile;
 
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -102,14 +104,25 @@ pub(crate) struct Resub {
     target: u64,
 }
 
+/// A server the conns workload runs against: plaintext, or TLS trusting `tls_ca`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnsTarget {
+    pub(crate) url: String,
+    pub(crate) tls_ca: Option<Arc<Path>>,
+}
+
 /// The results of the scale workloads.
 #[derive(Debug, Default)]
 pub(crate) struct Scale {
     conns_server: String,
+    /// `--tls`: the TLS server of conns.
+    conns_tls_server: String,
     subs_server: String,
     rounds: u32,
     /// Per N, in the order given.
     conns: Vec<(u64, ByLib<Vec<ConnsRun>>)>,
+    /// `--tls`: the same over TLS.
+    conns_tls: Vec<(u64, ByLib<Vec<ConnsRun>>)>,
     subs: Vec<(u64, ByLib<Vec<SubsRun>>)>,
 }
 
@@ -122,18 +135,31 @@ fn order(round: u32, warmup: u32) -> [Lib; 2] {
     }
 }
 
-fn child_command(kind: &str, lib: Lib, n: u64, server: &str) -> Res<Command> {
+fn child_command(
+    kind: &str,
+    lib: Lib,
+    n: u64,
+    server: &str,
+    tls_ca: Option<&Path>,
+) -> Res<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["scale-child", "--kind", kind, "--client", lib.name(), "--n"])
         .arg(n.to_string())
         .arg("--server")
         .arg(server);
+    if let Some(ca) = tls_ca {
+        cmd.arg("--tls-ca").arg(ca);
+    }
     Ok(cmd)
 }
 
-/// The scale workloads named in `workloads`: `conns` against `url`, `subs` against a
-/// server of its own.
-pub(crate) fn run_scale(cli: &Cli, url: &str, workloads: &[Workload]) -> Res<Scale> {
+/// The scale workloads named in `workloads`: `conns` against each of `conns_targets` (the
+/// run's server, plaintext or TLS, or both), `subs` against a server of its own.
+pub(crate) fn run_scale(
+    cli: &Cli,
+    conns_targets: &[ConnsTarget],
+    workloads: &[Workload],
+) -> Res<Scale> {
     let mut scale = Scale {
         rounds: cli.rounds,
         ..Scale::default()
@@ -144,14 +170,22 @@ pub(crate) fn run_scale(cli: &Cli, url: &str, workloads: &[Workload]) -> Res<Sca
             &format!("the conns workload with {} connections", group(most as f64)),
             nofile::FdNeed::for_sockets(most),
         )?;
-        url.clone_into(&mut scale.conns_server);
-        for &n in &cli.conns {
-            let runs = rounds(
-                cli,
-                |lib| conns_one(url, lib, n),
-                |r: &ConnsRun| {
-                    format!(
-                    "conns {:>7} {:<10} connect p50 {:.3} ms p90 {:.3} ms; sub+flush {:.3} ms, \
+        for target in conns_targets {
+            let tls = target.tls_ca.is_some();
+            let (server, results) = if tls {
+                (&mut scale.conns_tls_server, &mut scale.conns_tls)
+            } else {
+                (&mut scale.conns_server, &mut scale.conns)
+            };
+            target.url.clone_into(server);
+            let what = if tls { "conns tls" } else { "conns" };
+            for &n in &cli.conns {
+                let runs = rounds(
+                    cli,
+                    |lib| conns_one(&target.url, target.tls_ca.as_deref(), lib, n),
+                    |r: &ConnsRun| {
+                        format!(
+                    "{what} {:>7} {:<10} connect p50 {:.3} ms p90 {:.3} ms; sub+flush {:.3} ms, \
                      sub→live {:.3} ms; RSS {:+.1} KiB/conn; {} threads",
                     group(n as f64),
                     r.client,
@@ -162,9 +196,10 @@ pub(crate) fn run_scale(cli: &Cli, url: &str, workloads: &[Workload]) -> Res<Sca
                     r.rss_per_conn_kib,
                     r.threads_after
                 )
-                },
-            )?;
-            scale.conns.push((n, runs));
+                    },
+                )?;
+                results.push((n, runs));
+            }
         }
     }
     if workloads.contains(&Workload::Subs) {
@@ -226,8 +261,8 @@ fn round_label(round: u32, warmup: u32) -> String {
 }
 
 /// One `conns` child, start to end.
-fn conns_one(url: &str, lib: Lib, n: u64) -> Res<ConnsRun> {
-    let out = child_command("conns", lib, n, url)?
+fn conns_one(url: &str, tls_ca: Option<&Path>, lib: Lib, n: u64) -> Res<ConnsRun> {
+    let out = child_command("conns", lib, n, url, tls_ca)?
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
@@ -265,7 +300,7 @@ fn subs_one(server: &mut tether_testkit::NatsServer, lib: Lib, n: u64) -> Res<Su
     let own = server.num_subscriptions()?;
     let target = own + n;
     let mut child = SubsChild(
-        child_command("subs", lib, n, &server.url())?
+        child_command("subs", lib, n, &server.url(), None)?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -381,6 +416,9 @@ impl Scale {
         for (n, runs) in &self.conns {
             plot_rows(&mut groups, "conns", *n, runs, CONNS_PLOT);
         }
+        for (n, runs) in &self.conns_tls {
+            plot_rows(&mut groups, "conns tls", *n, runs, CONNS_PLOT);
+        }
         for (n, runs) in &self.subs {
             plot_rows(&mut groups, "subs", *n, runs, SUBS_PLOT);
         }
@@ -466,14 +504,29 @@ fn fmt(v: f64) -> String {
     }
 }
 
-fn rows_table<R>(o: &mut String, what: &str, n: u64, runs: &ByLib<Vec<R>>, rows: &[Row<R>]) {
+/// The width of the label column: 32, or 36 with the longer `conns tls` labels.
+fn label_width(s: &Scale) -> usize {
+    if s.conns_tls.is_empty() {
+        32
+    } else {
+        36
+    }
+}
+
+fn rows_table<R>(
+    o: &mut String,
+    lw: usize,
+    (what, n): (&str, u64),
+    runs: &ByLib<Vec<R>>,
+    rows: &[Row<R>],
+) {
     use std::fmt::Write as _;
     for (label, _, f) in rows {
         let t = med(runs.of(Lib::Tether), *f);
         let a = med(runs.of(Lib::AsyncNats), *f);
         let _ = writeln!(
             o,
-            "{:<32} {:>12} {:>12} {:>8.3}",
+            "{:<lw$} {:>12} {:>12} {:>8.3}",
             format!("{what} {:<8} {label}", group(n as f64)),
             fmt(t),
             fmt(a),
@@ -482,14 +535,21 @@ fn rows_table<R>(o: &mut String, what: &str, n: u64, runs: &ByLib<Vec<R>>, rows:
     }
 }
 
-fn rounds_detail<R>(o: &mut String, what: &str, n: u64, runs: &ByLib<Vec<R>>, rows: &[Row<R>]) {
+fn rounds_detail<R>(
+    o: &mut String,
+    lw: usize,
+    (what, n): (&str, u64),
+    runs: &ByLib<Vec<R>>,
+    rows: &[Row<R>],
+) {
+    let lw = lw - 2;
     use std::fmt::Write as _;
     for (label, _, f) in rows {
         for lib in [Lib::Tether, Lib::AsyncNats] {
             let v: Vec<String> = runs.of(lib).iter().map(|r| fmt(f(r))).collect();
             let _ = writeln!(
                 o,
-                "  {:<30} {:<10} {}",
+                "  {:<lw$} {:<10} {}",
                 format!("{what} {} {label}", group(n as f64)),
                 lib.name(),
                 v.join("  ")
@@ -502,9 +562,10 @@ fn rounds_detail<R>(o: &mut String, what: &str, n: u64, runs: &ByLib<Vec<R>>, ro
 pub(crate) fn scale_table(s: &Scale) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    if s.conns.is_empty() && s.subs.is_empty() {
+    if s.conns.is_empty() && s.conns_tls.is_empty() && s.subs.is_empty() {
         return o;
     }
+    let lw = label_width(s);
     let _ = writeln!(
         o,
         "\nscale: one child process per library, N and round; median over {} rounds \
@@ -513,14 +574,26 @@ pub(crate) fn scale_table(s: &Scale) -> String {
     );
     let _ = writeln!(
         o,
-        "{:<32} {:>12} {:>12} {:>8}",
+        "{:<lw$} {:>12} {:>12} {:>8}",
         "workload", "tether", "async-nats", "ratio"
     );
     for (n, runs) in &s.conns {
-        rows_table(&mut o, "conns", *n, runs, CONNS_ROWS);
+        rows_table(&mut o, lw, ("conns", *n), runs, CONNS_ROWS);
+    }
+    for (n, runs) in &s.conns_tls {
+        rows_table(&mut o, lw, ("conns tls", *n), runs, CONNS_ROWS);
     }
     for (n, runs) in &s.subs {
-        rows_table(&mut o, "subs", *n, runs, SUBS_ROWS);
+        rows_table(&mut o, lw, ("subs", *n), runs, SUBS_ROWS);
+    }
+    tls_cost_table(&mut o, s);
+    if !s.conns_tls.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nconns tls: server {}, the same over TLS (a full TLS handshake per connect; \
+             both libraries trust the run's CA only).",
+            s.conns_tls_server
+        );
     }
     if !s.conns.is_empty() {
         let _ = writeln!(
@@ -551,12 +624,65 @@ pub(crate) fn scale_table(s: &Scale) -> String {
     }
     let _ = writeln!(o, "\nscale per round (measured):");
     for (n, runs) in &s.conns {
-        rounds_detail(&mut o, "conns", *n, runs, CONNS_ROWS);
+        rounds_detail(&mut o, lw, ("conns", *n), runs, CONNS_ROWS);
+    }
+    for (n, runs) in &s.conns_tls {
+        rounds_detail(&mut o, lw, ("conns tls", *n), runs, CONNS_ROWS);
     }
     for (n, runs) in &s.subs {
-        rounds_detail(&mut o, "subs", *n, runs, SUBS_ROWS);
+        rounds_detail(&mut o, lw, ("subs", *n), runs, SUBS_ROWS);
     }
     o
+}
+
+/// The conns rows whose TLS / plaintext ratio says what TLS costs a connection.
+const CONNS_TLS_COST_ROWS: &[Row<ConnsRun>] = &[
+    ("connect p50 ms", "connect_p50_ms", |r| r.connect_p50_ms),
+    ("connect p90 ms", "connect_p90_ms", |r| r.connect_p90_ms),
+    ("sub→live p50 ms", "sub_live_p50_ms", |r| {
+        r.sub_live_p50_ms
+    }),
+    ("RSS/conn KiB", "rss_per_conn_kib", |r| r.rss_per_conn_kib),
+];
+
+/// Per N run both in plaintext and over TLS: the plaintext runs and the TLS ones.
+fn tls_pairs(
+    s: &Scale,
+) -> impl Iterator<Item = (u64, &ByLib<Vec<ConnsRun>>, &ByLib<Vec<ConnsRun>>)> {
+    s.conns_tls.iter().filter_map(|(n, tls)| {
+        s.conns
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, plain)| (*n, plain, tls))
+    })
+}
+
+/// With `--tls both`: each library's TLS / plaintext of the conns medians.
+fn tls_cost_table(o: &mut String, s: &Scale) {
+    use std::fmt::Write as _;
+    let lw = label_width(s);
+    let mut header = false;
+    for (n, plain, tls) in tls_pairs(s) {
+        if !header {
+            header = true;
+            let _ = writeln!(
+                o,
+                "\nconns TLS cost: TLS / plaintext of the medians, same run (above 1: TLS costs \
+                 more)\n{:<lw$} {:>12} {:>12}",
+                "", "tether", "async-nats"
+            );
+        }
+        for (label, _, f) in CONNS_TLS_COST_ROWS {
+            let ratio = |lib| med(tls.of(lib), *f) / med(plain.of(lib), *f);
+            let _ = writeln!(
+                o,
+                "{:<lw$} {:>12.3} {:>12.3}",
+                format!("conns {:<8} {label}", group(n as f64)),
+                ratio(Lib::Tether),
+                ratio(Lib::AsyncNats)
+            );
+        }
+    }
 }
 
 fn rows_json<R: serde::Serialize>(runs: &ByLib<Vec<R>>, rows: &[Row<R>]) -> Value {
@@ -604,6 +730,49 @@ pub(crate) fn add_scale_json(s: &Scale, out: &mut Value) {
                 "n": by_n,
             }),
         );
+    }
+    if !s.conns_tls.is_empty() {
+        let by_n: serde_json::Map<String, Value> = s
+            .conns_tls
+            .iter()
+            .map(|(n, runs)| (n.to_string(), rows_json(runs, CONNS_ROWS)))
+            .collect();
+        let tls_cost: serde_json::Map<String, Value> = tls_pairs(s)
+            .map(|(n, plain, tls)| {
+                let per_lib = |lib: Lib| -> serde_json::Map<String, Value> {
+                    CONNS_TLS_COST_ROWS
+                        .iter()
+                        .map(|(_, key, f)| {
+                            (
+                                (*key).to_owned(),
+                                json!(med(tls.of(lib), *f) / med(plain.of(lib), *f)),
+                            )
+                        })
+                        .collect()
+                };
+                (
+                    n.to_string(),
+                    json!({
+                        "tether": per_lib(Lib::Tether),
+                        "async_nats": per_lib(Lib::AsyncNats),
+                    }),
+                )
+            })
+            .collect();
+        let mut entry = json!({
+            "server": s.conns_tls_server,
+            "tls": true,
+            "async_nats_flush": "returns once written to the socket, without the server's PONG",
+            "ratio_of": "tether / async-nats of the medians; lower is better",
+            "n": by_n,
+        });
+        if !tls_cost.is_empty() {
+            entry["tls_cost"] = json!({
+                "ratio_of": "TLS / plaintext of each library's medians, same run; above 1 TLS costs more",
+                "n": tls_cost,
+            });
+        }
+        workloads.insert("conns_tls".to_owned(), entry);
     }
     if !s.subs.is_empty() {
         let by_n: serde_json::Map<String, Value> = s

@@ -1,5 +1,7 @@
 //! The comparison workloads: pub, pubsub and reqrep, and what one run of them measured.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,6 +30,19 @@ pub(crate) struct Params {
     pub(crate) raw_echo_subject: String,
     /// The local nats-server's process id, for its CPU time.
     pub(crate) server_pid: Option<u32>,
+    /// With TLS (`--tls`): the CA the server's certificate is signed by, which both
+    /// libraries trust; the raw side does not run.
+    pub(crate) tls_ca: Option<Arc<Path>>,
+}
+
+impl Params {
+    /// Each library's default options, with TLS when the run has it.
+    pub(crate) fn setup(&self) -> Setup {
+        Setup {
+            tls_ca: self.tls_ca.clone(),
+            ..Setup::default()
+        }
+    }
 }
 
 /// CPU time of the nats-server process (all threads), from `/proc/PID/stat`.
@@ -200,25 +215,49 @@ pub(crate) struct Series {
     pub(crate) workload: Workload,
     /// Payload size in bytes.
     pub(crate) size: usize,
+    /// Over TLS (`--tls`): the libraries only, no raw side.
+    pub(crate) tls: bool,
     tether: Vec<RunResult>,
     async_nats: Vec<RunResult>,
     raw: Vec<RunResult>,
 }
 
 impl Series {
-    pub(crate) fn new(workload: Workload, size: usize) -> Self {
+    pub(crate) fn new(workload: Workload, size: usize, tls: bool) -> Self {
         Self {
             workload,
             size,
+            tls,
             tether: Vec::new(),
             async_nats: Vec::new(),
             raw: Vec::new(),
         }
     }
 
-    /// Whether `w` has a raw side (pub and reqrep).
+    /// Whether the series has a raw side (pub and reqrep, in plaintext: the raw side
+    /// speaks no TLS).
     pub(crate) fn has_raw(&self) -> bool {
-        Side::of_workload(self.workload).contains(&Side::Raw)
+        !self.tls && Side::of_workload(self.workload).contains(&Side::Raw)
+    }
+
+    /// Who runs the series, in the order of the first measured round: the workload's
+    /// sides ([`Side::of_workload`]), without the raw side over TLS.
+    pub(crate) fn sides(&self) -> Vec<Side> {
+        Side::of_workload(self.workload)
+            .iter()
+            .copied()
+            .filter(|&s| !(self.tls && s == Side::Raw))
+            .collect()
+    }
+
+    /// The series' name in tables and JSON keys: `pub 16 B`, or `pub 16 B tls`.
+    pub(crate) fn name(&self) -> String {
+        format!(
+            "{} {} B{}",
+            self.workload.name(),
+            self.size,
+            if self.tls { " tls" } else { "" }
+        )
     }
 
     pub(crate) fn of(&self, side: Side) -> &[RunResult] {
@@ -316,7 +355,7 @@ async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<Run
 // ----- pub -----
 
 async fn run_pub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
-    let client = C::connect(&p.url, Setup::default()).await?;
+    let client = C::connect(&p.url, p.setup()).await?;
     let data = C::subject(PUB_SUBJECT.to_owned());
     let marker = C::subject(format!("cmp.{tag}.marker"));
     let mut sub = client.subscribe(&marker).await?;
@@ -415,9 +454,9 @@ fn throughput(n: u64, start: Instant, c: &Counted) -> Throughput {
 async fn run_pubsub<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
     let setup = Setup {
         pending_msgs: Some(p.msgs as usize + 10),
-        ..Setup::default()
+        ..p.setup()
     };
-    let sub_client = C::connect(&p.url, setup).await?;
+    let sub_client = C::connect(&p.url, setup.clone()).await?;
     let pub_client = C::connect(&p.url, setup).await?;
     let subject = C::subject(format!("cmp.{tag}"));
     let sync = C::subject(format!("cmp.{tag}.sync"));
@@ -479,7 +518,7 @@ pub(crate) fn check_echo(got: &[u8], sent: &[u8]) -> Res<()> {
 }
 
 async fn run_reqrep<C: BenchClient>(p: &Params) -> Res<Latency> {
-    let client = C::connect(&p.url, Setup::default()).await?;
+    let client = C::connect(&p.url, p.setup()).await?;
     let subject = C::subject(p.echo_subject.clone());
     for _ in 0..REQ_WARMUP {
         let m = client.request(&subject, &p.payload).await?;

@@ -36,6 +36,7 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -87,9 +88,14 @@ Examples:
   tether bench pub --server nats://10.0.0.5:4222
   tether bench pubsub --subject orders.eu.new.priority.high
   tether bench pub --msgs 5000000 --confirm-interval 20ms,1s --rounds 7
+  tether bench pub --tls                      over TLS, against a local TLS server
+  tether bench reqrep --server tls://nats.example:4222 --tls-ca ca.pem
 
 Without --server (or NATS_URL) the bench starts a local nats-server (found through
-NATS_SERVER_BIN or PATH, 2.10 or newer) and stops it afterwards.
+NATS_SERVER_BIN or PATH, 2.10 or newer) and stops it afterwards; with --tls that server
+serves TLS with certificates from a throwaway CA made for the run, which the bench's
+clients trust. Against a server of your own, give a tls:// URL and the global TLS and
+credential options (--tls-ca, --tls-cert/--tls-key, --token, --user/--password...).
 MB/s counts payload bytes (10^6 bytes per MB). With --json, one JSON object is printed
 on stdout: mode, subject, msgs, size, secs, msgs_per_sec, mb_per_sec, plus received and
 dropped for pubsub and p50_us, p90_us, p99_us for reqrep (and confirm_interval_ms when
@@ -136,6 +142,11 @@ pub(crate) struct Args {
     /// [default: 1; 5 with several --confirm-interval values]
     #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
+    /// Start the local nats-server (no --server) with TLS, with certificates from a
+    /// throwaway CA that the bench trusts (with --tls-first the server wants the TLS
+    /// handshake first) [for a server of your own: a tls:// --server URL and --tls-ca]
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The result of a run.
@@ -267,23 +278,38 @@ pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
         return Err(CliError::new("--rounds must be at least 1"));
     }
     let mut local = None;
+    // The local server's certificates (with --tls): they live until the run ends.
+    let mut certs = None;
     let url = if let Some(url) = &global.server {
+        if args.tls {
+            util::check_local_tls(global)?;
+        }
         url.clone()
     } else {
-        let server = tokio::task::spawn_blocking(NatsServer::start)
-            .await
-            .map_err(|e| CliError::new(format!("starting a local nats-server: {e}")))?
-            .map_err(local_server_error)?;
+        if args.tls {
+            util::check_local_tls(global)?;
+        }
+        let (tls, tls_first) = (args.tls, global.tls_first);
+        let (server, local_certs) = tokio::task::spawn_blocking(move || {
+            let (cfg, certs) = util::local_server_config(tls, tls_first)?;
+            Ok::<_, TestkitError>((NatsServer::start_with(cfg)?, certs))
+        })
+        .await
+        .map_err(|e| CliError::new(format!("starting a local nats-server: {e}")))?
+        .map_err(local_server_error)?;
         eprintln!(
             "bench: no --server given; started a local nats-server on {}",
             server.url()
         );
         let url = server.url();
         local = Some(server);
+        certs = local_certs;
         url
     };
     let plan = Plan {
         mode: args.mode,
+        global,
+        local_ca: certs.as_ref().map(|c| c.ca_file()),
         url: &url,
         subject: &subject,
         marker: &marker,
@@ -339,6 +365,10 @@ enum Output {
 /// What every run of one invocation shares.
 struct Plan<'a> {
     mode: Mode,
+    /// The credentials and TLS options given.
+    global: &'a Global,
+    /// The CA of the local TLS server (`--tls`).
+    local_ca: Option<std::path::PathBuf>,
     url: &'a str,
     subject: &'a str,
     marker: &'a str,
@@ -351,7 +381,7 @@ impl Plan<'_> {
     /// One run on fresh connections, with `confirm` as their confirm_interval (the
     /// library's default when `None`).
     async fn run_once(&self, confirm: Option<Duration>) -> Result<Report, CliError> {
-        let mut opts = bench_options(self.msgs, self.size);
+        let mut opts = bench_options(self.msgs, self.size, self.global, self.local_ca.as_deref())?;
         if let Some(d) = confirm {
             opts = opts.confirm_interval(d);
         }
@@ -567,7 +597,15 @@ fn progress_bar(total: u64, json: bool) -> ProgressBar {
     bar
 }
 
-fn bench_options(msgs: u64, size: usize) -> ConnectOptions {
+/// The bench connections' options: buffers and pending limits for `msgs` messages of
+/// `size` bytes, the credentials and TLS options given, and `local_ca` (the local TLS
+/// server's CA) to trust.
+fn bench_options(
+    msgs: u64,
+    size: usize,
+    global: &Global,
+    local_ca: Option<&Path>,
+) -> Result<ConnectOptions, CliError> {
     let msgs_limit = usize::try_from(msgs)
         .unwrap_or(usize::MAX)
         .saturating_add(16);
@@ -575,9 +613,15 @@ fn bench_options(msgs: u64, size: usize) -> ConnectOptions {
     let bytes_limit = msgs_limit
         .saturating_mul(size.max(1))
         .max(tether::options::DEFAULT_PENDING_BYTES);
-    ConnectOptions::new()
-        .outbound_buffer(BENCH_BUFFER_BYTES, tether::options::DEFAULT_BUFFER_MSGS)
-        .pending_limits(msgs_limit, bytes_limit)
+    let opts = global.apply(
+        ConnectOptions::new()
+            .outbound_buffer(BENCH_BUFFER_BYTES, tether::options::DEFAULT_BUFFER_MSGS)
+            .pending_limits(msgs_limit, bytes_limit),
+    )?;
+    Ok(match local_ca {
+        Some(ca) => opts.tls_ca_file(ca),
+        None => opts,
+    })
 }
 
 /// A subject prefix no other run shares.

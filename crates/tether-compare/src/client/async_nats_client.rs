@@ -23,6 +23,11 @@ fn options(setup: Setup) -> async_nats::ConnectOptions {
     if let Some(wait) = setup.reconnect_wait {
         opts = opts.reconnect_delay_callback(move |_| wait);
     }
+    if let Some(ca) = setup.tls_ca {
+        opts = opts
+            .add_root_certificates(ca.to_path_buf())
+            .require_tls(true);
+    }
     opts
 }
 

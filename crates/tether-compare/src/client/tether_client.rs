@@ -23,6 +23,9 @@ fn options(setup: Setup) -> tether::ConnectOptions {
     if let Some(wait) = setup.reconnect_wait {
         opts = opts.reconnect_delay(move |_, _, _| wait);
     }
+    if let Some(ca) = setup.tls_ca {
+        opts = opts.tls_ca_file(&*ca);
+    }
     opts
 }
 

@@ -2,6 +2,8 @@
 //! resident set and the thread count are that library's alone.
 
 use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,17 +30,28 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 /// Runs one measurement and prints it as one JSON line; `subs` then waits for `DONE` on
-/// stdin (the parent restarts the server meanwhile).
-pub(crate) fn run_scale_child(kind: ScaleKind, lib: Lib, n: u64, server: &str) -> Res<()> {
+/// stdin (the parent restarts the server meanwhile). `conns` connects over TLS, trusting
+/// `tls_ca`, when given.
+pub(crate) fn run_scale_child(
+    kind: ScaleKind,
+    lib: Lib,
+    n: u64,
+    server: &str,
+    tls_ca: Option<&Path>,
+) -> Res<()> {
+    let setup = Setup {
+        tls_ca: tls_ca.map(Arc::from),
+        ..Setup::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let line = match (kind, lib) {
         (ScaleKind::Conns, Lib::Tether) => {
-            serde_json::to_string(&rt.block_on(conns::<TetherClient>(server, n))?)?
+            serde_json::to_string(&rt.block_on(conns::<TetherClient>(server, n, &setup))?)?
         }
         (ScaleKind::Conns, Lib::AsyncNats) => {
-            serde_json::to_string(&rt.block_on(conns::<AsyncNatsClient>(server, n))?)?
+            serde_json::to_string(&rt.block_on(conns::<AsyncNatsClient>(server, n, &setup))?)?
         }
         (ScaleKind::Subs, Lib::Tether) => {
             let (run, held) = rt.block_on(subs::<TetherClient>(server, n))?;
@@ -84,7 +97,7 @@ fn subs_then_wait<H>(rt: tokio::runtime::Runtime, run: &SubsRun, held: H) -> Res
 /// N clients connected one after another, then per client a subscription and a flush,
 /// and a second subscription timed until a message through it comes back,
 /// then the resident set and the threads.
-async fn conns<C: BenchClient>(server: &str, n: u64) -> Res<ConnsRun> {
+async fn conns<C: BenchClient>(server: &str, n: u64, setup: &Setup) -> Res<ConnsRun> {
     let need = FdNeed::for_sockets(n);
     let payload = Bytes::from_static(b"scale");
     let prefix = format!("cmp.conns.{}", std::process::id());
@@ -96,7 +109,7 @@ async fn conns<C: BenchClient>(server: &str, n: u64) -> Res<ConnsRun> {
     let mut connect_ms = Vec::with_capacity(n as usize);
     for i in 0..n {
         let t = Instant::now();
-        let c = C::connect(server, Setup::default())
+        let c = C::connect(server, setup.clone())
             .await
             .map_err(|e| BoxError::from(connect_failed(i, need, &*e)))?;
         connect_ms.push(ms_since(t));

@@ -2,11 +2,12 @@
 //! `--server` names, behind a proxy for `blackhole`) and injecting and ending a fault.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tether::server_pool::ServerAddr;
-use tether_testkit::{NatsCluster, NatsServer, Proxy};
+use tether_testkit::{NatsCluster, NatsServer, Proxy, ServerConfig};
 
 use super::state::lock;
 use super::{ChaosArgs, Fault, LDM_EXIT_TIMEOUT};
@@ -130,10 +131,21 @@ async fn resolve(url: &str) -> Result<SocketAddr, CliError> {
         .ok_or_else(|| CliError::new(format!("resolving {addr}: no address")))
 }
 
-/// Starts what the args ask for; returns the target and the URL(s) clients connect to.
-pub(super) async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), CliError> {
+/// Starts what the args ask for; returns the target, the URL(s) clients connect to and,
+/// with `--tls`, the CA file of the local servers' certificates (for the clients to
+/// trust).
+pub(super) async fn start_target(
+    args: &ChaosArgs,
+) -> Result<(Guarded, String, Option<PathBuf>), CliError> {
     let fault = args.fault;
     let cluster = args.cluster;
+    let tls_first = args.global.as_ref().is_some_and(|g| g.tls_first);
+    let tls = args.tls;
+    let (base, certs) =
+        tokio::task::spawn_blocking(move || crate::util::local_server_config(tls, tls_first))
+            .await
+            .context("making the TLS certificates")?
+            .context("making TLS certificates for the local servers")?;
     let (env, upstream, urls) = if let Some(url) = &args.server {
         let addr = if fault == Fault::Blackhole {
             Some(resolve(url).await?)
@@ -146,9 +158,9 @@ pub(super) async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), 
             // Lame duck: the server's minimum duration (30 s) and a 2 s grace period.
             let c = NatsCluster::start_with(
                 3,
-                tether_testkit::ServerConfig {
+                ServerConfig {
                     lame_duck_for_tests: fault == Fault::Ldm,
-                    ..tether_testkit::ServerConfig::default()
+                    ..base
                 },
             )?;
             c.wait_routes(Duration::from_secs(10))?;
@@ -160,7 +172,7 @@ pub(super) async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), 
         let urls = c.urls().join(",");
         (Env::Cluster(c), None, urls)
     } else {
-        let s = tokio::task::spawn_blocking(NatsServer::start)
+        let s = tokio::task::spawn_blocking(move || NatsServer::start_with(base))
             .await
             .context("starting nats-server")?
             .context("starting a local nats-server")?;
@@ -179,11 +191,54 @@ pub(super) async fn start_target(args: &ChaosArgs) -> Result<(Guarded, String), 
     } else {
         None
     };
-    let url = proxy.as_ref().map_or(urls, Proxy::url);
-    Ok((Arc::new(Mutex::new(Target { env, proxy })), url))
+    // The proxy forwards bytes: TLS passes through it, so the clients keep the upstream's
+    // scheme (`tls://` asks them for TLS) and verify the certificate by the proxy's
+    // address, 127.0.0.1.
+    let url = match &proxy {
+        Some(p) => proxied_url(&p.url(), &urls),
+        None => urls,
+    };
+    // The servers' configs hold the certificates: the CA file lives as long as they do.
+    let ca = certs.as_ref().map(|c| c.ca_file());
+    Ok((Arc::new(Mutex::new(Target { env, proxy })), url, ca))
+}
+
+/// The proxy's URL (`nats://127.0.0.1:PORT`) with the scheme of the first upstream URL,
+/// so that a `tls://` upstream is reached with TLS through the proxy.
+fn proxied_url(proxy_url: &str, upstream_urls: &str) -> String {
+    let first = upstream_urls.split(',').next().unwrap_or("").trim();
+    match first.split_once("://") {
+        Some((scheme, _)) if !scheme.eq_ignore_ascii_case("nats") => {
+            proxy_url.strip_prefix("nats://").map_or_else(
+                || proxy_url.to_owned(),
+                |rest| format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            )
+        }
+        _ => proxy_url.to_owned(),
+    }
 }
 
 /// The proxy `blackhole` runs through.
 fn proxy(t: &Target) -> Result<&Proxy, CliError> {
     t.proxy.as_ref().ok_or_else(|| CliError::new("no proxy"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxied_url;
+
+    #[test]
+    fn the_proxy_url_keeps_the_upstream_scheme() {
+        let proxy = "nats://127.0.0.1:4300";
+        assert_eq!(proxied_url(proxy, "nats://127.0.0.1:4222"), proxy);
+        assert_eq!(proxied_url(proxy, "127.0.0.1:4222"), proxy);
+        assert_eq!(
+            proxied_url(proxy, "tls://127.0.0.1:4222,tls://127.0.0.1:4223"),
+            "tls://127.0.0.1:4300"
+        );
+        assert_eq!(
+            proxied_url(proxy, " TLS://nats.example:4222"),
+            "tls://127.0.0.1:4300"
+        );
+    }
 }

@@ -144,9 +144,14 @@ Examples:
   tether chaos --fault kill --cluster --two-clients
   tether chaos --fault ldm --cluster --two-clients --outages 3
   tether chaos --plot chaos.svg               the run drawn as an SVG chart
+  tether chaos --tls --fault blackhole        over TLS, through the proxy
 
 Without --server (or NATS_URL) chaos starts its own nats-server (NATS_SERVER_BIN or
 PATH); with --server only --fault blackhole is possible (through a local proxy).
+With --tls its own server(s) serve TLS with certificates from a throwaway CA made for
+the run, which the clients trust (the blackhole proxy forwards the TLS bytes as they
+are). Against a server of your own, give a tls:// URL and the global TLS and
+credential options (--tls-ca, --tls-cert/--tls-key, --token, --user/--password...).
 
 The invariant, checked per outage and in total (exit status 1 if it fails, or if a
 client does not reconnect):
@@ -209,10 +214,19 @@ pub(crate) struct ChaosArgs {
     /// Draw the run as an SVG chart in this file (opened before the run starts; see below)
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Start the local nats-server(s) (no --server) with TLS, with certificates from a
+    /// throwaway CA that the clients trust (with --tls-first the servers want the TLS
+    /// handshake first) [for a server of your own: a tls:// --server URL and --tls-ca]
+    #[arg(long)]
+    pub tls: bool,
     /// Server URL(s); taken from the global `--server` (a second `--server` here would
     /// collide with it)
     #[arg(skip)]
     pub server: Option<String>,
+    /// The global options, whose credentials and TLS options the clients use (none when
+    /// unset)
+    #[arg(skip)]
+    pub global: Option<Box<Global>>,
 }
 
 /// The name the `commands!` list in `main.rs` expects.
@@ -220,9 +234,13 @@ pub(crate) type Args = ChaosArgs;
 
 /// Entry point for the `commands!` list: `--server` comes from the global options.
 pub(crate) async fn run(mut args: Args, global: &Global) -> Result<(), CliError> {
+    if args.tls {
+        util::check_local_tls(global)?;
+    }
     if args.server.is_none() {
         args.server.clone_from(&global.server);
     }
+    args.global = Some(Box::new(global.clone()));
     run_chaos(args).await
 }
 
@@ -235,8 +253,8 @@ pub(crate) async fn run_chaos(args: ChaosArgs) -> Result<(), CliError> {
     if args.fault == Fault::Blackhole {
         outage = outage.max(MIN_BLACKHOLE_OUTAGE);
     }
-    let (target, url) = fault::start_target(&args).await?;
-    let result = run::drive(&args, outage, &target, &url).await;
+    let (target, url, local_ca) = fault::start_target(&args).await?;
+    let result = run::drive(&args, outage, &target, &url, local_ca.as_deref()).await;
     util::close_all(Duration::from_secs(2)).await;
     // The proxy joins its thread and servers are killed on drop: off the runtime.
     let _ = tokio::task::spawn_blocking(move || drop(target)).await;
@@ -281,6 +299,12 @@ fn check_args(args: &ChaosArgs) -> Result<(), CliError> {
     if args.cluster && args.fault == Fault::Blackhole {
         return Err(CliError::new(
             "--fault blackhole with --cluster is not supported yet",
+        ));
+    }
+    if args.tls && args.server.is_some() {
+        return Err(CliError::new(
+            "--tls starts the local nats-server(s) with TLS; with --server (or NATS_URL) \
+             give a tls:// URL and --tls-ca instead",
         ));
     }
     if args.cluster && args.server.is_some() {

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,11 +31,12 @@ pub(super) async fn drive(
     outage: Duration,
     target: &Guarded,
     url: &str,
+    local_ca: Option<&Path>,
 ) -> Result<(Report, Option<Record>), CliError> {
     if args.fault == Fault::Ldm {
         ldm_notes(args.json);
     }
-    let clients = connect_clients(args, outage, url).await?;
+    let clients = connect_clients(args, outage, url, local_ca).await?;
     let shared = Arc::new(Shared::default());
     lock(&shared.windows).push(Window::default());
     let (tasks, progress) = Tasks::start(args, &clients, &shared).await?;
@@ -72,11 +74,14 @@ struct Clients {
 }
 
 /// Connects the clients, with pending limits that hold the whole outage and, for
-/// `blackhole`, pings fast enough to find the stale link during it.
+/// `blackhole`, pings fast enough to find the stale link during it; with the global
+/// credentials and TLS options, trusting `local_ca` (the CA of chaos's own TLS servers)
+/// when given.
 async fn connect_clients(
     args: &ChaosArgs,
     outage: Duration,
     url: &str,
+    local_ca: Option<&Path>,
 ) -> Result<Clients, CliError> {
     let pending_msgs =
         (f64::from(args.rate) * (outage + PENDING_MARGIN).as_secs_f64()).ceil() as usize;
@@ -89,6 +94,12 @@ async fn connect_clients(
         opts = opts
             .ping_interval(BLACKHOLE_PING)
             .pong_timeout(BLACKHOLE_PING);
+    }
+    if let Some(global) = &args.global {
+        opts = global.apply(opts)?;
+    }
+    if let Some(ca) = local_ca {
+        opts = opts.tls_ca_file(ca);
     }
     let publisher = util::connect(url, opts.clone())
         .await

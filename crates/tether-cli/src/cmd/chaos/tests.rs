@@ -26,6 +26,8 @@ fn args(two_clients: bool, resend_unconfirmed: bool) -> ChaosArgs {
         subject: "chaos.test".into(),
         plot: None,
         server: None,
+        tls: false,
+        global: None,
     }
 }
 
