@@ -51,7 +51,17 @@ pub(crate) struct Transport {
     /// The TLS session, for a TLS link. Its lock is held only for synchronous work on
     /// the session (never across an await), so the driver task and a caller's direct
     /// write share it as they share the socket.
-    tls: Option<Box<Mutex<ClientConnection>>>,
+    tls: Option<Box<Mutex<TlsSession>>>,
+}
+
+/// A TLS link's session and the bytes read from the socket for it.
+#[derive(Debug)]
+struct TlsSession {
+    conn: ClientConnection,
+    /// Records read from the socket (up to [`TLS_READ_CHUNK`] per syscall); rustls takes
+    /// them from `inbox[taken..]` a few KiB at a time.
+    inbox: Vec<u8>,
+    taken: usize,
 }
 
 /// `Read`/`Write` over a tokio socket without blocking: what rustls's `read_tls` and
@@ -85,9 +95,9 @@ fn tls_io_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Plaintext a TLS read hands back at most per call (the driver's read buffer grows by
-/// about this much at a time).
-const TLS_READ_MAX: usize = 64 * 1024;
+/// How much one TLS read takes from the socket at most: rustls alone reads 4 KiB per
+/// syscall.
+const TLS_READ_CHUNK: usize = 64 * 1024;
 
 /// How much plaintext one TLS write takes at most: rustls keeps the records it made from
 /// it until the socket takes them.
@@ -137,7 +147,11 @@ impl Transport {
                 return Err(tls_io_error(e));
             }
         }
-        self.tls = Some(Box::new(Mutex::new(session)));
+        self.tls = Some(Box::new(Mutex::new(TlsSession {
+            conn: session,
+            inbox: Vec::with_capacity(TLS_READ_CHUNK),
+            taken: 0,
+        })));
         Ok(())
     }
 
@@ -160,7 +174,7 @@ impl Transport {
                 if let Some(n) = self.tls_read(&mut s, buf)? {
                     return Ok(n);
                 }
-                flush_tls(&mut s, &self.tcp)?
+                flush_tls(&mut s.conn, &self.tcp)?
             };
             if pending {
                 tokio::select! {
@@ -175,15 +189,13 @@ impl Transport {
 
     /// Move what the socket has through the session into `buf`: `Some(n)` when plaintext
     /// (or the end of the stream, `Some(0)`) came out, `None` when the socket is empty.
-    fn tls_read(
-        &self,
-        s: &mut ClientConnection,
-        buf: &mut bytes::BytesMut,
-    ) -> io::Result<Option<usize>> {
+    /// One syscall reads up to [`TLS_READ_CHUNK`]; a record it leaves incomplete makes
+    /// it read again, until the socket is empty.
+    fn tls_read(&self, s: &mut TlsSession, buf: &mut bytes::BytesMut) -> io::Result<Option<usize>> {
         let mut got = 0;
         loop {
-            // Plaintext the session holds first: rustls stops reading while it is full.
-            let mut reader = s.reader();
+            // Plaintext the session holds first: rustls stops taking records while full.
+            let mut reader = s.conn.reader();
             loop {
                 match reader.fill_buf() {
                     Ok([]) => return Ok(Some(got)), // close_notify: the end of the stream
@@ -200,18 +212,31 @@ impl Transport {
                     Err(e) => return Err(e),
                 }
             }
-            if got >= TLS_READ_MAX {
+            if s.taken < s.inbox.len() {
+                let n = s.conn.read_tls(&mut &s.inbox[s.taken..])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the TLS session took no more records",
+                    ));
+                }
+                s.taken += n;
+                s.conn.process_new_packets().map_err(tls_io_error)?;
+                continue;
+            }
+            if got > 0 {
                 return Ok(Some(got));
             }
-            match s.read_tls(&mut NonBlocking(&self.tcp)) {
-                // Records in (or the TCP stream's end: the reader then hands out what is
-                // left and reports the end, close_notify or not, on the next turn).
-                Ok(_) => {
-                    s.process_new_packets().map_err(tls_io_error)?;
+            s.inbox.clear();
+            s.taken = 0;
+            match self.tcp.try_read_buf(&mut s.inbox) {
+                // The TCP stream's end: rustls then reports it through the reader.
+                Ok(0) => {
+                    s.conn.read_tls(&mut io::empty())?;
+                    s.conn.process_new_packets().map_err(tls_io_error)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((got > 0).then_some(got));
-                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -250,7 +275,7 @@ impl Transport {
         while self.has_pending() {
             self.tcp.writable().await?;
             if let Some(tls) = &self.tls {
-                flush_tls(&mut tls.lock(), &self.tcp)?;
+                flush_tls(&mut tls.lock().conn, &self.tcp)?;
             }
         }
         Ok(())
@@ -263,18 +288,20 @@ impl Transport {
         let Some(tls) = &self.tls else {
             return self.tcp.try_write(data);
         };
-        let mut s = tls.lock();
-        if flush_tls(&mut s, &self.tcp)? {
+        let s = &mut tls.lock().conn;
+        if flush_tls(s, &self.tcp)? {
             return Ok(0);
         }
         let n = s.writer().write(&data[..data.len().min(TLS_WRITE_MAX)])?;
-        flush_tls(&mut s, &self.tcp)?;
+        flush_tls(s, &self.tcp)?;
         Ok(n)
     }
 
     /// True while a TLS session holds records the socket has not taken yet.
     pub(crate) fn has_pending(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.lock().wants_write())
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.lock().conn.wants_write())
     }
 
     /// End the write side cleanly, so the server sees the end of the stream (over TLS,
@@ -282,7 +309,7 @@ impl Transport {
     pub(crate) async fn shutdown(mut self) {
         use tokio::io::AsyncWriteExt;
         if let Some(tls) = self.tls.take() {
-            let mut s = tls.into_inner();
+            let mut s = tls.into_inner().conn;
             s.send_close_notify();
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 while s.wants_write() {
