@@ -132,6 +132,9 @@ const FIXED: [(&str, ServerErr); 17] = [
 impl ServerErr {
     /// Parse an -ERR text (quotes already stripped).
     pub fn parse(text: &str) -> Self {
+        // Control characters (a bare CR, say) are escaped: the text goes into log lines
+        // and error messages, where a peer must not be able to forge a line.
+        let text = &*printable(text);
         let t = text.trim();
         if let Some((_, e)) = FIXED.iter().find(|(p, _)| starts_with_ci(t, p)) {
             return e.clone();
@@ -258,6 +261,22 @@ fn sid_after(text: &str) -> Option<u64> {
     rest.get(..digits)?.parse().ok()
 }
 
+/// `text` with its control characters escaped (`\r`, `\u{1b}`, ...).
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::AuthErrorClass::{Expired, Strike, Transient};
@@ -311,6 +330,7 @@ mod tests {
             (r#"Permissions Violation for Subscription to "a", too many tokens"#, sub("a", None, None, true, r#"Permissions Violation for Subscription to "a", too many tokens"#), false, false, None),
             ("Permissions Violation for Subscription to nothing quoted", E::Other("Permissions Violation for Subscription to nothing quoted".into()), false, false, None),
             ("Invalid Subject", E::Other("Invalid Subject".into()), false, false, None),
+            ("forged\r\n[ERROR] line", E::Other("forged\\r\\n[ERROR] line".into()), false, false, None),
             ("Invalid Publish Subject", E::Other("Invalid Publish Subject".into()), false, false, None),
             ("maximum subscriptions exceeded", E::MaxSubscriptions, false, false, None),
             ("Failed Account Registration", E::Other("Failed Account Registration".into()), false, false, None),
