@@ -173,9 +173,11 @@
 //! too. `--tls both` runs every series twice, in plaintext against a plain server and
 //! over TLS against the TLS one (the two alternate round by round; conns runs its
 //! plaintext rounds, then its TLS ones), and adds each library's own cost of TLS: TLS /
-//! plaintext of the medians of every headline figure, measured in the same run. The
-//! raw ceiling and floor speak no TLS: they run in plaintext only, so TLS series have
-//! neither. `--tls` starts its own servers (no `--server`), and refuses the workloads
+//! plaintext of the medians of every headline figure, measured in the same run. Over
+//! TLS the ceiling writes the same pre-encoded chunks through a rustls session (its INFO
+//! read in plaintext, then the TLS handshake, as nats-server expects): the most a client
+//! can get through TLS to that server; the floor speaks no TLS, so reqrep over TLS has
+//! none. `--tls` starts its own servers (no `--server`), and refuses the workloads
 //! that run on a server of their own (reconnect, memory, subs).
 //!
 //! Not a test: never run it as a timed check in CI.
@@ -666,8 +668,9 @@ fn start_targets(
             )
         };
         let params = Params {
-            raw_addr: if needs_raw && !tls {
-                raw::addr(&url)?
+            raw_addr: if needs_raw {
+                // Over TLS the ceiling dials the same address and upgrades itself.
+                raw::addr(&url.replacen("tls://", "nats://", 1))?
             } else {
                 String::new()
             },

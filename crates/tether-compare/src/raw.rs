@@ -20,6 +20,7 @@
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +93,8 @@ enum Op {
 /// One plain connection to the server: a blocking socket and its read buffer.
 struct Conn {
     stream: TcpStream,
+    /// The ceiling over TLS: the same socket through a rustls session.
+    tls: Option<Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>,
     buf: Vec<u8>,
     /// Start of the bytes read but not yet parsed.
     start: usize,
@@ -108,6 +111,53 @@ impl Conn {
         stream.set_write_timeout(Some(STALL_TIMEOUT))?;
         let mut conn = Self {
             stream,
+            tls: None,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+        };
+        conn.send(CONNECT)?;
+        conn.until_pong()?;
+        Ok(conn)
+    }
+
+    /// Connects over TLS as nats-server expects (its INFO in plaintext, then the TLS
+    /// handshake, then CONNECT), trusting the CA in the PEM file `ca`.
+    fn connect_tls(addr: &str, ca: &Path) -> Res<Self> {
+        use rustls::pki_types::pem::PemObject;
+        let mut stream =
+            TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+        stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+        // The plaintext INFO line, byte by byte: nothing after it is plaintext.
+        let mut byte = [0u8; 1];
+        loop {
+            stream
+                .read_exact(&mut byte)
+                .map_err(|e| io_error("reading the server's INFO", &e))?;
+            if byte[0] == b'\n' {
+                break;
+            }
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+        let session = rustls::ClientConnection::new(
+            Arc::new(config),
+            rustls::pki_types::ServerName::try_from(host)?,
+        )?;
+        let mut conn = Self {
+            stream: stream.try_clone()?,
+            tls: Some(Box::new(rustls::StreamOwned::new(session, stream))),
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
@@ -118,9 +168,11 @@ impl Conn {
     }
 
     fn send(&mut self, bytes: &[u8]) -> Res<()> {
-        self.stream
-            .write_all(bytes)
-            .map_err(|e| io_error("writing to the server", &e))
+        let written = match &mut self.tls {
+            Some(tls) => tls.write_all(bytes).and_then(|()| tls.flush()),
+            None => self.stream.write_all(bytes),
+        };
+        written.map_err(|e| io_error("writing to the server", &e))
     }
 
     fn slice(&self, r: Range<usize>) -> &[u8] {
@@ -160,7 +212,11 @@ impl Conn {
             let len = self.buf.len();
             self.buf.resize(len * 2, 0);
         }
-        match self.stream.read(&mut self.buf[self.end..]) {
+        let read = match &mut self.tls {
+            Some(tls) => tls.read(&mut self.buf[self.end..]),
+            None => self.stream.read(&mut self.buf[self.end..]),
+        };
+        match read {
             Ok(0) => Err("the server closed the connection".into()),
             Ok(n) => {
                 self.end += n;
@@ -269,7 +325,11 @@ fn io_error(what: &str, e: &io::Error) -> crate::BoxError {
 
 /// The pub ceiling: `p.msgs` pre-encoded PUBs in 64 KiB writes, then PING until PONG.
 pub(crate) fn run_pub(p: &Params) -> Res<Throughput> {
-    let mut conn = Conn::connect(&p.raw_addr)?;
+    // Over TLS the same chunks go through a rustls session: the ceiling of TLS.
+    let mut conn = match &p.tls_ca {
+        Some(ca) => Conn::connect_tls(&p.raw_addr, ca)?,
+        None => Conn::connect(&p.raw_addr)?,
+    };
     let mut frame = format!("PUB {PUB_SUBJECT} {}\r\n", p.payload.len()).into_bytes();
     frame.extend_from_slice(&p.payload);
     frame.extend_from_slice(b"\r\n");

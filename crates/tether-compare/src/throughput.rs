@@ -215,7 +215,7 @@ pub(crate) struct Series {
     pub(crate) workload: Workload,
     /// Payload size in bytes.
     pub(crate) size: usize,
-    /// Over TLS (`--tls`): the libraries only, no raw side.
+    /// Over TLS (`--tls`): no floor; the ceiling over TLS.
     pub(crate) tls: bool,
     tether: Vec<RunResult>,
     async_nats: Vec<RunResult>,
@@ -234,19 +234,20 @@ impl Series {
         }
     }
 
-    /// Whether the series has a raw side (pub and reqrep, in plaintext: the raw side
-    /// speaks no TLS).
+    /// Whether the series has a raw side: pub and reqrep in plaintext; over TLS pub only
+    /// (the ceiling writes its chunks through a rustls session; the floor speaks no TLS).
     pub(crate) fn has_raw(&self) -> bool {
-        !self.tls && Side::of_workload(self.workload).contains(&Side::Raw)
+        Side::of_workload(self.workload).contains(&Side::Raw)
+            && (!self.tls || self.workload == Workload::Pub)
     }
 
     /// Who runs the series, in the order of the first measured round: the workload's
-    /// sides ([`Side::of_workload`]), without the raw side over TLS.
+    /// sides ([`Side::of_workload`]), without the floor over TLS.
     pub(crate) fn sides(&self) -> Vec<Side> {
         Side::of_workload(self.workload)
             .iter()
             .copied()
-            .filter(|&s| !(self.tls && s == Side::Raw))
+            .filter(|&s| s != Side::Raw || self.has_raw())
             .collect()
     }
 
