@@ -102,16 +102,29 @@ struct Conn {
     end: usize,
 }
 
+/// A TCP connection to `addr` with Nagle off and the stall timeouts set.
+fn dial(addr: &str) -> Res<TcpStream> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+    Ok(stream)
+}
+
 impl Conn {
     /// Connects and completes the handshake (ready at the PONG of the first PING).
     fn connect(addr: &str) -> Res<Self> {
-        let stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(STALL_TIMEOUT))?;
-        stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+        Self::ready(dial(addr)?, None)
+    }
+
+    /// Sends CONNECT on `stream` (through `tls` when given) and waits for the PONG.
+    fn ready(
+        stream: TcpStream,
+        tls: Option<Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>,
+    ) -> Res<Self> {
         let mut conn = Self {
             stream,
-            tls: None,
+            tls,
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
@@ -125,11 +138,7 @@ impl Conn {
     /// handshake, then CONNECT), trusting the CA in the PEM file `ca`.
     fn connect_tls(addr: &str, ca: &Path) -> Res<Self> {
         use rustls::pki_types::pem::PemObject;
-        let mut stream =
-            TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(STALL_TIMEOUT))?;
-        stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+        let mut stream = dial(addr)?;
         // The plaintext INFO line, byte by byte: nothing after it is plaintext.
         let mut byte = [0u8; 1];
         loop {
@@ -155,16 +164,11 @@ impl Conn {
             Arc::new(config),
             rustls::pki_types::ServerName::try_from(host)?,
         )?;
-        let mut conn = Self {
-            stream: stream.try_clone()?,
-            tls: Some(Box::new(rustls::StreamOwned::new(session, stream))),
-            buf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
-        };
-        conn.send(CONNECT)?;
-        conn.until_pong()?;
-        Ok(conn)
+        let plain = stream.try_clone()?;
+        Self::ready(
+            plain,
+            Some(Box::new(rustls::StreamOwned::new(session, stream))),
+        )
     }
 
     fn send(&mut self, bytes: &[u8]) -> Res<()> {
