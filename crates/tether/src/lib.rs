@@ -61,7 +61,7 @@ pub use message::Message;
 pub use options::{AuthFailurePolicy, ConnectOptions, ConnectPolicy, IntoServers, OverflowPolicy};
 pub use stats::{ReplayStats, Statistics};
 pub use subscription::{SubscribeOptions, Subscriber};
-pub use tether_proto::conn::{DisconnectReason, HandshakeError, RemovedReason, TlsIntent};
+pub use tether_proto::conn::{DisconnectReason, HandshakeError, RemovedReason};
 pub use tether_proto::server_err::{AuthErrorClass, ServerErr};
 pub use tether_proto::{HeaderMap, ProtocolError, StatusCode, Subject};
 pub use tls::TlsError;
