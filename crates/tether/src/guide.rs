@@ -87,7 +87,12 @@
 //! `max_reconnects` consecutive failures (unlimited by default); `Authorization
 //! Violation` twice in a row (any other failure in between starts the count over), at
 //! least `reconnect_wait` apart with the same credentials, removes it under
-//! `AuthFailurePolicy::RemoveServer`. `ConnectOptions::fixed_reconnect_wait` gives the
+//! `AuthFailurePolicy::RemoveServer` (so does a revoked user, `User Authentication
+//! Revoked`, and an expired account: after `Account Authentication Expired` the server
+//! refuses every reconnect with `Authorization Violation`, which only the operator can
+//! fix; use `KeepRetrying` to wait for that instead). An expired user JWT is not: its
+//! `exp` is known, and the credentials are read again at every attempt (semantics 13,
+//! below). `ConnectOptions::fixed_reconnect_wait` gives the
 //! same wait before every retry instead of the backoff. With the `Retry` connect policy the
 //! state goes `Connecting` → `Reconnecting` while the first attempts fail, each announced
 //! by `Reconnecting { attempt }`; the first success emits `Connected`. An empty pool closes the client with the reason.
