@@ -1,7 +1,7 @@
 //! Core client behaviour against a real nats-server.
 
 mod common;
-use common::echo_responder;
+use common::{block_until_subscriptions, echo_responder};
 
 use std::time::Duration;
 
@@ -224,24 +224,6 @@ async fn unsubscribe_after_yields_exactly_n_then_ends() {
     assert_eq!(got, vec![0, 1, 2]);
 }
 
-/// The server's count of subscriptions.
-fn subscriptions(server: &NatsServer) -> u64 {
-    server.num_subscriptions().unwrap()
-}
-
-/// [`subscriptions`], polled while this thread blocks (so the client's driver task, on
-/// this same current-thread runtime, cannot run) until it is `want` or 5 s pass.
-fn block_until_subscriptions(server: &NatsServer, want: u64) -> u64 {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let n = subscriptions(server);
-        if n == want || std::time::Instant::now() >= deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// A SUB and an UNSUB go on the wire from the caller's thread while the driver is idle,
 /// as a request's PUB does: the server sees them while this thread blocks and the
 /// driver task never gets to run. A flush right after a subscribe then waits only for
@@ -251,7 +233,7 @@ async fn subscribe_and_unsubscribe_are_written_without_the_driver() {
     let server = NatsServer::start().unwrap();
     let client = tether::connect(server.url()).await.unwrap();
     client.flush().await.unwrap();
-    let before = subscriptions(&server);
+    let before = server.num_subscriptions().unwrap();
     let mut sub = client.subscribe("direct.sub").await.unwrap();
     assert_eq!(
         block_until_subscriptions(&server, before + 1),

@@ -178,3 +178,18 @@ pub(crate) async fn wait_discovered(client: &tether::Client, n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The server's subscription count, polled while this thread blocks (so a client's
+/// driver task on this same current-thread runtime cannot run) until it is `want` or
+/// [`T`] passes; returns the last count.
+#[allow(dead_code)] // only the direct-write tests need it
+pub(crate) fn block_until_subscriptions(server: &tether_testkit::NatsServer, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let n = server.num_subscriptions().unwrap();
+        if n == want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
