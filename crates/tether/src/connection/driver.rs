@@ -130,7 +130,7 @@ pub(crate) async fn establish(shared: &Shared, addr: &ServerAddr) -> Result<Esta
                 Err(Some(e)) => return Err(tls_failure(e)),
                 Err(None) => hs.handle_timeout(Instant::now()),
             }
-            rbuf.clear();
+            // The handshake dropped what followed the plaintext INFO (`rbuf` is empty).
             continue;
         }
         if rbuf.capacity() - rbuf.len() < 1024 {
