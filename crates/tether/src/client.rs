@@ -24,7 +24,7 @@ use crate::error::{
 use crate::events::{ClosedReason, EventHub, EventKind, Events, State};
 use crate::message::Message;
 use crate::options::{ConnectOptions, ConnectPolicy, OverflowPolicy};
-use crate::request::{self, PendingRequest, RequestGuard};
+use crate::request::{self, PendingReply, PendingRequest, RequestGuard};
 use crate::server_pool::{ServerAddr, ServerPool};
 use crate::stats::Statistics;
 use crate::subscription::{Ended, SubQueue, SubscribeOptions, Subscriber};
@@ -668,10 +668,29 @@ impl Client {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Message, RequestError> {
+        let start = tokio::time::Instant::now();
+        let deadline = later_tokio(start, timeout);
+        self.request_send(subject, headers, payload, deadline)
+            .await?
+            .reply()
+            .await
+    }
+
+    /// The first half of a request: buffer it and register its reply, waiting for buffer
+    /// room at most until `deadline`. The returned [`PendingReply`] waits for the reply
+    /// up to the same deadline; dropping it removes the request (and its frame if still
+    /// unsent). JetStream's publish acks are built on this: many replies outstanding at
+    /// once, each awaited later.
+    pub(crate) async fn request_send(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<PendingReply, RequestError> {
         validate_publish(subject, None, headers)?;
         self.ensure_started();
         let start = tokio::time::Instant::now();
-        let deadline = later_tokio(start, timeout);
         let shared = self.shared();
         let (tx, rx) = oneshot::channel();
         let (token, reply, mux_sid) = {
@@ -688,14 +707,10 @@ impl Client {
         });
         // From here a dropped future (a caller's timeout or select!) leaves nothing behind:
         // the entry goes, and so does the frame if it was not written yet (B5).
-        let mut guard = RequestGuard {
-            shared,
+        let guard = RequestGuard {
+            shared: Arc::clone(shared),
             token,
             armed: true,
-        };
-        let timed_out = || RequestError::Timeout {
-            subject: subject.to_owned(),
-            elapsed: start.elapsed(),
         };
         let f = Frame {
             kind: FrameKind::Request(token),
@@ -706,19 +721,20 @@ impl Client {
             if matches!(e, PublishError::BufferFull { .. })
                 && tokio::time::Instant::now() >= deadline
             {
-                return Err(timed_out());
+                return Err(RequestError::Timeout {
+                    subject: subject.to_owned(),
+                    elapsed: start.elapsed(),
+                });
             }
             return Err(RequestError::Publish(e));
         }
-        let result = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RequestError::Closed),
-            // The guard removes the entry and a frame still unsent: a timed-out request
-            // is never sent later.
-            Err(_) => return Err(timed_out()),
-        };
-        guard.armed = false;
-        result
+        Ok(PendingReply {
+            guard,
+            rx,
+            start,
+            deadline,
+            subject: subject.to_owned(),
+        })
     }
 
     // ===== flush, drain, close =====

@@ -41,6 +41,7 @@ mod credentials;
 pub mod error;
 pub mod events;
 pub mod guide;
+pub mod jetstream;
 mod message;
 pub mod options;
 mod request;

@@ -12,6 +12,8 @@
 //! - [`on_inbox_ended`]: the server refused the inbox subscription itself;
 //! - [`fail_all`]: the client closed, or the Lazy policy's attempt failed.
 
+use std::sync::Arc;
+
 use tether_proto::conn::SubEndReason;
 use tether_proto::op::Msg;
 use tokio::sync::oneshot;
@@ -221,13 +223,13 @@ pub(crate) fn fail_all(inner: &mut Inner, err: impl Fn() -> RequestError) {
 
 /// Removes a request that ends without its reply being routed (timeout, error, or the
 /// caller dropping the future): its entry, and its frame if still unsent.
-pub(crate) struct RequestGuard<'a> {
-    pub(crate) shared: &'a Shared,
+pub(crate) struct RequestGuard {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) token: u64,
     pub(crate) armed: bool,
 }
 
-impl Drop for RequestGuard<'_> {
+impl Drop for RequestGuard {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -235,6 +237,36 @@ impl Drop for RequestGuard<'_> {
         let mut inner = self.shared.lock("request end");
         inner.requests.remove(&self.token);
         inner.conn.cancel_request(self.token);
+    }
+}
+
+/// A request buffered and registered, its reply still to come (see
+/// `Client::request_send`). Dropping it ends the request.
+pub(crate) struct PendingReply {
+    pub(crate) guard: RequestGuard,
+    pub(crate) rx: oneshot::Receiver<Result<Message, RequestError>>,
+    pub(crate) start: tokio::time::Instant,
+    pub(crate) deadline: tokio::time::Instant,
+    pub(crate) subject: String,
+}
+
+impl PendingReply {
+    /// Wait for the reply until the request's deadline.
+    pub(crate) async fn reply(mut self) -> Result<Message, RequestError> {
+        let result = match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::Closed),
+            // The guard removes the entry and a frame still unsent: a timed-out request
+            // is never sent later.
+            Err(_) => {
+                return Err(RequestError::Timeout {
+                    subject: std::mem::take(&mut self.subject),
+                    elapsed: self.start.elapsed(),
+                })
+            }
+        };
+        self.guard.armed = false;
+        result
     }
 }
 

@@ -1,0 +1,79 @@
+//! JetStream: streams, publish with acks, pull consumers (DESIGN.md, JetStream).
+//!
+//! A [`Context`] wraps a [`Client`](crate::Client) and speaks the `$JS.API` request
+//! protocol over it: every call is a core request with a JSON body, answered by the
+//! server with JSON or an error carrying the server's `err_code`.
+//!
+//! ```no_run
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures_util::StreamExt;
+//! use tether::jetstream::{self, ConsumerConfig, PullOptions, StreamConfig};
+//!
+//! let client = tether::connect("nats://127.0.0.1:4222").await?;
+//! let js = jetstream::Context::new(client);
+//! js.create_stream(StreamConfig::new("ORDERS", ["orders.>"])).await?;
+//! let ack = js.publish("orders.new", "order 1").await?.await?;
+//! assert_eq!(ack.stream, "ORDERS");
+//!
+//! let consumer = js
+//!     .create_consumer("ORDERS", ConsumerConfig::durable("workers"))
+//!     .await?;
+//! let mut messages = consumer.messages(PullOptions::default()).await?;
+//! while let Some(item) = messages.next().await {
+//!     match item {
+//!         Ok(msg) => msg.ack().await?,
+//!         // A missed heartbeat, a leadership change: reported, and the stream goes on.
+//!         Err(event) => tracing::warn!(%event, "pull"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Choices
+//! - **No JetStream.** A server (or account) without JetStream answers `$JS.API`
+//!   requests with no responders; that is [`JetStreamError::NotEnabled`].
+//! - **Publish acks.** [`Context::publish`] returns once the message is buffered; the
+//!   [`PubAckFuture`] it returns resolves to the server's [`PubAck`]. At most
+//!   `max_pending_acks` (256 by default) acks are outstanding per context: the next
+//!   publish waits for room, which bounds memory and lets a publisher keep a window.
+//! - **No responders on publish** is ambiguous: no stream captures the subject, or the
+//!   stream's leader is being elected. tether asks the stream names API which stream
+//!   captures the subject: none → [`PublishError::NoStreamForSubject`] at once; one →
+//!   the publish is sent again until the publish deadline (10 s by default). Resending
+//!   after no responders is always safe (nobody stored it). After a lost link or a
+//!   missing ack the message may have been stored: it is resent only when it carries a
+//!   `Nats-Msg-Id`, which the stream's duplicate window turns into one stored copy.
+//! - **Heartbeats** belong to a pull request, not to the connection; see [`PullOptions`].
+//!   A missed heartbeat sends a PING at once (a dead link is then found within
+//!   pong_timeout), yields [`PullError::MissedHeartbeat`] and re-issues the pull; the
+//!   stream of messages never ends on it.
+
+mod api;
+mod consumer;
+mod context;
+mod error;
+mod message;
+mod publish;
+mod pull;
+mod stream;
+
+pub use api::{ApiError, ErrorCode};
+pub use consumer::{
+    AckPolicy, Consumer, ConsumerConfig, ConsumerInfo, DeliverPolicy, SequenceInfo,
+};
+pub use context::{
+    Context, DEFAULT_API_TIMEOUT, DEFAULT_MAX_PENDING_ACKS, DEFAULT_PUBLISH_DEADLINE,
+};
+pub use error::JetStreamError;
+pub use message::{AckError, JsMessage, MessageInfo};
+pub use publish::{
+    PubAck, PubAckFuture, PublishError, PublishOptions, EXPECTED_LAST_MSG_ID,
+    EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_SUBJECT_SEQUENCE, EXPECTED_STREAM, MSG_ID,
+};
+pub use pull::{
+    Messages, PullError, PullOptions, DEFAULT_BATCH, DEFAULT_EXPIRES, DEFAULT_IDLE_HEARTBEAT,
+};
+pub use stream::{
+    ClusterInfo, DiscardPolicy, PeerInfo, PurgeOptions, RetentionPolicy, StorageType, StreamConfig,
+    StreamInfo, StreamState,
+};

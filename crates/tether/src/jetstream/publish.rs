@@ -1,0 +1,354 @@
+//! Publish with acks: the PubAck future, dedupe and expectation headers, the ack window,
+//! and the retries that make a no-responders answer unambiguous.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::api::{self, ApiError};
+use super::context::Context;
+use super::error::JetStreamError;
+use crate::error::RequestError;
+use crate::request::PendingReply;
+use crate::HeaderMap;
+
+/// The message id header: the stream stores a message once per id within its
+/// duplicate window.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// The stream the publish must land in.
+pub const EXPECTED_STREAM: &str = "Nats-Expected-Stream";
+/// The stream's last sequence must be this.
+pub const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+/// The stream's last message id must be this.
+pub const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
+/// The last sequence on this subject must be this.
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// Wait between two sends of a publish answered with no responders while a stream
+/// captures its subject (a leader election is under way).
+const NO_RESPONDERS_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The server's acknowledgement of a stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct PubAck {
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence in the stream.
+    pub seq: u64,
+    /// True when its `Nats-Msg-Id` was seen within the duplicate window: not stored
+    /// again, `seq` is the first copy's.
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The JetStream domain, if any.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// Options of one publish: dedupe id, expectations, extra headers.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    headers: Option<HeaderMap>,
+    msg_id: Option<String>,
+}
+
+impl PublishOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn header(mut self, name: &str, value: String) -> Self {
+        self.headers
+            .get_or_insert_with(HeaderMap::new)
+            .insert(name, value);
+        self
+    }
+
+    /// `Nats-Msg-Id`: the stream keeps one copy per id within its duplicate window, and
+    /// tether may resend the publish after a lost link or a missing ack.
+    pub fn msg_id(mut self, id: impl Into<String>) -> Self {
+        let id = id.into();
+        self.msg_id = Some(id.clone());
+        self.header(MSG_ID, id)
+    }
+
+    /// Fail unless the subject is captured by this stream.
+    pub fn expected_stream(self, stream: impl Into<String>) -> Self {
+        self.header(EXPECTED_STREAM, stream.into())
+    }
+
+    /// Fail unless the stream's last sequence is `seq`.
+    pub fn expected_last_sequence(self, seq: u64) -> Self {
+        self.header(EXPECTED_LAST_SEQUENCE, seq.to_string())
+    }
+
+    /// Fail unless the stream's last message id is `id`.
+    pub fn expected_last_msg_id(self, id: impl Into<String>) -> Self {
+        self.header(EXPECTED_LAST_MSG_ID, id.into())
+    }
+
+    /// Fail unless the last sequence on this subject is `seq`.
+    pub fn expected_last_subject_sequence(self, seq: u64) -> Self {
+        self.header(EXPECTED_LAST_SUBJECT_SEQUENCE, seq.to_string())
+    }
+
+    /// Extra headers (the options above are added to them).
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        let mine = self.headers.take();
+        let mut all = headers;
+        if let Some(mine) = mine {
+            for (k, v) in mine.iter() {
+                all.insert(k, v);
+            }
+        }
+        self.headers = Some(all);
+        self
+    }
+}
+
+/// Why a publish was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// No stream captures the subject: nothing was stored.
+    #[error(
+        "no stream captures subject {subject:?}: nothing was stored (create a stream whose \
+         subjects include it, or check the subject)"
+    )]
+    NoStreamForSubject {
+        /// The subject published to.
+        subject: String,
+    },
+    /// The stream refused the message (an expectation failed, it is too large, the
+    /// stream is full under discard new...).
+    #[error("the stream refused the publish to {subject:?}: {error}")]
+    Refused {
+        /// The subject published to.
+        subject: String,
+        /// The server's error.
+        error: ApiError,
+    },
+    /// No ack within the publish deadline. With `stored_maybe`, a send may have been
+    /// stored (its ack was lost); without a `Nats-Msg-Id` tether does not resend then.
+    #[error(
+        "no ack for the publish to {subject:?} within {elapsed:?} after {attempts} send(s) \
+         (last: {last}); stored: {}",
+        if *stored_maybe { "maybe (give messages a Nats-Msg-Id so a resend is deduplicated)" } else { "no" }
+    )]
+    TimedOut {
+        /// The subject published to.
+        subject: String,
+        /// Time since the publish began.
+        elapsed: Duration,
+        /// Sends made.
+        attempts: u32,
+        /// The last failure seen.
+        last: String,
+        /// True when a send may have been stored.
+        stored_maybe: bool,
+    },
+    /// JetStream itself failed (not enabled, say) while tether checked which stream
+    /// captures the subject.
+    #[error(transparent)]
+    JetStream(JetStreamError),
+    /// The core publish or request failed (closed client, buffer full, invalid subject,
+    /// lost link without a Nats-Msg-Id...).
+    #[error(transparent)]
+    Request(RequestError),
+}
+
+/// An acknowledgement on its way. Await it (`.await`) for the [`PubAck`]; dropping it
+/// gives up on the ack (the message may still be stored) and frees its slot in the
+/// context's window.
+#[must_use = "a publish is acknowledged only when its PubAckFuture is awaited"]
+pub struct PubAckFuture {
+    ctx: Context,
+    subject: String,
+    payload: Bytes,
+    headers: Option<HeaderMap>,
+    has_msg_id: bool,
+    started: Instant,
+    pending: PendingReply,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for PubAckFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubAckFuture")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoFuture for PubAckFuture {
+    type Output = Result<PubAck, PublishError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.wait())
+    }
+}
+
+impl PubAckFuture {
+    async fn wait(self) -> Result<PubAck, PublishError> {
+        let PubAckFuture {
+            ctx,
+            subject,
+            payload,
+            headers,
+            has_msg_id,
+            started,
+            pending,
+            _permit,
+        } = self;
+        let deadline = started + ctx.publish_deadline;
+        let mut pending = pending;
+        let mut attempts = 1u32;
+        let mut stream_known = false;
+        loop {
+            let failure = match pending.reply().await {
+                Ok(msg) => {
+                    return api::decode::<PubAck>(&subject, &msg.payload).map_err(|e| match e {
+                        JetStreamError::Api { error, .. } => PublishError::Refused {
+                            subject: subject.clone(),
+                            error,
+                        },
+                        e => PublishError::JetStream(e),
+                    })
+                }
+                Err(e) => e,
+            };
+            let stored_maybe = match &failure {
+                RequestError::NoResponders { .. } => {
+                    // Nobody received it: safe to send again if a stream captures it.
+                    if !stream_known {
+                        let names = ctx
+                            .stream_names(Some(&subject))
+                            .await
+                            .map_err(PublishError::JetStream)?;
+                        if names.is_empty() {
+                            return Err(PublishError::NoStreamForSubject { subject });
+                        }
+                        stream_known = true;
+                    }
+                    tracing::debug!(
+                        subject = %subject,
+                        attempts,
+                        "no responders for a captured subject; resending (leader election?)"
+                    );
+                    let next = Instant::now() + NO_RESPONDERS_BACKOFF;
+                    if next >= deadline {
+                        return Err(timed_out(&subject, started, attempts, &failure, false));
+                    }
+                    tokio::time::sleep_until(next).await;
+                    false
+                }
+                RequestError::Timeout { .. } | RequestError::ConnectionLost { .. } => {
+                    if !has_msg_id {
+                        return Err(PublishError::Request(failure));
+                    }
+                    true
+                }
+                _ => return Err(PublishError::Request(failure)),
+            };
+            if Instant::now() >= deadline {
+                return Err(timed_out(
+                    &subject,
+                    started,
+                    attempts,
+                    &failure,
+                    stored_maybe,
+                ));
+            }
+            attempts += 1;
+            tracing::debug!(subject = %subject, attempts, error = %failure, "resending publish");
+            pending = send(&ctx, &subject, headers.as_ref(), &payload, deadline)
+                .await
+                .map_err(|e| match e {
+                    RequestError::Timeout { .. } => {
+                        timed_out(&subject, started, attempts, &e, stored_maybe)
+                    }
+                    e => PublishError::Request(e),
+                })?;
+        }
+    }
+}
+
+fn timed_out(
+    subject: &str,
+    started: Instant,
+    attempts: u32,
+    last: &RequestError,
+    stored_maybe: bool,
+) -> PublishError {
+    PublishError::TimedOut {
+        subject: subject.to_owned(),
+        elapsed: started.elapsed(),
+        attempts,
+        last: last.to_string(),
+        stored_maybe,
+    }
+}
+
+/// One send: the ack is awaited until the earlier of the API timeout and `deadline`.
+async fn send(
+    ctx: &Context,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    deadline: Instant,
+) -> Result<PendingReply, RequestError> {
+    let until = (Instant::now() + ctx.timeout).min(deadline);
+    ctx.client
+        .request_send(subject, headers, payload, until)
+        .await
+}
+
+impl Context {
+    /// Publish `payload` to `subject` and return once it is buffered; await the returned
+    /// [`PubAckFuture`] for the server's ack. Waits first while `max_pending_acks` acks
+    /// are outstanding.
+    pub async fn publish(
+        &self,
+        subject: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Result<PubAckFuture, PublishError> {
+        self.publish_with(subject, payload, PublishOptions::default())
+            .await
+    }
+
+    /// [`publish`](Self::publish) with a message id, expectations or headers.
+    pub async fn publish_with(
+        &self,
+        subject: impl Into<String>,
+        payload: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<PubAckFuture, PublishError> {
+        let subject = subject.into();
+        let payload = payload.into();
+        let Ok(permit) = self.acks.clone().acquire_owned().await else {
+            return Err(PublishError::Request(RequestError::Closed));
+        };
+        let started = Instant::now();
+        let deadline = started + self.publish_deadline;
+        let pending = send(self, &subject, opts.headers.as_ref(), &payload, deadline)
+            .await
+            .map_err(PublishError::Request)?;
+        Ok(PubAckFuture {
+            ctx: self.clone(),
+            subject,
+            payload,
+            headers: opts.headers,
+            has_msg_id: opts.msg_id.is_some(),
+            started,
+            pending,
+            _permit: permit,
+        })
+    }
+}
