@@ -138,7 +138,7 @@ async fn bad_input_gets_a_clear_typed_error() {
     // Overlapping subjects: the server's own error and code.
     let e = js.create_stream(mem("T", &["s.a"])).await.unwrap_err();
     assert_eq!(
-        e.api_error().map(|a| a.error_code()),
+        e.api_error().map(jetstream::ApiError::error_code),
         Some(ErrorCode::SUBJECT_OVERLAP),
         "{e:?}"
     );
@@ -279,8 +279,8 @@ async fn async_publishing_keeps_a_bounded_window_and_every_ack_arrives() {
     let js = js(&server).await.with_max_pending_acks(2);
     js.create_stream(mem("S", &["s"])).await.unwrap();
 
-    let a = js.publish("s", "1").await.unwrap();
-    let b = js.publish("s", "2").await.unwrap();
+    let first = js.publish("s", "1").await.unwrap();
+    let second = js.publish("s", "2").await.unwrap();
     // The window is full: a third publish waits until a slot frees.
     let third = js.publish("s", "3");
     tokio::pin!(third);
@@ -290,18 +290,18 @@ async fn async_publishing_keeps_a_bounded_window_and_every_ack_arrives() {
             .is_err(),
         "a third publish waits while two acks are outstanding"
     );
-    assert_eq!(a.await.unwrap().seq, 1);
-    let c = tokio::time::timeout(common::T, third)
+    assert_eq!(first.await.unwrap().seq, 1);
+    let third_ack = tokio::time::timeout(common::T, third)
         .await
         .unwrap()
         .unwrap();
-    drop(b); // giving up on an ack frees its slot too
-    let d = tokio::time::timeout(common::T, js.publish("s", "4"))
+    drop(second); // giving up on an ack frees its slot too
+    let fourth = tokio::time::timeout(common::T, js.publish("s", "4"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(c.await.unwrap().seq, 3);
-    assert_eq!(d.await.unwrap().seq, 4);
+    assert_eq!(third_ack.await.unwrap().seq, 3);
+    assert_eq!(fourth.await.unwrap().seq, 4);
 
     // Many at once through a window of 256: every sequence once.
     let js = js.clone().with_max_pending_acks(256);
