@@ -424,9 +424,13 @@ impl Client {
                     if let Some(r) = request.take() {
                         inner.requests.insert(token, r);
                     }
-                    // Latency path: put the request on the wire from this thread; the
-                    // driver sleeps on unless the write left it something to do.
-                    if !crate::connection::link::try_direct_write(shared, inner) {
+                    // Latency path: put a lone request on the wire from this thread; the
+                    // driver sleeps on unless the write left it something to do. With
+                    // others in flight (a JetStream publish window, say) the driver
+                    // writes them together: one write for many, not a syscall each.
+                    if inner.requests.len() == 1
+                        && !crate::connection::link::try_direct_write(shared, inner)
+                    {
                         return Ok(());
                     }
                 }
@@ -672,7 +676,7 @@ impl Client {
         let deadline = later_tokio(start, timeout);
         self.request_send(subject, headers, payload, deadline)
             .await?
-            .reply()
+            .reply(subject)
             .await
     }
 
@@ -733,7 +737,6 @@ impl Client {
             rx,
             start,
             deadline,
-            subject: subject.to_owned(),
         })
     }
 

@@ -247,12 +247,11 @@ pub(crate) struct PendingReply {
     pub(crate) rx: oneshot::Receiver<Result<Message, RequestError>>,
     pub(crate) start: tokio::time::Instant,
     pub(crate) deadline: tokio::time::Instant,
-    pub(crate) subject: String,
 }
 
 impl PendingReply {
-    /// Wait for the reply until the request's deadline.
-    pub(crate) async fn reply(mut self) -> Result<Message, RequestError> {
+    /// Wait for the reply to the request sent to `subject` until its deadline.
+    pub(crate) async fn reply(mut self, subject: &str) -> Result<Message, RequestError> {
         let result = match tokio::time::timeout_at(self.deadline, &mut self.rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RequestError::Closed),
@@ -260,7 +259,7 @@ impl PendingReply {
             // is never sent later.
             Err(_) => {
                 return Err(RequestError::Timeout {
-                    subject: std::mem::take(&mut self.subject),
+                    subject: subject.to_owned(),
                     elapsed: self.start.elapsed(),
                 })
             }

@@ -67,7 +67,7 @@ pub use context::{
 pub use error::JetStreamError;
 pub use message::{AckError, JsMessage, MessageInfo};
 pub use publish::{
-    PubAck, PubAckFuture, PublishError, PublishOptions, EXPECTED_LAST_MSG_ID,
+    PubAck, PubAckFuture, PubAckWait, PublishError, PublishOptions, EXPECTED_LAST_MSG_ID,
     EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_SUBJECT_SEQUENCE, EXPECTED_STREAM, MSG_ID,
 };
 pub use pull::{

@@ -188,15 +188,122 @@ impl std::fmt::Debug for PubAckFuture {
 
 impl IntoFuture for PubAckFuture {
     type Output = Result<PubAck, PublishError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = PubAckWait;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.wait())
+        PubAckWait {
+            state: WaitState::First {
+                ack: Some(self),
+                timer: None,
+            },
+        }
+    }
+}
+
+/// The future a [`PubAckFuture`] becomes when awaited. Its first poll looks at the reply
+/// slot: an ack already there costs no timer and no allocation; a timer is armed only
+/// while the ack is still on its way, and the retry machinery (boxed) only on a failure.
+#[must_use = "futures do nothing unless polled"]
+pub struct PubAckWait {
+    state: WaitState,
+}
+
+#[allow(clippy::large_enum_variant)] // the common state inline: no allocation per ack
+enum WaitState {
+    /// The first send's ack is awaited.
+    First {
+        ack: Option<PubAckFuture>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    /// A failure: retries, stream lookups, backoff.
+    Retry(Pin<Box<dyn Future<Output = Result<PubAck, PublishError>> + Send>>),
+    Done,
+}
+
+impl std::fmt::Debug for PubAckWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubAckWait").finish_non_exhaustive()
+    }
+}
+
+impl Future for PubAckWait {
+    type Output = Result<PubAck, PublishError>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                WaitState::First { ack, timer } => {
+                    let Some(fut) = ack.as_mut() else {
+                        this.state = WaitState::Done;
+                        continue;
+                    };
+                    let first = match Pin::new(&mut fut.pending.rx).poll(cx) {
+                        Poll::Ready(Ok(result)) => result,
+                        Poll::Ready(Err(_)) => Err(RequestError::Closed),
+                        Poll::Pending => {
+                            let deadline = fut.pending.deadline;
+                            let t = timer.get_or_insert_with(|| {
+                                Box::pin(tokio::time::sleep_until(deadline))
+                            });
+                            if t.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            Err(RequestError::Timeout {
+                                subject: fut.subject.clone(),
+                                elapsed: fut.pending.start.elapsed(),
+                            })
+                        }
+                    };
+                    let Some(fut) = ack.take() else {
+                        continue;
+                    };
+                    match first {
+                        // The common case, settled here.
+                        Ok(msg) => {
+                            this.state = WaitState::Done;
+                            let mut fut = fut;
+                            fut.pending.guard.armed = false;
+                            return Poll::Ready(fut.decode(&msg.payload));
+                        }
+                        Err(e) => this.state = WaitState::Retry(Box::pin(fut.wait(Err(e)))),
+                    }
+                }
+                WaitState::Retry(f) => {
+                    let out = std::task::ready!(f.as_mut().poll(cx));
+                    this.state = WaitState::Done;
+                    return Poll::Ready(out);
+                }
+                WaitState::Done => {
+                    return Poll::Ready(Err(PublishError::Request(RequestError::Closed)));
+                }
+            }
+        }
     }
 }
 
 impl PubAckFuture {
-    async fn wait(self) -> Result<PubAck, PublishError> {
+    fn decode(&self, payload: &[u8]) -> Result<PubAck, PublishError> {
+        api::decode::<PubAck>(&self.subject, payload).map_err(|e| match e {
+            JetStreamError::Api { error, .. } => PublishError::Refused {
+                subject: self.subject.clone(),
+                error,
+            },
+            e => PublishError::JetStream(e),
+        })
+    }
+
+    /// After the first send's outcome `first` (a failure: the ack path above settles
+    /// successes), retry as the module docs say.
+    async fn wait(
+        self,
+        first: Result<crate::Message, RequestError>,
+    ) -> Result<PubAck, PublishError> {
+        let mut first = Some(first);
         let PubAckFuture {
             ctx,
             subject,
@@ -208,11 +315,23 @@ impl PubAckFuture {
             _permit,
         } = self;
         let deadline = started + ctx.publish_deadline;
-        let mut pending = pending;
+        let mut pending = Some(pending);
         let mut attempts = 1u32;
         let mut stream_known = false;
         loop {
-            let failure = match pending.reply().await {
+            let outcome = match first.take() {
+                Some(o) => {
+                    // The first send is over: its guard ends the request (and removes
+                    // a frame never sent, after a timeout).
+                    drop(pending.take());
+                    o
+                }
+                None => match pending.take() {
+                    Some(p) => p.reply(&subject).await,
+                    None => Err(RequestError::Closed),
+                },
+            };
+            let failure = match outcome {
                 Ok(msg) => {
                     return api::decode::<PubAck>(&subject, &msg.payload).map_err(|e| match e {
                         JetStreamError::Api { error, .. } => PublishError::Refused {
@@ -268,14 +387,16 @@ impl PubAckFuture {
             }
             attempts += 1;
             tracing::debug!(subject = %subject, attempts, error = %failure, "resending publish");
-            pending = send(&ctx, &subject, headers.as_ref(), &payload, deadline)
-                .await
-                .map_err(|e| match e {
-                    RequestError::Timeout { .. } => {
-                        timed_out(&subject, started, attempts, &e, stored_maybe)
-                    }
-                    e => PublishError::Request(e),
-                })?;
+            pending = Some(
+                send(&ctx, &subject, headers.as_ref(), &payload, deadline)
+                    .await
+                    .map_err(|e| match e {
+                        RequestError::Timeout { .. } => {
+                            timed_out(&subject, started, attempts, &e, stored_maybe)
+                        }
+                        e => PublishError::Request(e),
+                    })?,
+            );
         }
     }
 }
