@@ -270,7 +270,8 @@
 //! `Connection::handle_written` counts it written (the buffer releases a PUB once written,
 //! or, with `resend_unconfirmed`, once confirmed); a PING later, its PONG confirms it
 //! (`ping.rs`), and until then it counts as unconfirmed. A request, a subscribe, an
-//! unsubscribe and a flush also try `link::try_direct_write` from the caller's thread when the driver is idle; the driver
+//! unsubscribe and a flush also try `link::try_direct_write` from the caller's thread when the driver is idle (a request
+//! only when no other is in flight); the driver
 //! is woken only if the write left it something to do (a partial write, an event other
 //! than freed space, a timer earlier than the one it sleeps until).
 //!
@@ -293,7 +294,8 @@
 //! - Requests, SUBs, UNSUBs and a flush's PING are written from the caller's thread when
 //!   the driver is idle (as nats.c does for requests): no thread hop before they are on
 //!   the wire, so subscribe + flush waits for the PONG alone. Publishes never are, so a
-//!   fast publisher never pays a syscall per message.
+//!   fast publisher never pays a syscall per message; nor is a request while others are
+//!   in flight (a JetStream publish window): the driver writes those together.
 //! - The connection's task picks among ready reads, writes and timers at random, so a
 //!   flood of deliveries never starves its writes (PONGs, publishes, flushes).
 //! - A server that sends more than 4096 PINGs whose PONGs it does not read is treated as
