@@ -1,6 +1,7 @@
 //! A cluster of `nats-server` nodes routed on loopback.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::server::{ClusterSpec, READY_TIMEOUT};
@@ -11,6 +12,9 @@ const ROUTE_POOL_SIZE: usize = 3;
 
 /// How long starting a cluster or restarting a node waits for routes.
 const ROUTES_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long starting a JetStream cluster waits for a meta leader.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `n` nodes with `cluster { name: tether }`, each listing the others' route ports.
 ///
@@ -24,6 +28,20 @@ const ROUTES_TIMEOUT: Duration = Duration::from_secs(15);
 /// must still require TLS and verify each against the name it started with (e.g.
 /// `localhost` with [`TlsCerts::with_server_names`](crate::TlsCerts::with_server_names)
 /// `(&["localhost"])`, whose certificate has no IP SAN).
+///
+/// With [`ServerConfig::jetstream`] the nodes form a JetStream cluster: each has its own
+/// store in its own temp dir and its own `server_name` (`node<i>`, or the configured name
+/// with `-<i>`), all share the cluster name `tether`, and starting also waits for
+/// [`wait_jetstream`](Self::wait_jetstream) (a meta leader every node agrees on), so a
+/// stream with replicas can be created at once:
+///
+/// ```no_run
+/// # use tether_testkit::{NatsCluster, ServerConfig};
+/// let cluster = NatsCluster::start_with(3, ServerConfig { jetstream: true, ..Default::default() })?;
+/// // ... create an R3 stream, publish; then find and kill its leader:
+/// // let leader = cluster.stream_leader("$G", "ORDERS");
+/// # Ok::<(), tether_testkit::TestkitError>(())
+/// ```
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
@@ -70,6 +88,9 @@ impl NatsCluster {
             node.wait_ready(READY_TIMEOUT)?;
         }
         cluster.wait_routes(ROUTES_TIMEOUT)?;
+        if cluster.cfg.jetstream {
+            cluster.wait_jetstream(JETSTREAM_TIMEOUT)?;
+        }
         Ok(cluster)
     }
 
@@ -187,15 +208,129 @@ impl NatsCluster {
         Ok(None)
     }
 
+    /// Waits until JetStream is ready on every running node: its
+    /// `/healthz?js-enabled-only=true` is ok and its `/jsz` names the same meta leader
+    /// (`meta_cluster.leader`, a `server_name`) as every other running node's, that
+    /// leader being one of the running nodes. After a node is killed, this holds once the
+    /// others agree on a leader among themselves (two of three keep a quorum).
+    pub fn wait_jetstream(&self, timeout: Duration) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let Some(missing) = self.jetstream_not_ready() else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(TestkitError::JetStream {
+                    detail: format!("after {timeout:?}: {missing}"),
+                });
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// The running nodes (process not exited), with their indexes.
+    fn running(&self) -> impl Iterator<Item = (usize, &NatsServer)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.pid().is_some() && !node_exited(n))
+    }
+
+    /// `None` when JetStream is ready on every running node, else what is missing.
+    fn jetstream_not_ready(&self) -> Option<String> {
+        let running: Vec<_> = self.running().collect();
+        if running.is_empty() {
+            return Some("no node is running".into());
+        }
+        let mut leader: Option<String> = None;
+        for (_, node) in &running {
+            match node.monitor("/healthz?js-enabled-only=true") {
+                Ok(h) if h["status"] == "ok" => {}
+                Ok(h) => return Some(format!("{} healthz: {h}", node.name())),
+                Err(e) => return Some(format!("{} healthz: {e}", node.name())),
+            }
+            let jsz = match node.monitor("/jsz") {
+                Ok(j) => j,
+                Err(e) => return Some(format!("{} jsz: {e}", node.name())),
+            };
+            let seen = jsz["meta_cluster"]["leader"].as_str().unwrap_or_default();
+            if seen.is_empty() {
+                return Some(format!("{} knows no meta leader yet", node.name()));
+            }
+            if !running.iter().any(|(_, n)| n.name() == seen) {
+                return Some(format!(
+                    "{} names {seen} as meta leader, which is not running",
+                    node.name()
+                ));
+            }
+            match &leader {
+                None => leader = Some(seen.to_owned()),
+                Some(l) if l != seen => {
+                    return Some(format!(
+                        "nodes disagree on the meta leader ({l} and {seen} from {})",
+                        node.name()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The index of the running node that leads `stream` of `account` (`$G` without
+    /// accounts), as that node's own `/jsz?acc=<account>&streams=true` reports it
+    /// (`cluster.leader` of the stream is its own `server_name`); `None` while no node
+    /// claims it (an election under way, or no such stream).
+    pub fn stream_leader(&self, account: &str, stream: &str) -> Option<usize> {
+        let path = format!("/jsz?acc={}&streams=true", query_escape(account));
+        self.running().find_map(|(i, node)| {
+            let jsz = node.monitor(&path).ok()?;
+            let leads = jsz["account_details"]
+                .as_array()?
+                .iter()
+                .filter(|a| a["name"] == account || a["id"] == account)
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .any(|s| s["name"] == stream && s["cluster"]["leader"] == node.name());
+            leads.then_some(i)
+        })
+    }
+
+    /// Waits up to `timeout` for a running node to lead `stream` of `account` (see
+    /// [`stream_leader`](Self::stream_leader)) and returns its index.
+    pub fn wait_stream_leader(
+        &self,
+        account: &str,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<usize, TestkitError> {
+        let mut found = None;
+        crate::wait_for(timeout, || {
+            found = self.stream_leader(account, stream);
+            found.is_some()
+        });
+        found.ok_or_else(|| TestkitError::JetStream {
+            detail: format!(
+                "no running node leads stream {stream:?} of account {account:?} after {timeout:?}"
+            ),
+        })
+    }
+
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
     }
 
-    /// Restarts node `i` on its ports and waits for it and for all routes.
+    /// Restarts node `i` on its ports (and JetStream store) and waits for it and for all
+    /// routes, and with JetStream for [`wait_jetstream`](Self::wait_jetstream).
     pub fn restart(&mut self, i: usize) -> Result<(), TestkitError> {
         self.nodes[i].restart()?;
-        self.wait_routes(ROUTES_TIMEOUT)
+        self.wait_routes(ROUTES_TIMEOUT)?;
+        if self.cfg.jetstream {
+            self.wait_jetstream(JETSTREAM_TIMEOUT)?;
+        }
+        Ok(())
     }
 
     /// One step of a rolling restart: sends node `i` the lame-duck signal, waits up to
@@ -221,7 +356,8 @@ impl NatsCluster {
     }
 
     /// Starts one more node that routes to all existing ones, waits for it and for all
-    /// routes, and returns its index.
+    /// routes (and with JetStream for [`wait_jetstream`](Self::wait_jetstream)), and
+    /// returns its index.
     pub fn add_node(&mut self) -> Result<usize, TestkitError> {
         let i = self.nodes.len();
         let routes = self
@@ -233,8 +369,24 @@ impl NatsCluster {
         node.wait_ready(READY_TIMEOUT)?;
         self.nodes.push(node);
         self.wait_routes(ROUTES_TIMEOUT)?;
+        if self.cfg.jetstream {
+            self.wait_jetstream(JETSTREAM_TIMEOUT)?;
+        }
         Ok(i)
     }
+}
+
+/// Percent-encodes all but unreserved characters, for a query value.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// Whether a node's process is gone, without needing `&mut` (checks `/proc`).

@@ -64,6 +64,12 @@ pub enum TestkitError {
         /// Which node lacks which route.
         detail: String,
     },
+    /// A cluster's JetStream did not become ready (JetStream enabled on every running
+    /// node and a meta leader they agree on) before the deadline.
+    JetStream {
+        /// Which node is not ready and why.
+        detail: String,
+    },
     /// A [`ServerConfig`](crate::ServerConfig) asks for auth settings that contradict
     /// each other; no process was started.
     Config {
@@ -147,6 +153,11 @@ impl fmt::Display for TestkitError {
                 f,
                 "cluster routes did not form: {detail}; check the nodes' logs (route ports and \
                  cluster name must match)"
+            ),
+            TestkitError::JetStream { detail } => write!(
+                f,
+                "cluster JetStream not ready: {detail}; check the nodes' logs (each node needs \
+                 JetStream, a server_name and the same cluster name)"
             ),
             TestkitError::Config { detail } => write!(
                 f,

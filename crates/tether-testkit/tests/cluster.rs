@@ -163,3 +163,75 @@ fn lame_duck_restart_waits_out_the_grace_then_restarts_on_the_same_ports() {
     assert!(took < grace, "exit took {took:?} without clients");
     c.wait_routes(Duration::from_secs(10)).unwrap();
 }
+
+/// Sends a `$JS.API` request over a raw connection and returns the JSON answer.
+fn js_api(raw: &mut Raw, subject: &str, body: &str) -> serde_json::Value {
+    raw.send(format!("PUB {subject} _INBOX.js {}\r\n{body}\r\n", body.len()).as_bytes())
+        .unwrap();
+    raw.until(|l| l.starts_with("MSG _INBOX.js ")).unwrap();
+    serde_json::from_str(&raw.line().unwrap()).unwrap()
+}
+
+#[test]
+fn jetstream_cluster_has_a_meta_leader_and_finds_a_stream_leader_after_a_kill() {
+    let mut c = NatsCluster::start_with(
+        3,
+        ServerConfig {
+            jetstream: true,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    // Each node has its own name and its own store, under its own dir.
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let conf = std::fs::read_to_string(c.node(i).dir().join("server.conf")).unwrap();
+        let store = c.node(i).dir().join("js");
+        assert!(conf.contains(&*store.to_string_lossy()), "{conf}");
+        assert!(
+            conf.contains(&format!("server_name: \"node{i}\"")),
+            "{conf}"
+        );
+        names.push(c.node(i).name().to_owned());
+    }
+    // start_with waited for a meta leader every node agrees on.
+    let jsz = c.node(0).monitor("/jsz").unwrap();
+    let leader = jsz["meta_cluster"]["leader"].as_str().unwrap().to_owned();
+    assert!(names.contains(&leader), "{jsz}");
+    assert_eq!(jsz["meta_cluster"]["cluster_size"], 3, "{jsz}");
+
+    assert_eq!(c.stream_leader("$G", "R3"), None, "no such stream yet");
+    let mut raw = Raw::connect(c.node(0).addr()).unwrap();
+    raw.handshake().unwrap();
+    raw.send(b"SUB _INBOX.js 1\r\n").unwrap();
+    let created = js_api(
+        &mut raw,
+        "$JS.API.STREAM.CREATE.R3",
+        r#"{"name":"R3","subjects":["r3.>"],"storage":"memory","num_replicas":3}"#,
+    );
+    assert_eq!(created["config"]["num_replicas"], 3, "{created}");
+    let first = c
+        .wait_stream_leader("$G", "R3", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        created["cluster"]["leader"].as_str(),
+        Some(names[first].as_str()),
+        "{created}"
+    );
+    assert_eq!(c.stream_leader("$G", "NOPE"), None);
+    assert_eq!(c.stream_leader("OTHER", "R3"), None);
+
+    c.kill(first);
+    c.wait_jetstream(Duration::from_secs(20)).unwrap();
+    let second = c
+        .wait_stream_leader("$G", "R3", Duration::from_secs(20))
+        .unwrap();
+    assert_ne!(second, first, "a killed node leads nothing");
+
+    c.restart(first).unwrap();
+    let jsz = c.node(first).monitor("/jsz").unwrap();
+    assert!(
+        names.contains(&jsz["meta_cluster"]["leader"].as_str().unwrap().to_owned()),
+        "{jsz}"
+    );
+}
