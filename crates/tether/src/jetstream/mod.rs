@@ -39,7 +39,10 @@
 //! - **No responders on publish** is ambiguous: no stream captures the subject, or the
 //!   stream's leader is being elected. tether asks the stream names API which stream
 //!   captures the subject: none → [`PublishError::NoStreamForSubject`] at once; one →
-//!   the publish is sent again until the publish deadline (10 s by default). Resending
+//!   the publish is sent again until the publish deadline (10 s by default). The question
+//!   is asked beside the resends, not before them: when the lost stream leader also led
+//!   the meta group, the names API cannot answer until a new meta leader is elected, and
+//!   the resends go on meanwhile (it is asked again while it cannot answer). Resending
 //!   after no responders is always safe (nobody stored it). After a lost link or a
 //!   missing ack the message may have been stored: it is resent only when it carries a
 //!   `Nats-Msg-Id`, which the stream's duplicate window turns into one stored copy.

@@ -317,7 +317,7 @@ impl PubAckFuture {
         let deadline = started + ctx.publish_deadline;
         let mut pending = Some(pending);
         let mut attempts = 1u32;
-        let mut stream_known = false;
+        let mut lookup = StreamLookup::new();
         loop {
             let outcome = match first.take() {
                 Some(o) => {
@@ -327,7 +327,7 @@ impl PubAckFuture {
                     o
                 }
                 None => match pending.take() {
-                    Some(p) => p.reply(&subject).await,
+                    Some(p) => lookup.race(&subject, p.reply(&subject)).await?,
                     None => Err(RequestError::Closed),
                 },
             };
@@ -346,16 +346,10 @@ impl PubAckFuture {
             let stored_maybe = match &failure {
                 RequestError::NoResponders { .. } => {
                     // Nobody received it: safe to send again if a stream captures it.
-                    if !stream_known {
-                        let names = ctx
-                            .stream_names(Some(&subject))
-                            .await
-                            .map_err(PublishError::JetStream)?;
-                        if names.is_empty() {
-                            return Err(PublishError::NoStreamForSubject { subject });
-                        }
-                        stream_known = true;
-                    }
+                    // Which stream does is asked beside the resends, not before them:
+                    // when the killed stream leader also led the meta group, the names
+                    // API does not answer until a new meta leader is elected.
+                    lookup.start_if_due(&ctx, &subject);
                     tracing::debug!(
                         subject = %subject,
                         attempts,
@@ -363,9 +357,12 @@ impl PubAckFuture {
                     );
                     let next = Instant::now() + NO_RESPONDERS_BACKOFF;
                     if next >= deadline {
-                        return Err(timed_out(&subject, started, attempts, &failure, false));
+                        let last = lookup.describe(&failure);
+                        return Err(timed_out(&subject, started, attempts, last, false));
                     }
-                    tokio::time::sleep_until(next).await;
+                    lookup
+                        .race(&subject, tokio::time::sleep_until(next))
+                        .await?;
                     false
                 }
                 RequestError::Timeout { .. } | RequestError::ConnectionLost { .. } => {
@@ -377,13 +374,8 @@ impl PubAckFuture {
                 _ => return Err(PublishError::Request(failure)),
             };
             if Instant::now() >= deadline {
-                return Err(timed_out(
-                    &subject,
-                    started,
-                    attempts,
-                    &failure,
-                    stored_maybe,
-                ));
+                let last = lookup.describe(&failure);
+                return Err(timed_out(&subject, started, attempts, last, stored_maybe));
             }
             attempts += 1;
             tracing::debug!(subject = %subject, attempts, error = %failure, "resending publish");
@@ -392,7 +384,7 @@ impl PubAckFuture {
                     .await
                     .map_err(|e| match e {
                         RequestError::Timeout { .. } => {
-                            timed_out(&subject, started, attempts, &e, stored_maybe)
+                            timed_out(&subject, started, attempts, e.to_string(), stored_maybe)
                         }
                         e => PublishError::Request(e),
                     })?,
@@ -401,18 +393,137 @@ impl PubAckFuture {
     }
 }
 
+/// A lookup of the stream names API for the stream that captures a subject.
+type NamesFuture = Pin<Box<dyn Future<Output = Result<Vec<String>, JetStreamError>> + Send>>;
+
+/// Which stream captures a publish's subject, asked after a no-responders answer and
+/// awaited beside the resends.
+///
+/// No stream → the publish fails at once with [`PublishError::NoStreamForSubject`]. A
+/// stream → the resends go on until the deadline and it is not asked again. No answer
+/// yet (the names API times out while there is no meta leader, or answers "JetStream
+/// temporarily unavailable", status 503) → the resends go on, and it is asked again
+/// [`LOOKUP_RETRY`] later; any other failure of the lookup fails the publish.
+struct StreamLookup {
+    asking: Option<NamesFuture>,
+    known: bool,
+    next_at: Instant,
+    last_error: Option<JetStreamError>,
+}
+
+/// Wait before asking the stream names API again after it could not answer.
+const LOOKUP_RETRY: Duration = Duration::from_secs(1);
+
+impl StreamLookup {
+    fn new() -> Self {
+        Self {
+            asking: None,
+            known: false,
+            next_at: Instant::now(),
+            last_error: None,
+        }
+    }
+
+    /// Starts a lookup unless the stream is known, one is under way or the last one
+    /// failed less than [`LOOKUP_RETRY`] ago.
+    fn start_if_due(&mut self, ctx: &Context, subject: &str) {
+        if self.known || self.asking.is_some() || Instant::now() < self.next_at {
+            return;
+        }
+        let ctx = ctx.clone();
+        let subject = subject.to_owned();
+        self.asking = Some(Box::pin(
+            async move { ctx.stream_names(Some(&subject)).await },
+        ));
+    }
+
+    /// Awaits `fut`, settling the lookup if it answers first; fails when it finds no
+    /// stream for `subject` or fails for good.
+    async fn race<T>(
+        &mut self,
+        subject: &str,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, PublishError> {
+        tokio::pin!(fut);
+        loop {
+            let Some(asking) = self.asking.as_mut() else {
+                return Ok(fut.await);
+            };
+            tokio::select! {
+                biased;
+                out = &mut fut => return Ok(out),
+                names = asking => {
+                    self.asking = None;
+                    self.settle(subject, names)?;
+                }
+            }
+        }
+    }
+
+    fn settle(
+        &mut self,
+        subject: &str,
+        names: Result<Vec<String>, JetStreamError>,
+    ) -> Result<(), PublishError> {
+        match names {
+            Ok(names) if names.is_empty() => Err(PublishError::NoStreamForSubject {
+                subject: subject.to_owned(),
+            }),
+            Ok(_) => {
+                self.known = true;
+                self.last_error = None;
+                Ok(())
+            }
+            Err(e) if lookup_may_answer_later(&e) => {
+                tracing::debug!(
+                    subject = %subject,
+                    error = %e,
+                    "the stream names API could not say which stream captures the subject; \
+                     resending meanwhile and asking again"
+                );
+                self.next_at = Instant::now() + LOOKUP_RETRY;
+                self.last_error = Some(e);
+                Ok(())
+            }
+            Err(e) => Err(PublishError::JetStream(e)),
+        }
+    }
+
+    /// The last failure of a publish, with the lookup's if no stream was found yet.
+    fn describe(&self, failure: &RequestError) -> String {
+        match &self.last_error {
+            Some(e) if !self.known => {
+                format!("{failure}; asking which stream captures the subject: {e}")
+            }
+            _ => failure.to_string(),
+        }
+    }
+}
+
+/// Whether a failed stream names request may succeed if asked again: no answer in time,
+/// a lost link, or the server's "temporarily unavailable" (no meta leader, status 503).
+fn lookup_may_answer_later(e: &JetStreamError) -> bool {
+    match e {
+        JetStreamError::Request(
+            RequestError::Timeout { .. } | RequestError::ConnectionLost { .. },
+        ) => true,
+        JetStreamError::Api { error, .. } => error.code == 503,
+        _ => false,
+    }
+}
+
 fn timed_out(
     subject: &str,
     started: Instant,
     attempts: u32,
-    last: &RequestError,
+    last: String,
     stored_maybe: bool,
 ) -> PublishError {
     PublishError::TimedOut {
         subject: subject.to_owned(),
         elapsed: started.elapsed(),
         attempts,
-        last: last.to_string(),
+        last,
         stored_maybe,
     }
 }
