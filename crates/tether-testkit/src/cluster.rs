@@ -279,6 +279,26 @@ impl NatsCluster {
         None
     }
 
+    /// The index of the running node that every running node names as the JetStream
+    /// meta leader (`meta_cluster.leader` in `/jsz`); `None` while they do not agree on a
+    /// running node (an election under way).
+    pub fn meta_leader(&self) -> Option<usize> {
+        let mut agreed: Option<String> = None;
+        for (_, node) in self.running() {
+            let jsz = node.monitor("/jsz").ok()?;
+            let seen = jsz["meta_cluster"]["leader"].as_str()?;
+            match &agreed {
+                Some(l) if l != seen => return None,
+                Some(_) => {}
+                None => agreed = Some(seen.to_owned()),
+            }
+        }
+        let agreed = agreed?;
+        self.running()
+            .find(|(_, n)| n.name() == agreed)
+            .map(|(i, _)| i)
+    }
+
     /// The index of the running node that leads `stream` of `account` (`$G` without
     /// accounts), as that node's own `/jsz?acc=<account>&streams=true` reports it
     /// (`cluster.leader` of the stream is its own `server_name`); `None` while no node

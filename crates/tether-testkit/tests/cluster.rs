@@ -198,6 +198,7 @@ fn jetstream_cluster_has_a_meta_leader_and_finds_a_stream_leader_after_a_kill() 
     let jsz = c.node(0).monitor("/jsz").unwrap();
     let leader = jsz["meta_cluster"]["leader"].as_str().unwrap().to_owned();
     assert!(names.contains(&leader), "{jsz}");
+    assert_eq!(c.meta_leader().map(|i| names[i].clone()), Some(leader));
     assert_eq!(jsz["meta_cluster"]["cluster_size"], 3, "{jsz}");
 
     assert_eq!(c.stream_leader("$G", "R3"), None, "no such stream yet");
@@ -223,6 +224,8 @@ fn jetstream_cluster_has_a_meta_leader_and_finds_a_stream_leader_after_a_kill() 
 
     c.kill(first);
     c.wait_jetstream(Duration::from_secs(20)).unwrap();
+    let meta = c.meta_leader().unwrap();
+    assert_ne!(meta, first, "a killed node is not the meta leader");
     let second = c
         .wait_stream_leader("$G", "R3", Duration::from_secs(20))
         .unwrap();
