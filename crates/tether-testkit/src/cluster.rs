@@ -213,6 +213,12 @@ impl NatsCluster {
     /// (`meta_cluster.leader`, a `server_name`) as every other running node's, that
     /// leader being one of the running nodes. After a node is killed, this holds once the
     /// others agree on a leader among themselves (two of three keep a quorum).
+    ///
+    /// Right after start the meta leader may still refuse a stream with replicas
+    /// ("no suitable peers for placement", err_code 10005) for a second or two: it places
+    /// replicas only on nodes whose periodic stats it has received (sent 250 ms, 500 ms,
+    /// 1 s... after each node starts), which no monitoring endpoint shows. Retry such a
+    /// create until a deadline.
     pub fn wait_jetstream(&self, timeout: Duration) -> Result<(), TestkitError> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(5);

@@ -205,11 +205,17 @@ fn jetstream_cluster_has_a_meta_leader_and_finds_a_stream_leader_after_a_kill() 
     let mut raw = Raw::connect(c.node(0).addr()).unwrap();
     raw.handshake().unwrap();
     raw.send(b"SUB _INBOX.js 1\r\n").unwrap();
-    let created = js_api(
-        &mut raw,
-        "$JS.API.STREAM.CREATE.R3",
-        r#"{"name":"R3","subjects":["r3.>"],"storage":"memory","num_replicas":3}"#,
-    );
+    // Until the meta leader has every node's first stats, it may refuse to place
+    // replicas ("no suitable peers", 10005): retry that (see wait_jetstream).
+    let mut created = serde_json::Value::Null;
+    tether_testkit::wait_for(Duration::from_secs(10), || {
+        created = js_api(
+            &mut raw,
+            "$JS.API.STREAM.CREATE.R3",
+            r#"{"name":"R3","subjects":["r3.>"],"storage":"memory","num_replicas":3}"#,
+        );
+        created["error"]["err_code"] != 10005
+    });
     assert_eq!(created["config"]["num_replicas"], 3, "{created}");
     let first = c
         .wait_stream_leader("$G", "R3", Duration::from_secs(10))
