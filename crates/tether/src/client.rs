@@ -674,7 +674,7 @@ impl Client {
     ) -> Result<Message, RequestError> {
         let start = tokio::time::Instant::now();
         let deadline = later_tokio(start, timeout);
-        self.request_send(subject, headers, payload, deadline)
+        self.request_send(subject, headers, payload, deadline, None)
             .await?
             .reply(subject)
             .await
@@ -684,13 +684,15 @@ impl Client {
     /// room at most until `deadline`. The returned [`PendingReply`] waits for the reply
     /// up to the same deadline; dropping it removes the request (and its frame if still
     /// unsent). JetStream's publish acks are built on this: many replies outstanding at
-    /// once, each awaited later.
+    /// once, each awaited later; `slot` (a publish window's) is held by the request's
+    /// entry and freed when the entry goes.
     pub(crate) async fn request_send(
         &self,
         subject: &str,
         headers: Option<&HeaderMap>,
         payload: &[u8],
         deadline: tokio::time::Instant,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<PendingReply, RequestError> {
         validate_publish(subject, None, headers)?;
         self.ensure_started();
@@ -705,6 +707,7 @@ impl Client {
             request::start(shared, &mut inner)?
         };
         let mut pending = Some(PendingRequest {
+            _slot: slot,
             subject: subject.to_owned(),
             mux_sid,
             tx,
@@ -789,6 +792,20 @@ impl Client {
                 inner.conn.cancel_flush(token);
                 Err(FlushError::Timeout(timeout))
             }
+        }
+    }
+
+    /// Send a PING at once without waiting for its PONG: the link is then known dead
+    /// within pong_timeout if it is (JetStream's missed-heartbeat probe).
+    pub(crate) fn probe_link(&self) {
+        let shared = self.shared();
+        let mut inner = shared.lock("probe");
+        if inner.state == State::Closed || !inner.conn.is_up() {
+            return;
+        }
+        inner.conn.probe();
+        if crate::connection::link::try_direct_write(shared, &mut inner) {
+            shared.wake_driver(&mut inner);
         }
     }
 

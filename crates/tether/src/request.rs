@@ -31,6 +31,9 @@ pub(crate) struct PendingRequest {
     /// The sid of the inbox subscription its reply subject belongs to.
     pub(crate) mux_sid: u64,
     pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
+    /// A slot of a JetStream publish window: freed when this entry goes (the reply came,
+    /// the request failed or its caller gave up), not when the caller looks.
+    pub(crate) _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The request mux: one wildcard subscription serves every request.
@@ -316,6 +319,7 @@ mod tests {
         }
         let (tx, rx) = oneshot::channel();
         let r = PendingRequest {
+            _slot: None,
             subject: subject.to_owned(),
             mux_sid: 1,
             tx,
@@ -389,6 +393,7 @@ mod tests {
         let mut inner = inner();
         let (tx, mut rx) = oneshot::channel();
         let mut r = Some(PendingRequest {
+            _slot: None,
             subject: "a".into(),
             mux_sid: 7,
             tx,

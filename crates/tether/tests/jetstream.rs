@@ -3,6 +3,8 @@
 mod common;
 
 use std::collections::BTreeSet;
+
+use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
 use tether::jetstream::{
@@ -279,8 +281,11 @@ async fn async_publishing_keeps_a_bounded_window_and_every_ack_arrives() {
     let js = js(&server).await.with_max_pending_acks(2);
     js.create_stream(mem("S", &["s"])).await.unwrap();
 
-    let first = js.publish("s", "1").await.unwrap();
-    let second = js.publish("s", "2").await.unwrap();
+    // A silent responder on `hold` keeps acks outstanding until it answers.
+    let mut holder = js.client().subscribe("hold").await.unwrap();
+    js.client().flush().await.unwrap();
+    let first = js.publish("hold", "1").await.unwrap();
+    let second = js.publish("hold", "2").await.unwrap();
     // The window is full: a third publish waits until a slot frees.
     let third = js.publish("s", "3");
     tokio::pin!(third);
@@ -290,34 +295,42 @@ async fn async_publishing_keeps_a_bounded_window_and_every_ack_arrives() {
             .is_err(),
         "a third publish waits while two acks are outstanding"
     );
-    assert_eq!(first.await.unwrap().seq, 1);
+    // The answer to the first frees its slot although nobody awaits its future.
+    let req = holder.next().await.unwrap();
+    js.client()
+        .publish(req.reply.unwrap().as_str(), r#"{"stream":"HOLD","seq":7}"#)
+        .await
+        .unwrap();
     let third_ack = tokio::time::timeout(common::T, third)
         .await
-        .unwrap()
+        .expect("a slot frees when the ack arrives, awaited or not")
         .unwrap();
     drop(second); // giving up on an ack frees its slot too
     let fourth = tokio::time::timeout(common::T, js.publish("s", "4"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(third_ack.await.unwrap().seq, 3);
-    assert_eq!(fourth.await.unwrap().seq, 4);
+    assert_eq!(first.await.unwrap().seq, 7);
+    assert_eq!(third_ack.await.unwrap().seq, 1);
+    assert_eq!(fourth.await.unwrap().seq, 2);
 
-    // Many at once through a window of 256: every sequence once.
+    // Many through a window of 256, every future kept and awaited only at the end:
+    // no deadlock, every sequence once.
     let js = js.clone().with_max_pending_acks(256);
-    let mut acks = std::collections::VecDeque::new();
-    let mut seqs = BTreeSet::new();
+    let mut acks = Vec::new();
     for i in 0..5_000u32 {
-        if acks.len() == 256 {
-            let f: jetstream::PubAckFuture = acks.pop_front().unwrap();
-            seqs.insert(f.await.unwrap().seq);
-        }
-        acks.push_back(js.publish("s", i.to_string()).await.unwrap());
+        acks.push(
+            tokio::time::timeout(common::T, js.publish("s", i.to_string()))
+                .await
+                .expect("a slot frees as acks arrive")
+                .unwrap(),
+        );
     }
+    let mut seqs = BTreeSet::new();
     for f in acks {
         seqs.insert(f.await.unwrap().seq);
     }
     assert_eq!(seqs.len(), 5_000);
-    assert_eq!(seqs.first(), Some(&5));
-    assert_eq!(seqs.last(), Some(&5_004));
+    assert_eq!(seqs.first(), Some(&3));
+    assert_eq!(seqs.last(), Some(&5_002));
 }

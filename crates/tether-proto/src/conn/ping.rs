@@ -241,6 +241,13 @@ impl Connection {
         }
     }
 
+    /// Test the link now: a PING whose PONG must come within pong_timeout like any
+    /// other's, so a dead link is found that fast (a missed JetStream heartbeat does
+    /// this). Nothing happens while no link is up.
+    pub fn probe(&mut self) {
+        self.queue_ping(PingPurpose::Confirm);
+    }
+
     pub(super) fn queue_ping(&mut self, purpose: PingPurpose) {
         if self.state != LinkState::Up {
             return;

@@ -78,7 +78,8 @@ impl Context {
     }
 
     /// How many publish acks may be outstanding at once (at least 1); 256 by default. A
-    /// publish beyond that waits until an earlier ack arrives or its future is dropped.
+    /// publish beyond that waits until an earlier ack arrives (awaited or not) or its
+    /// first send fails.
     pub fn with_max_pending_acks(mut self, n: usize) -> Self {
         let n = n.max(1);
         self.acks = Arc::new(Semaphore::new(n));

@@ -84,6 +84,9 @@ pub enum JetStreamError {
     /// The core request failed (timeout, lost link, closed client...).
     #[error(transparent)]
     Request(RequestError),
+    /// A pull (`fetch`) got no messages because of this.
+    #[error(transparent)]
+    Pull(super::pull::PullError),
     /// The server's answer was not the JSON expected.
     #[error("unexpected answer on {subject}: {error}")]
     Decode {

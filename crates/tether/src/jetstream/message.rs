@@ -94,7 +94,6 @@ impl std::ops::Deref for JsMessage {
 }
 
 impl JsMessage {
-    #[allow(dead_code)] // until pull.rs delivers messages
     pub(crate) fn new(message: Message, client: Client, ack_timeout: Duration) -> Self {
         Self {
             message,

@@ -35,7 +35,9 @@
 //! - **Publish acks.** [`Context::publish`] returns once the message is buffered; the
 //!   [`PubAckFuture`] it returns resolves to the server's [`PubAck`]. At most
 //!   `max_pending_acks` (256 by default) acks are outstanding per context: the next
-//!   publish waits for room, which bounds memory and lets a publisher keep a window.
+//!   publish waits for room, which bounds what the server holds unanswered and lets a
+//!   publisher keep a window. A slot frees when the server's answer arrives, not when the
+//!   future is awaited, so collecting futures and awaiting them later never deadlocks.
 //! - **No responders on publish** is ambiguous: no stream captures the subject, or the
 //!   stream's leader is being elected. tether asks the stream names API which stream
 //!   captures the subject: none → [`PublishError::NoStreamForSubject`] at once; one →

@@ -164,8 +164,12 @@ pub enum PublishError {
 }
 
 /// An acknowledgement on its way. Await it (`.await`) for the [`PubAck`]; dropping it
-/// gives up on the ack (the message may still be stored) and frees its slot in the
-/// context's window.
+/// gives up on the ack (the message may still be stored).
+///
+/// Its slot in the context's window is freed when the server's answer arrives (or the
+/// first send fails or times out), whether or not this future has been awaited yet: a
+/// publisher may hold any number of these and await them later. Resends after a failure
+/// take no slot.
 #[must_use = "a publish is acknowledged only when its PubAckFuture is awaited"]
 pub struct PubAckFuture {
     ctx: Context,
@@ -175,7 +179,6 @@ pub struct PubAckFuture {
     has_msg_id: bool,
     started: Instant,
     pending: PendingReply,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for PubAckFuture {
@@ -312,7 +315,6 @@ impl PubAckFuture {
             has_msg_id,
             started,
             pending,
-            _permit,
         } = self;
         let deadline = started + ctx.publish_deadline;
         let mut pending = Some(pending);
@@ -380,7 +382,7 @@ impl PubAckFuture {
             attempts += 1;
             tracing::debug!(subject = %subject, attempts, error = %failure, "resending publish");
             pending = Some(
-                send(&ctx, &subject, headers.as_ref(), &payload, deadline)
+                send(&ctx, &subject, headers.as_ref(), &payload, deadline, None)
                     .await
                     .map_err(|e| match e {
                         RequestError::Timeout { .. } => {
@@ -535,10 +537,11 @@ async fn send(
     headers: Option<&HeaderMap>,
     payload: &[u8],
     deadline: Instant,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Result<PendingReply, RequestError> {
     let until = (Instant::now() + ctx.timeout).min(deadline);
     ctx.client
-        .request_send(subject, headers, payload, until)
+        .request_send(subject, headers, payload, until, slot)
         .await
 }
 
@@ -569,9 +572,16 @@ impl Context {
         };
         let started = Instant::now();
         let deadline = started + self.publish_deadline;
-        let pending = send(self, &subject, opts.headers.as_ref(), &payload, deadline)
-            .await
-            .map_err(PublishError::Request)?;
+        let pending = send(
+            self,
+            &subject,
+            opts.headers.as_ref(),
+            &payload,
+            deadline,
+            Some(permit),
+        )
+        .await
+        .map_err(PublishError::Request)?;
         Ok(PubAckFuture {
             ctx: self.clone(),
             subject,
@@ -580,7 +590,6 @@ impl Context {
             has_msg_id: opts.msg_id.is_some(),
             started,
             pending,
-            _permit: permit,
         })
     }
 }

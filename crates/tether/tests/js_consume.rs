@@ -1,0 +1,467 @@
+//! Pull consumers against a real nats-server with -js: fetch, the continuous
+//! `messages()` stream, acks, heartbeats, a deleted consumer, a black-holed link.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tether::jetstream::{
+    self, AckPolicy, Consumer, ConsumerConfig, JetStreamError, JsMessage, PullError, PullOptions,
+    StorageType, StreamConfig,
+};
+use tether::{ConnectOptions, EventKind};
+use tether_testkit::{NatsServer, ServerConfig};
+
+use common::T;
+
+fn js_server() -> NatsServer {
+    NatsServer::start_with(ServerConfig {
+        jetstream: true,
+        ..ServerConfig::default()
+    })
+    .unwrap()
+}
+
+/// A context on `server`, a memory stream `S` on `s.>` holding `n` messages `s.<i>`
+/// with payload `i` (1-based, so a message's payload is its stream sequence).
+async fn filled(server: &NatsServer, n: u64) -> jetstream::Context {
+    let js = tether::connect(server.url()).await.unwrap().jetstream();
+    fill(&js, n).await;
+    js
+}
+
+async fn fill(js: &jetstream::Context, n: u64) {
+    js.create_stream(StreamConfig::new("S", ["s.>"]).storage(StorageType::Memory))
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in 1..=n {
+        acks.push(js.publish(format!("s.{i}"), i.to_string()).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+fn seq(m: &JsMessage) -> u64 {
+    m.info().expect("a JetStream ack subject").stream_sequence
+}
+
+/// Polls the consumer's info until nothing is pending or unacked.
+async fn wait_all_acked(consumer: &mut Consumer, last: u64) {
+    let deadline = Instant::now() + T;
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 && info.ack_floor.stream_seq == last {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still unacked or pending: {} unacked, {} pending, ack floor {}",
+            info.num_ack_pending,
+            info.num_pending,
+            info.ack_floor.stream_seq
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn fetch_returns_a_full_batch_or_what_there_is_at_expiry() {
+    let server = js_server();
+    let js = filled(&server, 25).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("c"))
+        .await
+        .unwrap();
+
+    let batch = consumer.fetch(10, Duration::from_secs(5)).await.unwrap();
+    let seqs: Vec<u64> = batch.iter().map(seq).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(&batch[0].payload[..], b"1");
+    for m in &batch {
+        m.ack().await.unwrap();
+    }
+
+    // More asked for than stored: the rest, once the pull expires.
+    let start = Instant::now();
+    let rest = consumer
+        .fetch(100, Duration::from_millis(800))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 15);
+    assert!(
+        start.elapsed() >= Duration::from_millis(700),
+        "waited for the expiry"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    for m in &rest {
+        m.double_ack().await.unwrap();
+    }
+
+    let none = consumer.fetch(5, Duration::from_millis(300)).await.unwrap();
+    assert!(none.is_empty());
+
+    let err = consumer.fetch(0, Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JetStreamError::InvalidOption {
+                option: "batch",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at least 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_drains_a_stream_and_every_message_is_acked() {
+    const N: u64 = 3000;
+    let server = js_server();
+    let js = filled(&server, N).await;
+    let mut consumer = js
+        .create_consumer("S", ConsumerConfig::durable("drain"))
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .messages(PullOptions::new().batch(100))
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < N as usize {
+        let item = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("a message within T")
+            .expect("the stream goes on");
+        let m = item.unwrap();
+        assert_eq!(m.payload, seq(&m).to_string().as_bytes());
+        assert!(seen.insert(seq(&m)), "{} delivered twice", seq(&m));
+        m.ack().await.unwrap();
+    }
+    assert_eq!(seen, (1..=N).collect());
+    wait_all_acked(&mut consumer, N).await;
+}
+
+#[tokio::test]
+async fn nak_redelivers_term_does_not_and_double_ack_is_confirmed() {
+    let server = js_server();
+    let js = filled(&server, 4).await;
+    let mut consumer = js
+        .create_consumer(
+            "S",
+            ConsumerConfig::durable("acks").ack_wait(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let first = consumer.fetch(4, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.len(), 4);
+    first[0].nak().await.unwrap();
+    let nak_at = Instant::now();
+    first[1]
+        .nak_with_delay(Duration::from_millis(600))
+        .await
+        .unwrap();
+    first[2].term().await.unwrap();
+    first[3].in_progress().await.unwrap();
+    first[3].double_ack().await.unwrap();
+
+    // 1 comes back at once, 2 after its delay; 3 (terminated) and 4 (acked) never.
+    let mut again = Vec::new();
+    let deadline = Instant::now() + T;
+    while again.len() < 2 {
+        assert!(Instant::now() < deadline, "redeliveries: {again:?}");
+        for m in consumer.fetch(2, Duration::from_millis(400)).await.unwrap() {
+            let info = m.info().unwrap();
+            assert_eq!(info.delivered, 2, "a redelivery");
+            if info.stream_sequence == 2 {
+                assert!(
+                    nak_at.elapsed() >= Duration::from_millis(550),
+                    "the delay held"
+                );
+            }
+            again.push(info.stream_sequence);
+            m.ack().await.unwrap();
+        }
+    }
+    again.sort_unstable();
+    assert_eq!(again, vec![1, 2]);
+    assert!(consumer
+        .fetch(4, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+    wait_all_acked(&mut consumer, 4).await;
+}
+
+#[tokio::test]
+async fn max_deliver_stops_redelivery_and_ack_none_needs_no_acks() {
+    let server = js_server();
+    let js = filled(&server, 1).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("twice").max_deliver(2))
+        .await
+        .unwrap();
+    for delivery in 1..=2 {
+        let got = consumer.fetch(1, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(got.len(), 1, "delivery {delivery}");
+        assert_eq!(got[0].info().unwrap().delivered, delivery);
+        got[0].nak().await.unwrap();
+    }
+    assert!(consumer
+        .fetch(1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let mut none = js
+        .create_consumer(
+            "S",
+            ConsumerConfig::durable("none").ack_policy(AckPolicy::None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        none.fetch(1, Duration::from_secs(2)).await.unwrap().len(),
+        1
+    );
+    let info = none.info().await.unwrap();
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0));
+}
+
+#[tokio::test]
+async fn an_ephemeral_consumer_filters_several_subjects() {
+    let server = js_server();
+    let js = tether::connect(server.url()).await.unwrap().jetstream();
+    js.create_stream(StreamConfig::new("EV", ["ev.>"]).storage(StorageType::Memory))
+        .await
+        .unwrap();
+    for s in ["ev.a", "ev.b", "ev.c", "ev.a", "ev.b", "ev.c"] {
+        js.publish(s, s).await.unwrap().await.unwrap();
+    }
+    let consumer = js
+        .create_consumer(
+            "EV",
+            ConsumerConfig::ephemeral().filter_subjects(["ev.a", "ev.c"]),
+        )
+        .await
+        .unwrap();
+    assert!(!consumer.name().is_empty(), "the server named it");
+    let got = consumer
+        .fetch(10, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, ["ev.a", "ev.c", "ev.a", "ev.c"]);
+}
+
+#[tokio::test]
+async fn pull_options_are_checked_before_anything_is_sent() {
+    let server = js_server();
+    let js = filled(&server, 1).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("c"))
+        .await
+        .unwrap();
+    let err = consumer
+        .messages(
+            PullOptions::new()
+                .expires(Duration::from_secs(10))
+                .idle_heartbeat(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JetStreamError::InvalidOption {
+                option: "idle_heartbeat",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("under half") && text.contains("5s"), "{text}");
+    let err = consumer
+        .messages(PullOptions::new().batch(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JetStreamError::InvalidOption {
+                option: "batch",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_quiet_consumer_gets_heartbeats_and_no_missed_heartbeat() {
+    let server = js_server();
+    let js = filled(&server, 0).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("quiet"))
+        .await
+        .unwrap();
+    // Pulls of 1 s with a 100 ms heartbeat: across several expiries and re-pulls.
+    let mut messages = consumer
+        .messages(
+            PullOptions::new()
+                .batch(10)
+                .expires(Duration::from_secs(1))
+                .idle_heartbeat(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    // Nothing to deliver for 2.5 s: no item at all, in particular no MissedHeartbeat.
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), messages.next()).await;
+    assert!(quiet.is_err(), "an item on a quiet consumer: {quiet:?}");
+    js.publish("s.1", "late").await.unwrap().await.unwrap();
+    let m = tokio::time::timeout(T, messages.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"late");
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_ends_the_stream_with_the_reason() {
+    let server = js_server();
+    let js = filled(&server, 1).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("doomed"))
+        .await
+        .unwrap();
+    let mut messages = consumer.messages(PullOptions::new()).await.unwrap();
+    let m = tokio::time::timeout(T, messages.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    m.ack().await.unwrap();
+    js.delete_consumer("S", "doomed").await.unwrap();
+    let item = tokio::time::timeout(T, messages.next())
+        .await
+        .expect("the deletion is reported within T")
+        .expect("an item before the end");
+    match item {
+        Err(PullError::ConsumerDeleted {
+            stream, consumer, ..
+        }) => assert_eq!((stream.as_str(), consumer.as_str()), ("S", "doomed")),
+        other => panic!("expected ConsumerDeleted, got {other:?}"),
+    }
+    let end = tokio::time::timeout(T, messages.next()).await.unwrap();
+    assert!(end.is_none(), "the stream ends: {end:?}");
+
+    // fetch on a consumer that is gone names it.
+    let err = consumer.fetch(1, Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(err, JetStreamError::ConsumerNotFound { .. }),
+        "{err}"
+    );
+}
+
+/// The link is black-holed mid-consume: the missed heartbeat sends a PING at once, the
+/// dead link is found within pong_timeout (the keepalive alone would take 30 s), the
+/// client reconnects, and the same stream goes on until every message is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_link_mid_consume_is_found_by_the_heartbeat_and_nothing_is_lost() {
+    const N: u64 = 1000;
+    let server = js_server();
+    let proxy = tether_testkit::Proxy::start(server.addr()).unwrap();
+    let client = ConnectOptions::new()
+        .ping_interval(Duration::from_secs(30))
+        .pong_timeout(Duration::from_secs(1))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let js = client.jetstream();
+    fill(&js, N).await;
+    let mut consumer = js
+        .create_consumer(
+            "S",
+            ConsumerConfig::durable("bh").ack_wait(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let hb = Duration::from_millis(250);
+    let mut messages = consumer
+        .messages(
+            PullOptions::new()
+                .batch(50)
+                .expires(Duration::from_secs(5))
+                .idle_heartbeat(hb),
+        )
+        .await
+        .unwrap();
+
+    let mut acked = BTreeSet::new();
+    let mut missed = 0;
+    let mut holed_at = None;
+    while acked.len() < N as usize {
+        let item = tokio::time::timeout(T, messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("stuck at {} acked", acked.len()))
+            .expect("the stream never ends on a link fault");
+        match item {
+            Ok(m) => {
+                // An ack written into the black hole is lost: the server redelivers that
+                // message after ack_wait, and it is acked again below.
+                m.ack().await.unwrap();
+                acked.insert(seq(&m));
+            }
+            Err(PullError::MissedHeartbeat { silent_for, .. }) => {
+                assert!(holed_at.is_some(), "a missed heartbeat before the fault");
+                assert!(silent_for >= hb * 2, "{silent_for:?}");
+                missed += 1;
+                if missed == 1 {
+                    // The PING went out: the link is found dead within pong_timeout.
+                    let kind = common::next_event(&mut events, |e| {
+                        matches!(e, EventKind::Disconnected { .. })
+                    })
+                    .await;
+                    let EventKind::Disconnected { reason, .. } = kind else {
+                        unreachable!()
+                    };
+                    let found = holed_at.map(|t: Instant| t.elapsed()).unwrap();
+                    assert!(reason.is_stale(), "{reason:?}");
+                    assert!(
+                        found < hb * 2 + Duration::from_secs(1) + Duration::from_millis(1500),
+                        "found dead after {found:?}"
+                    );
+                    proxy.pass();
+                }
+            }
+            Err(e) => eprintln!("pull item: {e}"),
+        }
+        if acked.len() >= 300 && holed_at.is_none() {
+            proxy.black_hole();
+            holed_at = Some(Instant::now());
+        }
+    }
+    assert!(missed >= 1, "the missed heartbeat was reported");
+    assert_eq!(acked, (1..=N).collect());
+    // The same stream goes on: redeliveries of acks lost in the black hole are acked too.
+    let drain = tokio::spawn(async move {
+        while let Some(item) = messages.next().await {
+            if let Ok(m) = item {
+                m.ack().await.unwrap();
+            }
+        }
+    });
+    wait_all_acked(&mut consumer, N).await;
+    drain.abort();
+}
