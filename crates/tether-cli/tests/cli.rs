@@ -1357,3 +1357,57 @@ fn js_consume_prints_and_acks() {
     let out = run_ok(tether(&url).args(["js", "consume", "WORK", "workers", "--count", "1"]));
     assert_eq!(text(&out.stdout), "[#1] work.b seq 4: next\n");
 }
+
+#[test]
+fn bench_js_pub_starts_a_jetstream_server() {
+    let out = run(bare().args([
+        "bench", "js-pub", "--msgs", "3000", "--window", "64", "--json",
+    ]));
+    let v = json(&out);
+    assert_eq!(v["mode"], "js-pub", "{v}");
+    assert_eq!(
+        (v["msgs"].as_u64(), v["size"].as_u64()),
+        (Some(3000), Some(128)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["window"].as_u64(), v["stored"].as_u64()),
+        (Some(64), Some(3000)),
+        "{v}"
+    );
+    assert!(v["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+
+    // Against a server without JetStream: one line saying so.
+    let plain = NatsServer::start().expect("start nats-server");
+    let out = run(tether(&plain.url()).args(["bench", "js-pub", "--msgs", "10"]));
+    let err = one_line_error(&out);
+    assert!(err.contains("JetStream is not enabled"), "{err}");
+}
+
+#[test]
+fn bench_js_consume_drains_its_stream() {
+    let server = js_server();
+    let out = run(tether(&server.url()).args([
+        "bench",
+        "js-consume",
+        "--msgs",
+        "3000",
+        "--batch",
+        "100",
+        "--json",
+    ]));
+    let v = json(&out);
+    assert_eq!(v["mode"], "js-consume", "{v}");
+    assert_eq!(
+        (v["received"].as_u64(), v["batch"].as_u64()),
+        (Some(3000), Some(100)),
+        "{v}"
+    );
+    assert_eq!(v["ack_policy"], "explicit", "{v}");
+    assert!(v["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    // The run's stream is gone.
+    let ls = json_lines(&run(
+        tether(&server.url()).args(["js", "stream", "ls", "--json"])
+    ));
+    assert!(ls.is_empty(), "{ls:?}");
+}
