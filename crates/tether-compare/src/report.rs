@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::faulty::{faulty_details, faulty_json, faulty_table, Faulty};
+use crate::jetstream::{JS_SUBJECT, PULL_EXPIRES, PULL_HEARTBEAT};
 use crate::stats::median;
 use crate::throughput::{
     p50, p90, p99, rate, raw_name, server_cpu, wakes_per_request, RunResult, Series, Side,
@@ -69,7 +70,9 @@ type Metric = fn(&RunResult) -> Option<f64>;
 
 fn rows(w: Workload) -> Vec<(&'static str, Metric, bool)> {
     match w {
-        Workload::Pub | Workload::Pubsub => vec![("msgs/s", rate, true)],
+        Workload::Pub | Workload::Pubsub | Workload::JsPub | Workload::JsConsume => {
+            vec![("msgs/s", rate, true)]
+        }
         Workload::Reqrep => vec![
             ("p50 µs", p50, false),
             ("p90 µs", p90, false),
@@ -99,11 +102,11 @@ fn label_width(all: &[Series]) -> usize {
         .max(20)
 }
 
-/// The JSON key of a series: `pub_16b`, `pub_16b_tls` over TLS.
+/// The JSON key of a series: `pub_16b`, `pub_16b_tls` over TLS, `js_pub_128b`.
 fn key(s: &Series) -> String {
     format!(
         "{}_{}b{}",
-        s.workload.name(),
+        s.workload.name().replace('-', "_"),
         s.size,
         if s.tls { "_tls" } else { "" }
     )
@@ -192,8 +195,12 @@ pub(crate) fn table(
         let _ = writeln!(
             o,
             "ceiling (pub): one plain socket writing pre-encoded PUBs; floor (reqrep): plain \
-             sockets on both ends\n"
+             sockets on both ends"
         );
+        if all.iter().any(|s| s.workload.is_js()) {
+            let _ = writeln!(o, "{}", js_text(cli));
+        }
+        let _ = writeln!(o);
     }
     if all.iter().any(|s| s.tls) {
         let _ = writeln!(
@@ -238,8 +245,9 @@ pub(crate) fn table(
     if !all.is_empty() {
         let _ = writeln!(
             o,
-            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub) or floor (reqrep). \
-             msgs/s: above 1 tether is faster; latency: below 1 tether is faster"
+            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub; js-pub: the core \
+             publish ceiling) or floor (reqrep). msgs/s: above 1 tether is faster; latency: \
+             below 1 tether is faster"
         );
     }
     tls_cost_table(&mut o, all);
@@ -455,7 +463,49 @@ pub(crate) fn to_json(
     if let Some(cost) = tls_cost_json(all) {
         out["tls_cost"] = cost;
     }
+    if all.iter().any(|s| s.workload.is_js()) {
+        out["jetstream"] = json!({
+            "subject": JS_SUBJECT,
+            "storage": "memory",
+            "sizes": cli.js_size,
+            "js_pub_window": cli.js_window,
+            "js_pub_ceiling": "raw core PUBs of the same size to the pub subject, same server",
+            "js_consume_batch": cli.js_batch,
+            "js_consume_expires_secs": PULL_EXPIRES.as_secs_f64(),
+            "js_consume_idle_heartbeat_secs": PULL_HEARTBEAT.as_secs_f64(),
+            "js_consume_consumer": "durable pull, one per client and round, deliver all, ack \
+                explicit (each message acked as it arrives, not confirmed), server defaults \
+                otherwise (max_ack_pending 1000, ack_wait 30 s)",
+            "description": js_text(cli),
+        });
+    }
     out
+}
+
+/// What the JetStream workloads did, in words.
+fn js_text(cli: &Cli) -> String {
+    let sizes = cli
+        .js_size
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "js-pub: {msgs} msgs of {sizes} B to {JS_SUBJECT}, captured by a memory stream made \
+         fresh for each run, at most {w} acks outstanding (the oldest awaited when full), \
+         clock stopped at the last ack; its ceiling is the core one (raw PUBs of the same \
+         size, no JetStream). js-consume: {msgs} msgs of {sizes} B pre-filled into a memory \
+         stream; each client drains it with a durable pull consumer of its own (deliver \
+         all, ack explicit, each message acked as it arrives without waiting for a \
+         confirmation, server defaults otherwise: max_ack_pending 1000), continuous pull \
+         with batch {b}, expires {e:?}, idle heartbeat {h:?}, clock from the pull's start \
+         to the last message",
+        msgs = group(cli.msgs as f64),
+        w = cli.js_window,
+        b = cli.js_batch,
+        e = PULL_EXPIRES,
+        h = PULL_HEARTBEAT,
+    )
 }
 
 /// With `--tls both`: per series key, each library's TLS / plaintext of the headline
