@@ -219,7 +219,7 @@ Examples:
   tether chaos                                 kill and restart a local server 5 times
   tether chaos --fault blackhole --json        black-hole the link, report as JSON
   tether js stream add ORDERS --subjects 'orders.>' --storage memory
-  tether js pub orders.new '{\"id\":1}'          publish, wait for the stream's ack
+  tether js pub orders.new '{\"id\":1}'         publish, wait for the stream's ack
   tether js consume ORDERS workers --create   pull, print and ack each message";
 
 /// How long `main` waits for each client still open when the command ends.
