@@ -194,6 +194,7 @@ commands! {
     Reply(reply),
     Bench(bench),
     Chaos(chaos),
+    Js(js),
 }
 
 /// A NATS command-line client built on tether.
@@ -216,7 +217,10 @@ Examples:
   tether bench pubsub --msgs 200000 --size 128
   NATS_URL=nats://127.0.0.1:4222 tether bench reqrep --json
   tether chaos                                 kill and restart a local server 5 times
-  tether chaos --fault blackhole --json        black-hole the link, report as JSON";
+  tether chaos --fault blackhole --json        black-hole the link, report as JSON
+  tether js stream add ORDERS --subjects 'orders.>' --storage memory
+  tether js pub orders.new '{\"id\":1}'         publish, wait for the stream's ack
+  tether js consume ORDERS workers --create   pull, print and ack each message";
 
 /// How long `main` waits for each client still open when the command ends.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -1025,3 +1025,389 @@ fn chaos_tls_kill_and_blackhole() {
     assert!(count(&v, "disconnects") >= 1, "{v}");
     assert!(count(&v, "delivered") > 0, "{v}");
 }
+
+/// A nats-server with JetStream (its store in the server's temp dir).
+fn js_server() -> NatsServer {
+    NatsServer::start_with(ServerConfig {
+        jetstream: true,
+        ..ServerConfig::default()
+    })
+    .expect("start nats-server with JetStream")
+}
+
+/// The stdout of a successful run, one JSON value per line.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "tether failed: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+#[test]
+fn js_stream_add_and_info() {
+    let server = js_server();
+    let url = server.url();
+    let added = json_lines(&run(tether(&url).args([
+        "js",
+        "stream",
+        "add",
+        "ORDERS",
+        "--subjects",
+        "orders.>,audit.*",
+        "--storage",
+        "memory",
+        "--retention",
+        "workqueue",
+        "--max-msgs",
+        "100",
+        "--max-age",
+        "1h",
+        "--dupe-window",
+        "30s",
+        "--discard",
+        "new",
+        "--json",
+    ])));
+    assert_eq!(added.len(), 1, "{added:?}");
+    let c = &added[0]["config"];
+    assert_eq!(added[0]["name"], "ORDERS");
+    assert_eq!(
+        c["subjects"],
+        serde_json::json!(["orders.>", "audit.*"]),
+        "{c}"
+    );
+    assert_eq!(c["storage"], "memory", "{c}");
+    assert_eq!(c["retention"], "workqueue", "{c}");
+    assert_eq!(c["discard"], "new", "{c}");
+    assert_eq!(c["max_msgs"], 100, "{c}");
+    assert_eq!(c["max_age"], 3_600_000_000_000u64, "{c}");
+    assert_eq!(c["duplicate_window"], 30_000_000_000u64, "{c}");
+
+    // The same config again is no error; another one is, naming the way out.
+    let again = run(tether(&url).args([
+        "js",
+        "stream",
+        "add",
+        "ORDERS",
+        "--subjects",
+        "orders.>,audit.*",
+        "--storage",
+        "memory",
+        "--retention",
+        "workqueue",
+        "--max-msgs",
+        "100",
+        "--max-age",
+        "1h",
+        "--dupe-window",
+        "30s",
+        "--discard",
+        "new",
+    ]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let changed = run(tether(&url).args(["js", "stream", "add", "ORDERS", "--subjects", "x.>"]));
+    let err = one_line_error(&changed);
+    assert!(
+        err.contains("already exists with a different configuration")
+            && err.contains("tether js stream rm ORDERS"),
+        "{err}"
+    );
+
+    let human = run(tether(&url).args(["js", "stream", "info", "ORDERS"]));
+    assert!(human.status.success(), "{}", text(&human.stderr));
+    let human = text(&human.stdout);
+    for part in [
+        "Stream ORDERS",
+        "subjects:     orders.>, audit.*",
+        "storage:      memory, retention workqueue, replicas 1, discard new",
+        "max msgs 100",
+        "max age 1h",
+        "dupe window:  30s",
+        "state:        0 messages",
+    ] {
+        assert!(human.contains(part), "{part:?} not in {human}");
+    }
+
+    // A name the server would refuse is refused before any request.
+    let bad = run(tether(&url).args(["js", "stream", "add", "a.b", "--subjects", "ab"]));
+    let err = one_line_error(&bad);
+    assert!(err.contains("invalid stream name \"a.b\""), "{err}");
+}
+
+#[test]
+fn js_stream_ls_and_rm() {
+    let server = js_server();
+    let url = server.url();
+    run_ok(tether(&url).args([
+        "js",
+        "stream",
+        "add",
+        "ORDERS",
+        "--subjects",
+        "orders.>,audit.*",
+        "--storage",
+        "memory",
+    ]));
+    run_ok(tether(&url).args(["js", "stream", "add", "EVENTS", "--subjects", "events.>"]));
+    let all = json_lines(&run(tether(&url).args(["js", "stream", "ls", "--json"])));
+    let names: Vec<&str> = all.iter().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(names, ["EVENTS", "ORDERS"]);
+    let audit = json_lines(&run(tether(&url).args([
+        "js",
+        "stream",
+        "ls",
+        "--subject",
+        "audit.login",
+        "--json",
+    ])));
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["name"], "ORDERS");
+    assert_eq!(audit[0]["state"]["messages"], 0);
+    let none = run(tether(&url).args(["js", "stream", "ls", "--subject", "nothing.here"]));
+    assert_eq!(text(&none.stdout), "no streams capturing nothing.here\n");
+    let ls = run(tether(&url).args(["js", "stream", "ls"]));
+    let ls = text(&ls.stdout);
+    assert!(
+        ls.lines().count() == 2 && ls.starts_with("EVENTS  [events.>]  file"),
+        "{ls}"
+    );
+
+    let rm = run(tether(&url).args(["js", "stream", "rm", "ORDERS"]));
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    assert_eq!(text(&rm.stdout), "deleted stream ORDERS\n");
+    let gone = run(tether(&url).args(["js", "stream", "info", "ORDERS"]));
+    let err = one_line_error(&gone);
+    assert!(err.contains("stream \"ORDERS\" not found"), "{err}");
+    let rm = json_lines(&run(
+        tether(&url).args(["js", "stream", "rm", "EVENTS", "--json"])
+    ));
+    assert_eq!(rm, [serde_json::json!({ "deleted": "EVENTS" })]);
+    let empty = run(tether(&url).args(["js", "stream", "ls", "--json"]));
+    assert!(
+        empty.status.success() && empty.stdout.is_empty(),
+        "{empty:?}"
+    );
+}
+
+/// Runs `cmd` and asserts it succeeded.
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        text(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn js_pub_waits_for_acks_and_dedupes() {
+    let server = js_server();
+    let url = server.url();
+    run_ok(tether(&url).args(["js", "stream", "add", "PUB", "--subjects", "pub.>"]));
+    let acks = json_lines(&run(
+        tether(&url).args(["js", "pub", "pub.a", "hello", "--count", "3", "--json"])
+    ));
+    let seqs: Vec<u64> = acks.iter().filter_map(|v| v["seq"].as_u64()).collect();
+    assert_eq!(seqs, [1, 2, 3], "{acks:?}");
+    assert!(acks
+        .iter()
+        .all(|v| v["stream"] == "PUB" && v["duplicate"] == false && v["subject"] == "pub.a"));
+
+    // The same id twice: stored once. `{n}` makes ids distinct.
+    let dup = json_lines(&run(tether(&url).args([
+        "js", "pub", "pub.b", "once", "--count", "2", "--msg-id", "id-1", "--json",
+    ])));
+    assert_eq!(
+        (dup[0]["seq"].as_u64(), dup[0]["duplicate"].as_bool()),
+        (Some(4), Some(false)),
+        "{dup:?}"
+    );
+    assert_eq!(
+        (dup[1]["seq"].as_u64(), dup[1]["duplicate"].as_bool()),
+        (Some(4), Some(true)),
+        "{dup:?}"
+    );
+    let distinct = run_ok(tether(&url).args([
+        "js",
+        "pub",
+        "pub.c",
+        "x",
+        "--count",
+        "2",
+        "--msg-id",
+        "batch-{n}",
+    ]));
+    assert_eq!(
+        text(&distinct.stdout),
+        "[#1] stored in stream PUB seq 5\n[#2] stored in stream PUB seq 6\n"
+    );
+    assert!(
+        text(&distinct.stderr).contains("published 2 messages to pub.c: 2 stored, 0 duplicates"),
+        "{}",
+        text(&distinct.stderr)
+    );
+    let info = json_lines(&run(
+        tether(&url).args(["js", "stream", "info", "PUB", "--json"])
+    ));
+    assert_eq!(info[0]["state"]["messages"], 6, "{:?}", info[0]);
+}
+
+#[test]
+fn js_pub_to_a_subject_no_stream_captures_fails_at_once() {
+    let server = js_server();
+    let url = server.url();
+    run_ok(tether(&url).args(["js", "stream", "add", "S", "--subjects", "captured.>"]));
+    let started = Instant::now();
+    let out = run(tether(&url).args(["js", "pub", "not.captured", "x"]));
+    let err = one_line_error(&out);
+    assert!(
+        err.starts_with(
+            "error: publishing to not.captured: no stream captures subject \"not.captured\""
+        ),
+        "{err}"
+    );
+    // At once, not after the publish deadline (10 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn js_commands_say_when_jetstream_is_not_enabled() {
+    let server = NatsServer::start().expect("start nats-server");
+    let url = server.url();
+    for args in [
+        &["js", "pub", "a.b", "x"][..],
+        &["js", "stream", "ls"],
+        &["js", "stream", "add", "S", "--subjects", "a.>"],
+        &["js", "stream", "info", "S"],
+        &["js", "consume", "S", "C", "--create"],
+    ] {
+        let out = run(tether(&url).args(args));
+        let err = one_line_error(&out);
+        assert!(
+            err.contains("JetStream is not enabled") && err.contains("-js"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn js_consume_prints_and_acks() {
+    let server = js_server();
+    let url = server.url();
+    run_ok(tether(&url).args(["js", "stream", "add", "WORK", "--subjects", "work.>"]));
+    run_ok(tether(&url).args(["js", "pub", "work.a", "job", "--count", "3"]));
+
+    // Without --create an unknown consumer is an error that names the flag.
+    let out = run(tether(&url).args(["js", "consume", "WORK", "workers", "--count", "1"]));
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("not found") && err.contains("--create"),
+        "{err}"
+    );
+    // A heartbeat at half the expiry is refused before any pull.
+    let out = run(tether(&url).args([
+        "js",
+        "consume",
+        "WORK",
+        "workers",
+        "--create",
+        "--expires",
+        "10s",
+        "--heartbeat",
+        "5s",
+    ]));
+    let err = one_line_error(&out);
+    assert!(err.starts_with("error: --heartbeat: "), "{err}");
+
+    let got = json_lines(&run(tether(&url).args([
+        "js", "consume", "WORK", "workers", "--create", "--count", "3", "--json",
+    ])));
+    let seqs: Vec<u64> = got
+        .iter()
+        .filter_map(|v| v["stream_seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3], "{got:?}");
+    assert!(
+        got.iter()
+            .all(|v| v["payload"] == "job" && v["subject"] == "work.a"),
+        "{got:?}"
+    );
+
+    // Every message acked: the server's view of the consumer, polled until it settles.
+    let acked = wait_for(DEADLINE, || {
+        server.monitor("/jsz?consumers=true").ok().and_then(|v| {
+            let c = &v["account_details"][0]["stream_detail"][0]["consumer_detail"][0];
+            Some((
+                c["ack_floor"]["stream_seq"].as_u64()?,
+                c["num_ack_pending"].as_u64()?,
+            ))
+        }) == Some((3, 0))
+    });
+    assert!(acked, "{:?}", server.monitor("/jsz?consumers=true"));
+
+    // The human form, for the next message.
+    run_ok(tether(&url).args(["js", "pub", "work.b", "next"]));
+    let out = run_ok(tether(&url).args(["js", "consume", "WORK", "workers", "--count", "1"]));
+    assert_eq!(text(&out.stdout), "[#1] work.b seq 4: next\n");
+}
+
+#[test]
+fn bench_js_pub_starts_a_jetstream_server() {
+    let out = run(bare().args([
+        "bench", "js-pub", "--msgs", "3000", "--window", "64", "--json",
+    ]));
+    let v = json(&out);
+    assert_eq!(v["mode"], "js-pub", "{v}");
+    assert_eq!(
+        (v["msgs"].as_u64(), v["size"].as_u64()),
+        (Some(3000), Some(128)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["window"].as_u64(), v["stored"].as_u64()),
+        (Some(64), Some(3000)),
+        "{v}"
+    );
+    assert!(v["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+
+    // Against a server without JetStream: one line saying so.
+    let plain = NatsServer::start().expect("start nats-server");
+    let out = run(tether(&plain.url()).args(["bench", "js-pub", "--msgs", "10"]));
+    let err = one_line_error(&out);
+    assert!(err.contains("JetStream is not enabled"), "{err}");
+}
+
+#[test]
+fn bench_js_consume_drains_its_stream() {
+    let server = js_server();
+    let out = run(tether(&server.url()).args([
+        "bench",
+        "js-consume",
+        "--msgs",
+        "3000",
+        "--batch",
+        "100",
+        "--json",
+    ]));
+    let v = json(&out);
+    assert_eq!(v["mode"], "js-consume", "{v}");
+    assert_eq!(
+        (v["received"].as_u64(), v["batch"].as_u64()),
+        (Some(3000), Some(100)),
+        "{v}"
+    );
+    assert_eq!(v["ack_policy"], "explicit", "{v}");
+    assert!(v["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    // The run's stream is gone.
+    let ls = json_lines(&run(
+        tether(&server.url()).args(["js", "stream", "ls", "--json"])
+    ));
+    assert!(ls.is_empty(), "{ls:?}");
+}

@@ -39,6 +39,17 @@ pub(crate) struct Setup {
     pub(crate) tls_ca: Option<Arc<Path>>,
 }
 
+/// How the js-consume workload pulls, the same for both libraries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PullShape {
+    /// Messages per pull request.
+    pub(crate) batch: usize,
+    /// How long a pull request waits on the server.
+    pub(crate) expires: Duration,
+    /// The idle heartbeat of each pull request.
+    pub(crate) heartbeat: Duration,
+}
+
 /// What happened to one publish of the memory workload's flood.
 #[derive(Debug)]
 pub(crate) enum Offer<E> {
@@ -67,6 +78,16 @@ pub(crate) trait BenchClient: Sized + 'static {
     type Events;
     /// Why a publish of the memory workload's flood failed, other than a full buffer.
     type FloodError: Display;
+    /// A JetStream context.
+    type Js;
+    /// A publish ack on its way.
+    type PubAck;
+    /// A handle on a pull consumer.
+    type JsConsumer;
+    /// What a pull consumer's continuous stream yields: a message or an event.
+    type JsItem;
+    /// A pull consumer's continuous stream.
+    type JsMessages: futures_util::Stream<Item = Self::JsItem> + Unpin;
 
     fn subject(subject: String) -> Self::Subject;
 
@@ -120,4 +141,30 @@ pub(crate) trait BenchClient: Sized + 'static {
 
     /// After the flood: tether's own account of what it refused (None for async-nats).
     async fn refusals(&self, events: &mut Self::Events) -> Option<TetherRefusals>;
+
+    /// A JetStream context allowing `window` publish acks outstanding (tether
+    /// `with_max_pending_acks`, async-nats `max_ack_inflight` with its default
+    /// backpressure).
+    fn jetstream(&self, window: usize) -> Self::Js;
+
+    /// One JetStream publish: returns once the message is on its way, with its ack to
+    /// come.
+    async fn js_publish(
+        js: &Self::Js,
+        subject: &Self::Subject,
+        payload: &Bytes,
+    ) -> Res<Self::PubAck>;
+
+    /// Waits for a publish ack; the stream's sequence number.
+    async fn js_ack(ack: Self::PubAck) -> Res<u64>;
+
+    /// A handle on the existing pull consumer `name` of `stream`.
+    async fn js_consumer(js: &Self::Js, stream: &str, name: &str) -> Res<Self::JsConsumer>;
+
+    /// The consumer's continuous stream of messages, pulled as `shape` says.
+    async fn js_messages(consumer: &Self::JsConsumer, shape: PullShape) -> Res<Self::JsMessages>;
+
+    /// Acks the item if it is a message (fire and forget: the ack is sent, not confirmed)
+    /// and returns true; false for an event that is not a message.
+    async fn js_handle(item: Self::JsItem) -> Res<bool>;
 }

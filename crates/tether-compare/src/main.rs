@@ -4,12 +4,15 @@
 //! ```text
 //! cargo run --release -p tether-compare -- --rounds 5 [--msgs N] [--size S[,S...]]
 //!     [--requests R] [--server URL] [--json] [--plot FILE.svg] [--conns 100,1000]
-//!     [--subs 1000,10000,100000] [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs]
-//!     [--tls [on|both]]
+//!     [--subs 1000,10000,100000]
+//!     [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs,js-pub,js-consume]
+//!     [--tls [on|both]] [--js-size 128] [--js-window 256] [--js-batch 500]
 //! ```
 //!
-//! `pub`, `pubsub` and `reqrep` run by default; `reconnect`, `memory`, `conns` and `subs`
-//! only when named.
+//! `pub`, `pubsub` and `reqrep` run by default; `reconnect`, `memory`, `conns`, `subs`,
+//! `js-pub` and `js-consume` only when named. With a JetStream workload the servers this
+//! binary starts run with JetStream (a store in their temp dir); a `--server` given
+//! must have it.
 //! `--size 16,128` runs each of pub, pubsub and reqrep once per payload size, each with
 //! its own ceiling or floor. `--plot` also draws the ratios as bars (see `plot.rs`); the
 //! file is opened for writing before anything else, so a path that cannot be written
@@ -123,6 +126,15 @@
 //!   run needs and the soft limit raised up to the hard one; a hard limit too low, or a
 //!   connect failing with EMFILE, is an error saying how many descriptors are needed and
 //!   what to raise.
+//! - **js-pub** and **js-consume** (opt-in): JetStream publish with acks and a pull
+//!   consumer draining a memory stream, at `--js-size` bytes (128 by default), with
+//!   `--msgs` messages; see `jetstream.rs` for exactly what each run does. js-pub keeps
+//!   `--js-window` acks outstanding (256; the oldest is awaited when the window is full;
+//!   both contexts are built with that bound) and has the core pub ceiling at the same
+//!   size beside it. js-consume drains a stream filled once per series, each client and
+//!   round with a durable pull consumer of its own made with the same config (ack
+//!   explicit, each message acked as it arrives, not confirmed) and the same pull shape
+//!   (`--js-batch` 500, expires 30 s, idle heartbeat 10 s).
 //!
 //! # Fairness rules
 //!
@@ -190,6 +202,7 @@
 //!   is written once, generic over it.
 //! - `throughput.rs`: the pub, pubsub and reqrep workloads, who runs them (`Side`) and
 //!   what one run measured.
+//! - `jetstream.rs`: the js-pub and js-consume workloads and their stream housekeeping.
 //! - `raw.rs`: the ceiling and the floor over plain sockets, with the least protocol
 //!   parser they need.
 //! - `responder.rs`: the echo responder process of reqrep.
@@ -205,6 +218,7 @@
 
 mod client;
 mod faulty;
+mod jetstream;
 mod memory;
 mod plot;
 mod raw;
@@ -270,6 +284,15 @@ struct Cli {
     /// Payload sizes in bytes, comma-separated (every workload runs at each).
     #[arg(long, value_delimiter = ',', default_value = "16")]
     size: Vec<usize>,
+    /// Payload sizes in bytes of js-pub and js-consume, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    js_size: Vec<usize>,
+    /// js-pub: publish acks outstanding at once, both libraries.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    js_window: u64,
+    /// js-consume: messages per pull request, both libraries.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    js_batch: u64,
     /// Sequential requests per run for reqrep.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
@@ -326,6 +349,11 @@ impl Cli {
             Some(TlsMode::On) => &[true],
             Some(TlsMode::Both) => &[false, true],
         }
+    }
+
+    /// Whether a workload needs JetStream on the servers this binary starts.
+    fn needs_js(&self) -> bool {
+        self.workloads.iter().any(|w| w.is_js())
     }
 
     /// Refuses what `--tls` cannot run: a given server (the run needs the CA of its
@@ -408,6 +436,8 @@ enum Workload {
     Memory,
     Conns,
     Subs,
+    JsPub,
+    JsConsume,
 }
 
 impl Workload {
@@ -420,7 +450,14 @@ impl Workload {
             Workload::Memory => "memory",
             Workload::Conns => "conns",
             Workload::Subs => "subs",
+            Workload::JsPub => "js-pub",
+            Workload::JsConsume => "js-consume",
         }
+    }
+
+    /// Whether it needs JetStream (the servers this binary starts then run with it).
+    fn is_js(self) -> bool {
+        matches!(self, Workload::JsPub | Workload::JsConsume)
     }
 
     /// Whether the workload kills the server (and so runs against its own).
@@ -529,7 +566,12 @@ fn run_compare(cli: &Cli) -> Res<()> {
     let transports = cli.transports();
     let local = match &cli.server {
         Some(_) => None,
-        None if transports.contains(&false) => Some(tether_testkit::NatsServer::start()?),
+        None if transports.contains(&false) => Some(tether_testkit::NatsServer::start_with(
+            tether_testkit::ServerConfig {
+                jetstream: cli.needs_js(),
+                ..tether_testkit::ServerConfig::default()
+            },
+        )?),
         None => None,
     };
     let url = match (&cli.server, &local) {
@@ -537,7 +579,7 @@ fn run_compare(cli: &Cli) -> Res<()> {
         (None, Some(s)) => Some(s.url()),
         (None, None) => None,
     };
-    let (tls_server, tls_ca) = start_tls_server(transports)?;
+    let (tls_server, tls_ca) = start_tls_server(transports, cli.needs_js())?;
     let server_version = if local.is_some() || tls_server.is_some() {
         tether_testkit::nats_server_version()
             .ok()
@@ -622,14 +664,15 @@ fn run_compare(cli: &Cli) -> Res<()> {
 /// that CA for the clients to trust. Nothing when no series runs over TLS.
 fn start_tls_server(
     transports: &[bool],
+    jetstream: bool,
 ) -> Res<(Option<tether_testkit::NatsServer>, Option<Arc<Path>>)> {
     if !transports.contains(&true) {
         return Ok((None, None));
     }
     let certs = tether_testkit::TlsCerts::new()?;
-    let server = tether_testkit::NatsServer::start_with(
-        tether_testkit::ServerConfig::default().with_tls(&certs),
-    )?;
+    let mut cfg = tether_testkit::ServerConfig::default().with_tls(&certs);
+    cfg.jetstream = jetstream;
+    let server = tether_testkit::NatsServer::start_with(cfg)?;
     let ca: Arc<Path> = Arc::from(certs.ca_file());
     Ok((Some(server), Some(ca)))
 }
@@ -682,6 +725,8 @@ fn start_targets(
             raw_echo_subject: format!("{RAW_ECHO_SUBJECT}.{}", std::process::id()),
             server_pid,
             tls_ca,
+            js_window: usize::try_from(cli.js_window)?,
+            js_pull: jetstream::pull_shape(usize::try_from(cli.js_batch)?),
         };
         let mut responder = None;
         if workloads.contains(&Workload::Reqrep) {
@@ -711,6 +756,7 @@ fn run_series(
     let total_rounds = cli.warmup + cli.rounds;
     let mut all = Vec::new();
     for &w in workloads {
+        let sizes = if w.is_js() { &cli.js_size[..] } else { sizes };
         for &size in sizes {
             let payload = Bytes::from(vec![b'x'; size]);
             // One series per target; with `--tls both` they alternate round by round, so
@@ -725,10 +771,16 @@ fn run_series(
                     (params, Series::new(w, size, t.tls))
                 })
                 .collect();
+            for (params, _) in &series {
+                rt.block_on(jetstream::prepare_series(w, params))?;
+            }
             for round in 0..total_rounds {
                 for (params, s) in &mut series {
                     run_round(rt, cli, round, params, s)?;
                 }
+            }
+            for (params, _) in &series {
+                rt.block_on(jetstream::finish_series(w, params))?;
             }
             all.extend(series.into_iter().map(|(_, s)| s));
         }

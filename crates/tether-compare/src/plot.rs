@@ -64,6 +64,8 @@ impl PlotFile {
                     | Workload::Reqrep
                     | Workload::Conns
                     | Workload::Subs
+                    | Workload::JsPub
+                    | Workload::JsConsume
             )
         }) {
             return Err(format!(

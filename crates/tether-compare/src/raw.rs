@@ -476,6 +476,8 @@ mod tests {
             raw_echo_subject: "cmp.echo.raw.test".to_owned(),
             server_pid: server.pid(),
             tls_ca: None,
+            js_window: 256,
+            js_pull: crate::jetstream::pull_shape(500),
         }
     }
 

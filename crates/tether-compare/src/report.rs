@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::faulty::{faulty_details, faulty_json, faulty_table, Faulty};
+use crate::jetstream::{JS_SUBJECT, PULL_EXPIRES, PULL_HEARTBEAT};
 use crate::stats::median;
 use crate::throughput::{
     p50, p90, p99, rate, raw_name, server_cpu, wakes_per_request, RunResult, Series, Side,
@@ -69,7 +70,9 @@ type Metric = fn(&RunResult) -> Option<f64>;
 
 fn rows(w: Workload) -> Vec<(&'static str, Metric, bool)> {
     match w {
-        Workload::Pub | Workload::Pubsub => vec![("msgs/s", rate, true)],
+        Workload::Pub | Workload::Pubsub | Workload::JsPub | Workload::JsConsume => {
+            vec![("msgs/s", rate, true)]
+        }
         Workload::Reqrep => vec![
             ("p50 µs", p50, false),
             ("p90 µs", p90, false),
@@ -99,11 +102,11 @@ fn label_width(all: &[Series]) -> usize {
         .max(20)
 }
 
-/// The JSON key of a series: `pub_16b`, `pub_16b_tls` over TLS.
+/// The JSON key of a series: `pub_16b`, `pub_16b_tls` over TLS, `js_pub_128b`.
 fn key(s: &Series) -> String {
     format!(
         "{}_{}b{}",
-        s.workload.name(),
+        s.workload.name().replace('-', "_"),
         s.size,
         if s.tls { "_tls" } else { "" }
     )
@@ -192,8 +195,12 @@ pub(crate) fn table(
         let _ = writeln!(
             o,
             "ceiling (pub): one plain socket writing pre-encoded PUBs; floor (reqrep): plain \
-             sockets on both ends\n"
+             sockets on both ends"
         );
+        if all.iter().any(|s| s.workload.is_js()) {
+            let _ = writeln!(o, "{}", js_text(cli, all));
+        }
+        let _ = writeln!(o);
     }
     if all.iter().any(|s| s.tls) {
         let _ = writeln!(
@@ -238,8 +245,9 @@ pub(crate) fn table(
     if !all.is_empty() {
         let _ = writeln!(
             o,
-            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub) or floor (reqrep). \
-             msgs/s: above 1 tether is faster; latency: below 1 tether is faster"
+            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub; js-pub: the core \
+             publish ceiling) or floor (reqrep). msgs/s: above 1 tether is faster; latency: \
+             below 1 tether is faster"
         );
     }
     tls_cost_table(&mut o, all);
@@ -455,7 +463,57 @@ pub(crate) fn to_json(
     if let Some(cost) = tls_cost_json(all) {
         out["tls_cost"] = cost;
     }
+    if all.iter().any(|s| s.workload.is_js()) {
+        out["jetstream"] = json!({
+            "subject": JS_SUBJECT,
+            "storage": "memory",
+            "sizes": cli.js_size,
+            "js_pub_window": cli.js_window,
+            "js_pub_ceiling": "raw core PUBs of the same size to the pub subject, same server",
+            "js_consume_batch": cli.js_batch,
+            "js_consume_expires_secs": PULL_EXPIRES.as_secs_f64(),
+            "js_consume_idle_heartbeat_secs": PULL_HEARTBEAT.as_secs_f64(),
+            "js_consume_consumer": "durable pull, one per client and round, deliver all, ack \
+                explicit (each message acked as it arrives, not confirmed), server defaults \
+                otherwise (max_ack_pending 1000, ack_wait 30 s)",
+            "description": js_text(cli, all),
+        });
+    }
     out
+}
+
+/// What the JetStream workloads of `all` did, in words.
+fn js_text(cli: &Cli, all: &[Series]) -> String {
+    let sizes = cli
+        .js_size
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let msgs = group(cli.msgs as f64);
+    let ran = |w: Workload| all.iter().any(|s| s.workload == w);
+    let mut parts = Vec::new();
+    if ran(Workload::JsPub) {
+        parts.push(format!(
+            "js-pub: {msgs} msgs of {sizes} B to {JS_SUBJECT}, captured by a memory stream \
+             made fresh for each run, at most {} acks outstanding (the oldest awaited when \
+             full), clock stopped at the last ack; its ceiling is the core one (raw PUBs of \
+             the same size, no JetStream).",
+            cli.js_window
+        ));
+    }
+    if ran(Workload::JsConsume) {
+        parts.push(format!(
+            "js-consume: {msgs} msgs of {sizes} B pre-filled into a memory stream; each \
+             client drains it with a durable pull consumer of its own (deliver all, ack \
+             explicit, each message acked as it arrives without waiting for a confirmation, \
+             server defaults otherwise: max_ack_pending 1000), continuous pull with batch \
+             {}, expires {PULL_EXPIRES:?}, idle heartbeat {PULL_HEARTBEAT:?}, clock from the \
+             pull's start to the last message.",
+            cli.js_batch
+        ));
+    }
+    parts.join(" ")
 }
 
 /// With `--tls both`: per series key, each library's TLS / plaintext of the headline
@@ -647,5 +705,55 @@ mod tests {
         );
         assert!(v.get("tls_cost").is_none(), "{v}");
         assert!(v["workloads"]["pub_16b"].get("tls").is_none(), "{v}");
+    }
+
+    #[test]
+    fn js_series_have_the_core_ceiling_and_say_how_they_ran() {
+        let cli = Cli::parse_from(["tether-compare", "--workloads", "js-pub,js-consume"]);
+        let mut js_pub = Series::new(Workload::JsPub, 128, false);
+        let mut js_consume = Series::new(Workload::JsConsume, 128, false);
+        for _ in 0..5 {
+            js_pub.push(Side::Tether, rate(3e5));
+            js_pub.push(Side::AsyncNats, rate(2e5));
+            js_pub.push(Side::Raw, rate(6e6));
+            js_consume.push(Side::Tether, rate(2e5));
+            js_consume.push(Side::AsyncNats, rate(1e5));
+        }
+        assert_eq!(js_consume.sides(), [Side::Tether, Side::AsyncNats]);
+        let all = vec![js_pub, js_consume];
+        let text = table(
+            &cli,
+            "nats://a",
+            None,
+            &all,
+            &Faulty::default(),
+            Duration::from_secs(1),
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("js-pub 128 B msgs/s "))
+            .unwrap_or_else(|| panic!("no js-pub row in {text}"));
+        assert!(row.contains(" 1.500 ") && row.contains(" 0.050 "), "{row}");
+        assert!(
+            text.contains("at most 256 acks outstanding") && text.contains("batch 500"),
+            "{text}"
+        );
+        let v = to_json(
+            &cli,
+            "x",
+            None,
+            &all,
+            &Faulty::default(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(v["workloads"]["js_pub_128b"]["ratio"], 1.5);
+        assert_eq!(v["workloads"]["js_pub_128b"]["ratio_to_raw"], 0.05);
+        assert_eq!(v["workloads"]["js_consume_128b"]["ratio"], 2.0);
+        assert!(
+            v["workloads"]["js_consume_128b"].get("raw").is_none(),
+            "{v}"
+        );
+        assert_eq!(v["jetstream"]["js_pub_window"], 256);
+        assert_eq!(v["jetstream"]["subject"], "bench.js");
     }
 }

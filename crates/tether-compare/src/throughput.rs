@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::client::{AsyncNatsClient, BenchClient, Setup, TetherClient};
+use crate::client::{AsyncNatsClient, BenchClient, PullShape, Setup, TetherClient};
+use crate::jetstream::{run_js_consume, run_js_pub};
 use crate::raw;
 use crate::stats::percentile;
 use crate::{within, Lib, Res, Workload, PUB_SUBJECT, STALL_TIMEOUT};
@@ -33,6 +34,10 @@ pub(crate) struct Params {
     /// With TLS (`--tls`): the CA the server's certificate is signed by, which both
     /// libraries trust; the raw side does not run.
     pub(crate) tls_ca: Option<Arc<Path>>,
+    /// js-pub: publish acks outstanding at most (also js-consume's fill).
+    pub(crate) js_window: usize,
+    /// js-consume: how both libraries pull.
+    pub(crate) js_pull: PullShape,
 }
 
 impl Params {
@@ -175,7 +180,9 @@ impl Side {
     /// round after): pubsub has no raw side.
     pub(crate) fn of_workload(w: Workload) -> &'static [Side] {
         match w {
-            Workload::Pub | Workload::Reqrep => &[Side::Tether, Side::AsyncNats, Side::Raw],
+            Workload::Pub | Workload::Reqrep | Workload::JsPub => {
+                &[Side::Tether, Side::AsyncNats, Side::Raw]
+            }
             _ => &[Side::Tether, Side::AsyncNats],
         }
     }
@@ -238,7 +245,7 @@ impl Series {
     /// (the ceiling writes its chunks through a rustls session; the floor speaks no TLS).
     pub(crate) fn has_raw(&self) -> bool {
         Side::of_workload(self.workload).contains(&Side::Raw)
-            && (!self.tls || self.workload == Workload::Pub)
+            && (!self.tls || matches!(self.workload, Workload::Pub | Workload::JsPub))
     }
 
     /// Who runs the series, in the order of the first measured round: the workload's
@@ -336,7 +343,8 @@ pub(crate) fn run_one(
     match (side, w) {
         (Side::Tether, _) => rt.block_on(run_with::<TetherClient>(w, p, tag)),
         (Side::AsyncNats, _) => rt.block_on(run_with::<AsyncNatsClient>(w, p, tag)),
-        (Side::Raw, Workload::Pub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
+        // js-pub's ceiling is the core one: raw PUBs of the same size, no JetStream.
+        (Side::Raw, Workload::Pub | Workload::JsPub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
         (Side::Raw, Workload::Reqrep) => Ok(RunResult::Latency(raw::run_reqrep(p)?)),
         (Side::Raw, _) => Err(format!("{} has no raw side", w.name()).into()),
     }
@@ -347,6 +355,8 @@ async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<Run
         Workload::Pub => RunResult::Throughput(run_pub::<C>(p, tag).await?),
         Workload::Pubsub => RunResult::Throughput(run_pubsub::<C>(p, tag).await?),
         Workload::Reqrep => RunResult::Latency(run_reqrep::<C>(p).await?),
+        Workload::JsPub => RunResult::Throughput(run_js_pub::<C>(p).await?),
+        Workload::JsConsume => RunResult::Throughput(run_js_consume::<C>(p, tag).await?),
         Workload::Reconnect | Workload::Memory | Workload::Conns | Workload::Subs => {
             return Err(format!("{} is not a throughput or latency workload", w.name()).into());
         }

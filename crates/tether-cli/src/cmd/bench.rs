@@ -1,5 +1,7 @@
 //! `tether bench MODE --msgs N --size S [--subject SUBJECT] [--json]`
 //!
+//! The JetStream modes (`js-pub`, `js-consume`) are in `bench/js.rs`.
+//!
 //! Messages go to `--subject` (default: a subject unique to the run); the end marker
 //! always goes to a subject unique to the run, so the subject carries exactly the N
 //! messages. Every run ends when the last message is observed, never on a flush:
@@ -49,6 +51,8 @@ use tether_testkit::{NatsServer, TestkitError};
 use crate::error::Context;
 use crate::{util, CliError, Global};
 
+mod js;
+
 /// Default --msgs for `pub` and `pubsub`.
 pub(crate) const DEFAULT_MSGS: u64 = 1_000_000;
 /// Default --msgs for `reqrep`.
@@ -76,6 +80,19 @@ pub(crate) enum Mode {
     Pubsub,
     /// Sequential request-reply to an echo responder; latency percentiles
     Reqrep,
+    /// JetStream publish with acks, a window of --window outstanding, to a memory stream
+    #[serde(rename = "js-pub")]
+    JsPub,
+    /// JetStream pull consumer draining a memory stream of --msgs messages, acking each
+    #[serde(rename = "js-consume")]
+    JsConsume,
+}
+
+impl Mode {
+    /// Whether the mode needs JetStream.
+    pub(crate) fn is_js(self) -> bool {
+        matches!(self, Mode::JsPub | Mode::JsConsume)
+    }
 }
 
 /// Measure throughput and latency against a NATS server
@@ -90,6 +107,8 @@ Examples:
   tether bench pub --msgs 5000000 --confirm-interval 20ms,1s --rounds 7
   tether bench pub --tls                      over TLS, against a local TLS server
   tether bench reqrep --server tls://nats.example:4222 --tls-ca ca.pem
+  tether bench js-pub --window 256            JetStream publish, 256 acks outstanding
+  tether bench js-consume --msgs 1000000      fill a memory stream, drain it by pull
 
 Without --server (or NATS_URL) the bench starts a local nats-server (found through
 NATS_SERVER_BIN or PATH, 2.10 or newer) and stops it afterwards; with --tls that server
@@ -98,8 +117,17 @@ clients trust. Against a server of your own, give a tls:// URL and the global TL
 credential options (--tls-ca, --tls-cert/--tls-key, --token, --user/--password...).
 MB/s counts payload bytes (10^6 bytes per MB). With --json, one JSON object is printed
 on stdout: mode, subject, msgs, size, secs, msgs_per_sec, mb_per_sec, plus received and
-dropped for pubsub and p50_us, p90_us, p99_us for reqrep (and confirm_interval_ms when
+dropped for pubsub, p50_us, p90_us, p99_us for reqrep, window and stored for js-pub,
+batch, ack_policy, received and pull_events for js-consume (and confirm_interval_ms when
 --confirm-interval gives one value).
+js-pub and js-consume need JetStream: the local nats-server is started with -js (a
+store in a temp dir); against --server, each run creates a memory stream of its own
+capturing the subject (TETHER_BENCH_...) and deletes it afterwards. js-pub times from
+the first publish to the last ack, with at most --window acks outstanding (the oldest
+is awaited when the window is full), then checks that the stream holds every message.
+js-consume fills the stream first (untimed, with the same window), then times a
+durable pull consumer (explicit acks, each message acked as it arrives) from its first
+pull request to the last message; the connection's close then sends the last acks.
 With several --confirm-interval values (or --rounds above 1) the runs are interleaved
 (ABBA...) and the summary gives each value's median msgs/s and its ratio to the first
 value's (list the baseline first), also as the median of the per-round ratios, which
@@ -116,9 +144,9 @@ pub(crate) struct Args {
     /// Number of messages (requests for reqrep) [default: 1000000; 10000 for reqrep]
     #[arg(long, short = 'n')]
     pub msgs: Option<u64>,
-    /// Payload size in bytes
-    #[arg(long, default_value_t = 16)]
-    pub size: usize,
+    /// Payload size in bytes [default: 16; 128 for js-pub and js-consume]
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Subject to publish to (requests go to it for reqrep; no wildcards) [default: one
     /// unique to the run, tether.bench.<pid>.<nanos>.data, or .echo for reqrep]. The
     /// server's cost per message grows with the frame (subject and payload), so a short
@@ -147,6 +175,12 @@ pub(crate) struct Args {
     /// handshake first) [for a server of your own: a tls:// --server URL and --tls-ca]
     #[arg(long)]
     pub tls: bool,
+    /// js-pub and js-consume (its fill): publish acks outstanding at once
+    #[arg(long, default_value_t = js::DEFAULT_WINDOW, value_name = "N")]
+    pub window: usize,
+    /// js-consume: messages asked for per pull request
+    #[arg(long, default_value_t = tether::jetstream::DEFAULT_BATCH, value_name = "N")]
+    pub batch: usize,
 }
 
 /// The result of a run.
@@ -176,6 +210,21 @@ pub(crate) struct Report {
     /// The round of the run (from 1), in a comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round: Option<u32>,
+    /// js-pub: publish acks outstanding at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    /// js-pub: messages the stream held at the end (every one sent, if all is well).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<u64>,
+    /// js-consume: messages per pull request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// js-consume: the consumer's ack policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_policy: Option<&'static str>,
+    /// js-consume: pull events that were not messages (missed heartbeats, statuses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_events: Option<u64>,
 }
 
 impl Report {
@@ -197,6 +246,11 @@ impl Report {
             p99_us: None,
             confirm_interval_ms: None,
             round: None,
+            window: None,
+            stored: None,
+            batch: None,
+            ack_policy: None,
+            pull_events: None,
         }
     }
 
@@ -211,7 +265,22 @@ impl Report {
             group(self.msgs_per_sec.round() as u64),
             self.mb_per_sec
         );
-        if let Some(r) = self.received {
+        if let (Some(w), Some(st)) = (self.window, self.stored) {
+            let _ = write!(
+                s,
+                "\n  window of {w} acks outstanding; the stream holds {} messages",
+                group(st)
+            );
+        }
+        if let (Some(b), Some(ack), Some(r)) = (self.batch, self.ack_policy, self.received) {
+            let _ = write!(
+                s,
+                "\n  pull batch {b}, ack {ack}; received {} of {} ({} pull events)",
+                group(r),
+                group(self.msgs),
+                self.pull_events.unwrap_or(0)
+            );
+        } else if let Some(r) = self.received {
             let _ = write!(
                 s,
                 "\n  received {} of {} ({} dropped by the client)",
@@ -235,6 +304,8 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Pub => "pub",
         Mode::Pubsub => "pubsub",
         Mode::Reqrep => "reqrep",
+        Mode::JsPub => "js-pub",
+        Mode::JsConsume => "js-consume",
     }
 }
 
@@ -261,6 +332,14 @@ pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
     }
     if let Some(subject) = &args.subject {
         util::check_publish_subject("--subject", subject)?;
+    }
+    let size = args.size.unwrap_or(if args.mode.is_js() {
+        js::DEFAULT_SIZE
+    } else {
+        16
+    });
+    if args.mode.is_js() {
+        js::check(&args)?;
     }
     let prefix = unique_prefix();
     let subject = args.subject.clone().unwrap_or_else(|| match args.mode {
@@ -289,9 +368,10 @@ pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
         if args.tls {
             util::check_local_tls(global)?;
         }
-        let (tls, tls_first) = (args.tls, global.tls_first);
+        let (tls, tls_first, jetstream) = (args.tls, global.tls_first, args.mode.is_js());
         let (server, local_certs) = tokio::task::spawn_blocking(move || {
-            let (cfg, certs) = util::local_server_config(tls, tls_first)?;
+            let (mut cfg, certs) = util::local_server_config(tls, tls_first)?;
+            cfg.jetstream = jetstream;
             Ok::<_, TestkitError>((NatsServer::start_with(cfg)?, certs))
         })
         .await
@@ -314,7 +394,9 @@ pub(crate) async fn run(args: Args, global: &Global) -> Result<(), CliError> {
         subject: &subject,
         marker: &marker,
         msgs,
-        size: args.size,
+        size,
+        window: args.window,
+        batch: args.batch,
         json: args.json,
     };
     let result = if cadences.len() == 1 && rounds == 1 {
@@ -374,6 +456,10 @@ struct Plan<'a> {
     marker: &'a str,
     msgs: u64,
     size: usize,
+    /// js-pub, js-consume: publish acks outstanding at most.
+    window: usize,
+    /// js-consume: messages per pull request.
+    batch: usize,
     json: bool,
 }
 
@@ -392,6 +478,16 @@ impl Plan<'_> {
             Mode::Pub => bench_pub(url, subject, marker, msgs, size, opts, &progress).await,
             Mode::Pubsub => bench_pubsub(url, subject, marker, msgs, size, opts, &progress).await,
             Mode::Reqrep => bench_reqrep(url, subject, msgs, size, opts, &progress).await,
+            Mode::JsPub => {
+                js::bench_js_pub(url, subject, msgs, size, self.window, opts, &progress).await
+            }
+            Mode::JsConsume => {
+                let shape = js::ConsumeShape {
+                    window: self.window,
+                    batch: self.batch,
+                };
+                js::bench_js_consume(url, subject, msgs, size, shape, opts, &progress).await
+            }
         };
         progress.finish_and_clear();
         let mut report = result?;

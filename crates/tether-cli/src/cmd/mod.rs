@@ -3,6 +3,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod chaos;
+pub(crate) mod js;
 pub(crate) mod publish;
 pub(crate) mod reply;
 pub(crate) mod request;

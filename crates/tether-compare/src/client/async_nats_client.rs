@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
-use super::{BenchClient, Offer, Setup};
+use super::{BenchClient, Offer, PullShape, Setup};
 use crate::memory::{Flood, TetherRefusals, ASYNC_NATS_PROBE_EVERY, ASYNC_NATS_PUBLISH_TIMEOUT};
 use crate::reconnect::{Link, LinkRx};
 use crate::{BoxError, Lib, Res};
@@ -39,6 +39,14 @@ impl BenchClient for AsyncNatsClient {
     /// Every event of `event_callback`, forwarded.
     type Events = mpsc::UnboundedReceiver<async_nats::Event>;
     type FloodError = async_nats::PublishError;
+    type Js = async_nats::jetstream::Context;
+    type PubAck = async_nats::jetstream::context::PublishAckFuture;
+    type JsConsumer = async_nats::jetstream::consumer::PullConsumer;
+    type JsItem = Result<
+        async_nats::jetstream::Message,
+        async_nats::jetstream::consumer::pull::MessagesError,
+    >;
+    type JsMessages = async_nats::jetstream::consumer::pull::Stream;
 
     fn subject(subject: String) -> async_nats::Subject {
         async_nats::Subject::from(subject)
@@ -165,5 +173,62 @@ impl BenchClient for AsyncNatsClient {
 
     async fn refusals(&self, _: &mut Self::Events) -> Option<TetherRefusals> {
         None
+    }
+
+    fn jetstream(&self, window: usize) -> async_nats::jetstream::Context {
+        async_nats::jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(window)
+            .build(self.0.clone())
+    }
+
+    async fn js_publish(
+        js: &async_nats::jetstream::Context,
+        subject: &async_nats::Subject,
+        payload: &Bytes,
+    ) -> Res<async_nats::jetstream::context::PublishAckFuture> {
+        Ok(js.publish(subject.clone(), payload.clone()).await?)
+    }
+
+    async fn js_ack(ack: async_nats::jetstream::context::PublishAckFuture) -> Res<u64> {
+        Ok(ack.await?.sequence)
+    }
+
+    async fn js_consumer(
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        name: &str,
+    ) -> Res<async_nats::jetstream::consumer::PullConsumer> {
+        js.get_stream(stream).await?.get_consumer(name).await
+    }
+
+    async fn js_messages(
+        consumer: &async_nats::jetstream::consumer::PullConsumer,
+        shape: PullShape,
+    ) -> Res<async_nats::jetstream::consumer::pull::Stream> {
+        Ok(consumer
+            .stream()
+            .max_messages_per_batch(shape.batch)
+            .expires(shape.expires)
+            .heartbeat(shape.heartbeat)
+            .messages()
+            .await?)
+    }
+
+    async fn js_handle(
+        item: Result<
+            async_nats::jetstream::Message,
+            async_nats::jetstream::consumer::pull::MessagesError,
+        >,
+    ) -> Res<bool> {
+        match item {
+            Ok(msg) => {
+                msg.ack().await?;
+                Ok(true)
+            }
+            Err(event) => {
+                eprintln!("async-nats pull event: {event}");
+                Ok(false)
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{BenchClient, Offer, Setup};
+use super::{BenchClient, Offer, PullShape, Setup};
 use crate::memory::{Flood, TetherRefusals, EVENT_DRAIN};
 use crate::reconnect::{Link, LinkRx};
 use crate::{BoxError, Lib, Res};
@@ -36,6 +36,11 @@ impl BenchClient for TetherClient {
     type Subscriber = tether::Subscriber;
     type Events = tether::Events;
     type FloodError = tether::PublishError;
+    type Js = tether::jetstream::Context;
+    type PubAck = tether::jetstream::PubAckFuture;
+    type JsConsumer = tether::jetstream::Consumer;
+    type JsItem = Result<tether::jetstream::JsMessage, tether::jetstream::PullError>;
+    type JsMessages = tether::jetstream::Messages;
 
     fn subject(subject: String) -> String {
         subject
@@ -159,5 +164,55 @@ impl BenchClient for TetherClient {
             overflow_event_refused_msgs: ev_msgs,
             overflow_event_refused_bytes: ev_bytes,
         })
+    }
+
+    fn jetstream(&self, window: usize) -> tether::jetstream::Context {
+        self.0.jetstream().with_max_pending_acks(window)
+    }
+
+    async fn js_publish(
+        js: &tether::jetstream::Context,
+        subject: &String,
+        payload: &Bytes,
+    ) -> Res<tether::jetstream::PubAckFuture> {
+        Ok(js.publish(subject.as_str(), payload.clone()).await?)
+    }
+
+    async fn js_ack(ack: tether::jetstream::PubAckFuture) -> Res<u64> {
+        Ok(ack.await?.seq)
+    }
+
+    async fn js_consumer(
+        js: &tether::jetstream::Context,
+        stream: &str,
+        name: &str,
+    ) -> Res<tether::jetstream::Consumer> {
+        Ok(js.consumer(stream, name).await?)
+    }
+
+    async fn js_messages(
+        consumer: &tether::jetstream::Consumer,
+        shape: PullShape,
+    ) -> Res<tether::jetstream::Messages> {
+        let opts = tether::jetstream::PullOptions::new()
+            .batch(shape.batch)
+            .expires(shape.expires)
+            .idle_heartbeat(shape.heartbeat);
+        Ok(consumer.messages(opts).await?)
+    }
+
+    async fn js_handle(
+        item: Result<tether::jetstream::JsMessage, tether::jetstream::PullError>,
+    ) -> Res<bool> {
+        match item {
+            Ok(msg) => {
+                msg.ack().await?;
+                Ok(true)
+            }
+            Err(event) => {
+                eprintln!("tether pull event: {event}");
+                Ok(false)
+            }
+        }
     }
 }
