@@ -342,19 +342,18 @@ impl Messages {
     /// When the timer must fire next: a heartbeat check (or, without heartbeats, a pull's
     /// expiry), or a delayed pull.
     fn next_deadline(&self, now: Instant) -> Instant {
-        let mut at = now + NEVER;
-        if self.connected && self.check.is_none() {
-            let hb = self.opts.idle_heartbeat;
-            at = if hb.is_zero() {
-                self.last_pull + self.opts.expires + EXPIRY_GRACE
-            } else {
-                self.last_activity + hb * 2
-            };
+        // Nothing is due while no link is up or the consumer is being checked: a link
+        // coming up or the check's answer wakes the stream instead.
+        if !self.connected || self.check.is_some() {
+            return now + NEVER;
         }
-        if let Some(r) = self.retry_at {
-            at = at.min(r);
-        }
-        at
+        let hb = self.opts.idle_heartbeat;
+        let at = if hb.is_zero() {
+            self.last_pull + self.opts.expires + EXPIRY_GRACE
+        } else {
+            self.last_activity + hb * 2
+        };
+        self.retry_at.map_or(at, |r| at.min(r))
     }
 
     /// Re-arm the timer if something made its deadline earlier.
@@ -427,6 +426,8 @@ impl Messages {
         let up = state == State::Connected;
         if up && !self.connected {
             self.connected = true;
+            // A new link: whatever waited for a retry is asked for now.
+            self.retry_at = None;
             tracing::debug!(consumer = %self.consumer, "link up: pulls re-issued");
             self.restart_pulls(now);
             self.arm_if_earlier(now);
