@@ -11,7 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::T;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tether::jetstream::{self, PubAck, PublishError, PublishOptions, StorageType, StreamConfig};
+use tether::jetstream::{
+    self, JetStreamError, PubAck, PublishError, PublishOptions, StorageType, StreamConfig,
+};
 use tether_testkit::{NatsCluster, ServerConfig};
 use tokio::time::Instant;
 
@@ -256,11 +258,18 @@ async fn create_stream(admin: &jetstream::Context) {
     loop {
         match admin.create_stream(config.clone()).await {
             Ok(_) => return,
+            // A fresh meta group may also not answer yet (a timeout, no responders).
             Err(e)
-                if e.api_error()
+                if (e
+                    .api_error()
                     .is_some_and(|a| a.err_code == NO_SUITABLE_PEERS)
+                    || matches!(
+                        e,
+                        JetStreamError::Request(_) | JetStreamError::NotEnabled { .. }
+                    ))
                     && Instant::now() < deadline =>
             {
+                eprintln!("creating the R3 stream, retrying: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("creating the R3 stream: {e}"),
@@ -400,4 +409,103 @@ fn check_stored(stored: &mut BTreeMap<String, Vec<u64>>, seq: u64, id: String, p
     let i = id.strip_prefix("m-").unwrap();
     assert_eq!(payload, format!("payload {i}").as_bytes(), "seq {seq}");
     stored.entry(id).or_default().push(seq);
+}
+
+/// A consumer's leader steps down while a pull waits on it: the new leader answers the
+/// waiting pull with 409 Leadership Change, the stream reports it and goes on with the
+/// messages published after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_leader_change_is_reported_and_the_stream_goes_on() {
+    use tether::jetstream::{ConsumerConfig, PullError, PullOptions};
+
+    let cluster = NatsCluster::start_with(
+        3,
+        ServerConfig {
+            jetstream: true,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let client = tether::connect(cluster.urls()).await.unwrap();
+    let js = client.jetstream();
+    create_stream(&js).await;
+    let publish = |range: std::ops::Range<u64>| {
+        let js = js.clone();
+        async move {
+            for i in range {
+                js.publish("r3.lc", i.to_string())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(1..11).await;
+    let consumer = js
+        .create_consumer("R3", ConsumerConfig::durable("lc"))
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .messages(
+            PullOptions::new()
+                .batch(20)
+                .expires(Duration::from_secs(20))
+                .idle_heartbeat(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let mut next_payload = 1u64;
+    // A message must be the next one in order; an error item is returned.
+    fn read(
+        next: &mut u64,
+        item: Option<Result<jetstream::JsMessage, PullError>>,
+    ) -> Option<PullError> {
+        match item.expect("the stream goes on") {
+            Ok(m) => {
+                assert_eq!(m.payload, next.to_string().as_bytes());
+                *next += 1;
+                None
+            }
+            Err(e) => Some(e),
+        }
+    }
+    while next_payload <= 10 {
+        let item = tokio::time::timeout(T, messages.next()).await.unwrap();
+        if let Some(e) = read(&mut next_payload, item) {
+            panic!("before the stepdown: {e}");
+        }
+    }
+
+    // The pull now waits on the leader (10 of its 20 unfilled): move the leadership.
+    let reply = client
+        .request("$JS.API.CONSUMER.LEADER.STEPDOWN.R3.lc", "")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(v["success"], true, "{v}");
+    loop {
+        let item = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("the leader change is reported within T");
+        match read(&mut next_payload, item) {
+            Some(PullError::LeadershipChange { consumer }) => {
+                assert_eq!(consumer, "lc");
+                break;
+            }
+            Some(PullError::MissedHeartbeat { .. }) | None => {}
+            Some(e) => panic!("unexpected: {e}"),
+        }
+    }
+
+    // The stream goes on: what is published next arrives, in order.
+    publish(11..21).await;
+    while next_payload <= 20 {
+        let item = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("messages after the leader change arrive within T");
+        if let Some(e) = read(&mut next_payload, item) {
+            eprintln!("after the stepdown: {e}");
+        }
+    }
 }
