@@ -465,3 +465,69 @@ async fn a_black_holed_link_mid_consume_is_found_by_the_heartbeat_and_nothing_is
     wait_all_acked(&mut consumer, N).await;
     drain.abort();
 }
+
+#[tokio::test]
+async fn ack_all_max_ack_pending_and_backoff_are_the_servers() {
+    let server = js_server();
+    let js = filled(&server, 10).await;
+
+    // Ack policy all: acking the fifth acks the four before it.
+    let mut all = js
+        .create_consumer(
+            "S",
+            ConsumerConfig::durable("all").ack_policy(AckPolicy::All),
+        )
+        .await
+        .unwrap();
+    let got = all.fetch(5, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 5);
+    got[4].double_ack().await.unwrap();
+    let info = all.info().await.unwrap();
+    assert_eq!((info.num_ack_pending, info.ack_floor.stream_seq), (0, 5));
+
+    // max_ack_pending 3: a pull for 10 gets 3 until some are acked.
+    let capped = js
+        .create_consumer("S", ConsumerConfig::durable("capped").max_ack_pending(3))
+        .await
+        .unwrap();
+    let got = capped.fetch(10, Duration::from_millis(500)).await.unwrap();
+    assert_eq!(got.len(), 3, "the server stops at max_ack_pending");
+    for m in &got {
+        m.ack().await.unwrap();
+    }
+    let more = capped.fetch(10, Duration::from_millis(500)).await.unwrap();
+    assert_eq!(more.len(), 3, "acks make room for three more");
+
+    // Backoff: unacked, the message comes back after 300 ms, then after 900 ms.
+    let backoff = js
+        .create_consumer(
+            "S",
+            ConsumerConfig::durable("backoff")
+                .filter_subjects(["s.1"])
+                .max_deliver(3)
+                .backoff(vec![Duration::from_millis(300), Duration::from_millis(900)]),
+        )
+        .await
+        .unwrap();
+    let mut at = Vec::new();
+    let deadline = Instant::now() + T;
+    while at.len() < 3 {
+        assert!(Instant::now() < deadline, "deliveries at {at:?}");
+        for m in backoff.fetch(1, Duration::from_millis(200)).await.unwrap() {
+            let info = m.info().unwrap();
+            assert_eq!(info.stream_sequence, 1);
+            assert_eq!(info.delivered, at.len() as u64 + 1);
+            at.push(Instant::now());
+        }
+    }
+    assert!(
+        at[1] - at[0] >= Duration::from_millis(250),
+        "{:?}",
+        at[1] - at[0]
+    );
+    assert!(
+        at[2] - at[1] >= Duration::from_millis(800),
+        "{:?}",
+        at[2] - at[1]
+    );
+}
