@@ -331,6 +331,15 @@ fn warnings(o: &mut String, all: &[Series]) {
 fn per_round(o: &mut String, all: &[Series]) {
     let _ = writeln!(o, "\nper round (measured):");
     let lw = label_width(all);
+    // 10, or js-pub's `core ceiling`.
+    let sw = all
+        .iter()
+        .flat_map(|s| {
+            s.sides()
+                .into_iter()
+                .map(|side| side.name(s.workload).len())
+        })
+        .fold(10, usize::max);
     for s in all {
         for (metric_name, metric, higher) in rows(s.workload) {
             for side in s.sides() {
@@ -341,7 +350,7 @@ fn per_round(o: &mut String, all: &[Series]) {
                     .collect();
                 let _ = writeln!(
                     o,
-                    "  {:<lw$} {:<10} {}",
+                    "  {:<lw$} {:<sw$} {}",
                     label(s, metric_name),
                     side.name(s.workload),
                     vals.join("  ")
