@@ -10,9 +10,13 @@
 //!   publishes `--msgs` messages of `--js-size` bytes keeping at most `--js-window` acks
 //!   outstanding: when the window is full the oldest ack is awaited (one server answers
 //!   in order). The clock stops at the last ack. Then the stream must hold every message.
-//!   Beside it runs the ceiling of `pub` at the same size: raw core publishes to
-//!   `bench.pub` on the same server, the most that server takes from one connection
-//!   without JetStream.
+//!   Beside them run two ceilings. The JetStream one (`raw.rs`): a plain blocking socket
+//!   on the same fresh stream, subject, payload and window, publishing pre-encoded
+//!   frames with reply subjects in its inbox (one unmeasured publish and ack first, the
+//!   stream checked after, as for the libraries): the most that server acks on one
+//!   connection with that window. And the core one, the ceiling of `pub` at the same
+//!   size: raw core publishes to `bench.pub`, the most that server takes from one
+//!   connection without JetStream.
 //! - **js-consume**: before the series' rounds the memory stream `CMP_JS_CONSUME` on
 //!   [`JS_SUBJECT`] is filled with `--msgs` messages of `--js-size` bytes (untimed).
 //!   Each run gets a durable pull consumer of its own, created by the housekeeping
@@ -33,6 +37,7 @@ use futures_util::StreamExt;
 use tether::jetstream::{ConsumerConfig, JetStreamError, StorageType, StreamConfig};
 
 use crate::client::{BenchClient, PullShape};
+use crate::raw;
 use crate::throughput::{Params, ServerCpu, Throughput};
 use crate::{within, Res, Workload, STALL_TIMEOUT};
 
@@ -113,6 +118,23 @@ impl Admin {
         Ok(())
     }
 
+    /// After a js-pub run of `msgs` measured publishes (and the one before them): the
+    /// stream must hold them all and the last ack must say so; then it goes.
+    async fn check_and_delete(self, who: &str, msgs: u64, last_seq: u64) -> Res<()> {
+        let held = self.messages_in(JS_PUB_STREAM).await?;
+        if held != msgs + 1 || last_seq != msgs + 1 {
+            return Err(format!(
+                "{who}: the stream holds {held} messages (last ack seq {last_seq}) after {} \
+                 acked publishes",
+                msgs + 1
+            )
+            .into());
+        }
+        self.delete_stream(JS_PUB_STREAM).await?;
+        self.close().await;
+        Ok(())
+    }
+
     async fn close(self) {
         self.client.close().await;
     }
@@ -187,19 +209,24 @@ pub(crate) async fn run_js_pub<C: BenchClient>(p: &Params) -> Res<Throughput> {
     drop(js);
     client.close().await?;
 
-    let held = admin.messages_in(JS_PUB_STREAM).await?;
-    if held != p.msgs + 1 || last_seq != p.msgs + 1 {
-        return Err(format!(
-            "{}: the stream holds {held} messages (last ack seq {last_seq}) after {} acked \
-             publishes",
-            C::LIB.name(),
-            p.msgs + 1
-        )
-        .into());
-    }
-    admin.delete_stream(JS_PUB_STREAM).await?;
-    admin.close().await;
+    admin
+        .check_and_delete(C::LIB.name(), p.msgs, last_seq)
+        .await?;
     Ok(Throughput::published(p.msgs, secs, server_cpu))
+}
+
+/// js-pub's JetStream ceiling (`raw.rs`) on a fresh stream, made and checked after as
+/// for the libraries. The raw socket blocks, so this runs on the caller's thread and
+/// the housekeeping on `rt`.
+pub(crate) fn run_js_pub_raw(rt: &tokio::runtime::Runtime, p: &Params) -> Res<Throughput> {
+    let admin = rt.block_on(async {
+        let admin = Admin::connect(p).await?;
+        admin.fresh_stream(JS_PUB_STREAM).await?;
+        Res::Ok(admin)
+    })?;
+    let (t, last_seq) = raw::run_js_pub(p, JS_SUBJECT, p.js_window)?;
+    rt.block_on(admin.check_and_delete("js ceiling", p.msgs, last_seq))?;
+    Ok(t)
 }
 
 pub(crate) async fn run_js_consume<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
@@ -270,7 +297,10 @@ pub(crate) fn pull_shape(batch: usize) -> PullShape {
 mod tests {
     use bytes::Bytes;
 
-    use super::{finish_series, prepare_series, pull_shape, run_js_consume, run_js_pub};
+    use super::{
+        finish_series, prepare_series, pull_shape, run_js_consume, run_js_pub, run_js_pub_raw,
+        JS_SUBJECT,
+    };
     use crate::client::{AsyncNatsClient, TetherClient};
     use crate::throughput::Params;
     use crate::Workload;
@@ -286,7 +316,7 @@ mod tests {
     fn params(server: &tether_testkit::NatsServer, msgs: u64) -> Params {
         Params {
             url: server.url(),
-            raw_addr: String::new(),
+            raw_addr: crate::raw::addr(&server.url()).unwrap(),
             msgs,
             requests: 0,
             payload: Bytes::from(vec![b'x'; 128]),
@@ -323,6 +353,42 @@ mod tests {
             a.complete && a.received == 2_003 && a.msgs_per_sec > 0.0,
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn the_js_ceiling_stores_every_message_on_a_fresh_stream_each_run() {
+        let server = js_server();
+        // Window 16 of 2,003 messages: it fills and refills many times, and the last
+        // write is a partial window.
+        let p = params(&server, 2_003);
+        let rt = runtime();
+        // Twice: each run starts on a fresh stream (its last ack must be seq 2,004 again),
+        // and run_js_pub_raw fails unless the stream holds every message.
+        for _ in 0..2 {
+            let t = run_js_pub_raw(&rt, &p).unwrap();
+            assert!(
+                t.complete && t.received == 2_003 && t.msgs_per_sec.is_finite(),
+                "{t:?}"
+            );
+        }
+        // A window larger than one 64 KiB write: the refill takes several writes.
+        let wide = crate::throughput::Params {
+            js_window: 1_000,
+            ..params(&server, 5_000)
+        };
+        let t = run_js_pub_raw(&rt, &wide).unwrap();
+        assert_eq!(t.received, 5_000);
+    }
+
+    #[test]
+    fn the_js_ceiling_fails_when_no_stream_captures_the_subject() {
+        let server = js_server();
+        let p = params(&server, 10);
+        let e = crate::raw::run_js_pub(&p, JS_SUBJECT, 4)
+            .map(|(t, _)| t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("503") && e.contains("no responders"), "{e}");
     }
 
     /// Fails for tether until its pull consumer's `messages()` delivers.

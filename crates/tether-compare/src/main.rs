@@ -130,8 +130,13 @@
 //!   consumer draining a memory stream, at `--js-size` bytes (128 by default), with
 //!   `--msgs` messages; see `jetstream.rs` for exactly what each run does. js-pub keeps
 //!   `--js-window` acks outstanding (256; the oldest is awaited when the window is full;
-//!   both contexts are built with that bound) and has the core pub ceiling at the same
-//!   size beside it. js-consume drains a stream filled once per series, each client and
+//!   both contexts are built with that bound). Its ceiling is the same work over a plain
+//!   socket (`raw.rs`): on the same fresh stream, subject, payload and window, pre-encoded
+//!   PUBs with reply subjects in one inbox, as many as the window allows per write (at
+//!   most 64 KiB), the acks counted as they come, clock to the last ack: what that server
+//!   acks on one connection, so tether / it says how much of the possible tether gets.
+//!   Beside it, on a row of its own, the core pub ceiling at the same size (raw PUBs to
+//!   `bench.pub`, no JetStream). js-consume drains a stream filled once per series, each client and
 //!   round with a durable pull consumer of its own made with the same config (ack
 //!   explicit, each message acked as it arrives, not confirmed) and the same pull shape
 //!   (`--js-batch` 500, expires 30 s, idle heartbeat 10 s).
@@ -165,8 +170,8 @@
 //!   to call it); tether publishes `&str` and `&[u8]`, which it copies into its buffer.
 //! - Every round runs every side (both libraries, and the ceiling or floor where the
 //!   workload has one), each on fresh connections, and the order rotates by one each
-//!   round: with two sides they alternate, with three each goes first, second and third
-//!   in turn (tether first in the first measured round). Warm-up rounds (`--warmup`,
+//!   round: with two sides they alternate, with three (or js-pub's four) each goes
+//!   first, second, third (and fourth) in turn (tether first in the first measured round). Warm-up rounds (`--warmup`,
 //!   default 1) are run the same way and discarded. At least 5 measured rounds; each
 //!   figure is the median over rounds, and the ratios are of the medians: tether /
 //!   async-nats, and tether / ceiling (pub) or tether / floor (reqrep, every
@@ -203,8 +208,8 @@
 //! - `throughput.rs`: the pub, pubsub and reqrep workloads, who runs them (`Side`) and
 //!   what one run measured.
 //! - `jetstream.rs`: the js-pub and js-consume workloads and their stream housekeeping.
-//! - `raw.rs`: the ceiling and the floor over plain sockets, with the least protocol
-//!   parser they need.
+//! - `raw.rs`: the ceilings (pub, js-pub) and the floor over plain sockets, with the
+//!   least protocol parser they need.
 //! - `responder.rs`: the echo responder process of reqrep.
 //! - `reconnect.rs` and `memory.rs`: the workloads that kill their server.
 //! - `faulty.rs`: their results, targets, table rows and JSON.

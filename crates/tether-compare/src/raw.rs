@@ -6,16 +6,26 @@
 //!   buffer so exactly `--msgs` go), then `PING`. The server processes a connection's
 //!   operations in order, so its `PONG` means every PUB before it was processed; the
 //!   clock stops there.
+//! - **JetStream ceiling (js-pub)**: one connection subscribes `<inbox>.*`, then publishes
+//!   `PUB bench.js <inbox>.<i> <size>` frames, all encoded before the clock starts into
+//!   one buffer, never more than the window's worth unacked: it writes as many frames as
+//!   the window allows (in writes of at most 64 KiB), then reads the acks (`MSG`s on the
+//!   inbox, counted; the first few and the last parsed as PubAck JSON, every other one
+//!   searched for an `"error"`), and refills. A `-ERR`, or an `HMSG` status such as 503
+//!   no responders (no stream captures the subject), fails the run. The clock runs from
+//!   the first write of the measured frames to the last ack. The stream around it is
+//!   made and checked by `jetstream.rs`, as for the libraries.
 //! - **Floor (reqrep)**: a responder connection (on its own thread) subscribed to the
 //!   echo subject answers each `MSG` by publishing its payload to the reply subject, and
 //!   a requester connection sends one request at a time to it and waits for the answer
 //!   on its inbox subscription.
 //!
-//! Both connect like a client with every option off (`CONNECT {"verbose":false,...}` then
-//! `PING`, ready at the `PONG`), answer the server's `PING`s and skip its `INFO`s. The
+//! They connect like a client with every option off (`CONNECT {"verbose":false,...}` then
+//! `PING`, ready at the `PONG`; the JetStream ceiling with headers and no-responders on,
+//! as both libraries connect), answer the server's `PING`s and skip its `INFO`s. The
 //! parser is the least that reads what the server sends such connections (NATS protocol
-//! doc, "Protocol messages": INFO, MSG, PING, PONG, +OK, -ERR); a `MSG` may arrive split
-//! over any number of reads.
+//! doc, "Protocol messages": INFO, MSG, HMSG, PING, PONG, +OK, -ERR); a message may
+//! arrive split over any number of reads.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
@@ -35,6 +45,12 @@ const CHUNK: usize = 64 * 1024;
 /// The handshake: every option off, then a PING whose PONG says the server took it.
 const CONNECT: &[u8] =
     b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"echo\":true}\r\nPING\r\n";
+/// The handshake of the JetStream ceiling: headers and no-responders on (as both libraries
+/// connect), so that a publish no stream captures comes back as a 503 status at once.
+const CONNECT_HEADERS: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\
+\"echo\":true,\"headers\":true,\"no_responders\":true}\r\nPING\r\n";
+/// Acks of the JetStream ceiling parsed as JSON in full at the start (the last one is too).
+const ACKS_PARSED: u64 = 3;
 /// A control line longer than this is not something the server sends these connections.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -85,6 +101,8 @@ enum Op {
     Msg {
         subject: Range<usize>,
         reply: Option<Range<usize>>,
+        /// The header block of an `HMSG` (status line first); None for a `MSG`.
+        headers: Option<Range<usize>>,
         payload: Range<usize>,
     },
     Pong,
@@ -114,13 +132,15 @@ fn dial(addr: &str) -> Res<TcpStream> {
 impl Conn {
     /// Connects and completes the handshake (ready at the PONG of the first PING).
     fn connect(addr: &str) -> Res<Self> {
-        Self::ready(dial(addr)?, None)
+        Self::ready(dial(addr)?, None, CONNECT)
     }
 
-    /// Sends CONNECT on `stream` (through `tls` when given) and waits for the PONG.
+    /// Sends `hello` (CONNECT and PING) on `stream` (through `tls` when given) and waits
+    /// for the PONG.
     fn ready(
         stream: TcpStream,
         tls: Option<Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>,
+        hello: &[u8],
     ) -> Res<Self> {
         let mut conn = Self {
             stream,
@@ -129,14 +149,14 @@ impl Conn {
             start: 0,
             end: 0,
         };
-        conn.send(CONNECT)?;
+        conn.send(hello)?;
         conn.until_pong()?;
         Ok(conn)
     }
 
     /// Connects over TLS as nats-server expects (its INFO in plaintext, then the TLS
-    /// handshake, then CONNECT), trusting the CA in the PEM file `ca`.
-    fn connect_tls(addr: &str, ca: &Path) -> Res<Self> {
+    /// handshake, then `hello`), trusting the CA in the PEM file `ca`.
+    fn connect_tls(addr: &str, ca: &Path, hello: &[u8]) -> Res<Self> {
         use rustls::pki_types::pem::PemObject;
         let mut stream = dial(addr)?;
         // The plaintext INFO line, byte by byte: nothing after it is plaintext.
@@ -168,6 +188,7 @@ impl Conn {
         Self::ready(
             plain,
             Some(Box::new(rustls::StreamOwned::new(session, stream))),
+            hello,
         )
     }
 
@@ -195,7 +216,7 @@ impl Conn {
         }
     }
 
-    /// The next MSG or PONG; PINGs are answered, INFO and +OK skipped, -ERR fails.
+    /// The next MSG, HMSG or PONG; PINGs are answered, INFO and +OK skipped, -ERR fails.
     fn next_op(&mut self) -> Res<Op> {
         loop {
             if let Some(op) = self.parse()? {
@@ -248,7 +269,8 @@ impl Conn {
             let line = trim_crlf(&avail[..nl]);
             let verb = line.split(|&b| b == b' ').next().unwrap_or_default();
             match verb {
-                b"MSG" => return self.parse_msg(line_start, line_end),
+                b"MSG" => return self.parse_msg(line_start, line_end, false),
+                b"HMSG" => return self.parse_msg(line_start, line_end, true),
                 b"PING" => {
                     self.start = line_end;
                     self.send(b"PONG\r\n")?;
@@ -272,9 +294,10 @@ impl Conn {
         }
     }
 
-    /// `MSG <subject> <sid> [reply-to] <#bytes>\r\n<payload>\r\n`; None until the payload
-    /// and its CRLF are all buffered.
-    fn parse_msg(&mut self, line_start: usize, line_end: usize) -> Res<Option<Op>> {
+    /// `MSG <subject> <sid> [reply-to] <#bytes>\r\n<payload>\r\n`, or with `headers`
+    /// `HMSG <subject> <sid> [reply-to] <#header bytes> <#total bytes>\r\n<headers><payload>\r\n`;
+    /// None until the payload and its CRLF are all buffered.
+    fn parse_msg(&mut self, line_start: usize, line_end: usize, headers: bool) -> Res<Option<Op>> {
         let line = trim_crlf(&self.buf[line_start..line_end - 1]);
         let mut fields = Vec::with_capacity(5);
         let mut pos = line_start;
@@ -284,16 +307,29 @@ impl Conn {
             }
             pos += word.len() + 1;
         }
-        let bad = || format!("malformed MSG line: {:?}", String::from_utf8_lossy(line));
-        let (subject, reply, len) = match fields.as_slice() {
-            [_, s, _sid, len] => (s.clone(), None, len.clone()),
-            [_, s, _sid, r, len] => (s.clone(), Some(r.clone()), len.clone()),
+        let bad = || {
+            format!(
+                "malformed message line: {:?}",
+                String::from_utf8_lossy(line)
+            )
+        };
+        let (subject, reply, hdr_len, len) = match (headers, fields.as_slice()) {
+            (false, [_, s, _sid, len]) => (s.clone(), None, None, len.clone()),
+            (false, [_, s, _sid, r, len]) => (s.clone(), Some(r.clone()), None, len.clone()),
+            (true, [_, s, _sid, h, len]) => (s.clone(), None, Some(h.clone()), len.clone()),
+            (true, [_, s, _sid, r, h, len]) => {
+                (s.clone(), Some(r.clone()), Some(h.clone()), len.clone())
+            }
             _ => return Err(bad().into()),
         };
-        let len: usize = std::str::from_utf8(&self.buf[len])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
+        let number = |r: Range<usize>| -> Option<usize> {
+            std::str::from_utf8(&self.buf[r]).ok()?.parse().ok()
+        };
+        let len = number(len).ok_or_else(bad)?;
+        let hdr_len = match hdr_len {
+            Some(h) => Some(number(h).filter(|&h| h <= len).ok_or_else(bad)?),
+            None => None,
+        };
         let payload_end = line_end + len;
         if self.end < payload_end + 2 {
             return Ok(None);
@@ -302,10 +338,12 @@ impl Conn {
             return Err(format!("the {len}-byte payload of a MSG is not followed by CRLF").into());
         }
         self.start = payload_end + 2;
+        let body = line_end + hdr_len.unwrap_or(0);
         Ok(Some(Op::Msg {
             subject,
             reply,
-            payload: line_end..payload_end,
+            headers: hdr_len.map(|_| line_end..body),
+            payload: body..payload_end,
         }))
     }
 }
@@ -331,7 +369,7 @@ fn io_error(what: &str, e: &io::Error) -> crate::BoxError {
 pub(crate) fn run_pub(p: &Params) -> Res<Throughput> {
     // Over TLS the same chunks go through a rustls session: the ceiling of TLS.
     let mut conn = match &p.tls_ca {
-        Some(ca) => Conn::connect_tls(&p.raw_addr, ca)?,
+        Some(ca) => Conn::connect_tls(&p.raw_addr, ca, CONNECT)?,
         None => Conn::connect(&p.raw_addr)?,
     };
     let mut frame = format!("PUB {PUB_SUBJECT} {}\r\n", p.payload.len()).into_bytes();
@@ -353,6 +391,162 @@ pub(crate) fn run_pub(p: &Params) -> Res<Throughput> {
     conn.until_pong()?;
     let secs = start.elapsed().as_secs_f64();
     Ok(Throughput::published(p.msgs, secs, cpu.share(secs)))
+}
+
+// ----- JetStream ceiling: js-pub -----
+
+/// Publish frames encoded back to back: frame `i` is `bytes[ends[i - 1]..ends[i]]`.
+struct Frames {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Frames {
+    /// `PUB <subject> <inbox>.<i> <size>` frames of `payload` for `i` in `0..n`.
+    fn encode(subject: &str, inbox: &str, payload: &[u8], n: usize) -> Res<Self> {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(n);
+        for i in 0..n {
+            write!(bytes, "PUB {subject} {inbox}.{i} {}\r\n", payload.len())?;
+            bytes.extend_from_slice(payload);
+            bytes.extend_from_slice(b"\r\n");
+            ends.push(bytes.len());
+        }
+        Ok(Self { bytes, ends })
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1]
+        }
+    }
+
+    /// The frames `from..to'` with `to'` as far towards `to` as [`CHUNK`] bytes allow
+    /// (at least one frame), and `to'`.
+    fn chunk(&self, from: usize, to: usize) -> (&[u8], usize) {
+        let start = self.start(from);
+        let fit = self.ends[from..to].partition_point(|&end| end - start <= CHUNK);
+        let to = from + fit.max(1);
+        (&self.bytes[start..self.ends[to - 1]], to)
+    }
+}
+
+/// The `seq` of a PubAck body, or why it is not one.
+fn ack_seq(body: &[u8]) -> Res<u64> {
+    let not = || {
+        format!(
+            "the publish ack is not a PubAck: {:?}",
+            String::from_utf8_lossy(body)
+        )
+    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| not())?;
+    if v.get("error").is_some() {
+        return Err(format!(
+            "JetStream refused a publish: {}",
+            String::from_utf8_lossy(body)
+        )
+        .into());
+    }
+    v.get("seq")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| not().into())
+}
+
+/// Counts one ack of a js-pub run: the `n`th (from 0) of `last` + 1. The first
+/// [`ACKS_PARSED`] and the last are parsed in full (their `seq`), every other one only
+/// searched for an `"error"`; an `HMSG` (a status such as 503 no responders) fails.
+fn js_ack(conn: &Conn, op: Op, n: u64, last: u64) -> Res<Option<u64>> {
+    let Op::Msg {
+        headers, payload, ..
+    } = op
+    else {
+        // A PONG nobody asked for: not an ack.
+        return Ok(None);
+    };
+    if let Some(h) = headers {
+        let status = conn
+            .slice(h)
+            .split(|&b| b == b'\r')
+            .next()
+            .unwrap_or_default();
+        let status = String::from_utf8_lossy(status);
+        let hint = if status.contains(" 503") {
+            " (no responders: no stream captures the subject)"
+        } else {
+            ""
+        };
+        return Err(format!("a publish was answered with the status {status:?}{hint}").into());
+    }
+    let body = conn.slice(payload);
+    if n < ACKS_PARSED || n == last {
+        return ack_seq(body).map(Some);
+    }
+    if body.windows(7).any(|w| w == b"\"error\"") {
+        return Err(format!(
+            "JetStream refused a publish: {}",
+            String::from_utf8_lossy(body)
+        )
+        .into());
+    }
+    Ok(Some(0))
+}
+
+/// The JetStream ceiling: `p.msgs` pre-encoded publishes to `subject` with reply
+/// subjects in one inbox, never more than `window` unacked. Returns the run and the
+/// `seq` of the last ack. One unmeasured publish and its ack come first, as for the
+/// libraries; the stream capturing `subject` is the caller's.
+pub(crate) fn run_js_pub(p: &Params, subject: &str, window: usize) -> Res<(Throughput, u64)> {
+    let window = window.max(1);
+    let mut conn = match &p.tls_ca {
+        Some(ca) => Conn::connect_tls(&p.raw_addr, ca, CONNECT_HEADERS)?,
+        None => Conn::ready(dial(&p.raw_addr)?, None, CONNECT_HEADERS)?,
+    };
+    // As long as a library's inbox prefix (`_INBOX.` and a 22-character id).
+    let inbox = format!("_INBOX.rawjs{:017}", std::process::id());
+    conn.send(format!("SUB {inbox}.* 1\r\nPING\r\n").as_bytes())?;
+    conn.until_pong()?;
+    // Frame 0 is the unmeasured one.
+    let msgs = usize::try_from(p.msgs)?;
+    let frames = Frames::encode(subject, &inbox, &p.payload, msgs + 1)?;
+    let (first, _) = frames.chunk(0, 1);
+    conn.send(first)?;
+    loop {
+        let op = conn.next_op()?;
+        if js_ack(&conn, op, 0, 0)?.is_some() {
+            break;
+        }
+    }
+
+    let last = p.msgs.saturating_sub(1);
+    let (mut sent, mut acked, mut last_seq) = (1, 0u64, 0);
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    while acked < p.msgs {
+        // Refill: every frame the window allows, in writes of at most CHUNK bytes.
+        let allowed = (1 + usize::try_from(acked)? + window).min(msgs + 1);
+        while sent < allowed {
+            let (bytes, to) = frames.chunk(sent, allowed);
+            conn.send(bytes)?;
+            sent = to;
+        }
+        // Then every ack that has arrived: at least one (blocking), and all the rest
+        // already read.
+        let mut op = Some(conn.next_op()?);
+        while let Some(o) = op {
+            if let Some(seq) = js_ack(&conn, o, acked, last)? {
+                if acked < ACKS_PARSED || acked == last {
+                    last_seq = seq;
+                }
+                acked += 1;
+            }
+            op = conn.parse()?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let t = Throughput::published(p.msgs, secs, cpu.share(secs));
+    Ok((t, last_seq))
 }
 
 // ----- floor: reqrep -----

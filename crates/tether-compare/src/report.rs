@@ -88,13 +88,24 @@ fn label(s: &Series, metric: &str) -> String {
     format!("{} {metric}", s.name())
 }
 
-/// The width of the label column: 20, or the longest label when one is longer (TLS).
+/// The label of js-pub's core ceiling row, under its own row.
+const CORE_ROW: &str = "core msgs/s";
+
+/// Whether `s` has js-pub's core ceiling beside its own (and so a row for it).
+fn has_core(s: &Series) -> bool {
+    s.sides().contains(&Side::RawCore)
+}
+
+/// The width of the label column: 20, or the longest label when one is longer (TLS,
+/// js-pub's core row).
 fn label_width(all: &[Series]) -> usize {
     all.iter()
         .flat_map(|s| {
+            let core = has_core(s).then(|| label(s, CORE_ROW));
             rows(s.workload)
                 .into_iter()
                 .map(move |(m, _, _)| label(s, m))
+                .chain(core)
         })
         .map(|l| l.chars().count())
         .max()
@@ -197,6 +208,15 @@ pub(crate) fn table(
             "ceiling (pub): one plain socket writing pre-encoded PUBs; floor (reqrep): plain \
              sockets on both ends"
         );
+        if all.iter().any(has_core) {
+            let _ = writeln!(
+                o,
+                "ceiling (js-pub): one plain socket publishing pre-encoded PUBs with reply \
+                 subjects to the same fresh stream, subject, payload and ack window, clock to \
+                 the last ack; the `core` row under it: the pub ceiling at that size (raw core \
+                 PUBs to {PUB_SUBJECT}, no JetStream), t/c there = tether / core ceiling"
+            );
+        }
         if all.iter().any(|s| s.workload.is_js()) {
             let _ = writeln!(o, "{}", js_text(cli, all));
         }
@@ -220,34 +240,14 @@ pub(crate) fn table(
         );
     }
     for s in all {
-        for (metric_name, metric, higher) in rows(s.workload) {
-            let (t, a, r) = medians(s, metric);
-            let (raw, vs_raw) = if s.has_raw() {
-                (fmt_value(r, higher), format!("{:.3}", t / r))
-            } else {
-                ("—".to_owned(), "—".to_owned())
-            };
-            let _ = writeln!(
-                o,
-                "{:<lw$} {:>14} {:>14} {:>8.3} {raw:>14} {vs_raw:>8}   {}",
-                label(s, metric_name),
-                fmt_value(t, higher),
-                fmt_value(a, higher),
-                t / a,
-                if higher {
-                    "higher is better"
-                } else {
-                    "lower is better"
-                }
-            );
-        }
+        series_rows(&mut o, s, lw);
     }
     if !all.is_empty() {
         let _ = writeln!(
             o,
-            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub; js-pub: the core \
-             publish ceiling) or floor (reqrep). msgs/s: above 1 tether is faster; latency: \
-             below 1 tether is faster"
+            "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub; js-pub: the raw \
+             JetStream publish ceiling, its core row: the core one) or floor (reqrep). \
+             msgs/s: above 1 tether is faster; latency: below 1 tether is faster"
         );
     }
     tls_cost_table(&mut o, all);
@@ -260,6 +260,45 @@ pub(crate) fn table(
         per_round(&mut o, all);
     }
     o
+}
+
+/// The summary rows of one series: one per metric, and js-pub's core ceiling row.
+fn series_rows(out: &mut String, s: &Series, lw: usize) {
+    for (metric_name, metric, higher) in rows(s.workload) {
+        let (t, a, r) = medians(s, metric);
+        let (raw, vs_raw) = if s.has_raw() {
+            (fmt_value(r, higher), format!("{:.3}", t / r))
+        } else {
+            ("—".to_owned(), "—".to_owned())
+        };
+        let _ = writeln!(
+            out,
+            "{:<lw$} {:>14} {:>14} {:>8.3} {raw:>14} {vs_raw:>8}   {}",
+            label(s, metric_name),
+            fmt_value(t, higher),
+            fmt_value(a, higher),
+            t / a,
+            if higher {
+                "higher is better"
+            } else {
+                "lower is better"
+            }
+        );
+    }
+    if has_core(s) {
+        let t = median(&s.values(Side::Tether, rate));
+        let c = median(&s.values(Side::RawCore, rate));
+        let _ = writeln!(
+            out,
+            "{:<lw$} {:>14} {:>14} {:>8} {:>14} {:>8.3}   (the core publish ceiling)",
+            label(s, CORE_ROW),
+            "—",
+            "—",
+            "—",
+            group(c),
+            t / c,
+        );
+    }
 }
 
 /// The drops and stalls of pub and pubsub, or that there were none.
@@ -292,6 +331,15 @@ fn warnings(o: &mut String, all: &[Series]) {
 fn per_round(o: &mut String, all: &[Series]) {
     let _ = writeln!(o, "\nper round (measured):");
     let lw = label_width(all);
+    // 10, or js-pub's `core ceiling`.
+    let sw = all
+        .iter()
+        .flat_map(|s| {
+            s.sides()
+                .into_iter()
+                .map(|side| side.name(s.workload).len())
+        })
+        .fold(10, usize::max);
     for s in all {
         for (metric_name, metric, higher) in rows(s.workload) {
             for side in s.sides() {
@@ -302,7 +350,7 @@ fn per_round(o: &mut String, all: &[Series]) {
                     .collect();
                 let _ = writeln!(
                     o,
-                    "  {:<lw$} {:<10} {}",
+                    "  {:<lw$} {:<sw$} {}",
                     label(s, metric_name),
                     side.name(s.workload),
                     vals.join("  ")
@@ -398,11 +446,15 @@ fn medians_section(
             let _ = writeln!(o, "\n{title}");
         }
         let lw = label_width(all);
-        let raw = if r.is_finite() {
+        let mut raw = if r.is_finite() {
             format!("{:>24}", text(r))
         } else {
             String::new()
         };
+        let core = median(&s.values(Side::RawCore, metric));
+        if core.is_finite() {
+            let _ = write!(raw, "   (core ceiling {})", text(core));
+        }
         let _ = writeln!(
             o,
             "{:<lw$} {:>14}{:>15}{raw}",
@@ -444,6 +496,10 @@ pub(crate) fn to_json(
             w.insert("raw_is".to_owned(), json!(raw_name(s.workload)));
             w.insert("ratio_to_raw".to_owned(), json!(t / r));
         }
+        if has_core(s) {
+            let core = median(&s.values(Side::RawCore, metric));
+            w.insert("ratio_to_raw_core".to_owned(), json!(t / core));
+        }
         workloads.insert(key(s), Value::Object(w));
     }
     faulty_json(faulty, &mut workloads);
@@ -456,7 +512,7 @@ pub(crate) fn to_json(
         "sizes": cli.size,
         "requests": cli.requests,
         "pub_subject": PUB_SUBJECT,
-        "order": "rotating: tether, async-nats, then the raw side first in turn, one step per round",
+        "order": "rotating: tether, async-nats, then the raw side(s) first in turn, one step per round",
         "elapsed_secs": elapsed.as_secs_f64(),
         "workloads": workloads,
     });
@@ -469,7 +525,11 @@ pub(crate) fn to_json(
             "storage": "memory",
             "sizes": cli.js_size,
             "js_pub_window": cli.js_window,
-            "js_pub_ceiling": "raw core PUBs of the same size to the pub subject, same server",
+            "js_pub_ceiling": "raw (key raw, ratio_to_raw): one plain socket publishing \
+                pre-encoded PUBs with reply subjects to the same fresh memory stream, subject, \
+                payload and ack window, clock from the first write to the last ack",
+            "js_pub_core_ceiling": "raw_core (ratio_to_raw_core): raw core PUBs of the same \
+                size to the pub subject, same server, no JetStream",
             "js_consume_batch": cli.js_batch,
             "js_consume_expires_secs": PULL_EXPIRES.as_secs_f64(),
             "js_consume_idle_heartbeat_secs": PULL_HEARTBEAT.as_secs_f64(),
@@ -497,8 +557,9 @@ fn js_text(cli: &Cli, all: &[Series]) -> String {
         parts.push(format!(
             "js-pub: {msgs} msgs of {sizes} B to {JS_SUBJECT}, captured by a memory stream \
              made fresh for each run, at most {} acks outstanding (the oldest awaited when \
-             full), clock stopped at the last ack; its ceiling is the core one (raw PUBs of \
-             the same size, no JetStream).",
+             full), clock stopped at the last ack; its ceiling is a raw socket doing the same \
+             (pre-encoded frames, as many as the window allows per write), and beside it the \
+             core ceiling (raw PUBs of the same size, no JetStream).",
             cli.js_window
         ));
     }
@@ -708,17 +769,22 @@ mod tests {
     }
 
     #[test]
-    fn js_series_have_the_core_ceiling_and_say_how_they_ran() {
+    fn js_pub_has_its_own_ceiling_and_the_core_one_and_says_how_it_ran() {
         let cli = Cli::parse_from(["tether-compare", "--workloads", "js-pub,js-consume"]);
         let mut js_pub = Series::new(Workload::JsPub, 128, false);
         let mut js_consume = Series::new(Workload::JsConsume, 128, false);
         for _ in 0..5 {
             js_pub.push(Side::Tether, rate(3e5));
             js_pub.push(Side::AsyncNats, rate(2e5));
-            js_pub.push(Side::Raw, rate(6e6));
+            js_pub.push(Side::Raw, rate(6e5));
+            js_pub.push(Side::RawCore, rate(6e6));
             js_consume.push(Side::Tether, rate(2e5));
             js_consume.push(Side::AsyncNats, rate(1e5));
         }
+        assert_eq!(
+            js_pub.sides(),
+            [Side::Tether, Side::AsyncNats, Side::Raw, Side::RawCore]
+        );
         assert_eq!(js_consume.sides(), [Side::Tether, Side::AsyncNats]);
         let all = vec![js_pub, js_consume];
         let text = table(
@@ -733,9 +799,35 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("js-pub 128 B msgs/s "))
             .unwrap_or_else(|| panic!("no js-pub row in {text}"));
-        assert!(row.contains(" 1.500 ") && row.contains(" 0.050 "), "{row}");
+        // tether / async-nats 3e5 / 2e5, tether / JetStream ceiling 3e5 / 6e5.
         assert!(
-            text.contains("at most 256 acks outstanding") && text.contains("batch 500"),
+            row.contains(" 1.500 ") && row.contains(" 600,000 ") && row.contains(" 0.500 "),
+            "{row}"
+        );
+        // The core ceiling on its own row under it: tether / core 3e5 / 6e6.
+        let core = text
+            .lines()
+            .find(|l| l.starts_with("js-pub 128 B core msgs/s "))
+            .unwrap_or_else(|| panic!("no core row in {text}"));
+        assert!(
+            core.contains(" 6,000,000 ") && core.contains(" 0.050 "),
+            "{core}"
+        );
+        // js-consume has no ceiling, and neither row a core one.
+        assert!(!text.contains("js-consume 128 B core"), "{text}");
+        assert!(
+            text.contains("at most 256 acks outstanding")
+                && text.contains("batch 500")
+                && text.contains("ceiling (js-pub): one plain socket"),
+            "{text}"
+        );
+        // Both ceilings in the per-round lines.
+        assert!(
+            text.lines()
+                .any(|l| l.contains(" js ceiling ") && l.contains("600,000"))
+                && text
+                    .lines()
+                    .any(|l| l.contains(" core ceiling ") && l.contains("6,000,000")),
             "{text}"
         );
         let v = to_json(
@@ -747,7 +839,19 @@ mod tests {
             Duration::from_secs(1),
         );
         assert_eq!(v["workloads"]["js_pub_128b"]["ratio"], 1.5);
-        assert_eq!(v["workloads"]["js_pub_128b"]["ratio_to_raw"], 0.05);
+        assert_eq!(v["workloads"]["js_pub_128b"]["ratio_to_raw"], 0.5);
+        assert_eq!(v["workloads"]["js_pub_128b"]["ratio_to_raw_core"], 0.05);
+        assert_eq!(v["workloads"]["js_pub_128b"]["raw_is"], "js ceiling");
+        assert_eq!(
+            v["workloads"]["js_pub_128b"]["raw_core"]["median"]["msgs_per_sec"],
+            6e6
+        );
+        assert!(
+            v["workloads"]["js_consume_128b"]
+                .get("ratio_to_raw_core")
+                .is_none(),
+            "{v}"
+        );
         assert_eq!(v["workloads"]["js_consume_128b"]["ratio"], 2.0);
         assert!(
             v["workloads"]["js_consume_128b"].get("raw").is_none(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::client::{AsyncNatsClient, BenchClient, PullShape, Setup, TetherClient};
-use crate::jetstream::{run_js_consume, run_js_pub};
+use crate::jetstream::{run_js_consume, run_js_pub, run_js_pub_raw};
 use crate::raw;
 use crate::stats::percentile;
 use crate::{within, Lib, Res, Workload, PUB_SUBJECT, STALL_TIMEOUT};
@@ -166,34 +166,37 @@ pub(crate) enum RunResult {
     Latency(Latency),
 }
 
-/// Who runs a workload: one of the libraries, or the raw sockets of the ceiling (pub)
-/// or the floor (reqrep).
+/// Who runs a workload: one of the libraries, or the raw sockets of the ceiling (pub),
+/// the JetStream ceiling (js-pub) or the floor (reqrep).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
     Tether,
     AsyncNats,
     Raw,
+    /// js-pub's second raw side: the core publish ceiling (raw PUBs to `bench.pub`, no
+    /// JetStream), beside the JetStream one.
+    RawCore,
 }
 
 impl Side {
     /// Who runs `w`, in the order of the first measured round (rotated by one each
-    /// round after): pubsub has no raw side.
+    /// round after): pubsub and js-consume have no raw side, js-pub has two.
     pub(crate) fn of_workload(w: Workload) -> &'static [Side] {
         match w {
-            Workload::Pub | Workload::Reqrep | Workload::JsPub => {
-                &[Side::Tether, Side::AsyncNats, Side::Raw]
-            }
+            Workload::Pub | Workload::Reqrep => &[Side::Tether, Side::AsyncNats, Side::Raw],
+            Workload::JsPub => &[Side::Tether, Side::AsyncNats, Side::Raw, Side::RawCore],
             _ => &[Side::Tether, Side::AsyncNats],
         }
     }
 
-    /// The name in progress lines and tables: the raw side is the pub "ceiling" and the
-    /// reqrep "floor".
+    /// The name in progress lines and tables: the raw side is the pub "ceiling", the
+    /// js-pub "js ceiling" (beside its "core ceiling") and the reqrep "floor".
     pub(crate) fn name(self, w: Workload) -> &'static str {
         match self {
             Side::Tether => Lib::Tether.name(),
             Side::AsyncNats => Lib::AsyncNats.name(),
             Side::Raw => raw_name(w),
+            Side::RawCore => "core ceiling",
         }
     }
 
@@ -203,16 +206,17 @@ impl Side {
             Side::Tether => Lib::Tether.key(),
             Side::AsyncNats => Lib::AsyncNats.key(),
             Side::Raw => "raw",
+            Side::RawCore => "raw_core",
         }
     }
 }
 
 /// What the raw side of `w` is: the best a client can do on this server and machine.
 pub(crate) fn raw_name(w: Workload) -> &'static str {
-    if w == Workload::Reqrep {
-        "floor"
-    } else {
-        "ceiling"
+    match w {
+        Workload::Reqrep => "floor",
+        Workload::JsPub => "js ceiling",
+        _ => "ceiling",
     }
 }
 
@@ -227,6 +231,7 @@ pub(crate) struct Series {
     tether: Vec<RunResult>,
     async_nats: Vec<RunResult>,
     raw: Vec<RunResult>,
+    raw_core: Vec<RunResult>,
 }
 
 impl Series {
@@ -238,6 +243,7 @@ impl Series {
             tether: Vec::new(),
             async_nats: Vec::new(),
             raw: Vec::new(),
+            raw_core: Vec::new(),
         }
     }
 
@@ -273,6 +279,7 @@ impl Series {
             Side::Tether => &self.tether,
             Side::AsyncNats => &self.async_nats,
             Side::Raw => &self.raw,
+            Side::RawCore => &self.raw_core,
         }
     }
 
@@ -281,6 +288,7 @@ impl Series {
             Side::Tether => self.tether.push(r),
             Side::AsyncNats => self.async_nats.push(r),
             Side::Raw => self.raw.push(r),
+            Side::RawCore => self.raw_core.push(r),
         }
     }
 
@@ -343,10 +351,13 @@ pub(crate) fn run_one(
     match (side, w) {
         (Side::Tether, _) => rt.block_on(run_with::<TetherClient>(w, p, tag)),
         (Side::AsyncNats, _) => rt.block_on(run_with::<AsyncNatsClient>(w, p, tag)),
-        // js-pub's ceiling is the core one: raw PUBs of the same size, no JetStream.
-        (Side::Raw, Workload::Pub | Workload::JsPub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
+        (Side::Raw, Workload::Pub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
+        (Side::Raw, Workload::JsPub) => Ok(RunResult::Throughput(run_js_pub_raw(rt, p)?)),
+        // Beside js-pub's own ceiling, the core one: raw PUBs of the same size to
+        // `bench.pub`, no JetStream.
+        (Side::RawCore, Workload::JsPub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
         (Side::Raw, Workload::Reqrep) => Ok(RunResult::Latency(raw::run_reqrep(p)?)),
-        (Side::Raw, _) => Err(format!("{} has no raw side", w.name()).into()),
+        (Side::Raw | Side::RawCore, _) => Err(format!("{} has no such raw side", w.name()).into()),
     }
 }
 
