@@ -52,6 +52,19 @@
 //!   A missed heartbeat sends a PING at once (a dead link is then found within
 //!   pong_timeout), yields [`PullError::MissedHeartbeat`] and re-issues the pull; the
 //!   stream of messages never ends on it.
+//! - **Pulls.** [`Consumer::messages`] keeps one inbox and asks for `batch` messages,
+//!   then for more whenever less than half of the batch is outstanding (the server's
+//!   408/409 statuses say how much of an ended pull went unfilled). After a reconnect, a
+//!   `409 Leadership Change` or a missed heartbeat it assumes every pull is gone and asks
+//!   afresh: asking twice costs a few extra messages in flight, never a stall. A pull the
+//!   server refuses (`409 Exceeded MaxWaiting`, `400`...) is reported and asked again
+//!   500 ms later. No responders on a pull means the consumer is gone or its leader is
+//!   being elected; the consumer info API tells which: gone ends the stream with
+//!   [`PullError::ConsumerDeleted`], as does `409 Consumer Deleted`.
+//! - **Fetch.** [`Consumer::fetch`] is one pull; from 2 s of expiry up it carries a
+//!   heartbeat of a quarter of it (at most 5 s), so a dead link ends it early (with what
+//!   came, or [`PullError::MissedHeartbeat`] in [`JetStreamError::Pull`] if nothing did)
+//!   and the link is probed, instead of a silent empty batch after the full expiry.
 
 mod api;
 mod consumer;
