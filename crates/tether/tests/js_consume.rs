@@ -531,3 +531,39 @@ async fn ack_all_max_ack_pending_and_backoff_are_the_servers() {
         at[2] - at[1]
     );
 }
+
+/// A fetch on a link that goes dead ends after two missed heartbeats, not at its expiry,
+/// and says why.
+#[tokio::test]
+async fn a_fetch_on_a_dead_link_ends_on_the_missed_heartbeat() {
+    let server = js_server();
+    let proxy = tether_testkit::Proxy::start(server.addr()).unwrap();
+    let js = ConnectOptions::new()
+        .ping_interval(Duration::from_secs(30))
+        .connect(proxy.url())
+        .await
+        .unwrap()
+        .jetstream();
+    fill(&js, 0).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("dead"))
+        .await
+        .unwrap();
+    proxy.black_hole();
+    // Expiry 8 s: heartbeats every 2 s, so the fetch gives up after about 4 s.
+    let start = Instant::now();
+    let err = consumer
+        .fetch(10, Duration::from_secs(8))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(err, JetStreamError::Pull(PullError::MissedHeartbeat { .. })),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
+        "ended after {took:?}"
+    );
+    proxy.pass();
+}
