@@ -567,3 +567,178 @@ async fn a_fetch_on_a_dead_link_ends_on_the_missed_heartbeat() {
     );
     proxy.pass();
 }
+
+/// With max_bytes the pulls are sized in bytes as the server counts them (subject,
+/// reply, payload): a long drain never stalls on a count that drifts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_pulls_drain_everything() {
+    const N: u64 = 2000;
+    let server = js_server();
+    let js = filled(&server, N).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("bytes"))
+        .await
+        .unwrap();
+    // About ten messages a pull: 200 pulls, each ended by its bytes.
+    let mut messages = consumer
+        .messages(PullOptions::new().batch(1000).max_bytes(1000))
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < N as usize {
+        let item = tokio::time::timeout(T, messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} messages", seen.len()))
+            .expect("the stream goes on");
+        match item {
+            Ok(m) => {
+                seen.insert(seq(&m));
+                m.ack().await.unwrap();
+            }
+            Err(e) => panic!("no item expected on a routine drain: {e}"),
+        }
+    }
+    assert_eq!(seen, (1..=N).collect());
+}
+
+/// A message larger than max_bytes can never be pulled: the stream says so and ends
+/// instead of pulling forever.
+#[tokio::test]
+async fn a_message_larger_than_max_bytes_ends_the_stream_saying_so() {
+    let server = js_server();
+    let js = tether::connect(server.url()).await.unwrap().jetstream();
+    js.create_stream(StreamConfig::new("S", ["s.>"]).storage(StorageType::Memory))
+        .await
+        .unwrap();
+    js.publish("s.big", vec![b'x'; 4096])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("small"))
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .messages(PullOptions::new().max_bytes(1024))
+        .await
+        .unwrap();
+    let item = tokio::time::timeout(T, messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match item {
+        Err(PullError::Status {
+            code: 409,
+            description,
+            ..
+        }) => assert!(
+            description.contains("max_bytes (1024)") && description.contains("raise"),
+            "{description}"
+        ),
+        other => panic!("expected a 409 item, got {other:?}"),
+    }
+    let end = tokio::time::timeout(T, messages.next()).await.unwrap();
+    assert!(end.is_none(), "the stream ends: {end:?}");
+}
+
+/// A pull the consumer's limits refuse forever (max_batch below the batch) is reported
+/// once and ends the stream, naming the limit; fetch says the same as an error.
+#[tokio::test]
+async fn a_batch_over_the_consumers_max_batch_ends_the_stream_naming_it() {
+    let server = js_server();
+    let js = filled(&server, 5).await;
+    let consumer = js
+        .create_consumer("S", ConsumerConfig::durable("capped").max_batch(10))
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .messages(PullOptions::new().batch(100))
+        .await
+        .unwrap();
+    let item = tokio::time::timeout(T, messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match item {
+        Err(PullError::Status {
+            code: 409,
+            description,
+            ..
+        }) => assert!(description.contains("MaxRequestBatch"), "{description}"),
+        other => panic!("expected a 409 item, got {other:?}"),
+    }
+    let end = tokio::time::timeout(T, messages.next()).await.unwrap();
+    assert!(end.is_none(), "the stream ends: {end:?}");
+    let err = consumer
+        .fetch(100, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("MaxRequestBatch"), "{err}");
+    // Within the limit, both work.
+    assert_eq!(
+        consumer
+            .fetch(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+/// The server restarts while the stream is not being polled: once the client has
+/// reconnected, the next poll asks afresh (the old pulls died with the server), so new
+/// messages arrive at once, not after a missed heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_between_polls_reissues_the_pulls() {
+    let mut server = js_server();
+    let client = ConnectOptions::new().connect(server.url()).await.unwrap();
+    let mut events = client.events();
+    let js = client.jetstream();
+    js.create_stream(StreamConfig::new("F", ["f.>"]).storage(StorageType::File))
+        .await
+        .unwrap();
+    let consumer = js
+        .create_consumer("F", ConsumerConfig::durable("durable"))
+        .await
+        .unwrap();
+    // Heartbeats of 10 s: a missed one would take 20 s to notice.
+    let mut messages = consumer
+        .messages(
+            PullOptions::new()
+                .expires(Duration::from_secs(60))
+                .idle_heartbeat(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    js.publish("f.1", "before").await.unwrap().await.unwrap();
+    let m = tokio::time::timeout(T, messages.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"before");
+    m.double_ack().await.unwrap();
+
+    server.stop();
+    common::next_event(&mut events, |e| matches!(e, EventKind::Disconnected { .. })).await;
+    server.restart().unwrap();
+    common::next_event(&mut events, |e| matches!(e, EventKind::Reconnected { .. })).await;
+    js.publish("f.2", "after").await.unwrap().await.unwrap();
+    let start = Instant::now();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("the message after the restart arrives without waiting for a heartbeat")
+            .unwrap();
+        match item {
+            Ok(m) => {
+                assert_eq!(&m.payload[..], b"after");
+                break;
+            }
+            Err(PullError::MissedHeartbeat { .. }) => panic!("pulls were not re-issued"),
+            Err(e) => eprintln!("pull item: {e}"),
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+}

@@ -87,6 +87,13 @@ pub struct ConsumerConfig {
     /// Pull requests waiting at once at most; zero takes the server's default (512).
     #[serde(default, skip_serializing_if = "api::is_zero_i64")]
     pub max_waiting: i64,
+    /// The largest batch one pull may ask for; zero: no limit. A bigger pull is refused
+    /// (`409 Exceeded MaxRequestBatch`).
+    #[serde(default, skip_serializing_if = "api::is_zero_i64")]
+    pub max_batch: i64,
+    /// The longest expiry one pull may ask for; zero: no limit.
+    #[serde(default, with = "nanos", skip_serializing_if = "api::is_zero")]
+    pub max_expires: Duration,
     /// Redelivery delays, one per delivery (the last repeats); overrides ack_wait.
     #[serde(default, with = "nanos::vec", skip_serializing_if = "Vec::is_empty")]
     pub backoff: Vec<Duration>,
@@ -131,6 +138,8 @@ impl ConsumerConfig {
             replay_policy: instant(),
             max_ack_pending: 0,
             max_waiting: 0,
+            max_batch: 0,
+            max_expires: Duration::ZERO,
             backoff: Vec::new(),
             inactive_threshold: Duration::ZERO,
             num_replicas: 0,
@@ -189,6 +198,18 @@ impl ConsumerConfig {
     /// At most `n` messages delivered and unacked.
     pub fn max_ack_pending(mut self, n: i64) -> Self {
         self.max_ack_pending = n;
+        self
+    }
+
+    /// Pulls may ask for at most `n` messages.
+    pub fn max_batch(mut self, n: i64) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// Pulls may wait at most `d`.
+    pub fn max_expires(mut self, d: Duration) -> Self {
+        self.max_expires = d;
         self
     }
 

@@ -56,11 +56,15 @@
 //!   then for more whenever less than half of the batch is outstanding (the server's
 //!   408/409 statuses say how much of an ended pull went unfilled). After a reconnect, a
 //!   `409 Leadership Change` or a missed heartbeat it assumes every pull is gone and asks
-//!   afresh: asking twice costs a few extra messages in flight, never a stall. A pull the
-//!   server refuses (`409 Exceeded MaxWaiting`, `400`...) is reported and asked again
-//!   500 ms later. No responders on a pull means the consumer is gone or its leader is
-//!   being elected; the consumer info API tells which: gone ends the stream with
-//!   [`PullError::ConsumerDeleted`], as does `409 Consumer Deleted`.
+//!   afresh: asking twice costs a few extra messages in flight, never a stall. With
+//!   `max_bytes`, bytes (counted as the server does: subject, reply, headers, payload)
+//!   decide when to ask. A pull the server refuses for now (`409 Exceeded MaxWaiting`) is
+//!   reported and asked again 500 ms later; one that can never succeed (the consumer's
+//!   max_batch, max_expires or max_bytes below the pull's, a `400`, a message larger than
+//!   max_bytes) is reported and ends the stream. No responders on a pull, or a `409
+//!   Consumer Deleted` (also sent when a consumer moves between servers), means the
+//!   consumer is gone, moved, or its leader is being elected; the consumer info API tells
+//!   which: gone ends the stream with [`PullError::ConsumerDeleted`].
 //! - **Fetch.** [`Consumer::fetch`] is one pull; from 2 s of expiry up it carries a
 //!   heartbeat of a quarter of it (at most 5 s), so a dead link ends it early (with what
 //!   came, or [`PullError::MissedHeartbeat`] in [`JetStreamError::Pull`] if nothing did)
@@ -90,6 +94,7 @@ pub use publish::{
 };
 pub use pull::{
     Messages, PullError, PullOptions, DEFAULT_BATCH, DEFAULT_EXPIRES, DEFAULT_IDLE_HEARTBEAT,
+    MAX_EXPIRES,
 };
 pub use stream::{
     ClusterInfo, DiscardPolicy, PeerInfo, PurgeOptions, RetentionPolicy, StorageType, StreamConfig,

@@ -21,6 +21,8 @@ use crate::{State, Subscriber};
 pub const DEFAULT_BATCH: usize = 500;
 /// Default expiry of a pull request.
 pub const DEFAULT_EXPIRES: Duration = Duration::from_secs(30);
+/// The longest expiry a pull may ask for.
+pub const MAX_EXPIRES: Duration = Duration::from_secs(24 * 3600);
 /// Default idle heartbeat of a pull request (under half of [`DEFAULT_EXPIRES`]).
 pub const DEFAULT_IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -97,6 +99,16 @@ impl PullOptions {
                 ),
             });
         }
+        if self.expires > MAX_EXPIRES {
+            return Err(JetStreamError::InvalidOption {
+                option: "expires",
+                reason: format!(
+                    "expires {:?} is too long; a pull waits at most {:?} (pulls are re-issued \
+                     as they expire, so a shorter one loses nothing)",
+                    self.expires, MAX_EXPIRES
+                ),
+            });
+        }
         if !self.idle_heartbeat.is_zero() && self.idle_heartbeat.saturating_mul(2) >= self.expires {
             return Err(JetStreamError::InvalidOption {
                 option: "idle_heartbeat",
@@ -113,8 +125,11 @@ impl PullOptions {
     }
 }
 
-/// Something other than a message on a pull consumer's stream. Only
-/// [`PullError::ConsumerDeleted`] (and a closed client) ends the stream.
+/// Something other than a message on a pull consumer's stream. The stream goes on after
+/// it, except after [`PullError::ConsumerDeleted`] and after a [`PullError::Status`] for a
+/// pull that can never succeed (the consumer's max_batch, max_expires or max_bytes is
+/// below the pull's, a 400, a message larger than max_bytes, a push consumer), which
+/// end it; a closed client ends it too.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PullError {
@@ -208,22 +223,27 @@ enum Arrival {
     /// 100 Idle Heartbeat.
     Heartbeat,
     /// A pull request ended (408 Request Timeout, 409 Batch Completed, ...) with this
-    /// much of it unfilled. `note` is set when the user should hear why.
-    Ended {
-        msgs: usize,
-        bytes: usize,
-        note: Option<(u16, String)>,
-    },
+    /// much of it unfilled.
+    Ended { msgs: usize, bytes: usize },
+    /// 409 Message Size Exceeds MaxBytes: the next message is larger than what the pull
+    /// had left (`bytes`); the pull ended.
+    TooBig { msgs: usize, bytes: usize },
     /// 404 No Messages (a no_wait pull).
     NoMessages,
     /// 409 Leadership Change: every waiting pull is gone.
     LeadershipChange,
-    /// 409 Consumer Deleted.
-    Deleted(String),
+    /// 409 Consumer Deleted (also sent when the consumer moved off this server).
+    Deleted,
     /// 503: nobody serves the consumer's pull subject.
     NoResponders,
-    /// Any other status: the pull was refused (400, 409 Exceeded MaxWaiting, ...).
-    Refused { code: u16, description: String },
+    /// Any other status: the pull was refused (400, 409 Exceeded MaxWaiting, ...);
+    /// `permanent` when asking again the same way cannot succeed (the consumer's limits
+    /// or the request itself are at fault).
+    Refused {
+        code: u16,
+        description: String,
+        permanent: bool,
+    },
 }
 
 fn classify(msg: &crate::Message) -> Arrival {
@@ -251,18 +271,24 @@ fn classify(msg: &crate::Message) -> Arrival {
         (409, _) if description.eq_ignore_ascii_case("Leadership Change") => {
             Arrival::LeadershipChange
         }
-        (409, _) if description.eq_ignore_ascii_case("Consumer Deleted") => {
-            Arrival::Deleted(format!("409 {description}"))
+        (409, _) if description.eq_ignore_ascii_case("Consumer Deleted") => Arrival::Deleted,
+        (409, (Some(msgs), bytes))
+            if description.eq_ignore_ascii_case("Message Size Exceeds MaxBytes") =>
+        {
+            Arrival::TooBig {
+                msgs,
+                bytes: bytes.unwrap_or(0),
+            }
         }
         (408 | 409, (Some(msgs), bytes)) => Arrival::Ended {
             msgs,
             bytes: bytes.unwrap_or(0),
-            // An expiry is routine; a message over max_bytes is not (it will never fit).
-            note: (status.0 == 409 && !description.eq_ignore_ascii_case("Batch Completed"))
-                .then(|| (status.0, description.to_owned())),
         },
         (code, _) => Arrival::Refused {
             code,
+            permanent: code == 400
+                || description.starts_with("Exceeded MaxRequest")
+                || description.eq_ignore_ascii_case("Consumer is push based"),
             description: description.to_owned(),
         },
     }
@@ -384,16 +410,20 @@ impl Messages {
         self.retry_at = None;
         let batch = self.opts.batch;
         let max_bytes = self.opts.max_bytes;
-        let low_msgs = self.pending_msgs <= batch / 2;
-        let low_bytes = max_bytes > 0 && self.pending_bytes <= max_bytes / 2;
-        if !low_msgs && !low_bytes {
-            return;
-        }
-        let n = batch.saturating_sub(self.pending_msgs).max(1);
-        let b = if max_bytes > 0 {
-            max_bytes.saturating_sub(self.pending_bytes).max(1)
+        // With max_bytes, bytes are the limit that binds: a pull goes out when half of
+        // them are free and asks for the full batch (the server ends a pull whose bytes
+        // run out without saying how many messages it had left, so a message count
+        // would drift). Without, half of the batch.
+        let (n, b) = if max_bytes > 0 {
+            if self.pending_bytes > max_bytes / 2 {
+                return;
+            }
+            (batch, max_bytes - self.pending_bytes)
         } else {
-            0
+            if self.pending_msgs > batch / 2 {
+                return;
+            }
+            (batch - self.pending_msgs, 0)
         };
         let body = pull_body(n, b, self.opts.expires, self.opts.idle_heartbeat);
         match self
@@ -411,6 +441,9 @@ impl Messages {
                 self.last_pull = now;
             }
             Err(e) => {
+                // Counted as an attempt: without heartbeats the expiry clock restarts, so
+                // the timer does not fall due again before the retry.
+                self.last_pull = now;
                 tracing::debug!(consumer = %self.consumer, error = %e, "pull request not sent");
                 self.queued.push_back(PullError::Request {
                     consumer: self.consumer.clone(),
@@ -422,9 +455,12 @@ impl Messages {
         }
     }
 
+    /// The client's state changed (the watch only fires on a real transition). Connected
+    /// again, even when it read Connected at the last look, means a link came up since:
+    /// the old link's pulls are gone with it.
     fn on_state(&mut self, state: State, now: Instant) {
         let up = state == State::Connected;
-        if up && !self.connected {
+        if up {
             self.connected = true;
             // A new link: whatever waited for a retry is asked for now.
             self.retry_at = None;
@@ -434,6 +470,18 @@ impl Messages {
         } else if !up {
             // Heartbeats cannot come while no link is up: the clock stops.
             self.connected = false;
+        }
+    }
+
+    /// Ask the server whether the consumer still exists (after no responders or a 409
+    /// Consumer Deleted); pulls wait for the answer.
+    fn check_consumer(&mut self) {
+        if self.check.is_none() {
+            let ctx = self.ctx.clone();
+            let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
+            self.check = Some(Box::pin(async move {
+                ctx.consumer_info(&stream, &consumer).await
+            }));
         }
     }
 
@@ -472,16 +520,30 @@ impl Messages {
     fn on_status(&mut self, arrival: Arrival, now: Instant) {
         match arrival {
             Arrival::Message | Arrival::Heartbeat | Arrival::NoMessages => {}
-            Arrival::Ended { msgs, bytes, note } => {
+            Arrival::Ended { msgs, bytes } => {
                 self.pending_msgs = self.pending_msgs.saturating_sub(msgs);
                 self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
-                if let Some((code, description)) = note {
+                self.top_up(now);
+            }
+            Arrival::TooBig { msgs, bytes } => {
+                if bytes >= self.opts.max_bytes {
+                    // A pull of the full max_bytes got nothing: the next message can never
+                    // fit, and every pull would end the same way.
                     self.queued.push_back(PullError::Status {
                         consumer: self.consumer.clone(),
-                        code,
-                        description,
+                        code: 409,
+                        description: format!(
+                            "Message Size Exceeds MaxBytes: the next message is larger than \
+                             max_bytes ({}); raise max_bytes to consume it",
+                            self.opts.max_bytes
+                        ),
                     });
+                    self.done = true;
+                    return;
                 }
+                // Routine: a partly filled pull met a message larger than its rest.
+                self.pending_msgs = self.pending_msgs.saturating_sub(msgs);
+                self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
                 self.top_up(now);
             }
             Arrival::LeadershipChange => {
@@ -490,25 +552,22 @@ impl Messages {
                 });
                 self.restart_pulls(now);
             }
-            Arrival::Deleted(reason) => self.end_deleted(reason),
-            Arrival::NoResponders => {
-                if self.check.is_none() {
-                    let ctx = self.ctx.clone();
-                    let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
-                    self.check = Some(Box::pin(async move {
-                        ctx.consumer_info(&stream, &consumer).await
-                    }));
-                }
-            }
-            Arrival::Refused { code, description } => {
-                let permanent = description.eq_ignore_ascii_case("Consumer is push based");
-                tracing::warn!(consumer = %self.consumer, code, %description, "pull refused");
+            // Sent on a delete, and also to a server the consumer moved off: ask.
+            Arrival::Deleted | Arrival::NoResponders => self.check_consumer(),
+            Arrival::Refused {
+                code,
+                description,
+                permanent,
+            } => {
+                tracing::warn!(consumer = %self.consumer, code, %description, permanent, "pull refused");
                 self.queued.push_back(PullError::Status {
                     consumer: self.consumer.clone(),
                     code,
                     description,
                 });
                 if permanent {
+                    // The consumer's limits (max_batch, max_expires, max_bytes) or the
+                    // request: the same pull would be refused forever.
                     self.done = true;
                     return;
                 }
@@ -531,8 +590,8 @@ impl Messages {
             Ok(_) => {
                 self.queued.push_back(PullError::Request {
                     consumer: self.consumer.clone(),
-                    error: "no responders for the pull although the consumer exists (its \
-                            leader is being elected?); asking again"
+                    error: "the pull went unanswered although the consumer exists (its \
+                            leader is being elected, or it moved?); asking again"
                         .to_owned(),
                 });
                 self.retry_at = Some(now + RETRY_DELAY);
@@ -603,7 +662,11 @@ impl futures_core::Stream for Messages {
                     match classify(&msg) {
                         Arrival::Message => {
                             this.pending_msgs = this.pending_msgs.saturating_sub(1);
-                            this.pending_bytes = this.pending_bytes.saturating_sub(msg.size);
+                            // The server counts subject and reply too.
+                            let size = msg.size
+                                + msg.subject.as_str().len()
+                                + msg.reply.as_ref().map_or(0, |r| r.as_str().len());
+                            this.pending_bytes = this.pending_bytes.saturating_sub(size);
                             this.top_up(now);
                             let client = this.ctx.client.clone();
                             return Poll::Ready(Some(Ok(JsMessage::new(
@@ -717,20 +780,14 @@ impl Consumer {
                     }
                 }
                 Arrival::Heartbeat => {}
-                Arrival::Ended { .. } | Arrival::NoMessages => break,
+                Arrival::Ended { .. } | Arrival::NoMessages | Arrival::TooBig { .. } => break,
                 Arrival::LeadershipChange if !out.is_empty() => break,
                 Arrival::LeadershipChange => {
                     return Err(JetStreamError::Pull(PullError::LeadershipChange {
                         consumer: self.name.clone(),
                     }))
                 }
-                Arrival::Deleted(_) => {
-                    return Err(JetStreamError::ConsumerNotFound {
-                        stream: self.stream.clone(),
-                        consumer: self.name.clone(),
-                    })
-                }
-                Arrival::NoResponders => {
+                Arrival::Deleted | Arrival::NoResponders => {
                     // Gone, or its leader is being elected: the info call tells which.
                     return Err(
                         match self.ctx.consumer_info(&self.stream, &self.name).await {
@@ -743,7 +800,9 @@ impl Consumer {
                         },
                     );
                 }
-                Arrival::Refused { code, description } => {
+                Arrival::Refused {
+                    code, description, ..
+                } => {
                     return Err(JetStreamError::Pull(PullError::Status {
                         consumer: self.name.clone(),
                         code,
@@ -771,8 +830,15 @@ impl Consumer {
         opts.validate()?;
         let client = self.ctx.client.clone();
         let inbox = new_inbox(&client);
+        // Room for what the pulls can bring (an asking-again after a reconnect may overlap
+        // an earlier pull): messages dropped here would only come back after ack_wait.
+        let defaults = &client.shared().opts;
+        let limits = crate::SubscribeOptions::new().pending_limits(
+            defaults.pending_msgs.max(opts.batch.saturating_mul(4)),
+            defaults.pending_bytes.max(opts.max_bytes.saturating_mul(4)),
+        );
         let sub = client
-            .subscribe(&inbox)
+            .subscribe_with(&inbox, limits)
             .await
             .map_err(|e| self.pull_failed(e.to_string()))?;
         let mut rx = client.status_watch();
@@ -836,44 +902,50 @@ mod tests {
         );
         assert_eq!(
             classify(&status(408, "Request Timeout", Some((7, 0)))),
-            Arrival::Ended {
-                msgs: 7,
-                bytes: 0,
-                note: None
-            }
+            Arrival::Ended { msgs: 7, bytes: 0 }
         );
         assert_eq!(
             classify(&status(409, "Batch Completed", Some((0, 10)))),
-            Arrival::Ended {
-                msgs: 0,
-                bytes: 10,
-                note: None
-            }
+            Arrival::Ended { msgs: 0, bytes: 10 }
         );
-        assert!(matches!(
+        assert_eq!(
             classify(&status(409, "Message Size Exceeds MaxBytes", Some((3, 5)))),
-            Arrival::Ended {
-                msgs: 3,
-                note: Some((409, _)),
-                ..
-            }
-        ));
+            Arrival::TooBig { msgs: 3, bytes: 5 }
+        );
         assert_eq!(
             classify(&status(409, "Leadership Change", None)),
             Arrival::LeadershipChange
         );
-        assert!(matches!(
+        assert_eq!(
             classify(&status(409, "Consumer Deleted", None)),
-            Arrival::Deleted(_)
-        ));
+            Arrival::Deleted
+        );
         assert_eq!(classify(&status(503, "", None)), Arrival::NoResponders);
         assert_eq!(
             classify(&status(409, "Exceeded MaxWaiting", None)),
             Arrival::Refused {
                 code: 409,
-                description: "Exceeded MaxWaiting".to_owned()
+                description: "Exceeded MaxWaiting".to_owned(),
+                permanent: false,
             }
         );
+        for (code, d) in [
+            (409, "Exceeded MaxRequestBatch of 100"),
+            (409, "Exceeded MaxRequestExpires of 1s"),
+            (400, "Bad Request - invalid json"),
+            (409, "Consumer is push based"),
+        ] {
+            assert!(
+                matches!(
+                    classify(&status(code, d, None)),
+                    Arrival::Refused {
+                        permanent: true,
+                        ..
+                    }
+                ),
+                "{d}"
+            );
+        }
     }
 
     #[test]
