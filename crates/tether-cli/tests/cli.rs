@@ -1044,31 +1044,33 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `tether js stream add ORDERS` with most options.
+const ADD_ORDERS: [&str; 18] = [
+    "js",
+    "stream",
+    "add",
+    "ORDERS",
+    "--subjects",
+    "orders.>,audit.*",
+    "--storage",
+    "memory",
+    "--retention",
+    "workqueue",
+    "--max-msgs",
+    "100",
+    "--max-age",
+    "1h",
+    "--dupe-window",
+    "30s",
+    "--discard",
+    "new",
+];
+
 #[test]
 fn js_stream_add_and_info() {
     let server = js_server();
     let url = server.url();
-    let added = json_lines(&run(tether(&url).args([
-        "js",
-        "stream",
-        "add",
-        "ORDERS",
-        "--subjects",
-        "orders.>,audit.*",
-        "--storage",
-        "memory",
-        "--retention",
-        "workqueue",
-        "--max-msgs",
-        "100",
-        "--max-age",
-        "1h",
-        "--dupe-window",
-        "30s",
-        "--discard",
-        "new",
-        "--json",
-    ])));
+    let added = json_lines(&run(tether(&url).args(ADD_ORDERS).arg("--json")));
     assert_eq!(added.len(), 1, "{added:?}");
     let c = &added[0]["config"];
     assert_eq!(added[0]["name"], "ORDERS");
@@ -1085,26 +1087,7 @@ fn js_stream_add_and_info() {
     assert_eq!(c["duplicate_window"], 30_000_000_000u64, "{c}");
 
     // The same config again is no error; another one is, naming the way out.
-    let again = run(tether(&url).args([
-        "js",
-        "stream",
-        "add",
-        "ORDERS",
-        "--subjects",
-        "orders.>,audit.*",
-        "--storage",
-        "memory",
-        "--retention",
-        "workqueue",
-        "--max-msgs",
-        "100",
-        "--max-age",
-        "1h",
-        "--dupe-window",
-        "30s",
-        "--discard",
-        "new",
-    ]));
+    let again = run(tether(&url).args(ADD_ORDERS));
     assert!(again.status.success(), "{}", text(&again.stderr));
     let changed = run(tether(&url).args(["js", "stream", "add", "ORDERS", "--subjects", "x.>"]));
     let err = one_line_error(&changed);

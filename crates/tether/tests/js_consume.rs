@@ -623,23 +623,30 @@ async fn a_message_larger_than_max_bytes_ends_the_stream_saying_so() {
         .messages(PullOptions::new().max_bytes(1024))
         .await
         .unwrap();
+    let description = ends_on_a_409(&mut messages).await;
+    assert!(
+        description.contains("max_bytes (1024)") && description.contains("raise"),
+        "{description}"
+    );
+}
+
+/// The next item is a 409 status and then the stream ends; returns its description.
+async fn ends_on_a_409(messages: &mut jetstream::Messages) -> String {
     let item = tokio::time::timeout(T, messages.next())
         .await
         .unwrap()
         .unwrap();
-    match item {
+    let description = match item {
         Err(PullError::Status {
             code: 409,
             description,
             ..
-        }) => assert!(
-            description.contains("max_bytes (1024)") && description.contains("raise"),
-            "{description}"
-        ),
+        }) => description,
         other => panic!("expected a 409 item, got {other:?}"),
-    }
+    };
     let end = tokio::time::timeout(T, messages.next()).await.unwrap();
     assert!(end.is_none(), "the stream ends: {end:?}");
+    description
 }
 
 /// A pull the consumer's limits refuse forever (max_batch below the batch) is reported
@@ -656,20 +663,8 @@ async fn a_batch_over_the_consumers_max_batch_ends_the_stream_naming_it() {
         .messages(PullOptions::new().batch(100))
         .await
         .unwrap();
-    let item = tokio::time::timeout(T, messages.next())
-        .await
-        .unwrap()
-        .unwrap();
-    match item {
-        Err(PullError::Status {
-            code: 409,
-            description,
-            ..
-        }) => assert!(description.contains("MaxRequestBatch"), "{description}"),
-        other => panic!("expected a 409 item, got {other:?}"),
-    }
-    let end = tokio::time::timeout(T, messages.next()).await.unwrap();
-    assert!(end.is_none(), "the stream ends: {end:?}");
+    let description = ends_on_a_409(&mut messages).await;
+    assert!(description.contains("MaxRequestBatch"), "{description}");
     let err = consumer
         .fetch(100, Duration::from_secs(1))
         .await
