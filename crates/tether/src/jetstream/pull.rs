@@ -959,6 +959,23 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_over_a_day_is_refused_by_name() {
+        let long = PullOptions::new().expires(MAX_EXPIRES + Duration::from_secs(1));
+        let err = long.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JetStreamError::InvalidOption {
+                    option: "expires",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(PullOptions::new().expires(MAX_EXPIRES).validate().is_ok());
+    }
+
+    #[test]
     fn fetch_heartbeat_stays_under_half_the_expiry() {
         assert_eq!(fetch_heartbeat(Duration::from_millis(1500)), Duration::ZERO);
         for secs in [2, 5, 30, 120] {
