@@ -220,20 +220,16 @@ impl NatsCluster {
     /// 1 s... after each node starts), which no monitoring endpoint shows. Retry such a
     /// create until a deadline.
     pub fn wait_jetstream(&self, timeout: Duration) -> Result<(), TestkitError> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let Some(missing) = self.jetstream_not_ready() else {
-                return Ok(());
-            };
-            if Instant::now() >= deadline {
-                return Err(TestkitError::JetStream {
-                    detail: format!("after {timeout:?}: {missing}"),
-                });
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+        let mut missing = None;
+        if crate::wait_for(timeout, || {
+            missing = self.jetstream_not_ready();
+            missing.is_none()
+        }) {
+            return Ok(());
         }
+        Err(TestkitError::JetStream {
+            detail: format!("after {timeout:?}: {}", missing.unwrap_or_default()),
+        })
     }
 
     /// The running nodes (process not exited), with their indexes.

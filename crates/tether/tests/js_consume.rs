@@ -49,23 +49,42 @@ fn seq(m: &JsMessage) -> u64 {
     m.info().expect("a JetStream ack subject").stream_sequence
 }
 
-/// Polls the consumer's info until nothing is pending or unacked.
-async fn wait_all_acked(consumer: &mut Consumer, last: u64) {
-    let deadline = Instant::now() + T;
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.num_ack_pending == 0 && info.num_pending == 0 && info.ack_floor.stream_seq == last {
-            return;
+/// Polls the consumer's info until nothing is pending or unacked and the ack floor is
+/// `last`.
+async fn wait_all_acked(consumer: &Consumer, last: u64) {
+    let all_acked = tether_testkit::wait_for_async(T, || {
+        let mut c = consumer.clone();
+        async move {
+            let info = c.info().await.unwrap();
+            info.num_ack_pending == 0 && info.num_pending == 0 && info.ack_floor.stream_seq == last
         }
-        assert!(
-            Instant::now() < deadline,
+    })
+    .await;
+    if !all_acked {
+        let mut c = consumer.clone();
+        let info = c.info().await.unwrap();
+        panic!(
             "still unacked or pending: {} unacked, {} pending, ack floor {}",
-            info.num_ack_pending,
-            info.num_pending,
-            info.ack_floor.stream_seq
+            info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The next item, which must be a message, within T.
+async fn next_message(messages: &mut jetstream::Messages) -> JsMessage {
+    tokio::time::timeout(T, messages.next())
+        .await
+        .expect("an item within T")
+        .expect("the stream goes on")
+        .expect("a message")
+}
+
+/// `err` is an InvalidOption naming `option`.
+fn assert_invalid_option(err: &JetStreamError, option: &str) {
+    assert!(
+        matches!(err, JetStreamError::InvalidOption { option: o, .. } if *o == option),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -109,16 +128,7 @@ async fn fetch_returns_a_full_batch_or_what_there_is_at_expiry() {
     assert!(none.is_empty());
 
     let err = consumer.fetch(0, Duration::from_secs(1)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            JetStreamError::InvalidOption {
-                option: "batch",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_invalid_option(&err, "batch");
     assert!(err.to_string().contains("at least 1"), "{err}");
 }
 
@@ -127,7 +137,7 @@ async fn messages_drains_a_stream_and_every_message_is_acked() {
     const N: u64 = 3000;
     let server = js_server();
     let js = filled(&server, N).await;
-    let mut consumer = js
+    let consumer = js
         .create_consumer("S", ConsumerConfig::durable("drain"))
         .await
         .unwrap();
@@ -147,14 +157,14 @@ async fn messages_drains_a_stream_and_every_message_is_acked() {
         m.ack().await.unwrap();
     }
     assert_eq!(seen, (1..=N).collect());
-    wait_all_acked(&mut consumer, N).await;
+    wait_all_acked(&consumer, N).await;
 }
 
 #[tokio::test]
 async fn nak_redelivers_term_does_not_and_double_ack_is_confirmed() {
     let server = js_server();
     let js = filled(&server, 4).await;
-    let mut consumer = js
+    let consumer = js
         .create_consumer(
             "S",
             ConsumerConfig::durable("acks").ack_wait(Duration::from_secs(30)),
@@ -198,7 +208,7 @@ async fn nak_redelivers_term_does_not_and_double_ack_is_confirmed() {
         .await
         .unwrap()
         .is_empty());
-    wait_all_acked(&mut consumer, 4).await;
+    wait_all_acked(&consumer, 4).await;
 }
 
 #[tokio::test]
@@ -278,32 +288,14 @@ async fn pull_options_are_checked_before_anything_is_sent() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            JetStreamError::InvalidOption {
-                option: "idle_heartbeat",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_invalid_option(&err, "idle_heartbeat");
     let text = err.to_string();
     assert!(text.contains("under half") && text.contains("5s"), "{text}");
     let err = consumer
         .messages(PullOptions::new().batch(0))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            JetStreamError::InvalidOption {
-                option: "batch",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_invalid_option(&err, "batch");
 }
 
 #[tokio::test]
@@ -328,11 +320,7 @@ async fn a_quiet_consumer_gets_heartbeats_and_no_missed_heartbeat() {
     let quiet = tokio::time::timeout(Duration::from_millis(2500), messages.next()).await;
     assert!(quiet.is_err(), "an item on a quiet consumer: {quiet:?}");
     js.publish("s.1", "late").await.unwrap().await.unwrap();
-    let m = tokio::time::timeout(T, messages.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut messages).await;
     assert_eq!(&m.payload[..], b"late");
 }
 
@@ -345,11 +333,7 @@ async fn a_deleted_consumer_ends_the_stream_with_the_reason() {
         .await
         .unwrap();
     let mut messages = consumer.messages(PullOptions::new()).await.unwrap();
-    let m = tokio::time::timeout(T, messages.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut messages).await;
     m.ack().await.unwrap();
     js.delete_consumer("S", "doomed").await.unwrap();
     let item = tokio::time::timeout(T, messages.next())
@@ -390,7 +374,7 @@ async fn a_black_holed_link_mid_consume_is_found_by_the_heartbeat_and_nothing_is
     let mut events = client.events();
     let js = client.jetstream();
     fill(&js, N).await;
-    let mut consumer = js
+    let consumer = js
         .create_consumer(
             "S",
             ConsumerConfig::durable("bh").ack_wait(Duration::from_secs(2)),
@@ -462,7 +446,7 @@ async fn a_black_holed_link_mid_consume_is_found_by_the_heartbeat_and_nothing_is
             }
         }
     });
-    wait_all_acked(&mut consumer, N).await;
+    wait_all_acked(&consumer, N).await;
     drain.abort();
 }
 
@@ -707,11 +691,7 @@ async fn a_reconnect_between_polls_reissues_the_pulls() {
         .await
         .unwrap();
     js.publish("f.1", "before").await.unwrap().await.unwrap();
-    let m = tokio::time::timeout(T, messages.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut messages).await;
     assert_eq!(&m.payload[..], b"before");
     m.double_ack().await.unwrap();
 
