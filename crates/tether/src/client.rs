@@ -194,6 +194,7 @@ impl Client {
             events: hub,
             opts,
             counters,
+            held: std::sync::atomic::AtomicBool::new(false),
             runtime,
             tls: crate::tls::TlsContext::default(),
         });
@@ -410,6 +411,7 @@ impl Client {
             State::DrainingPubs => return Err((PublishError::Draining, false)),
             _ => {}
         }
+        let windowed = request.as_ref().is_some_and(|r| r.slot.is_some());
         if matches!(f.kind, FrameKind::Request(_)) && !request::inbox_still_valid(inner, request) {
             // Never sent; the caller hears it at once.
             return Ok(());
@@ -431,6 +433,16 @@ impl Client {
                     if inner.requests.len() == 1
                         && !crate::connection::link::try_direct_write(shared, inner)
                     {
+                        return Ok(());
+                    }
+                    // A window's publish while its earlier acks are on their way: the
+                    // driver writes it after the next read (those acks free slots whose
+                    // publishes go out with it), the publisher when it waits, or at most
+                    // `HOLD` later. One write per round of acks, not one per publish.
+                    if windowed && inner.driver_waiting && inner.driver_holds {
+                        shared
+                            .held
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                         return Ok(());
                     }
                 }
@@ -674,10 +686,16 @@ impl Client {
     ) -> Result<Message, RequestError> {
         let start = tokio::time::Instant::now();
         let deadline = later_tokio(start, timeout);
-        self.request_send(subject, headers, payload, deadline, None)
-            .await?
-            .reply(subject)
-            .await
+        self.request_send(
+            &Arc::from(subject),
+            headers,
+            payload,
+            (start, deadline),
+            None,
+        )
+        .await?
+        .reply(subject)
+        .await
     }
 
     /// The first half of a request: buffer it and register its reply, waiting for buffer
@@ -688,30 +706,59 @@ impl Client {
     /// entry and freed when the entry goes.
     pub(crate) async fn request_send(
         &self,
-        subject: &str,
+        subject: &Arc<str>,
         headers: Option<&HeaderMap>,
         payload: &[u8],
-        deadline: tokio::time::Instant,
+        (start, deadline): (tokio::time::Instant, tokio::time::Instant),
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<PendingReply, RequestError> {
         validate_publish(subject, None, headers)?;
         self.ensure_started();
-        let start = tokio::time::Instant::now();
         let shared = self.shared();
         let (tx, rx) = oneshot::channel();
-        let (token, reply, mux_sid) = {
+        let slot = slot.map(|p| request::WindowSlot::new(p, &shared.counters.window_requests));
+        let mut pending = Some(PendingRequest {
+            slot,
+            subject: Arc::clone(subject),
+            mux_sid: 0,
+            tx,
+        });
+        // The request timeout bounds the wait for buffer room too (B12).
+        let failed = |e: PublishError| {
+            if matches!(e, PublishError::BufferFull { .. })
+                && tokio::time::Instant::now() >= deadline
+            {
+                RequestError::Timeout {
+                    subject: subject.to_string(),
+                    elapsed: start.elapsed(),
+                }
+            } else {
+                RequestError::Publish(e)
+            }
+        };
+        // The common case in one lock section: register the request, buffer its frame.
+        let (token, full) = {
             let mut inner = shared.lock("request");
             if inner.state == State::Closed {
                 return Err(RequestError::Closed);
             }
-            request::start(shared, &mut inner)?
+            let mut reply = std::mem::take(&mut inner.reply_scratch);
+            let (token, mux_sid) = request::start(shared, &mut inner, &mut reply)?;
+            if let Some(p) = pending.as_mut() {
+                p.mux_sid = mux_sid;
+            }
+            let f = Frame {
+                kind: FrameKind::Request(token),
+                ..Frame::publish(subject, Some(&reply), headers, payload)
+            };
+            let full = match self.buffer_publish(&mut inner, f, &mut pending) {
+                Ok(()) => None,
+                Err((e, false)) => return Err(failed(self.give_up(&mut inner, f, e))),
+                Err((_, true)) => Some(reply.clone()),
+            };
+            inner.reply_scratch = reply;
+            (token, full)
         };
-        let mut pending = Some(PendingRequest {
-            _slot: slot,
-            subject: subject.to_owned(),
-            mux_sid,
-            tx,
-        });
         // From here a dropped future (a caller's timeout or select!) leaves nothing behind:
         // the entry goes, and so does the frame if it was not written yet (B5).
         let guard = RequestGuard {
@@ -719,21 +766,14 @@ impl Client {
             token,
             armed: true,
         };
-        let f = Frame {
-            kind: FrameKind::Request(token),
-            ..Frame::publish(subject, Some(&reply), headers, payload)
-        };
-        if let Err(e) = buffer_frame!(self, f, Some(deadline), &mut pending) {
-            // The request timeout bounds the wait for buffer room too (B12).
-            if matches!(e, PublishError::BufferFull { .. })
-                && tokio::time::Instant::now() >= deadline
-            {
-                return Err(RequestError::Timeout {
-                    subject: subject.to_owned(),
-                    elapsed: start.elapsed(),
-                });
-            }
-            return Err(RequestError::Publish(e));
+        if let Some(reply) = full {
+            let f = Frame {
+                kind: FrameKind::Request(token),
+                ..Frame::publish(subject, Some(&reply), headers, payload)
+            };
+            self.publish_wait(f, Some(deadline), &mut pending)
+                .await
+                .map_err(failed)?;
         }
         Ok(PendingReply {
             guard,

@@ -12,6 +12,7 @@
 //! - [`on_inbox_ended`]: the server refused the inbox subscription itself;
 //! - [`fail_all`]: the client closed, or the Lazy policy's attempt failed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tether_proto::conn::SubEndReason;
@@ -27,13 +28,38 @@ use crate::message::Message;
 /// A request waiting for its reply.
 #[derive(Debug)]
 pub(crate) struct PendingRequest {
-    pub(crate) subject: String,
+    pub(crate) subject: Arc<str>,
     /// The sid of the inbox subscription its reply subject belongs to.
     pub(crate) mux_sid: u64,
     pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
     /// A slot of a JetStream publish window: freed when this entry goes (the reply came,
     /// the request failed or its caller gave up), not when the caller looks.
-    pub(crate) _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) slot: Option<WindowSlot>,
+}
+
+/// A slot of a JetStream publish window held by a request entry. While any lives the
+/// driver holds window frames for the next read (see `link::HOLD`): they are counted in
+/// `Counters::window_requests`.
+#[derive(Debug)]
+pub(crate) struct WindowSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    count: Arc<AtomicUsize>,
+}
+
+impl WindowSlot {
+    pub(crate) fn new(permit: tokio::sync::OwnedSemaphorePermit, count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            count: Arc::clone(count),
+        }
+    }
+}
+
+impl Drop for WindowSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The request mux: one wildcard subscription serves every request.
@@ -44,12 +70,14 @@ pub(crate) struct Mux {
     pub(crate) prefix: String,
 }
 
-/// A new request: subscribes the inbox if there is none yet, and returns the request's
-/// token, its reply subject and the inbox's sid.
+/// A new request: subscribes the inbox if there is none yet, writes the request's reply
+/// subject into `reply` (a buffer kept from request to request: no allocation each) and
+/// returns its token and the inbox's sid.
 pub(crate) fn start(
     shared: &Shared,
     inner: &mut Inner,
-) -> Result<(u64, String, u64), RequestError> {
+    reply: &mut String,
+) -> Result<(u64, u64), RequestError> {
     if inner.mux.is_none() {
         let prefix = format!("{}.{}.", shared.opts.inbox_prefix, nuid());
         let sid = inner
@@ -64,11 +92,16 @@ pub(crate) fn start(
         inner.mux = Some(Mux { sid, prefix });
     }
     let token = inner.token();
-    let (reply, mux_sid) = match inner.mux.as_ref() {
-        Some(m) => (format!("{}{token}", m.prefix), m.sid),
-        None => (String::new(), 0),
+    reply.clear();
+    let mux_sid = match inner.mux.as_ref() {
+        Some(m) => {
+            reply.push_str(&m.prefix);
+            reply.push_str(itoa::Buffer::new().format(token));
+            m.sid
+        }
+        None => 0,
     };
-    Ok((token, reply, mux_sid))
+    Ok((token, mux_sid))
 }
 
 /// Before its frame is buffered: a request whose inbox was refused in the meantime can
@@ -82,7 +115,7 @@ pub(crate) fn inbox_still_valid(inner: &Inner, request: &mut Option<PendingReque
     }
     if let Some(r) = request.take() {
         let _ = r.tx.send(Err(RequestError::InboxDenied {
-            subject: r.subject,
+            subject: r.subject.to_string(),
             message: inner.inbox_refused.clone().unwrap_or_default(),
             maybe_processed: false,
         }));
@@ -111,7 +144,7 @@ pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
         let message = Message::from(msg);
         let result = if message.is_no_responders() {
             Err(RequestError::NoResponders {
-                subject: req.subject,
+                subject: req.subject.to_string(),
             })
         } else {
             Ok(message)
@@ -150,7 +183,7 @@ pub(crate) fn fail_written(inner: &mut Inner, tokens: impl IntoIterator<Item = u
     for t in tokens {
         if let Some(r) = inner.requests.remove(&t) {
             let _ = r.tx.send(Err(RequestError::ConnectionLost {
-                subject: r.subject,
+                subject: r.subject.to_string(),
                 maybe_processed: true,
             }));
         }
@@ -171,7 +204,7 @@ pub(crate) fn on_publish_denied(
         .requests
         .iter()
         .filter(|(t, r)| {
-            subject == Some(r.subject.as_str())
+            subject == Some(&*r.subject)
                 || reply.is_some_and(|rp| mux.is_some_and(|m| rp == format!("{}{t}", m.prefix)))
         })
         .map(|(t, _)| *t)
@@ -203,7 +236,7 @@ pub(crate) fn on_inbox_ended(inner: &mut Inner, sid: u64, reason: &SubEndReason)
     inner.conn.remove_requests(|t| pending.contains(&t));
     for (token, r) in inner.requests.drain() {
         let _ = r.tx.send(Err(RequestError::InboxDenied {
-            subject: r.subject,
+            subject: r.subject.to_string(),
             message: why.clone(),
             maybe_processed: !pending.contains(&token),
         }));
@@ -319,8 +352,8 @@ mod tests {
         }
         let (tx, rx) = oneshot::channel();
         let r = PendingRequest {
-            _slot: None,
-            subject: subject.to_owned(),
+            slot: None,
+            subject: Arc::from(subject),
             mux_sid: 1,
             tx,
         };
@@ -393,8 +426,8 @@ mod tests {
         let mut inner = inner();
         let (tx, mut rx) = oneshot::channel();
         let mut r = Some(PendingRequest {
-            _slot: None,
-            subject: "a".into(),
+            slot: None,
+            subject: Arc::from("a"),
             mux_sid: 7,
             tx,
         });

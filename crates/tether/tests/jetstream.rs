@@ -275,6 +275,45 @@ async fn a_publish_to_a_subject_no_stream_captures_fails_at_once_naming_it() {
     );
 }
 
+/// While a window's acks are outstanding, further publishes wait to be written together
+/// (after the next read, or when the publisher waits). A publisher that awaits nothing
+/// of its window still gets every frame to the server within milliseconds.
+#[tokio::test]
+async fn a_window_publish_goes_out_while_the_publisher_awaits_nothing_of_it() {
+    let server = js_server();
+    // No confirm PING for 10 s either: nothing but the hold's own bound may write them.
+    let js = tether::ConnectOptions::new()
+        .confirm_interval(Duration::from_secs(10))
+        .connect(server.url())
+        .await
+        .unwrap()
+        .jetstream();
+    // A silent responder on another connection: no ack comes back, so no read of the
+    // publisher's link prompts a write.
+    let watcher = tether::connect(server.url()).await.unwrap();
+    let mut seen = watcher.subscribe("quiet").await.unwrap();
+    watcher.flush().await.unwrap();
+    let mut acks = Vec::new();
+    let mut next = 0;
+    // The first two go out at once; once they reached the watcher the publisher's driver
+    // waits with two acks outstanding, and the next publishes are held for it.
+    for batch in [2, 18] {
+        for i in next..next + batch {
+            acks.push(js.publish("quiet", i.to_string()).await.unwrap());
+        }
+        for i in next..next + batch {
+            let msg = tokio::time::timeout(Duration::from_millis(500), seen.next())
+                .await
+                .unwrap_or_else(|_| panic!("publish {i} never reached the server"))
+                .unwrap();
+            assert_eq!(msg.payload, i.to_string().as_bytes());
+        }
+        next += batch;
+    }
+    // Held until here: a dropped ack future takes back a frame not yet written.
+    drop(acks);
+}
+
 #[tokio::test]
 async fn async_publishing_keeps_a_bounded_window_and_every_ack_arrives() {
     let server = js_server();

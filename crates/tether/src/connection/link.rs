@@ -1,9 +1,11 @@
 //! One link's driver: the loop that runs an established link until it goes down or the
 //! client closes, and carries out planned (make-before-break) switches on the way.
 //!
-//! Every turn runs the `drive_*` steps in order under one hold of the connection lock,
-//! then releases it and waits in one `select!` ([`LinkDriver::wait`]) for the next thing
-//! to happen; [`LinkDriver::on_wake`] takes the lock again to feed that to the core:
+//! Every turn takes the connection lock once: [`LinkDriver::on_wake`] feeds what ended
+//! the last wait to the core, then the `drive_*` steps run in order; then the driver
+//! releases the lock and waits in one `select!` ([`LinkDriver::wait`]) for the next thing
+//! to happen. One lock section a turn, not two: a publisher refilling a JetStream window
+//! meets the driver's lock half as often.
 //! 1. `drive_timers`: the driver's own deadlines (lame-duck jitter, JWT refresh).
 //! 2. `drive_switch`: the planned switch, one state at a time (see [`Switch`]).
 //! 3. `drive_transmit`: the next chunk the core has for the socket.
@@ -12,6 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,7 +60,11 @@ pub(super) async fn run_link(shared: &Arc<Shared>, link: Established) -> LinkEnd
     }
     let mut link = LinkDriver::new(shared, io, link.leftover);
     let end = link.drive().await;
-    shared.lock("driver").direct = None;
+    {
+        let mut inner = shared.lock("driver");
+        inner.direct = None;
+        inner.driver_holds = false;
+    }
     if matches!(end, LinkEnd::Closed) {
         // Shut down the write side so the server sees a clean end of stream.
         if let Ok(io) = Arc::try_unwrap(link.io) {
@@ -105,6 +112,10 @@ pub(crate) fn try_direct_write(shared: &Shared, inner: &mut Inner) -> bool {
     };
     earlier || inner.conn.has_events()
 }
+
+/// The longest a JetStream window request's frame waits for the driver's next read (see
+/// `Client::buffer_publish`); the timer's resolution may add up to a millisecond.
+pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A planned switch, from the request to the old link's end. One at a time.
 enum Switch {
@@ -261,16 +272,17 @@ impl<'a> LinkDriver<'a> {
     }
 
     async fn drive(&mut self) -> LinkEnd {
+        let mut woke = None;
         loop {
             let step = {
                 let mut inner = self.shared.lock("driver");
+                if let Some(wake) = woke.take() {
+                    self.on_wake(&mut inner, wake);
+                }
                 self.step(&mut inner, Instant::now())
             };
             match step {
-                Step::Wait(deadline) => {
-                    let wake = self.wait(deadline).await;
-                    self.on_wake(wake);
-                }
+                Step::Wait(deadline) => woke = Some(self.wait(deadline).await),
                 Step::Again => {}
                 Step::End(end) => return end,
             }
@@ -291,7 +303,16 @@ impl<'a> LinkDriver<'a> {
             return step;
         }
         inner.driver_waiting = self.tx.is_idle();
-        let deadline = self.next_deadline(inner);
+        // With window requests unanswered, their acks wake the driver soon: frames of
+        // further window requests wait for them (at most HOLD), see `buffer_publish`.
+        let window = self.shared.counters.window_requests.load(Ordering::Relaxed);
+        inner.driver_holds = inner.driver_waiting && window > 0 && inner.close.is_none();
+        self.shared.held.store(false, Ordering::Relaxed);
+        let mut deadline = self.next_deadline(inner);
+        if inner.driver_holds {
+            let hold = later(now, HOLD);
+            deadline = Some(deadline.map_or(hold, |d| d.min(hold)));
+        }
         inner.driver_deadline = deadline;
         Step::Wait(deadline)
     }
@@ -388,14 +409,17 @@ impl<'a> LinkDriver<'a> {
 
     /// The switch's target answered: go on with the next target if it is the node being
     /// left (under another address), else it is ready to adopt.
-    fn on_dialed(&mut self, addr: ServerAddr, result: Result<Established, Failure>) {
+    fn on_dialed(
+        &mut self,
+        inner: &mut Inner,
+        addr: ServerAddr,
+        result: Result<Established, Failure>,
+    ) {
         let shared = self.shared;
-        let mut inner = shared.lock("switch");
         let reason = self.plan.reason;
         match result {
             Ok(est) => {
-                let Some((why, current)) = same_node_as_left(&mut inner, &addr, &est, reason)
-                else {
+                let Some((why, current)) = same_node_as_left(inner, &addr, &est, reason) else {
                     self.switch = Switch::Ready(Box::new((addr, est)));
                     return;
                 };
@@ -423,18 +447,11 @@ impl<'a> LinkDriver<'a> {
                 // rules, and the switch goes on with the next.
                 if inner.current.as_ref() != Some(&addr) {
                     let elapsed = self.plan.started.elapsed();
-                    record_attempt_failure(
-                        shared,
-                        &mut inner,
-                        &addr,
-                        &f,
-                        elapsed,
-                        &mut self.plan.rng,
-                    );
+                    record_attempt_failure(shared, inner, &addr, &f, elapsed, &mut self.plan.rng);
                 }
             }
         }
-        rearm_refresh(shared, &mut inner, reason);
+        rearm_refresh(shared, inner, reason);
     }
 
     /// Detach the live link, adopt the new one, and start the overlap (probe and cut).
@@ -652,49 +669,41 @@ impl<'a> LinkDriver<'a> {
     }
 
     /// Hand what ended the wait to the core (or the switch).
-    fn on_wake(&mut self, wake: Wake) {
+    fn on_wake(&mut self, inner: &mut Inner, wake: Wake) {
         let shared = self.shared;
         match wake {
-            Wake::Read(r) => {
-                let mut inner = shared.lock("driver read");
-                match r {
-                    Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
-                    Ok(_) => {
-                        inner.conn.handle_read(Instant::now(), &mut self.rbuf);
-                        // Hand deliveries and replies over now, not a loop turn later.
-                        route_messages(&mut inner);
-                    }
-                    Err(e) => inner
-                        .conn
-                        .handle_link_lost(Instant::now(), Some(e.to_string())),
+            Wake::Read(r) => match r {
+                Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
+                Ok(_) => {
+                    inner.conn.handle_read(Instant::now(), &mut self.rbuf);
+                    // Hand deliveries and replies over now, not after the steps.
+                    route_messages(inner);
                 }
-            }
-            Wake::Wrote(w) => {
-                let mut inner = shared.lock("driver write");
-                match w {
-                    Ok(0) => inner
-                        .conn
-                        .handle_link_lost(Instant::now(), Some("write returned 0".into())),
-                    Ok(n) => {
-                        self.tx.pos += n;
-                        inner.conn.handle_written(Instant::now(), n);
-                    }
-                    Err(e) => inner
-                        .conn
-                        .handle_link_lost(Instant::now(), Some(e.to_string())),
+                Err(e) => inner
+                    .conn
+                    .handle_link_lost(Instant::now(), Some(e.to_string())),
+            },
+            Wake::Wrote(w) => match w {
+                Ok(0) => inner
+                    .conn
+                    .handle_link_lost(Instant::now(), Some("write returned 0".into())),
+                Ok(n) => {
+                    self.tx.pos += n;
+                    inner.conn.handle_written(Instant::now(), n);
                 }
-            }
+                Err(e) => inner
+                    .conn
+                    .handle_link_lost(Instant::now(), Some(e.to_string())),
+            },
             Wake::Retiring(io) => {
                 let Switch::Overlap(o) = &mut self.switch else {
                     return;
                 };
                 match io {
                     RetiringWake::Read(Ok(n)) if n > 0 => {
-                        shared.lock("driver old read").conn.handle_retiring_read(
-                            Instant::now(),
-                            &mut o.link,
-                            &mut o.rbuf,
-                        );
+                        inner
+                            .conn
+                            .handle_retiring_read(Instant::now(), &mut o.link, &mut o.rbuf);
                     }
                     RetiringWake::Wrote(Ok(n)) if n > 0 => o.out.advance(n),
                     _ => o.failed = true,
@@ -702,19 +711,16 @@ impl<'a> LinkDriver<'a> {
             }
             Wake::Dialed(addr, result) => {
                 self.switch = Switch::Idle;
-                self.on_dialed(addr, result);
+                self.on_dialed(inner, addr, result);
             }
             Wake::Refreshed(fresh) => {
                 self.refresh = None;
-                check_fresh_credentials(shared, &mut shared.lock("credentials"), fresh);
+                check_fresh_credentials(shared, inner, fresh);
             }
             Wake::Notified => {}
             Wake::Timer => {
                 self.armed = None;
-                shared
-                    .lock("driver timer")
-                    .conn
-                    .handle_timeout(Instant::now());
+                inner.conn.handle_timeout(Instant::now());
             }
         }
     }

@@ -12,7 +12,7 @@ pub(crate) mod timer;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     /// Why the last inbox subscription was refused, for requests that meant to use it.
     pub(crate) inbox_refused: Option<String>,
     pub(crate) requests: HashMap<u64, PendingRequest>,
+    /// The reply subject of the request being buffered, kept to reuse its memory.
+    pub(crate) reply_scratch: String,
     pub(crate) flushes: HashMap<u64, oneshot::Sender<Result<(), FlushError>>>,
     pub(crate) next_token: u64,
     /// The driver found nothing to write and waits for a wake-up.
@@ -113,6 +115,10 @@ pub(crate) struct Inner {
     /// The deadline the waiting driver sleeps until: a caller's direct write that sets
     /// no earlier timer needs no wake-up.
     pub(crate) driver_deadline: Option<Instant>,
+    /// The waiting driver wakes within [`link::HOLD`] or on the next read anyway: it went
+    /// to wait with JetStream window requests unanswered. A window request's frame buffered
+    /// meanwhile need not wake it (see `link::try_direct_write` and [`Shared::held`]).
+    pub(crate) driver_holds: bool,
     pub(crate) pool: ServerPool,
     /// The server of the current (or last) link. Kept as an address, not a pool index:
     /// pool changes (discovery, pruning, removal) shift indices.
@@ -160,10 +166,12 @@ impl Inner {
             mux: None,
             inbox_refused: None,
             requests: HashMap::new(),
+            reply_scratch: String::new(),
             flushes: HashMap::new(),
             next_token: 0,
             driver_waiting: false,
             driver_deadline: None,
+            driver_holds: false,
             pool,
             current: None,
             server_name: String::new(),
@@ -226,6 +234,8 @@ pub(crate) struct Counters {
     pub(crate) unconfirmed_reported_msgs: AtomicU64,
     pub(crate) unconfirmed_reported_bytes: AtomicU64,
     pub(crate) migrations: AtomicU64,
+    /// Requests holding a slot of a JetStream publish window (see `request::WindowSlot`).
+    pub(crate) window_requests: Arc<AtomicUsize>,
 }
 
 /// Everything handles and the driver share.
@@ -242,6 +252,10 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<EventHub>,
     pub(crate) opts: ConnectOptions,
     pub(crate) counters: Counters,
+    /// Window requests' frames were left in the buffer for a holding driver
+    /// ([`Inner::driver_holds`]): the publisher writes them when it waits
+    /// (`Client::write_held`).
+    pub(crate) held: AtomicBool,
     /// The runtime the client was created on: its tasks are spawned there, so a handle
     /// used from a thread outside any runtime still works.
     pub(crate) runtime: tokio::runtime::Handle,
@@ -284,6 +298,20 @@ impl Shared {
             );
         }
         g
+    }
+
+    /// Write what window requests left for a holding driver, from the caller's thread: a
+    /// JetStream publisher calls this when it is about to wait (for an ack, or for a slot
+    /// of its window), so the frames it buffered since the last read go out in one write.
+    pub(crate) fn write_held(&self) {
+        if !self.held.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut inner = self.lock("write held");
+        self.held.store(false, Ordering::Relaxed);
+        if link::try_direct_write(self, &mut inner) {
+            self.wake_driver(&mut inner);
+        }
     }
 
     /// Wake the driver if it is waiting for work. Call with the lock held, then drop it.

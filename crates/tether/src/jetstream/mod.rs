@@ -38,6 +38,13 @@
 //!   publish waits for room, which bounds what the server holds unanswered and lets a
 //!   publisher keep a window. A slot frees when the server's answer arrives, not when the
 //!   future is awaited, so collecting futures and awaiting them later never deadlocks.
+//! - **Window writes.** While earlier acks of a window are on their way, a publish is
+//!   not written on its own: it goes out with the others when the next read brings acks
+//!   (they free slots the publisher refills), when the publisher waits (for an ack or a
+//!   slot), or at most about a millisecond later (2 ms with the timer's resolution). A
+//!   window of publishes thus reaches the server in a few large writes, as a raw client
+//!   would write it, instead of one write per publish. A lone publish (no ack
+//!   outstanding) is written at once from the caller's thread.
 //! - **No responders on publish** is ambiguous: no stream captures the subject, or the
 //!   stream's leader is being elected. tether asks the stream names API which stream
 //!   captures the subject: none → [`PublishError::NoStreamForSubject`] at once; one →

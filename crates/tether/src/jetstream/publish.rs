@@ -3,6 +3,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::api::{self, ApiError};
+use super::api::ApiError;
 use super::context::Context;
 use super::error::JetStreamError;
 use crate::error::RequestError;
@@ -48,6 +49,55 @@ pub struct PubAck {
     /// The JetStream domain, if any.
     #[serde(default)]
     pub domain: Option<String>,
+}
+
+/// A publish's answer as the server sends it: a PubAck, or the API's error envelope.
+/// Read in one pass (the API's generic decode reads twice: the envelope, then the answer),
+/// since every publish pays for it.
+#[derive(Deserialize)]
+struct PubAckReply {
+    #[serde(default)]
+    error: Option<ApiError>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+/// The PubAck in a publish's answer, or the server's refusal.
+fn decode_pub_ack(subject: &str, payload: &[u8]) -> Result<PubAck, PublishError> {
+    let malformed = |error: String| {
+        PublishError::JetStream(JetStreamError::Decode {
+            subject: subject.to_owned(),
+            error,
+        })
+    };
+    let reply: PubAckReply =
+        serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?;
+    if let Some(error) = reply.error {
+        return Err(match JetStreamError::from_api(subject, error) {
+            JetStreamError::Api { error, .. } => PublishError::Refused {
+                subject: subject.to_owned(),
+                error,
+            },
+            e => PublishError::JetStream(e),
+        });
+    }
+    match (reply.stream, reply.seq) {
+        (Some(stream), Some(seq)) => Ok(PubAck {
+            stream,
+            seq,
+            duplicate: reply.duplicate,
+            domain: reply.domain,
+        }),
+        _ => Err(malformed(String::from(
+            "the answer has neither an error nor a stream and sequence",
+        ))),
+    }
 }
 
 /// Options of one publish: dedupe id, expectations, extra headers.
@@ -173,7 +223,8 @@ pub enum PublishError {
 #[must_use = "a publish is acknowledged only when its PubAckFuture is awaited"]
 pub struct PubAckFuture {
     ctx: Context,
-    subject: String,
+    /// Shared with the request's entry: one copy of the subject per publish.
+    subject: Arc<str>,
     payload: Bytes,
     headers: Option<HeaderMap>,
     has_msg_id: bool,
@@ -249,6 +300,8 @@ impl Future for PubAckWait {
                         Poll::Ready(Ok(result)) => result,
                         Poll::Ready(Err(_)) => Err(RequestError::Closed),
                         Poll::Pending => {
+                            // About to wait: what this publisher buffered goes out now.
+                            fut.ctx.client.shared().write_held();
                             let deadline = fut.pending.deadline;
                             let t = timer.get_or_insert_with(|| {
                                 Box::pin(tokio::time::sleep_until(deadline))
@@ -257,7 +310,7 @@ impl Future for PubAckWait {
                                 return Poll::Pending;
                             }
                             Err(RequestError::Timeout {
-                                subject: fut.subject.clone(),
+                                subject: fut.subject.to_string(),
                                 elapsed: fut.pending.start.elapsed(),
                             })
                         }
@@ -271,7 +324,7 @@ impl Future for PubAckWait {
                             this.state = WaitState::Done;
                             let mut fut = fut;
                             fut.pending.guard.armed = false;
-                            return Poll::Ready(fut.decode(&msg.payload));
+                            return Poll::Ready(decode_pub_ack(&fut.subject, &msg.payload));
                         }
                         Err(e) => this.state = WaitState::Retry(Box::pin(fut.wait(Err(e)))),
                     }
@@ -290,16 +343,6 @@ impl Future for PubAckWait {
 }
 
 impl PubAckFuture {
-    fn decode(&self, payload: &[u8]) -> Result<PubAck, PublishError> {
-        api::decode::<PubAck>(&self.subject, payload).map_err(|e| match e {
-            JetStreamError::Api { error, .. } => PublishError::Refused {
-                subject: self.subject.clone(),
-                error,
-            },
-            e => PublishError::JetStream(e),
-        })
-    }
-
     /// After the first send's outcome `first` (a failure: the ack path above settles
     /// successes), retry as the module docs say.
     async fn wait(
@@ -334,15 +377,7 @@ impl PubAckFuture {
                 },
             };
             let failure = match outcome {
-                Ok(msg) => {
-                    return api::decode::<PubAck>(&subject, &msg.payload).map_err(|e| match e {
-                        JetStreamError::Api { error, .. } => PublishError::Refused {
-                            subject: subject.clone(),
-                            error,
-                        },
-                        e => PublishError::JetStream(e),
-                    })
-                }
+                Ok(msg) => return decode_pub_ack(&subject, &msg.payload),
                 Err(e) => e,
             };
             let stored_maybe = match &failure {
@@ -382,14 +417,21 @@ impl PubAckFuture {
             attempts += 1;
             tracing::debug!(subject = %subject, attempts, error = %failure, "resending publish");
             pending = Some(
-                send(&ctx, &subject, headers.as_ref(), &payload, deadline, None)
-                    .await
-                    .map_err(|e| match e {
-                        RequestError::Timeout { .. } => {
-                            timed_out(&subject, started, attempts, e.to_string(), stored_maybe)
-                        }
-                        e => PublishError::Request(e),
-                    })?,
+                send(
+                    &ctx,
+                    &subject,
+                    headers.as_ref(),
+                    &payload,
+                    (Instant::now(), deadline),
+                    None,
+                )
+                .await
+                .map_err(|e| match e {
+                    RequestError::Timeout { .. } => {
+                        timed_out(&subject, started, attempts, e.to_string(), stored_maybe)
+                    }
+                    e => PublishError::Request(e),
+                })?,
             );
         }
     }
@@ -530,28 +572,31 @@ fn timed_out(
     }
 }
 
-/// One send: the ack is awaited until the earlier of the API timeout and `deadline`.
+/// One send at `now`: the ack is awaited until the earlier of the API timeout and
+/// `deadline`.
 async fn send(
     ctx: &Context,
-    subject: &str,
+    subject: &Arc<str>,
     headers: Option<&HeaderMap>,
     payload: &[u8],
-    deadline: Instant,
+    (now, deadline): (Instant, Instant),
     slot: Option<OwnedSemaphorePermit>,
 ) -> Result<PendingReply, RequestError> {
-    let until = (Instant::now() + ctx.timeout).min(deadline);
+    let until = (now + ctx.timeout).min(deadline);
     ctx.client
-        .request_send(subject, headers, payload, until, slot)
+        .request_send(subject, headers, payload, (now, until), slot)
         .await
 }
 
 impl Context {
     /// Publish `payload` to `subject` and return once it is buffered; await the returned
     /// [`PubAckFuture`] for the server's ack. Waits first while `max_pending_acks` acks
-    /// are outstanding.
+    /// are outstanding. With acks outstanding, the frame is written with the next round
+    /// of them, when this publisher waits, or within about a millisecond (see the
+    /// module's "Window writes").
     pub async fn publish(
         &self,
-        subject: impl Into<String>,
+        subject: impl AsRef<str>,
         payload: impl Into<Bytes>,
     ) -> Result<PubAckFuture, PublishError> {
         self.publish_with(subject, payload, PublishOptions::default())
@@ -561,14 +606,22 @@ impl Context {
     /// [`publish`](Self::publish) with a message id, expectations or headers.
     pub async fn publish_with(
         &self,
-        subject: impl Into<String>,
+        subject: impl AsRef<str>,
         payload: impl Into<Bytes>,
         opts: PublishOptions,
     ) -> Result<PubAckFuture, PublishError> {
-        let subject = subject.into();
+        let subject: Arc<str> = Arc::from(subject.as_ref());
         let payload = payload.into();
-        let Ok(permit) = self.acks.clone().acquire_owned().await else {
-            return Err(PublishError::Request(RequestError::Closed));
+        let permit = if let Ok(permit) = self.acks.clone().try_acquire_owned() {
+            permit
+        } else {
+            // The window is full: write what this publisher buffered before waiting for
+            // the acks that free a slot.
+            self.client.shared().write_held();
+            let Ok(permit) = self.acks.clone().acquire_owned().await else {
+                return Err(PublishError::Request(RequestError::Closed));
+            };
+            permit
         };
         let started = Instant::now();
         let deadline = started + self.publish_deadline;
@@ -577,7 +630,7 @@ impl Context {
             &subject,
             opts.headers.as_ref(),
             &payload,
-            deadline,
+            (started, deadline),
             Some(permit),
         )
         .await
@@ -591,5 +644,51 @@ impl Context {
             started,
             pending,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_answer_is_read_in_one_pass_as_an_ack_or_a_refusal() {
+        let ack = decode_pub_ack("s", br#"{"stream":"S","seq":7,"duplicate":true}"#).unwrap();
+        assert_eq!(
+            (ack.stream.as_str(), ack.seq, ack.duplicate),
+            ("S", 7, true)
+        );
+        assert_eq!(ack.domain, None);
+        let ack = decode_pub_ack("s", br#"{"stream":"S","domain":"hub","seq":1}"#).unwrap();
+        assert_eq!(
+            (ack.seq, ack.duplicate, ack.domain.as_deref()),
+            (1, false, Some("hub"))
+        );
+
+        let refused = br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"},"stream":"S","seq":0}"#;
+        match decode_pub_ack("s", refused) {
+            Err(PublishError::Refused { subject, error }) => {
+                assert_eq!(subject, "s");
+                assert_eq!(
+                    error.error_code(),
+                    crate::jetstream::ErrorCode::WRONG_LAST_SEQUENCE
+                );
+                assert_eq!(error.description, "wrong last sequence: 3");
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        let disabled = br#"{"error":{"code":503,"err_code":10039,"description":"jetstream not enabled for account"}}"#;
+        assert!(matches!(
+            decode_pub_ack("s", disabled),
+            Err(PublishError::JetStream(JetStreamError::NotEnabled { .. }))
+        ));
+        for bad in [&b"not json"[..], br#"{"stream":"S"}"#, br"{}"] {
+            match decode_pub_ack("s", bad) {
+                Err(PublishError::JetStream(JetStreamError::Decode { subject, .. })) => {
+                    assert_eq!(subject, "s");
+                }
+                other => panic!("expected Decode for {bad:?}, got {other:?}"),
+            }
+        }
     }
 }
