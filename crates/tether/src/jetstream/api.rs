@@ -119,7 +119,7 @@ impl Context {
         let subject = self.api_subject(tail);
         let msg = self
             .client
-            .request_with(&subject, None, body, self.timeout)
+            .request_with(&subject, None, body, self.settings.timeout)
             .await
             .map_err(|e| map_request_error(&subject, e))?;
         decode(&subject, &msg.payload)

@@ -19,16 +19,24 @@ pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(10);
 /// says otherwise.
 pub const DEFAULT_MAX_PENDING_ACKS: usize = 256;
 
-/// A JetStream context over a [`Client`]: cheap to clone, shares the client's connection.
+/// A JetStream context over a [`Client`]: cheap to clone (two reference counts), shares
+/// the client's connection.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) client: Client,
+    /// Behind one `Arc`: every publish's ack future holds a clone of the context.
+    pub(crate) settings: Arc<Settings>,
+}
+
+/// What a [`Context`] is set up with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
     /// `$JS.API.` or `$JS.<domain>.API.` or a custom prefix with a trailing dot.
-    pub(crate) prefix: Arc<str>,
+    pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) publish_deadline: Duration,
+    /// The publish-ack window (max_pending_acks slots).
     pub(crate) acks: Arc<Semaphore>,
-    pub(crate) max_pending_acks: usize,
 }
 
 impl Context {
@@ -36,21 +44,26 @@ impl Context {
     pub fn new(client: Client) -> Self {
         Self {
             client,
-            prefix: Arc::from("$JS.API."),
-            timeout: DEFAULT_API_TIMEOUT,
-            publish_deadline: DEFAULT_PUBLISH_DEADLINE,
-            acks: Arc::new(Semaphore::new(DEFAULT_MAX_PENDING_ACKS)),
-            max_pending_acks: DEFAULT_MAX_PENDING_ACKS,
+            settings: Arc::new(Settings {
+                prefix: String::from("$JS.API."),
+                timeout: DEFAULT_API_TIMEOUT,
+                publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+                acks: Arc::new(Semaphore::new(DEFAULT_MAX_PENDING_ACKS)),
+            }),
         }
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
     }
 
     /// Talk to the JetStream of `domain` (API prefix `$JS.<domain>.API`), as when a leaf
     /// node reaches a hub's JetStream. An empty domain keeps `$JS.API`.
     pub fn with_domain(mut self, domain: &str) -> Self {
-        self.prefix = if domain.is_empty() {
-            Arc::from("$JS.API.")
+        self.settings_mut().prefix = if domain.is_empty() {
+            String::from("$JS.API.")
         } else {
-            Arc::from(format!("$JS.{domain}.API."))
+            format!("$JS.{domain}.API.")
         };
         self
     }
@@ -59,21 +72,21 @@ impl Context {
     /// A trailing dot is optional.
     pub fn with_api_prefix(mut self, prefix: &str) -> Self {
         let p = prefix.trim_end_matches('.');
-        self.prefix = Arc::from(format!("{p}."));
+        self.settings_mut().prefix = format!("{p}.");
         self
     }
 
     /// How long an API request (stream and consumer management, acks confirmed by the
     /// server) waits for its answer; 5 s by default.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings_mut().timeout = timeout;
         self
     }
 
     /// How long a publish keeps trying before it fails; 10 s by default. See the module
     /// docs for when a publish is sent again.
     pub fn with_publish_deadline(mut self, deadline: Duration) -> Self {
-        self.publish_deadline = deadline;
+        self.settings_mut().publish_deadline = deadline;
         self
     }
 
@@ -82,8 +95,7 @@ impl Context {
     /// first send fails.
     pub fn with_max_pending_acks(mut self, n: usize) -> Self {
         let n = n.max(1);
-        self.acks = Arc::new(Semaphore::new(n));
-        self.max_pending_acks = n;
+        self.settings_mut().acks = Arc::new(Semaphore::new(n));
         self
     }
 
@@ -94,13 +106,13 @@ impl Context {
 
     /// The API prefix, e.g. `$JS.API` (without the trailing dot).
     pub fn api_prefix(&self) -> &str {
-        self.prefix.trim_end_matches('.')
+        self.settings.prefix.trim_end_matches('.')
     }
 
     /// The full subject of an API call: prefix plus `tail`, e.g. `STREAM.INFO.ORDERS`.
     pub(crate) fn api_subject(&self, tail: &str) -> String {
-        let mut s = String::with_capacity(self.prefix.len() + tail.len());
-        s.push_str(&self.prefix);
+        let mut s = String::with_capacity(self.settings.prefix.len() + tail.len());
+        s.push_str(&self.settings.prefix);
         s.push_str(tail);
         s
     }

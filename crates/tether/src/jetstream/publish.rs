@@ -226,9 +226,11 @@ pub struct PubAckFuture {
     /// Shared with the request's entry: one copy of the subject per publish.
     subject: Arc<str>,
     payload: Bytes,
-    headers: Option<HeaderMap>,
+    /// Boxed: a publish without headers (the common case) keeps the future small, and
+    /// the future is moved several times on its way to being awaited.
+    headers: Option<Box<HeaderMap>>,
     has_msg_id: bool,
-    started: Instant,
+    /// The first send's request; its start is the publish's.
     pending: PendingReply,
 }
 
@@ -356,10 +358,10 @@ impl PubAckFuture {
             payload,
             headers,
             has_msg_id,
-            started,
             pending,
         } = self;
-        let deadline = started + ctx.publish_deadline;
+        let started = pending.start;
+        let deadline = started + ctx.settings.publish_deadline;
         let mut pending = Some(pending);
         let mut attempts = 1u32;
         let mut lookup = StreamLookup::new();
@@ -420,7 +422,7 @@ impl PubAckFuture {
                 send(
                     &ctx,
                     &subject,
-                    headers.as_ref(),
+                    headers.as_deref(),
                     &payload,
                     (Instant::now(), deadline),
                     None,
@@ -582,7 +584,7 @@ async fn send(
     (now, deadline): (Instant, Instant),
     slot: Option<OwnedSemaphorePermit>,
 ) -> Result<PendingReply, RequestError> {
-    let until = (now + ctx.timeout).min(deadline);
+    let until = (now + ctx.settings.timeout).min(deadline);
     ctx.client
         .request_send(subject, headers, payload, (now, until), slot)
         .await
@@ -612,19 +614,19 @@ impl Context {
     ) -> Result<PubAckFuture, PublishError> {
         let subject: Arc<str> = Arc::from(subject.as_ref());
         let payload = payload.into();
-        let permit = if let Ok(permit) = self.acks.clone().try_acquire_owned() {
+        let permit = if let Ok(permit) = self.settings.acks.clone().try_acquire_owned() {
             permit
         } else {
             // The window is full: write what this publisher buffered before waiting for
             // the acks that free a slot.
             self.client.shared().write_held();
-            let Ok(permit) = self.acks.clone().acquire_owned().await else {
+            let Ok(permit) = self.settings.acks.clone().acquire_owned().await else {
                 return Err(PublishError::Request(RequestError::Closed));
             };
             permit
         };
         let started = Instant::now();
-        let deadline = started + self.publish_deadline;
+        let deadline = started + self.settings.publish_deadline;
         let pending = send(
             self,
             &subject,
@@ -639,9 +641,8 @@ impl Context {
             ctx: self.clone(),
             subject,
             payload,
-            headers: opts.headers,
+            headers: opts.headers.map(Box::new),
             has_msg_id: opts.msg_id.is_some(),
-            started,
             pending,
         })
     }

@@ -672,7 +672,7 @@ impl futures_core::Stream for Messages {
                             return Poll::Ready(Some(Ok(JsMessage::new(
                                 msg,
                                 client,
-                                this.ctx.timeout,
+                                this.ctx.settings.timeout,
                             ))));
                         }
                         other => this.on_status(other, now),
@@ -774,7 +774,11 @@ impl Consumer {
             last = Instant::now();
             match classify(&msg) {
                 Arrival::Message => {
-                    out.push(JsMessage::new(msg, client.clone(), self.ctx.timeout));
+                    out.push(JsMessage::new(
+                        msg,
+                        client.clone(),
+                        self.ctx.settings.timeout,
+                    ));
                     if out.len() >= batch {
                         break;
                     }
