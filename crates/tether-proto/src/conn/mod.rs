@@ -37,7 +37,9 @@ mod retire;
 mod subs;
 mod timer;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -134,7 +136,9 @@ pub struct Connection {
     flush_waiting: Vec<u64>,
     flushes: Flushes,
 
-    subs: HashMap<u64, SubState>,
+    /// Looked up for every message: keyed by our own sids, so a fast hash (FxHash) is
+    /// enough.
+    subs: FxHashMap<u64, SubState>,
     /// The sids of `subs`, in order (oldest first): the replay's order. A set, so that
     /// removing one costs O(log n), not a pass over every subscription (dropping 100,000
     /// subscriptions one by one was quadratic).
@@ -180,7 +184,7 @@ impl Connection {
             timers: TimerTable::default(),
             flush_waiting: Vec::new(),
             flushes: Flushes::default(),
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             sub_order: BTreeSet::new(),
             subs_since_pong: Vec::new(),
             replay: None,

@@ -12,6 +12,8 @@ pub(crate) mod timer;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,11 +103,12 @@ pub(crate) enum WaitersFail<'a> {
 pub(crate) struct Inner {
     pub(crate) conn: Connection,
     pub(crate) state: State,
-    pub(crate) subs: HashMap<u64, Arc<SubQueue>>,
+    /// Keyed by our own sids and tokens, looked up per message: FxHash, not SipHash.
+    pub(crate) subs: FxHashMap<u64, Arc<SubQueue>>,
     pub(crate) mux: Option<Mux>,
     /// Why the last inbox subscription was refused, for requests that meant to use it.
     pub(crate) inbox_refused: Option<String>,
-    pub(crate) requests: HashMap<u64, PendingRequest>,
+    pub(crate) requests: FxHashMap<u64, PendingRequest>,
     /// The reply subject of the request being buffered, kept to reuse its memory.
     pub(crate) reply_scratch: String,
     pub(crate) flushes: HashMap<u64, oneshot::Sender<Result<(), FlushError>>>,
@@ -162,10 +165,10 @@ impl Inner {
         Self {
             conn,
             state,
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             mux: None,
             inbox_refused: None,
-            requests: HashMap::new(),
+            requests: FxHashMap::default(),
             reply_scratch: String::new(),
             flushes: HashMap::new(),
             next_token: 0,
