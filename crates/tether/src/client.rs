@@ -716,7 +716,6 @@ impl Client {
         self.ensure_started();
         let shared = self.shared();
         let (tx, rx) = oneshot::channel();
-        let slot = slot.map(|p| request::WindowSlot::new(p, &shared.counters.window_requests));
         let mut pending = Some(PendingRequest {
             slot,
             subject: Arc::clone(subject),

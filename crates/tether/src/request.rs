@@ -12,8 +12,9 @@
 //! - [`on_inbox_ended`]: the server refused the inbox subscription itself;
 //! - [`fail_all`]: the client closed, or the Lazy policy's attempt failed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use tether_proto::conn::SubEndReason;
 use tether_proto::op::Msg;
@@ -34,31 +35,53 @@ pub(crate) struct PendingRequest {
     pub(crate) tx: oneshot::Sender<Result<Message, RequestError>>,
     /// A slot of a JetStream publish window: freed when this entry goes (the reply came,
     /// the request failed or its caller gave up), not when the caller looks.
-    pub(crate) slot: Option<WindowSlot>,
+    pub(crate) slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// A slot of a JetStream publish window held by a request entry. While any lives the
-/// driver holds window frames for the next read (see `link::HOLD`): they are counted in
-/// `Counters::window_requests`.
-#[derive(Debug)]
-pub(crate) struct WindowSlot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    count: Arc<AtomicUsize>,
+/// The requests waiting for their replies, by token; counts those that hold a slot of a
+/// JetStream publish window (the driver holds window frames for the next read while any
+/// is outstanding, see `link::HOLD`). Kept under the connection lock, so the count costs
+/// no atomic operation per publish.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    map: FxHashMap<u64, PendingRequest>,
+    windowed: usize,
 }
 
-impl WindowSlot {
-    pub(crate) fn new(permit: tokio::sync::OwnedSemaphorePermit, count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self {
-            _permit: permit,
-            count: Arc::clone(count),
+impl Requests {
+    pub(crate) fn insert(&mut self, token: u64, r: PendingRequest) {
+        self.windowed += usize::from(r.slot.is_some());
+        if let Some(old) = self.map.insert(token, r) {
+            self.windowed -= usize::from(old.slot.is_some());
         }
     }
-}
 
-impl Drop for WindowSlot {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn remove(&mut self, token: u64) -> Option<PendingRequest> {
+        let r = self.map.remove(&token)?;
+        self.windowed -= usize::from(r.slot.is_some());
+        Some(r)
+    }
+
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u64, PendingRequest)> + '_ {
+        self.windowed = 0;
+        self.map.drain()
+    }
+
+    /// Requests holding a publish window's slot.
+    pub(crate) fn windowed(&self) -> usize {
+        self.windowed
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.map.keys()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &PendingRequest)> {
+        self.map.iter()
     }
 }
 
@@ -140,7 +163,7 @@ pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
         .as_str()
         .strip_prefix(mux.prefix.as_str())
         .and_then(|t| t.parse::<u64>().ok());
-    if let Some(req) = token.and_then(|t| inner.requests.remove(&t)) {
+    if let Some(req) = token.and_then(|t| inner.requests.remove(t)) {
         let message = Message::from(msg);
         let result = if message.is_no_responders() {
             Err(RequestError::NoResponders {
@@ -181,7 +204,7 @@ pub(crate) fn written(inner: &Inner, buffered: impl Fn(u64) -> bool) -> Vec<u64>
 /// have acted on them, and their replies cannot come back.
 pub(crate) fn fail_written(inner: &mut Inner, tokens: impl IntoIterator<Item = u64>) {
     for t in tokens {
-        if let Some(r) = inner.requests.remove(&t) {
+        if let Some(r) = inner.requests.remove(t) {
             let _ = r.tx.send(Err(RequestError::ConnectionLost {
                 subject: r.subject.to_string(),
                 maybe_processed: true,
@@ -209,7 +232,7 @@ pub(crate) fn on_publish_denied(
         })
         .map(|(t, _)| *t)
         .min();
-    match matched.and_then(|t| inner.requests.remove(&t)) {
+    match matched.and_then(|t| inner.requests.remove(t)) {
         Some(r) => {
             let _ = r.tx.send(Err(RequestError::PermissionDenied(message)));
             None
@@ -271,7 +294,7 @@ impl Drop for RequestGuard {
             return;
         }
         let mut inner = self.shared.lock("request end");
-        inner.requests.remove(&self.token);
+        inner.requests.remove(self.token);
         inner.conn.cancel_request(self.token);
     }
 }
@@ -402,7 +425,7 @@ mod tests {
         let reason = SubEndReason::PermissionDenied("no inbox".into());
         assert!(!on_inbox_ended(&mut inner, 2, &reason), "not the inbox");
         assert!(on_inbox_ended(&mut inner, 1, &reason));
-        assert!(inner.mux.is_none() && inner.requests.is_empty());
+        assert!(inner.mux.is_none() && inner.requests.len() == 0);
         assert_eq!(inner.inbox_refused.as_deref(), Some("no inbox"));
         assert!(matches!(
             outcome(&mut written),
@@ -442,6 +465,35 @@ mod tests {
             })
         ));
         assert!(inbox_still_valid(&inner, &mut None));
+    }
+
+    #[test]
+    fn the_table_counts_the_requests_that_hold_a_window_slot() {
+        let window = Arc::new(tokio::sync::Semaphore::new(2));
+        let entry = |slot: bool| PendingRequest {
+            slot: slot.then(|| window.clone().try_acquire_owned().unwrap()),
+            subject: Arc::from("a"),
+            mux_sid: 1,
+            tx: oneshot::channel().0,
+        };
+        let mut t = Requests::default();
+        t.insert(1, entry(true));
+        t.insert(2, entry(false));
+        t.insert(3, entry(true));
+        assert_eq!((t.len(), t.windowed()), (3, 2));
+        assert_eq!(window.available_permits(), 0);
+        assert!(t.remove(1).is_some() && t.remove(1).is_none());
+        assert_eq!(t.windowed(), 1);
+        t.insert(3, entry(false)); // replaces a windowed entry
+        assert_eq!((t.len(), t.windowed()), (2, 0));
+        assert_eq!(
+            window.available_permits(),
+            2,
+            "slots free with their entries"
+        );
+        t.insert(4, entry(true));
+        assert_eq!(t.drain().count(), 3);
+        assert_eq!((t.len(), t.windowed()), (0, 0));
     }
 
     #[test]

@@ -305,7 +305,7 @@ impl<'a> LinkDriver<'a> {
         inner.driver_waiting = self.tx.is_idle();
         // With window requests unanswered, their acks wake the driver soon: frames of
         // further window requests wait for them (at most HOLD), see `buffer_publish`.
-        let window = self.shared.counters.window_requests.load(Ordering::Relaxed);
+        let window = inner.requests.windowed();
         inner.driver_holds = inner.driver_waiting && window > 0 && inner.close.is_none();
         self.shared.held.store(false, Ordering::Relaxed);
         let mut deadline = self.next_deadline(inner);

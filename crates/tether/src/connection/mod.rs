@@ -14,7 +14,7 @@ pub(crate) mod transport;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::error::{ConnectError, FlushError, PublishError, RequestError};
 use crate::events::{ClosedReason, EventHub, EventKind, State};
 use crate::options::ConnectOptions;
-use crate::request::{Mux, PendingRequest};
+use crate::request::Mux;
 use crate::server_pool::ServerPool;
 use crate::subscription::SubQueue;
 
@@ -108,7 +108,7 @@ pub(crate) struct Inner {
     pub(crate) mux: Option<Mux>,
     /// Why the last inbox subscription was refused, for requests that meant to use it.
     pub(crate) inbox_refused: Option<String>,
-    pub(crate) requests: FxHashMap<u64, PendingRequest>,
+    pub(crate) requests: crate::request::Requests,
     /// The reply subject of the request being buffered, kept to reuse its memory.
     pub(crate) reply_scratch: String,
     pub(crate) flushes: HashMap<u64, oneshot::Sender<Result<(), FlushError>>>,
@@ -168,7 +168,7 @@ impl Inner {
             subs: FxHashMap::default(),
             mux: None,
             inbox_refused: None,
-            requests: FxHashMap::default(),
+            requests: crate::request::Requests::default(),
             reply_scratch: String::new(),
             flushes: HashMap::new(),
             next_token: 0,
@@ -237,8 +237,6 @@ pub(crate) struct Counters {
     pub(crate) unconfirmed_reported_msgs: AtomicU64,
     pub(crate) unconfirmed_reported_bytes: AtomicU64,
     pub(crate) migrations: AtomicU64,
-    /// Requests holding a slot of a JetStream publish window (see `request::WindowSlot`).
-    pub(crate) window_requests: Arc<AtomicUsize>,
 }
 
 /// Everything handles and the driver share.
