@@ -153,7 +153,8 @@ pub(crate) fn is_inbox(inner: &Inner, sid: u64) -> bool {
 
 /// A delivery on the inbox: the reply of the request its last token names (a reply
 /// whose request already ended is dropped). A 503 status without a body says that
-/// nobody listens: `NoResponders`.
+/// nobody listens: `NoResponders`. The reply is queued in `inner.replies` and handed
+/// over when the driver releases the lock (see [`Replies`]).
 pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
     let Some(mux) = &inner.mux else {
         return;
@@ -172,7 +173,37 @@ pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
         } else {
             Ok(message)
         };
-        let _ = req.tx.send(result);
+        inner.replies.0.push((req.tx, result));
+    }
+}
+
+type ReplySender = oneshot::Sender<Result<Message, RequestError>>;
+
+/// Replies routed during one turn of the driver, handed over once it has released the
+/// connection lock, newest first.
+///
+/// After the lock: a requester woken by its reply (a JetStream publisher refilling its
+/// window) finds the lock free, instead of parking on it until the driver has routed the
+/// rest of the read. Newest first: a publisher awaits its acks oldest first, so it wakes
+/// once, when every reply of the read is in place, not at the first and again later.
+/// Nothing orders the replies of different requests for their callers anyway.
+#[derive(Debug, Default)]
+pub(crate) struct Replies(Vec<(ReplySender, Result<Message, RequestError>)>);
+
+impl Replies {
+    /// Takes what `inner` queued (under the lock), keeping this one's memory for the next
+    /// turn: `inner`'s queue is empty again whenever the lock is free.
+    pub(crate) fn take_from(&mut self, inner: &mut Inner) {
+        if !inner.replies.0.is_empty() {
+            std::mem::swap(&mut self.0, &mut inner.replies.0);
+        }
+    }
+
+    /// Hands every reply to its requester, newest first (call without the lock).
+    pub(crate) fn send(&mut self) {
+        for (tx, result) in self.0.drain(..).rev() {
+            let _ = tx.send(result);
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! the last wait to the core, then the `drive_*` steps run in order; then the driver
 //! releases the lock and waits in one `select!` ([`LinkDriver::wait`]) for the next thing
 //! to happen. One lock section a turn, not two: a publisher refilling a JetStream window
-//! meets the driver's lock half as often.
+//! meets the driver's lock half as often. Replies routed in the section are handed to
+//! their requesters right after it (`request::Replies`).
 //! 1. `drive_timers`: the driver's own deadlines (lame-duck jitter, JWT refresh).
 //! 2. `drive_switch`: the planned switch, one state at a time (see [`Switch`]).
 //! 3. `drive_transmit`: the next chunk the core has for the socket.
@@ -243,6 +244,8 @@ pub(super) struct LinkDriver<'a> {
     /// Sleep per loop turn costs a timer-wheel registration each time.
     sleep: Pin<Box<tokio::time::Sleep>>,
     armed: Option<Instant>,
+    /// The replies of the last turn, sent after the lock section.
+    replies: crate::request::Replies,
 }
 
 impl<'a> LinkDriver<'a> {
@@ -268,6 +271,7 @@ impl<'a> LinkDriver<'a> {
             close_flush: None,
             sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
             armed: None,
+            replies: crate::request::Replies::default(),
         }
     }
 
@@ -279,8 +283,11 @@ impl<'a> LinkDriver<'a> {
                 if let Some(wake) = woke.take() {
                     self.on_wake(&mut inner, wake);
                 }
-                self.step(&mut inner, Instant::now())
+                let step = self.step(&mut inner, Instant::now());
+                self.replies.take_from(&mut inner);
+                step
             };
+            self.replies.send();
             match step {
                 Step::Wait(deadline) => woke = Some(self.wait(deadline).await),
                 Step::Again => {}

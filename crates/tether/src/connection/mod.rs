@@ -109,6 +109,9 @@ pub(crate) struct Inner {
     /// Why the last inbox subscription was refused, for requests that meant to use it.
     pub(crate) inbox_refused: Option<String>,
     pub(crate) requests: crate::request::Requests,
+    /// Replies routed under the lock; the driver hands them over after it (see
+    /// [`crate::request::Replies`]). Empty whenever the lock is free.
+    pub(crate) replies: crate::request::Replies,
     /// The reply subject of the request being buffered, kept to reuse its memory.
     pub(crate) reply_scratch: String,
     pub(crate) flushes: HashMap<u64, oneshot::Sender<Result<(), FlushError>>>,
@@ -169,6 +172,7 @@ impl Inner {
             mux: None,
             inbox_refused: None,
             requests: crate::request::Requests::default(),
+            replies: crate::request::Replies::default(),
             reply_scratch: String::new(),
             flushes: HashMap::new(),
             next_token: 0,
