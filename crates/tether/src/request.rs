@@ -173,11 +173,9 @@ pub(crate) fn on_reply(inner: &mut Inner, msg: Msg) {
         } else {
             Ok(message)
         };
-        inner.replies.0.push((req.tx, result));
+        inner.replies.0.push((req, result));
     }
 }
-
-type ReplySender = oneshot::Sender<Result<Message, RequestError>>;
 
 /// Replies routed during one turn of the driver, handed over once it has released the
 /// connection lock, newest first.
@@ -188,7 +186,7 @@ type ReplySender = oneshot::Sender<Result<Message, RequestError>>;
 /// once, when every reply of the read is in place, not at the first and again later.
 /// Nothing orders the replies of different requests for their callers anyway.
 #[derive(Debug, Default)]
-pub(crate) struct Replies(Vec<(ReplySender, Result<Message, RequestError>)>);
+pub(crate) struct Replies(Vec<(PendingRequest, Result<Message, RequestError>)>);
 
 impl Replies {
     /// Takes what `inner` queued (under the lock), keeping this one's memory for the next
@@ -199,9 +197,13 @@ impl Replies {
         }
     }
 
-    /// Hands every reply to its requester, newest first (call without the lock).
+    /// Hands every reply to its requester, newest first (call without the lock). A
+    /// publish window's slot frees just before its ack is handed over: the publisher it
+    /// wakes finds the slot free. (The entries are dropped here too, not under the lock.)
     pub(crate) fn send(&mut self) {
-        for (tx, result) in self.0.drain(..).rev() {
+        for (req, result) in self.0.drain(..).rev() {
+            let PendingRequest { tx, slot, .. } = req;
+            drop(slot);
             let _ = tx.send(result);
         }
     }
