@@ -211,8 +211,11 @@ impl NatsCluster {
     /// Waits until JetStream is ready on every running node: its
     /// `/healthz?js-enabled-only=true` is ok and its `/jsz` names the same meta leader
     /// (`meta_cluster.leader`, a `server_name`) as every other running node's, that
-    /// leader being one of the running nodes. After a node is killed, this holds once the
-    /// others agree on a leader among themselves (two of three keep a quorum).
+    /// leader being one of the running nodes, and its meta group counts at least as many
+    /// peers as there are running nodes (`meta_cluster.cluster_size`: a leader can be
+    /// elected before the last node has joined the group). After a node is killed, this
+    /// holds once the others agree on a leader among themselves (two of three keep a
+    /// quorum; the group still counts the killed peer).
     ///
     /// Right after start the meta leader may still refuse a stream with replicas
     /// ("no suitable peers for placement", err_code 10005) for a second or two: it places
@@ -260,6 +263,16 @@ impl NatsCluster {
             let seen = jsz["meta_cluster"]["leader"].as_str().unwrap_or_default();
             if seen.is_empty() {
                 return Some(format!("{} knows no meta leader yet", node.name()));
+            }
+            // A leader is elected before the last peer has joined the meta group: until
+            // then the group is smaller than the cluster (and R3 placements may fail).
+            let size = jsz["meta_cluster"]["cluster_size"].as_u64().unwrap_or(0);
+            if size < running.len() as u64 {
+                return Some(format!(
+                    "{}'s meta group has {size} of {} peers",
+                    node.name(),
+                    running.len()
+                ));
             }
             if !running.iter().any(|(_, n)| n.name() == seen) {
                 return Some(format!(

@@ -430,16 +430,17 @@ impl Client {
                     // driver sleeps on unless the write left it something to do. With
                     // others in flight (a JetStream publish window, say) the driver
                     // writes them together: one write for many, not a syscall each.
-                    if inner.requests.len() == 1
-                        && !crate::connection::link::try_direct_write(shared, inner)
-                    {
-                        return Ok(());
-                    }
-                    // A window's publish while its earlier acks are on their way: the
-                    // driver writes it after the next read (those acks free slots whose
-                    // publishes go out with it), the publisher when it waits, or at most
-                    // `HOLD` later. One write per round of acks, not one per publish.
-                    if windowed && inner.driver_waiting && inner.driver_holds {
+                    if inner.requests.len() == 1 {
+                        if !crate::connection::link::try_direct_write(shared, inner) {
+                            return Ok(());
+                        }
+                        // The write left the driver something to do: wake it below.
+                    } else if windowed && inner.driver_waiting && inner.driver_holds {
+                        // A window's publish while its earlier acks are on their way: the
+                        // driver writes it after the next read (those acks free slots
+                        // whose publishes go out with it), the publisher when it waits, or
+                        // at most `HOLD` later. One write per round of acks, not one per
+                        // publish.
                         shared
                             .held
                             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -765,6 +766,11 @@ impl Client {
             token,
             armed: true,
         };
+        if full.is_none() {
+            // A Lazy client's attempt may have failed since the check above (it went back
+            // to Idle): start another for the request just buffered.
+            self.ensure_started();
+        }
         if let Some(reply) = full {
             let f = Frame {
                 kind: FrameKind::Request(token),

@@ -246,6 +246,10 @@ pub(super) struct LinkDriver<'a> {
     armed: Option<Instant>,
     /// The replies of the last turn, sent after the lock section.
     replies: crate::request::Replies,
+    /// This turn read, wrote or was woken by a handle: not just a timer with nothing to
+    /// do. Only such a turn arms the hold (see `step`), so an idle link with window
+    /// requests unanswered does not wake every HOLD.
+    active: bool,
 }
 
 impl<'a> LinkDriver<'a> {
@@ -272,6 +276,7 @@ impl<'a> LinkDriver<'a> {
             sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
             armed: None,
             replies: crate::request::Replies::default(),
+            active: false,
         }
     }
 
@@ -311,9 +316,14 @@ impl<'a> LinkDriver<'a> {
         }
         inner.driver_waiting = self.tx.is_idle();
         // With window requests unanswered, their acks wake the driver soon: frames of
-        // further window requests wait for them (at most HOLD), see `buffer_publish`.
+        // further window requests wait for them (at most HOLD), see `buffer_publish`. A
+        // turn with nothing to do (the hold's own timer) does not arm it again: the next
+        // window publish wakes the driver, whose turn arms it.
         let window = inner.requests.windowed();
-        inner.driver_holds = inner.driver_waiting && window > 0 && inner.close.is_none();
+        inner.driver_holds = inner.driver_waiting
+            && window > 0
+            && inner.close.is_none()
+            && std::mem::take(&mut self.active);
         self.shared.held.store(false, Ordering::Relaxed);
         let mut deadline = self.next_deadline(inner);
         if inner.driver_holds {
@@ -575,6 +585,7 @@ impl<'a> LinkDriver<'a> {
                 .in_flight_rest()
                 .or_else(|| inner.conn.poll_transmit(now))
                 .unwrap_or_default();
+            self.active |= !chunk.is_empty();
             self.tx.set(chunk);
         }
     }
@@ -678,6 +689,7 @@ impl<'a> LinkDriver<'a> {
     /// Hand what ended the wait to the core (or the switch).
     fn on_wake(&mut self, inner: &mut Inner, wake: Wake) {
         let shared = self.shared;
+        self.active |= !matches!(wake, Wake::Timer);
         match wake {
             Wake::Read(r) => match r {
                 Ok(0) => inner.conn.handle_link_lost(Instant::now(), None),
