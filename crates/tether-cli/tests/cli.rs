@@ -1122,16 +1122,8 @@ fn js_stream_add_and_info() {
 fn js_stream_ls_and_rm() {
     let server = js_server();
     let url = server.url();
-    run_ok(tether(&url).args([
-        "js",
-        "stream",
-        "add",
-        "ORDERS",
-        "--subjects",
-        "orders.>,audit.*",
-        "--storage",
-        "memory",
-    ]));
+    // ADD_ORDERS up to its subjects and storage.
+    run_ok(tether(&url).args(&ADD_ORDERS[..8]));
     run_ok(tether(&url).args(["js", "stream", "add", "EVENTS", "--subjects", "events.>"]));
     let all = json_lines(&run(tether(&url).args(["js", "stream", "ls", "--json"])));
     let names: Vec<&str> = all.iter().filter_map(|v| v["name"].as_str()).collect();

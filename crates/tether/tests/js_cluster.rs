@@ -254,27 +254,32 @@ async fn create_stream(admin: &jetstream::Context) {
     // The meta leader places replicas only on nodes whose stats it has heard (the first
     // ones go out 250 ms, 500 ms, 1 s... after a node starts), which no monitoring
     // endpoint shows: until then it refuses with "no suitable peers".
-    let deadline = Instant::now() + T;
-    loop {
+    // A fresh meta group may also not answer yet (a timeout, no responders).
+    let last = std::sync::Mutex::new(None);
+    let created = tether_testkit::wait_for_async(T, || async {
         match admin.create_stream(config.clone()).await {
-            Ok(_) => return,
-            // A fresh meta group may also not answer yet (a timeout, no responders).
+            Ok(_) => true,
             Err(e)
-                if (e
-                    .api_error()
+                if e.api_error()
                     .is_some_and(|a| a.err_code == NO_SUITABLE_PEERS)
                     || matches!(
                         e,
                         JetStreamError::Request(_) | JetStreamError::NotEnabled { .. }
-                    ))
-                    && Instant::now() < deadline =>
+                    ) =>
             {
                 eprintln!("creating the R3 stream, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                *last.lock().unwrap() = Some(e);
+                false
             }
             Err(e) => panic!("creating the R3 stream: {e}"),
         }
-    }
+    })
+    .await;
+    assert!(
+        created,
+        "creating the R3 stream: {:?}",
+        last.lock().unwrap()
+    );
 }
 
 /// Moves the stream's leadership as `setup` needs; returns the stream leader and the

@@ -45,6 +45,11 @@ async fn fill(js: &jetstream::Context, n: u64) {
     }
 }
 
+/// The consumer `cfg` on the stream `S` the tests fill.
+async fn durable_on_s(js: &jetstream::Context, cfg: ConsumerConfig) -> Consumer {
+    js.create_consumer("S", cfg).await.unwrap()
+}
+
 fn seq(m: &JsMessage) -> u64 {
     m.info().expect("a JetStream ack subject").stream_sequence
 }
@@ -91,10 +96,7 @@ fn assert_invalid_option(err: &JetStreamError, option: &str) {
 async fn fetch_returns_a_full_batch_or_what_there_is_at_expiry() {
     let server = js_server();
     let js = filled(&server, 25).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("c"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("c")).await;
 
     let batch = consumer.fetch(10, Duration::from_secs(5)).await.unwrap();
     let seqs: Vec<u64> = batch.iter().map(seq).collect();
@@ -137,10 +139,7 @@ async fn messages_drains_a_stream_and_every_message_is_acked() {
     const N: u64 = 3000;
     let server = js_server();
     let js = filled(&server, N).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("drain"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("drain")).await;
     let mut messages = consumer
         .messages(PullOptions::new().batch(100))
         .await
@@ -215,10 +214,7 @@ async fn nak_redelivers_term_does_not_and_double_ack_is_confirmed() {
 async fn max_deliver_stops_redelivery_and_ack_none_needs_no_acks() {
     let server = js_server();
     let js = filled(&server, 1).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("twice").max_deliver(2))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("twice").max_deliver(2)).await;
     for delivery in 1..=2 {
         let got = consumer.fetch(1, Duration::from_secs(2)).await.unwrap();
         assert_eq!(got.len(), 1, "delivery {delivery}");
@@ -276,10 +272,7 @@ async fn an_ephemeral_consumer_filters_several_subjects() {
 async fn pull_options_are_checked_before_anything_is_sent() {
     let server = js_server();
     let js = filled(&server, 1).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("c"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("c")).await;
     let err = consumer
         .messages(
             PullOptions::new()
@@ -302,10 +295,7 @@ async fn pull_options_are_checked_before_anything_is_sent() {
 async fn a_quiet_consumer_gets_heartbeats_and_no_missed_heartbeat() {
     let server = js_server();
     let js = filled(&server, 0).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("quiet"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("quiet")).await;
     // Pulls of 1 s with a 100 ms heartbeat: across several expiries and re-pulls.
     let mut messages = consumer
         .messages(
@@ -328,10 +318,7 @@ async fn a_quiet_consumer_gets_heartbeats_and_no_missed_heartbeat() {
 async fn a_deleted_consumer_ends_the_stream_with_the_reason() {
     let server = js_server();
     let js = filled(&server, 1).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("doomed"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("doomed")).await;
     let mut messages = consumer.messages(PullOptions::new()).await.unwrap();
     let m = next_message(&mut messages).await;
     m.ack().await.unwrap();
@@ -470,10 +457,7 @@ async fn ack_all_max_ack_pending_and_backoff_are_the_servers() {
     assert_eq!((info.num_ack_pending, info.ack_floor.stream_seq), (0, 5));
 
     // max_ack_pending 3: a pull for 10 gets 3 until some are acked.
-    let capped = js
-        .create_consumer("S", ConsumerConfig::durable("capped").max_ack_pending(3))
-        .await
-        .unwrap();
+    let capped = durable_on_s(&js, ConsumerConfig::durable("capped").max_ack_pending(3)).await;
     let got = capped.fetch(10, Duration::from_millis(500)).await.unwrap();
     assert_eq!(got.len(), 3, "the server stops at max_ack_pending");
     for m in &got {
@@ -529,10 +513,7 @@ async fn a_fetch_on_a_dead_link_ends_on_the_missed_heartbeat() {
         .unwrap()
         .jetstream();
     fill(&js, 0).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("dead"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("dead")).await;
     proxy.black_hole();
     // Expiry 8 s: heartbeats every 2 s, so the fetch gives up after about 4 s.
     let start = Instant::now();
@@ -559,10 +540,7 @@ async fn max_bytes_pulls_drain_everything() {
     const N: u64 = 2000;
     let server = js_server();
     let js = filled(&server, N).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("bytes"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("bytes")).await;
     // About ten messages a pull: 200 pulls, each ended by its bytes.
     let mut messages = consumer
         .messages(PullOptions::new().batch(1000).max_bytes(1000))
@@ -599,10 +577,7 @@ async fn a_message_larger_than_max_bytes_ends_the_stream_saying_so() {
         .unwrap()
         .await
         .unwrap();
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("small"))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("small")).await;
     let mut messages = consumer
         .messages(PullOptions::new().max_bytes(1024))
         .await
@@ -639,10 +614,7 @@ async fn ends_on_a_409(messages: &mut jetstream::Messages) -> String {
 async fn a_batch_over_the_consumers_max_batch_ends_the_stream_naming_it() {
     let server = js_server();
     let js = filled(&server, 5).await;
-    let consumer = js
-        .create_consumer("S", ConsumerConfig::durable("capped").max_batch(10))
-        .await
-        .unwrap();
+    let consumer = durable_on_s(&js, ConsumerConfig::durable("capped").max_batch(10)).await;
     let mut messages = consumer
         .messages(PullOptions::new().batch(100))
         .await
