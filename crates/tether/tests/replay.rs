@@ -175,6 +175,9 @@ async fn subscribe_unsubscribe_and_publish_during_a_100k_replay_are_ordered_afte
 
     // (a) N + 1 - 2 on the server, the new subscription once.
     wait_server_subs(&server, base + N as u64 - 1).await;
+    // The publishes made during the replay come back to subs[target]: a round trip
+    // first, so that all of them are counted before the count is taken.
+    client.flush().await.unwrap();
     let in_before = client.statistics().in_msgs;
     client.publish("replay.fresh", "hello").await.unwrap();
     let m = tokio::time::timeout(T, fresh.next())
