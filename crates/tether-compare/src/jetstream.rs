@@ -26,7 +26,10 @@
 //!   `--js-batch` messages per pull request, expires 30 s, idle heartbeat 10 s on both)
 //!   and acks every message as it arrives (a plain ack, sent and not confirmed, on both
 //!   sides). The clock stops at the last message. Pull events that are not messages are
-//!   printed and counted out; the consumer is deleted after the run.
+//!   printed and counted out; the consumer is deleted after the run. Beside them runs
+//!   the JetStream ceiling (`raw.rs`): a plain blocking socket draining a consumer of
+//!   its own, made the same way, with pulls of the same shape: the most that server
+//!   delivers to one pull consumer acking every message.
 
 use std::collections::VecDeque;
 use std::future::IntoFuture as _;
@@ -231,10 +234,7 @@ pub(crate) fn run_js_pub_raw(rt: &tokio::runtime::Runtime, p: &Params) -> Res<Th
 
 pub(crate) async fn run_js_consume<C: BenchClient>(p: &Params, tag: &str) -> Res<Throughput> {
     let admin = Admin::connect(p).await?;
-    let name: String = tag
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let name = consumer_name(tag);
     admin
         .js
         .create_consumer(JS_CONSUME_STREAM, ConsumerConfig::durable(name.clone()))
@@ -284,6 +284,46 @@ pub(crate) async fn run_js_consume<C: BenchClient>(p: &Params, tag: &str) -> Res
     })
 }
 
+/// js-consume's ceiling (`raw.rs`) on a durable consumer of its own, made and deleted
+/// by the housekeeping connection as for the libraries. The raw socket blocks, so this
+/// runs on the caller's thread and the housekeeping on `rt`.
+pub(crate) fn run_js_consume_raw(
+    rt: &tokio::runtime::Runtime,
+    p: &Params,
+    tag: &str,
+) -> Res<Throughput> {
+    let name = consumer_name(tag);
+    let admin = rt.block_on(async {
+        let admin = Admin::connect(p).await?;
+        admin
+            .js
+            .create_consumer(JS_CONSUME_STREAM, ConsumerConfig::durable(name.clone()))
+            .await
+            .map_err(|e| format!("creating the consumer {name}: {e}"))?;
+        Res::Ok(admin)
+    })?;
+    let pull = raw::Pull {
+        stream: JS_CONSUME_STREAM,
+        consumer: &name,
+        shape: p.js_pull,
+    };
+    let t = raw::run_js_consume(p, &pull);
+    rt.block_on(async {
+        if let Err(e) = admin.js.delete_consumer(JS_CONSUME_STREAM, &name).await {
+            eprintln!("deleting the consumer {name}: {e}");
+        }
+        admin.close().await;
+    });
+    t
+}
+
+/// A durable consumer's name from a run's tag.
+fn consumer_name(tag: &str) -> String {
+    tag.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 /// The pull of js-consume, the same for both libraries.
 pub(crate) fn pull_shape(batch: usize) -> PullShape {
     PullShape {
@@ -298,8 +338,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::{
-        finish_series, prepare_series, pull_shape, run_js_consume, run_js_pub, run_js_pub_raw,
-        JS_SUBJECT,
+        finish_series, prepare_series, pull_shape, run_js_consume, run_js_consume_raw, run_js_pub,
+        run_js_pub_raw, JS_SUBJECT,
     };
     use crate::client::{AsyncNatsClient, TetherClient};
     use crate::throughput::Params;
@@ -407,6 +447,9 @@ mod tests {
             .block_on(run_js_consume::<TetherClient>(&p, "t.t.1"))
             .unwrap();
         assert!(t.complete && t.received == 1_001 && t.dropped == 0, "{t:?}");
+        // The ceiling on a consumer of its own: every message again, in pulls of 50.
+        let r = run_js_consume_raw(&rt, &p, "t.r.1").unwrap();
+        assert!(r.complete && r.received == 1_001, "{r:?}");
         rt.block_on(finish_series(Workload::JsConsume, &p)).unwrap();
     }
 }

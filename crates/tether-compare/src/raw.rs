@@ -15,6 +15,13 @@
 //!   no responders (no stream captures the subject), fails the run. The clock runs from
 //!   the first write of the measured frames to the last ack. The stream around it is
 //!   made and checked by `jetstream.rs`, as for the libraries.
+//! - **JetStream ceiling (js-consume)**: one connection subscribes an inbox and pulls
+//!   from a durable consumer as the libraries are asked to (`batch` messages, then the
+//!   rest of the batch whenever no more than half of it is outstanding; the same expiry
+//!   and idle heartbeat), reads what has arrived, and answers every message with a plain
+//!   `+ACK` to its reply subject: the acks of one read (and a pull it makes due) go out
+//!   in one write. A status other than a heartbeat (100) ends the pull it answers; the
+//!   next is asked for at once. The clock runs from the first pull to the last message.
 //! - **Floor (reqrep)**: a responder connection (on its own thread) subscribed to the
 //!   echo subject answers each `MSG` by publishing its payload to the reply subject, and
 //!   a requester connection sends one request at a time to it and waits for the answer
@@ -35,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::client::PullShape;
 use crate::throughput::{
     check_echo, latency, Latency, Params, ServerCpu, Throughput, Wakes, REQ_WARMUP,
 };
@@ -547,6 +555,93 @@ pub(crate) fn run_js_pub(p: &Params, subject: &str, window: usize) -> Res<(Throu
     let secs = start.elapsed().as_secs_f64();
     let t = Throughput::published(p.msgs, secs, cpu.share(secs));
     Ok((t, last_seq))
+}
+
+// ----- JetStream ceiling: js-consume -----
+
+/// Who pulls in the js-consume ceiling: the stream, the consumer and the pull's shape.
+pub(crate) struct Pull<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) consumer: &'a str,
+    pub(crate) shape: PullShape,
+}
+
+/// The js-consume ceiling: drains `p.msgs` messages from the durable pull consumer
+/// `pull.consumer`, pulling as the libraries are asked to (a pull of `batch` first, then
+/// one for the rest of the batch whenever no more than half of it is outstanding) and
+/// acking every message with a plain `+ACK`: the acks of one read go out in one write,
+/// together with the pull it makes due. The clock runs from the first pull to the last
+/// message.
+pub(crate) fn run_js_consume(p: &Params, pull: &Pull<'_>) -> Res<Throughput> {
+    let mut conn = match &p.tls_ca {
+        Some(ca) => Conn::connect_tls(&p.raw_addr, ca, CONNECT_HEADERS)?,
+        None => Conn::ready(dial(&p.raw_addr)?, None, CONNECT_HEADERS)?,
+    };
+    let inbox = format!("_INBOX.rawjsc{:017}", std::process::id());
+    conn.send(format!("SUB {inbox} 1\r\nPING\r\n").as_bytes())?;
+    conn.until_pong()?;
+    let next = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        pull.stream, pull.consumer
+    );
+    let batch = pull.shape.batch.max(1);
+    let (expires, heartbeat) = (
+        pull.shape.expires.as_nanos(),
+        pull.shape.heartbeat.as_nanos(),
+    );
+    let mut out = Vec::with_capacity(CHUNK);
+    let (mut pending, mut received) = (0usize, 0u64);
+    let cpu = ServerCpu::start(p.server_pid);
+    let start = Instant::now();
+    while received < p.msgs {
+        if pending <= batch / 2 {
+            let n = batch - pending;
+            let body =
+                format!("{{\"batch\":{n},\"expires\":{expires},\"idle_heartbeat\":{heartbeat}}}");
+            write!(out, "PUB {next} {inbox} {}\r\n{body}\r\n", body.len())?;
+            pending += n;
+        }
+        if !out.is_empty() {
+            conn.send(&out)?;
+            out.clear();
+        }
+        // Every message already read: at least one (blocking).
+        let mut op = Some(conn.next_op()?);
+        while let Some(o) = op {
+            let Op::Msg { reply, headers, .. } = o else {
+                op = conn.parse()?;
+                continue;
+            };
+            if let Some(h) = headers {
+                // A status: 100 is a heartbeat; any other ends the pull it answers.
+                let status = conn
+                    .slice(h)
+                    .split(|&b| b == b'\r')
+                    .next()
+                    .unwrap_or_default();
+                if !status.starts_with(b"NATS/1.0 100") {
+                    eprintln!("js ceiling pull event: {}", String::from_utf8_lossy(status));
+                    pending = 0;
+                }
+            } else if let Some(reply) = reply {
+                received += 1;
+                pending = pending.saturating_sub(1);
+                out.extend_from_slice(b"PUB ");
+                out.extend_from_slice(conn.slice(reply));
+                out.extend_from_slice(b" 4\r\n+ACK\r\n");
+            } else {
+                return Err("a pulled message without a reply subject (nothing to ack)".into());
+            }
+            op = conn.parse()?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let server_cpu = cpu.share(secs);
+    // The last acks, after the clock, as the libraries' go out.
+    if !out.is_empty() {
+        conn.send(&out)?;
+    }
+    Ok(Throughput::published(p.msgs, secs, server_cpu))
 }
 
 // ----- floor: reqrep -----

@@ -246,7 +246,8 @@ pub(crate) fn table(
         let _ = writeln!(
             o,
             "t/a-n = tether / async-nats; t/c|f = tether / ceiling (pub; js-pub: the raw \
-             JetStream publish ceiling, its core row: the core one) or floor (reqrep). \
+             JetStream publish ceiling, its core row: the core one; js-consume: the raw \
+             pull consumer) or floor (reqrep). \
              msgs/s: above 1 tether is faster; latency: below 1 tether is faster"
         );
     }
@@ -536,6 +537,10 @@ pub(crate) fn to_json(
             "js_consume_consumer": "durable pull, one per client and round, deliver all, ack \
                 explicit (each message acked as it arrives, not confirmed), server defaults \
                 otherwise (max_ack_pending 1000, ack_wait 30 s)",
+            "js_consume_ceiling": "raw (key raw, ratio_to_raw): one plain socket draining a \
+                durable consumer of its own, made the same way, with pulls of the same shape, \
+                the acks of each read in one write, clock from the first pull to the last \
+                message",
             "description": js_text(cli, all),
         });
     }
@@ -570,7 +575,8 @@ fn js_text(cli: &Cli, all: &[Series]) -> String {
              explicit, each message acked as it arrives without waiting for a confirmation, \
              server defaults otherwise: max_ack_pending 1000), continuous pull with batch \
              {}, expires {PULL_EXPIRES:?}, idle heartbeat {PULL_HEARTBEAT:?}, clock from the \
-             pull's start to the last message.",
+             pull's start to the last message; its ceiling is a raw socket doing the \
+             same (pulls of the same shape, the acks of each read in one write).",
             cli.js_batch
         ));
     }
@@ -769,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn js_pub_has_its_own_ceiling_and_the_core_one_and_says_how_it_ran() {
+    fn js_pub_has_its_own_ceiling_and_the_core_one_js_consume_its_own_and_says_how_they_ran() {
         let cli = Cli::parse_from(["tether-compare", "--workloads", "js-pub,js-consume"]);
         let mut js_pub = Series::new(Workload::JsPub, 128, false);
         let mut js_consume = Series::new(Workload::JsConsume, 128, false);
@@ -780,12 +786,16 @@ mod tests {
             js_pub.push(Side::RawCore, rate(6e6));
             js_consume.push(Side::Tether, rate(2e5));
             js_consume.push(Side::AsyncNats, rate(1e5));
+            js_consume.push(Side::Raw, rate(2.5e5));
         }
         assert_eq!(
             js_pub.sides(),
             [Side::Tether, Side::AsyncNats, Side::Raw, Side::RawCore]
         );
-        assert_eq!(js_consume.sides(), [Side::Tether, Side::AsyncNats]);
+        assert_eq!(
+            js_consume.sides(),
+            [Side::Tether, Side::AsyncNats, Side::Raw]
+        );
         let all = vec![js_pub, js_consume];
         let text = table(
             &cli,
@@ -813,8 +823,22 @@ mod tests {
             core.contains(" 6,000,000 ") && core.contains(" 0.050 "),
             "{core}"
         );
-        // js-consume has no ceiling, and neither row a core one.
+        // js-consume has its own ceiling (tether / it: 2e5 / 2.5e5), and no core row.
+        let consume = text
+            .lines()
+            .find(|l| l.starts_with("js-consume 128 B msgs/s "))
+            .unwrap_or_else(|| panic!("no js-consume row in {text}"));
+        assert!(
+            consume.contains(" 2.000 ")
+                && consume.contains(" 250,000 ")
+                && consume.contains(" 0.800 "),
+            "{consume}"
+        );
         assert!(!text.contains("js-consume 128 B core"), "{text}");
+        assert!(
+            text.contains("its ceiling is a raw socket doing the same (pulls of the same shape"),
+            "{text}"
+        );
         assert!(
             text.contains("at most 256 acks outstanding")
                 && text.contains("batch 500")
@@ -853,10 +877,8 @@ mod tests {
             "{v}"
         );
         assert_eq!(v["workloads"]["js_consume_128b"]["ratio"], 2.0);
-        assert!(
-            v["workloads"]["js_consume_128b"].get("raw").is_none(),
-            "{v}"
-        );
+        assert_eq!(v["workloads"]["js_consume_128b"]["ratio_to_raw"], 0.8);
+        assert_eq!(v["workloads"]["js_consume_128b"]["raw_is"], "js ceiling");
         assert_eq!(v["jetstream"]["js_pub_window"], 256);
         assert_eq!(v["jetstream"]["subject"], "bench.js");
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::client::{AsyncNatsClient, BenchClient, PullShape, Setup, TetherClient};
-use crate::jetstream::{run_js_consume, run_js_pub, run_js_pub_raw};
+use crate::jetstream::{run_js_consume, run_js_consume_raw, run_js_pub, run_js_pub_raw};
 use crate::raw;
 use crate::stats::percentile;
 use crate::{within, Lib, Res, Workload, PUB_SUBJECT, STALL_TIMEOUT};
@@ -180,17 +180,20 @@ pub(crate) enum Side {
 
 impl Side {
     /// Who runs `w`, in the order of the first measured round (rotated by one each
-    /// round after): pubsub and js-consume have no raw side, js-pub has two.
+    /// round after): pubsub has no raw side, js-pub has two.
     pub(crate) fn of_workload(w: Workload) -> &'static [Side] {
         match w {
-            Workload::Pub | Workload::Reqrep => &[Side::Tether, Side::AsyncNats, Side::Raw],
+            Workload::Pub | Workload::Reqrep | Workload::JsConsume => {
+                &[Side::Tether, Side::AsyncNats, Side::Raw]
+            }
             Workload::JsPub => &[Side::Tether, Side::AsyncNats, Side::Raw, Side::RawCore],
             _ => &[Side::Tether, Side::AsyncNats],
         }
     }
 
     /// The name in progress lines and tables: the raw side is the pub "ceiling", the
-    /// js-pub "js ceiling" (beside its "core ceiling") and the reqrep "floor".
+    /// js-pub and js-consume "js ceiling" (js-pub's beside its "core ceiling") and the
+    /// reqrep "floor".
     pub(crate) fn name(self, w: Workload) -> &'static str {
         match self {
             Side::Tether => Lib::Tether.name(),
@@ -215,7 +218,7 @@ impl Side {
 pub(crate) fn raw_name(w: Workload) -> &'static str {
     match w {
         Workload::Reqrep => "floor",
-        Workload::JsPub => "js ceiling",
+        Workload::JsPub | Workload::JsConsume => "js ceiling",
         _ => "ceiling",
     }
 }
@@ -251,7 +254,11 @@ impl Series {
     /// (the ceiling writes its chunks through a rustls session; the floor speaks no TLS).
     pub(crate) fn has_raw(&self) -> bool {
         Side::of_workload(self.workload).contains(&Side::Raw)
-            && (!self.tls || matches!(self.workload, Workload::Pub | Workload::JsPub))
+            && (!self.tls
+                || matches!(
+                    self.workload,
+                    Workload::Pub | Workload::JsPub | Workload::JsConsume
+                ))
     }
 
     /// Who runs the series, in the order of the first measured round: the workload's
@@ -353,6 +360,9 @@ pub(crate) fn run_one(
         (Side::AsyncNats, _) => rt.block_on(run_with::<AsyncNatsClient>(w, p, tag)),
         (Side::Raw, Workload::Pub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
         (Side::Raw, Workload::JsPub) => Ok(RunResult::Throughput(run_js_pub_raw(rt, p)?)),
+        (Side::Raw, Workload::JsConsume) => {
+            Ok(RunResult::Throughput(run_js_consume_raw(rt, p, tag)?))
+        }
         // Beside js-pub's own ceiling, the core one: raw PUBs of the same size to
         // `bench.pub`, no JetStream.
         (Side::RawCore, Workload::JsPub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
