@@ -364,6 +364,15 @@ impl Client {
         buffer_frame!(self, f, None, &mut None)
     }
 
+    /// A JetStream ack (`+ACK`, `-NAK`, `+WPI`, `+TERM`) to `reply`: published like
+    /// [`Client::publish_full`], except that a driver holding for a read soon to come
+    /// (see `buffer_publish`) is not woken for it.
+    pub(crate) async fn publish_ack(&self, reply: &str, body: &[u8]) -> Result<(), PublishError> {
+        let mut f = Frame::publish(reply, None, None, body);
+        f.hold = true;
+        buffer_frame!(self, f, None, &mut None)
+    }
+
     /// Publish without ever waiting: Ok when buffered, else the reason at once.
     pub fn try_publish(
         &self,
@@ -422,6 +431,15 @@ impl Client {
         {
             Ok(()) => {
                 buffer_watch::on_level(shared, inner, Change::Filled);
+                if f.hold && inner.driver_waiting && inner.driver_holds {
+                    // An ack while a pull's messages are on their way: it goes out with
+                    // the next read's, when the consumer's stream runs dry, or at most
+                    // `HOLD` later; one write for a read's worth of acks.
+                    shared
+                        .held
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
                 if let FrameKind::Request(token) = f.kind {
                     if let Some(r) = request.take() {
                         inner.requests.insert(token, r);
@@ -1124,6 +1142,8 @@ struct Frame<'a> {
     headers: Option<&'a HeaderMap>,
     payload: &'a [u8],
     kind: FrameKind,
+    /// A JetStream ack: it need not wake a holding driver (see `buffer_publish`).
+    hold: bool,
 }
 
 impl<'a> Frame<'a> {
@@ -1139,6 +1159,7 @@ impl<'a> Frame<'a> {
             headers,
             payload,
             kind: FrameKind::Pub,
+            hold: false,
         }
     }
 

@@ -689,3 +689,40 @@ async fn a_reconnect_between_polls_reissues_the_pulls() {
     }
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn an_ack_goes_out_while_the_consumer_polls_nothing_more() {
+    let server = js_server();
+    // The watcher fills the stream and reads the consumer's state on a connection of its
+    // own. The consumer's connection sends no confirm PING for 10 s and its pull's
+    // heartbeat is 10 s: nothing is read on it after the messages, so only the bound of
+    // the ack hold (an ack waits for the pull's next read at most about a millisecond)
+    // can write an ack made while its messages were being read.
+    let watcher = filled(&server, 3).await;
+    durable_on_s(&watcher, ConsumerConfig::durable("C")).await;
+    let js = ConnectOptions::new()
+        .confirm_interval(Duration::from_secs(10))
+        .connect(server.url())
+        .await
+        .unwrap()
+        .jetstream();
+    let consumer = js.consumer("S", "C").await.unwrap();
+    let mut messages = consumer
+        .messages(PullOptions::new().batch(10))
+        .await
+        .unwrap();
+    let first = next_message(&mut messages).await;
+    assert_eq!(seq(&first), 1);
+    first.ack().await.unwrap();
+    // The stream is neither polled again (its other messages wait in it) nor dropped.
+    let acked = tether_testkit::wait_for_async(Duration::from_millis(500), || {
+        let watcher = watcher.clone();
+        async move {
+            let info = watcher.consumer_info("S", "C").await.unwrap();
+            info.ack_floor.stream_seq == 1
+        }
+    })
+    .await;
+    assert!(acked, "the ack of message 1 never reached the server");
+    drop(messages);
+}

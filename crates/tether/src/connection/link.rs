@@ -315,13 +315,14 @@ impl<'a> LinkDriver<'a> {
             return step;
         }
         inner.driver_waiting = self.tx.is_idle();
-        // With window requests unanswered, their acks wake the driver soon: frames of
-        // further window requests wait for them (at most HOLD), see `buffer_publish`. A
-        // turn with nothing to do (the hold's own timer) does not arm it again: the next
-        // window publish wakes the driver, whose turn arms it.
-        let window = inner.requests.windowed();
+        // With window requests unanswered, their acks wake the driver soon, and with a
+        // pull stream live, its messages: frames of further window requests and acks wait
+        // for them (at most HOLD), see `buffer_publish`. A turn with nothing to do (the
+        // hold's own timer) does not arm it again: the next such frame wakes the driver,
+        // whose turn arms it.
+        let expected = inner.requests.windowed() > 0 || inner.pull_streams > 0;
         inner.driver_holds = inner.driver_waiting
-            && window > 0
+            && expected
             && inner.close.is_none()
             && std::mem::take(&mut self.active);
         self.shared.held.store(false, Ordering::Relaxed);

@@ -125,6 +125,9 @@ pub(crate) struct Inner {
     /// to wait with JetStream window requests unanswered. A window request's frame buffered
     /// meanwhile need not wake it (see `link::try_direct_write` and [`Shared::held`]).
     pub(crate) driver_holds: bool,
+    /// Live [`Messages`](crate::jetstream::Messages) streams: while one is, messages are
+    /// on their way and the driver holds for their read as for a window's acks.
+    pub(crate) pull_streams: usize,
     pub(crate) pool: ServerPool,
     /// The server of the current (or last) link. Kept as an address, not a pool index:
     /// pool changes (discovery, pruning, removal) shift indices.
@@ -179,6 +182,7 @@ impl Inner {
             driver_waiting: false,
             driver_deadline: None,
             driver_holds: false,
+            pull_streams: 0,
             pool,
             current: None,
             server_name: String::new(),

@@ -133,13 +133,15 @@ impl JsMessage {
     async fn send(&self, body: &[u8]) -> Result<(), AckError> {
         let reply = self.reply()?;
         self.client
-            .publish_full(reply, None, None, body)
+            .publish_ack(reply, body)
             .await
             .map_err(AckError::Publish)
     }
 
-    /// Acknowledge: handled, never redeliver. Ok once the ack is buffered; see
-    /// [`double_ack`](Self::double_ack) for one the server confirms.
+    /// Acknowledge: handled, never redeliver. Ok once the ack is buffered (while a
+    /// [`Messages`](super::Messages) stream is live it is written with the others of its
+    /// read, within about a millisecond; see "Ack writes" in the [module docs](super));
+    /// see [`double_ack`](Self::double_ack) for one the server confirms.
     pub async fn ack(&self) -> Result<(), AckError> {
         self.send(b"+ACK").await
     }

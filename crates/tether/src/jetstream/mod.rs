@@ -45,6 +45,12 @@
 //!   window of publishes thus reaches the server in a few large writes, as a raw client
 //!   would write it, instead of one write per publish. A lone publish (no ack
 //!   outstanding) is written at once from the caller's thread.
+//! - **Ack writes.** While a [`Messages`] stream is live, its messages keep arriving, and
+//!   an ack (`ack`, `nak`, `term`, `in_progress`; not `double_ack`, which waits for an
+//!   answer) is written the same way: with the acks of the next read, when the stream
+//!   has no message left to yield (from the consumer's thread, before it waits), or at
+//!   most about a millisecond later. A read's worth of messages is acked in one write,
+//!   and the connection's driver is not woken for each ack.
 //! - **No responders on publish** is ambiguous: no stream captures the subject, or the
 //!   stream's leader is being elected. tether asks the stream names API which stream
 //!   captures the subject: none → [`PublishError::NoStreamForSubject`] at once; one →

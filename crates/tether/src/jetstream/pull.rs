@@ -623,6 +623,18 @@ impl Messages {
     }
 }
 
+impl Drop for Messages {
+    fn drop(&mut self) {
+        let shared = self.ctx.client.shared();
+        {
+            let mut inner = shared.lock("messages dropped");
+            inner.pull_streams = inner.pull_streams.saturating_sub(1);
+        }
+        // The acks of its last messages go out now, not at the driver's next turn.
+        shared.write_held();
+    }
+}
+
 impl futures_core::Stream for Messages {
     type Item = Result<JsMessage, PullError>;
 
@@ -696,6 +708,8 @@ impl futures_core::Stream for Messages {
                 this.on_timer(Instant::now());
                 continue;
             }
+            // Run dry: the acks held since the last read go out now, from this thread.
+            this.ctx.client.shared().write_held();
             return Poll::Pending;
         }
     }
@@ -848,6 +862,7 @@ impl Consumer {
         let mut rx = client.status_watch();
         let state = *rx.borrow_and_update();
         let now = Instant::now();
+        client.shared().lock("messages").pull_streams += 1;
         let mut messages = Messages {
             sub,
             ctx: self.ctx.clone(),
