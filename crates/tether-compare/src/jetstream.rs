@@ -367,6 +367,7 @@ mod tests {
             // A window smaller than the run, so it fills and drains many times.
             js_window: 16,
             js_pull: pull_shape(50),
+            in_task: false,
         }
     }
 
@@ -393,6 +394,27 @@ mod tests {
             a.complete && a.received == 2_003 && a.msgs_per_sec > 0.0,
             "{a:?}"
         );
+    }
+
+    /// `--in-task`: each library's run is a task on the runtime, and still stores every
+    /// message.
+    #[test]
+    fn js_pub_runs_in_a_spawned_task_with_in_task() {
+        use crate::throughput::{run_one, RunResult, Side};
+        let server = js_server();
+        let p = crate::throughput::Params {
+            in_task: true,
+            ..params(&server, 1_001)
+        };
+        let rt = runtime();
+        for side in [Side::Tether, Side::AsyncNats] {
+            match run_one(&rt, Workload::JsPub, side, &p, "t.task") {
+                Ok(RunResult::Throughput(t)) => {
+                    assert!(t.complete && t.received == 1_001, "{side:?}: {t:?}");
+                }
+                other => panic!("{side:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //!     [--requests R] [--server URL] [--json] [--plot FILE.svg] [--conns 100,1000]
 //!     [--subs 1000,10000,100000]
 //!     [--workloads pub,pubsub,reqrep,reconnect,memory,conns,subs,js-pub,js-consume]
-//!     [--tls [on|both]] [--js-size 128] [--js-window 256] [--js-batch 500]
+//!     [--tls [on|both]] [--js-size 128] [--js-window 256] [--js-batch 500] [--in-task]
 //! ```
+//!
+//! Each library's run is the future the main thread blocks on, as in a program working
+//! from `main`; with `--in-task` it is a task spawned on the runtime's workers, as a
+//! service's handlers run, where a wake-up from the library's I/O task need not cross to
+//! a thread outside the runtime. The report says which.
 //!
 //! `pub`, `pubsub` and `reqrep` run by default; `reconnect`, `memory`, `conns`, `subs`,
 //! `js-pub` and `js-consume` only when named. With a JetStream workload the servers this
@@ -304,6 +309,11 @@ struct Cli {
     /// Use this server instead of starting one.
     #[arg(long)]
     server: Option<String>,
+    /// Run each library's runs in a task spawned on the runtime (as a service's handlers
+    /// run) instead of on the main thread, which blocks on the runtime (as a program
+    /// working from `main` does, the default).
+    #[arg(long)]
+    in_task: bool,
     /// Workloads to run.
     #[arg(
         long,
@@ -732,6 +742,7 @@ fn start_targets(
             tls_ca,
             js_window: usize::try_from(cli.js_window)?,
             js_pull: jetstream::pull_shape(usize::try_from(cli.js_batch)?),
+            in_task: cli.in_task,
         };
         let mut responder = None;
         if workloads.contains(&Workload::Reqrep) {

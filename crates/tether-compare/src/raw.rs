@@ -767,6 +767,7 @@ mod tests {
             tls_ca: None,
             js_window: 256,
             js_pull: crate::jetstream::pull_shape(500),
+            in_task: false,
         }
     }
 

@@ -187,10 +187,11 @@ pub(crate) fn table(
     let _ = writeln!(
         o,
         "\ntether vs async-nats — server {url}{}; {} measured rounds (+{} warm-up), \
-         order rotating each round",
+         order rotating each round; the libraries run {}",
         server_version.map_or(String::new(), |v| format!(" (nats-server {v})")),
         cli.rounds,
-        cli.warmup
+        cli.warmup,
+        runs_on(cli)
     );
     if all.is_empty() {
         let _ = writeln!(o, "total {:.1} s\n", elapsed.as_secs_f64());
@@ -514,6 +515,7 @@ pub(crate) fn to_json(
         "requests": cli.requests,
         "pub_subject": PUB_SUBJECT,
         "order": "rotating: tether, async-nats, then the raw side(s) first in turn, one step per round",
+        "libraries_run": runs_on(cli),
         "elapsed_secs": elapsed.as_secs_f64(),
         "workloads": workloads,
     });
@@ -545,6 +547,15 @@ pub(crate) fn to_json(
         });
     }
     out
+}
+
+/// Where the libraries' runs ran (`--in-task`).
+fn runs_on(cli: &Cli) -> &'static str {
+    if cli.in_task {
+        "in a task spawned on the runtime (--in-task)"
+    } else {
+        "on the main thread, blocking on the runtime"
+    }
 }
 
 /// What the JetStream workloads of `all` did, in words.
@@ -774,6 +785,25 @@ mod tests {
         assert!(v["workloads"]["pub_16b"].get("tls").is_none(), "{v}");
     }
 
+    /// js-consume's row with its own ceiling (tether / it: 2e5 / 2.5e5), and no core row.
+    fn js_consume_has_its_own_ceiling(text: &str) {
+        let consume = text
+            .lines()
+            .find(|l| l.starts_with("js-consume 128 B msgs/s "))
+            .unwrap_or_else(|| panic!("no js-consume row in {text}"));
+        assert!(
+            consume.contains(" 2.000 ")
+                && consume.contains(" 250,000 ")
+                && consume.contains(" 0.800 "),
+            "{consume}"
+        );
+        assert!(!text.contains("js-consume 128 B core"), "{text}");
+        assert!(
+            text.contains("its ceiling is a raw socket doing the same (pulls of the same shape"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn js_pub_has_its_own_ceiling_and_the_core_one_js_consume_its_own_and_says_how_they_ran() {
         let cli = Cli::parse_from(["tether-compare", "--workloads", "js-pub,js-consume"]);
@@ -823,22 +853,7 @@ mod tests {
             core.contains(" 6,000,000 ") && core.contains(" 0.050 "),
             "{core}"
         );
-        // js-consume has its own ceiling (tether / it: 2e5 / 2.5e5), and no core row.
-        let consume = text
-            .lines()
-            .find(|l| l.starts_with("js-consume 128 B msgs/s "))
-            .unwrap_or_else(|| panic!("no js-consume row in {text}"));
-        assert!(
-            consume.contains(" 2.000 ")
-                && consume.contains(" 250,000 ")
-                && consume.contains(" 0.800 "),
-            "{consume}"
-        );
-        assert!(!text.contains("js-consume 128 B core"), "{text}");
-        assert!(
-            text.contains("its ceiling is a raw socket doing the same (pulls of the same shape"),
-            "{text}"
-        );
+        js_consume_has_its_own_ceiling(&text);
         assert!(
             text.contains("at most 256 acks outstanding")
                 && text.contains("batch 500")
@@ -862,6 +877,10 @@ mod tests {
             &Faulty::default(),
             Duration::from_secs(1),
         );
+        assert_eq!(
+            v["libraries_run"],
+            "on the main thread, blocking on the runtime"
+        );
         assert_eq!(v["workloads"]["js_pub_128b"]["ratio"], 1.5);
         assert_eq!(v["workloads"]["js_pub_128b"]["ratio_to_raw"], 0.5);
         assert_eq!(v["workloads"]["js_pub_128b"]["ratio_to_raw_core"], 0.05);
@@ -870,15 +889,20 @@ mod tests {
             v["workloads"]["js_pub_128b"]["raw_core"]["median"]["msgs_per_sec"],
             6e6
         );
-        assert!(
-            v["workloads"]["js_consume_128b"]
-                .get("ratio_to_raw_core")
-                .is_none(),
-            "{v}"
+        let consume = &v["workloads"]["js_consume_128b"];
+        assert!(consume.get("ratio_to_raw_core").is_none(), "{v}");
+        assert_eq!(
+            (
+                &consume["ratio"],
+                &consume["ratio_to_raw"],
+                &consume["raw_is"]
+            ),
+            (
+                &serde_json::json!(2.0),
+                &serde_json::json!(0.8),
+                &serde_json::json!("js ceiling")
+            )
         );
-        assert_eq!(v["workloads"]["js_consume_128b"]["ratio"], 2.0);
-        assert_eq!(v["workloads"]["js_consume_128b"]["ratio_to_raw"], 0.8);
-        assert_eq!(v["workloads"]["js_consume_128b"]["raw_is"], "js ceiling");
         assert_eq!(v["jetstream"]["js_pub_window"], 256);
         assert_eq!(v["jetstream"]["subject"], "bench.js");
     }

@@ -38,6 +38,9 @@ pub(crate) struct Params {
     pub(crate) js_window: usize,
     /// js-consume: how both libraries pull.
     pub(crate) js_pull: PullShape,
+    /// `--in-task`: each library's run is a task spawned on the runtime, not the future
+    /// the main thread blocks on.
+    pub(crate) in_task: bool,
 }
 
 impl Params {
@@ -356,8 +359,8 @@ pub(crate) fn run_one(
     tag: &str,
 ) -> Res<RunResult> {
     match (side, w) {
-        (Side::Tether, _) => rt.block_on(run_with::<TetherClient>(w, p, tag)),
-        (Side::AsyncNats, _) => rt.block_on(run_with::<AsyncNatsClient>(w, p, tag)),
+        (Side::Tether, _) => run_lib!(TetherClient, rt, w, p, tag),
+        (Side::AsyncNats, _) => run_lib!(AsyncNatsClient, rt, w, p, tag),
         (Side::Raw, Workload::Pub) => Ok(RunResult::Throughput(raw::run_pub(p)?)),
         (Side::Raw, Workload::JsPub) => Ok(RunResult::Throughput(run_js_pub_raw(rt, p)?)),
         (Side::Raw, Workload::JsConsume) => {
@@ -370,6 +373,31 @@ pub(crate) fn run_one(
         (Side::Raw | Side::RawCore, _) => Err(format!("{} has no such raw side", w.name()).into()),
     }
 }
+
+/// One library's run: on the thread that blocks on `rt` (a program working from `main`),
+/// or with `--in-task` in a task spawned on `rt`'s workers (a service's handler), where
+/// its wake-ups need not cross to a thread outside the runtime.
+macro_rules! run_lib {
+    ($client:ty, $rt:expr, $w:expr, $p:expr, $tag:expr) => {{
+        let (rt, w, p, tag): (&tokio::runtime::Runtime, Workload, &Params, &str) =
+            ($rt, $w, $p, $tag);
+        if p.in_task {
+            let (p, tag) = (p.clone(), tag.to_owned());
+            let task = rt.spawn(async move {
+                run_with::<$client>(w, &p, &tag)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match rt.block_on(task) {
+                Ok(r) => r.map_err(Into::into),
+                Err(e) => Err(format!("a {} run's task failed: {e}", <$client>::LIB.name()).into()),
+            }
+        } else {
+            rt.block_on(run_with::<$client>(w, p, tag))
+        }
+    }};
+}
+use run_lib;
 
 async fn run_with<C: BenchClient>(w: Workload, p: &Params, tag: &str) -> Res<RunResult> {
     Ok(match w {
