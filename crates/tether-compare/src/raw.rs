@@ -212,6 +212,14 @@ impl Conn {
         &self.buf[r]
     }
 
+    /// The status line (`NATS/1.0 503`) of an `HMSG`'s header block `h`.
+    fn status_line(&self, h: Range<usize>) -> &[u8] {
+        self.slice(h)
+            .split(|&b| b == b'\r')
+            .next()
+            .unwrap_or_default()
+    }
+
     /// Reads until the server's PONG (answering its PINGs meanwhile).
     fn until_pong(&mut self) -> Res<()> {
         match self.next_op()? {
@@ -474,12 +482,7 @@ fn js_ack(conn: &Conn, op: Op, n: u64, last: u64) -> Res<Option<u64>> {
         return Ok(None);
     };
     if let Some(h) = headers {
-        let status = conn
-            .slice(h)
-            .split(|&b| b == b'\r')
-            .next()
-            .unwrap_or_default();
-        let status = String::from_utf8_lossy(status);
+        let status = String::from_utf8_lossy(conn.status_line(h));
         let hint = if status.contains(" 503") {
             " (no responders: no stream captures the subject)"
         } else {
@@ -501,20 +504,27 @@ fn js_ack(conn: &Conn, op: Op, n: u64, last: u64) -> Res<Option<u64>> {
     Ok(Some(0))
 }
 
+/// A connection of a JetStream ceiling (over TLS when the run has it), subscribed to
+/// `subject` as sid 1 and ready (the PONG after the SUB came back).
+fn js_conn(p: &Params, subject: &str) -> Res<Conn> {
+    let mut conn = match &p.tls_ca {
+        Some(ca) => Conn::connect_tls(&p.raw_addr, ca, CONNECT_HEADERS)?,
+        None => Conn::ready(dial(&p.raw_addr)?, None, CONNECT_HEADERS)?,
+    };
+    conn.send(format!("SUB {subject} 1\r\nPING\r\n").as_bytes())?;
+    conn.until_pong()?;
+    Ok(conn)
+}
+
 /// The JetStream ceiling: `p.msgs` pre-encoded publishes to `subject` with reply
 /// subjects in one inbox, never more than `window` unacked. Returns the run and the
 /// `seq` of the last ack. One unmeasured publish and its ack come first, as for the
 /// libraries; the stream capturing `subject` is the caller's.
 pub(crate) fn run_js_pub(p: &Params, subject: &str, window: usize) -> Res<(Throughput, u64)> {
     let window = window.max(1);
-    let mut conn = match &p.tls_ca {
-        Some(ca) => Conn::connect_tls(&p.raw_addr, ca, CONNECT_HEADERS)?,
-        None => Conn::ready(dial(&p.raw_addr)?, None, CONNECT_HEADERS)?,
-    };
     // As long as a library's inbox prefix (`_INBOX.` and a 22-character id).
     let inbox = format!("_INBOX.rawjs{:017}", std::process::id());
-    conn.send(format!("SUB {inbox}.* 1\r\nPING\r\n").as_bytes())?;
-    conn.until_pong()?;
+    let mut conn = js_conn(p, &format!("{inbox}.*"))?;
     // Frame 0 is the unmeasured one.
     let msgs = usize::try_from(p.msgs)?;
     let frames = Frames::encode(subject, &inbox, &p.payload, msgs + 1)?;
@@ -573,13 +583,8 @@ pub(crate) struct Pull<'a> {
 /// together with the pull it makes due. The clock runs from the first pull to the last
 /// message.
 pub(crate) fn run_js_consume(p: &Params, pull: &Pull<'_>) -> Res<Throughput> {
-    let mut conn = match &p.tls_ca {
-        Some(ca) => Conn::connect_tls(&p.raw_addr, ca, CONNECT_HEADERS)?,
-        None => Conn::ready(dial(&p.raw_addr)?, None, CONNECT_HEADERS)?,
-    };
     let inbox = format!("_INBOX.rawjsc{:017}", std::process::id());
-    conn.send(format!("SUB {inbox} 1\r\nPING\r\n").as_bytes())?;
-    conn.until_pong()?;
+    let mut conn = js_conn(p, &inbox)?;
     let next = format!(
         "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
         pull.stream, pull.consumer
@@ -614,11 +619,7 @@ pub(crate) fn run_js_consume(p: &Params, pull: &Pull<'_>) -> Res<Throughput> {
             };
             if let Some(h) = headers {
                 // A status: 100 is a heartbeat; any other ends the pull it answers.
-                let status = conn
-                    .slice(h)
-                    .split(|&b| b == b'\r')
-                    .next()
-                    .unwrap_or_default();
+                let status = conn.status_line(h);
                 if !status.starts_with(b"NATS/1.0 100") {
                     eprintln!("js ceiling pull event: {}", String::from_utf8_lossy(status));
                     pending = 0;
