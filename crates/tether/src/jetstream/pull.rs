@@ -344,6 +344,8 @@ pub struct Messages {
     check: Option<Pending<Result<ConsumerInfo, JetStreamError>>>,
     queued: VecDeque<PullError>,
     done: bool,
+    /// Counted in `Inner::pull_streams` (until it ends or is dropped).
+    counted: bool,
 }
 
 impl std::fmt::Debug for Messages {
@@ -623,15 +625,22 @@ impl Messages {
     }
 }
 
-impl Drop for Messages {
-    fn drop(&mut self) {
+impl Messages {
+    /// The stream ended or is dropped: no more of its messages are on their way, so the
+    /// driver need not hold for them; the acks of its last messages go out now.
+    fn uncount(&mut self) {
         let shared = self.ctx.client.shared();
-        {
-            let mut inner = shared.lock("messages dropped");
+        if std::mem::take(&mut self.counted) {
+            let mut inner = shared.lock("messages ended");
             inner.pull_streams = inner.pull_streams.saturating_sub(1);
         }
-        // The acks of its last messages go out now, not at the driver's next turn.
         shared.write_held();
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        self.uncount();
     }
 }
 
@@ -645,6 +654,7 @@ impl futures_core::Stream for Messages {
                 return Poll::Ready(Some(Err(e)));
             }
             if this.done {
+                this.uncount();
                 return Poll::Ready(None);
             }
             if let Some(f) = this.state.as_mut() {
@@ -882,6 +892,7 @@ impl Consumer {
             check: None,
             queued: VecDeque::new(),
             done: false,
+            counted: true,
         };
         if state == State::Closed {
             return Err(self.pull_failed("the client is closed".to_owned()));
