@@ -122,8 +122,9 @@ pub(crate) struct Inner {
     /// no earlier timer needs no wake-up.
     pub(crate) driver_deadline: Option<Instant>,
     /// The waiting driver wakes within [`link::HOLD`] or on the next read anyway: it went
-    /// to wait with JetStream window requests unanswered. A window request's frame buffered
-    /// meanwhile need not wake it (see `link::try_direct_write` and [`Shared::held`]).
+    /// to wait with JetStream window requests unanswered or a pull stream live. A window
+    /// request's frame or a JetStream ack buffered meanwhile need not wake it (see
+    /// `link::try_direct_write` and [`Shared::held`]).
     pub(crate) driver_holds: bool,
     /// Live [`Messages`](crate::jetstream::Messages) streams: while one is, messages are
     /// on their way and the driver holds for their read as for a window's acks.
@@ -261,9 +262,9 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<EventHub>,
     pub(crate) opts: ConnectOptions,
     pub(crate) counters: Counters,
-    /// Window requests' frames were left in the buffer for a holding driver
-    /// ([`Inner::driver_holds`]): the publisher writes them when it waits
-    /// (`Client::write_held`).
+    /// Window requests' frames or JetStream acks were left in the buffer for a holding
+    /// driver ([`Inner::driver_holds`]): the publisher writes them when it waits, the
+    /// consumer's stream when it runs dry (`Shared::write_held`).
     pub(crate) held: AtomicBool,
     /// The runtime the client was created on: its tasks are spawned there, so a handle
     /// used from a thread outside any runtime still works.
@@ -309,9 +310,10 @@ impl Shared {
         g
     }
 
-    /// Write what window requests left for a holding driver, from the caller's thread: a
-    /// JetStream publisher calls this when it is about to wait (for an ack, or for a slot
-    /// of its window), so the frames it buffered since the last read go out in one write.
+    /// Write what window requests and acks left for a holding driver, from the caller's
+    /// thread: a JetStream publisher calls this when it is about to wait (for an ack, or
+    /// for a slot of its window), a pull stream when it runs dry, so the frames buffered
+    /// since the last read go out in one write.
     pub(crate) fn write_held(&self) {
         if !self.held.load(Ordering::Relaxed) {
             return;
