@@ -420,7 +420,9 @@ impl Client {
             State::DrainingPubs => return Err((PublishError::Draining, false)),
             _ => {}
         }
-        let windowed = request.as_ref().is_some_and(|r| r.slot.is_some());
+        // A JetStream ack, or a publish holding a slot of its window: either may wait for
+        // a holding driver's next read.
+        let hold = f.hold || request.as_ref().is_some_and(|r| r.slot.is_some());
         if matches!(f.kind, FrameKind::Request(_)) && !request::inbox_still_valid(inner, request) {
             // Never sent; the caller hears it at once.
             return Ok(());
@@ -431,39 +433,33 @@ impl Client {
         {
             Ok(()) => {
                 buffer_watch::on_level(shared, inner, Change::Filled);
-                if f.hold && inner.driver_waiting && inner.driver_holds {
-                    // An ack while a pull's messages are on their way: it goes out with
-                    // the next read's, when the consumer's stream runs dry, or at most
-                    // `HOLD` later; one write for a read's worth of acks.
-                    shared
-                        .held
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
-                if let FrameKind::Request(token) = f.kind {
+                let lone = if let FrameKind::Request(token) = f.kind {
                     if let Some(r) = request.take() {
                         inner.requests.insert(token, r);
                     }
+                    inner.requests.len() == 1
+                } else {
+                    false
+                };
+                if lone {
                     // Latency path: put a lone request on the wire from this thread; the
                     // driver sleeps on unless the write left it something to do. With
                     // others in flight (a JetStream publish window, say) the driver
                     // writes them together: one write for many, not a syscall each.
-                    if inner.requests.len() == 1 {
-                        if !crate::connection::link::try_direct_write(shared, inner) {
-                            return Ok(());
-                        }
-                        // The write left the driver something to do: wake it below.
-                    } else if windowed && inner.driver_waiting && inner.driver_holds {
-                        // A window's publish while its earlier acks are on their way: the
-                        // driver writes it after the next read (those acks free slots
-                        // whose publishes go out with it), the publisher when it waits, or
-                        // at most `HOLD` later. One write per round of acks, not one per
-                        // publish.
-                        shared
-                            .held
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    if !crate::connection::link::try_direct_write(shared, inner) {
                         return Ok(());
                     }
+                    // The write left the driver something to do: wake it below.
+                } else if hold && inner.driver_waiting && inner.driver_holds {
+                    // A window's publish while its earlier acks are on their way, or an
+                    // ack while a pull's messages are: the driver writes it after the next
+                    // read (acks free the slots being refilled; a read's messages bring
+                    // their acks), the publisher or the consumer's stream when it waits,
+                    // or at most `HOLD` later. One write per read, not one per frame.
+                    shared
+                        .held
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
                 }
                 shared.wake_driver(inner);
                 Ok(())
@@ -1142,7 +1138,8 @@ struct Frame<'a> {
     headers: Option<&'a HeaderMap>,
     payload: &'a [u8],
     kind: FrameKind,
-    /// A JetStream ack: it need not wake a holding driver (see `buffer_publish`).
+    /// A JetStream ack: it need not wake a holding driver (see `buffer_publish`; a
+    /// window's publish need not either, known by its request's slot).
     hold: bool,
 }
 

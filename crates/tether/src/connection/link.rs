@@ -114,8 +114,9 @@ pub(crate) fn try_direct_write(shared: &Shared, inner: &mut Inner) -> bool {
     earlier || inner.conn.has_events()
 }
 
-/// The longest a JetStream window request's frame waits for the driver's next read (see
-/// `Client::buffer_publish`); the timer's resolution may add up to a millisecond.
+/// The longest a JetStream window request's frame or a JetStream ack waits for the
+/// driver's next read (see `Client::buffer_publish`); the timer's resolution may add up
+/// to a millisecond.
 pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A planned switch, from the request to the old link's end. One at a time.
